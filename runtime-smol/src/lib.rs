@@ -1,0 +1,81 @@
+//! The smol adapter of SignalR Relay.
+//!
+//! All the async glue (HTTP, WebSockets, the relay driver, the app-server SDK) lives in
+//! `signalr-relay-tokio`, written against `futures-io`; this crate uses it with its `tokio`
+//! feature off and says only how smol spawns, sleeps, connects and accepts.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub use signalr_relay_tokio::{
+    app, cli, core, sample, serve, serve_http, BoxFuture, Listener, Runtime, ServeOptions,
+};
+
+/// Runs the glue on smol's global executor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolRuntime;
+
+impl Runtime for SmolRuntime {
+    type Timer = smol_hyper::rt::SmolTimer;
+
+    fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        smol::spawn(future).detach();
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {
+        Box::pin(async move {
+            async_io::Timer::at(deadline).await;
+        })
+    }
+
+    fn hyper_timer(&self) -> Self::Timer {
+        smol_hyper::rt::SmolTimer::new()
+    }
+
+    type Stream = smol::net::TcpStream;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Stream> {
+        let stream = smol::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// A smol TCP listener.
+#[derive(Debug)]
+pub struct SmolListener(pub smol::net::TcpListener);
+
+impl SmolListener {
+    /// Binds `addr`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self(smol::net::TcpListener::bind(addr).await?))
+    }
+}
+
+impl Listener for SmolListener {
+    type Stream = smol::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, addr) = self.0.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((stream, addr))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// Runs `main` on smol with one executor thread per core.
+pub fn block_on<F: Future<Output = ()> + Send + 'static>(main: F) {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    for _ in 1..threads {
+        std::thread::spawn(|| smol::block_on(std::future::pending::<()>()));
+    }
+    smol::block_on(main);
+}

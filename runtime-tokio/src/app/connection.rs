@@ -1,0 +1,555 @@
+//! One server connection to the relay: connect, drive [`AppConnection`], dispatch to the hub,
+//! reconnect with backoff.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::Message;
+use bytes::Bytes;
+use futures_channel::{mpsc, oneshot};
+use futures_util::future::{abortable, select, Either};
+use futures_util::{SinkExt, StreamExt};
+use signalr_relay_core::app::{AppConnection, AppConnectionConfig, AppEvent, Backoff};
+use signalr_relay_core::aspnetcore::{
+    CancelInvocation, Completion, CompletionResult, HubDecoder, HubMessage, Invocation, RawValue,
+    StreamItem,
+};
+use signalr_relay_core::auth::{sign, Algorithm, Claims};
+use signalr_relay_core::service::{self, AckStatus, ServiceMessage};
+
+use super::hub::{lock, ClientEntry, Context, HubError, InvokeError, Method, UploadStream};
+use super::{HubRuntime, Shared};
+use crate::runtime::Runtime;
+
+/// Commands for a connection task.
+pub(crate) enum ConnCommand {
+    /// A hub message for one client, encoded in its protocol by the connection.
+    Message {
+        connection_id: String,
+        message: HubMessage,
+    },
+    /// Bytes already framed in the client's protocol.
+    Frame { connection_id: String, frame: Bytes },
+    /// A service message.
+    Service(ServiceMessage),
+    /// An ack-able service message; the ack id is filled in by the connection.
+    WithAck {
+        build: Box<dyn FnOnce(i32) -> ServiceMessage + Send>,
+        reply: oneshot::Sender<AckStatus>,
+    },
+    /// Close a client.
+    CloseClient {
+        connection_id: String,
+        error: Option<String>,
+    },
+}
+
+pub(crate) type ConnTx = mpsc::UnboundedSender<ConnCommand>;
+
+/// An invocation queued for a client's worker, with the channel of its upload stream (set
+/// up as the invocation arrived, so that no item can overtake it).
+pub(crate) struct Job {
+    invocation: Invocation,
+    upload: Option<mpsc::UnboundedReceiver<signalr_relay_core::aspnetcore::RawValue>>,
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Runs one server connection slot: reconnects with backoff, except for an on-demand
+/// connection (`target`), which is not restarted once it ends.
+pub(crate) fn spawn<R: Runtime>(
+    runtime: R,
+    shared: Arc<Shared>,
+    hub: Arc<HubRuntime>,
+    target: Option<String>,
+) {
+    let task_runtime = runtime.clone();
+    runtime.spawn(async move {
+        let mut backoff = Backoff::default();
+        loop {
+            match session(&task_runtime, &shared, &hub, target.as_deref()).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => tracing::warn!(hub = hub.hub.name(), "server connection failed: {e}"),
+            }
+            if target.is_some() {
+                return;
+            }
+            let delay = backoff.next_delay(random_u64() % 1000);
+            task_runtime.sleep_until(Instant::now() + delay).await;
+        }
+    });
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))
+}
+
+/// One connection, from connect to drop. `Ok` if it got as far as a handshake.
+async fn session<R: Runtime>(
+    runtime: &R,
+    shared: &Arc<Shared>,
+    hub: &Arc<HubRuntime>,
+    target: Option<&str>,
+) -> Result<(), String> {
+    let cs = &shared.connection_string;
+    let endpoint = cs.server_endpoint();
+    let url = signalr_relay_core::auth::HttpUrl::parse(endpoint.trim_end_matches('/'))
+        .map_err(|e| e.to_string())?;
+    let hub_key = hub.hub.name().to_ascii_lowercase();
+    let addr = resolve(url.host(), url.port_or_default())?;
+    let stream = runtime
+        .connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+
+    let mut ws_url = format!(
+        "ws://{}:{}{}server/?hub={hub_key}&cid={:016x}",
+        url.host(),
+        url.port_or_default(),
+        path_prefix(url.path()),
+        random_u64()
+    );
+    if let Some(t) = target {
+        ws_url.push_str("&target=");
+        ws_url.push_str(&form_encode(t));
+    }
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = Claims::issued_at(now_unix, 3600);
+    claims.aud.push(cs.server_audience(&hub_key).to_string());
+    claims.nameid = Some(shared.options.server_id.clone());
+    let token = sign(&claims, cs.access_key().as_bytes(), Algorithm::Hs256);
+    let mut request = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let headers = request.headers_mut();
+    for (name, value) in [
+        ("Authorization", format!("Bearer {token}")),
+        ("X-ASRS-Server-Id", shared.options.server_id.clone()),
+        (
+            "Asrs-User-Agent",
+            format!("signalr-relay-sdk/{}", env!("CARGO_PKG_VERSION")),
+        ),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    let (ws, _) = async_tungstenite::client_async_with_config(
+        request,
+        stream,
+        Some(crate::ws::config(16 * 1024 * 1024)),
+    )
+    .await
+    .map_err(|e| format!("WebSocket to {ws_url} failed: {e}"))?;
+
+    let config = {
+        let mut c = AppConnectionConfig::default();
+        if let Some(t) = target {
+            c.connection_type = service::ConnectionType::OnDemand;
+            c.target = t.to_owned();
+        }
+        c
+    };
+    let mut conn = AppConnection::new(Instant::now(), config);
+    let (tx, mut commands) = mpsc::unbounded::<ConnCommand>();
+    let (mut sink, mut incoming) = ws.split();
+    let mut acks: BTreeMap<i32, oneshot::Sender<AckStatus>> = BTreeMap::new();
+    let mut ready = false;
+    let result = loop {
+        while let Some(bytes) = conn.poll_transmit() {
+            if sink.feed(Message::Binary(bytes)).await.is_err() {
+                conn.handle_closed();
+            }
+        }
+        if sink.flush().await.is_err() {
+            conn.handle_closed();
+        }
+        while let Some(event) = conn.poll_event() {
+            match event {
+                AppEvent::Ready => {
+                    ready = true;
+                    lock(&hub.pool).push(tx.clone());
+                    tracing::debug!(hub = hub.hub.name(), "server connection ready");
+                }
+                AppEvent::Refused(why) => {
+                    tracing::warn!(hub = hub.hub.name(), "relay refused the connection: {why}")
+                }
+                AppEvent::ClientConnected(info) => client_connected(runtime, hub, &tx, info),
+                AppEvent::ClientMessage {
+                    connection_id,
+                    message,
+                } => client_message(runtime, hub, &connection_id, message),
+                AppEvent::ClientDisconnected { connection_id, .. } => {
+                    client_disconnected(runtime, hub, &connection_id)
+                }
+                AppEvent::OpenOnDemand { target } => {
+                    let live = lock(&hub.pool).iter().filter(|c| !c.is_closed()).count();
+                    if live < shared.options.max_connections_per_hub {
+                        spawn(runtime.clone(), shared.clone(), hub.clone(), Some(target));
+                    }
+                }
+                AppEvent::Ack { ack_id, status } => {
+                    if let Some(reply) = acks.remove(&ack_id) {
+                        let _ = reply.send(status);
+                    }
+                }
+                AppEvent::ClientResult(message) => client_result(hub, message),
+                AppEvent::Dead(why) => {
+                    tracing::info!(hub = hub.hub.name(), "server connection ended: {why}")
+                }
+                _ => {}
+            }
+        }
+        if conn.is_dead() {
+            break if ready {
+                Ok(())
+            } else {
+                Err("the relay closed the connection during the handshake".to_owned())
+            };
+        }
+        let deadline = conn
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        let sleep = runtime.sleep_until(deadline);
+        let next = select(incoming.next(), select(commands.next(), sleep)).await;
+        let now = Instant::now();
+        match next {
+            Either::Left((Some(Ok(Message::Binary(data))), _)) => conn.handle_data(now, &data),
+            Either::Left((Some(Ok(Message::Text(text))), _)) => {
+                conn.handle_data(now, text.as_bytes())
+            }
+            Either::Left((Some(Ok(_)), _)) => {}
+            Either::Left((Some(Err(_)) | None, _)) => conn.handle_closed(),
+            Either::Right((Either::Left((Some(command), _)), _)) => {
+                apply(&mut conn, now, command, &mut acks);
+                // Apply whatever else is queued before writing.
+                while let Ok(command) = commands.try_recv() {
+                    apply(&mut conn, now, command, &mut acks);
+                }
+            }
+            Either::Right((Either::Left((None, _)), _)) => {}
+            Either::Right((Either::Right(((), _)), _)) => conn.handle_timeout(now),
+        }
+    };
+    commands.close();
+    lock(&hub.pool).retain(|c| !c.is_closed() && !c.same_receiver(&tx));
+    result
+}
+
+fn path_prefix(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    format!("{trimmed}/")
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn apply(
+    conn: &mut AppConnection,
+    now: Instant,
+    command: ConnCommand,
+    acks: &mut BTreeMap<i32, oneshot::Sender<AckStatus>>,
+) {
+    match command {
+        ConnCommand::Message {
+            connection_id,
+            message,
+        } => {
+            conn.send_to_client(now, &connection_id, &message);
+        }
+        ConnCommand::Frame {
+            connection_id,
+            frame,
+        } => {
+            conn.send_frame_to_client(now, &connection_id, frame);
+        }
+        ConnCommand::Service(msg) => conn.send_service(now, &msg),
+        ConnCommand::WithAck { build, reply } => {
+            let ack_id = conn.next_ack_id();
+            acks.insert(ack_id, reply);
+            conn.send_service(now, &build(ack_id));
+        }
+        ConnCommand::CloseClient {
+            connection_id,
+            error,
+        } => conn.close_client(now, &connection_id, error.as_deref()),
+    }
+}
+
+fn client_connected<R: Runtime>(
+    runtime: &R,
+    hub: &Arc<HubRuntime>,
+    tx: &ConnTx,
+    info: signalr_relay_core::app::ClientInfo,
+) {
+    let (queue, mut jobs) = mpsc::unbounded::<Job>();
+    let entry = Arc::new(ClientEntry {
+        info,
+        conn: tx.clone(),
+        queue,
+        uploads: Default::default(),
+        streams: Default::default(),
+    });
+    lock(&hub.clients).insert(entry.info.connection_id.clone(), entry.clone());
+    let ctx = Context {
+        hub: hub.clone(),
+        client: entry,
+    };
+    let worker_runtime = runtime.clone();
+    runtime.spawn(async move {
+        if let Some(f) = ctx.hub.hub.on_connected() {
+            f(ctx.clone()).await;
+        }
+        // Invocations run one at a time, in order, as in ASP.NET Core.
+        while let Some(job) = jobs.next().await {
+            run_invocation(&worker_runtime, ctx.clone(), job).await;
+        }
+    });
+}
+
+fn completion(
+    invocation_id: String,
+    result: Result<Option<signalr_relay_core::aspnetcore::RawValue>, HubError>,
+) -> HubMessage {
+    HubMessage::Completion(Completion {
+        headers: Default::default(),
+        invocation_id,
+        result: match result {
+            Ok(None) => CompletionResult::Void,
+            Ok(Some(v)) => CompletionResult::Value(v),
+            Err(e) => CompletionResult::Error(e.message().to_owned()),
+        },
+    })
+}
+
+async fn run_invocation<R: Runtime>(runtime: &R, ctx: Context, job: Job) {
+    let Job { invocation, upload } = job;
+    let target = invocation.target.clone();
+    let id = invocation.invocation_id.clone();
+    let result = match ctx.hub.hub.method(&target).cloned() {
+        Some(Method::Invoke(f)) => f(ctx.clone(), invocation.arguments).await,
+        Some(Method::Upload(f)) => {
+            // Uploading methods run beside the queue: their items arrive while they run.
+            let Some(rx) = upload else {
+                if let Some(id) = id {
+                    ctx.send_message(completion(id, Err(HubError::new("Client sent 0 stream(s), Hub method expects 1."))));
+                }
+                return;
+            };
+            let upload = UploadStream::<()>::from_channel(rx);
+            let task_ctx = ctx.clone();
+            runtime.spawn(async move {
+                let result = f(task_ctx.clone(), invocation.arguments, upload).await;
+                if let Some(id) = id {
+                    task_ctx.send_message(completion(id, result));
+                }
+            });
+            return;
+        }
+        Some(Method::Stream(_)) => Err(HubError::new(format!(
+            "The client attempted to invoke the streaming '{target}' method with a non-streaming invocation."
+        ))),
+        None => Err(HubError::new(format!("Unknown hub method '{target}'"))),
+    };
+    if let Some(id) = id {
+        ctx.send_message(completion(id, result));
+    }
+}
+
+fn run_stream<R: Runtime>(runtime: &R, ctx: Context, invocation: Invocation) {
+    let Some(id) = invocation.invocation_id.clone() else {
+        return;
+    };
+    let f = match ctx.hub.hub.method(&invocation.target) {
+        Some(Method::Stream(f)) => f.clone(),
+        Some(_) => {
+            let error = format!("The client attempted to invoke the non-streaming '{}' method with a streaming invocation.", invocation.target);
+            return ctx.send_message(completion(id, Err(HubError::new(error))));
+        }
+        None => {
+            let error = format!("Unknown hub method '{}'", invocation.target);
+            return ctx.send_message(completion(id, Err(HubError::new(error))));
+        }
+    };
+    let task_ctx = ctx.clone();
+    let task_id = id.clone();
+    let (task, handle) = abortable(async move {
+        let mut stream = match f(task_ctx.clone(), invocation.arguments) {
+            Ok(s) => s,
+            Err(e) => return task_ctx.send_message(completion(task_id, Err(e))),
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(item) => task_ctx.send_message(HubMessage::StreamItem(StreamItem {
+                    headers: Default::default(),
+                    invocation_id: task_id.clone(),
+                    item,
+                })),
+                Err(e) => return task_ctx.send_message(completion(task_id, Err(e))),
+            }
+        }
+        task_ctx.send_message(completion(task_id.clone(), Ok(None)));
+        lock(&task_ctx.client.streams).remove(&task_id);
+    });
+    lock(&ctx.client.streams).insert(id, handle);
+    runtime.spawn(async move {
+        let _ = task.await;
+    });
+}
+
+fn client_message<R: Runtime>(
+    runtime: &R,
+    hub: &Arc<HubRuntime>,
+    connection_id: &str,
+    message: HubMessage,
+) {
+    let Some(client) = lock(&hub.clients).get(connection_id).cloned() else {
+        return;
+    };
+    let ctx = Context {
+        hub: hub.clone(),
+        client: client.clone(),
+    };
+    match message {
+        HubMessage::Invocation(invocation) => {
+            let upload = invocation.stream_ids.first().map(|stream_id| {
+                let (items, rx) = mpsc::unbounded();
+                lock(&client.uploads).insert(stream_id.clone(), items);
+                rx
+            });
+            let _ = client.queue.unbounded_send(Job { invocation, upload });
+        }
+        HubMessage::StreamInvocation(invocation) => run_stream(runtime, ctx, invocation),
+        HubMessage::StreamItem(item) => {
+            if let Some(sender) = lock(&client.uploads).get(&item.invocation_id) {
+                let _ = sender.unbounded_send(item.item);
+            }
+        }
+        // The end of an upload stream, or else a client result.
+        HubMessage::Completion(c) if lock(&client.uploads).remove(&c.invocation_id).is_some() => {}
+        HubMessage::Completion(c) => client_completion(hub, &client, c),
+        HubMessage::CancelInvocation(CancelInvocation { invocation_id, .. }) => {
+            if let Some(handle) = lock(&client.streams).remove(&invocation_id) {
+                handle.abort();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn result_of(result: CompletionResult) -> Result<Option<RawValue>, InvokeError> {
+    match result {
+        CompletionResult::Void => Ok(None),
+        CompletionResult::Value(v) => Ok(Some(v)),
+        CompletionResult::Error(e) => Err(InvokeError::Client(e)),
+    }
+}
+
+/// A client answered a client invocation: hand the result to whoever awaits it here, and tell
+/// the relay (which forwards it when another app server made the invocation).
+fn client_completion(hub: &Arc<HubRuntime>, client: &ClientEntry, completion: Completion) {
+    let local = lock(&hub.results).remove(&completion.invocation_id);
+    let routed_for = match local {
+        Some(_) => None,
+        None => lock(&hub.routed)
+            .remove(&completion.invocation_id)
+            .map(|(caller, _)| caller),
+    };
+    if local.is_none() && routed_for.is_none() {
+        return;
+    }
+    let protocol = client.info.protocol;
+    let mut payload = Vec::new();
+    if routed_for.is_some() {
+        let _ = protocol.write_message(&HubMessage::Completion(completion.clone()), &mut payload);
+    }
+    let _ = client
+        .conn
+        .unbounded_send(ConnCommand::Service(ServiceMessage::ClientCompletion(
+            service::ClientCompletion {
+                invocation_id: completion.invocation_id.clone(),
+                connection_id: client.info.connection_id.clone(),
+                caller_server_id: routed_for.unwrap_or_else(|| hub.server_id.clone()),
+                protocol: protocol.name().to_owned(),
+                payload: Bytes::from(payload),
+                ext: service::Ext {
+                    protocol: Some(protocol.name().to_owned()),
+                    ..service::Ext::default()
+                },
+            },
+        )));
+    if let Some(pending) = local {
+        let _ = pending.reply.send(result_of(completion.result));
+    }
+}
+
+/// Client-result traffic from the relay.
+fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
+    match message {
+        ServiceMessage::ClientInvocation(m) => {
+            // Another app server awaits this result; its client is ours.
+            lock(&hub.routed).insert(m.invocation_id, (m.caller_server_id, m.connection_id));
+        }
+        ServiceMessage::ClientCompletion(m) => {
+            let Some(pending) = lock(&hub.results).remove(&m.invocation_id) else {
+                return;
+            };
+            let mut decoder = HubDecoder::new(pending.protocol, m.payload.len().max(1));
+            decoder.push(&m.payload);
+            let result = match decoder.next_message() {
+                Ok(Some(HubMessage::Completion(c))) => result_of(c.result),
+                _ => Err(InvokeError::InvalidResult(
+                    "the relayed completion could not be decoded".to_owned(),
+                )),
+            };
+            let _ = pending.reply.send(result);
+        }
+        ServiceMessage::ErrorCompletion(m) => {
+            if let Some(pending) = lock(&hub.results).remove(&m.invocation_id) {
+                let error = m
+                    .error
+                    .unwrap_or_else(|| "the invocation failed".to_owned());
+                let _ = pending.reply.send(Err(InvokeError::Disconnected(error)));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn client_disconnected<R: Runtime>(runtime: &R, hub: &Arc<HubRuntime>, connection_id: &str) {
+    let Some(client) = lock(&hub.clients).remove(connection_id) else {
+        return;
+    };
+    for (_, handle) in std::mem::take(&mut *lock(&client.streams)) {
+        handle.abort();
+    }
+    lock(&client.uploads).clear();
+    // Invocations routed for other app servers to this client will never be answered now.
+    lock(&hub.routed).retain(|_, (_, connection_id)| *connection_id != client.info.connection_id);
+    client.queue.close_channel();
+    let ctx = Context {
+        hub: hub.clone(),
+        client,
+    };
+    if let Some(f) = ctx.hub.hub.on_disconnected().cloned() {
+        runtime.spawn(async move { f(ctx).await });
+    }
+}

@@ -1,0 +1,751 @@
+//! Hubs: methods, the per-call [`Context`], and the ways to reach clients.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_channel::{mpsc, oneshot};
+use futures_util::future::AbortHandle;
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use signalr_relay_core::app::ClientInfo;
+use signalr_relay_core::aspnetcore::{HubMessage, HubProtocol, RawValue};
+use signalr_relay_core::service::{self, AckStatus, Payloads, ServiceMessage};
+
+use super::codec::{
+    decode_args, encode_value, invocation_frame, invocation_payloads, invocation_payloads_with_id,
+};
+use super::connection::{ConnCommand, ConnTx};
+use super::HubRuntime;
+use crate::runtime::BoxFuture;
+
+/// An error a hub method reports to its caller (as the Completion's `error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubError {
+    message: String,
+}
+
+impl HubError {
+    /// An error with this message, sent to the caller as-is.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for HubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HubError {}
+
+/// Why a client result ([`Target::invoke`]) did not arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// The client did not answer in time.
+    Timeout,
+    /// The client went away first.
+    Disconnected(String),
+    /// The client answered with an error (or had no handler for the method).
+    Client(String),
+    /// The client's result could not be decoded into the expected type.
+    InvalidResult(String),
+    /// `invoke` needs exactly one connection (`caller()` or `client(id)`), and a live relay
+    /// connection.
+    Unsupported(&'static str),
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("the client did not return a result in time"),
+            Self::Disconnected(e) => write!(f, "the client disconnected: {e}"),
+            Self::Client(e) => write!(f, "the client returned an error: {e}"),
+            Self::InvalidResult(e) => write!(f, "the client's result is invalid: {e}"),
+            Self::Unsupported(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for InvokeError {}
+
+impl From<InvokeError> for HubError {
+    fn from(e: InvokeError) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+/// A client result being awaited.
+pub(crate) struct PendingResult {
+    pub(crate) protocol: HubProtocol,
+    pub(crate) reply: oneshot::Sender<Result<Option<RawValue>, InvokeError>>,
+}
+
+/// What a method returns once erased: `None` for a void method, else the encoded result.
+pub type MethodResult = Result<Option<RawValue>, HubError>;
+
+type BoxStream = Pin<Box<dyn Stream<Item = Result<RawValue, HubError>> + Send>>;
+type InvokeFn = Arc<dyn Fn(Context, Vec<RawValue>) -> BoxFuture<MethodResult> + Send + Sync>;
+type StreamFn = Arc<dyn Fn(Context, Vec<RawValue>) -> Result<BoxStream, HubError> + Send + Sync>;
+type UploadFn = Arc<
+    dyn Fn(Context, Vec<RawValue>, UploadStream<RawValue>) -> BoxFuture<MethodResult> + Send + Sync,
+>;
+type EventFn = Arc<dyn Fn(Context) -> BoxFuture<()> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) enum Method {
+    Invoke(InvokeFn),
+    Stream(StreamFn),
+    Upload(UploadFn),
+}
+
+/// A hub: named methods plus connect and disconnect handlers. Build one with
+/// [`HubBuilder`].
+#[derive(Clone)]
+pub struct Hub {
+    name: String,
+    methods: BTreeMap<String, Method>,
+    on_connected: Option<EventFn>,
+    on_disconnected: Option<EventFn>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("name", &self.name)
+            .field("methods", &self.methods.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// The hub's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn method(&self, name: &str) -> Option<&Method> {
+        self.methods.get(&name.to_ascii_lowercase())
+    }
+
+    pub(crate) fn on_connected(&self) -> Option<&EventFn> {
+        self.on_connected.as_ref()
+    }
+
+    pub(crate) fn on_disconnected(&self) -> Option<&EventFn> {
+        self.on_disconnected.as_ref()
+    }
+}
+
+/// A method's result in the caller's protocol; `()` is a void method (no result at all).
+fn encode_result<R: Serialize + 'static>(protocol: HubProtocol, result: &R) -> MethodResult {
+    if std::any::TypeId::of::<R>() == std::any::TypeId::of::<()>() {
+        Ok(None)
+    } else {
+        encode_value(protocol, result).map(Some)
+    }
+}
+
+/// Builds a [`Hub`]. Method names match case-insensitively, as in ASP.NET Core.
+pub struct HubBuilder {
+    hub: Hub,
+}
+
+impl HubBuilder {
+    /// A hub called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            hub: Hub {
+                name: name.into(),
+                methods: BTreeMap::new(),
+                on_connected: None,
+                on_disconnected: None,
+            },
+        }
+    }
+
+    /// A method with typed arguments `A` (a tuple, or `()`) and result `R` (`()` for a void
+    /// method).
+    pub fn method<A, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Context, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HubError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let erased: InvokeFn = Arc::new(move |ctx: Context, args: Vec<RawValue>| {
+            let f = f.clone();
+            Box::pin(async move {
+                let protocol = ctx.protocol();
+                let args: A = decode_args(protocol, &args)?;
+                let result = f(ctx, args).await?;
+                encode_result(protocol, &result)
+            }) as BoxFuture<MethodResult>
+        });
+        self.hub
+            .methods
+            .insert(name.to_ascii_lowercase(), Method::Invoke(erased));
+        self
+    }
+
+    /// A method that sees its arguments, and returns its result, encoded in the caller's
+    /// protocol (for pass-through methods such as echoes of arbitrary values).
+    pub fn method_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, Vec<RawValue>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = MethodResult> + Send + 'static,
+    {
+        let erased: InvokeFn =
+            Arc::new(move |ctx, args| Box::pin(f(ctx, args)) as BoxFuture<MethodResult>);
+        self.hub
+            .methods
+            .insert(name.to_ascii_lowercase(), Method::Invoke(erased));
+        self
+    }
+
+    /// A server-to-client stream: each item goes out as a StreamItem, then a Completion. If
+    /// the caller cancels, the stream is dropped.
+    pub fn stream<A, T, S, F>(mut self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        S: Stream<Item = Result<T, HubError>> + Send + 'static,
+        F: Fn(Context, A) -> Result<S, HubError> + Send + Sync + 'static,
+    {
+        let erased: StreamFn = Arc::new(move |ctx: Context, args: Vec<RawValue>| {
+            let protocol = ctx.protocol();
+            let args: A = decode_args(protocol, &args)?;
+            let stream = f(ctx, args)?;
+            Ok(
+                Box::pin(stream.map(move |item| item.and_then(|v| encode_value(protocol, &v))))
+                    as BoxStream,
+            )
+        });
+        self.hub
+            .methods
+            .insert(name.to_ascii_lowercase(), Method::Stream(erased));
+        self
+    }
+
+    /// A method that takes one client-to-server stream of `T` after its arguments `A`.
+    pub fn upload<A, T, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Context, A, UploadStream<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HubError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let erased: UploadFn = Arc::new(
+            move |ctx: Context, args: Vec<RawValue>, raw: UploadStream<RawValue>| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let protocol = ctx.protocol();
+                    let args: A = decode_args(protocol, &args)?;
+                    let typed = UploadStream {
+                        inner: Box::pin(raw.map(move |item| {
+                            item.and_then(|v| decode_args::<(T,)>(protocol, &[v]).map(|(t,)| t))
+                        })),
+                    };
+                    let result = f(ctx, args, typed).await?;
+                    encode_result(protocol, &result)
+                }) as BoxFuture<MethodResult>
+            },
+        );
+        self.hub
+            .methods
+            .insert(name.to_ascii_lowercase(), Method::Upload(erased));
+        self
+    }
+
+    /// Runs when a client has connected, before its first invocation.
+    pub fn on_connected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hub.on_connected = Some(Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture<()>));
+        self
+    }
+
+    /// Runs when a client has gone.
+    pub fn on_disconnected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hub.on_disconnected = Some(Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture<()>));
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> Hub {
+        self.hub
+    }
+}
+
+/// Items a client uploads, ending when the client completes the stream.
+pub struct UploadStream<T> {
+    inner: Pin<Box<dyn Stream<Item = Result<T, HubError>> + Send>>,
+}
+
+impl<T> UploadStream<T> {
+    pub(crate) fn from_channel(rx: mpsc::UnboundedReceiver<RawValue>) -> UploadStream<RawValue> {
+        UploadStream {
+            inner: Box::pin(rx.map(Ok)),
+        }
+    }
+}
+
+impl<T> Stream for UploadStream<T> {
+    type Item = Result<T, HubError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// A client, app-server side.
+pub(crate) struct ClientEntry {
+    pub(crate) info: ClientInfo,
+    pub(crate) conn: ConnTx,
+    pub(crate) queue: mpsc::UnboundedSender<super::connection::Job>,
+    pub(crate) uploads: Mutex<BTreeMap<String, mpsc::UnboundedSender<RawValue>>>,
+    pub(crate) streams: Mutex<BTreeMap<String, AbortHandle>>,
+}
+
+/// What a hub method, or a connect/disconnect handler, runs with.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) hub: Arc<HubRuntime>,
+    pub(crate) client: Arc<ClientEntry>,
+}
+
+impl Context {
+    /// The caller's connection id.
+    pub fn connection_id(&self) -> &str {
+        &self.client.info.connection_id
+    }
+
+    /// The caller's user id, from its token.
+    pub fn user_id(&self) -> Option<&str> {
+        self.client.info.user_id()
+    }
+
+    /// The caller's claims.
+    pub fn claims(&self) -> &[(String, String)] {
+        &self.client.info.claims
+    }
+
+    /// A query parameter of the caller's connect request.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.client.info.query_param(name)
+    }
+
+    /// A request header of the caller's connect request.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.client
+            .info
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(String::as_str)
+    }
+
+    /// The transport the caller uses (`WebSockets`, `ServerSentEvents` or `LongPolling`).
+    pub fn transport(&self) -> &str {
+        self.header("Asrs-Transport").unwrap_or("WebSockets")
+    }
+
+    /// The caller's hub protocol.
+    pub fn protocol(&self) -> HubProtocol {
+        self.client.info.protocol
+    }
+
+    /// The clients of this hub, as seen from the caller.
+    pub fn clients(&self) -> Clients {
+        Clients {
+            hub: self.hub.clone(),
+            caller: self.client.clone(),
+        }
+    }
+
+    /// Group membership.
+    pub fn groups(&self) -> Groups {
+        Groups {
+            hub: self.hub.clone(),
+            via: self.client.conn.clone(),
+        }
+    }
+
+    /// Closes the caller's connection: it gets a Close message (no reconnect) and goes.
+    pub fn abort(&self) {
+        let _ = self.client.conn.unbounded_send(ConnCommand::CloseClient {
+            connection_id: self.client.info.connection_id.clone(),
+            error: None,
+        });
+    }
+
+    pub(crate) fn send_message(&self, message: HubMessage) {
+        let _ = self.client.conn.unbounded_send(ConnCommand::Message {
+            connection_id: self.client.info.connection_id.clone(),
+            message,
+        });
+    }
+}
+
+/// The ways to address clients; get one from [`Context::clients`].
+pub struct Clients {
+    hub: Arc<HubRuntime>,
+    caller: Arc<ClientEntry>,
+}
+
+enum TargetKind {
+    All {
+        excluded: Vec<String>,
+    },
+    Caller,
+    Connections(Vec<String>),
+    Users(Vec<String>),
+    Group {
+        group: String,
+        excluded: Vec<String>,
+    },
+    Groups(Vec<String>),
+}
+
+/// Some clients, to [`send`](Target::send) to.
+pub struct Target {
+    hub: Arc<HubRuntime>,
+    caller: Arc<ClientEntry>,
+    kind: TargetKind,
+}
+
+impl Clients {
+    fn target(&self, kind: TargetKind) -> Target {
+        Target {
+            hub: self.hub.clone(),
+            caller: self.caller.clone(),
+            kind,
+        }
+    }
+
+    /// Every client of the hub.
+    pub fn all(&self) -> Target {
+        self.target(TargetKind::All {
+            excluded: Vec::new(),
+        })
+    }
+
+    /// Every client but those listed.
+    pub fn all_except(&self, excluded: &[&str]) -> Target {
+        self.target(TargetKind::All {
+            excluded: excluded.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    /// The caller.
+    pub fn caller(&self) -> Target {
+        self.target(TargetKind::Caller)
+    }
+
+    /// Every client but the caller.
+    pub fn others(&self) -> Target {
+        self.target(TargetKind::All {
+            excluded: vec![self.caller.info.connection_id.clone()],
+        })
+    }
+
+    /// One connection.
+    pub fn client(&self, connection_id: &str) -> Target {
+        self.target(TargetKind::Connections(vec![connection_id.to_owned()]))
+    }
+
+    /// Several connections.
+    pub fn clients(&self, connection_ids: &[&str]) -> Target {
+        self.target(TargetKind::Connections(
+            connection_ids.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+    }
+
+    /// Every connection of a user.
+    pub fn user(&self, user_id: &str) -> Target {
+        self.target(TargetKind::Users(vec![user_id.to_owned()]))
+    }
+
+    /// Every connection of several users.
+    pub fn users(&self, user_ids: &[&str]) -> Target {
+        self.target(TargetKind::Users(
+            user_ids.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+    }
+
+    /// Every member of a group.
+    pub fn group(&self, group: &str) -> Target {
+        self.target(TargetKind::Group {
+            group: group.to_owned(),
+            excluded: Vec::new(),
+        })
+    }
+
+    /// Every member of several groups.
+    pub fn groups(&self, groups: &[&str]) -> Target {
+        self.target(TargetKind::Groups(
+            groups.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+    }
+
+    /// Every member of a group but those listed.
+    pub fn group_except(&self, group: &str, excluded: &[&str]) -> Target {
+        self.target(TargetKind::Group {
+            group: group.to_owned(),
+            excluded: excluded.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    /// Every member of a group but the caller.
+    pub fn others_in_group(&self, group: &str) -> Target {
+        self.group_except(group, &[&self.caller.info.connection_id])
+    }
+}
+
+impl Target {
+    /// Invokes `method` with `args` (a tuple, or `()`) on every targeted client. Messages to
+    /// one client arrive in the order they were sent from one context.
+    ///
+    /// # Errors
+    /// When the arguments cannot be serialized, or the app server has no connection to the
+    /// relay.
+    pub fn send<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), HubError> {
+        let conn = if self.caller.conn.is_closed() {
+            self.hub.any_connection()
+        } else {
+            Some(self.caller.conn.clone())
+        };
+        let Some(conn) = conn else {
+            return Err(HubError::new("No connection to the relay."));
+        };
+        let command = match &self.kind {
+            TargetKind::Caller => ConnCommand::Frame {
+                connection_id: self.caller.info.connection_id.clone(),
+                frame: invocation_frame(self.caller.info.protocol, method, args)?,
+            },
+            kind => ConnCommand::Service(multicast(kind, invocation_payloads(method, args)?)),
+        };
+        conn.unbounded_send(command)
+            .map_err(|_| HubError::new("No connection to the relay."))
+    }
+}
+
+impl Target {
+    /// Invokes `method` on one client and awaits its result (ASP.NET Core's client results).
+    /// The target must be [`Clients::caller`] or [`Clients::client`].
+    ///
+    /// # Errors
+    /// [`InvokeError`]: timeout, disconnect, the client's own error, or an undecodable result.
+    pub async fn invoke<A, T>(&self, method: &str, args: &A) -> Result<T, InvokeError>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned + 'static,
+    {
+        let connection_id = match &self.kind {
+            TargetKind::Caller => self.caller.info.connection_id.clone(),
+            TargetKind::Connections(ids) if ids.len() == 1 => ids[0].clone(),
+            _ => {
+                return Err(InvokeError::Unsupported(
+                    "invoke needs exactly one connection",
+                ))
+            }
+        };
+        // The client's own server connection when it is ours, so that nothing needs routing.
+        let local = lock(&self.hub.clients).get(&connection_id).cloned();
+        let conn = local
+            .as_ref()
+            .map(|c| c.conn.clone())
+            .filter(|c| !c.is_closed())
+            .or_else(|| self.hub.any_connection())
+            .ok_or(InvokeError::Unsupported("no connection to the relay"))?;
+        let n = self
+            .hub
+            .next_invocation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let invocation_id = format!("{connection_id}-{}-{n}", self.hub.server_id);
+        let payloads = invocation_payloads_with_id(Some(&invocation_id), method, args)
+            .map_err(|e| InvokeError::InvalidResult(e.to_string()))?;
+        let (reply, result) = oneshot::channel();
+        let protocol = local.map_or(HubProtocol::Json, |c| c.info.protocol);
+        lock(&self.hub.results).insert(invocation_id.clone(), PendingResult { protocol, reply });
+        let message = ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: invocation_id.clone(),
+            connection_id,
+            caller_server_id: self.hub.server_id.clone(),
+            payloads,
+            ext: service::Ext::default(),
+        });
+        if conn.unbounded_send(ConnCommand::Service(message)).is_err() {
+            lock(&self.hub.results).remove(&invocation_id);
+            return Err(InvokeError::Unsupported("no connection to the relay"));
+        }
+        let timeout = match self.hub.sleeper.get() {
+            Some(sleep) => sleep(self.hub.result_timeout),
+            None => Box::pin(std::future::pending()),
+        };
+        let outcome = match futures_util::future::select(result, timeout).await {
+            futures_util::future::Either::Left((Ok(outcome), _)) => outcome,
+            futures_util::future::Either::Left((Err(_), _)) => Err(InvokeError::Disconnected(
+                "the connection to the relay was lost".to_owned(),
+            )),
+            futures_util::future::Either::Right(((), _)) => {
+                lock(&self.hub.results).remove(&invocation_id);
+                Err(InvokeError::Timeout)
+            }
+        };
+        let value = outcome?;
+        let raw = value.unwrap_or_else(|| {
+            RawValue::new(match protocol {
+                HubProtocol::Json => b"null".to_vec(),
+                HubProtocol::MessagePack => vec![0xc0],
+            })
+        });
+        decode_args::<(T,)>(protocol, &[raw])
+            .map(|(t,)| t)
+            .map_err(|e| InvokeError::InvalidResult(e.to_string()))
+    }
+}
+
+fn multicast(kind: &TargetKind, payloads: Payloads) -> ServiceMessage {
+    let ext = service::Ext::default();
+    match kind {
+        TargetKind::All { excluded } => ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: excluded.clone(),
+            payloads,
+            ext,
+        }),
+        TargetKind::Caller | TargetKind::Connections(_) => {
+            ServiceMessage::MultiConnectionData(service::MultiConnectionData {
+                connection_ids: match kind {
+                    TargetKind::Connections(ids) => ids.clone(),
+                    _ => Vec::new(),
+                },
+                payloads,
+                ext,
+            })
+        }
+        TargetKind::Users(users) if users.len() == 1 => {
+            ServiceMessage::UserData(service::UserData {
+                user_id: users[0].clone(),
+                payloads,
+                ext,
+            })
+        }
+        TargetKind::Users(users) => ServiceMessage::MultiUserData(service::MultiUserData {
+            user_ids: users.clone(),
+            payloads,
+            ext,
+        }),
+        TargetKind::Group { group, excluded } => {
+            ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+                group: group.clone(),
+                excluded_connection_ids: excluded.clone(),
+                payloads,
+                ..service::GroupBroadcastData::default()
+            })
+        }
+        TargetKind::Groups(groups) => {
+            ServiceMessage::MultiGroupBroadcastData(service::MultiGroupBroadcastData {
+                groups: groups.clone(),
+                payloads,
+                ext,
+            })
+        }
+    }
+}
+
+/// Group membership; get one from [`Context::groups`].
+pub struct Groups {
+    hub: Arc<HubRuntime>,
+    via: ConnTx,
+}
+
+impl Groups {
+    async fn with_ack(
+        &self,
+        build: impl FnOnce(i32) -> ServiceMessage + Send + 'static,
+    ) -> Result<bool, HubError> {
+        let conn = if self.via.is_closed() {
+            self.hub.any_connection()
+        } else {
+            Some(self.via.clone())
+        };
+        let conn = conn.ok_or_else(|| HubError::new("No connection to the relay."))?;
+        let (reply, status) = oneshot::channel();
+        conn.unbounded_send(ConnCommand::WithAck {
+            build: Box::new(build),
+            reply,
+        })
+        .map_err(|_| HubError::new("No connection to the relay."))?;
+        match status.await {
+            Ok(AckStatus::Ok) => Ok(true),
+            Ok(AckStatus::NotFound) => Ok(false),
+            Ok(other) => Err(HubError::new(format!(
+                "The relay could not complete the operation: {other:?}"
+            ))),
+            Err(_) => Err(HubError::new("The connection to the relay was lost.")),
+        }
+    }
+
+    /// Adds a connection to a group. Returns whether the connection exists.
+    ///
+    /// # Errors
+    /// When the relay cannot be reached.
+    pub async fn add(&self, connection_id: &str, group: &str) -> Result<bool, HubError> {
+        let (connection_id, group) = (connection_id.to_owned(), group.to_owned());
+        self.with_ack(move |ack_id| {
+            ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                connection_id,
+                group: Some(group),
+                ack_id,
+                ext: service::Ext::default(),
+            })
+        })
+        .await
+    }
+
+    /// Removes a connection from a group. Returns whether the connection exists.
+    ///
+    /// # Errors
+    /// When the relay cannot be reached.
+    pub async fn remove(&self, connection_id: &str, group: &str) -> Result<bool, HubError> {
+        let (connection_id, group) = (connection_id.to_owned(), group.to_owned());
+        self.with_ack(move |ack_id| {
+            ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+                connection_id,
+                group: Some(group),
+                ack_id,
+                ext: service::Ext::default(),
+            })
+        })
+        .await
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,218 @@
+//! The app-server SDK: host SignalR hubs behind a SignalR Relay (or Azure SignalR Service).
+//!
+//! An [`AppServer`] opens server connections to the relay for each hub (5 per hub by default),
+//! reconnects them with backoff when they drop, and runs the hub's methods for the clients the
+//! relay maps to it. Hubs are built from async closures with typed (serde) arguments and
+//! results; the same hub serves JSON and MessagePack clients.
+//!
+//! ```no_run
+//! # use signalr_relay_tokio::app::*;
+//! let chat = HubBuilder::new("chat")
+//!     .method("Echo", |_ctx: Context, (msg,): (String,)| async move { Ok(msg) })
+//!     .method("Broadcast", |ctx: Context, (msg,): (String,)| async move {
+//!         ctx.clients().all().send("broadcast", &(msg,))?;
+//!         Ok(())
+//!     })
+//!     .build();
+//! ```
+
+mod codec;
+mod connection;
+mod hub;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signalr_relay_core::aspnetcore::negotiate::NegotiateResponse;
+use signalr_relay_core::auth::{sign, Algorithm, Claims, ConnectionString, ConnectionStringError};
+
+use self::connection::ConnTx;
+use self::hub::ClientEntry;
+pub(crate) use self::hub::PendingResult;
+pub use self::hub::{
+    Clients, Context, Groups, Hub, HubBuilder, HubError, InvokeError, MethodResult, Target,
+    UploadStream,
+};
+use crate::runtime::Runtime;
+
+/// Settings of an [`AppServer`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AppOptions {
+    /// Server connections opened per hub (default 5).
+    pub connections_per_hub: usize,
+    /// Most server connections per hub, on-demand ones included (default 20).
+    pub max_connections_per_hub: usize,
+    /// Lifetime of the client tokens [`AppServer::negotiate`] issues (default 1 h).
+    pub client_token_lifetime: Duration,
+    /// A stable id for this app server (sent as `X-ASRS-Server-Id`).
+    pub server_id: String,
+    /// How long [`Target::invoke`] waits for a client's result (default 30 s).
+    pub client_result_timeout: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            connections_per_hub: 5,
+            max_connections_per_hub: 20,
+            client_token_lifetime: Duration::from_secs(3600),
+            server_id: format!("app-{}", std::process::id()),
+            client_result_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by every connection and hub of one app server.
+pub(crate) struct Shared {
+    pub(crate) connection_string: ConnectionString,
+    pub(crate) options: AppOptions,
+    pub(crate) hubs: BTreeMap<String, Arc<HubRuntime>>,
+}
+
+/// A hub, running: its definition, its live server connections and its clients.
+pub(crate) struct HubRuntime {
+    pub(crate) hub: Hub,
+    pub(crate) pool: Mutex<Vec<ConnTx>>,
+    pub(crate) clients: Mutex<BTreeMap<String, Arc<ClientEntry>>>,
+    /// Client results this app server awaits, by invocation id.
+    pub(crate) results: Mutex<BTreeMap<String, PendingResult>>,
+    /// Client invocations this app server routes for another app server: the caller's id and
+    /// the client's connection id.
+    pub(crate) routed: Mutex<BTreeMap<String, (String, String)>>,
+    pub(crate) server_id: String,
+    pub(crate) result_timeout: Duration,
+    /// Sleeps on the app server's runtime (set by [`AppServer::start`]).
+    pub(crate) sleeper: std::sync::OnceLock<Sleeper>,
+    pub(crate) next_invocation: std::sync::atomic::AtomicU64,
+}
+
+/// Sleeps for a while on some runtime.
+pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> crate::runtime::BoxFuture<()> + Send + Sync>;
+
+impl HubRuntime {
+    /// Any live server connection.
+    pub(crate) fn any_connection(&self) -> Option<ConnTx> {
+        let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.iter().find(|c| !c.is_closed()).cloned()
+    }
+}
+
+/// An app server: hubs plus the connection string of the relay that fronts them.
+#[derive(Clone)]
+pub struct AppServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppServer")
+            .field("hubs", &self.shared.hubs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl AppServer {
+    /// An app server for `connection_string` (`Endpoint=…;AccessKey=…;Version=1.0;`).
+    ///
+    /// # Errors
+    /// When the connection string is invalid.
+    pub fn new(
+        connection_string: &str,
+        hubs: Vec<Hub>,
+        options: AppOptions,
+    ) -> Result<Self, ConnectionStringError> {
+        let connection_string = ConnectionString::parse(connection_string)?;
+        let hubs = hubs
+            .into_iter()
+            .map(|hub| {
+                (
+                    hub.name().to_ascii_lowercase(),
+                    Arc::new(HubRuntime {
+                        hub,
+                        pool: Mutex::new(Vec::new()),
+                        clients: Mutex::new(BTreeMap::new()),
+                        results: Mutex::new(BTreeMap::new()),
+                        routed: Mutex::new(BTreeMap::new()),
+                        server_id: options.server_id.clone(),
+                        result_timeout: options.client_result_timeout,
+                        sleeper: std::sync::OnceLock::new(),
+                        next_invocation: std::sync::atomic::AtomicU64::new(0),
+                    }),
+                )
+            })
+            .collect();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                connection_string,
+                options,
+                hubs,
+            }),
+        })
+    }
+
+    /// Opens the server connections of every hub, and keeps them open (reconnecting with
+    /// backoff) for as long as the runtime runs.
+    pub fn start<R: Runtime>(&self, runtime: &R) {
+        for hub in self.shared.hubs.values() {
+            let sleeper_runtime = runtime.clone();
+            let _ = hub.sleeper.set(Arc::new(move |d| {
+                sleeper_runtime.sleep_until(std::time::Instant::now() + d)
+            }));
+            for _ in 0..self.shared.options.connections_per_hub {
+                connection::spawn(runtime.clone(), self.shared.clone(), hub.clone(), None);
+            }
+        }
+    }
+
+    /// Live server connections of `hub`.
+    pub fn connected(&self, hub: &str) -> usize {
+        self.shared
+            .hubs
+            .get(&hub.to_ascii_lowercase())
+            .map_or(0, |h| {
+                h.pool
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter(|c| !c.is_closed())
+                    .count()
+            })
+    }
+
+    /// The negotiate answer for a client of `hub`: a redirect to the relay with a signed
+    /// token naming `user_id` (if any), plus `claims`. Serve it as the body of `POST
+    /// /<hub>/negotiate` (HTTP 200, `application/json`).
+    pub fn negotiate(
+        &self,
+        hub: &str,
+        user_id: Option<&str>,
+        claims: &[(&str, &str)],
+    ) -> NegotiateResponse {
+        let hub = hub.to_ascii_lowercase();
+        if !self.shared.hubs.contains_key(&hub) {
+            return NegotiateResponse::Error(format!("Unknown hub '{hub}'."));
+        }
+        let cs = &self.shared.connection_string;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut token_claims =
+            Claims::issued_at(now, self.shared.options.client_token_lifetime.as_secs());
+        token_claims.aud.push(cs.client_audience(&hub).to_string());
+        if let Some(user) = user_id {
+            token_claims.nameid = Some(user.to_owned());
+            token_claims.insert("asrs.s.uid", user);
+        }
+        for (k, v) in claims {
+            token_claims.insert(*k, *v);
+        }
+        let access_token = sign(&token_claims, cs.access_key().as_bytes(), Algorithm::Hs256);
+        NegotiateResponse::Redirect {
+            url: format!("{}client/?hub={hub}", cs.client_endpoint()),
+            access_token: Some(access_token),
+        }
+    }
+}

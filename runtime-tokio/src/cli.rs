@@ -1,0 +1,262 @@
+//! Command-line flags shared by the relay binaries of every runtime.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use signalr_relay_core::relay::RelayConfig;
+
+use crate::ServeOptions;
+
+/// SignalR Relay: a self-hostable SignalR Service.
+///
+/// App servers connect to `/server/?hub=…` with an Azure SignalR connection string pointing
+/// here; SignalR clients are redirected to `/client/?hub=…`.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Access key that signs app-server and client tokens. Repeat it to accept several
+    /// (key rotation). Without one, the relay runs in dev mode with a generated key.
+    #[arg(
+        long = "access-key",
+        env = "SIGNALR_RELAY_ACCESS_KEY",
+        value_delimiter = ','
+    )]
+    pub access_keys: Vec<String>,
+
+    /// Largest hub message a client may send, in bytes.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_message_size: usize,
+
+    /// Largest message an app server may send, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_server_message_size: usize,
+
+    /// Seconds a client has to complete its handshake.
+    #[arg(long, default_value_t = 15)]
+    pub handshake_timeout: u64,
+
+    /// Seconds between the relay's keep-alive pings to app servers.
+    #[arg(long, default_value_t = 5)]
+    pub keep_alive: u64,
+
+    /// Seconds of silence after which a client is closed.
+    #[arg(long, default_value_t = 30)]
+    pub client_timeout: u64,
+
+    /// Seconds of silence after which an app server's connection is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub server_timeout: u64,
+
+    /// When every server connection of an app server carries this many clients, ask it to
+    /// open one more (0: never).
+    #[arg(long, default_value_t = 5000)]
+    pub clients_per_server_connection: usize,
+
+    /// Seconds without sending after which the relay pings a client.
+    #[arg(long, default_value_t = 15)]
+    pub client_keep_alive: u64,
+
+    /// Seconds a long poll is held when there is nothing to send.
+    #[arg(long, default_value_t = 90)]
+    pub long_poll_timeout: u64,
+
+    /// Bytes queued for a long-polling client before it is closed as too slow.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_long_poll_buffer: usize,
+
+    /// Bytes of unacknowledged messages kept per stateful-reconnect client.
+    #[arg(long, default_value_t = 100_000)]
+    pub stateful_reconnect_buffer: usize,
+
+    /// Refuse stateful reconnect (clients that ask for it get a plain connection).
+    #[arg(long)]
+    pub no_stateful_reconnect: bool,
+
+    /// Log filter, e.g. `info` or `signalr_relay=debug`.
+    #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Exit after this many seconds (a safety net for test harnesses).
+    #[arg(long, hide = true)]
+    pub exit_after: Option<u64>,
+}
+
+impl RelayArgs {
+    /// The core configuration these flags describe. In dev mode (no key) a key is generated
+    /// and returned too.
+    pub fn relay_config(&self) -> (RelayConfig, Option<String>) {
+        let mut config = RelayConfig::default();
+        let mut generated = None;
+        config.access_keys = self
+            .access_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+        if config.access_keys.is_empty() {
+            let key = generate_key();
+            config.access_keys.push(key.clone());
+            generated = Some(key);
+        }
+        config.max_client_message_size = self.max_message_size;
+        config.max_server_message_size = self.max_server_message_size;
+        config.handshake_timeout = Duration::from_secs(self.handshake_timeout);
+        config.server_ping_interval = Duration::from_secs(self.keep_alive.max(1));
+        config.client_timeout = Duration::from_secs(self.client_timeout);
+        config.server_timeout = Duration::from_secs(self.server_timeout);
+        config.clients_per_server_connection = self.clients_per_server_connection;
+        config.allow_stateful_reconnect = !self.no_stateful_reconnect;
+        config.client_keep_alive = Duration::from_secs(self.client_keep_alive.max(1));
+        config.long_poll_timeout = Duration::from_secs(self.long_poll_timeout.max(1));
+        config.max_long_poll_buffer = self.max_long_poll_buffer;
+        config.stateful_reconnect_buffer = self.stateful_reconnect_buffer;
+        (config, generated)
+    }
+
+    /// Serving options these flags describe.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            max_websocket_message: self.max_server_message_size.max(self.max_message_size) + 1024,
+            ..ServeOptions::default()
+        }
+    }
+}
+
+/// A random access key (32 bytes, hex).
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        eprintln!("no OS randomness available to generate a key");
+        std::process::exit(1);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sets up logging with `filter`.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// The sample app server: hosts `testhub` and `chat` behind a relay.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct SampleArgs {
+    /// The relay's connection string.
+    #[arg(long, env = "SIGNALR_RELAY_CONNECTION_STRING")]
+    pub connection_string: String,
+
+    /// Where to serve the negotiate endpoints (`/<hub>/negotiate`).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// Server connections per hub.
+    #[arg(long, default_value_t = 5)]
+    pub connections_per_hub: usize,
+
+    /// Seconds to wait for a client's result (client results).
+    #[arg(long, default_value_t = 30)]
+    pub client_result_timeout: u64,
+
+    /// Log filter.
+    #[arg(long = "log", default_value = "info")]
+    pub log: String,
+
+    /// Exit after this many seconds (a safety net for test harnesses).
+    #[arg(long, hide = true)]
+    pub exit_after: Option<u64>,
+}
+
+/// Relay and sample app in one process, sharing a generated key: the quickest way to try
+/// SignalR Relay.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct DemoArgs {
+    /// Where the relay listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub relay_listen: SocketAddr,
+
+    /// Where the sample app serves negotiate.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// Log filter.
+    #[arg(long = "log", default_value = "info")]
+    pub log: String,
+
+    /// Exit after this many seconds (a safety net for test harnesses).
+    #[arg(long, hide = true)]
+    pub exit_after: Option<u64>,
+}
+
+/// Exits the process after `secs` seconds, if set (the `--exit-after` safety net).
+pub fn exit_after<R: crate::Runtime>(runtime: &R, secs: Option<u64>) {
+    if let Some(secs) = secs {
+        let sleep = runtime.sleep_until(std::time::Instant::now() + Duration::from_secs(secs));
+        runtime.spawn(async move {
+            sleep.await;
+            std::process::exit(0);
+        });
+    }
+}
+
+/// Runs the relay binary of any runtime: prints where it listens (and the generated key in dev
+/// mode), then serves until accepting fails.
+pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
+    runtime: R,
+    listener: L,
+    args: &RelayArgs,
+) {
+    let (config, generated) = args.relay_config();
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    if let Some(key) = &generated {
+        println!("DEV MODE: no --access-key given; generated a key for this run.");
+        println!("  app servers connect with: Endpoint=http://{addr};AccessKey={key};Version=1.0;");
+    }
+    println!("signalr-relay listening on http://{addr}");
+    exit_after(&runtime, args.exit_after);
+    if let Err(e) = crate::serve(runtime, listener, config, args.serve_options()).await {
+        eprintln!("relay stopped: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs the sample-app binary of any runtime.
+pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
+    runtime: R,
+    listener: L,
+    args: &SampleArgs,
+) {
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    println!("sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: testhub, chat)");
+    exit_after(&runtime, args.exit_after);
+    if let Err(e) = crate::sample::run(
+        runtime,
+        listener,
+        &args.connection_string,
+        args.connections_per_hub,
+        Duration::from_secs(args.client_result_timeout),
+    )
+    .await
+    {
+        eprintln!("sample-app stopped: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Binds `addr` or exits with a clear message.
+pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
+    result.unwrap_or_else(|e| {
+        eprintln!("cannot listen on {addr}: {e}");
+        std::process::exit(1);
+    })
+}

@@ -1,0 +1,153 @@
+//! HTTP plumbing shared by the relay and the app-server SDK: hyper on `futures-io`, requests
+//! converted to the core's [`HttpRequest`], and CORS for browser clients.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_HEADERS, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN,
+    SEC_WEBSOCKET_KEY, UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use signalr_relay_core::relay::{HttpRequest, HttpResponse};
+use smol_hyper::rt::FuturesIo;
+
+use crate::runtime::{Listener, Runtime};
+
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+/// The parts of a hyper request the core reads.
+pub(crate) fn to_core_request<B>(req: &Request<B>) -> HttpRequest {
+    HttpRequest {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().unwrap_or_default().to_owned(),
+        headers: req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_owned(), v.to_owned()))
+            })
+            .collect(),
+        websocket: is_websocket_upgrade(req),
+        body: Bytes::new(),
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let has = |name, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(CONNECTION, "upgrade")
+        && has(UPGRADE, "websocket")
+        && req.headers().contains_key(SEC_WEBSOCKET_KEY)
+}
+
+/// A hyper response from the core's.
+pub(crate) fn respond(r: HttpResponse) -> Response<Body> {
+    let mut response = Response::new(Full::new(r.body).boxed());
+    *response.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    response
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// The answer to a CORS preflight, if `req` is one.
+pub(crate) fn preflight<B>(req: &Request<B>) -> Option<Response<Body>> {
+    if req.method() != hyper::Method::OPTIONS || !req.headers().contains_key(ORIGIN) {
+        return None;
+    }
+    let mut response = text(StatusCode::NO_CONTENT, "");
+    let headers = response.headers_mut();
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    if let Some(requested) = req.headers().get(ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    Some(response)
+}
+
+/// Lets a browser page from another origin read the response. SignalR clients send
+/// credentials, so the origin is echoed (never `*`).
+pub(crate) fn allow_origin(origin: Option<&HeaderValue>, response: &mut Response<Body>) {
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+/// Serves plain HTTP requests with `handler` (no WebSockets), e.g. an app server's negotiate
+/// endpoint.
+///
+/// # Errors
+/// When accepting fails.
+pub async fn serve_http<R, L, F>(runtime: R, mut listener: L, handler: F) -> std::io::Result<()>
+where
+    R: Runtime,
+    L: Listener,
+    F: Fn(HttpRequest) -> HttpResponse + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handler = handler.clone();
+        let timer = runtime.hyper_timer();
+        runtime.spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let handler = handler.clone();
+                async move {
+                    if let Some(response) = preflight(&req) {
+                        let mut response = response;
+                        allow_origin(req.headers().get(ORIGIN), &mut response);
+                        return Ok::<_, Infallible>(response);
+                    }
+                    let mut response = respond(handler(to_core_request(&req)));
+                    allow_origin(req.headers().get(ORIGIN), &mut response);
+                    Ok(response)
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(timer)
+                .header_read_timeout(Duration::from_secs(15));
+            let _ = builder
+                .serve_connection(FuturesIo::new(stream), service)
+                .await;
+        });
+    }
+}

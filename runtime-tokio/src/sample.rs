@@ -1,0 +1,284 @@
+//! The sample app's hubs: `testhub` (the methods of ASP.NET Core's client functional-test
+//! hub) and `chat`. Shared by the `sample-app` and `demo` binaries of every runtime.
+
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use signalr_relay_core::relay::HttpResponse;
+
+use crate::app::{AppServer, Context, Hub, HubBuilder, HubError};
+
+/// The `CustomObject` of the functional tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CustomObject {
+    /// `Name`.
+    #[serde(rename = "Name", alias = "name")]
+    pub name: String,
+    /// `Value`.
+    #[serde(rename = "Value", alias = "value")]
+    pub value: i64,
+}
+
+fn unexpected(method: &str, message: &str) -> HubError {
+    HubError::new(format!(
+        "An unexpected error occurred invoking '{method}' on the server. InvalidOperationException: {message}"
+    ))
+}
+
+/// The functional-test hub.
+pub fn test_hub() -> Hub {
+    HubBuilder::new("testhub")
+        .method("Echo", |_ctx: Context, (message,): (String,)| async move {
+            Ok(message)
+        })
+        .method("GetCallerConnectionId", |ctx: Context, ()| async move {
+            Ok(ctx.connection_id().to_owned())
+        })
+        .method(
+            "ThrowException",
+            |_ctx: Context, (message,): (String,)| async move {
+                Err::<(), _>(unexpected("ThrowException", &message))
+            },
+        )
+        .method(
+            "InvokeWithString",
+            |ctx: Context, (message,): (String,)| async move {
+                ctx.clients()
+                    .client(ctx.connection_id())
+                    .send("Message", &(message,))
+            },
+        )
+        .method(
+            "SendCustomObject",
+            |ctx: Context, (object,): (CustomObject,)| async move {
+                ctx.clients()
+                    .client(ctx.connection_id())
+                    .send("CustomObject", &(object,))
+            },
+        )
+        .stream("Stream", |_ctx: Context, ()| {
+            Ok(stream::iter(["a", "b", "c"].map(Ok)))
+        })
+        .stream("InfiniteStream", |ctx: Context, ()| {
+            // Never yields; when the caller cancels, the stream is dropped and the guard
+            // tells the caller.
+            let guard = CancelNotice(ctx);
+            Ok(
+                stream::pending::<Result<String, HubError>>().map(move |item| {
+                    let _ = &guard;
+                    item
+                }),
+            )
+        })
+        .upload("StreamingConcat", |_ctx: Context, (), items| async move {
+            let parts: Vec<Result<String, HubError>> = items.collect().await;
+            parts.into_iter().collect::<Result<String, HubError>>()
+        })
+        .stream("EmptyStream", |_ctx: Context, ()| {
+            Ok(stream::empty::<Result<i32, HubError>>())
+        })
+        .stream(
+            "StreamThrowException",
+            |_ctx: Context, (message,): (String,)| {
+                Err::<stream::Empty<Result<i32, HubError>>, _>(unexpected(
+                    "StreamThrowException",
+                    &message,
+                ))
+            },
+        )
+        .method("GetActiveTransportName", |ctx: Context, ()| async move {
+            Ok(ctx.transport().to_owned())
+        })
+        .method_raw("EchoComplexObject", |_ctx: Context, mut args| async move {
+            if args.len() != 1 {
+                return Err(HubError::new("EchoComplexObject takes one argument."));
+            }
+            Ok(args.pop())
+        })
+        .method("GetNumRedirects", |ctx: Context, ()| async move {
+            ctx.query("numRedirects")
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| HubError::new("no numRedirects"))
+        })
+        .build()
+}
+
+/// Sends "StreamCanceled" to the caller when dropped (InfiniteStream's cancellation).
+struct CancelNotice(Context);
+
+impl Drop for CancelNotice {
+    fn drop(&mut self) {
+        let _ = self.0.clients().caller().send("StreamCanceled", &());
+    }
+}
+
+/// The chat hub.
+pub fn chat_hub() -> Hub {
+    HubBuilder::new("chat")
+        .method(
+            "Echo",
+            |_ctx: Context, (msg,): (serde_json::Value,)| async move { Ok(msg) },
+        )
+        .method(
+            "EchoToCaller",
+            |ctx: Context, (msg,): (serde_json::Value,)| async move {
+                ctx.clients().caller().send("echo", &(msg,))
+            },
+        )
+        .method(
+            "Broadcast",
+            |ctx: Context, (msg,): (serde_json::Value,)| async move {
+                ctx.clients().all().send("broadcast", &(msg,))
+            },
+        )
+        .method(
+            "BroadcastOthers",
+            |ctx: Context, (msg,): (serde_json::Value,)| async move {
+                ctx.clients().others().send("broadcast", &(msg,))
+            },
+        )
+        .method(
+            "JoinGroup",
+            |ctx: Context, (group,): (String,)| async move {
+                ctx.groups()
+                    .add(ctx.connection_id(), &group)
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .method(
+            "LeaveGroup",
+            |ctx: Context, (group,): (String,)| async move {
+                ctx.groups()
+                    .remove(ctx.connection_id(), &group)
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .method(
+            "SendToGroup",
+            |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
+                ctx.clients()
+                    .group(&group)
+                    .send("groupMessage", &(group.as_str(), msg))
+            },
+        )
+        .method(
+            "SendToGroupExceptCaller",
+            |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
+                ctx.clients()
+                    .others_in_group(&group)
+                    .send("groupMessage", &(group.as_str(), msg))
+            },
+        )
+        .method(
+            "SendToUser",
+            |ctx: Context, (user, msg): (String, serde_json::Value)| async move {
+                ctx.clients().user(&user).send("userMessage", &(msg,))
+            },
+        )
+        .method(
+            "SendToConnection",
+            |ctx: Context, (id, msg): (String, serde_json::Value)| async move {
+                ctx.clients().client(&id).send("directMessage", &(msg,))
+            },
+        )
+        .on_connected(|ctx: Context| async move {
+            let _ = ctx
+                .clients()
+                .caller()
+                .send("welcome", &(ctx.connection_id(),));
+        })
+        .on_disconnected(|ctx: Context| async move {
+            let _ = ctx.clients().all().send("left", &(ctx.connection_id(),));
+        })
+        .method("GetConnectionId", |ctx: Context, ()| async move {
+            Ok(ctx.connection_id().to_owned())
+        })
+        .method("GetUserId", |ctx: Context, ()| async move {
+            Ok(ctx.user_id().map(str::to_owned))
+        })
+        .method(
+            "AskCaller",
+            |ctx: Context, (question,): (String,)| async move {
+                // A client result: the caller's "GetAnswer" handler returns the answer.
+                let answer: String = ctx
+                    .clients()
+                    .caller()
+                    .invoke("GetAnswer", &(question,))
+                    .await?;
+                Ok(answer)
+            },
+        )
+        .method(
+            "AskClient",
+            |ctx: Context, (id, question): (String, String)| async move {
+                let answer: String = ctx
+                    .clients()
+                    .client(&id)
+                    .invoke("GetAnswer", &(question,))
+                    .await?;
+                Ok(answer)
+            },
+        )
+        .method("CloseMe", |ctx: Context, ()| async move {
+            ctx.abort();
+            Ok(())
+        })
+        .build()
+}
+
+/// Both sample hubs.
+pub fn hubs() -> Vec<Hub> {
+    vec![test_hub(), chat_hub()]
+}
+
+/// The sample app's HTTP endpoint: `POST /<hub>/negotiate?user=<id>` answers with the
+/// redirect to the relay (the `user` query parameter stands in for real authentication).
+pub fn negotiate_handler(
+    app: AppServer,
+) -> impl Fn(signalr_relay_core::relay::HttpRequest) -> HttpResponse + Send + Sync + 'static {
+    move |req| {
+        let path = req.path.trim_end_matches('/');
+        let Some(hub) = path
+            .strip_suffix("/negotiate")
+            .map(|h| h.trim_start_matches('/'))
+        else {
+            return HttpResponse::text(404, "Not found: negotiate at /<hub>/negotiate");
+        };
+        if req.method != "POST" && req.method != "GET" {
+            return HttpResponse::text(405, "Use POST.");
+        }
+        let user = form_urlencoded::parse(req.query.as_bytes())
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.into_owned());
+        let response = app.negotiate(hub, user.as_deref(), &[]);
+        HttpResponse::json(response.to_json())
+    }
+}
+
+/// How long the sample waits between connection-state log lines.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Runs the sample app: opens its server connections and serves negotiate on `listener`.
+///
+/// # Errors
+/// When the connection string is invalid or accepting fails.
+pub async fn run<R: crate::Runtime, L: crate::Listener>(
+    runtime: R,
+    listener: L,
+    connection_string: &str,
+    connections_per_hub: usize,
+    client_result_timeout: Duration,
+) -> std::io::Result<()> {
+    let options = crate::app::AppOptions {
+        connections_per_hub,
+        client_result_timeout,
+        ..crate::app::AppOptions::default()
+    };
+    let app = AppServer::new(connection_string, hubs(), options)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    app.start(&runtime);
+    crate::serve_http(runtime, listener, negotiate_handler(app)).await
+}

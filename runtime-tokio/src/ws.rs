@@ -1,0 +1,119 @@
+//! One WebSocket, pumped: a reader that forwards every message into a channel, and a writer
+//! that drains a bounded command queue, batching whatever is queued into one flush.
+//! Shared by the relay (both kinds of connection) and the app-server SDK.
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use async_tungstenite::WebSocketStream;
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_util::future::{select, Either};
+use futures_util::{SinkExt, StreamExt};
+
+/// How many messages may wait for one connection's writer. A peer that lets more pile up is
+/// not reading, and is disconnected.
+pub(crate) const WRITE_QUEUE: usize = 1024;
+
+/// WebSocket settings sized for many mostly-idle connections: small buffers, bounded
+/// messages.
+pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 4 * 1024;
+    config.write_buffer_size = 0;
+    config.max_write_buffer_size = usize::MAX;
+    config.max_message_size = Some(max_message_size);
+    config.max_frame_size = Some(max_message_size);
+    config
+}
+
+/// What to do on a WebSocket.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a message (binary or text).
+    Send { data: Bytes, binary: bool },
+    /// Send a close frame and stop.
+    Close { code: u16, reason: String },
+}
+
+/// What came in on a WebSocket.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A data message.
+    Data(Bytes),
+    /// The connection is gone (closed, failed, or its writer stopped).
+    Closed,
+}
+
+fn to_message(data: Bytes, binary: bool) -> Option<Message> {
+    if binary {
+        Some(Message::Binary(data))
+    } else {
+        Utf8Bytes::try_from(data).ok().map(Message::Text)
+    }
+}
+
+/// Runs `ws` until either side ends it. Every incoming data message goes to `incoming`
+/// (awaiting, so a slow consumer applies backpressure to the socket); `Incoming::Closed` is
+/// sent exactly once at the end.
+pub(crate) async fn pump<S, E, F>(
+    ws: WebSocketStream<S>,
+    mut commands: mpsc::Receiver<Command>,
+    mut incoming: mpsc::Sender<E>,
+    wrap: F,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    F: Fn(Incoming) -> E,
+{
+    let (mut sink, mut stream) = ws.split();
+    let writer = async {
+        while let Some(command) = commands.next().await {
+            let mut next = Some(command);
+            // Batch: feed everything already queued, then flush once.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Send { data, binary } => {
+                        if let Some(message) = to_message(data, binary) {
+                            if sink.feed(message).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Command::Close { code, reason } => {
+                        let frame = CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        };
+                        let _ = sink.flush().await;
+                        let _ = sink.close(Some(frame)).await;
+                        return;
+                    }
+                }
+                next = commands.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close(None).await;
+    };
+    let mut forward = incoming.clone();
+    let reader = async {
+        while let Some(message) = stream.next().await {
+            let data = match message {
+                Ok(Message::Text(text)) => Bytes::from(text),
+                Ok(Message::Binary(data)) => data,
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(Message::Close(_)) | Err(_) => break,
+            };
+            if forward.send(wrap(Incoming::Data(data))).await.is_err() {
+                break;
+            }
+        }
+    };
+    futures_util::pin_mut!(writer, reader);
+    match select(writer, reader).await {
+        Either::Left(((), _)) | Either::Right(((), _)) => {}
+    }
+    let _ = incoming.send(wrap(Incoming::Closed)).await;
+}

@@ -1,0 +1,167 @@
+// Starts the real binaries (relay + sample app) on loopback and hands out official clients.
+'use strict';
+const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
+const net = require('node:net');
+const path = require('node:path');
+const signalR = require('@microsoft/signalr');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
+
+const BIN_DIR = process.env.RELAY_BIN_DIR || path.resolve(__dirname, '../../target/debug');
+// Which runtime's binaries to run: `tokio` (signalr-relay, sample-app) or `smol`
+// (signalr-relay-smol, sample-app-smol).
+const RUNTIME = process.env.E2E_RUNTIME || 'tokio';
+const SUFFIX = RUNTIME === 'smol' ? '-smol' : '';
+// Every process started here exits by itself after this long, whatever happens to the tests.
+const SAFETY_EXIT_SECS = 300;
+
+function startProcess(name, args) {
+  const child = spawn(path.join(BIN_DIR, name), [...args, '--exit-after', String(SAFETY_EXIT_SECS)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const ready = new Promise((resolve, reject) => {
+    const onData = (d) => {
+      out += d;
+      const m = out.match(/listening on http:\/\/([0-9.]+:\d+)/);
+      if (m) resolve(m[1]);
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (d) => { out += d; });
+    child.on('exit', (code) => reject(new Error(`${name} exited (${code}): ${out}`)));
+    setTimeout(() => reject(new Error(`${name} did not start: ${out}`)), 15000);
+  });
+  return { child, ready, output: () => out };
+}
+
+/// A TCP proxy whose connections can be cut one by one: it stands between the app server and
+/// the relay, so a test can drop a single server connection.
+function startProxy(targetPort) {
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    const pair = { client, upstream };
+    sockets.add(pair);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const close = () => { client.destroy(); upstream.destroy(); sockets.delete(pair); };
+    client.on('error', close); upstream.on('error', close);
+    client.on('close', close); upstream.on('close', close);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    port: server.address().port,
+    connections: () => [...sockets],
+    close: () => { for (const p of sockets) { p.client.destroy(); p.upstream.destroy(); } server.close(); },
+  })));
+}
+
+function b64url(data) {
+  return Buffer.from(data).toString('base64url');
+}
+
+/// An HS256 JWT, as an app server would sign it.
+function jwt(claims, key) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = crypto.createHmac('sha256', key).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
+class Stack {
+  /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy.
+  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [] } = {}) {
+    const s = new Stack();
+    s.key = crypto.randomBytes(16).toString('hex');
+    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', 'warn', ...relayArgs]);
+    s.relayAddr = await s.relay.ready;
+    const relayPort = Number(s.relayAddr.split(':')[1]);
+    let endpoint = `http://${s.relayAddr}`;
+    let extra = '';
+    if (proxy) {
+      // The app server's connections go through the proxy; clients go straight to the relay.
+      s.proxy = await startProxy(relayPort);
+      endpoint = `http://127.0.0.1:${s.proxy.port}`;
+      extra = `ClientEndpoint=http://${s.relayAddr};`;
+    } else if (clientProxy) {
+      // Clients go through the proxy (so a test can cut their sockets); app servers do not.
+      s.proxy = await startProxy(relayPort);
+      extra = `ClientEndpoint=http://127.0.0.1:${s.proxy.port};`;
+    }
+    const cs = `Endpoint=${endpoint};AccessKey=${s.key};Version=1.0;${extra}`;
+    s.app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', cs, '--listen', '127.0.0.1:0',
+      '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs]);
+    s.appAddr = await s.app.ready;
+    await s.waitForServers('chat');
+    await s.waitForServers('testhub');
+    return s;
+  }
+
+  /// Waits until the relay accepts negotiations for `hub` (its app server is connected).
+  async waitForServers(hub) {
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      const r = await this.relayNegotiate(hub, this.clientToken(hub));
+      if (r.status === 200 && !(await r.json()).error) return;
+      if (Date.now() > deadline) throw new Error(`no app server for ${hub}`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  clientToken(hub, extra = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    return jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
+  }
+
+  relayNegotiate(hub, token) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    return fetch(`http://${this.relayAddr}/client/negotiate?hub=${hub}&negotiateVersion=1`, { method: 'POST', headers });
+  }
+
+  /// An official client connected through the app's negotiate, started.
+  async connect(hub, { user, msgpack = false, transport = 'WebSockets', stateful = false, log = signalR.LogLevel.None } = {}) {
+    const url = `http://${this.appAddr}/${hub}${user ? `?user=${encodeURIComponent(user)}` : ''}`;
+    const builder = new signalR.HubConnectionBuilder()
+      .withUrl(url, signalR.HttpTransportType[transport])
+      .configureLogging(log);
+    if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
+    if (stateful) builder.withStatefulReconnect();
+    const c = builder.build();
+    c.closedWith = new Promise((resolve) => c.onclose((e) => resolve(e)));
+    await c.start();
+    return c;
+  }
+
+  async stop() {
+    for (const p of [this.app, this.relay]) {
+      if (p && p.child.exitCode === null) p.child.kill('SIGTERM');
+    }
+    if (this.proxy) this.proxy.close();
+  }
+}
+
+/// Resolves with the arguments of the next `method` call on `connection`.
+function next(connection, method, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => { connection.off(method, h); reject(new Error(`no ${method} within ${timeoutMs} ms`)); }, timeoutMs);
+    const h = (...args) => { clearTimeout(t); connection.off(method, h); resolve(args); };
+    connection.on(method, h);
+  });
+}
+
+/// Collects every `method` call on `connection`.
+function collect(connection, method) {
+  const got = [];
+  connection.on(method, (...args) => got.push(args));
+  return got;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/// Every transport, and the protocols each can carry.
+const TRANSPORTS = [
+  ['WebSockets', [false, true]],
+  ['ServerSentEvents', [false]],
+  ['LongPolling', [false, true]],
+];
+
+module.exports = { TRANSPORTS, RUNTIME, Stack, jwt, next, collect, sleep, signalR };

@@ -1,0 +1,113 @@
+// The methods of ASP.NET Core's client functional-test hub, through the relay, with the
+// official client over WebSockets, in JSON and MessagePack.
+'use strict';
+const { test, before, after, describe } = require('node:test');
+const assert = require('node:assert/strict');
+const { Stack, TRANSPORTS, next, sleep, signalR } = require('./harness');
+
+let stack;
+before(async () => { stack = await Stack.start(); });
+after(async () => { await stack.stop(); });
+
+for (const [transport, protocols] of TRANSPORTS) for (const msgpack of protocols) {
+  describe(`testhub over ${transport}, ${msgpack ? 'MessagePack' : 'JSON'}`, () => {
+    let c;
+    before(async () => { c = await stack.connect('testhub', { msgpack, transport }); });
+    after(async () => { await c.stop(); });
+
+    test('Echo returns its argument', async () => {
+      assert.equal(await c.invoke('Echo', 'hello relay'), 'hello relay');
+      assert.equal(await c.invoke('echo', 'case-insensitive'), 'case-insensitive');
+    });
+
+    test('GetCallerConnectionId is the client\'s own id', async () => {
+      const id = await c.invoke('GetCallerConnectionId');
+      assert.equal(id, c.connectionId);
+      assert.match(id, /^[A-Za-z0-9_-]{22}$/);
+    });
+
+    test('ThrowException reaches the caller as an error', async () => {
+      await assert.rejects(c.invoke('ThrowException', 'An error occurred.'), (e) => {
+        assert.match(e.message, /InvalidOperationException: An error occurred\./);
+        return true;
+      });
+    });
+
+    test('InvokeWithString calls back "Message"', async () => {
+      const got = next(c, 'Message');
+      await c.invoke('InvokeWithString', 'message from the server');
+      assert.deepEqual(await got, ['message from the server']);
+    });
+
+    test('SendCustomObject calls back "CustomObject"', async () => {
+      const got = next(c, 'CustomObject');
+      await c.invoke('SendCustomObject', { Name: 'test', Value: 42 });
+      const [obj] = await got;
+      assert.equal(obj.Name, 'test');
+      assert.equal(obj.Value, 42);
+    });
+
+    test('Stream yields a, b, c', async () => {
+      const items = await new Promise((resolve, reject) => {
+        const got = [];
+        c.stream('Stream').subscribe({ next: (i) => got.push(i), complete: () => resolve(got), error: reject });
+      });
+      assert.deepEqual(items, ['a', 'b', 'c']);
+    });
+
+    test('EmptyStream completes with no items', async () => {
+      const items = await new Promise((resolve, reject) => {
+        const got = [];
+        c.stream('EmptyStream').subscribe({ next: (i) => got.push(i), complete: () => resolve(got), error: reject });
+      });
+      assert.deepEqual(items, []);
+    });
+
+    test('StreamThrowException ends the stream with the error', async () => {
+      const error = await new Promise((resolve) => {
+        c.stream('StreamThrowException', 'stream error').subscribe({ next: () => {}, complete: () => resolve(null), error: resolve });
+      });
+      assert.ok(error);
+      assert.match(error.message, /InvalidOperationException: stream error/);
+    });
+
+    test('cancelling InfiniteStream tells the server ("StreamCanceled")', async () => {
+      const canceled = next(c, 'StreamCanceled');
+      const sub = c.stream('InfiniteStream').subscribe({ next: () => {}, complete: () => {}, error: () => {} });
+      await sleep(100);
+      sub.dispose();
+      await canceled;
+    });
+
+    test('StreamingConcat concatenates an uploaded stream', async () => {
+      const subject = new signalR.Subject();
+      const result = c.invoke('StreamingConcat', subject);
+      for (const part of ['a', 'b', 'c', 'def']) {
+        subject.next(part);
+        await sleep(10);
+      }
+      subject.complete();
+      assert.equal(await result, 'abcdef');
+    });
+
+    test(`GetActiveTransportName is ${transport}`, async () => {
+      assert.equal(await c.invoke('GetActiveTransportName'), transport);
+    });
+
+    test('EchoComplexObject returns the object unchanged', async () => {
+      const obj = { String: 'hello world', IntArray: [1, 2, 3], Nested: { Flag: true, Nothing: null } };
+      if (msgpack) obj.ByteArray = new Uint8Array([1, 2, 3]);
+      const echoed = await c.invoke('EchoComplexObject', obj);
+      assert.deepEqual(echoed, obj);
+    });
+
+    test('an unknown method is an error, and the connection stays usable', async () => {
+      await assert.rejects(c.invoke('NoSuchMethod'), /Unknown hub method/);
+      assert.equal(await c.invoke('Echo', 'still here'), 'still here');
+    });
+
+    test('arguments of the wrong type are an error', async () => {
+      await assert.rejects(c.invoke('Echo', 42), /Failed to bind/);
+    });
+  });
+}
