@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
-if [ ! -d tests/e2e/node_modules ]; then
+# Reinstalled whenever package-lock.json changes (the copy in node_modules records what is installed).
+if ! cmp -s tests/e2e/package-lock.json tests/e2e/node_modules/.installed-package-lock.json; then
     (cd tests/e2e && npm ci --no-audit --no-fund)
+    cp tests/e2e/package-lock.json tests/e2e/node_modules/.installed-package-lock.json
 fi
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     # Debian's Chromium, for the browser tests (playwright-core drives it; it downloads nothing).
@@ -18,9 +20,11 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
         exit 1
     fi
 fi
-if [ ! -x tests/.venv/bin/python ]; then
-    python3 -m venv tests/.venv
-    tests/.venv/bin/pip install --quiet signalrcore==1.0.2
+# The Python clients (signalrcore, signalr-client-threads), pinned; reinstalled when the pins change.
+if ! cmp -s tests/e2e/python/requirements.txt tests/.venv/installed-requirements.txt; then
+    [ -x tests/.venv/bin/python ] || python3 -m venv tests/.venv
+    tests/.venv/bin/pip install --quiet -r tests/e2e/python/requirements.txt
+    cp tests/e2e/python/requirements.txt tests/.venv/installed-requirements.txt
 fi
 
 cargo build --workspace --bins

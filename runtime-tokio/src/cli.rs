@@ -77,6 +77,19 @@ pub struct RelayArgs {
     #[arg(long)]
     pub no_stateful_reconnect: bool,
 
+    /// Classic clients: seconds between keep-alives on a WebSocket or event stream.
+    #[arg(long, default_value_t = 10)]
+    pub classic_keep_alive: u64,
+
+    /// Classic clients: seconds a connection without a receive channel waits for its client to
+    /// reconnect or poll again before the app server is told it disconnected.
+    #[arg(long, default_value_t = 30)]
+    pub classic_disconnect_timeout: u64,
+
+    /// Classic clients: messages kept per connection for reconnects and long polls.
+    #[arg(long, default_value_t = 1000)]
+    pub classic_buffer_messages: usize,
+
     /// Log filter, e.g. `info` or `signalr_relay=debug`.
     #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
     pub log: String,
@@ -115,6 +128,10 @@ impl RelayArgs {
         config.long_poll_timeout = Duration::from_secs(self.long_poll_timeout.max(1));
         config.max_long_poll_buffer = self.max_long_poll_buffer;
         config.stateful_reconnect_buffer = self.stateful_reconnect_buffer;
+        config.classic_keep_alive = Duration::from_secs(self.classic_keep_alive.max(1));
+        config.classic_disconnect_timeout =
+            Duration::from_secs(self.classic_disconnect_timeout.max(1));
+        config.classic_buffer_messages = self.classic_buffer_messages.max(1);
         (config, generated)
     }
 

@@ -226,6 +226,25 @@ pub fn chat_hub() -> Hub {
             ctx.abort();
             Ok(())
         })
+        .method("Fail", |_: Context, (message,): (String,)| async move {
+            Err::<(), _>(HubError::new(message))
+        })
+        .method("Count", |ctx: Context, (n,): (u32,)| async move {
+            // Progress reaches classic clients (`.progress()`); other clients get the result.
+            for i in 1..=n.min(1000) {
+                ctx.progress(&i)?;
+            }
+            Ok(n)
+        })
+        .method("Greet", |ctx: Context, ()| async move {
+            // Classic clients' hub state: read `name`, set `greeted`.
+            let name = ctx
+                .state("name")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "stranger".to_owned());
+            ctx.set_state("greeted", serde_json::Value::Bool(true));
+            Ok(format!("hello {name}"))
+        })
         .build()
 }
 
@@ -234,13 +253,20 @@ pub fn hubs() -> Vec<Hub> {
     vec![test_hub(), chat_hub()]
 }
 
-/// The sample app's HTTP endpoint: `POST /<hub>/negotiate?user=<id>` answers with the
-/// redirect to the relay (the `user` query parameter stands in for real authentication).
+/// The sample app's HTTP endpoints (the `user` query parameter stands in for real
+/// authentication):
+/// - `POST /<hub>/negotiate?user=<id>`: the ASP.NET Core redirect to the relay.
+/// - `GET /signalr/negotiate?connectionData=[{"name":"<hub>"}]&user=<id>`: the classic
+///   ASP.NET SignalR redirect, at the classic clients' default URL `/signalr`.
+/// - `GET /signalr/ping`: the classic clients' keep-alive ping.
 pub fn negotiate_handler(
     app: AppServer,
 ) -> impl Fn(signalr_relay_core::relay::HttpRequest) -> HttpResponse + Send + Sync + 'static {
     move |req| {
         let path = req.path.trim_end_matches('/');
+        if let Some(response) = classic_endpoint(&app, &req, path) {
+            return response;
+        }
         let Some(hub) = path
             .strip_suffix("/negotiate")
             .map(|h| h.trim_start_matches('/'))
@@ -256,6 +282,36 @@ pub fn negotiate_handler(
         let response = app.negotiate(hub, user.as_deref(), &[]);
         HttpResponse::json(response.to_json())
     }
+}
+
+/// The classic endpoints under `/signalr`, or `None` for another path.
+fn classic_endpoint(
+    app: &AppServer,
+    req: &signalr_relay_core::relay::HttpRequest,
+    path: &str,
+) -> Option<HttpResponse> {
+    use signalr_relay_core::classic::{
+        ErrorResponse, Limits, NegotiateReply, RequestKind, RequestParams, PING_RESPONSE,
+    };
+    let kind = match path {
+        "/signalr/negotiate" => RequestKind::Negotiate,
+        "/signalr/ping" => RequestKind::Ping,
+        _ => return None,
+    };
+    if kind == RequestKind::Ping {
+        return Some(HttpResponse::json(PING_RESPONSE.to_vec()));
+    }
+    let reply = match RequestParams::parse(kind, &req.query, None, &Limits::default()) {
+        Err(e) => NegotiateReply::Error(ErrorResponse::new(e.to_string())),
+        Ok(params) => match (params.hub_names(), params.extra("user")) {
+            ([hub], user) => app.negotiate_classic(hub, user, &[]),
+            (hubs, _) => NegotiateReply::Error(ErrorResponse::new(format!(
+                "connectionData must name exactly one hub; it names {}.",
+                hubs.len()
+            ))),
+        },
+    };
+    Some(HttpResponse::json(reply.encode()))
 }
 
 /// How long the sample waits between connection-state log lines.

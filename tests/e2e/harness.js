@@ -112,6 +112,12 @@ class Stack {
     return jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
   }
 
+  /// A token for the relay's classic endpoint `/aspnetclient` (the hub goes in the `hub` query).
+  classicClientToken(extra = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    return jwt({ aud: 'http://127.0.0.1/aspnetclient', iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
+  }
+
   relayNegotiate(hub, token) {
     const headers = token ? { Authorization: `Bearer ${token}` } : {};
     return fetch(`http://${this.relayAddr}/client/negotiate?hub=${hub}&negotiateVersion=1`, { method: 'POST', headers });
@@ -164,4 +170,49 @@ const TRANSPORTS = [
   ['LongPolling', [false, true]],
 ];
 
-module.exports = { TRANSPORTS, RUNTIME, Stack, jwt, next, collect, sleep, signalR };
+
+/// Headless Chromium (Debian's package, driven by playwright-core) plus a tiny server for the
+/// test pages, on their own origin so that every page talks to the app and the relay
+/// cross-origin. `files` maps URL paths to files.
+class Browser {
+  static async start(files) {
+    const fs = require('node:fs');
+    const http = require('node:http');
+    const os = require('node:os');
+    const { chromium } = require('playwright-core');
+    const b = new Browser();
+    b.pages = http.createServer((req, res) => {
+      const file = files[new URL(req.url, 'http://x').pathname];
+      if (!file) { res.writeHead(404).end(); return; }
+      res.writeHead(200, { 'Content-Type': file.endsWith('.html') ? 'text/html' : 'text/javascript' });
+      fs.createReadStream(file).pipe(res);
+    });
+    await new Promise((resolve) => b.pages.listen(0, '127.0.0.1', resolve));
+    b.origin = `http://127.0.0.1:${b.pages.address().port}`;
+    b.profile = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-chromium-'));
+    b.context = await chromium.launchPersistentContext(b.profile, {
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    return b;
+  }
+
+  /// A new tab on `pagePath` (a key of `files`) with `query`; page errors are collected.
+  async open(pagePath, query) {
+    const page = await this.context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`${this.origin}${pagePath}?${new URLSearchParams(query)}`);
+    return { page, errors };
+  }
+
+  async close() {
+    await this.context.close();
+    this.pages.close();
+    require('node:fs').rmSync(this.profile, { recursive: true, force: true });
+  }
+}
+
+module.exports = { TRANSPORTS, RUNTIME, Stack, Browser, jwt, next, collect, sleep, signalR };

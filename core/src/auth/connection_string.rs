@@ -181,6 +181,17 @@ impl ConnectionString {
         self.audience("/client/", hub)
     }
 
+    /// The audience of client tokens for classic ASP.NET SignalR clients:
+    /// `{endpoint}/aspnetclient` (no hub: a classic client names its hub in `connectionData`).
+    pub fn classic_client_audience(&self) -> Audience {
+        Audience::new(
+            self.endpoint.scheme(),
+            self.endpoint.host(),
+            "/aspnetclient",
+            None,
+        )
+    }
+
     fn audience(&self, path: &str, hub: &str) -> Audience {
         Audience::new(
             self.endpoint.scheme(),

@@ -17,8 +17,11 @@
 //!
 //! After **every** `handle_*` call, drain [`Relay::poll_output`] until it returns `None`, then
 //! re-arm the timer from [`Relay::poll_timeout`]. Time passed in must never go backwards.
-//! Calling [`Relay::handle_timeout`] early is harmless. Once a [`Output::Close`] for a
-//! connection has come out, the relay has forgotten it: input for that handle is ignored.
+//! Calling [`Relay::handle_timeout`] early is harmless. Once an [`Output::Close`] for a
+//! handle has come out, the socket or event stream it named is done: ignore its input. A later
+//! request may attach a new socket to the same handle (a stateful reconnect, or a classic
+//! `/reconnect`); its [`RequestOutcome`] says so, and from then on the handle means the new
+//! socket.
 //!
 //! ```no_run
 //! # use signalr_relay_core::relay::*;
@@ -45,7 +48,12 @@
 //!   protocol, maps it to the least-loaded server connection of its hub, sends that server an
 //!   OpenConnection, and from then on relays bytes both ways. The app server answers the
 //!   handshake itself.
+//! - **Classic client connections** (`/aspnetclient/…`): a classic ASP.NET SignalR 2.x client.
+//!   The relay terminates the classic protocol and speaks the ASP.NET Core JSON hub protocol
+//!   to the app server on the client's behalf (see `classic`).
 
+mod classic;
+pub use self::classic::STATE_HEADER;
 mod ids;
 mod reframe;
 mod stateful;
@@ -57,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use self::classic::Classic;
 use self::ids::IdGenerator;
 use self::reframe::Reframer;
 use self::stateful::Stateful;
@@ -121,6 +130,16 @@ pub struct RelayConfig {
     pub max_server_connections_per_app: usize,
     /// This relay instance's id (in `target` pings and `Asrs-Instance-Id`).
     pub instance_id: String,
+    /// Classic clients: how often a keep-alive goes to a WebSocket or event stream (default
+    /// 10 s; negotiate advertises twice this as `KeepAliveTimeout`).
+    pub classic_keep_alive: Duration,
+    /// Classic clients: how long a connection without a receive channel is kept for its
+    /// client to reconnect or poll again (default 30 s, `DisconnectTimeout`).
+    pub classic_disconnect_timeout: Duration,
+    /// Classic clients: messages kept per connection for `/reconnect` and long polls (default
+    /// 1000, the classic server's per-topic buffer; also bounded by `max_long_poll_buffer`
+    /// bytes).
+    pub classic_buffer_messages: usize,
 }
 
 impl Default for RelayConfig {
@@ -145,6 +164,9 @@ impl Default for RelayConfig {
             clients_per_server_connection: 5000,
             max_server_connections_per_app: 50,
             instance_id: "relay-0".to_owned(),
+            classic_keep_alive: Duration::from_secs(10),
+            classic_disconnect_timeout: Duration::from_secs(30),
+            classic_buffer_messages: 1000,
         }
     }
 }
@@ -283,6 +305,9 @@ pub enum Output {
     },
 }
 
+/// `/send` requests of one classic client held for their hub results, at most.
+const MAX_HELD_SENDS: usize = 64;
+
 /// Client invocations awaiting their results, at most (each is also dropped when its client
 /// goes).
 const MAX_PENDING_INVOCATIONS: usize = 65_536;
@@ -330,6 +355,8 @@ struct Client {
     stateful_allowed: bool,
     /// Stateful reconnect is on (granted, and the handshake asked for version 2).
     stateful: Option<Stateful>,
+    /// A classic ASP.NET SignalR client.
+    classic: Option<Box<Classic>>,
 }
 
 #[derive(Debug)]
@@ -482,7 +509,7 @@ impl Relay {
         now: Instant,
         req: &HttpRequest,
         path: &str,
-        hub: &str,
+        hub: Option<&str>,
     ) -> Result<Claims, HttpResponse> {
         let token = req.bearer_token().ok_or_else(|| {
             HttpResponse::text(
@@ -496,16 +523,15 @@ impl Relay {
             .map_err(|e| HttpResponse::text(401, format!("Unauthorized: {e}")))?;
         let audience_ok = claims.aud.iter().any(|aud| {
             Audience::parse(aud).is_ok_and(|a| {
-                let expected = Audience::new(a.scheme(), a.host(), path, Some(hub));
+                let expected = Audience::new(a.scheme(), a.host(), path, hub);
                 expected.matches(aud)
             })
         });
         if !audience_ok {
+            let hub = hub.map(|h| format!("?hub={h}")).unwrap_or_default();
             return Err(HttpResponse::text(
                 401,
-                format!(
-                    "Unauthorized: the token's audience is not {path}?hub={hub} on this relay."
-                ),
+                format!("Unauthorized: the token's audience is not {path}{hub} on this relay."),
             ));
         }
         Ok(claims)
@@ -520,6 +546,9 @@ impl Relay {
             ("GET", "/client") if req.websocket => self.accept_client(now, req),
             ("GET" | "POST" | "DELETE", "/client") => self.client_http(now, req),
             ("GET", "/server") if req.websocket => self.accept_server(now, req),
+            (_, p) if p == classic::BASE || p.starts_with("/aspnetclient/") => {
+                Ok(self.classic_request(now, req))
+            }
             (_, "/client" | "/server" | "/client/negotiate") => Err(HttpResponse::text(
                 405,
                 "Method or transport not supported on this endpoint.",
@@ -555,7 +584,7 @@ impl Relay {
 
     fn negotiate(&mut self, now: Instant, req: &HttpRequest) -> Result<HttpResponse, HttpResponse> {
         let hub = Self::hub_param(req)?;
-        let claims = self.authenticate(now, req, "/client/", &hub)?;
+        let claims = self.authenticate(now, req, "/client/", Some(&hub))?;
         let query = NegotiateQuery::parse(&req.query)
             .map_err(|e| HttpResponse::json(NegotiateResponse::Error(e.to_string()).to_json()))?;
         if !self.hub_has_servers(&hub) {
@@ -624,6 +653,7 @@ impl Relay {
             groups: BTreeSet::new(),
             stateful_allowed: false,
             stateful: None,
+            classic: None,
         };
         self.by_token.insert(token, handle);
         self.by_connection_id.insert(connection_id, handle);
@@ -637,7 +667,7 @@ impl Relay {
         req: &HttpRequest,
     ) -> Result<RequestOutcome, HttpResponse> {
         let hub = Self::hub_param(req)?;
-        let claims = self.authenticate(now, req, "/client/", &hub)?;
+        let claims = self.authenticate(now, req, "/client/", Some(&hub))?;
         let handle = match req.query_param("id") {
             Some(id) => {
                 let handle = *self
@@ -719,7 +749,7 @@ impl Relay {
         req: &HttpRequest,
     ) -> Result<RequestOutcome, HttpResponse> {
         let hub = Self::hub_param(req)?;
-        let claims = self.authenticate(now, req, "/server/", &hub)?;
+        let claims = self.authenticate(now, req, "/server/", Some(&hub))?;
         let server_id = req
             .header("x-asrs-server-id")
             .map(str::to_owned)
@@ -759,7 +789,7 @@ impl Relay {
     /// The WebSocket closed (or failed to upgrade). No [`Output::Close`] follows for it.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnHandle) {
         if self.clients.contains_key(&conn) {
-            if self.transport_lost(now, conn) {
+            if self.classic_transport_lost(now, conn) || self.transport_lost(now, conn) {
                 // A stateful client: it has the window to come back.
                 return;
             }
@@ -790,6 +820,13 @@ impl Relay {
     // ---------------------------------------------------------------- clients
 
     fn client_timer(&mut self, now: Instant, conn: ConnHandle) {
+        if self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| c.classic.is_some() && matches!(c.state, ClientState::Open { .. }))
+        {
+            return self.classic_timer(now, conn);
+        }
         if self.stateful_timer(now, conn) {
             return;
         }
@@ -841,6 +878,12 @@ impl Relay {
         let Some(client) = self.clients.get(&conn) else {
             return;
         };
+        if let (Some(classic), ClientState::Open { .. }) = (&client.classic, &client.state) {
+            if let Some(at) = classic.deadline(&self.config) {
+                self.schedule(conn, at);
+            }
+            return;
+        }
         let long_poll = match &client.transport {
             Transport::LongPolling(lp) => Some(lp.deadline(self.config.negotiate_timeout)),
             Transport::None | Transport::WebSocket | Transport::ServerSentEvents => None,
@@ -874,6 +917,9 @@ impl Relay {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        if client.classic.is_some() {
+            return self.classic_client_data(now, conn, data);
+        }
         client.last_received = now;
         match &mut client.state {
             ClientState::Negotiated => {}
@@ -973,7 +1019,38 @@ impl Relay {
                 &format!("No app server is connected for hub '{}'.", client.hub),
             );
         };
-        // OpenConnection, then the raw handshake as the first ConnectionData.
+        // The relay handles stateful reconnect itself: the app server is told version 1.
+        let mut handshake = Vec::new();
+        HandshakeRequest {
+            protocol: request.protocol.clone(),
+            version: request.version.min(1),
+        }
+        .write(&mut handshake);
+        self.open_logical_connection(now, conn, server, protocol, handshake);
+        if let Some(client) = self.clients.get_mut(&conn) {
+            let stateful = request.version >= 2
+                && client.stateful_allowed
+                && matches!(client.transport, Transport::WebSocket);
+            client.stateful = stateful.then(Stateful::new);
+        }
+        if !rest.is_empty() {
+            self.client_frames(now, conn, &rest);
+        }
+    }
+
+    /// Maps a client to `server`: OpenConnection, then `handshake` as its first
+    /// ConnectionData. The client is open from then on.
+    fn open_logical_connection(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        server: ConnHandle,
+        protocol: HubProtocol,
+        handshake: Vec<u8>,
+    ) {
+        let Some(client) = self.clients.get(&conn) else {
+            return;
+        };
         let open = ServiceMessage::OpenConnection(service::OpenConnection {
             connection_id: client.connection_id.clone(),
             claims: client.claims.clone(),
@@ -984,13 +1061,6 @@ impl Relay {
                 ..service::Ext::default()
             },
         });
-        // The relay handles stateful reconnect itself: the app server is told version 1.
-        let mut handshake = Vec::new();
-        HandshakeRequest {
-            protocol: request.protocol.clone(),
-            version: request.version.min(1),
-        }
-        .write(&mut handshake);
         let data = ServiceMessage::ConnectionData(service::ConnectionData {
             connection_id: client.connection_id.clone(),
             payload: Bytes::from(handshake),
@@ -1021,10 +1091,6 @@ impl Relay {
                     ),
                     pending: VecDeque::new(),
                 };
-                let stateful = request.version >= 2
-                    && client.stateful_allowed
-                    && matches!(client.transport, Transport::WebSocket);
-                client.stateful = stateful.then(Stateful::new);
                 client.user_id.clone().map(|u| (client.hub.clone(), u))
             }
             None => None,
@@ -1034,9 +1100,6 @@ impl Relay {
         }
         self.reschedule_client(conn);
         self.maybe_grow(server);
-        if !rest.is_empty() {
-            self.client_frames(now, conn, &rest);
-        }
     }
 
     fn attach_user(&mut self, now: Instant, conn: ConnHandle, hub: &str, user: &str) {
@@ -1176,9 +1239,12 @@ impl Relay {
         close: Option<(u16, &str)>,
         notify: bool,
     ) {
-        let Some(client) = self.clients.remove(&conn) else {
+        let Some(mut client) = self.clients.remove(&conn) else {
             return;
         };
+        if let Some(classic) = client.classic.take() {
+            self.classic_end(*classic);
+        }
         self.by_token.remove(&client.token);
         self.by_connection_id.remove(&client.connection_id);
         if let Some(hub) = self.hubs.get_mut(&client.hub) {

@@ -1560,3 +1560,365 @@ fn expired_user_group_memberships_are_swept() {
     let groups: Vec<&String> = sim.relay.hubs["chat"].user_groups["u"].keys().collect();
     assert_eq!(groups, vec!["long"]);
 }
+
+fn classic_token(user: Option<&str>) -> String {
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    claims.nameid = user.map(str::to_owned);
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+const CHAT_DATA: &str = "connectionData=%5B%7B%22name%22%3A%22chat%22%7D%5D";
+
+/// A classic request: `kind` under `/aspnetclient`, the connection's token and hub list in the
+/// query, and a form body for POSTs.
+fn classic(kind: &str, query: &str, token: Option<&str>, body: &str, ws: bool) -> HttpRequest {
+    let method = if body.is_empty() && (ws || !matches!(kind, "poll" | "send" | "abort")) {
+        "GET"
+    } else {
+        "POST"
+    };
+    let mut req = request(
+        method,
+        &format!("/aspnetclient/{kind}"),
+        &format!("clientProtocol=2.1&{query}&{CHAT_DATA}"),
+        Some(&classic_token(Some("alice"))),
+        ws,
+    );
+    if let Some(t) = token {
+        req.query
+            .push_str(&format!("&connectionToken={}", urlencode(t)));
+    }
+    req.body = Bytes::copy_from_slice(body.as_bytes());
+    req
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn last_payload_to(sim: &Sim, server: ConnHandle) -> String {
+    sim.to_server[&server]
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            ServiceMessage::ConnectionData(d) => {
+                Some(String::from_utf8_lossy(&d.payload).into_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn classic_clients_poll_send_and_reconnect_through_the_relay() {
+    let mut sim = Sim::new();
+    let server = sim.connect_server("chat", "app-1");
+    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
+    assert_eq!(negotiate.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
+    assert_eq!(body["Url"], "/aspnetclient");
+    assert_eq!(body["TryWebSockets"], true);
+    let token = body["ConnectionToken"].as_str().unwrap().to_owned();
+    let connection_id = body["ConnectionId"].as_str().unwrap().to_owned();
+
+    // Long-polling connect answers with the init message, and opens the app-server side.
+    let init = respond(sim.handle(&classic(
+        "connect",
+        "transport=longPolling",
+        Some(&token),
+        "",
+        false,
+    )));
+    assert_eq!(&init.body[..], b"{\"C\":\"0\",\"S\":1,\"M\":[]}");
+    assert!(sim.to_server[&server].iter().any(
+        |m| matches!(m, ServiceMessage::OpenConnection(o) if o.connection_id == connection_id)
+    ));
+    assert_eq!(
+        last_payload_to(&sim, server),
+        "{\"protocol\":\"json\",\"version\":1}\x1e"
+    );
+    server_sends(
+        &mut sim,
+        server,
+        &connection_id,
+        "{}\x1e{\"type\":1,\"target\":\"welcome\",\"arguments\":[\"x\"]}\x1e",
+    );
+    let start = respond(sim.handle(&classic(
+        "start",
+        "transport=longPolling",
+        Some(&token),
+        "",
+        false,
+    )));
+    assert_eq!(&start.body[..], b"{ \"Response\": \"started\" }");
+    // The push waits for the poll, in M, with its cursor.
+    let poll = respond(sim.handle(&classic(
+        "poll",
+        "transport=longPolling",
+        Some(&token),
+        "messageId=0",
+        false,
+    )));
+    assert_eq!(
+        String::from_utf8_lossy(&poll.body),
+        "{\"C\":\"1\",\"M\":[{\"H\":\"chat\",\"M\":\"welcome\",\"A\":[\"x\"]}]}"
+    );
+
+    // A send is an invocation with its state; the completion (with new state) answers it.
+    let send = sim.handle(&classic(
+        "send",
+        "transport=longPolling",
+        Some(&token),
+        &format!(
+            "data={}",
+            urlencode("{\"H\":\"chat\",\"M\":\"Echo\",\"A\":[1],\"I\":0,\"S\":{\"a\":1}}")
+        ),
+        false,
+    ));
+    let RequestOutcome::Pending(send) = send else {
+        panic!("{send:?}")
+    };
+    let forwarded = last_payload_to(&sim, server);
+    let invocation: serde_json::Value =
+        serde_json::from_str(forwarded.trim_end_matches('\x1e')).unwrap();
+    assert_eq!(invocation["invocationId"], "0");
+    assert_eq!(invocation["target"], "Echo");
+    assert_eq!(invocation["arguments"], serde_json::json!([1]));
+    assert_eq!(invocation["headers"][STATE_HEADER], "{\"a\":1}");
+    server_sends(&mut sim, server, &connection_id, "{\"type\":3,\"invocationId\":\"0\",\"result\":1,\"headers\":{\"asrs.classic.state\":\"{\\\"b\\\":2}\"}}\x1e");
+    assert_eq!(
+        String::from_utf8_lossy(&sim.responses[&send].body),
+        "{\"I\":\"0\",\"R\":1,\"S\":{\"b\":2}}"
+    );
+
+    // A held poll gets progress as it comes; an idle one ends empty at the poll timeout.
+    let RequestOutcome::Pending(held) = sim.handle(&classic(
+        "poll",
+        "transport=longPolling",
+        Some(&token),
+        "messageId=1",
+        false,
+    )) else {
+        panic!()
+    };
+    server_sends(
+        &mut sim,
+        server,
+        &connection_id,
+        "{\"type\":2,\"invocationId\":\"5\",\"item\":3}\x1e",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sim.responses[&held].body),
+        "{\"C\":\"2\",\"M\":[{\"I\":\"P|5\",\"P\":{\"I\":\"5\",\"D\":3}}]}"
+    );
+    let RequestOutcome::Pending(idle) = sim.handle(&classic(
+        "poll",
+        "transport=longPolling",
+        Some(&token),
+        "messageId=2",
+        false,
+    )) else {
+        panic!()
+    };
+    for _ in 0..19 {
+        sim.advance(Duration::from_secs(5));
+        sim.send_service(server, &ServiceMessage::Ping(service::Ping::default()));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&sim.responses[&idle].body),
+        "{\"C\":\"2\",\"M\":[]}"
+    );
+
+    // Reconnecting over a WebSocket replays what came after the client's cursor.
+    server_sends(
+        &mut sim,
+        server,
+        &connection_id,
+        "{\"type\":1,\"target\":\"later\",\"arguments\":[]}\x1e",
+    );
+    let ws = sim.handle(&classic(
+        "reconnect",
+        "transport=webSockets&messageId=2",
+        Some(&token),
+        "",
+        true,
+    ));
+    let RequestOutcome::AcceptWebSocket(c) = ws else {
+        panic!("{ws:?}")
+    };
+    assert_eq!(
+        sim.client_text(c),
+        "{\"C\":\"3\",\"M\":[{\"H\":\"chat\",\"M\":\"later\",\"A\":[]}]}"
+    );
+    // Over the socket: invocations in, results as bare frames, keep-alives every 10 s.
+    sim.data(
+        c,
+        b"{\"H\":\"chat\",\"M\":\"Echo\",\"A\":[\"w\"],\"I\":\"1\"}",
+    );
+    assert!(last_payload_to(&sim, server).contains("\"target\":\"Echo\""));
+    server_sends(
+        &mut sim,
+        server,
+        &connection_id,
+        "{\"type\":3,\"invocationId\":\"1\",\"error\":\"no\"}\x1e",
+    );
+    assert!(sim.client_text(c).ends_with("{\"I\":\"1\",\"E\":\"no\"}"));
+    sim.advance(Duration::from_secs(10));
+    assert!(sim.client_text(c).ends_with("{}"));
+    // The client asks for a result from a classic client: refused at once.
+    server_sends(
+        &mut sim,
+        server,
+        &connection_id,
+        "{\"type\":1,\"invocationId\":\"s1\",\"target\":\"ask\",\"arguments\":[]}\x1e",
+    );
+    assert!(last_payload_to(&sim, server).contains("cannot return results"));
+
+    // The socket drops; the app server hears of it only after the disconnect timeout.
+    sim.closed_by_peer(c);
+    let closed = |sim: &Sim| {
+        sim.to_server[&server].iter().any(
+            |m| matches!(m, ServiceMessage::CloseConnection(cc) if cc.connection_id == connection_id),
+        )
+    };
+    for _ in 0..5 {
+        sim.advance(Duration::from_secs(5));
+        sim.send_service(server, &ServiceMessage::Ping(service::Ping::default()));
+    }
+    assert!(!closed(&sim));
+    sim.advance(Duration::from_secs(6));
+    assert!(closed(&sim));
+    // Its token is dead now: a poll gets a global error (the client stops), a send a 400.
+    let late = respond(sim.handle(&classic(
+        "poll",
+        "transport=longPolling",
+        Some(&token),
+        "messageId=3",
+        false,
+    )));
+    assert!(String::from_utf8_lossy(&late.body).contains("\"E\":"));
+    assert_eq!(
+        respond(sim.handle(&classic(
+            "send",
+            "transport=longPolling",
+            Some(&token),
+            "data=%7B%7D",
+            false
+        )))
+        .status,
+        400
+    );
+}
+
+#[test]
+fn classic_bad_input_gets_the_classic_errors() {
+    let mut sim = Sim::new();
+    let server = sim.connect_server("chat", "app-1");
+    let status = |sim: &mut Sim, req: HttpRequest| respond(sim.handle(&req)).status;
+    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
+    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
+    let conn_token = body["ConnectionToken"].as_str().unwrap().to_owned();
+    // Unknown, forged or missing transports and tokens.
+    assert_eq!(
+        status(
+            &mut sim,
+            classic(
+                "connect",
+                "transport=carrierPigeon",
+                Some(&conn_token),
+                "",
+                false
+            )
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            &mut sim,
+            classic(
+                "connect",
+                "transport=foreverFrame",
+                Some(&conn_token),
+                "",
+                false
+            )
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            &mut sim,
+            classic("connect", "transport=longPolling", None, "", false)
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            &mut sim,
+            classic(
+                "connect",
+                "transport=longPolling",
+                Some("forged"),
+                "",
+                false
+            )
+        ),
+        400
+    );
+    // Two hubs on one connection, or none.
+    let mut two = classic("negotiate", "", None, "", false);
+    two.query =
+        "connectionData=%5B%7B%22name%22%3A%22chat%22%7D%2C%7B%22name%22%3A%22other%22%7D%5D"
+            .into();
+    assert_eq!(status(&mut sim, two), 400);
+    let mut none = classic("negotiate", "", None, "", false);
+    none.query = "clientProtocol=2.1".into();
+    assert_eq!(status(&mut sim, none), 400);
+    // No token, or one for ASP.NET Core clients.
+    let mut anonymous = classic("negotiate", "", None, "", false);
+    anonymous.headers.retain(|(n, _)| n != "Authorization");
+    assert_eq!(status(&mut sim, anonymous), 401);
+    let mut core = classic("negotiate", "", None, "", false);
+    core.headers = vec![(
+        "Authorization".into(),
+        format!("Bearer {}", token("/client/", "chat", None, 3600, KEY)),
+    )];
+    assert_eq!(status(&mut sim, core), 401);
+    // Another user's token cannot use the connection.
+    let mut mallory = classic(
+        "connect",
+        "transport=longPolling",
+        Some(&conn_token),
+        "",
+        false,
+    );
+    mallory.headers = vec![(
+        "Authorization".into(),
+        format!("Bearer {}", classic_token(Some("mallory"))),
+    )];
+    assert_eq!(status(&mut sim, mallory), 403);
+    let lp = |sim: &mut Sim, kind: &str, body: &str| {
+        let req = classic(
+            kind,
+            "transport=longPolling",
+            Some(&conn_token),
+            body,
+            false,
+        );
+        respond(sim.handle(&req)).status
+    };
+    // Connected: malformed or oversized sends are refused; the connection lives on.
+    assert_eq!(lp(&mut sim, "connect", ""), 200);
+    assert_eq!(lp(&mut sim, "send", "data=not-json"), 400);
+    let big = format!("data={}", "x".repeat(40 * 1024));
+    assert_eq!(lp(&mut sim, "send", &big), 413);
+    assert_eq!(lp(&mut sim, "start", ""), 200);
+    // A second connect is refused; abort ends it and tells the app server.
+    assert_eq!(lp(&mut sim, "connect", ""), 400);
+    assert_eq!(lp(&mut sim, "abort", ""), 200);
+    assert!(sim.to_server[&server]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::CloseConnection(_))));
+    assert_eq!(sim.relay.client_count(), 0);
+}

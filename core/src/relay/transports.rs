@@ -133,6 +133,9 @@ pub(super) fn sse_event(data: &[u8]) -> Bytes {
 impl Relay {
     /// Sends bytes to a client over whatever transport it has.
     pub(super) fn emit(&mut self, now: Instant, conn: ConnHandle, data: Bytes, binary: bool) {
+        if self.clients.get(&conn).is_some_and(|c| c.classic.is_some()) {
+            return self.classic_emit(now, conn, &data);
+        }
         // A stateful client keeps what it is sent until acked; while its transport is gone,
         // that is all that happens.
         let data = match self.track_outgoing(now, conn, &data) {
@@ -296,7 +299,7 @@ impl Relay {
                 }));
             }
         }
-        let claims = self.authenticate(now, req, "/client/", &hub)?;
+        let claims = self.authenticate(now, req, "/client/", Some(&hub))?;
         let conn = *self
             .by_token
             .get(&id)
@@ -467,6 +470,9 @@ impl Relay {
 
     /// A held poll whose HTTP request went away (the client aborted it).
     pub fn handle_request_aborted(&mut self, now: Instant, request: RequestId) {
+        if self.classic_request_aborted(now, request) {
+            return;
+        }
         let found = self
             .clients
             .iter_mut()

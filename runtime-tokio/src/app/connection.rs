@@ -21,7 +21,7 @@ use signalr_relay_core::aspnetcore::{
 use signalr_relay_core::auth::{sign, Algorithm, Claims};
 use signalr_relay_core::service::{self, AckStatus, ServiceMessage};
 
-use super::hub::{lock, ClientEntry, Context, HubError, InvokeError, Method, UploadStream};
+use super::hub::{lock, Call, ClientEntry, Context, HubError, InvokeError, Method, UploadStream};
 use super::{HubRuntime, Shared};
 use crate::runtime::Runtime;
 
@@ -312,6 +312,7 @@ fn client_connected<R: Runtime>(
     let ctx = Context {
         hub: hub.clone(),
         client: entry,
+        call: None,
     };
     let worker_runtime = runtime.clone();
     runtime.spawn(async move {
@@ -344,6 +345,11 @@ async fn run_invocation<R: Runtime>(runtime: &R, ctx: Context, job: Job) {
     let Job { invocation, upload } = job;
     let target = invocation.target.clone();
     let id = invocation.invocation_id.clone();
+    let call = Arc::new(Call::new(id.clone(), &invocation.headers));
+    let ctx = Context {
+        call: Some(call.clone()),
+        ..ctx
+    };
     let result = match ctx.hub.hub.method(&target).cloned() {
         Some(Method::Invoke(f)) => f(ctx.clone(), invocation.arguments).await,
         Some(Method::Upload(f)) => {
@@ -370,7 +376,12 @@ async fn run_invocation<R: Runtime>(runtime: &R, ctx: Context, job: Job) {
         None => Err(HubError::new(format!("Unknown hub method '{target}'"))),
     };
     if let Some(id) = id {
-        ctx.send_message(completion(id, result));
+        let mut message = completion(id, result);
+        if let (HubMessage::Completion(c), Some(state)) = (&mut message, call.changed_state()) {
+            c.headers
+                .insert(signalr_relay_core::relay::STATE_HEADER.to_owned(), state);
+        }
+        ctx.send_message(message);
     }
 }
 
@@ -427,6 +438,7 @@ fn client_message<R: Runtime>(
     let ctx = Context {
         hub: hub.clone(),
         client: client.clone(),
+        call: None,
     };
     match message {
         HubMessage::Invocation(invocation) => {
@@ -548,6 +560,7 @@ fn client_disconnected<R: Runtime>(runtime: &R, hub: &Arc<HubRuntime>, connectio
     let ctx = Context {
         hub: hub.clone(),
         client,
+        call: None,
     };
     if let Some(f) = ctx.hub.hub.on_disconnected().cloned() {
         runtime.spawn(async move { f(ctx).await });

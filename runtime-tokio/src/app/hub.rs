@@ -335,6 +335,39 @@ pub(crate) struct ClientEntry {
 pub struct Context {
     pub(crate) hub: Arc<HubRuntime>,
     pub(crate) client: Arc<ClientEntry>,
+    /// The invocation a hub method runs for (`None` in connect/disconnect handlers).
+    pub(crate) call: Option<Arc<Call>>,
+}
+
+/// One invocation: its id, and the caller's hub state (classic clients' `S`).
+pub(crate) struct Call {
+    pub(crate) id: Option<String>,
+    /// The state, and whether the method changed it.
+    pub(crate) state: Mutex<(serde_json::Map<String, serde_json::Value>, bool)>,
+}
+
+impl Call {
+    pub(crate) fn new(
+        id: Option<String>,
+        headers: &signalr_relay_core::aspnetcore::Headers,
+    ) -> Self {
+        let state = headers
+            .get(signalr_relay_core::relay::STATE_HEADER)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        Self {
+            id,
+            state: Mutex::new((state, false)),
+        }
+    }
+
+    /// The state to send back with the result, when the method changed it.
+    pub(crate) fn changed_state(&self) -> Option<String> {
+        let state = lock(&self.state);
+        state
+            .1
+            .then(|| serde_json::Value::Object(state.0.clone()).to_string())
+    }
 }
 
 impl Context {
@@ -401,6 +434,43 @@ impl Context {
             connection_id: self.client.info.connection_id.clone(),
             error: None,
         });
+    }
+
+    /// A value of the caller's hub state. Classic ASP.NET SignalR clients send their hub
+    /// proxy's `state` with each invocation; other clients have none.
+    pub fn state(&self, key: &str) -> Option<serde_json::Value> {
+        let call = self.call.as_ref()?;
+        lock(&call.state).0.get(key).cloned()
+    }
+
+    /// Sets a value of the caller's hub state: a classic client's proxy gets it with the
+    /// method's result.
+    pub fn set_state(&self, key: &str, value: serde_json::Value) {
+        if let Some(call) = &self.call {
+            let mut state = lock(&call.state);
+            state.0.insert(key.to_owned(), value);
+            state.1 = true;
+        }
+    }
+
+    /// Reports progress of the running method to the caller (a classic client's
+    /// `.progress()` callback).
+    ///
+    /// # Errors
+    /// When the value cannot be encoded.
+    pub fn progress<T: Serialize>(&self, value: &T) -> Result<(), HubError> {
+        let Some(id) = self.call.as_ref().and_then(|c| c.id.clone()) else {
+            return Ok(());
+        };
+        let item = encode_value(self.protocol(), value)?;
+        self.send_message(HubMessage::StreamItem(
+            signalr_relay_core::aspnetcore::StreamItem {
+                headers: Default::default(),
+                invocation_id: id,
+                item,
+            },
+        ));
+        Ok(())
     }
 
     pub(crate) fn send_message(&self, message: HubMessage) {

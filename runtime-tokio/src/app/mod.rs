@@ -26,6 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signalr_relay_core::aspnetcore::negotiate::NegotiateResponse;
 use signalr_relay_core::auth::{sign, Algorithm, Claims, ConnectionString, ConnectionStringError};
+use signalr_relay_core::classic::{
+    ErrorResponse, NegotiateReply as ClassicNegotiateReply, RedirectResponse,
+};
 
 use self::connection::ConnTx;
 use self::hub::ClientEntry;
@@ -195,13 +198,51 @@ impl AppServer {
             return NegotiateResponse::Error(format!("Unknown hub '{hub}'."));
         }
         let cs = &self.shared.connection_string;
+        let access_token = self.client_token(cs.client_audience(&hub), user_id, claims);
+        NegotiateResponse::Redirect {
+            url: format!("{}client/?hub={hub}", cs.client_endpoint()),
+            access_token: Some(access_token),
+        }
+    }
+
+    /// The classic ASP.NET SignalR negotiate answer for `hub` (the one hub a classic client
+    /// names in `connectionData`): a redirect to the relay's `/aspnetclient`, with a token
+    /// for `user_id` and `claims`. Serve it at `<your classic base>/negotiate` (classic
+    /// clients default to `/signalr`).
+    pub fn negotiate_classic(
+        &self,
+        hub: &str,
+        user_id: Option<&str>,
+        claims: &[(&str, &str)],
+    ) -> ClassicNegotiateReply {
+        let hub = hub.to_ascii_lowercase();
+        if !self.shared.hubs.contains_key(&hub) {
+            return ClassicNegotiateReply::Error(ErrorResponse::new(format!(
+                "Unknown hub '{hub}'."
+            )));
+        }
+        let cs = &self.shared.connection_string;
+        let access_token = self.client_token(cs.classic_client_audience(), user_id, claims);
+        ClassicNegotiateReply::Redirect(RedirectResponse::new(
+            format!("{}aspnetclient?hub={hub}", cs.client_endpoint()),
+            access_token,
+        ))
+    }
+
+    fn client_token(
+        &self,
+        audience: signalr_relay_core::auth::Audience,
+        user_id: Option<&str>,
+        claims: &[(&str, &str)],
+    ) -> String {
+        let cs = &self.shared.connection_string;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut token_claims =
             Claims::issued_at(now, self.shared.options.client_token_lifetime.as_secs());
-        token_claims.aud.push(cs.client_audience(&hub).to_string());
+        token_claims.aud.push(audience.to_string());
         if let Some(user) = user_id {
             token_claims.nameid = Some(user.to_owned());
             token_claims.insert("asrs.s.uid", user);
@@ -209,10 +250,6 @@ impl AppServer {
         for (k, v) in claims {
             token_claims.insert(*k, *v);
         }
-        let access_token = sign(&token_claims, cs.access_key().as_bytes(), Algorithm::Hs256);
-        NegotiateResponse::Redirect {
-            url: format!("{}client/?hub={hub}", cs.client_endpoint()),
-            access_token: Some(access_token),
-        }
+        sign(&token_claims, cs.access_key().as_bytes(), Algorithm::Hs256)
     }
 }

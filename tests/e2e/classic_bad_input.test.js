@@ -1,0 +1,112 @@
+// Classic ASP.NET SignalR bad input, against the real relay: each case gets the classic
+// protocol's error, and a classic client connected beside them is unharmed.
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { Stack, jwt } = require('./harness');
+
+let stack;
+let token;
+let base;
+const chat = encodeURIComponent(JSON.stringify([{ name: 'chat' }]));
+const headers = () => ({ Authorization: `Bearer ${token}` });
+
+// One classic long-polling connection, driven by hand: negotiate, connect, start.
+async function connect() {
+  const n = await fetch(`${base}/negotiate?clientProtocol=2.1&hub=chat&connectionData=${chat}`, { headers: headers() });
+  assert.equal(n.status, 200);
+  const { ConnectionToken, ConnectionId } = await n.json();
+  const q = `transport=longPolling&clientProtocol=2.1&hub=chat&connectionData=${chat}&connectionToken=${encodeURIComponent(ConnectionToken)}`;
+  const init = await fetch(`${base}/connect?${q}`, { method: 'POST', headers: headers() });
+  assert.deepEqual(await init.json(), { C: '0', S: 1, M: [] });
+  assert.deepEqual(await (await fetch(`${base}/start?${q}`, { headers: headers() })).json(), { Response: 'started' });
+  return { q, id: ConnectionId };
+}
+
+const form = (fields) => ({
+  method: 'POST',
+  headers: { ...headers(), 'Content-Type': 'application/x-www-form-urlencoded; charset=UTF-8' },
+  body: new URLSearchParams(fields).toString(),
+});
+
+let bystander;
+before(async () => {
+  stack = await Stack.start();
+  token = stack.classicClientToken({ nameid: 'alice' });
+  base = `http://${stack.relayAddr}/aspnetclient`;
+  bystander = await connect();
+});
+after(async () => {
+  // Nothing below hurt the bystander: its send still gets its result.
+  const r = await fetch(`${base}/send?${bystander.q}`, form({ data: JSON.stringify({ H: 'chat', M: 'Echo', A: ['unharmed'], I: 0 }) }));
+  assert.deepEqual(await r.json(), { I: '0', R: 'unharmed' });
+  await stack.stop();
+});
+
+test('classic negotiate: missing, wrong-audience or expired tokens are 401; hub lists are checked', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  const url = `${base}/negotiate?clientProtocol=2.1&connectionData=${chat}`;
+  assert.equal((await fetch(url)).status, 401);
+  const core = stack.clientToken('chat');
+  assert.equal((await fetch(url, { headers: { Authorization: `Bearer ${core}` } })).status, 401);
+  const expired = jwt({ aud: 'http://127.0.0.1/aspnetclient', exp: now - 3600 }, stack.key);
+  const r = await fetch(url, { headers: { Authorization: `Bearer ${expired}` } });
+  assert.equal(r.status, 401);
+  assert.match(await r.text(), /expired/);
+  // No hub, two hubs, or a hub with no app server.
+  assert.equal((await fetch(`${base}/negotiate?clientProtocol=2.1`, { headers: headers() })).status, 400);
+  const two = encodeURIComponent(JSON.stringify([{ name: 'chat' }, { name: 'testhub' }]));
+  assert.equal((await fetch(`${base}/negotiate?connectionData=${two}`, { headers: headers() })).status, 400);
+  const nohub = encodeURIComponent(JSON.stringify([{ name: 'nohub' }]));
+  const none = await fetch(`${base}/negotiate?clientProtocol=2.1&connectionData=${nohub}`, { headers: headers() });
+  assert.equal(none.status, 200);
+  assert.match((await none.json()).Error, /No app server is connected for hub 'nohub'/);
+  // The app server's classic negotiate refuses an unknown hub in the classic error form.
+  const app = await fetch(`http://${stack.appAddr}/signalr/negotiate?clientProtocol=2.1&connectionData=${nohub}`);
+  assert.deepEqual(await app.json(), { ProtocolVersion: '2.0', Error: "Unknown hub 'nohub'." });
+});
+
+test('classic requests: forged tokens, unknown or refused transports, another user', async () => {
+  const q = `clientProtocol=2.1&connectionData=${chat}`;
+  const forged = await fetch(`${base}/connect?transport=longPolling&${q}&connectionToken=forged`, { method: 'POST', headers: headers() });
+  assert.equal(forged.status, 400);
+  assert.match(await forged.text(), /unknown or has expired/);
+  assert.equal((await fetch(`${base}/connect?${q}&connectionToken=x`, { method: 'POST', headers: headers() })).status, 400);
+  const pigeon = await fetch(`${base}/connect?transport=carrierPigeon&${q}&connectionToken=x`, { headers: headers() });
+  assert.equal(pigeon.status, 400);
+  assert.match(await pigeon.text(), /Unknown transport/);
+  const frame = await fetch(`${base}/connect?transport=foreverFrame&${q}&connectionToken=x`, { headers: headers() });
+  assert.equal(frame.status, 400);
+  assert.match(await frame.text(), /foreverFrame/);
+  // A live connection's token under someone else's JWT.
+  const mallory = stack.classicClientToken({ nameid: 'mallory' });
+  const stolen = await fetch(`${base}/poll?${bystander.q}`, { method: 'POST', headers: { Authorization: `Bearer ${mallory}` } });
+  assert.equal(stolen.status, 403);
+});
+
+test('classic sends: malformed data is 400, oversized 413, another hub an error result', async () => {
+  const c = await connect();
+  const bad = await fetch(`${base}/send?${c.q}`, form({ data: '{"H":' }));
+  assert.equal(bad.status, 400);
+  assert.match(await bad.text(), /not a hub invocation/);
+  assert.equal((await fetch(`${base}/send?${c.q}`, form({}))).status, 400);
+  const big = await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify({ H: 'chat', M: 'Echo', A: ['x'.repeat(64 * 1024)], I: 1 }) }));
+  assert.equal(big.status, 413);
+  const other = await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify({ H: 'testhub', M: 'Echo', A: [], I: 2 }) }));
+  assert.deepEqual(await other.json(), { I: '2', E: "'testhub' is not a hub of this connection." });
+  // The connection still works.
+  const ok = await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify({ H: 'chat', M: 'Echo', A: [5], I: 3 }) }));
+  assert.deepEqual(await ok.json(), { I: '3', R: 5 });
+  // After abort, a poll gets a global error (the client stops), a send a 400.
+  assert.equal((await fetch(`${base}/abort?${c.q}`, { method: 'POST', headers: headers() })).status, 200);
+  const poll = await fetch(`${base}/poll?${c.q}`, form({ messageId: '0' }));
+  assert.equal(poll.status, 200);
+  assert.match((await poll.json()).E, /closed/);
+  const send = await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify({ H: 'chat', M: 'Echo', A: [], I: 4 }) }));
+  assert.equal(send.status, 400);
+});
+
+test('classic ping needs no connection', async () => {
+  assert.deepEqual(await (await fetch(`${base}/ping`)).json(), { Response: 'pong' });
+  assert.deepEqual(await (await fetch(`http://${stack.appAddr}/signalr/ping`)).json(), { Response: 'pong' });
+});
