@@ -29,6 +29,8 @@ fi
 
 cargo build --workspace --bins
 cargo test --workspace
+echo "== load generator smoke (seconds; a benchmark run, not a test: no timings are checked)"
+target/debug/loadgen run --smoke > /dev/null
 cd tests/e2e
 echo "== end-to-end, smol runtime"
 E2E_RUNTIME=smol node --test --test-concurrency=1

@@ -248,9 +248,59 @@ pub fn chat_hub() -> Hub {
         .build()
 }
 
-/// Both sample hubs.
+/// The hub the load generator drives (`tests/src/bin/loadgen`): the chat hub's fan-out
+/// methods, without its greetings, so that connecting and leaving cost no broadcasts.
+pub fn bench_hub() -> Hub {
+    HubBuilder::new("bench")
+        .method(
+            "Echo",
+            |_: Context, (msg,): (serde_json::Value,)| async move { Ok(msg) },
+        )
+        .method(
+            "Broadcast",
+            |ctx: Context, (msg,): (serde_json::Value,)| async move {
+                ctx.clients().all().send("broadcast", &(msg,))
+            },
+        )
+        .method(
+            "JoinGroup",
+            |ctx: Context, (group,): (String,)| async move {
+                ctx.groups()
+                    .add(ctx.connection_id(), &group)
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .method(
+            "LeaveGroup",
+            |ctx: Context, (group,): (String,)| async move {
+                ctx.groups()
+                    .remove(ctx.connection_id(), &group)
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .method(
+            "SendToGroup",
+            |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
+                ctx.clients().group(&group).send("group", &(msg,))
+            },
+        )
+        .method(
+            "SendToConnection",
+            |ctx: Context, (id, msg): (String, serde_json::Value)| async move {
+                ctx.clients().client(&id).send("direct", &(msg,))
+            },
+        )
+        .method("GetConnectionId", |ctx: Context, ()| async move {
+            Ok(ctx.connection_id().to_owned())
+        })
+        .build()
+}
+
+/// The sample hubs: `testhub`, `chat` and `bench`.
 pub fn hubs() -> Vec<Hub> {
-    vec![test_hub(), chat_hub()]
+    vec![test_hub(), chat_hub(), bench_hub()]
 }
 
 /// The sample app's HTTP endpoints (the `user` query parameter stands in for real

@@ -228,6 +228,12 @@ impl Relay {
             Ok(p) => p,
             Err(e) => return respond(request_error(&e)),
         };
+        if params.callback.is_some() {
+            return respond(HttpResponse::text(
+                400,
+                "JSONP is not supported: use a transport over CORS.",
+            ));
+        }
         if params.transport == Some(ClassicTransport::ForeverFrame) {
             return respond(HttpResponse::text(
                 400,
@@ -575,6 +581,11 @@ impl Relay {
 
     /// A WebSocket message from a classic client.
     pub(super) fn classic_client_data(&mut self, now: Instant, conn: ConnHandle, data: &[u8]) {
+        let max = self.config.max_client_message_size;
+        if data.len() > max {
+            let error = format!("The message exceeds the maximum size of {max} bytes.");
+            return self.classic_fail(now, conn, &error);
+        }
         match self.classic_incoming(now, conn, data) {
             Ok(Incoming::Answer(result)) => self.outputs.push_back(Output::Transmit {
                 conn,

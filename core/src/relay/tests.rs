@@ -1921,4 +1921,21 @@ fn classic_bad_input_gets_the_classic_errors() {
         .iter()
         .any(|m| matches!(m, ServiceMessage::CloseConnection(_))));
     assert_eq!(sim.relay.client_count(), 0);
+    // JSONP is refused.
+    let jsonp = classic("negotiate", "callback=cb", None, "", false);
+    assert_eq!(status(&mut sim, jsonp), 400);
+    // An oversized WebSocket message ends that connection with a global error.
+    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
+    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
+    let ws_token = body["ConnectionToken"].as_str().unwrap().to_owned();
+    let ws = classic("connect", "transport=webSockets", Some(&ws_token), "", true);
+    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
+        panic!()
+    };
+    sim.data(c, "x".repeat(40 * 1024).as_bytes());
+    assert!(sim
+        .client_text(c)
+        .contains("\"E\":\"The message exceeds the maximum size of 32768 bytes.\""));
+    assert_eq!(sim.closed[&c].len(), 1);
+    assert_eq!(sim.relay.client_count(), 0);
 }

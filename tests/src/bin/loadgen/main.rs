@@ -1,0 +1,356 @@
+//! The load generator: benchmarks of the relay against a floor measured in the same run.
+//!
+//! ```sh
+//! cargo build --release --bins
+//! target/release/loadgen run                      # every scenario, release binaries
+//! target/release/loadgen run --clients 5000 --json bench.json
+//! target/debug/loadgen run --smoke                # seconds; what CI runs
+//! ```
+//!
+//! Each scenario runs twice: against the relay (clients negotiate at the sample app's `bench`
+//! hub, follow the redirect and connect to the relay, as the official client does) and
+//! against the floor (a minimal WebSocket echo/broadcast server: one hop, no SignalR). The
+//! server under test is pinned to core 0; the generator and the app server share core 1. CPU
+//! time and memory are read from `/proc` for the server process alone. Every figure is also
+//! printed as a ratio to the floor's.
+//!
+//! Benchmarks are not tests: nothing here asserts a timing.
+
+mod client;
+mod floor;
+mod procs;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::procs::Proc;
+use crate::scenarios::{BroadcastResult, ConnectResult, EchoResult, Target};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks SignalR Relay against a one-hop floor, in one run")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the floor (started by `run`).
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long, default_value_t = 3600)]
+        exit_after: u64,
+    },
+    /// Run the scenarios against the relay and the floor.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where the relay and sample-app binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// `tokio` (signalr-relay, sample-app) or `smol` (signalr-relay-smol, sample-app-smol).
+    #[arg(long, default_value = "tokio")]
+    runtime: String,
+    /// Connections for the connect storm, idle and broadcast scenarios.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Connections opened at once in the connect storm.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds each timed scenario runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Source addresses 127.0.0.1 … 127.0.0.N for client sockets.
+    #[arg(long, default_value_t = 4)]
+    sources: u32,
+    /// Write the results here as JSON too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A few connections for a second each: checks that the generator works (CI).
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Serialize)]
+struct Side {
+    connect: ConnectResult,
+    echo: Vec<EchoResult>,
+    broadcast: BroadcastResult,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    runtime: String,
+    relay: Side,
+    floor: Side,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        eprintln!("cannot start a tokio runtime");
+        return std::process::ExitCode::FAILURE;
+    };
+    let result = match args.command {
+        Cmd::Floor { listen, exit_after } => runtime
+            .block_on(floor::serve(&listen, exit_after))
+            .map_err(|e| e.to_string()),
+        Cmd::Run(run) => runtime.block_on(run_all(run)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bin_dir(args: &RunArgs) -> Result<PathBuf, String> {
+    match &args.bin_dir {
+        Some(d) => Ok(d.clone()),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| "no binary directory".to_owned()),
+    }
+}
+
+async fn run_all(mut args: RunArgs) -> Result<(), String> {
+    if args.smoke {
+        args.clients = args.clients.min(20);
+        args.concurrency = args.concurrency.min(8);
+        args.seconds = 1;
+    }
+    client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
+    procs::pin_self(1);
+    let dir = bin_dir(&args)?;
+    let suffix = if args.runtime == "smol" { "-smol" } else { "" };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let limit = (args.seconds * 20 + 600).to_string();
+
+    eprintln!("floor…");
+    let floor = Target {
+        name: "floor",
+        server: Proc::start(
+            &exe,
+            &["floor".into(), "--exit-after".into(), limit.clone()],
+            Some(0),
+        )?,
+        app: None,
+    };
+    let floor_side = run_side(&floor, &args).await;
+    drop(floor);
+
+    eprintln!("relay ({})…", args.runtime);
+    let key = "bench-key-0123456789abcdef0123456789abcdef";
+    let relay = Proc::start(
+        &dir.join(format!("signalr-relay{suffix}")),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--access-key".into(),
+            key.into(),
+            "--log".into(),
+            "warn".into(),
+            "--exit-after".into(),
+            limit.clone(),
+        ],
+        Some(0),
+    )?;
+    let connection_string = format!(
+        "Endpoint=http://{};AccessKey={key};Version=1.0;",
+        relay.addr
+    );
+    let app = Proc::start(
+        &dir.join(format!("sample-app{suffix}")),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--connection-string".into(),
+            connection_string,
+            "--log".into(),
+            "warn".into(),
+            "--exit-after".into(),
+            limit,
+        ],
+        Some(1),
+    )?;
+    let relay = Target {
+        name: "relay",
+        server: relay,
+        app: Some(app),
+    };
+    wait_for_app(&relay).await?;
+    let relay_side = run_side(&relay, &args).await;
+    let report = Report {
+        date: today(),
+        runtime: args.runtime.clone(),
+        relay: relay_side,
+        floor: floor_side,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let failed = report.relay.connect.failed_percent + report.floor.connect.failed_percent;
+    if args.smoke && (failed > 0.0 || report.relay.broadcast.deliveries == 0) {
+        return Err("the smoke run had failures".into());
+    }
+    Ok(())
+}
+
+/// The app server's server connections take a moment: wait until a client gets through.
+async fn wait_for_app(relay: &Target) -> Result<(), String> {
+    let Some(app) = &relay.app else {
+        return Ok(());
+    };
+    for _ in 0..100 {
+        if client::connect_relay(&app.addr, "bench", "probe")
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "the sample app never got through to the relay:\n{}\n{}",
+        app.output(),
+        relay.server.output()
+    ))
+}
+
+async fn run_side(target: &Target, args: &RunArgs) -> Side {
+    let secs = Duration::from_secs(args.seconds);
+    eprintln!(
+        "  {}: connect storm and idle, {} connections",
+        target.name, args.clients
+    );
+    let (connect, mut conns) =
+        scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
+    let mut echo = Vec::new();
+    for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
+        let n = n.min(conns.len());
+        eprintln!(
+            "  {}: echo, {n} connections × {in_flight} in flight",
+            target.name
+        );
+        echo.push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
+    }
+    let receivers = conns.len();
+    eprintln!("  {}: broadcast to {receivers}, 2 KB", target.name);
+    let broadcast = scenarios::broadcast(target, &mut conns, 20, 2048, secs).await;
+    Side {
+        connect,
+        echo,
+        broadcast,
+    }
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn ratio(relay: f64, floor: f64) -> String {
+    if floor > 0.0 {
+        format!("{:.2}×", relay / floor)
+    } else {
+        "–".into()
+    }
+}
+
+fn print_table(r: &Report) {
+    let (rc, fc) = (&r.relay.connect, &r.floor.connect);
+    println!(
+        "\nSignalR Relay ({}) against the floor, {}",
+        r.runtime, r.date
+    );
+    println!("| scenario | measure | relay | floor | relay/floor |");
+    println!("|---|---|---|---|---|");
+    let row = |s: &str, m: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "| {s} | {m} | {a:.1} {unit} | {b:.1} {unit} | {} |",
+            ratio(a, b)
+        );
+    };
+    let c = format!("connect {} (×{})", rc.connections, rc.concurrency);
+    row(
+        &c,
+        "connects/s",
+        rc.connects_per_sec,
+        fc.connects_per_sec,
+        "",
+    );
+    row(
+        &c,
+        "p99 connect",
+        rc.latency.p99_ms,
+        fc.latency.p99_ms,
+        "ms",
+    );
+    row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
+    row(
+        "idle",
+        "RSS per connection",
+        rc.server_rss_per_connection_bytes / 1024.0,
+        fc.server_rss_per_connection_bytes / 1024.0,
+        "KiB",
+    );
+    row(
+        "idle",
+        "CPU",
+        rc.idle_server_cpu_percent,
+        fc.idle_server_cpu_percent,
+        "%",
+    );
+    for (a, b) in r.relay.echo.iter().zip(&r.floor.echo) {
+        let s = format!("echo {}×{}", a.connections, a.in_flight);
+        row(
+            &s,
+            "CPU per echo",
+            a.server_cpu_us_per_echo,
+            b.server_cpu_us_per_echo,
+            "µs",
+        );
+        row(&s, "echoes/s", a.echoes_per_sec, b.echoes_per_sec, "");
+        row(&s, "p50", a.latency.p50_ms, b.latency.p50_ms, "ms");
+        row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+        row(&s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
+    }
+    let (a, b) = (&r.relay.broadcast, &r.floor.broadcast);
+    let s = format!("broadcast {} × 2 KB", a.receivers);
+    row(
+        &s,
+        "CPU per delivery",
+        a.server_cpu_us_per_delivery,
+        b.server_cpu_us_per_delivery,
+        "µs",
+    );
+    row(
+        &s,
+        "deliveries/s",
+        a.deliveries_per_sec,
+        b.deliveries_per_sec,
+        "",
+    );
+    row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+}

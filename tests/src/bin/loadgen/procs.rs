@@ -1,0 +1,175 @@
+//! The processes under measurement: started pinned to a core, measured from `/proc`, and
+//! stopped (by PID) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Linux's `USER_HZ`: the unit of the CPU times in `/proc/<pid>/stat`.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// A started server process.
+pub(crate) struct Proc {
+    child: Child,
+    /// Where it listens (`host:port`).
+    pub(crate) addr: String,
+    /// Everything it printed, for error reports.
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `program args…` pinned to `core` (with `taskset`, when there is one) and waits
+    /// for its `listening on http://<addr>` line.
+    pub(crate) fn start(
+        program: &Path,
+        args: &[String],
+        core: Option<usize>,
+    ) -> Result<Self, String> {
+        let mut command = match core.filter(|_| has_taskset()) {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                    if let Ok(mut out) = output.lock() {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                }
+            });
+        }
+        let mut proc = Self {
+            child,
+            addr: String::new(),
+            output,
+        };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => {
+                proc.addr = addr;
+                Ok(proc)
+            }
+            Err(_) => Err(format!(
+                "{} did not start: {}",
+                program.display(),
+                proc.output()
+            )),
+        }
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed so far.
+    pub(crate) fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Its CPU time so far (user + system), in seconds.
+    pub(crate) fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid())
+    }
+
+    /// Its resident set, in bytes.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pins this process to `core`, when `taskset` exists.
+pub(crate) fn pin_self(core: usize) {
+    if has_taskset() {
+        let _ = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &core.to_string(),
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// CPU time (user + system) of a process, in seconds.
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the first.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / TICKS_PER_SEC
+}
+
+/// Resident set of a process, in bytes.
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

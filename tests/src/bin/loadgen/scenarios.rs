@@ -1,0 +1,397 @@
+//! The scenarios, each run the same way against the relay and against the floor.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::client::{self, Ws};
+use crate::procs::Proc;
+
+/// What is being measured: the relay (clients negotiate at the sample app, then connect to
+/// the relay) or the floor (clients connect straight to it).
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
+    /// The process whose CPU and memory are measured.
+    pub(crate) server: Proc,
+    /// The sample app, for the relay.
+    pub(crate) app: Option<Proc>,
+}
+
+impl Target {
+    async fn connect(&self, n: usize) -> client::Result<Ws> {
+        match &self.app {
+            Some(app) => client::connect_relay(&app.addr, "bench", &format!("u{n}")).await,
+            None => client::connect_floor(&self.server.addr).await,
+        }
+    }
+
+    fn is_relay(&self) -> bool {
+        self.app.is_some()
+    }
+
+    /// One echo request carrying `payload`.
+    fn echo(&self, id: u64, payload: &str) -> Message {
+        if self.is_relay() {
+            Message::text(format!(
+                "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"Echo\",\"arguments\":[\"{payload}\"]}}\u{1e}"
+            ))
+        } else {
+            Message::text(format!("E{payload}"))
+        }
+    }
+
+    /// One broadcast request carrying `payload`.
+    fn broadcast(&self, payload: &str) -> Message {
+        if self.is_relay() {
+            Message::text(format!(
+                "{{\"type\":1,\"target\":\"Broadcast\",\"arguments\":[\"{payload}\"]}}\u{1e}"
+            ))
+        } else {
+            Message::text(format!("B{payload}"))
+        }
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// A payload of about `len` bytes that carries its send time: `@<µs since epoch>|xxxx…`.
+fn stamped(len: usize) -> String {
+    let stamp = format!("@{}|", epoch().elapsed().as_micros());
+    let pad = len.saturating_sub(stamp.len());
+    stamp + &"x".repeat(pad)
+}
+
+/// The send times of every stamped payload in a received message (a relay message may hold
+/// several frames).
+fn stamps(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.split('@').skip(1).filter_map(|s| {
+        let digits = s.split('|').next()?;
+        digits.parse().ok()
+    })
+}
+
+/// Latencies in microseconds, and their percentiles.
+#[derive(Default)]
+pub(crate) struct Latencies(Mutex<Vec<u64>>);
+
+impl Latencies {
+    fn record_stamps(&self, text: &str) -> u64 {
+        let now = epoch().elapsed().as_micros() as u64;
+        let mut n = 0;
+        if let Ok(mut v) = self.0.lock() {
+            for sent in stamps(text) {
+                v.push(now.saturating_sub(sent));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn record(&self, micros: u64) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(micros);
+        }
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        let mut v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        v.sort_unstable();
+        let at = |q: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+                v[i] as f64 / 1000.0
+            }
+        };
+        Percentiles {
+            count: v.len() as u64,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+/// The connect storm: `n` connections, `concurrency` at a time, over the full negotiate path.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ConnectResult {
+    pub(crate) connections: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) connects_per_sec: f64,
+    pub(crate) latency: Percentiles,
+    pub(crate) failed_percent: f64,
+    pub(crate) server_rss_per_connection_bytes: f64,
+    pub(crate) idle_server_cpu_percent: f64,
+}
+
+pub(crate) async fn connect_storm(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+    idle: Duration,
+) -> (ConnectResult, Vec<Ws>) {
+    // One connection first, so that the server's pools exist before the baseline.
+    let warm = target.connect(usize::MAX).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = target.server.rss_bytes();
+    let latencies = Arc::new(Latencies::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (latencies, next, failed, opened) = (
+                latencies.clone(),
+                next.clone(),
+                failed.clone(),
+                opened.clone(),
+            );
+            async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return;
+                    }
+                    let t0 = Instant::now();
+                    match target.connect(i).await {
+                        Ok(ws) => {
+                            latencies.record(t0.elapsed().as_micros() as u64);
+                            if let Ok(mut o) = opened.lock() {
+                                o.push(ws);
+                            }
+                        }
+                        Err(e) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("  connect failed: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .collect();
+    futures_util::future::join_all(workers).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut opened = std::mem::take(&mut *opened.lock().unwrap_or_else(|e| e.into_inner()));
+    // Idle: hold them, reading whatever comes (keep-alives), and measure.
+    let reading = Arc::new(AtomicBool::new(true));
+    let readers: Vec<_> = opened
+        .drain(..)
+        .map(|ws| {
+            let reading = reading.clone();
+            tokio::spawn(async move {
+                let mut ws = ws;
+                while reading.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        _ => break,
+                    }
+                }
+                ws
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = target.server.cpu_secs();
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_cpu = (target.server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss_after = target.server.rss_bytes();
+    reading.store(false, Ordering::Relaxed);
+    let mut held = Vec::with_capacity(readers.len());
+    for r in readers {
+        if let Ok(ws) = r.await {
+            held.push(ws);
+        }
+    }
+    drop(warm);
+    let ok = held.len().max(1) as f64;
+    let result = ConnectResult {
+        connections: n,
+        concurrency,
+        connects_per_sec: held.len() as f64 / elapsed,
+        latency: latencies.percentiles(),
+        failed_percent: failed.load(Ordering::Relaxed) as f64 * 100.0 / n.max(1) as f64,
+        server_rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / ok,
+        idle_server_cpu_percent: idle_cpu,
+    };
+    (result, held)
+}
+
+/// Closed-loop echoes: `connections` each keep `in_flight` echoes going for `duration`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EchoResult {
+    pub(crate) connections: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) payload_bytes: usize,
+    pub(crate) echoes_per_sec: f64,
+    pub(crate) latency: Percentiles,
+    pub(crate) server_cpu_us_per_echo: f64,
+}
+
+pub(crate) async fn echo(
+    target: &Target,
+    conns: &mut [Ws],
+    in_flight: usize,
+    payload: usize,
+    duration: Duration,
+) -> EchoResult {
+    let latencies = Arc::new(Latencies::default());
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu0 = target.server.cpu_secs();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks = conns.iter_mut().map(|ws| {
+        let (latencies, done) = (latencies.clone(), done.clone());
+        async move {
+            let mut id = 0u64;
+            let mut outstanding = 0usize;
+            while outstanding < in_flight {
+                id += 1;
+                if ws.send(target.echo(id, &stamped(payload))).await.is_err() {
+                    return;
+                }
+                outstanding += 1;
+            }
+            while outstanding > 0 {
+                let Ok(Some(Ok(Message::Text(text)))) =
+                    tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+                else {
+                    return;
+                };
+                let n = latencies.record_stamps(&text) as usize;
+                done.fetch_add(n as u64, Ordering::Relaxed);
+                outstanding = outstanding.saturating_sub(n);
+                if Instant::now() < deadline {
+                    for _ in 0..n {
+                        id += 1;
+                        if ws.send(target.echo(id, &stamped(payload))).await.is_err() {
+                            return;
+                        }
+                        outstanding += 1;
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = target.server.cpu_secs() - cpu0;
+    let echoes = done.load(Ordering::Relaxed);
+    EchoResult {
+        connections: conns.len(),
+        in_flight,
+        payload_bytes: payload,
+        echoes_per_sec: echoes as f64 / secs,
+        latency: latencies.percentiles(),
+        server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
+    }
+}
+
+/// Broadcast: one sender sends `rate` messages a second of `payload` bytes to every
+/// connection, for `duration`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BroadcastResult {
+    pub(crate) receivers: usize,
+    pub(crate) payload_bytes: usize,
+    pub(crate) messages: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) deliveries_per_sec: f64,
+    pub(crate) latency: Percentiles,
+    pub(crate) server_cpu_us_per_delivery: f64,
+}
+
+pub(crate) async fn broadcast(
+    target: &Target,
+    conns: &mut [Ws],
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+) -> BroadcastResult {
+    let latencies = Arc::new(Latencies::default());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sending = Arc::new(AtomicBool::new(true));
+    let Some((sender, receivers)) = conns.split_first_mut() else {
+        return BroadcastResult {
+            receivers: 0,
+            payload_bytes: payload,
+            messages: 0,
+            deliveries: 0,
+            deliveries_per_sec: 0.0,
+            latency: Percentiles::default(),
+            server_cpu_us_per_delivery: 0.0,
+        };
+    };
+    let cpu0 = target.server.cpu_secs();
+    let start = Instant::now();
+    let mut messages = 0u64;
+    let send = async {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut tick = tokio::time::interval(interval);
+        while start.elapsed() < duration {
+            tick.tick().await;
+            if sender
+                .send(target.broadcast(&stamped(payload)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            messages += 1;
+            // The sender gets its own broadcasts too: drained here but not counted (it reads
+            // only between sends, which would time its own copies late).
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::ZERO, sender.next()).await {}
+        }
+        sending.store(false, Ordering::Relaxed);
+    };
+    let receive = receivers.iter_mut().map(|ws| {
+        let (latencies, delivered, sending) =
+            (latencies.clone(), delivered.clone(), sending.clone());
+        async move {
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let n = latencies.record_stamps(&text);
+                        delivered.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    // Quiet for a while after the last send: everything has arrived.
+                    Err(_) if sending.load(Ordering::Relaxed) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    futures_util::future::join(send, futures_util::future::join_all(receive)).await;
+    // Less the quiet quarter second that ended the receive loops.
+    let secs = (start.elapsed().as_secs_f64() - 0.25).max(0.001);
+    let cpu = target.server.cpu_secs() - cpu0;
+    let deliveries = delivered.load(Ordering::Relaxed);
+    BroadcastResult {
+        receivers: receivers.len(),
+        payload_bytes: payload,
+        messages,
+        deliveries,
+        deliveries_per_sec: deliveries as f64 / secs,
+        latency: latencies.percentiles(),
+        server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+    }
+}
