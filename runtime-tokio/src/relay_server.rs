@@ -343,6 +343,8 @@ where
         .get(SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()));
     let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
+    let server_connection = request.path.starts_with("/server");
+    let negotiate = request.path.trim_end_matches('/').ends_with("/negotiate");
     if req.method() == Method::POST {
         match Limited::new(req.into_body(), max_message).collect().await {
             Ok(collected) => request.body = collected.to_bytes(),
@@ -378,7 +380,18 @@ where
                     .await;
                 return Ok(text(StatusCode::BAD_REQUEST, "Bad WebSocket request."));
             };
-            runtime.spawn(upgrade::<S>(on_upgrade, conn, events, max_message));
+            let read_buffer = if server_connection {
+                ws::SERVER_READ_BUFFER
+            } else {
+                ws::CLIENT_READ_BUFFER
+            };
+            runtime.spawn(upgrade::<S>(
+                on_upgrade,
+                conn,
+                events,
+                max_message,
+                read_buffer,
+            ));
             let mut response = Response::new(empty());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = response.headers_mut();
@@ -434,6 +447,14 @@ where
         }
     };
     allow_origin(origin.as_ref(), &mut response);
+    if negotiate {
+        // A client's next request after negotiate is its WebSocket (a connection of its own)
+        // or a poll it may open anew: an idle keep-alive connection would hold a read buffer
+        // for nothing.
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(response)
 }
 
@@ -444,6 +465,7 @@ async fn upgrade<S>(
     conn: ConnHandle,
     mut events: mpsc::Sender<Event>,
     max_message: usize,
+    read_buffer: usize,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -454,11 +476,16 @@ async fn upgrade<S>(
             .await;
         return;
     };
+    // The bytes hyper read past the request live in its whole 8 KiB read buffer: copy them
+    // out and let the buffer go, rather than hold it for the life of the connection.
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let early = read_buf.to_vec();
+    drop(read_buf);
     let ws = WebSocketStream::from_partially_read(
-        parts.io.into_inner(),
-        parts.read_buf.to_vec(),
+        io.into_inner(),
+        early,
         Role::Server,
-        Some(ws::config(max_message)),
+        Some(ws::config(max_message, read_buffer)),
     )
     .await;
     let generation = next_generation();

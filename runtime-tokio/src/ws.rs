@@ -15,11 +15,18 @@ use futures_util::{SinkExt, StreamExt};
 /// not reading, and is disconnected.
 pub(crate) const WRITE_QUEUE: usize = 1024;
 
-/// WebSocket settings sized for many mostly-idle connections: small buffers, bounded
-/// messages.
-pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
+/// Read buffer of a client connection: most are idle, and a message larger than this only
+/// costs another read.
+pub(crate) const CLIENT_READ_BUFFER: usize = 1024;
+
+/// Read buffer of a server connection (few, and busy).
+pub(crate) const SERVER_READ_BUFFER: usize = 64 * 1024;
+
+/// WebSocket settings: bounded messages, a read buffer of `read_buffer` bytes, and no write
+/// buffering beyond the batch being flushed.
+pub(crate) fn config(max_message_size: usize, read_buffer: usize) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 4 * 1024;
+    config.read_buffer_size = read_buffer;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = usize::MAX;
     config.max_message_size = Some(max_message_size);

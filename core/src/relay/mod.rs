@@ -702,7 +702,7 @@ impl Relay {
                         self.transport_lost(now, handle);
                     }
                     // A stateful reconnect: no negotiate, no handshake.
-                    self.resume(now, handle, req);
+                    self.resume(now, handle);
                     return Ok(RequestOutcome::AcceptWebSocket(handle));
                 }
                 if let Some(kind) = client.transport.kind() {
@@ -1048,14 +1048,15 @@ impl Relay {
         protocol: HubProtocol,
         handshake: Vec<u8>,
     ) {
-        let Some(client) = self.clients.get(&conn) else {
+        let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        // Needed once: the app server keeps them from here on.
         let open = ServiceMessage::OpenConnection(service::OpenConnection {
             connection_id: client.connection_id.clone(),
-            claims: client.claims.clone(),
-            headers: client.headers.clone(),
-            query_string: client.query.clone(),
+            claims: std::mem::take(&mut client.claims),
+            headers: std::mem::take(&mut client.headers),
+            query_string: std::mem::take(&mut client.query),
             ext: service::Ext {
                 protocol: Some(protocol.name().to_owned()),
                 ..service::Ext::default()

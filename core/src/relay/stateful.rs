@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::transports::Transport;
-use super::{ClientState, ConnHandle, HttpRequest, Output, Relay};
+use super::{ClientState, ConnHandle, Output, Relay};
 use crate::aspnetcore::{HubMessage, HubProtocol};
 use crate::msgpack::Reader;
 use crate::varint;
@@ -403,13 +403,7 @@ impl Relay {
     }
 
     /// The client came back on a new WebSocket: Sequence, then everything it has not acked.
-    pub(super) fn resume(&mut self, now: Instant, conn: ConnHandle, req: &HttpRequest) {
-        let headers = super::forwarded_headers(
-            req,
-            self.config.max_forwarded_headers,
-            &self.config.instance_id,
-            Some(crate::aspnetcore::negotiate::TransportKind::WebSockets),
-        );
+    pub(super) fn resume(&mut self, now: Instant, conn: ConnHandle) {
         let max_in = self.config.max_client_message_size;
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
@@ -427,7 +421,6 @@ impl Relay {
             return;
         };
         client.transport = Transport::WebSocket;
-        client.headers = headers;
         client.last_received = now;
         state.lost_at = None;
         // The client's buffer exists by now; the replay below holds every trackable message.

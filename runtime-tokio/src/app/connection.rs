@@ -154,7 +154,10 @@ async fn session<R: Runtime>(
     let (ws, _) = async_tungstenite::client_async_with_config(
         request,
         stream,
-        Some(crate::ws::config(16 * 1024 * 1024)),
+        Some(crate::ws::config(
+            16 * 1024 * 1024,
+            crate::ws::SERVER_READ_BUFFER,
+        )),
     )
     .await
     .map_err(|e| format!("WebSocket to {ws_url} failed: {e}"))?;
