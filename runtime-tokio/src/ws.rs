@@ -20,7 +20,7 @@ pub(crate) const WRITE_QUEUE: usize = 1024;
 pub(crate) const CLIENT_READ_BUFFER: usize = 1024;
 
 /// Read buffer of a server connection (few, and busy).
-pub(crate) const SERVER_READ_BUFFER: usize = 64 * 1024;
+pub(crate) const SERVER_READ_BUFFER: usize = 16 * 1024;
 
 /// WebSocket settings: bounded messages, a read buffer of `read_buffer` bytes, and no write
 /// buffering beyond the batch being flushed.

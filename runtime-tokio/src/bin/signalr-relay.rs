@@ -4,7 +4,7 @@ use clap::Parser;
 use signalr_relay_tokio::cli::{bound, init_logging, run_relay, RelayArgs};
 use signalr_relay_tokio::{TokioListener, TokioRuntime};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = RelayArgs::parse();
     init_logging(&args.log);

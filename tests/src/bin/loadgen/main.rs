@@ -16,6 +16,7 @@
 //!
 //! Benchmarks are not tests: nothing here asserts a timing.
 
+mod chart;
 mod client;
 mod floor;
 mod procs;
@@ -28,7 +29,9 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::procs::Proc;
-use crate::scenarios::{BroadcastResult, ConnectResult, EchoResult, Target};
+use crate::scenarios::{
+    BroadcastResult, ConnectResult, EchoResult, SlowConsumerResult, StepResult, Target,
+};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks SignalR Relay against a one-hop floor, in one run")]
@@ -70,9 +73,25 @@ struct RunArgs {
     /// Source addresses 127.0.0.1 … 127.0.0.N for client sockets.
     #[arg(long, default_value_t = 4)]
     sources: u32,
+    /// Broadcasts a second in the broadcast and slow-consumer scenarios.
+    #[arg(long, default_value_t = 20)]
+    broadcast_rate: u32,
+    /// Connection counts of the step test (each sends a 2 KB echo a second).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,5000,10000,15000"
+    )]
+    steps: Vec<usize>,
+    /// Skip the step test.
+    #[arg(long)]
+    no_steps: bool,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the step test's chart (p99 latency against connections) here, as SVG.
+    #[arg(long)]
+    chart: Option<PathBuf>,
     /// A few connections for a second each: checks that the generator works (CI).
     #[arg(long)]
     smoke: bool,
@@ -83,6 +102,8 @@ struct Side {
     connect: ConnectResult,
     echo: Vec<EchoResult>,
     broadcast: BroadcastResult,
+    slow_consumer: SlowConsumerResult,
+    step: Option<StepResult>,
 }
 
 #[derive(Serialize)]
@@ -133,6 +154,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         args.clients = args.clients.min(20);
         args.concurrency = args.concurrency.min(8);
         args.seconds = 1;
+        args.steps = vec![5, 10];
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
     procs::pin_self(1);
@@ -202,6 +224,12 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         floor: floor_side,
     };
     print_table(&report);
+    if let (Some(path), Some(relay), Some(floor)) =
+        (&args.chart, &report.relay.step, &report.floor.step)
+    {
+        std::fs::write(path, chart::step_chart(relay, floor))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -252,12 +280,25 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         echo.push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
     }
     let receivers = conns.len();
+    let rate = args.broadcast_rate;
     eprintln!("  {}: broadcast to {receivers}, 2 KB", target.name);
-    let broadcast = scenarios::broadcast(target, &mut conns, 20, 2048, secs).await;
+    let broadcast = scenarios::broadcast(target, &mut conns, rate, 2048, secs).await;
+    eprintln!("  {}: broadcast with a slow consumer", target.name);
+    let slow_consumer = scenarios::slow_consumer(target, &mut conns, rate, 2048, secs).await;
+    drop(conns);
+    let step = if args.no_steps {
+        None
+    } else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let hold = secs.max(Duration::from_secs(if args.smoke { 1 } else { 5 }));
+        Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await)
+    };
     Side {
         connect,
         echo,
         broadcast,
+        slow_consumer,
+        step,
     }
 }
 
@@ -353,4 +394,47 @@ fn print_table(r: &Report) {
         "",
     );
     row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+    let (a, b) = (&r.relay.slow_consumer, &r.floor.slow_consumer);
+    let s = "broadcast, 1 receiver not reading";
+    row(
+        s,
+        "others' p99",
+        a.with_slow.latency.p99_ms,
+        b.with_slow.latency.p99_ms,
+        "ms",
+    );
+    let p99_change = |x: &SlowConsumerResult, plain: &BroadcastResult| {
+        (x.with_slow.latency.p99_ms / plain.latency.p99_ms.max(0.001) - 1.0) * 100.0
+    };
+    row(
+        s,
+        "p99 vs. without",
+        p99_change(a, &r.relay.broadcast),
+        p99_change(b, &r.floor.broadcast),
+        "%",
+    );
+    let growth = |x: &SlowConsumerResult| {
+        x.server_rss_after_bytes
+            .saturating_sub(x.server_rss_before_bytes) as f64
+            / 1024.0
+    };
+    row(s, "server RSS growth", growth(a), growth(b), "KiB");
+    if let (Some(a), Some(b)) = (&r.relay.step, &r.floor.step) {
+        for (x, y) in a.steps.iter().zip(&b.steps) {
+            let s = format!("step {} × 2 KB/s", x.connections);
+            row(&s, "p99", x.latency.p99_ms, y.latency.p99_ms, "ms");
+            row(&s, "failed", x.failed_percent, y.failed_percent, "%");
+            row(
+                &s,
+                "server CPU",
+                x.server_cpu_percent,
+                y.server_cpu_percent,
+                "%",
+            );
+        }
+        println!(
+            "| step test | verdict (p99 < 1 s, < 1% failed) | {} | {} | |",
+            a.verdict_connections, b.verdict_connections
+        );
+    }
 }

@@ -113,6 +113,17 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Politely first (a profiler wrapped around it gets to write its data), then for sure.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -395,3 +395,163 @@ pub(crate) async fn broadcast(
         server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
     }
 }
+
+/// One step of the Azure step test.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Step {
+    pub(crate) connections: usize,
+    pub(crate) latency: Percentiles,
+    pub(crate) failed_percent: f64,
+    pub(crate) server_cpu_percent: f64,
+    pub(crate) server_rss_bytes: u64,
+}
+
+/// Azure's step test: `steps` connection counts, each connection sending one `payload`-byte
+/// echo a second for `hold`. The verdict is the largest count with p99 under 1 s and fewer
+/// than 1% of connections failed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StepResult {
+    pub(crate) payload_bytes: usize,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) verdict_connections: usize,
+}
+
+pub(crate) async fn step_test(
+    target: &Target,
+    steps: &[usize],
+    concurrency: usize,
+    payload: usize,
+    hold: Duration,
+) -> StepResult {
+    let mut conns: Vec<Ws> = Vec::new();
+    let mut results = Vec::new();
+    let mut failed_connects = 0usize;
+    for &count in steps {
+        eprintln!("  {}: step {count} connections", target.name);
+        // Open what this step adds.
+        let missing = count.saturating_sub(conns.len() + failed_connects);
+        let start_index = conns.len() + failed_connects;
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let workers = (0..concurrency.max(1)).map(|_| {
+            let (opened, failed, next) = (opened.clone(), failed.clone(), next.clone());
+            async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= missing {
+                        return;
+                    }
+                    match target.connect(start_index + i).await {
+                        Ok(ws) => {
+                            if let Ok(mut o) = opened.lock() {
+                                o.push(ws);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(workers).await;
+        failed_connects += failed.load(Ordering::Relaxed) as usize;
+        conns.extend(std::mem::take(
+            &mut *opened.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        // Every connection sends once a second, spread over the second.
+        let latencies = Arc::new(Latencies::default());
+        let broken = Arc::new(AtomicU64::new(0));
+        let total = conns.len().max(1);
+        let cpu0 = target.server.cpu_secs();
+        let t0 = Instant::now();
+        let senders = conns.iter_mut().enumerate().map(|(i, ws)| {
+            let (latencies, broken) = (latencies.clone(), broken.clone());
+            async move {
+                let offset = Duration::from_secs(1).mul_f64(i as f64 / total as f64);
+                let mut at = tokio::time::Instant::from_std(t0) + offset;
+                let end = tokio::time::Instant::from_std(t0) + hold;
+                let mut id = 0u64;
+                while at < end {
+                    tokio::time::sleep_until(at).await;
+                    at += Duration::from_secs(1);
+                    id += 1;
+                    if ws.send(target.echo(id, &stamped(payload))).await.is_err() {
+                        broken.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    // The answer, skipping anything else (keep-alives).
+                    loop {
+                        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                            Ok(Some(Ok(Message::Text(text)))) => {
+                                if latencies.record_stamps(&text) > 0 {
+                                    break;
+                                }
+                            }
+                            Ok(Some(Ok(_))) => {}
+                            _ => {
+                                broken.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(senders).await;
+        let cpu = (target.server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let failed = broken.load(Ordering::Relaxed) as usize + failed_connects;
+        results.push(Step {
+            connections: count,
+            latency: latencies.percentiles(),
+            failed_percent: failed as f64 * 100.0 / count.max(1) as f64,
+            server_cpu_percent: cpu,
+            server_rss_bytes: target.server.rss_bytes(),
+        });
+        let last = results.last().map_or(100.0, |s: &Step| s.failed_percent);
+        if last >= 50.0 {
+            break;
+        }
+    }
+    let verdict_connections = results
+        .iter()
+        .filter(|s| s.latency.p99_ms < 1000.0 && s.failed_percent < 1.0)
+        .map(|s| s.connections)
+        .max()
+        .unwrap_or(0);
+    StepResult {
+        payload_bytes: payload,
+        steps: results,
+        verdict_connections,
+    }
+}
+
+/// A slow consumer: the broadcast again, with one receiver that never reads.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SlowConsumerResult {
+    /// The others' broadcast with the slow consumer among them.
+    pub(crate) with_slow: BroadcastResult,
+    /// Server RSS before and after.
+    pub(crate) server_rss_before_bytes: u64,
+    pub(crate) server_rss_after_bytes: u64,
+}
+
+pub(crate) async fn slow_consumer(
+    target: &Target,
+    conns: &mut [Ws],
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+) -> SlowConsumerResult {
+    let rss_before = target.server.rss_bytes();
+    // The last connection stops reading: it stays open, its socket buffers fill, and then the
+    // server's own queue for it.
+    let readers = conns.len().saturating_sub(1);
+    let with_slow = broadcast(target, &mut conns[..readers], rate, payload, duration).await;
+    SlowConsumerResult {
+        with_slow,
+        server_rss_before_bytes: rss_before,
+        server_rss_after_bytes: target.server.rss_bytes(),
+    }
+}
