@@ -13,7 +13,11 @@ pub use signalr_relay_tokio::{
     app, cli, core, sample, serve, serve_http, BoxFuture, Listener, Runtime, ServeOptions,
 };
 
-/// Runs the glue on smol's global executor.
+/// The executor every task runs on: [`block_on`] runs it on the calling thread (and on one
+/// more thread per extra core), so that a relay on one core wakes no other thread.
+static EXECUTOR: smol::Executor<'static> = smol::Executor::new();
+
+/// Runs the glue on this crate's executor (see [`block_on`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolRuntime;
 
@@ -21,7 +25,7 @@ impl Runtime for SmolRuntime {
     type Timer = smol_hyper::rt::SmolTimer;
 
     fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
-        smol::spawn(future).detach();
+        EXECUTOR.spawn(future).detach();
     }
 
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {
@@ -71,11 +75,12 @@ impl Listener for SmolListener {
     }
 }
 
-/// Runs `main` on smol with one executor thread per core.
+/// Runs `main`, and every task the glue spawns, on the calling thread, plus one more thread
+/// per further core the process may use (pinned to one core, it wakes no other thread).
 pub fn block_on<F: Future<Output = ()> + Send + 'static>(main: F) {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for _ in 1..threads {
-        std::thread::spawn(|| smol::block_on(std::future::pending::<()>()));
+        std::thread::spawn(|| smol::block_on(EXECUTOR.run(std::future::pending::<()>())));
     }
-    smol::block_on(main);
+    smol::block_on(EXECUTOR.run(main));
 }

@@ -114,56 +114,69 @@ impl Drop for CancelNotice {
 }
 
 /// The chat hub.
+/// The messaging methods `chat` and `bench` share: echo, broadcast, groups, direct messages.
+fn with_messaging(hub: HubBuilder) -> HubBuilder {
+    hub.method(
+        "Echo",
+        |_ctx: Context, (msg,): (serde_json::Value,)| async move { Ok(msg) },
+    )
+    .method(
+        "EchoToCaller",
+        |ctx: Context, (msg,): (serde_json::Value,)| async move {
+            ctx.clients().caller().send("echo", &(msg,))
+        },
+    )
+    .method(
+        "Broadcast",
+        |ctx: Context, (msg,): (serde_json::Value,)| async move {
+            ctx.clients().all().send("broadcast", &(msg,))
+        },
+    )
+    .method(
+        "BroadcastOthers",
+        |ctx: Context, (msg,): (serde_json::Value,)| async move {
+            ctx.clients().others().send("broadcast", &(msg,))
+        },
+    )
+    .method(
+        "JoinGroup",
+        |ctx: Context, (group,): (String,)| async move {
+            ctx.groups()
+                .add(ctx.connection_id(), &group)
+                .await
+                .map(|_| ())
+        },
+    )
+    .method(
+        "LeaveGroup",
+        |ctx: Context, (group,): (String,)| async move {
+            ctx.groups()
+                .remove(ctx.connection_id(), &group)
+                .await
+                .map(|_| ())
+        },
+    )
+    .method(
+        "SendToGroup",
+        |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
+            ctx.clients()
+                .group(&group)
+                .send("groupMessage", &(group.as_str(), msg))
+        },
+    )
+    .method(
+        "SendToConnection",
+        |ctx: Context, (id, msg): (String, serde_json::Value)| async move {
+            ctx.clients().client(&id).send("directMessage", &(msg,))
+        },
+    )
+    .method("GetConnectionId", |ctx: Context, ()| async move {
+        Ok(ctx.connection_id().to_owned())
+    })
+}
+
 pub fn chat_hub() -> Hub {
-    HubBuilder::new("chat")
-        .method(
-            "Echo",
-            |_ctx: Context, (msg,): (serde_json::Value,)| async move { Ok(msg) },
-        )
-        .method(
-            "EchoToCaller",
-            |ctx: Context, (msg,): (serde_json::Value,)| async move {
-                ctx.clients().caller().send("echo", &(msg,))
-            },
-        )
-        .method(
-            "Broadcast",
-            |ctx: Context, (msg,): (serde_json::Value,)| async move {
-                ctx.clients().all().send("broadcast", &(msg,))
-            },
-        )
-        .method(
-            "BroadcastOthers",
-            |ctx: Context, (msg,): (serde_json::Value,)| async move {
-                ctx.clients().others().send("broadcast", &(msg,))
-            },
-        )
-        .method(
-            "JoinGroup",
-            |ctx: Context, (group,): (String,)| async move {
-                ctx.groups()
-                    .add(ctx.connection_id(), &group)
-                    .await
-                    .map(|_| ())
-            },
-        )
-        .method(
-            "LeaveGroup",
-            |ctx: Context, (group,): (String,)| async move {
-                ctx.groups()
-                    .remove(ctx.connection_id(), &group)
-                    .await
-                    .map(|_| ())
-            },
-        )
-        .method(
-            "SendToGroup",
-            |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
-                ctx.clients()
-                    .group(&group)
-                    .send("groupMessage", &(group.as_str(), msg))
-            },
-        )
+    with_messaging(HubBuilder::new("chat"))
         .method(
             "SendToGroupExceptCaller",
             |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
@@ -178,12 +191,6 @@ pub fn chat_hub() -> Hub {
                 ctx.clients().user(&user).send("userMessage", &(msg,))
             },
         )
-        .method(
-            "SendToConnection",
-            |ctx: Context, (id, msg): (String, serde_json::Value)| async move {
-                ctx.clients().client(&id).send("directMessage", &(msg,))
-            },
-        )
         .on_connected(|ctx: Context| async move {
             let _ = ctx
                 .clients()
@@ -192,9 +199,6 @@ pub fn chat_hub() -> Hub {
         })
         .on_disconnected(|ctx: Context| async move {
             let _ = ctx.clients().all().send("left", &(ctx.connection_id(),));
-        })
-        .method("GetConnectionId", |ctx: Context, ()| async move {
-            Ok(ctx.connection_id().to_owned())
         })
         .method("GetUserId", |ctx: Context, ()| async move {
             Ok(ctx.user_id().map(str::to_owned))
@@ -251,51 +255,7 @@ pub fn chat_hub() -> Hub {
 /// The hub the load generator drives (`tests/src/bin/loadgen`): the chat hub's fan-out
 /// methods, without its greetings, so that connecting and leaving cost no broadcasts.
 pub fn bench_hub() -> Hub {
-    HubBuilder::new("bench")
-        .method(
-            "Echo",
-            |_: Context, (msg,): (serde_json::Value,)| async move { Ok(msg) },
-        )
-        .method(
-            "Broadcast",
-            |ctx: Context, (msg,): (serde_json::Value,)| async move {
-                ctx.clients().all().send("broadcast", &(msg,))
-            },
-        )
-        .method(
-            "JoinGroup",
-            |ctx: Context, (group,): (String,)| async move {
-                ctx.groups()
-                    .add(ctx.connection_id(), &group)
-                    .await
-                    .map(|_| ())
-            },
-        )
-        .method(
-            "LeaveGroup",
-            |ctx: Context, (group,): (String,)| async move {
-                ctx.groups()
-                    .remove(ctx.connection_id(), &group)
-                    .await
-                    .map(|_| ())
-            },
-        )
-        .method(
-            "SendToGroup",
-            |ctx: Context, (group, msg): (String, serde_json::Value)| async move {
-                ctx.clients().group(&group).send("group", &(msg,))
-            },
-        )
-        .method(
-            "SendToConnection",
-            |ctx: Context, (id, msg): (String, serde_json::Value)| async move {
-                ctx.clients().client(&id).send("direct", &(msg,))
-            },
-        )
-        .method("GetConnectionId", |ctx: Context, ()| async move {
-            Ok(ctx.connection_id().to_owned())
-        })
-        .build()
+    with_messaging(HubBuilder::new("bench")).build()
 }
 
 /// The sample hubs: `testhub`, `chat` and `bench`.

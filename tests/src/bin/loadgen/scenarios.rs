@@ -311,6 +311,7 @@ pub(crate) async fn echo(
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct BroadcastResult {
     pub(crate) receivers: usize,
+    pub(crate) rate_per_sec: u32,
     pub(crate) payload_bytes: usize,
     pub(crate) messages: u64,
     pub(crate) deliveries: u64,
@@ -332,6 +333,7 @@ pub(crate) async fn broadcast(
     let Some((sender, receivers)) = conns.split_first_mut() else {
         return BroadcastResult {
             receivers: 0,
+            rate_per_sec: rate,
             payload_bytes: payload,
             messages: 0,
             deliveries: 0,
@@ -387,6 +389,7 @@ pub(crate) async fn broadcast(
     let deliveries = delivered.load(Ordering::Relaxed);
     BroadcastResult {
         receivers: receivers.len(),
+        rate_per_sec: rate,
         payload_bytes: payload,
         messages,
         deliveries,
@@ -527,31 +530,40 @@ pub(crate) async fn step_test(
     }
 }
 
-/// A slow consumer: the broadcast again, with one receiver that never reads.
+/// A slow consumer: a fast broadcast to `readers`, then the same with one more connection that
+/// never reads. Its socket buffers fill, then the server's
+/// queue for it: the server's memory must stay bounded and the others must not notice.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SlowConsumerResult {
-    /// The others' broadcast with the slow consumer among them.
+    /// Every receiver reading.
+    pub(crate) without_slow: BroadcastResult,
+    /// The same, with one receiver that never reads.
     pub(crate) with_slow: BroadcastResult,
-    /// Server RSS before and after.
+    /// Server RSS before and after the run with the slow consumer.
     pub(crate) server_rss_before_bytes: u64,
     pub(crate) server_rss_after_bytes: u64,
 }
 
 pub(crate) async fn slow_consumer(
     target: &Target,
-    conns: &mut [Ws],
+    readers: &mut [Ws],
     rate: u32,
     payload: usize,
     duration: Duration,
 ) -> SlowConsumerResult {
+    // A second unmeasured first: the generator's and the server's buffers grow to the rate.
+    let _ = broadcast(target, readers, rate, payload, Duration::from_secs(1)).await;
+    let without_slow = broadcast(target, readers, rate, payload, duration).await;
+    // Now one more connection, which never reads.
+    let slow = target.connect(usize::MAX - 1).await;
     let rss_before = target.server.rss_bytes();
-    // The last connection stops reading: it stays open, its socket buffers fill, and then the
-    // server's own queue for it.
-    let readers = conns.len().saturating_sub(1);
-    let with_slow = broadcast(target, &mut conns[..readers], rate, payload, duration).await;
+    let with_slow = broadcast(target, readers, rate, payload, duration).await;
+    let rss_after = target.server.rss_bytes();
+    drop(slow);
     SlowConsumerResult {
+        without_slow,
         with_slow,
         server_rss_before_bytes: rss_before,
-        server_rss_after_bytes: target.server.rss_bytes(),
+        server_rss_after_bytes: rss_after,
     }
 }
