@@ -14,6 +14,8 @@ const RUNTIME = process.env.E2E_RUNTIME || 'tokio';
 const SUFFIX = RUNTIME === 'smol' ? '-smol' : '';
 // Every process started here exits by itself after this long, whatever happens to the tests.
 const SAFETY_EXIT_SECS = 300;
+// The hubs the sample app hosts (each gets its own server connections).
+const SAMPLE_HUBS = ['bench', 'chat', 'testhub'];
 
 function startProcess(name, args) {
   const child = spawn(path.join(BIN_DIR, name), [...args, '--exit-after', String(SAFETY_EXIT_SECS)], {
@@ -215,4 +217,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, Stack, Browser, jwt, next, collect, sleep, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SAMPLE_HUBS, Stack, Browser, jwt, next, collect, sleep, signalR };
