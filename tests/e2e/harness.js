@@ -93,8 +93,7 @@ class Stack {
     s.app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', cs, '--listen', '127.0.0.1:0',
       '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs]);
     s.appAddr = await s.app.ready;
-    await s.waitForServers('chat');
-    await s.waitForServers('testhub');
+    for (const hub of SAMPLE_HUBS) await s.waitForServers(hub);
     return s;
   }
 
