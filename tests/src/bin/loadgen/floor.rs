@@ -1,7 +1,9 @@
 //! The floor: the least a server can do for the same traffic, with no SignalR and no relay hop.
 //! A WebSocket server that echoes each text message to its sender, and sends a message that
-//! starts with `B` to every connection (encoded once, its bytes shared).
+//! starts with `B` to every connection (encoded once, its bytes shared). `J<group>` joins a
+//! group (answered `ok`), and `G<group>|…` goes to the group's members.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -12,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 type Peers = Arc<Mutex<Vec<mpsc::UnboundedSender<Message>>>>;
+type Groups = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Message>>>>>;
 
 /// Serves until the process is stopped (or `exit_after` seconds pass).
 pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> {
@@ -22,10 +25,12 @@ pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> 
         std::process::exit(0);
     });
     let peers: Peers = Arc::default();
+    let groups: Groups = Arc::default();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let peers = peers.clone();
+        let groups = groups.clone();
         tokio::spawn(async move {
             let config = WebSocketConfig::default().read_buffer_size(4096);
             let Ok(ws) =
@@ -58,7 +63,23 @@ pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> 
                 let Message::Text(text) = message else {
                     continue;
                 };
-                if text.starts_with('B') {
+                if let Some(group) = text.strip_prefix('J') {
+                    if let Ok(mut g) = groups.lock() {
+                        g.entry(group.to_owned()).or_default().push(tx.clone());
+                    }
+                    let _ = tx.send(Message::text("ok"));
+                } else if let Some(rest) = text.strip_prefix('G') {
+                    let group = rest.split('|').next().unwrap_or_default();
+                    let members = groups
+                        .lock()
+                        .ok()
+                        .and_then(|g| g.get(group).cloned())
+                        .unwrap_or_default();
+                    let message = Message::Text(text.clone());
+                    for member in members {
+                        let _ = member.send(message.clone());
+                    }
+                } else if text.starts_with('B') {
                     let message = Message::Text(text);
                     let all: Vec<_> = peers.lock().map(|p| p.clone()).unwrap_or_default();
                     for peer in all {
@@ -70,6 +91,11 @@ pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> 
             }
             if let Ok(mut p) = peers.lock() {
                 p.retain(|peer| !peer.same_channel(&tx));
+            }
+            if let Ok(mut g) = groups.lock() {
+                for members in g.values_mut() {
+                    members.retain(|peer| !peer.same_channel(&tx));
+                }
             }
             writer.abort();
         });

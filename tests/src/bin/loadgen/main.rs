@@ -107,6 +107,7 @@ struct Side {
     connect: ConnectResult,
     echo: Vec<EchoResult>,
     broadcast: BroadcastResult,
+    groups: Vec<BroadcastResult>,
     slow_consumer: SlowConsumerResult,
     step: Option<StepResult>,
 }
@@ -289,6 +290,13 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     let rate = args.broadcast_rate;
     eprintln!("  {}: broadcast to {receivers}, 2 KB", target.name);
     let broadcast = scenarios::broadcast(target, &mut conns, rate, 2048, secs).await;
+    // Group sends: small groups of 10, and big groups of a tenth of the connections, each
+    // group's sender at `rate` a second.
+    let mut groups = Vec::new();
+    for size in [10, (conns.len() / 10).max(2)] {
+        eprintln!("  {}: group sends, groups of {size}, 2 KB", target.name);
+        groups.push(scenarios::group_send(target, &mut conns, size, rate, 2048, secs).await);
+    }
     // Faster, to fewer: enough data to fill a non-reading client's socket buffers.
     let slow_receivers = conns.len().min(20);
     // Only these stay connected: a broadcast reaches every connection, read or not.
@@ -319,6 +327,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         connect,
         echo,
         broadcast,
+        groups,
         slow_consumer,
         step,
     }
@@ -416,6 +425,27 @@ fn print_table(r: &Report) {
         "",
     );
     row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+    for (a, b) in r.relay.groups.iter().zip(&r.floor.groups) {
+        let s = format!(
+            "groups of {} ({} receivers) × 2 KB",
+            a.group_size, a.receivers
+        );
+        row(
+            &s,
+            "CPU per delivery",
+            a.server_cpu_us_per_delivery,
+            b.server_cpu_us_per_delivery,
+            "µs",
+        );
+        row(
+            &s,
+            "deliveries/s",
+            a.deliveries_per_sec,
+            b.deliveries_per_sec,
+            "",
+        );
+        row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+    }
     let (a, b) = (&r.relay.slow_consumer, &r.floor.slow_consumer);
     let s = format!(
         "broadcast {}/s to {}, then + 1 not reading",

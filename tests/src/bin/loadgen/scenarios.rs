@@ -44,6 +44,28 @@ impl Target {
         }
     }
 
+    /// Joins `group` (answered by a completion; the floor answers `ok`).
+    fn join(&self, group: &str) -> Message {
+        if self.is_relay() {
+            Message::text(format!(
+                "{{\"type\":1,\"invocationId\":\"j\",\"target\":\"JoinGroup\",\"arguments\":[\"{group}\"]}}\u{1e}"
+            ))
+        } else {
+            Message::text(format!("J{group}"))
+        }
+    }
+
+    /// One message to `group` carrying `payload`.
+    fn group_send(&self, group: &str, payload: &str) -> Message {
+        if self.is_relay() {
+            Message::text(format!(
+                "{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",\"{payload}\"]}}\u{1e}"
+            ))
+        } else {
+            Message::text(format!("G{group}|{payload}"))
+        }
+    }
+
     /// One broadcast request carrying `payload`.
     fn broadcast(&self, payload: &str) -> Message {
         if self.is_relay() {
@@ -310,6 +332,8 @@ pub(crate) async fn echo(
 /// connection, for `duration`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct BroadcastResult {
+    /// Connections per group (all of them, for a broadcast), the sender included.
+    pub(crate) group_size: usize,
     pub(crate) receivers: usize,
     pub(crate) rate_per_sec: u32,
     pub(crate) payload_bytes: usize,
@@ -327,44 +351,102 @@ pub(crate) async fn broadcast(
     payload: usize,
     duration: Duration,
 ) -> BroadcastResult {
+    let size = conns.len().max(1);
+    fan_out(target, conns, size, rate, payload, duration, |_, p| {
+        target.broadcast(p)
+    })
+    .await
+}
+
+/// Group sends: `conns` in groups of `group_size`; in each, the first connection sends `rate`
+/// messages a second of `payload` bytes to its group. Deliveries are counted over every group.
+pub(crate) async fn group_send(
+    target: &Target,
+    conns: &mut [Ws],
+    group_size: usize,
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+) -> BroadcastResult {
+    let group_size = group_size.clamp(2, conns.len().max(2));
+    let joins = conns.iter_mut().enumerate().map(|(i, ws)| async move {
+        let group = format!("s{group_size}-{}", i / group_size);
+        if ws.send(target.join(&group)).await.is_err() {
+            return;
+        }
+        // Its acknowledgement: the invocation's completion (the floor answers "ok").
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            if let Message::Text(t) = m {
+                if !target.is_relay() || t.contains("\"type\":3") {
+                    break;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(joins).await;
+    fan_out(
+        target,
+        conns,
+        group_size,
+        rate,
+        payload,
+        duration,
+        |g, p| target.group_send(g, p),
+    )
+    .await
+}
+
+/// The first connection of each chunk of `group_size` sends `rate` messages a second, made
+/// by `make(group, payload)` (group `s<group_size>-<chunk index>`); everyone else counts and
+/// times what arrives.
+async fn fan_out(
+    target: &Target,
+    conns: &mut [Ws],
+    group_size: usize,
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+    make: impl Fn(&str, &str) -> Message,
+) -> BroadcastResult {
     let latencies = Arc::new(Latencies::default());
     let delivered = Arc::new(AtomicU64::new(0));
     let sending = Arc::new(AtomicBool::new(true));
-    let Some((sender, receivers)) = conns.split_first_mut() else {
-        return BroadcastResult {
-            receivers: 0,
-            rate_per_sec: rate,
-            payload_bytes: payload,
-            messages: 0,
-            deliveries: 0,
-            deliveries_per_sec: 0.0,
-            latency: Percentiles::default(),
-            server_cpu_us_per_delivery: 0.0,
-        };
-    };
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (g, chunk) in conns.chunks_mut(group_size.max(1)).enumerate() {
+        if let Some((sender, rest)) = chunk.split_first_mut() {
+            senders.push((format!("s{group_size}-{g}"), sender));
+            receivers.extend(rest.iter_mut());
+        }
+    }
+    let receiver_count = receivers.len();
     let cpu0 = target.server.cpu_secs();
     let start = Instant::now();
-    let mut messages = 0u64;
-    let send = async {
-        let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-        let mut tick = tokio::time::interval(interval);
-        while start.elapsed() < duration {
-            tick.tick().await;
-            if sender
-                .send(target.broadcast(&stamped(payload)))
-                .await
-                .is_err()
-            {
-                break;
+    let messages = AtomicU64::new(0);
+    let send = senders.into_iter().map(|(group, sender)| {
+        let (make, messages) = (&make, &messages);
+        async move {
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let mut tick = tokio::time::interval(interval);
+            while start.elapsed() < duration {
+                tick.tick().await;
+                if sender.send(make(&group, &stamped(payload))).await.is_err() {
+                    break;
+                }
+                messages.fetch_add(1, Ordering::Relaxed);
+                // The sender gets its own messages too: drained here but not counted (it reads
+                // only between sends, which would time its own copies late).
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::ZERO, sender.next()).await
+                {}
             }
-            messages += 1;
-            // The sender gets its own broadcasts too: drained here but not counted (it reads
-            // only between sends, which would time its own copies late).
-            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::ZERO, sender.next()).await {}
         }
+    });
+    let send = async {
+        futures_util::future::join_all(send).await;
         sending.store(false, Ordering::Relaxed);
     };
-    let receive = receivers.iter_mut().map(|ws| {
+    let receive = receivers.into_iter().map(|ws| {
         let (latencies, delivered, sending) =
             (latencies.clone(), delivered.clone(), sending.clone());
         async move {
@@ -388,10 +470,11 @@ pub(crate) async fn broadcast(
     let cpu = target.server.cpu_secs() - cpu0;
     let deliveries = delivered.load(Ordering::Relaxed);
     BroadcastResult {
-        receivers: receivers.len(),
+        group_size,
+        receivers: receiver_count,
         rate_per_sec: rate,
         payload_bytes: payload,
-        messages,
+        messages: messages.load(Ordering::Relaxed),
         deliveries,
         deliveries_per_sec: deliveries as f64 / secs,
         latency: latencies.percentiles(),
