@@ -92,6 +92,23 @@ enum Channel {
     },
 }
 
+impl Channel {
+    /// The output that carries `body` (one JSON text) on a streaming channel: a WebSocket
+    /// message, or a Server-Sent Event. `None` for a long poll, or no channel.
+    fn stream_output(self, conn: ConnHandle, body: Vec<u8>) -> Option<Output> {
+        let data = match self {
+            Self::WebSocket => Bytes::from(body),
+            Self::EventStream => sse_event(&body),
+            Self::None | Self::Poll { .. } => return None,
+        };
+        Some(Output::Transmit {
+            conn,
+            data,
+            binary: false,
+        })
+    }
+}
+
 impl Classic {
     pub(super) fn new(hub_name: String, now: Instant) -> Self {
         Self {
@@ -454,16 +471,8 @@ impl Relay {
                         binary: false,
                     });
                 }
-                let data = if sse {
-                    sse_event(&first)
-                } else {
-                    Bytes::from(first)
-                };
-                self.outputs.push_back(Output::Transmit {
-                    conn,
-                    data,
-                    binary: false,
-                });
+                self.outputs
+                    .extend(classic.channel.stream_output(conn, first));
                 self.reschedule_client(conn);
                 if sse {
                     RequestOutcome::EventStream(conn)
@@ -773,17 +782,9 @@ impl Relay {
             Channel::None => {}
             Channel::WebSocket | Channel::EventStream => {
                 let envelope = PersistentResponse::messages(cursor, vec![message]).encode();
-                let sse = classic.channel == Channel::EventStream;
                 classic.next_keep_alive = now + self.config.classic_keep_alive;
-                self.outputs.push_back(Output::Transmit {
-                    conn,
-                    data: if sse {
-                        sse_event(&envelope)
-                    } else {
-                        Bytes::from(envelope)
-                    },
-                    binary: false,
-                });
+                self.outputs
+                    .extend(classic.channel.stream_output(conn, envelope));
             }
             Channel::Poll { request, after, .. } => {
                 let body = classic.envelope_after(after);
@@ -829,21 +830,11 @@ impl Relay {
         envelope.cursor = Some(classic.cursor());
         let body = envelope.encode();
         match std::mem::replace(&mut classic.channel, Channel::None) {
-            Channel::None => {}
-            Channel::WebSocket => self.outputs.push_back(Output::Transmit {
-                conn,
-                data: Bytes::from(body),
-                binary: false,
-            }),
-            Channel::EventStream => self.outputs.push_back(Output::Transmit {
-                conn,
-                data: sse_event(&body),
-                binary: false,
-            }),
             Channel::Poll { request, .. } => self.outputs.push_back(Output::Respond {
                 request,
                 response: json(body),
             }),
+            channel => self.outputs.extend(channel.stream_output(conn, body)),
         }
         self.remove_client(now, conn, Some((1000, error)), true);
     }
@@ -935,16 +926,9 @@ impl Relay {
             }
             Channel::WebSocket | Channel::EventStream if now >= classic.next_keep_alive => {
                 classic.next_keep_alive = now + keep_alive;
-                let data = if classic.channel == Channel::EventStream {
-                    Bytes::from_static(b"data: {}\r\n\r\n")
-                } else {
-                    Bytes::from_static(crate::classic::KEEP_ALIVE)
-                };
-                self.outputs.push_back(Output::Transmit {
-                    conn,
-                    data,
-                    binary: false,
-                });
+                let keep_alive = crate::classic::KEEP_ALIVE.to_vec();
+                self.outputs
+                    .extend(classic.channel.stream_output(conn, keep_alive));
             }
             _ => {}
         }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::transports::Transport;
-use super::{ClientState, ConnHandle, Output, Relay};
+use super::{Client, ClientState, ConnHandle, Output, Relay};
 use crate::aspnetcore::{HubMessage, HubProtocol};
 use crate::msgpack::Reader;
 use crate::varint;
@@ -208,6 +208,21 @@ fn frames(protocol: HubProtocol, data: &Bytes) -> Vec<(Bytes, Bytes)> {
     out
 }
 
+/// Sends what a stateful client's gate held, if it is still shut (a free function, so that it
+/// can share the caller's lookup of the client).
+fn release_gate(outputs: &mut VecDeque<Output>, conn: ConnHandle, client: &mut Client) {
+    let ClientState::Open { protocol, .. } = &client.state else {
+        return;
+    };
+    let binary = *protocol == HubProtocol::MessagePack;
+    let Some(data) = client.stateful.as_mut().and_then(Stateful::open_gate) else {
+        return;
+    };
+    if matches!(client.transport, Transport::WebSocket) {
+        outputs.push_back(Output::Transmit { conn, data, binary });
+    }
+}
+
 fn encode(protocol: HubProtocol, message: &HubMessage) -> Bytes {
     let mut out = Vec::new();
     let _ = protocol.write_message(message, &mut out);
@@ -241,19 +256,8 @@ impl Relay {
 
     /// Sends what the gate held, if it is still shut: the client's buffer exists now.
     fn open_client_gate(&mut self, conn: ConnHandle) {
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        let ClientState::Open { protocol, .. } = &client.state else {
-            return;
-        };
-        let binary = *protocol == HubProtocol::MessagePack;
-        let Some(data) = client.stateful.as_mut().and_then(Stateful::open_gate) else {
-            return;
-        };
-        if matches!(client.transport, Transport::WebSocket) {
-            self.outputs
-                .push_back(Output::Transmit { conn, data, binary });
+        if let Some(client) = self.clients.get_mut(&conn) {
+            release_gate(&mut self.outputs, conn, client);
         }
     }
 
@@ -266,13 +270,12 @@ impl Relay {
         protocol: HubProtocol,
         body: &[u8],
     ) -> bool {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return true;
+        };
         // Any frame from the client means its message buffer exists.
-        self.open_client_gate(conn);
-        let Some(state) = self
-            .clients
-            .get_mut(&conn)
-            .and_then(|c| c.stateful.as_mut())
-        else {
+        release_gate(&mut self.outputs, conn, client);
+        let Some(state) = client.stateful.as_mut() else {
             return true;
         };
         let message_type = message_type(protocol, body);

@@ -1593,6 +1593,18 @@ fn classic(kind: &str, query: &str, token: Option<&str>, body: &str, ws: bool) -
     req
 }
 
+/// A classic negotiate for `chat`: its response body.
+fn classic_negotiate(sim: &mut Sim) -> serde_json::Value {
+    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
+    assert_eq!(negotiate.status, 200);
+    serde_json::from_slice(&negotiate.body).unwrap()
+}
+
+/// A classic long-polling request on the connection with `token`.
+fn long_poll(kind: &str, token: &str, body: &str) -> HttpRequest {
+    classic(kind, "transport=longPolling", Some(token), body, false)
+}
+
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -1614,22 +1626,14 @@ fn last_payload_to(sim: &Sim, server: ConnHandle) -> String {
 fn classic_clients_poll_send_and_reconnect_through_the_relay() {
     let mut sim = Sim::new();
     let server = sim.connect_server("chat", "app-1");
-    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
-    assert_eq!(negotiate.status, 200);
-    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
+    let body = classic_negotiate(&mut sim);
     assert_eq!(body["Url"], "/aspnetclient");
     assert_eq!(body["TryWebSockets"], true);
     let token = body["ConnectionToken"].as_str().unwrap().to_owned();
     let connection_id = body["ConnectionId"].as_str().unwrap().to_owned();
 
     // Long-polling connect answers with the init message, and opens the app-server side.
-    let init = respond(sim.handle(&classic(
-        "connect",
-        "transport=longPolling",
-        Some(&token),
-        "",
-        false,
-    )));
+    let init = respond(sim.handle(&long_poll("connect", &token, "")));
     assert_eq!(&init.body[..], b"{\"C\":\"0\",\"S\":1,\"M\":[]}");
     assert!(sim.to_server[&server].iter().any(
         |m| matches!(m, ServiceMessage::OpenConnection(o) if o.connection_id == connection_id)
@@ -1644,37 +1648,23 @@ fn classic_clients_poll_send_and_reconnect_through_the_relay() {
         &connection_id,
         "{}\x1e{\"type\":1,\"target\":\"welcome\",\"arguments\":[\"x\"]}\x1e",
     );
-    let start = respond(sim.handle(&classic(
-        "start",
-        "transport=longPolling",
-        Some(&token),
-        "",
-        false,
-    )));
+    let start = respond(sim.handle(&long_poll("start", &token, "")));
     assert_eq!(&start.body[..], b"{ \"Response\": \"started\" }");
     // The push waits for the poll, in M, with its cursor.
-    let poll = respond(sim.handle(&classic(
-        "poll",
-        "transport=longPolling",
-        Some(&token),
-        "messageId=0",
-        false,
-    )));
+    let poll = respond(sim.handle(&long_poll("poll", &token, "messageId=0")));
     assert_eq!(
         String::from_utf8_lossy(&poll.body),
         "{\"C\":\"1\",\"M\":[{\"H\":\"chat\",\"M\":\"welcome\",\"A\":[\"x\"]}]}"
     );
 
     // A send is an invocation with its state; the completion (with new state) answers it.
-    let send = sim.handle(&classic(
+    let send = sim.handle(&long_poll(
         "send",
-        "transport=longPolling",
-        Some(&token),
+        &token,
         &format!(
             "data={}",
             urlencode("{\"H\":\"chat\",\"M\":\"Echo\",\"A\":[1],\"I\":0,\"S\":{\"a\":1}}")
         ),
-        false,
     ));
     let RequestOutcome::Pending(send) = send else {
         panic!("{send:?}")
@@ -1693,13 +1683,8 @@ fn classic_clients_poll_send_and_reconnect_through_the_relay() {
     );
 
     // A held poll gets progress as it comes; an idle one ends empty at the poll timeout.
-    let RequestOutcome::Pending(held) = sim.handle(&classic(
-        "poll",
-        "transport=longPolling",
-        Some(&token),
-        "messageId=1",
-        false,
-    )) else {
+    let RequestOutcome::Pending(held) = sim.handle(&long_poll("poll", &token, "messageId=1"))
+    else {
         panic!()
     };
     server_sends(
@@ -1712,13 +1697,8 @@ fn classic_clients_poll_send_and_reconnect_through_the_relay() {
         String::from_utf8_lossy(&sim.responses[&held].body),
         "{\"C\":\"2\",\"M\":[{\"I\":\"P|5\",\"P\":{\"I\":\"5\",\"D\":3}}]}"
     );
-    let RequestOutcome::Pending(idle) = sim.handle(&classic(
-        "poll",
-        "transport=longPolling",
-        Some(&token),
-        "messageId=2",
-        false,
-    )) else {
+    let RequestOutcome::Pending(idle) = sim.handle(&long_poll("poll", &token, "messageId=2"))
+    else {
         panic!()
     };
     for _ in 0..19 {
@@ -1790,23 +1770,10 @@ fn classic_clients_poll_send_and_reconnect_through_the_relay() {
     sim.advance(Duration::from_secs(6));
     assert!(closed(&sim));
     // Its token is dead now: a poll gets a global error (the client stops), a send a 400.
-    let late = respond(sim.handle(&classic(
-        "poll",
-        "transport=longPolling",
-        Some(&token),
-        "messageId=3",
-        false,
-    )));
+    let late = respond(sim.handle(&long_poll("poll", &token, "messageId=3")));
     assert!(String::from_utf8_lossy(&late.body).contains("\"E\":"));
     assert_eq!(
-        respond(sim.handle(&classic(
-            "send",
-            "transport=longPolling",
-            Some(&token),
-            "data=%7B%7D",
-            false
-        )))
-        .status,
+        respond(sim.handle(&long_poll("send", &token, "data=%7B%7D"))).status,
         400
     );
 }
@@ -1816,56 +1783,20 @@ fn classic_bad_input_gets_the_classic_errors() {
     let mut sim = Sim::new();
     let server = sim.connect_server("chat", "app-1");
     let status = |sim: &mut Sim, req: HttpRequest| respond(sim.handle(&req)).status;
-    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
-    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
-    let conn_token = body["ConnectionToken"].as_str().unwrap().to_owned();
+    let conn_token = classic_negotiate(&mut sim)["ConnectionToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Unknown, forged or missing transports and tokens.
-    assert_eq!(
-        status(
-            &mut sim,
-            classic(
-                "connect",
-                "transport=carrierPigeon",
-                Some(&conn_token),
-                "",
-                false
-            )
-        ),
-        400
-    );
-    assert_eq!(
-        status(
-            &mut sim,
-            classic(
-                "connect",
-                "transport=foreverFrame",
-                Some(&conn_token),
-                "",
-                false
-            )
-        ),
-        400
-    );
-    assert_eq!(
-        status(
-            &mut sim,
-            classic("connect", "transport=longPolling", None, "", false)
-        ),
-        400
-    );
-    assert_eq!(
-        status(
-            &mut sim,
-            classic(
-                "connect",
-                "transport=longPolling",
-                Some("forged"),
-                "",
-                false
-            )
-        ),
-        400
-    );
+    for (transport, token) in [
+        ("transport=carrierPigeon", Some(conn_token.as_str())),
+        ("transport=foreverFrame", Some(conn_token.as_str())),
+        ("transport=longPolling", None),
+        ("transport=longPolling", Some("forged")),
+    ] {
+        let req = classic("connect", transport, token, "", false);
+        assert_eq!(status(&mut sim, req), 400, "{transport} {token:?}");
+    }
     // Two hubs on one connection, or none.
     let mut two = classic("negotiate", "", None, "", false);
     two.query =
@@ -1886,26 +1817,14 @@ fn classic_bad_input_gets_the_classic_errors() {
     )];
     assert_eq!(status(&mut sim, core), 401);
     // Another user's token cannot use the connection.
-    let mut mallory = classic(
-        "connect",
-        "transport=longPolling",
-        Some(&conn_token),
-        "",
-        false,
-    );
+    let mut mallory = long_poll("connect", &conn_token, "");
     mallory.headers = vec![(
         "Authorization".into(),
         format!("Bearer {}", classic_token(Some("mallory"))),
     )];
     assert_eq!(status(&mut sim, mallory), 403);
     let lp = |sim: &mut Sim, kind: &str, body: &str| {
-        let req = classic(
-            kind,
-            "transport=longPolling",
-            Some(&conn_token),
-            body,
-            false,
-        );
+        let req = long_poll(kind, &conn_token, body);
         respond(sim.handle(&req)).status
     };
     // Connected: malformed or oversized sends are refused; the connection lives on.
@@ -1925,9 +1844,10 @@ fn classic_bad_input_gets_the_classic_errors() {
     let jsonp = classic("negotiate", "callback=cb", None, "", false);
     assert_eq!(status(&mut sim, jsonp), 400);
     // An oversized WebSocket message ends that connection with a global error.
-    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
-    let body: serde_json::Value = serde_json::from_slice(&negotiate.body).unwrap();
-    let ws_token = body["ConnectionToken"].as_str().unwrap().to_owned();
+    let ws_token = classic_negotiate(&mut sim)["ConnectionToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let ws = classic("connect", "transport=webSockets", Some(&ws_token), "", true);
     let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
         panic!()
