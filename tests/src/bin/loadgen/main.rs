@@ -408,28 +408,17 @@ fn print_table(r: &Report) {
         row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
         row(&s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
     }
-    let (a, b) = (&r.relay.broadcast, &r.floor.broadcast);
-    let s = format!("broadcast {} × 2 KB", a.receivers);
-    row(
-        &s,
-        "CPU per delivery",
-        a.server_cpu_us_per_delivery,
-        b.server_cpu_us_per_delivery,
-        "µs",
-    );
-    row(
-        &s,
-        "deliveries/s",
-        a.deliveries_per_sec,
-        b.deliveries_per_sec,
-        "",
-    );
-    row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
-    for (a, b) in r.relay.groups.iter().zip(&r.floor.groups) {
-        let s = format!(
-            "groups of {} ({} receivers) × 2 KB",
-            a.group_size, a.receivers
-        );
+    let fan_out = std::iter::once((&r.relay.broadcast, &r.floor.broadcast))
+        .chain(r.relay.groups.iter().zip(&r.floor.groups));
+    for (i, (a, b)) in fan_out.enumerate() {
+        let s = if i == 0 {
+            format!("broadcast {} × 2 KB", a.receivers)
+        } else {
+            format!(
+                "groups of {} ({} receivers) × 2 KB",
+                a.group_size, a.receivers
+            )
+        };
         row(
             &s,
             "CPU per delivery",

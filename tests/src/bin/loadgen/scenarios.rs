@@ -1,6 +1,6 @@
 //! The scenarios, each run the same way against the relay and against the floor.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,48 +33,47 @@ impl Target {
         self.app.is_some()
     }
 
+    /// A request: for the relay the hub invocation `target(args…)` (awaiting a completion
+    /// when it has an `id`), for the floor the text `floor` makes.
+    fn request(
+        &self,
+        id: Option<&str>,
+        target: &str,
+        args: &[&str],
+        floor: impl FnOnce() -> String,
+    ) -> Message {
+        if !self.is_relay() {
+            return Message::text(floor());
+        }
+        let id = id.map_or(String::new(), |i| format!("\"invocationId\":\"{i}\","));
+        let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        Message::text(format!(
+            "{{\"type\":1,{id}\"target\":\"{target}\",\"arguments\":[{}]}}\u{1e}",
+            args.join(",")
+        ))
+    }
+
     /// One echo request carrying `payload`.
     fn echo(&self, id: u64, payload: &str) -> Message {
-        if self.is_relay() {
-            Message::text(format!(
-                "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"Echo\",\"arguments\":[\"{payload}\"]}}\u{1e}"
-            ))
-        } else {
-            Message::text(format!("E{payload}"))
-        }
+        let id = id.to_string();
+        self.request(Some(&id), "Echo", &[payload], || format!("E{payload}"))
     }
 
     /// Joins `group` (answered by a completion; the floor answers `ok`).
     fn join(&self, group: &str) -> Message {
-        if self.is_relay() {
-            Message::text(format!(
-                "{{\"type\":1,\"invocationId\":\"j\",\"target\":\"JoinGroup\",\"arguments\":[\"{group}\"]}}\u{1e}"
-            ))
-        } else {
-            Message::text(format!("J{group}"))
-        }
+        self.request(Some("j"), "JoinGroup", &[group], || format!("J{group}"))
     }
 
     /// One message to `group` carrying `payload`.
     fn group_send(&self, group: &str, payload: &str) -> Message {
-        if self.is_relay() {
-            Message::text(format!(
-                "{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",\"{payload}\"]}}\u{1e}"
-            ))
-        } else {
-            Message::text(format!("G{group}|{payload}"))
-        }
+        self.request(None, "SendToGroup", &[group, payload], || {
+            format!("G{group}|{payload}")
+        })
     }
 
     /// One broadcast request carrying `payload`.
     fn broadcast(&self, payload: &str) -> Message {
-        if self.is_relay() {
-            Message::text(format!(
-                "{{\"type\":1,\"target\":\"Broadcast\",\"arguments\":[\"{payload}\"]}}\u{1e}"
-            ))
-        } else {
-            Message::text(format!("B{payload}"))
-        }
+        self.request(None, "Broadcast", &[payload], || format!("B{payload}"))
     }
 }
 
@@ -163,6 +162,45 @@ pub(crate) struct ConnectResult {
     pub(crate) idle_server_cpu_percent: f64,
 }
 
+/// Opens `count` connections (numbered from `first`), `concurrency` at a time, recording each
+/// one's connect time. Returns them, and how many failed.
+async fn open_many(
+    target: &Target,
+    first: usize,
+    count: usize,
+    concurrency: usize,
+    latencies: &Latencies,
+) -> (Vec<Ws>, usize) {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let opened = Mutex::new(Vec::with_capacity(count));
+    let workers = (0..concurrency.max(1)).map(|_| async {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= count {
+                return;
+            }
+            let t0 = Instant::now();
+            match target.connect(first + i).await {
+                Ok(ws) => {
+                    latencies.record(t0.elapsed().as_micros() as u64);
+                    if let Ok(mut o) = opened.lock() {
+                        o.push(ws);
+                    }
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("  connect failed: {e}");
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(workers).await;
+    let opened = opened.into_inner().unwrap_or_else(|e| e.into_inner());
+    (opened, failed.into_inner())
+}
+
 pub(crate) async fn connect_storm(
     target: &Target,
     n: usize,
@@ -173,46 +211,10 @@ pub(crate) async fn connect_storm(
     let warm = target.connect(usize::MAX).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = target.server.rss_bytes();
-    let latencies = Arc::new(Latencies::default());
-    let next = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let opened = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let latencies = Latencies::default();
     let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let (latencies, next, failed, opened) = (
-                latencies.clone(),
-                next.clone(),
-                failed.clone(),
-                opened.clone(),
-            );
-            async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= n {
-                        return;
-                    }
-                    let t0 = Instant::now();
-                    match target.connect(i).await {
-                        Ok(ws) => {
-                            latencies.record(t0.elapsed().as_micros() as u64);
-                            if let Ok(mut o) = opened.lock() {
-                                o.push(ws);
-                            }
-                        }
-                        Err(e) => {
-                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                                eprintln!("  connect failed: {e}");
-                            }
-                        }
-                    }
-                }
-            }
-        })
-        .collect();
-    futures_util::future::join_all(workers).await;
+    let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let mut opened = std::mem::take(&mut *opened.lock().unwrap_or_else(|e| e.into_inner()));
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -251,7 +253,7 @@ pub(crate) async fn connect_storm(
         concurrency,
         connects_per_sec: held.len() as f64 / elapsed,
         latency: latencies.percentiles(),
-        failed_percent: failed.load(Ordering::Relaxed) as f64 * 100.0 / n.max(1) as f64,
+        failed_percent: failed as f64 * 100.0 / n.max(1) as f64,
         server_rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / ok,
         idle_server_cpu_percent: idle_cpu,
     };
@@ -517,35 +519,16 @@ pub(crate) async fn step_test(
         // Open what this step adds.
         let missing = count.saturating_sub(conns.len() + failed_connects);
         let start_index = conns.len() + failed_connects;
-        let opened = Arc::new(Mutex::new(Vec::new()));
-        let failed = Arc::new(AtomicU64::new(0));
-        let next = Arc::new(AtomicU64::new(0));
-        let workers = (0..concurrency.max(1)).map(|_| {
-            let (opened, failed, next) = (opened.clone(), failed.clone(), next.clone());
-            async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= missing {
-                        return;
-                    }
-                    match target.connect(start_index + i).await {
-                        Ok(ws) => {
-                            if let Ok(mut o) = opened.lock() {
-                                o.push(ws);
-                            }
-                        }
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        });
-        futures_util::future::join_all(workers).await;
-        failed_connects += failed.load(Ordering::Relaxed) as usize;
-        conns.extend(std::mem::take(
-            &mut *opened.lock().unwrap_or_else(|e| e.into_inner()),
-        ));
+        let (opened, failed) = open_many(
+            target,
+            start_index,
+            missing,
+            concurrency,
+            &Latencies::default(),
+        )
+        .await;
+        failed_connects += failed;
+        conns.extend(opened);
         // Every connection sends once a second, spread over the second.
         let latencies = Arc::new(Latencies::default());
         let broken = Arc::new(AtomicU64::new(0));
