@@ -1065,6 +1065,56 @@ fn a_long_polling_client_that_stops_polling_is_disconnected() {
 }
 
 #[test]
+fn a_long_polling_client_that_falls_behind_is_closed_with_a_reason() {
+    let mut sim = Sim::new();
+    let server = sim.connect_server("chat", "app-1");
+    let bystander = sim.negotiate("chat", None).unwrap();
+    let id = sim.negotiate("chat", None).unwrap();
+    for id in [&bystander, &id] {
+        respond(sim.handle(&on_connection("GET", id, None, b"")));
+        respond(sim.handle(&on_connection(
+            "POST",
+            id,
+            None,
+            b"{\"protocol\":\"json\",\"version\":1}\x1e",
+        )));
+    }
+    let ids: Vec<String> = sim.to_server[&server]
+        .iter()
+        .filter_map(|m| match m {
+            ServiceMessage::OpenConnection(o) => Some(o.connection_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let (bystander_id, slow_id) = (&ids[0], &ids[1]);
+    server_sends(&mut sim, server, slow_id, "{}\x1e");
+    // More than the 1 MiB buffer, in 64 KiB messages, with no poll to take them.
+    let big = format!(
+        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(64 * 1024)
+    );
+    for _ in 0..20 {
+        server_sends(&mut sim, server, slow_id, &big);
+    }
+    // The client is gone and its app server told; its next poll gets only the Close.
+    assert_eq!(sim.relay.client_count(), 1);
+    assert!(sim.to_server[&server]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::CloseConnection(c) if &c.connection_id == slow_id)));
+    let last = respond(sim.handle(&on_connection("GET", &id, None, b"")));
+    let body = String::from_utf8_lossy(&last.body);
+    assert!(
+        body.starts_with("{\"type\":7,\"error\":\"The client did not poll fast enough"),
+        "{body}"
+    );
+    assert!(!body.contains("\"target\":\"m\""));
+    // The other client is untouched.
+    server_sends(&mut sim, server, bystander_id, "{}\x1e");
+    let poll = respond(sim.handle(&on_connection("GET", &bystander, None, b"")));
+    assert_eq!(&poll.body[..], b"{}\x1e");
+}
+
+#[test]
 fn long_poll_bad_input() {
     let mut sim = Sim::new();
     sim.connect_server("chat", "app-1");

@@ -187,6 +187,10 @@ impl Relay {
                     });
                     self.reschedule_client(conn);
                 } else if lp.queued > max {
+                    // What is queued is lost anyway: drop it, so that the Close (queued next,
+                    // and small) is all the next poll gets.
+                    lp.queue.clear();
+                    lp.queued = 0;
                     self.close_client_with_message(
                         now,
                         conn,

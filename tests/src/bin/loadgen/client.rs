@@ -102,10 +102,19 @@ async fn websocket(addr: &str, path: &str, bearer: Option<&str>) -> Result<Ws> {
     Ok(ws)
 }
 
-/// An ASP.NET Core SignalR client of `hub` through the relay, connected as the official
-/// client does: negotiate at the app server, follow the redirect, negotiate at the relay,
-/// open the WebSocket, and complete the JSON handshake.
-pub(crate) async fn connect_relay(app: &str, hub: &str, user: &str) -> Result<Ws> {
+/// Where the relay sent a client, after both negotiates.
+struct Negotiated {
+    relay: String,
+    /// The hub's query (`hub=…` and whatever else the redirect carried).
+    query: String,
+    token: String,
+    /// The connection token: the `id` of every later request.
+    id: String,
+}
+
+/// Negotiates as the official client does: at the app server, then at the relay it was
+/// redirected to.
+async fn negotiate(app: &str, hub: &str, user: &str) -> Result<Negotiated> {
     let (status, body) = post(app, &format!("/{hub}/negotiate?user={user}"), None).await?;
     if status != 200 {
         return Err(format!("app negotiate: {status}"));
@@ -126,15 +135,265 @@ pub(crate) async fn connect_relay(app: &str, hub: &str, user: &str) -> Result<Ws
     if status != 200 {
         return Err(format!("relay negotiate: {status}"));
     }
-    let id = field(&body, "connectionToken")?;
-    let mut ws = websocket(relay, &format!("/client/?{query}&id={id}"), Some(&token)).await?;
-    ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}"))
+    Ok(Negotiated {
+        relay: relay.to_owned(),
+        query: query.to_owned(),
+        token,
+        id: field(&body, "connectionToken")?,
+    })
+}
+
+/// The JSON hub protocol handshake.
+const HANDSHAKE: &str = "{\"protocol\":\"json\",\"version\":1}\u{1e}";
+
+/// An ASP.NET Core SignalR client of `hub` through the relay, connected as the official
+/// client does: negotiate at the app server, follow the redirect, negotiate at the relay,
+/// open the WebSocket, and complete the JSON handshake.
+pub(crate) async fn connect_relay(app: &str, hub: &str, user: &str) -> Result<Ws> {
+    let n = negotiate(app, hub, user).await?;
+    let path = format!("/client/?{}&id={}", n.query, n.id);
+    let mut ws = websocket(&n.relay, &path, Some(&n.token)).await?;
+    ws.send(Message::text(HANDSHAKE))
         .await
         .map_err(|e| e.to_string())?;
     match ws.next().await {
         Some(Ok(Message::Text(t))) if t.starts_with("{}\u{1e}") => Ok(ws),
         other => Err(format!("handshake: {other:?}")),
     }
+}
+
+/// An HTTP transport: Server-Sent Events or long polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum HttpTransport {
+    ServerSentEvents,
+    LongPolling,
+}
+
+/// A client on an HTTP transport, as a browser runs one: sends are POSTs on a keep-alive
+/// connection of their own; what arrives (event-stream events, or poll bodies) is read on
+/// another, by a task that hands each message on.
+pub(crate) struct HttpConn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+    send_path: String,
+    bearer: Option<String>,
+    transport: HttpTransport,
+    /// What arrived: one event's data, or one poll's body.
+    pub(crate) incoming: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    receiver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+async fn keep_alive(addr: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tcp(addr).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn request(
+    method: &str,
+    host: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    req.body(Full::new(body)).map_err(|e| e.to_string())
+}
+
+impl HttpConn {
+    /// Opens the receiving side (`path`, a GET) and the connection sends go on (POSTs to
+    /// `send_path`).
+    async fn open(
+        host: &str,
+        path: String,
+        send_path: String,
+        bearer: Option<String>,
+        transport: HttpTransport,
+    ) -> Result<Self> {
+        let sender = keep_alive(host).await?;
+        let send_host = host.to_owned();
+        let mut poller = keep_alive(host).await?;
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let host = host.to_owned();
+        let bearer_for_sends = bearer.clone();
+        let get = move || {
+            let mut req = request("GET", &host, &path, bearer.as_deref(), Bytes::new())?;
+            if transport == HttpTransport::ServerSentEvents {
+                req.headers_mut().insert(
+                    "accept",
+                    hyper::header::HeaderValue::from_static("text/event-stream"),
+                );
+            }
+            Ok::<_, String>(req)
+        };
+        // The first response (the event stream's headers, or the first poll) before anything
+        // is sent: the relay attaches the transport on it.
+        let first = poller
+            .send_request(get()?)
+            .await
+            .map_err(|e| e.to_string())?;
+        if first.status() != 200 {
+            return Err(format!("{transport:?} GET: {}", first.status()));
+        }
+        let receiver = tokio::spawn(async move {
+            match transport {
+                HttpTransport::ServerSentEvents => read_events(first.into_body(), &tx).await,
+                HttpTransport::LongPolling => {
+                    let mut response = first;
+                    loop {
+                        if response.status() != 200 {
+                            return;
+                        }
+                        let Ok(body) = response.into_body().collect().await else {
+                            return;
+                        };
+                        let body = body.to_bytes();
+                        if !body.is_empty() && tx.send(body).is_err() {
+                            return;
+                        }
+                        let Ok(req) = get() else { return };
+                        if poller.ready().await.is_err() {
+                            return;
+                        }
+                        match poller.send_request(req).await {
+                            Ok(r) => response = r,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            sender,
+            host: send_host,
+            send_path,
+            bearer: bearer_for_sends,
+            transport,
+            incoming,
+            receiver,
+        })
+    }
+
+    /// Ends the connection as the official client does: a DELETE for long polling (an event
+    /// stream ends when its connection closes).
+    pub(crate) async fn close(mut self) {
+        if self.transport == HttpTransport::LongPolling {
+            if let Ok(req) = request(
+                "DELETE",
+                &self.host,
+                &self.send_path,
+                self.bearer.as_deref(),
+                Bytes::new(),
+            ) {
+                if self.sender.ready().await.is_ok() {
+                    let _ = self.sender.send_request(req).await;
+                }
+            }
+        }
+    }
+
+    /// POSTs `body` (and waits for the POST's answer, as the official client does).
+    pub(crate) async fn send(&mut self, body: String) -> Result<()> {
+        let req = request(
+            "POST",
+            &self.host,
+            &self.send_path,
+            self.bearer.as_deref(),
+            Bytes::from(body),
+        )?;
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let res = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let _ = res.into_body().collect().await;
+        if status != 200 {
+            return Err(format!("POST: {status}"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an event stream, handing on each event's data (its `data:` lines joined).
+async fn read_events(
+    mut body: hyper::body::Incoming,
+    tx: &tokio::sync::mpsc::UnboundedSender<Bytes>,
+) {
+    let mut buffer = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let event: Vec<u8> = buffer.drain(..end + 4).collect();
+            let mut data = Vec::new();
+            for line in event[..end].split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if let Some(d) = line.strip_prefix(b"data: ") {
+                    if !data.is_empty() {
+                        data.push(b'\n');
+                    }
+                    data.extend_from_slice(d);
+                }
+            }
+            if !data.is_empty() && tx.send(Bytes::from(data)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A client of `hub` through the relay over an HTTP transport: both negotiates, the transport,
+/// and the JSON handshake.
+pub(crate) async fn connect_relay_http(
+    app: &str,
+    hub: &str,
+    user: &str,
+    transport: HttpTransport,
+) -> Result<HttpConn> {
+    let n = negotiate(app, hub, user).await?;
+    let path = format!("/client/?{}&id={}", n.query, n.id);
+    let mut conn = HttpConn::open(&n.relay, path.clone(), path, Some(n.token), transport).await?;
+    conn.send(HANDSHAKE.to_owned()).await?;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), conn.incoming.recv()).await {
+            Ok(Some(m)) if m.starts_with(b"{}\x1e") => return Ok(conn),
+            Ok(Some(_)) => {}
+            other => return Err(format!("handshake: {other:?}")),
+        }
+    }
+}
+
+/// A client of the floor's HTTP echo, as connection `id`.
+pub(crate) async fn connect_floor_http(
+    floor_http: &str,
+    id: usize,
+    transport: HttpTransport,
+) -> Result<HttpConn> {
+    let (path, id) = match transport {
+        HttpTransport::ServerSentEvents => ("sse", format!("sse-{id}")),
+        HttpTransport::LongPolling => ("poll", format!("lp-{id}")),
+    };
+    let path = format!("/{path}?id={id}");
+    HttpConn::open(floor_http, path, format!("/send?id={id}"), None, transport).await
 }
 
 /// A plain WebSocket to the floor server.

@@ -28,9 +28,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::client::HttpTransport;
 use crate::procs::Proc;
 use crate::scenarios::{
-    BroadcastResult, ConnectResult, EchoResult, SlowConsumerResult, StepResult, Target,
+    BroadcastResult, ConnectResult, EchoResult, HttpEchoResult, SlowConsumerResult, StepResult,
+    Target,
 };
 
 #[derive(Parser)]
@@ -91,6 +93,12 @@ struct RunArgs {
     /// Skip the step test.
     #[arg(long)]
     no_steps: bool,
+    /// Run only these scenarios (the connect storm always runs: it opens the connections).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// Connections of the Server-Sent Events and long-polling echo scenarios.
+    #[arg(long, default_value_t = 100)]
+    http_clients: usize,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -102,13 +110,37 @@ struct RunArgs {
     smoke: bool,
 }
 
-#[derive(Serialize)]
+/// The scenarios `--only` picks from.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Closed-loop WebSocket echoes.
+    Echo,
+    /// Echoes over Server-Sent Events and long polling.
+    HttpEcho,
+    /// A broadcast to every connection.
+    Broadcast,
+    /// Group sends, small and big groups.
+    Groups,
+    /// Group sends while members leave and join.
+    Churn,
+    /// Messages to one connection by its id.
+    SendToConnection,
+    /// A broadcast with one receiver that stops reading.
+    SlowConsumer,
+    /// Azure's step test.
+    Step,
+}
+
+#[derive(Serialize, Default)]
 struct Side {
-    connect: ConnectResult,
+    connect: Option<ConnectResult>,
     echo: Vec<EchoResult>,
-    broadcast: BroadcastResult,
+    http_echo: Vec<HttpEchoResult>,
+    broadcast: Option<BroadcastResult>,
     groups: Vec<BroadcastResult>,
-    slow_consumer: SlowConsumerResult,
+    churn: Option<BroadcastResult>,
+    send_to_connection: Option<BroadcastResult>,
+    slow_consumer: Option<SlowConsumerResult>,
     step: Option<StepResult>,
 }
 
@@ -161,6 +193,18 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         args.concurrency = args.concurrency.min(8);
         args.seconds = 1;
         args.steps = vec![5, 10];
+        args.http_clients = args.http_clients.min(5);
+    }
+    if args.no_steps && args.only.is_empty() {
+        args.only = vec![
+            Scenario::Echo,
+            Scenario::HttpEcho,
+            Scenario::Broadcast,
+            Scenario::Groups,
+            Scenario::Churn,
+            Scenario::SendToConnection,
+            Scenario::SlowConsumer,
+        ];
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
     procs::pin_self(1);
@@ -170,14 +214,21 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     let limit = (args.seconds * 20 + 600).to_string();
 
     eprintln!("floor…");
+    let server = Proc::start(
+        &exe,
+        &["floor".into(), "--exit-after".into(), limit.clone()],
+        Some(0),
+    )?;
+    let http = server
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("floor http on "))
+        .map(str::to_owned);
     let floor = Target {
         name: "floor",
-        server: Proc::start(
-            &exe,
-            &["floor".into(), "--exit-after".into(), limit.clone()],
-            Some(0),
-        )?,
+        server,
         app: None,
+        http,
     };
     let floor_side = run_side(&floor, &args).await;
     drop(floor);
@@ -220,6 +271,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         name: "relay",
         server: relay,
         app: Some(app),
+        http: None,
     };
     wait_for_app(&relay).await?;
     let relay_side = run_side(&relay, &args).await;
@@ -240,12 +292,54 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let failed = report.relay.connect.failed_percent + report.floor.connect.failed_percent;
-    let nothing_echoed = report.relay.echo.iter().any(|e| e.latency.count == 0);
-    if args.smoke && (failed > 0.0 || report.relay.broadcast.deliveries == 0 || nothing_echoed) {
-        return Err("the smoke run had failures".into());
+    if args.smoke {
+        if let Err(e) = smoke_check(&report.relay).and(smoke_check(&report.floor)) {
+            eprintln!("relay output:\n{}", relay.server.output());
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// What a smoke run must show: every scenario did something, and nothing failed.
+fn smoke_check(side: &Side) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if side.connect.as_ref().is_none_or(|c| c.failed_percent > 0.0) {
+        problems.push("connections failed");
+    }
+    if side
+        .echo
+        .iter()
+        .chain(side.http_echo.iter().map(|h| &h.echo))
+        .any(|e| e.latency.count == 0)
+        || side.http_echo.iter().any(|h| h.failed_connections > 0)
+    {
+        problems.push("an echo scenario echoed nothing");
+    }
+    let fan_out = side
+        .broadcast
+        .iter()
+        .chain(&side.groups)
+        .chain(&side.churn)
+        .chain(&side.send_to_connection);
+    if fan_out.clone().any(|b| b.deliveries == 0) {
+        problems.push("a fan-out scenario delivered nothing");
+    }
+    if side
+        .churn
+        .as_ref()
+        .is_some_and(|c| c.membership_changes_per_sec == 0.0)
+    {
+        problems.push("nobody left or joined a group");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the smoke run had failures: {}",
+            problems.join(", ")
+        ))
+    }
 }
 
 /// The app server's server connections take a moment: wait until a client gets through.
@@ -271,66 +365,100 @@ async fn wait_for_app(relay: &Target) -> Result<(), String> {
 
 async fn run_side(target: &Target, args: &RunArgs) -> Side {
     let secs = Duration::from_secs(args.seconds);
+    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let mut side = Side::default();
     eprintln!(
         "  {}: connect storm and idle, {} connections",
         target.name, args.clients
     );
     let (connect, mut conns) =
         scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
-    let mut echo = Vec::new();
-    for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
-        let n = n.min(conns.len());
-        eprintln!(
-            "  {}: echo, {n} connections × {in_flight} in flight",
-            target.name
-        );
-        echo.push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
+    side.connect = Some(connect);
+    if wanted(Scenario::Echo) {
+        for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
+            let n = n.min(conns.len());
+            eprintln!(
+                "  {}: echo, {n} connections × {in_flight} in flight",
+                target.name
+            );
+            side.echo
+                .push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
+        }
     }
-    let receivers = conns.len();
+    if wanted(Scenario::HttpEcho) {
+        for transport in [HttpTransport::ServerSentEvents, HttpTransport::LongPolling] {
+            let n = args.http_clients;
+            eprintln!(
+                "  {}: echo over {transport:?}, {n} connections",
+                target.name
+            );
+            side.http_echo
+                .push(scenarios::http_echo(target, transport, n, 64, secs).await);
+        }
+    }
     let rate = args.broadcast_rate;
-    eprintln!("  {}: broadcast to {receivers}, 2 KB", target.name);
-    let broadcast = scenarios::broadcast(target, &mut conns, rate, 2048, secs).await;
+    if wanted(Scenario::Broadcast) {
+        eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
+        side.broadcast = Some(scenarios::broadcast(target, &mut conns, rate, 2048, secs).await);
+    }
     // Group sends: small groups of 10, and big groups of a tenth of the connections, each
     // group's sender at `rate` a second.
-    let mut groups = Vec::new();
-    for size in [10, (conns.len() / 10).max(2)] {
-        eprintln!("  {}: group sends, groups of {size}, 2 KB", target.name);
-        groups.push(scenarios::group_send(target, &mut conns, size, rate, 2048, secs).await);
+    if wanted(Scenario::Groups) {
+        for size in [10, (conns.len() / 10).max(2)] {
+            eprintln!("  {}: group sends, groups of {size}, 2 KB", target.name);
+            let result =
+                scenarios::group_send(target, &mut conns, "s", size, rate, 2048, secs, None).await;
+            side.groups.push(result);
+        }
     }
-    // Faster, to fewer: enough data to fill a non-reading client's socket buffers.
-    let slow_receivers = conns.len().min(20);
-    // Only these stay connected: a broadcast reaches every connection, read or not.
-    conns.truncate(slow_receivers);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let slow_rate = args.slow_consumer_rate;
-    eprintln!(
-        "  {}: broadcast at {slow_rate}/s to {} with and without a slow consumer",
-        target.name, slow_receivers
-    );
-    let slow_consumer = scenarios::slow_consumer(
-        target,
-        &mut conns[..slow_receivers],
-        slow_rate,
-        2048,
-        secs * 2,
-    )
-    .await;
+    if wanted(Scenario::Churn) {
+        eprintln!(
+            "  {}: group sends, groups of 10, half the members leaving and joining",
+            target.name
+        );
+        let churn = Some(Duration::from_secs(1));
+        side.churn =
+            Some(scenarios::group_send(target, &mut conns, "c", 10, rate, 2048, secs, churn).await);
+    }
+    if wanted(Scenario::SendToConnection) {
+        eprintln!(
+            "  {}: send to connection, {} connections × 10 a second × 2 KB",
+            target.name,
+            conns.len()
+        );
+        side.send_to_connection =
+            Some(scenarios::send_to_connection(target, &mut conns, 10, 2048, secs).await);
+    }
+    if wanted(Scenario::SlowConsumer) {
+        // Faster, to fewer: enough data to fill a non-reading client's socket buffers.
+        let slow_receivers = conns.len().min(20);
+        // Only these stay connected: a broadcast reaches every connection, read or not.
+        conns.truncate(slow_receivers);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let slow_rate = args.slow_consumer_rate;
+        eprintln!(
+            "  {}: broadcast at {slow_rate}/s to {} with and without a slow consumer",
+            target.name, slow_receivers
+        );
+        side.slow_consumer = Some(
+            scenarios::slow_consumer(
+                target,
+                &mut conns[..slow_receivers],
+                slow_rate,
+                2048,
+                secs * 2,
+            )
+            .await,
+        );
+    }
     drop(conns);
-    let step = if args.no_steps {
-        None
-    } else {
+    if wanted(Scenario::Step) && !args.no_steps {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let hold = secs.max(Duration::from_secs(if args.smoke { 1 } else { 5 }));
-        Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await)
-    };
-    Side {
-        connect,
-        echo,
-        broadcast,
-        groups,
-        slow_consumer,
-        step,
+        side.step =
+            Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await);
     }
+    side
 }
 
 fn today() -> String {
@@ -351,7 +479,6 @@ fn ratio(relay: f64, floor: f64) -> String {
 }
 
 fn print_table(r: &Report) {
-    let (rc, fc) = (&r.relay.connect, &r.floor.connect);
     println!(
         "\nSignalR Relay ({}) against the floor, {}",
         r.runtime, r.date
@@ -364,38 +491,55 @@ fn print_table(r: &Report) {
             ratio(a, b)
         );
     };
-    let c = format!("connect {} (×{})", rc.connections, rc.concurrency);
-    row(
-        &c,
-        "connects/s",
-        rc.connects_per_sec,
-        fc.connects_per_sec,
-        "",
-    );
-    row(
-        &c,
-        "p99 connect",
-        rc.latency.p99_ms,
-        fc.latency.p99_ms,
-        "ms",
-    );
-    row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
-    row(
-        "idle",
-        "RSS per connection",
-        rc.server_rss_per_connection_bytes / 1024.0,
-        fc.server_rss_per_connection_bytes / 1024.0,
-        "KiB",
-    );
-    row(
-        "idle",
-        "CPU",
-        rc.idle_server_cpu_percent,
-        fc.idle_server_cpu_percent,
-        "%",
-    );
-    for (a, b) in r.relay.echo.iter().zip(&r.floor.echo) {
-        let s = format!("echo {}×{}", a.connections, a.in_flight);
+    if let (Some(rc), Some(fc)) = (&r.relay.connect, &r.floor.connect) {
+        let c = format!("connect {} (×{})", rc.connections, rc.concurrency);
+        row(
+            &c,
+            "connects/s",
+            rc.connects_per_sec,
+            fc.connects_per_sec,
+            "",
+        );
+        row(
+            &c,
+            "p99 connect",
+            rc.latency.p99_ms,
+            fc.latency.p99_ms,
+            "ms",
+        );
+        row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
+        row(
+            "idle",
+            "RSS per connection",
+            rc.server_rss_per_connection_bytes / 1024.0,
+            fc.server_rss_per_connection_bytes / 1024.0,
+            "KiB",
+        );
+        row(
+            "idle",
+            "CPU",
+            rc.idle_server_cpu_percent,
+            fc.idle_server_cpu_percent,
+            "%",
+        );
+    }
+    let echoes = r
+        .relay
+        .echo
+        .iter()
+        .zip(&r.floor.echo)
+        .map(|(a, b)| (format!("echo {}×{}", a.connections, a.in_flight), a, b))
+        .chain(
+            r.relay
+                .http_echo
+                .iter()
+                .zip(&r.floor.http_echo)
+                .map(|(a, b)| {
+                    let s = format!("{:?} echo {}×1", a.transport, a.echo.connections);
+                    (s, &a.echo, &b.echo)
+                }),
+        );
+    for (s, a, b) in echoes {
         row(
             &s,
             "CPU per echo",
@@ -408,17 +552,32 @@ fn print_table(r: &Report) {
         row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
         row(&s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
     }
-    let fan_out = std::iter::once((&r.relay.broadcast, &r.floor.broadcast))
-        .chain(r.relay.groups.iter().zip(&r.floor.groups));
-    for (i, (a, b)) in fan_out.enumerate() {
-        let s = if i == 0 {
-            format!("broadcast {} × 2 KB", a.receivers)
-        } else {
-            format!(
-                "groups of {} ({} receivers) × 2 KB",
-                a.group_size, a.receivers
-            )
-        };
+    let named = |name: &str, x: &Option<BroadcastResult>, y: &Option<BroadcastResult>| {
+        x.clone()
+            .zip(y.clone())
+            .map(|(a, b)| (name.to_owned(), a, b))
+    };
+    let fan_out = named("broadcast", &r.relay.broadcast, &r.floor.broadcast)
+        .into_iter()
+        .chain(
+            r.relay
+                .groups
+                .iter()
+                .zip(&r.floor.groups)
+                .map(|(a, b)| (format!("groups of {}", a.group_size), a.clone(), b.clone())),
+        )
+        .chain(named(
+            "groups of 10, churning",
+            &r.relay.churn,
+            &r.floor.churn,
+        ))
+        .chain(named(
+            "send to connection",
+            &r.relay.send_to_connection,
+            &r.floor.send_to_connection,
+        ));
+    for (name, a, b) in fan_out {
+        let s = format!("{name} ({} receivers) × 2 KB", a.receivers);
         row(
             &s,
             "CPU per delivery",
@@ -433,37 +592,47 @@ fn print_table(r: &Report) {
             b.deliveries_per_sec,
             "",
         );
+        if a.membership_changes_per_sec > 0.0 {
+            row(
+                &s,
+                "leaves and joins/s",
+                a.membership_changes_per_sec,
+                b.membership_changes_per_sec,
+                "",
+            );
+        }
         row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
     }
-    let (a, b) = (&r.relay.slow_consumer, &r.floor.slow_consumer);
-    let s = format!(
-        "broadcast {}/s to {}, then + 1 not reading",
-        a.with_slow.rate_per_sec, a.with_slow.receivers
-    );
-    row(
-        &s,
-        "p99, all reading",
-        a.without_slow.latency.p99_ms,
-        b.without_slow.latency.p99_ms,
-        "ms",
-    );
-    row(
-        &s,
-        "p99, one not reading",
-        a.with_slow.latency.p99_ms,
-        b.with_slow.latency.p99_ms,
-        "ms",
-    );
-    let p99_change = |x: &SlowConsumerResult| {
-        (x.with_slow.latency.p99_ms / x.without_slow.latency.p99_ms.max(0.001) - 1.0) * 100.0
-    };
-    row(&s, "p99 change", p99_change(a), p99_change(b), "%");
-    let growth = |x: &SlowConsumerResult| {
-        x.server_rss_after_bytes
-            .saturating_sub(x.server_rss_before_bytes) as f64
-            / 1024.0
-    };
-    row(&s, "server RSS growth", growth(a), growth(b), "KiB");
+    if let (Some(a), Some(b)) = (&r.relay.slow_consumer, &r.floor.slow_consumer) {
+        let s = format!(
+            "broadcast {}/s to {}, then + 1 not reading",
+            a.with_slow.rate_per_sec, a.with_slow.receivers
+        );
+        row(
+            &s,
+            "p99, all reading",
+            a.without_slow.latency.p99_ms,
+            b.without_slow.latency.p99_ms,
+            "ms",
+        );
+        row(
+            &s,
+            "p99, one not reading",
+            a.with_slow.latency.p99_ms,
+            b.with_slow.latency.p99_ms,
+            "ms",
+        );
+        let p99_change = |x: &SlowConsumerResult| {
+            (x.with_slow.latency.p99_ms / x.without_slow.latency.p99_ms.max(0.001) - 1.0) * 100.0
+        };
+        row(&s, "p99 change", p99_change(a), p99_change(b), "%");
+        let growth = |x: &SlowConsumerResult| {
+            x.server_rss_after_bytes
+                .saturating_sub(x.server_rss_before_bytes) as f64
+                / 1024.0
+        };
+        row(&s, "server RSS growth", growth(a), growth(b), "KiB");
+    }
     if let (Some(a), Some(b)) = (&r.relay.step, &r.floor.step) {
         for (x, y) in a.steps.iter().zip(&b.steps) {
             let s = format!("step {} × 2 KB/s", x.connections);

@@ -8,7 +8,7 @@ use async_tungstenite::tungstenite::Message;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::client::{self, Ws};
+use crate::client::{self, HttpConn, HttpTransport, Ws};
 use crate::procs::Proc;
 
 /// What is being measured: the relay (clients negotiate at the sample app, then connect to
@@ -19,6 +19,8 @@ pub(crate) struct Target {
     pub(crate) server: Proc,
     /// The sample app, for the relay.
     pub(crate) app: Option<Proc>,
+    /// The floor's HTTP (event stream and long polling) address.
+    pub(crate) http: Option<String>,
 }
 
 impl Target {
@@ -26,6 +28,16 @@ impl Target {
         match &self.app {
             Some(app) => client::connect_relay(&app.addr, "bench", &format!("u{n}")).await,
             None => client::connect_floor(&self.server.addr).await,
+        }
+    }
+
+    async fn connect_http(&self, n: usize, transport: HttpTransport) -> client::Result<HttpConn> {
+        match (&self.app, &self.http) {
+            (Some(app), _) => {
+                client::connect_relay_http(&app.addr, "bench", &format!("h{n}"), transport).await
+            }
+            (None, Some(http)) => client::connect_floor_http(http, n, transport).await,
+            (None, None) => Err("no HTTP address".into()),
         }
     }
 
@@ -42,21 +54,66 @@ impl Target {
         args: &[&str],
         floor: impl FnOnce() -> String,
     ) -> Message {
+        Message::text(self.request_text(id, target, args, floor))
+    }
+
+    /// [`Target::request`]'s text.
+    fn request_text(
+        &self,
+        id: Option<&str>,
+        target: &str,
+        args: &[&str],
+        floor: impl FnOnce() -> String,
+    ) -> String {
         if !self.is_relay() {
-            return Message::text(floor());
+            return floor();
         }
         let id = id.map_or(String::new(), |i| format!("\"invocationId\":\"{i}\","));
         let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
-        Message::text(format!(
+        format!(
             "{{\"type\":1,{id}\"target\":\"{target}\",\"arguments\":[{}]}}\u{1e}",
             args.join(",")
-        ))
+        )
     }
 
     /// One echo request carrying `payload`.
     fn echo(&self, id: u64, payload: &str) -> Message {
+        Message::text(self.echo_text(id, payload))
+    }
+
+    /// [`Target::echo`]'s text.
+    fn echo_text(&self, id: u64, payload: &str) -> String {
         let id = id.to_string();
-        self.request(Some(&id), "Echo", &[payload], || format!("E{payload}"))
+        self.request_text(Some(&id), "Echo", &[payload], || format!("E{payload}"))
+    }
+
+    /// Asks for the connection's id (answered by a completion; the floor answers `id:<n>`).
+    fn whoami(&self) -> Message {
+        self.request(Some("w"), "GetConnectionId", &[], || "I".to_owned())
+    }
+
+    /// The connection id in an answer to [`Target::whoami`], if this is one.
+    fn parse_whoami(&self, text: &str) -> Option<String> {
+        if !self.is_relay() {
+            return text.strip_prefix("id:").map(str::to_owned);
+        }
+        let frame = text
+            .split('\u{1e}')
+            .find(|f| f.contains("\"invocationId\":\"w\""))?;
+        let value: serde_json::Value = serde_json::from_str(frame).ok()?;
+        value["result"].as_str().map(str::to_owned)
+    }
+
+    /// One message to connection `id` carrying `payload`.
+    fn send_to(&self, id: &str, payload: &str) -> Message {
+        self.request(None, "SendToConnection", &[id, payload], || {
+            format!("C{id}|{payload}")
+        })
+    }
+
+    /// Leaves `group` (answered by a completion; the floor answers `ok`).
+    fn leave(&self, group: &str) -> Message {
+        self.request(Some("l"), "LeaveGroup", &[group], || format!("L{group}"))
     }
 
     /// Joins `group` (answered by a completion; the floor answers `ok`).
@@ -342,6 +399,8 @@ pub(crate) struct BroadcastResult {
     pub(crate) messages: u64,
     pub(crate) deliveries: u64,
     pub(crate) deliveries_per_sec: f64,
+    /// Leaves and joins a second (group churn).
+    pub(crate) membership_changes_per_sec: f64,
     pub(crate) latency: Percentiles,
     pub(crate) server_cpu_us_per_delivery: f64,
 }
@@ -353,26 +412,35 @@ pub(crate) async fn broadcast(
     payload: usize,
     duration: Duration,
 ) -> BroadcastResult {
-    let size = conns.len().max(1);
-    fan_out(target, conns, size, rate, payload, duration, |_, p| {
-        target.broadcast(p)
-    })
-    .await
+    let how = FanOut {
+        prefix: "all",
+        group_size: conns.len().max(1),
+        rate,
+        payload,
+        duration,
+        churn: None,
+    };
+    fan_out(target, conns, how, |_, p| target.broadcast(p)).await
 }
 
 /// Group sends: `conns` in groups of `group_size`; in each, the first connection sends `rate`
 /// messages a second of `payload` bytes to its group. Deliveries are counted over every group.
+/// With `churn`, every other member leaves its group and joins it again, in turn, once per
+/// `churn` (staggered), while the sends go on. Groups are named `<prefix><size>-<index>`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn group_send(
     target: &Target,
     conns: &mut [Ws],
+    prefix: &str,
     group_size: usize,
     rate: u32,
     payload: usize,
     duration: Duration,
+    churn: Option<Duration>,
 ) -> BroadcastResult {
     let group_size = group_size.clamp(2, conns.len().max(2));
     let joins = conns.iter_mut().enumerate().map(|(i, ws)| async move {
-        let group = format!("s{group_size}-{}", i / group_size);
+        let group = format!("{prefix}{group_size}-{}", i / group_size);
         if ws.send(target.join(&group)).await.is_err() {
             return;
         }
@@ -389,36 +457,57 @@ pub(crate) async fn group_send(
     fan_out(
         target,
         conns,
-        group_size,
-        rate,
-        payload,
-        duration,
+        FanOut {
+            prefix,
+            group_size,
+            rate,
+            payload,
+            duration,
+            churn,
+        },
         |g, p| target.group_send(g, p),
     )
     .await
 }
 
-/// The first connection of each chunk of `group_size` sends `rate` messages a second, made
-/// by `make(group, payload)` (group `s<group_size>-<chunk index>`); everyone else counts and
-/// times what arrives.
-async fn fan_out(
-    target: &Target,
-    conns: &mut [Ws],
+/// How [`fan_out`] runs.
+struct FanOut<'a> {
+    prefix: &'a str,
     group_size: usize,
     rate: u32,
     payload: usize,
     duration: Duration,
+    churn: Option<Duration>,
+}
+
+/// The first connection of each chunk of `group_size` sends `rate` messages a second, made
+/// by `make(group, payload)` (group `<prefix><group_size>-<chunk index>`); everyone else
+/// counts and times what arrives (and, with churn, leaves and joins its group in turn).
+async fn fan_out(
+    target: &Target,
+    conns: &mut [Ws],
+    how: FanOut<'_>,
     make: impl Fn(&str, &str) -> Message,
 ) -> BroadcastResult {
+    let FanOut {
+        prefix,
+        group_size,
+        rate,
+        payload,
+        duration,
+        churn,
+    } = how;
     let latencies = Arc::new(Latencies::default());
     let delivered = Arc::new(AtomicU64::new(0));
+    let changes = Arc::new(AtomicU64::new(0));
     let sending = Arc::new(AtomicBool::new(true));
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for (g, chunk) in conns.chunks_mut(group_size.max(1)).enumerate() {
+        let group = format!("{prefix}{group_size}-{g}");
         if let Some((sender, rest)) = chunk.split_first_mut() {
-            senders.push((format!("s{group_size}-{g}"), sender));
-            receivers.extend(rest.iter_mut());
+            senders.push((group.clone(), sender));
+            receivers.extend(rest.iter_mut().map(|ws| (group.clone(), ws)));
         }
     }
     let receiver_count = receivers.len();
@@ -448,20 +537,58 @@ async fn fan_out(
         futures_util::future::join_all(send).await;
         sending.store(false, Ordering::Relaxed);
     };
-    let receive = receivers.into_iter().map(|ws| {
-        let (latencies, delivered, sending) =
-            (latencies.clone(), delivered.clone(), sending.clone());
+    let quiet = Duration::from_millis(250);
+    let receive = receivers.into_iter().enumerate().map(|(i, (group, ws))| {
+        let (latencies, delivered, changes, sending) = (
+            latencies.clone(),
+            delivered.clone(),
+            changes.clone(),
+            sending.clone(),
+        );
+        // Every other receiver churns, each at its own point in the period.
+        let churn = churn.filter(|_| i % 2 == 1);
+        let mut next_change = churn.map(|period| {
+            start + period.mul_f64((i as f64 / receiver_count.max(1) as f64).fract())
+        });
         async move {
+            let mut member = true;
+            let mut last_heard = Instant::now();
             loop {
-                match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
+                let wait = next_change.map_or(quiet, |at| {
+                    at.saturating_duration_since(Instant::now()).min(quiet)
+                });
+                match tokio::time::timeout(wait, ws.next()).await {
                     Ok(Some(Ok(Message::Text(text)))) => {
+                        last_heard = Instant::now();
                         let n = latencies.record_stamps(&text);
                         delivered.fetch_add(n, Ordering::Relaxed);
                     }
-                    Ok(Some(Ok(_))) => {}
-                    // Quiet for a while after the last send: everything has arrived.
-                    Err(_) if sending.load(Ordering::Relaxed) => {}
-                    _ => return,
+                    Ok(Some(Ok(_))) => last_heard = Instant::now(),
+                    Ok(_) => return,
+                    Err(_) => {
+                        let sending = sending.load(Ordering::Relaxed);
+                        match (next_change, churn) {
+                            (Some(at), Some(period)) if Instant::now() >= at => {
+                                // Back in the group once the sends stop, for whatever runs
+                                // next.
+                                if sending || !member {
+                                    let change = if member {
+                                        target.leave(&group)
+                                    } else {
+                                        target.join(&group)
+                                    };
+                                    if ws.send(change).await.is_err() {
+                                        return;
+                                    }
+                                    member = !member;
+                                    changes.fetch_add(1, Ordering::Relaxed);
+                                }
+                                next_change = Some(at + period / 2);
+                            }
+                            _ if !sending && last_heard.elapsed() >= quiet => return,
+                            _ => {}
+                        }
+                    }
                 }
             }
         }
@@ -479,8 +606,166 @@ async fn fan_out(
         messages: messages.load(Ordering::Relaxed),
         deliveries,
         deliveries_per_sec: deliveries as f64 / secs,
+        membership_changes_per_sec: changes.load(Ordering::Relaxed) as f64 / secs,
         latency: latencies.percentiles(),
         server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+    }
+}
+
+/// Send to connection: every connection sends `rate` messages a second of `payload` bytes to
+/// a partner (the connection half the list away), by its connection id.
+pub(crate) async fn send_to_connection(
+    target: &Target,
+    conns: &mut [Ws],
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+) -> BroadcastResult {
+    // Each connection's id, as its server knows it.
+    let ids = conns.iter_mut().map(|ws| async move {
+        ws.send(target.whoami()).await.ok()?;
+        loop {
+            let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+            else {
+                return None;
+            };
+            if let Message::Text(t) = m {
+                if let Some(id) = target.parse_whoami(&t) {
+                    return Some(id);
+                }
+            }
+        }
+    });
+    let ids: Vec<Option<String>> = futures_util::future::join_all(ids).await;
+    let n = conns.len();
+    let latencies = Arc::new(Latencies::default());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let messages = Arc::new(AtomicU64::new(0));
+    let cpu0 = target.server.cpu_secs();
+    let start = Instant::now();
+    let quiet = Duration::from_millis(250);
+    let tasks = conns.iter_mut().enumerate().map(|(i, ws)| {
+        let partner = ids[(i + n / 2) % n.max(1)].clone();
+        let (latencies, delivered, messages) =
+            (latencies.clone(), delivered.clone(), messages.clone());
+        async move {
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            // Spread over the interval, so that the sends do not all start at once.
+            let offset = interval.mul_f64(i as f64 / n.max(1) as f64);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::from_std(start) + offset, interval);
+            let mut last_heard = Instant::now();
+            loop {
+                let sending = start.elapsed() < duration && partner.is_some();
+                tokio::select! {
+                    _ = tick.tick(), if sending => {
+                        let to = partner.as_deref().unwrap_or_default();
+                        if ws.send(target.send_to(to, &stamped(payload))).await.is_err() {
+                            return;
+                        }
+                        messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    next = tokio::time::timeout(quiet, ws.next()) => match next {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            last_heard = Instant::now();
+                            delivered.fetch_add(latencies.record_stamps(&text), Ordering::Relaxed);
+                        }
+                        Ok(Some(Ok(_))) => last_heard = Instant::now(),
+                        Ok(_) => return,
+                        Err(_) if !sending && last_heard.elapsed() >= quiet => return,
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    let secs = (start.elapsed().as_secs_f64() - 0.25).max(0.001);
+    let cpu = target.server.cpu_secs() - cpu0;
+    let deliveries = delivered.load(Ordering::Relaxed);
+    BroadcastResult {
+        group_size: 2,
+        receivers: n,
+        rate_per_sec: rate,
+        payload_bytes: payload,
+        messages: messages.load(Ordering::Relaxed),
+        deliveries,
+        deliveries_per_sec: deliveries as f64 / secs,
+        membership_changes_per_sec: 0.0,
+        latency: latencies.percentiles(),
+        server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+    }
+}
+
+/// Closed-loop echoes over an HTTP transport: `n` connections of their own (opened and closed
+/// here), each with one echo in flight, for `duration`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HttpEchoResult {
+    pub(crate) transport: HttpTransport,
+    pub(crate) failed_connections: usize,
+    #[serde(flatten)]
+    pub(crate) echo: EchoResult,
+}
+
+pub(crate) async fn http_echo(
+    target: &Target,
+    transport: HttpTransport,
+    n: usize,
+    payload: usize,
+    duration: Duration,
+) -> HttpEchoResult {
+    let opened = (0..n).map(|i| target.connect_http(i, transport));
+    let opened = futures_util::future::join_all(opened).await;
+    let failed = opened.iter().filter(|c| c.is_err()).count();
+    if let Some(Err(e)) = opened.iter().find(|c| c.is_err()) {
+        eprintln!("  {transport:?} connect failed: {e}");
+    }
+    let mut conns: Vec<HttpConn> = opened.into_iter().filter_map(Result::ok).collect();
+    let latencies = Arc::new(Latencies::default());
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu0 = target.server.cpu_secs();
+    let start = Instant::now();
+    let tasks = conns.iter_mut().map(|conn| {
+        let (latencies, done) = (latencies.clone(), done.clone());
+        async move {
+            let mut id = 0u64;
+            while start.elapsed() < duration {
+                id += 1;
+                if conn
+                    .send(target.echo_text(id, &stamped(payload)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    let next = tokio::time::timeout(Duration::from_secs(10), conn.incoming.recv());
+                    let Ok(Some(data)) = next.await else { return };
+                    let n = latencies.record_stamps(&String::from_utf8_lossy(&data));
+                    if n > 0 {
+                        done.fetch_add(n, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = target.server.cpu_secs() - cpu0;
+    let echoes = done.load(Ordering::Relaxed);
+    futures_util::future::join_all(conns.into_iter().map(HttpConn::close)).await;
+    HttpEchoResult {
+        transport,
+        failed_connections: failed,
+        echo: EchoResult {
+            connections: n,
+            in_flight: 1,
+            payload_bytes: payload,
+            echoes_per_sec: echoes as f64 / secs,
+            latency: latencies.percentiles(),
+            server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
+        },
     }
 }
 
