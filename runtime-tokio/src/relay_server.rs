@@ -155,7 +155,27 @@ async fn drive<R: Runtime>(runtime: R, config: RelayConfig, mut queue: mpsc::Rec
             d.relay.handle_timeout(Instant::now());
             d.flush();
         }
+        if budget == 0 {
+            // More is queued: let the writers this batch fed run before taking it, rather than
+            // fill their queues from a backlog and take healthy peers for stalled ones.
+            yield_now().await;
+        }
     }
+}
+
+/// Gives every other ready task a turn (runtime-agnostic).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 impl Driver {

@@ -267,7 +267,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         ],
         Some(1),
     )?;
-    let relay = Target {
+    let mut relay = Target {
         name: "relay",
         server: relay,
         app: Some(app),
@@ -275,6 +275,16 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     };
     wait_for_app(&relay).await?;
     let relay_side = run_side(&relay, &args).await;
+    let stalled = relay.server.output().matches("stopped reading").count();
+    if stalled > 0 {
+        eprintln!("the relay closed {stalled} connection(s) whose peer stopped reading");
+    }
+    if relay.server.exited() {
+        return Err(format!(
+            "the relay exited during the run:\n{}",
+            relay.server.output()
+        ));
+    }
     let report = Report {
         date: today(),
         runtime: args.runtime.clone(),
@@ -375,6 +385,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
     side.connect = Some(connect);
     if wanted(Scenario::Echo) {
+        scenarios::keep_alive(target, &mut conns).await;
         for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
             let n = n.min(conns.len());
             eprintln!(
@@ -386,6 +397,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         }
     }
     if wanted(Scenario::HttpEcho) {
+        scenarios::keep_alive(target, &mut conns).await;
         for transport in [HttpTransport::ServerSentEvents, HttpTransport::LongPolling] {
             let n = args.http_clients;
             eprintln!(
@@ -398,12 +410,14 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     }
     let rate = args.broadcast_rate;
     if wanted(Scenario::Broadcast) {
+        scenarios::keep_alive(target, &mut conns).await;
         eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
         side.broadcast = Some(scenarios::broadcast(target, &mut conns, rate, 2048, secs).await);
     }
     // Group sends: small groups of 10, and big groups of a tenth of the connections, each
     // group's sender at `rate` a second.
     if wanted(Scenario::Groups) {
+        scenarios::keep_alive(target, &mut conns).await;
         for size in [10, (conns.len() / 10).max(2)] {
             eprintln!("  {}: group sends, groups of {size}, 2 KB", target.name);
             let result =
@@ -412,6 +426,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         }
     }
     if wanted(Scenario::Churn) {
+        scenarios::keep_alive(target, &mut conns).await;
         eprintln!(
             "  {}: group sends, groups of 10, half the members leaving and joining",
             target.name
@@ -421,6 +436,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
             Some(scenarios::group_send(target, &mut conns, "c", 10, rate, 2048, secs, churn).await);
     }
     if wanted(Scenario::SendToConnection) {
+        scenarios::keep_alive(target, &mut conns).await;
         eprintln!(
             "  {}: send to connection, {} connections × 10 a second × 2 KB",
             target.name,
@@ -430,6 +446,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
             Some(scenarios::send_to_connection(target, &mut conns, 10, 2048, secs).await);
     }
     if wanted(Scenario::SlowConsumer) {
+        scenarios::keep_alive(target, &mut conns).await;
         // Faster, to fewer: enough data to fill a non-reading client's socket buffers.
         let slow_receivers = conns.len().min(20);
         // Only these stay connected: a broadcast reaches every connection, read or not.

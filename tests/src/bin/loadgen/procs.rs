@@ -100,6 +100,11 @@ impl Proc {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
+    /// Whether it has exited (it should not have, while measured).
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Its CPU time so far (user + system), in seconds.
     pub(crate) fn cpu_secs(&self) -> f64 {
         cpu_secs(self.pid())

@@ -111,6 +111,22 @@ impl Target {
         })
     }
 
+    /// A keep-alive, as the official client sends every 15 s when it has sent nothing else
+    /// (the relay closes a client it hears nothing from for 30 s). The floor needs none.
+    fn ping(&self) -> Option<Message> {
+        self.is_relay().then(|| Message::text("{\"type\":6}\u{1e}"))
+    }
+
+    /// Sends a keep-alive on `ws` if `last` is [`KEEP_ALIVE`] ago, and notes when.
+    async fn keep_alive(&self, ws: &mut Ws, last: &mut Instant) {
+        if last.elapsed() >= KEEP_ALIVE {
+            *last = Instant::now();
+            if let Some(ping) = self.ping() {
+                let _ = ws.send(ping).await;
+            }
+        }
+    }
+
     /// Leaves `group` (answered by a completion; the floor answers `ok`).
     fn leave(&self, group: &str) -> Message {
         self.request(Some("l"), "LeaveGroup", &[group], || format!("L{group}"))
@@ -131,6 +147,17 @@ impl Target {
     /// One broadcast request carrying `payload`.
     fn broadcast(&self, payload: &str) -> Message {
         self.request(None, "Broadcast", &[payload], || format!("B{payload}"))
+    }
+}
+
+/// How often a connection that sends nothing else sends a keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A keep-alive on every connection (between scenarios: connections a scenario left idle).
+pub(crate) async fn keep_alive(target: &Target, conns: &mut [Ws]) {
+    if let Some(ping) = target.ping() {
+        let sends = conns.iter_mut().map(|ws| ws.send(ping.clone()));
+        futures_util::future::join_all(sends).await;
     }
 }
 
@@ -278,9 +305,15 @@ pub(crate) async fn connect_storm(
         .drain(..)
         .map(|ws| {
             let reading = reading.clone();
+            let ping = target.ping();
             tokio::spawn(async move {
                 let mut ws = ws;
+                let mut last_ping = Instant::now();
                 while reading.load(Ordering::Relaxed) {
+                    if let Some(ping) = ping.clone().filter(|_| last_ping.elapsed() >= KEEP_ALIVE) {
+                        last_ping = Instant::now();
+                        let _ = ws.send(ping).await;
+                    }
                     match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
                         Ok(Some(Ok(_))) | Err(_) => {}
                         _ => break,
@@ -553,7 +586,9 @@ async fn fan_out(
         async move {
             let mut member = true;
             let mut last_heard = Instant::now();
+            let mut last_ping = Instant::now();
             loop {
+                target.keep_alive(ws, &mut last_ping).await;
                 let wait = next_change.map_or(quiet, |at| {
                     at.saturating_duration_since(Instant::now()).min(quiet)
                 });
