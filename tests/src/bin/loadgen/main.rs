@@ -78,9 +78,10 @@ struct RunArgs {
     /// Broadcasts a second in the broadcast and slow-consumer scenarios.
     #[arg(long, default_value_t = 20)]
     broadcast_rate: u32,
-    /// Broadcasts a second in the slow-consumer scenario (to 20 receivers, for twice
-    /// `--seconds`: tens of megabytes offered to the one that does not read, more than its
-    /// socket buffers hold).
+    /// Broadcasts a second in the slow-consumer scenario (to 20 receivers: 5 rounds without
+    /// and with one more that does not read, over four times `--seconds`, then twice
+    /// `--seconds` with one: tens of megabytes offered to it, more than its socket buffers
+    /// hold).
     #[arg(long, default_value_t = 500)]
     slow_consumer_rate: u32,
     /// Connection counts of the step test (each sends a 2 KB echo a second).
@@ -457,16 +458,14 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
             "  {}: broadcast at {slow_rate}/s to {} with and without a slow consumer",
             target.name, slow_receivers
         );
-        side.slow_consumer = Some(
-            scenarios::slow_consumer(
-                target,
-                &mut conns[..slow_receivers],
-                slow_rate,
-                2048,
-                secs * 2,
-            )
-            .await,
-        );
+        side.slow_consumer = scenarios::slow_consumer(
+            target,
+            &mut conns[..slow_receivers],
+            slow_rate,
+            2048,
+            secs * 4,
+        )
+        .await;
     }
     drop(conns);
     if wanted(Scenario::Step) && !args.no_steps {
@@ -556,6 +555,15 @@ fn print_table(r: &Report) {
                     (s, &a.echo, &b.echo)
                 }),
         );
+    for (a, b) in r.relay.http_echo.iter().zip(&r.floor.http_echo) {
+        row(
+            &format!("{:?} idle", a.transport),
+            "RSS per connection",
+            a.server_rss_per_connection_bytes / 1024.0,
+            b.server_rss_per_connection_bytes / 1024.0,
+            "KiB",
+        );
+    }
     for (s, a, b) in echoes {
         row(
             &s,
@@ -649,6 +657,10 @@ fn print_table(r: &Report) {
                 / 1024.0
         };
         row(&s, "server RSS growth", growth(a), growth(b), "KiB");
+        println!(
+            "| {s} | slow consumer dropped | {} | {} | |",
+            a.slow_dropped, b.slow_dropped
+        );
     }
     if let (Some(a), Some(b)) = (&r.relay.step, &r.floor.step) {
         for (x, y) in a.steps.iter().zip(&b.steps) {

@@ -205,8 +205,13 @@ impl Latencies {
         }
     }
 
+    /// Every latency recorded.
+    fn samples(&self) -> Vec<u64> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     fn percentiles(&self) -> Percentiles {
-        let mut v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut v = self.samples();
         v.sort_unstable();
         let at = |q: f64| {
             if v.is_empty() {
@@ -436,6 +441,37 @@ pub(crate) struct BroadcastResult {
     pub(crate) membership_changes_per_sec: f64,
     pub(crate) latency: Percentiles,
     pub(crate) server_cpu_us_per_delivery: f64,
+    /// Every latency, in µs (to pool rounds).
+    #[serde(skip)]
+    pub(crate) samples: Vec<u64>,
+}
+
+impl BroadcastResult {
+    /// Several rounds of the same scenario as one: counts summed, latencies pooled.
+    fn pooled(rounds: &[Self]) -> Option<Self> {
+        let first = rounds.first()?;
+        let all = Latencies::default();
+        let mut deliveries = 0;
+        let mut cpu_us = 0.0;
+        for r in rounds {
+            for &sample in &r.samples {
+                all.record(sample);
+            }
+            deliveries += r.deliveries;
+            cpu_us += r.server_cpu_us_per_delivery * r.deliveries as f64;
+        }
+        let n = rounds.len() as f64;
+        Some(Self {
+            messages: rounds.iter().map(|r| r.messages).sum(),
+            deliveries,
+            deliveries_per_sec: rounds.iter().map(|r| r.deliveries_per_sec).sum::<f64>() / n,
+            membership_changes_per_sec: 0.0,
+            latency: all.percentiles(),
+            server_cpu_us_per_delivery: cpu_us / deliveries.max(1) as f64,
+            samples: all.samples(),
+            ..first.clone()
+        })
+    }
 }
 
 pub(crate) async fn broadcast(
@@ -644,6 +680,7 @@ async fn fan_out(
         membership_changes_per_sec: changes.load(Ordering::Relaxed) as f64 / secs,
         latency: latencies.percentiles(),
         server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+        samples: latencies.samples(),
     }
 }
 
@@ -729,6 +766,7 @@ pub(crate) async fn send_to_connection(
         membership_changes_per_sec: 0.0,
         latency: latencies.percentiles(),
         server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+        samples: latencies.samples(),
     }
 }
 
@@ -738,6 +776,8 @@ pub(crate) async fn send_to_connection(
 pub(crate) struct HttpEchoResult {
     pub(crate) transport: HttpTransport,
     pub(crate) failed_connections: usize,
+    /// Server RSS per connection held, before the echoes.
+    pub(crate) server_rss_per_connection_bytes: f64,
     #[serde(flatten)]
     pub(crate) echo: EchoResult,
 }
@@ -749,8 +789,13 @@ pub(crate) async fn http_echo(
     payload: usize,
     duration: Duration,
 ) -> HttpEchoResult {
+    let rss_before = target.server.rss_bytes();
     let opened = (0..n).map(|i| target.connect_http(i, transport));
     let opened = futures_util::future::join_all(opened).await;
+    // Held (an event stream open, or a poll waiting), before any traffic.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_per_connection =
+        target.server.rss_bytes().saturating_sub(rss_before) as f64 / n.max(1) as f64;
     let failed = opened.iter().filter(|c| c.is_err()).count();
     if let Some(Err(e)) = opened.iter().find(|c| c.is_err()) {
         eprintln!("  {transport:?} connect failed: {e}");
@@ -793,6 +838,7 @@ pub(crate) async fn http_echo(
     HttpEchoResult {
         transport,
         failed_connections: failed,
+        server_rss_per_connection_bytes: rss_per_connection,
         echo: EchoResult {
             connections: n,
             in_flight: 1,
@@ -916,18 +962,23 @@ pub(crate) async fn step_test(
     }
 }
 
-/// A slow consumer: a fast broadcast to `readers`, then the same with one more connection that
-/// never reads. Its socket buffers fill, then the server's
-/// queue for it: the server's memory must stay bounded and the others must not notice.
+/// A slow consumer: a fast broadcast to `readers`, alternately alone and with one more
+/// connection that never reads (a new one each round). Its socket buffers fill, then the
+/// server's queue for it: the server's memory must stay bounded and the others must not
+/// notice. Rounds alternate, and each side's latencies are pooled over its rounds, so that
+/// drift in the machine falls on both alike.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SlowConsumerResult {
+    pub(crate) rounds: usize,
     /// Every receiver reading.
     pub(crate) without_slow: BroadcastResult,
     /// The same, with one receiver that never reads.
     pub(crate) with_slow: BroadcastResult,
-    /// Server RSS before and after the run with the slow consumer.
+    /// Server RSS before and after a last, longer broadcast with a slow consumer.
     pub(crate) server_rss_before_bytes: u64,
     pub(crate) server_rss_after_bytes: u64,
+    /// Whether the server dropped that slow consumer as stalled (the relay logs it).
+    pub(crate) slow_dropped: bool,
 }
 
 pub(crate) async fn slow_consumer(
@@ -936,20 +987,33 @@ pub(crate) async fn slow_consumer(
     rate: u32,
     payload: usize,
     duration: Duration,
-) -> SlowConsumerResult {
+) -> Option<SlowConsumerResult> {
     // A second unmeasured first: the generator's and the server's buffers grow to the rate.
     let _ = broadcast(target, readers, rate, payload, Duration::from_secs(1)).await;
-    let without_slow = broadcast(target, readers, rate, payload, duration).await;
-    // Now one more connection, which never reads.
-    let slow = target.connect(usize::MAX - 1).await;
+    let rounds = 5;
+    let phase = (duration / (2 * rounds as u32)).max(Duration::from_secs(1));
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        without.push(broadcast(target, readers, rate, payload, phase).await);
+        let slow = target.connect(usize::MAX - 1 - round).await;
+        with.push(broadcast(target, readers, rate, payload, phase).await);
+        drop(slow);
+    }
+    // Then one that stays long enough to fill its socket buffers and the server's queue.
+    let stalled = |t: &Target| t.server.output().matches("stopped reading").count();
+    let stalled_before = stalled(target);
+    let slow = target.connect(usize::MAX - 1 - rounds).await;
     let rss_before = target.server.rss_bytes();
-    let with_slow = broadcast(target, readers, rate, payload, duration).await;
+    let _ = broadcast(target, readers, rate, payload, duration / 2).await;
     let rss_after = target.server.rss_bytes();
+    let slow_dropped = stalled(target) > stalled_before;
     drop(slow);
-    SlowConsumerResult {
-        without_slow,
-        with_slow,
+    Some(SlowConsumerResult {
+        rounds,
+        without_slow: BroadcastResult::pooled(&without)?,
+        with_slow: BroadcastResult::pooled(&with)?,
         server_rss_before_bytes: rss_before,
         server_rss_after_bytes: rss_after,
-    }
+        slow_dropped,
+    })
 }
