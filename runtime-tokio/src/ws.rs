@@ -2,14 +2,36 @@
 //! that drains a bounded command queue, batching whatever is queued into one flush.
 //! Shared by the relay (both kinds of connection) and the app-server SDK.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_channel::mpsc;
-use futures_util::future::{select, Either};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
+
+/// A waker that notes it was called before waking the task (see [`pump`]).
+struct Woken {
+    flag: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
 
 /// How many messages may wait for one connection's writer. A peer that lets more pile up is
 /// not reading, and is disconnected.
@@ -118,9 +140,30 @@ pub(crate) async fn pump<S, E, F>(
             }
         }
     };
+    // Until either ends. The reader is polled only when its own waker fired: polled each time
+    // a message is queued for the writer, it would try the socket for nothing (a failed read
+    // syscall per message on runtimes that do not cache readiness).
+    let woken = Arc::new(Woken {
+        flag: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let reader_waker = Waker::from(woken.clone());
     futures_util::pin_mut!(writer, reader);
-    match select(writer, reader).await {
-        Either::Left(((), _)) | Either::Right(((), _)) => {}
-    }
+    std::future::poll_fn(|cx| {
+        if writer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        woken.task.register(cx.waker());
+        if woken.flag.swap(false, Ordering::AcqRel)
+            && reader
+                .as_mut()
+                .poll(&mut Context::from_waker(&reader_waker))
+                .is_ready()
+        {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
     let _ = incoming.send(wrap(Incoming::Closed)).await;
 }
