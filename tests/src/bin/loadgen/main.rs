@@ -4,17 +4,19 @@
 //! cargo build --release --bins
 //! target/release/loadgen run                      # every scenario, release binaries
 //! target/release/loadgen run --clients 5000 --json bench.json
-//! target/debug/loadgen run --smoke                # seconds; what CI runs
+//! target/release/loadgen run --only broadcast,slow-consumer --seconds 10
+//! target/debug/loadgen run --smoke                # a few connections each; what CI runs
 //! ```
 //!
 //! Each scenario runs twice: against the relay (clients negotiate at the sample app's `bench`
 //! hub, follow the redirect and connect to the relay, as the official client does) and
-//! against the floor (a minimal WebSocket echo/broadcast server: one hop, no SignalR). The
-//! server under test is pinned to core 0; the generator and the app server share core 1. CPU
-//! time and memory are read from `/proc` for the server process alone. Every figure is also
+//! against the floor (a minimal WebSocket and HTTP server: one hop, no SignalR). The server
+//! under test is pinned to core 0; the generator and the app server share core 1. CPU time
+//! and memory are read from `/proc` for the server process alone. Every figure is also
 //! printed as a ratio to the floor's.
 //!
-//! Benchmarks are not tests: nothing here asserts a timing.
+//! Benchmarks are not tests: nothing here asserts a timing. A smoke run fails only when a
+//! scenario did nothing (no echo, no delivery, a failed connection).
 
 mod chart;
 mod client;
