@@ -1339,35 +1339,15 @@ impl Relay {
     /// Delivers a whole pre-encoded message from a multicast path, in the client's protocol.
     fn deliver_message(&mut self, now: Instant, conn: ConnHandle, payloads: &service::Payloads) {
         let max_pending = self.config.max_pending_messages;
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        client.last_sent = now;
-        let ClientState::Open {
-            protocol,
-            outbound,
-            pending,
-            ..
-        } = &mut client.state
-        else {
+        let Some((protocol, outbound, pending)) = self.open_client(now, conn) else {
             return;
         };
         let Some(data) = payloads.get(protocol.name()) else {
             return;
         };
-        let binary = *protocol == HubProtocol::MessagePack;
+        let binary = protocol == HubProtocol::MessagePack;
         if outbound.handshake_done() && outbound.is_idle() && pending.is_empty() {
             let data = data.clone();
-            // The common case, decided in this one lookup (a fan-out makes one per recipient):
-            // a WebSocket client with no classic translation and no stateful buffer.
-            if client.classic.is_none()
-                && client.stateful.is_none()
-                && matches!(client.transport, Transport::WebSocket)
-            {
-                self.outputs
-                    .push_back(Output::Transmit { conn, data, binary });
-                return;
-            }
             self.emit(now, conn, data, binary);
         } else if pending.len() < max_pending {
             pending.push_back(data.clone());

@@ -133,8 +133,17 @@ pub(super) fn sse_event(data: &[u8]) -> Bytes {
 impl Relay {
     /// Sends bytes to a client over whatever transport it has.
     pub(super) fn emit(&mut self, now: Instant, conn: ConnHandle, data: Bytes, binary: bool) {
-        if self.clients.get(&conn).is_some_and(|c| c.classic.is_some()) {
-            return self.classic_emit(now, conn, &data);
+        match self.clients.get(&conn) {
+            None => return,
+            Some(c) if c.classic.is_some() => return self.classic_emit(now, conn, &data),
+            // The common case, decided in this one lookup (a fan-out makes one per recipient):
+            // a WebSocket client with no stateful buffer.
+            Some(c) if c.stateful.is_none() && matches!(c.transport, Transport::WebSocket) => {
+                return self
+                    .outputs
+                    .push_back(Output::Transmit { conn, data, binary });
+            }
+            Some(_) => {}
         }
         // A stateful client keeps what it is sent until acked; while its transport is gone,
         // that is all that happens.
