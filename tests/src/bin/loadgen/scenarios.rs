@@ -239,6 +239,86 @@ pub(crate) struct Percentiles {
     pub p999_ms: f64,
 }
 
+/// The server's CPU time and the clock at the start of a measured stretch.
+struct Meter {
+    cpu0: f64,
+    start: Instant,
+}
+
+impl Meter {
+    fn start(target: &Target) -> Self {
+        Self {
+            cpu0: target.server.cpu_secs(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Seconds since the start, less the `idle_tail` that ended the stretch, and the server's
+    /// CPU seconds since the start.
+    fn stop(&self, target: &Target, idle_tail: Duration) -> (f64, f64) {
+        let secs = (self.start.elapsed() - idle_tail.min(self.start.elapsed())).as_secs_f64();
+        (secs.max(0.001), target.server.cpu_secs() - self.cpu0)
+    }
+}
+
+/// How long a receiver waits, once the sends have stopped, before it takes everything to have
+/// arrived.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// What a fan-out scenario counts while it runs.
+#[derive(Default)]
+struct Tally {
+    latencies: Latencies,
+    messages: AtomicU64,
+    delivered: AtomicU64,
+    membership_changes: AtomicU64,
+}
+
+impl Tally {
+    /// Counts and times what a receiver read; `None` when its connection ended.
+    fn heard(
+        &self,
+        next: Option<Result<Message, async_tungstenite::tungstenite::Error>>,
+        last_heard: &mut Instant,
+    ) -> Option<()> {
+        let message = next?.ok()?;
+        *last_heard = Instant::now();
+        if let Message::Text(text) = message {
+            let n = self.latencies.record_stamps(&text);
+            self.delivered.fetch_add(n, Ordering::Relaxed);
+        }
+        Some(())
+    }
+
+    /// The result, for a stretch measured by `meter` and ended by [`QUIET`].
+    fn result(
+        &self,
+        target: &Target,
+        meter: &Meter,
+        group_size: usize,
+        receivers: usize,
+        rate: u32,
+        payload: usize,
+    ) -> BroadcastResult {
+        let (secs, cpu) = meter.stop(target, QUIET);
+        let deliveries = self.delivered.load(Ordering::Relaxed);
+        BroadcastResult {
+            group_size,
+            receivers,
+            rate_per_sec: rate,
+            payload_bytes: payload,
+            messages: self.messages.load(Ordering::Relaxed),
+            deliveries,
+            deliveries_per_sec: deliveries as f64 / secs,
+            membership_changes_per_sec: self.membership_changes.load(Ordering::Relaxed) as f64
+                / secs,
+            latency: self.latencies.percentiles(),
+            server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+            samples: self.latencies.samples(),
+        }
+    }
+}
+
 /// The connect storm: `n` connections, `concurrency` at a time, over the full negotiate path.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ConnectResult {
@@ -329,10 +409,10 @@ pub(crate) async fn connect_storm(
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu0 = target.server.cpu_secs();
-    let t0 = Instant::now();
+    let meter = Meter::start(target);
     tokio::time::sleep(idle).await;
-    let idle_cpu = (target.server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let (secs, cpu) = meter.stop(target, Duration::ZERO);
+    let idle_cpu = cpu / secs * 100.0;
     let rss_after = target.server.rss_bytes();
     reading.store(false, Ordering::Relaxed);
     let mut held = Vec::with_capacity(readers.len());
@@ -366,6 +446,30 @@ pub(crate) struct EchoResult {
     pub(crate) server_cpu_us_per_echo: f64,
 }
 
+impl EchoResult {
+    /// The result of `echoes` round trips timed in `latencies`, over a stretch measured by
+    /// `meter`.
+    fn measured(
+        target: &Target,
+        meter: &Meter,
+        connections: usize,
+        in_flight: usize,
+        payload: usize,
+        echoes: u64,
+        latencies: &Latencies,
+    ) -> Self {
+        let (secs, cpu) = meter.stop(target, Duration::ZERO);
+        Self {
+            connections,
+            in_flight,
+            payload_bytes: payload,
+            echoes_per_sec: echoes as f64 / secs,
+            latency: latencies.percentiles(),
+            server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
+        }
+    }
+}
+
 pub(crate) async fn echo(
     target: &Target,
     conns: &mut [Ws],
@@ -373,13 +477,12 @@ pub(crate) async fn echo(
     payload: usize,
     duration: Duration,
 ) -> EchoResult {
-    let latencies = Arc::new(Latencies::default());
-    let done = Arc::new(AtomicU64::new(0));
-    let cpu0 = target.server.cpu_secs();
-    let start = Instant::now();
-    let deadline = start + duration;
+    let latencies = Latencies::default();
+    let done = AtomicU64::new(0);
+    let meter = Meter::start(target);
+    let deadline = meter.start + duration;
     let tasks = conns.iter_mut().map(|ws| {
-        let (latencies, done) = (latencies.clone(), done.clone());
+        let (latencies, done) = (&latencies, &done);
         async move {
             let mut id = 0u64;
             let mut outstanding = 0usize;
@@ -412,17 +515,16 @@ pub(crate) async fn echo(
         }
     });
     futures_util::future::join_all(tasks).await;
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = target.server.cpu_secs() - cpu0;
     let echoes = done.load(Ordering::Relaxed);
-    EchoResult {
-        connections: conns.len(),
+    EchoResult::measured(
+        target,
+        &meter,
+        conns.len(),
         in_flight,
-        payload_bytes: payload,
-        echoes_per_sec: echoes as f64 / secs,
-        latency: latencies.percentiles(),
-        server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
-    }
+        payload,
+        echoes,
+        &latencies,
+    )
 }
 
 /// Broadcast: one sender sends `rate` messages a second of `payload` bytes to every
@@ -566,10 +668,8 @@ async fn fan_out(
         duration,
         churn,
     } = how;
-    let latencies = Arc::new(Latencies::default());
-    let delivered = Arc::new(AtomicU64::new(0));
-    let changes = Arc::new(AtomicU64::new(0));
-    let sending = Arc::new(AtomicBool::new(true));
+    let tally = Tally::default();
+    let sending = AtomicBool::new(true);
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for (g, chunk) in conns.chunks_mut(group_size.max(1)).enumerate() {
@@ -580,11 +680,10 @@ async fn fan_out(
         }
     }
     let receiver_count = receivers.len();
-    let cpu0 = target.server.cpu_secs();
-    let start = Instant::now();
-    let messages = AtomicU64::new(0);
+    let meter = Meter::start(target);
+    let start = meter.start;
     let send = senders.into_iter().map(|(group, sender)| {
-        let (make, messages) = (&make, &messages);
+        let (make, tally) = (&make, &tally);
         async move {
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
             let mut tick = tokio::time::interval(interval);
@@ -593,7 +692,7 @@ async fn fan_out(
                 if sender.send(make(&group, &stamped(payload))).await.is_err() {
                     break;
                 }
-                messages.fetch_add(1, Ordering::Relaxed);
+                tally.messages.fetch_add(1, Ordering::Relaxed);
                 // The sender gets its own messages too: drained here but not counted (it reads
                 // only between sends, which would time its own copies late).
                 while let Ok(Some(Ok(_))) =
@@ -606,14 +705,8 @@ async fn fan_out(
         futures_util::future::join_all(send).await;
         sending.store(false, Ordering::Relaxed);
     };
-    let quiet = Duration::from_millis(250);
     let receive = receivers.into_iter().enumerate().map(|(i, (group, ws))| {
-        let (latencies, delivered, changes, sending) = (
-            latencies.clone(),
-            delivered.clone(),
-            changes.clone(),
-            sending.clone(),
-        );
+        let (tally, sending) = (&tally, &sending);
         // Every other receiver churns, each at its own point in the period.
         let churn = churn.filter(|_| i % 2 == 1);
         let mut next_change = churn.map(|period| {
@@ -625,17 +718,15 @@ async fn fan_out(
             let mut last_ping = Instant::now();
             loop {
                 target.keep_alive(ws, &mut last_ping).await;
-                let wait = next_change.map_or(quiet, |at| {
-                    at.saturating_duration_since(Instant::now()).min(quiet)
+                let wait = next_change.map_or(QUIET, |at| {
+                    at.saturating_duration_since(Instant::now()).min(QUIET)
                 });
                 match tokio::time::timeout(wait, ws.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) => {
-                        last_heard = Instant::now();
-                        let n = latencies.record_stamps(&text);
-                        delivered.fetch_add(n, Ordering::Relaxed);
+                    Ok(next) => {
+                        if tally.heard(next, &mut last_heard).is_none() {
+                            return;
+                        }
                     }
-                    Ok(Some(Ok(_))) => last_heard = Instant::now(),
-                    Ok(_) => return,
                     Err(_) => {
                         let sending = sending.load(Ordering::Relaxed);
                         match (next_change, churn) {
@@ -652,11 +743,11 @@ async fn fan_out(
                                         return;
                                     }
                                     member = !member;
-                                    changes.fetch_add(1, Ordering::Relaxed);
+                                    tally.membership_changes.fetch_add(1, Ordering::Relaxed);
                                 }
                                 next_change = Some(at + period / 2);
                             }
-                            _ if !sending && last_heard.elapsed() >= quiet => return,
+                            _ if !sending && last_heard.elapsed() >= QUIET => return,
                             _ => {}
                         }
                     }
@@ -665,23 +756,7 @@ async fn fan_out(
         }
     });
     futures_util::future::join(send, futures_util::future::join_all(receive)).await;
-    // Less the quiet quarter second that ended the receive loops.
-    let secs = (start.elapsed().as_secs_f64() - 0.25).max(0.001);
-    let cpu = target.server.cpu_secs() - cpu0;
-    let deliveries = delivered.load(Ordering::Relaxed);
-    BroadcastResult {
-        group_size,
-        receivers: receiver_count,
-        rate_per_sec: rate,
-        payload_bytes: payload,
-        messages: messages.load(Ordering::Relaxed),
-        deliveries,
-        deliveries_per_sec: deliveries as f64 / secs,
-        membership_changes_per_sec: changes.load(Ordering::Relaxed) as f64 / secs,
-        latency: latencies.percentiles(),
-        server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
-        samples: latencies.samples(),
-    }
+    tally.result(target, &meter, group_size, receiver_count, rate, payload)
 }
 
 /// Send to connection: every connection sends `rate` messages a second of `payload` bytes to
@@ -710,16 +785,12 @@ pub(crate) async fn send_to_connection(
     });
     let ids: Vec<Option<String>> = futures_util::future::join_all(ids).await;
     let n = conns.len();
-    let latencies = Arc::new(Latencies::default());
-    let delivered = Arc::new(AtomicU64::new(0));
-    let messages = Arc::new(AtomicU64::new(0));
-    let cpu0 = target.server.cpu_secs();
-    let start = Instant::now();
-    let quiet = Duration::from_millis(250);
+    let tally = Tally::default();
+    let meter = Meter::start(target);
+    let start = meter.start;
     let tasks = conns.iter_mut().enumerate().map(|(i, ws)| {
         let partner = ids[(i + n / 2) % n.max(1)].clone();
-        let (latencies, delivered, messages) =
-            (latencies.clone(), delivered.clone(), messages.clone());
+        let tally = &tally;
         async move {
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
             // Spread over the interval, so that the sends do not all start at once.
@@ -735,16 +806,15 @@ pub(crate) async fn send_to_connection(
                         if ws.send(target.send_to(to, &stamped(payload))).await.is_err() {
                             return;
                         }
-                        messages.fetch_add(1, Ordering::Relaxed);
+                        tally.messages.fetch_add(1, Ordering::Relaxed);
                     }
-                    next = tokio::time::timeout(quiet, ws.next()) => match next {
-                        Ok(Some(Ok(Message::Text(text)))) => {
-                            last_heard = Instant::now();
-                            delivered.fetch_add(latencies.record_stamps(&text), Ordering::Relaxed);
+                    next = tokio::time::timeout(QUIET, ws.next()) => match next {
+                        Ok(next) => {
+                            if tally.heard(next, &mut last_heard).is_none() {
+                                return;
+                            }
                         }
-                        Ok(Some(Ok(_))) => last_heard = Instant::now(),
-                        Ok(_) => return,
-                        Err(_) if !sending && last_heard.elapsed() >= quiet => return,
+                        Err(_) if !sending && last_heard.elapsed() >= QUIET => return,
                         Err(_) => {}
                     }
                 }
@@ -752,22 +822,7 @@ pub(crate) async fn send_to_connection(
         }
     });
     futures_util::future::join_all(tasks).await;
-    let secs = (start.elapsed().as_secs_f64() - 0.25).max(0.001);
-    let cpu = target.server.cpu_secs() - cpu0;
-    let deliveries = delivered.load(Ordering::Relaxed);
-    BroadcastResult {
-        group_size: 2,
-        receivers: n,
-        rate_per_sec: rate,
-        payload_bytes: payload,
-        messages: messages.load(Ordering::Relaxed),
-        deliveries,
-        deliveries_per_sec: deliveries as f64 / secs,
-        membership_changes_per_sec: 0.0,
-        latency: latencies.percentiles(),
-        server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
-        samples: latencies.samples(),
-    }
+    tally.result(target, &meter, 2, n, rate, payload)
 }
 
 /// Closed-loop echoes over an HTTP transport: `n` connections of their own (opened and closed
@@ -801,12 +856,11 @@ pub(crate) async fn http_echo(
         eprintln!("  {transport:?} connect failed: {e}");
     }
     let mut conns: Vec<HttpConn> = opened.into_iter().filter_map(Result::ok).collect();
-    let latencies = Arc::new(Latencies::default());
-    let done = Arc::new(AtomicU64::new(0));
-    let cpu0 = target.server.cpu_secs();
-    let start = Instant::now();
+    let latencies = Latencies::default();
+    let done = AtomicU64::new(0);
+    let meter = Meter::start(target);
     let tasks = conns.iter_mut().map(|conn| {
-        let (latencies, done) = (latencies.clone(), done.clone());
+        let (latencies, done, start) = (&latencies, &done, meter.start);
         async move {
             let mut id = 0u64;
             while start.elapsed() < duration {
@@ -831,22 +885,14 @@ pub(crate) async fn http_echo(
         }
     });
     futures_util::future::join_all(tasks).await;
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = target.server.cpu_secs() - cpu0;
     let echoes = done.load(Ordering::Relaxed);
+    let echo = EchoResult::measured(target, &meter, n, 1, payload, echoes, &latencies);
     futures_util::future::join_all(conns.into_iter().map(HttpConn::close)).await;
     HttpEchoResult {
         transport,
         failed_connections: failed,
         server_rss_per_connection_bytes: rss_per_connection,
-        echo: EchoResult {
-            connections: n,
-            in_flight: 1,
-            payload_bytes: payload,
-            echoes_per_sec: echoes as f64 / secs,
-            latency: latencies.percentiles(),
-            server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
-        },
+        echo,
     }
 }
 
@@ -899,8 +945,8 @@ pub(crate) async fn step_test(
         let latencies = Arc::new(Latencies::default());
         let broken = Arc::new(AtomicU64::new(0));
         let total = conns.len().max(1);
-        let cpu0 = target.server.cpu_secs();
-        let t0 = Instant::now();
+        let meter = Meter::start(target);
+        let t0 = meter.start;
         let senders = conns.iter_mut().enumerate().map(|(i, ws)| {
             let (latencies, broken) = (latencies.clone(), broken.clone());
             async move {
@@ -935,7 +981,8 @@ pub(crate) async fn step_test(
             }
         });
         futures_util::future::join_all(senders).await;
-        let cpu = (target.server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (secs, cpu) = meter.stop(target, Duration::ZERO);
+        let cpu = cpu / secs * 100.0;
         let failed = broken.load(Ordering::Relaxed) as usize + failed_connects;
         results.push(Step {
             connections: count,
