@@ -47,20 +47,12 @@ async fn tcp(addr: &str) -> Result<TcpStream> {
 
 /// One HTTP/1.1 POST (a connection of its own, as a browser's negotiate often is).
 pub(crate) async fn post(addr: &str, path: &str, bearer: Option<&str>) -> Result<(u16, Bytes)> {
-    let stream = tcp(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::post(path)
-        .header("host", addr)
-        .header("content-length", "0");
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+    let mut sender = keep_alive(addr).await?;
+    let mut req = request("POST", addr, path, bearer, Bytes::new())?;
+    req.headers_mut().insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from_static("0"),
+    );
     let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
     let body = res
@@ -189,6 +181,7 @@ impl Drop for HttpConn {
     }
 }
 
+/// A new HTTP/1.1 connection to `addr`.
 async fn keep_alive(addr: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let stream = tcp(addr).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -198,6 +191,7 @@ async fn keep_alive(addr: &str) -> Result<hyper::client::conn::http1::SendReques
     Ok(sender)
 }
 
+/// A request to `host`, with the bearer token when there is one.
 fn request(
     method: &str,
     host: &str,
