@@ -115,6 +115,17 @@ impl TextFrameDecoder {
         self.buf.len()
     }
 
+    /// Whether `data` is exactly whole frames, each within the limit, with nothing buffered
+    /// (and no error) before it.
+    pub fn holds_whole_frames(&self, data: &[u8]) -> bool {
+        self.buf.is_empty()
+            && self.error.is_none()
+            && data.last().is_none_or(|&b| b == RECORD_SEPARATOR)
+            && data
+                .split(|&b| b == RECORD_SEPARATOR)
+                .all(|frame| frame.len() <= self.max_frame_len)
+    }
+
     /// Takes the bytes buffered after the last frame handed out, e.g. to hand them to another
     /// decoder once the framing changes (after a handshake).
     pub fn take_buffered(&mut self) -> BytesMut {
@@ -191,6 +202,28 @@ impl BinaryFrameDecoder {
     /// Bytes buffered that do not yet form a whole frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Whether `data` is exactly whole frames, each within the limit and with a minimal
+    /// length prefix, with nothing buffered (and no error) before it.
+    pub fn holds_whole_frames(&self, mut data: &[u8]) -> bool {
+        if !self.buf.is_empty() || self.error.is_some() {
+            return false;
+        }
+        while !data.is_empty() {
+            let Ok(Some((len, prefix))) = varint::decode(data) else {
+                return false;
+            };
+            let len = len as usize;
+            if len > self.max_frame_len
+                || prefix != varint::encoded_len(len as u32)
+                || data.len() - prefix < len
+            {
+                return false;
+            }
+            data = &data[prefix + len..];
+        }
+        true
     }
 
     fn fail(&mut self, error: FrameError) -> FrameError {

@@ -19,7 +19,8 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use signalr_relay_core::relay::{
-    ConnHandle, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestId, RequestOutcome,
+    ConnHandle, Event as RelayEvent, HttpRequest, HttpResponse, Output, Relay, RelayConfig,
+    RequestId, RequestOutcome,
 };
 use smol_hyper::rt::FuturesIo;
 
@@ -260,6 +261,10 @@ impl Driver {
                         }
                         continue;
                     }
+                    Output::Event(event) => {
+                        log_event(&event);
+                        continue;
+                    }
                 };
                 let closing = matches!(command, Command::Close { .. });
                 if let Some((_, writer)) = self.writers.get_mut(&conn) {
@@ -299,6 +304,49 @@ impl Driver {
                 self.relay.handle_closed(Instant::now(), conn);
             }
         }
+    }
+}
+
+/// Logs what opened and closed: app-server connections at `info`, clients at `debug`.
+fn log_event(event: &RelayEvent) {
+    match event {
+        RelayEvent::ServerOpened {
+            conn,
+            hub,
+            server_id,
+        } => tracing::info!(
+            conn = conn.0,
+            hub,
+            server_id,
+            "app server connection opened"
+        ),
+        RelayEvent::ServerClosed { conn, reason } => tracing::info!(
+            conn = conn.0,
+            by = ?reason.initiator,
+            reason = reason.kind.as_str(),
+            "app server connection closed"
+        ),
+        RelayEvent::ClientOpened {
+            conn,
+            hub,
+            family,
+            transport,
+            protocol,
+        } => tracing::debug!(
+            conn = conn.0,
+            hub,
+            ?family,
+            transport = transport.as_str(),
+            protocol = protocol.name(),
+            "client connected"
+        ),
+        RelayEvent::ClientClosed { conn, reason } => tracing::debug!(
+            conn = conn.0,
+            by = ?reason.initiator,
+            reason = reason.kind.as_str(),
+            "client disconnected"
+        ),
+        _ => tracing::debug!(?event, "relay event"),
     }
 }
 

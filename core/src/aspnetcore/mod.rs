@@ -142,6 +142,17 @@ impl FrameDecoder {
         }
     }
 
+    /// Whether `data` is exactly whole frames, each within the limit, with nothing buffered
+    /// before it: then pushing it would give those frames and leave nothing behind, so a
+    /// caller may pass `data` on as it is instead. For binary frames, each length prefix must
+    /// also be minimal, so that passing the bytes on equals re-framing the frames.
+    pub fn holds_whole_frames(&self, data: &[u8]) -> bool {
+        match self {
+            Self::Text(d) => d.holds_whole_frames(data),
+            Self::Binary(d) => d.holds_whole_frames(data),
+        }
+    }
+
     /// The next whole frame body, or `Ok(None)` if more bytes are needed.
     ///
     /// # Errors

@@ -9,6 +9,17 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// Connection handles, never reused.
+#[derive(Debug, Default)]
+pub(crate) struct Handles(u64);
+
+impl Handles {
+    pub(crate) fn next(&mut self) -> super::ConnHandle {
+        self.0 += 1;
+        super::ConnHandle(self.0)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct IdGenerator {
     seed: [u8; 32],

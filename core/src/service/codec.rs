@@ -798,6 +798,62 @@ impl ServiceMessage {
     }
 }
 
+/// Appends a ConnectionData frame without extensions, byte for byte as
+/// [`ServiceMessage::write`] writes it, copying `payload` once and allocating at most once.
+/// This is the relay's per-message path from a client to its app server.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] if the frame would be over 2 GB.
+pub fn write_connection_data(
+    connection_id: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), FrameError> {
+    // fixarray(4), the type, the id, the payload, an empty ext map.
+    let body = 1
+        + 1
+        + str_header_len(connection_id.len())
+        + connection_id.len()
+        + bin_header_len(payload.len())
+        + payload.len()
+        + 1;
+    let len = u32::try_from(body)
+        .ok()
+        .filter(|&len| len <= crate::varint::MAX_VALUE)
+        .ok_or(FrameError::TooLarge {
+            len: body,
+            max: crate::varint::MAX_VALUE as usize,
+        })?;
+    out.reserve(crate::varint::encoded_len(len) + body);
+    crate::varint::encode(len, out);
+    let mut w = Writer(out);
+    w.array_len(4);
+    w.uint(6);
+    w.str(connection_id);
+    w.bin(payload);
+    w.map_len(0);
+    Ok(())
+}
+
+/// The MessagePack header length of a string of `len` bytes.
+fn str_header_len(len: usize) -> usize {
+    match len {
+        0..32 => 1,
+        32..256 => 2,
+        256..65_536 => 3,
+        _ => 5,
+    }
+}
+
+/// The MessagePack header length of a binary of `len` bytes.
+fn bin_header_len(len: usize) -> usize {
+    match len {
+        0..256 => 2,
+        256..65_536 => 3,
+        _ => 5,
+    }
+}
+
 fn write_ext(w: &mut Writer<'_>, ext: &Ext) {
     let count = [
         ext.tracing_id.is_some(),

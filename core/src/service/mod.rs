@@ -18,7 +18,9 @@
 mod codec;
 mod messages;
 
-pub use codec::{ServiceDecoder, ServiceProtocolError, DEFAULT_MAX_FRAME_LEN};
+pub use codec::{
+    write_connection_data, ServiceDecoder, ServiceProtocolError, DEFAULT_MAX_FRAME_LEN,
+};
 pub use messages::*;
 
 #[cfg(test)]

@@ -1126,3 +1126,29 @@ fn newer_trailing_elements_are_skipped() {
         })
     );
 }
+
+#[test]
+fn connection_data_is_written_the_same_by_the_fast_path() {
+    for id_len in [0, 1, 22, 31, 32, 255, 256, 70_000] {
+        for payload_len in [0, 1, 255, 256, 65_535, 65_536, 70_000] {
+            let id = "i".repeat(id_len);
+            let payload = vec![0x1e; payload_len];
+            let mut expected = Vec::new();
+            ServiceMessage::ConnectionData(ConnectionData {
+                connection_id: id.clone(),
+                payload: Bytes::from(payload.clone()),
+                ext: Ext::default(),
+            })
+            .write(&mut expected)
+            .unwrap();
+            let mut fast = b"before".to_vec();
+            write_connection_data(&id, &payload, &mut fast).unwrap();
+            assert_eq!(&fast[..6], b"before");
+            assert_eq!(
+                fast[6..],
+                expected[..],
+                "id {id_len}, payload {payload_len}"
+            );
+        }
+    }
+}

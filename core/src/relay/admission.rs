@@ -1,0 +1,72 @@
+//! Who may in: bearer tokens checked against the access keys, the clock and the endpoint.
+
+use std::time::Instant;
+
+use super::config::RelayConfig;
+use super::http::HttpRequest;
+use super::reason::Rejection;
+use crate::auth::{self, Audience, Claims, Validation};
+
+/// Checks tokens. It knows when "now" is on the wall clock: the adapter gave both clocks at
+/// one moment, so that token expiry needs no clock of its own.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    start: Instant,
+    start_unix: u64,
+}
+
+impl Admission {
+    pub(crate) fn new(now: Instant, now_unix_secs: u64) -> Self {
+        Self {
+            start: now,
+            start_unix: now_unix_secs,
+        }
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.start_unix + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Verifies a request's bearer token for `path` (`/client/`, `/server/`, the classic
+    /// endpoint) of `hub`. The audience must name this path and hub; its host and port are
+    /// not compared, since the relay may be reached under several names.
+    pub(crate) fn verify(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+        path: &'static str,
+        hub: Option<&str>,
+    ) -> Result<Claims, Rejection> {
+        let token = req.bearer_token().ok_or(Rejection::NoToken)?;
+        let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
+        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
+        let claims = auth::verify(&token, &keys, self.unix_now(now), &validation)
+            .map_err(|e| Rejection::BadToken(e.to_string()))?;
+        let audience_ok = claims.aud.iter().any(|aud| {
+            Audience::parse(aud).is_ok_and(|a| {
+                let expected = Audience::new(a.scheme(), a.host(), path, hub);
+                expected.matches(aud)
+            })
+        });
+        if !audience_ok {
+            return Err(Rejection::WrongAudience {
+                path,
+                hub: hub.map(str::to_owned),
+            });
+        }
+        Ok(claims)
+    }
+}
+
+/// The `hub` query parameter, in lower case.
+pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
+    let hub = req
+        .query_param("hub")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if hub.is_empty() || hub.len() > 128 {
+        return Err(Rejection::HubRequired);
+    }
+    Ok(hub)
+}

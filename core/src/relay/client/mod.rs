@@ -1,0 +1,751 @@
+//! Client connections: what every client has, its mapping to a server connection (its
+//! [`Link`]), and its [`Dialect`]: ASP.NET Core, or classic.
+//!
+//! The relay looks a client up once per input and hands it the input with [`Client::handle`];
+//! the client answers with a [`Handled`]: a response, if the input was a request, and what the
+//! relay must do next ([`Next`]): nothing, map the client to a server connection, or end it.
+//! Deliveries from the app server ([`Client::deliver`], [`Client::deliver_message`]) fail
+//! with the [`Ending`] the client earned.
+
+mod aspnetcore;
+mod classic;
+mod stateful;
+mod transport;
+
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+pub use self::classic::STATE_HEADER;
+pub(crate) use self::classic::{
+    negotiate_hub as classic_negotiate_hub, negotiated as classic_negotiated,
+    no_app_server as classic_no_app_server, parse as parse_classic,
+    unknown_token as classic_unknown_token, BASE as CLASSIC_BASE,
+};
+pub(crate) use self::transport::Tombstones;
+
+use self::aspnetcore::{AspNetCore, HttpStep, Upgrade};
+use self::classic::{Attach, Classic};
+use self::transport::{poll_response, Transport, SSE_PREAMBLE};
+use super::config::RelayConfig;
+use super::directory::HubId;
+use super::forwarded::{self, Intro};
+use super::http::{HttpRequest, RequestId, RequestOutcome};
+use super::output::{ClientFamily, Outputs};
+use super::reason::{Ending, Rejection};
+use super::reframe::Reframer;
+use super::timers::{ClientTimers, ClientTimersMut, TimerKind, TimerQueue};
+use super::ConnHandle;
+use crate::aspnetcore::negotiate::TransportKind;
+use crate::aspnetcore::{HubProtocol, TransferFormat};
+use crate::classic::{RawJson, RequestKind, RequestParams};
+use crate::service;
+
+/// Every client connection.
+#[derive(Debug, Default)]
+pub(crate) struct Clients {
+    pub(crate) map: BTreeMap<ConnHandle, Client>,
+    by_token: BTreeMap<String, ConnHandle>,
+    /// Closed long-polling connections, for their last poll.
+    pub(crate) tombstones: Tombstones,
+}
+
+impl Clients {
+    /// Adds a client; it is reached by its token from now on.
+    pub(crate) fn insert(&mut self, client: Client) -> &mut Client {
+        self.by_token.insert(client.token.clone(), client.conn);
+        self.map.entry(client.conn).or_insert(client)
+    }
+
+    /// The client a token names.
+    pub(crate) fn by_token(&self, token: &str) -> Option<ConnHandle> {
+        self.by_token.get(token).copied()
+    }
+
+    /// Forgets the token of a client that is gone.
+    pub(crate) fn forget_token(&mut self, token: &str) {
+        self.by_token.remove(token);
+    }
+}
+
+/// What a client's handling may use besides the client: the time, its handle, the limits,
+/// the output sink, and this client's timers.
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) conn: ConnHandle,
+    pub(crate) config: &'a RelayConfig,
+    pub(crate) out: &'a mut Outputs,
+    pub(crate) timers: ClientTimersMut<'a>,
+}
+
+/// When the client last sent something, and was last sent something.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Activity {
+    pub(crate) received: Instant,
+    pub(crate) sent: Instant,
+}
+
+impl Activity {
+    /// When an open client's `KeepAlive` timer is due: the client timeout, or a keep-alive.
+    pub(crate) fn keep_alive_due(&self, config: &RelayConfig) -> Instant {
+        (self.received + config.client_timeout).min(self.sent + config.client_keep_alive)
+    }
+}
+
+/// A client's mapping to its server connection, fixed once made.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) server: ConnHandle,
+    pub(crate) protocol: HubProtocol,
+    /// The app server's output, reassembled into whole frames.
+    outbound: Reframer,
+    /// Messages from multicast paths held until the handshake response has gone out, or
+    /// while a partial frame is being reassembled.
+    pending: VecDeque<Bytes>,
+}
+
+impl Link {
+    /// The app server has answered the handshake.
+    pub(crate) fn handshake_done(&self) -> bool {
+        self.outbound.handshake_done()
+    }
+
+    /// Whole messages may go to the client now: the handshake response went, and no frame
+    /// is half reassembled.
+    fn ready(&self) -> bool {
+        self.outbound.handshake_done() && self.outbound.is_idle()
+    }
+}
+
+/// Where a client's messages go: its server connection, under its connection id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upstream<'a> {
+    pub(crate) server: ConnHandle,
+    pub(crate) connection_id: &'a str,
+}
+
+/// The protocol family of a client, with its state.
+#[derive(Debug)]
+pub(crate) enum Dialect {
+    AspNetCore(AspNetCore),
+    Classic(Box<Classic>),
+}
+
+/// What the relay must do after a client handled an input.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Nothing more.
+    Stay,
+    /// Map the client to a server connection of its hub, then go on.
+    Open(Opening),
+    /// End the client.
+    End(Ending),
+}
+
+/// A client ready to be mapped to a server connection.
+#[derive(Debug)]
+pub(crate) struct Opening {
+    pub(crate) protocol: HubProtocol,
+    /// The handshake the app server gets.
+    pub(crate) handshake: Vec<u8>,
+    /// The request headers the app server gets, when they come with the opening.
+    pub(crate) headers: Option<Vec<(String, Vec<String>)>>,
+    /// What carries the client.
+    pub(crate) transport: TransportKind,
+    pub(crate) then: Then,
+}
+
+/// What the client goes on with once mapped.
+#[derive(Debug)]
+pub(crate) enum Then {
+    /// ASP.NET Core: the bytes that followed the handshake, and whether stateful reconnect
+    /// is on.
+    Frames { rest: BytesMut, stateful: bool },
+    /// Classic: the rest of its `/connect`.
+    Classic(Attach),
+}
+
+/// A client's answer to an input.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Handled {
+    pub(crate) outcome: Option<RequestOutcome>,
+    pub(crate) next: Next,
+}
+
+impl Handled {
+    pub(crate) fn stay(outcome: Option<RequestOutcome>) -> Self {
+        Self::next(outcome, Next::Stay)
+    }
+
+    pub(crate) fn next(outcome: Option<RequestOutcome>, next: Next) -> Self {
+        Self { outcome, next }
+    }
+
+    /// Answer, then end the client.
+    pub(crate) fn then(outcome: RequestOutcome, ending: Ending) -> Self {
+        Self::next(Some(outcome), Next::End(ending))
+    }
+
+    fn refuse(rejection: Rejection) -> Self {
+        Self::stay(Some(RequestOutcome::Respond(rejection.into())))
+    }
+
+    fn ended(result: Result<(), Ending>) -> Self {
+        Self::from_next(None, result.map(|()| Next::Stay))
+    }
+
+    fn from_next(outcome: Option<RequestOutcome>, result: Result<Next, Ending>) -> Self {
+        Self::next(outcome, result.unwrap_or_else(Next::End))
+    }
+}
+
+/// A request on an existing connection, with what the relay read from its token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub(crate) req: &'a HttpRequest,
+    /// The hub the request names (`None`: one the relay does not know).
+    pub(crate) hub: Option<HubId>,
+    /// The token's user.
+    pub(crate) user: Option<&'a str>,
+}
+
+/// One input for a client.
+#[derive(Debug)]
+pub(crate) enum Input<'a> {
+    /// A WebSocket message.
+    Data(&'a [u8]),
+    /// Its WebSocket or event stream went away.
+    Closed,
+    /// One of its timers fired.
+    Timer(TimerKind),
+    /// Its client abandoned a held request.
+    Aborted(RequestId),
+    /// A WebSocket request on `/client/?id=`.
+    Upgrade(Request<'a>),
+    /// `GET`, `POST` or `DELETE` on `/client/?id=`.
+    Http(Request<'a>),
+    /// A classic request with its connection token.
+    Classic {
+        kind: RequestKind,
+        params: &'a RequestParams,
+        request: Request<'a>,
+    },
+}
+
+/// A client connection.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) conn: ConnHandle,
+    pub(crate) hub: HubId,
+    pub(crate) connection_id: String,
+    pub(crate) token: String,
+    pub(crate) user_id: Option<String>,
+    /// What the app server is told once, with OpenConnection.
+    intro: Option<Box<Intro>>,
+    pub(crate) link: Option<Link>,
+    pub(crate) dialect: Dialect,
+    activity: Activity,
+    pub(crate) timers: ClientTimers,
+}
+
+impl Client {
+    /// A negotiated client: `ids` are its connection id and its token.
+    pub(crate) fn new(
+        now: Instant,
+        conn: ConnHandle,
+        hub: HubId,
+        (connection_id, token): (String, String),
+        user_id: Option<String>,
+        intro: Intro,
+        dialect: Dialect,
+    ) -> Self {
+        Self {
+            conn,
+            hub,
+            connection_id,
+            token,
+            user_id,
+            intro: Some(Box::new(intro)),
+            link: None,
+            dialect,
+            activity: Activity {
+                received: now,
+                sent: now,
+            },
+            timers: ClientTimers::default(),
+        }
+    }
+
+    /// The ASP.NET Core dialect, before its transport.
+    pub(crate) fn aspnetcore(stateful_allowed: bool) -> Dialect {
+        Dialect::AspNetCore(AspNetCore::new(stateful_allowed))
+    }
+
+    /// The classic dialect, with the hub as the client names it.
+    pub(crate) fn classic(hub_name: String, now: Instant) -> Dialect {
+        Dialect::Classic(Box::new(Classic::new(hub_name, now)))
+    }
+
+    pub(crate) fn family(&self) -> ClientFamily {
+        match self.dialect {
+            Dialect::AspNetCore(_) => ClientFamily::AspNetCore,
+            Dialect::Classic(_) => ClientFamily::Classic,
+        }
+    }
+
+    /// Handles one input.
+    pub(crate) fn handle(
+        &mut self,
+        now: Instant,
+        input: Input<'_>,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Handled {
+        let Self {
+            conn,
+            hub,
+            connection_id,
+            user_id,
+            intro,
+            link,
+            dialect,
+            activity,
+            timers,
+            ..
+        } = self;
+        let mut cx = Ctx {
+            now,
+            conn: *conn,
+            config,
+            out,
+            timers: queue.of(*conn, timers),
+        };
+        let up = link.as_ref().map(|l| Upstream {
+            server: l.server,
+            connection_id,
+        });
+        match (input, dialect) {
+            (Input::Timer(kind), dialect) => {
+                cx.timers.fired(kind);
+                Handled::ended(match (kind, dialect) {
+                    (TimerKind::Negotiate, _) => Err(Ending::NegotiateExpired),
+                    (kind, Dialect::AspNetCore(a)) => {
+                        a.on_timer(&mut cx, kind, link.as_ref(), activity)
+                    }
+                    (kind, Dialect::Classic(c)) => c.on_timer(&mut cx, kind),
+                })
+            }
+            (Input::Data(data), Dialect::AspNetCore(a)) => {
+                activity.received = now;
+                Handled::from_next(None, a.receive(&mut cx, data, link.as_ref(), connection_id))
+            }
+            (Input::Data(data), Dialect::Classic(c)) => {
+                activity.received = now;
+                Handled::ended(c.data(&mut cx, data, up))
+            }
+            (Input::Closed, Dialect::AspNetCore(a)) => {
+                // A stateful client has its window to come back.
+                let kept = a.transport_lost(&mut cx);
+                Handled::ended(if kept {
+                    Ok(())
+                } else {
+                    Err(Ending::TransportClosed)
+                })
+            }
+            (Input::Closed, Dialect::Classic(c)) => {
+                // A connected classic client has the disconnect timeout to reconnect.
+                if link.is_none() {
+                    return Handled::ended(Err(Ending::TransportClosed));
+                }
+                c.channel_lost(&mut cx);
+                Handled::stay(None)
+            }
+            (Input::Aborted(request), Dialect::AspNetCore(a)) => {
+                a.transport.poll_aborted(&mut cx, request);
+                Handled::stay(None)
+            }
+            (Input::Aborted(request), Dialect::Classic(c)) => {
+                c.request_aborted(&mut cx, request);
+                Handled::stay(None)
+            }
+            (Input::Upgrade(r) | Input::Http(r), Dialect::AspNetCore(_)) if r.hub != Some(*hub) => {
+                Handled::refuse(Rejection::UnknownConnection)
+            }
+            (Input::Upgrade(_) | Input::Http(_), Dialect::Classic(_)) => {
+                Handled::refuse(Rejection::UnknownConnection)
+            }
+            (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
+                let owner = r.user == user_id.as_deref();
+                match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
+                    Ok(Upgrade::Resumed) => {
+                        Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
+                    }
+                    Ok(Upgrade::Attach) => {
+                        attach(a, &mut cx, intro, activity, r.req, Transport::WebSocket);
+                        Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
+                    }
+                    Err(rejection) => Handled::refuse(rejection),
+                }
+            }
+            (Input::Http(r), Dialect::AspNetCore(a)) => {
+                if r.user != user_id.as_deref() {
+                    return Handled::refuse(Rejection::NotOwner);
+                }
+                if r.req.method == "POST" {
+                    activity.received = now;
+                }
+                match a.http(&mut cx, r.req, link.as_ref(), connection_id) {
+                    Ok(HttpStep::Done(handled)) => handled,
+                    Ok(HttpStep::Attach(transport)) => {
+                        let sse = matches!(transport, Transport::ServerSentEvents);
+                        attach(a, &mut cx, intro, activity, r.req, transport);
+                        Handled::stay(Some(if sse {
+                            cx.out
+                                .transmit(cx.conn, Bytes::from_static(SSE_PREAMBLE), false);
+                            RequestOutcome::EventStream(*conn)
+                        } else {
+                            // The first poll starts the connection and returns at once, empty.
+                            RequestOutcome::Respond(poll_response(Bytes::new()))
+                        }))
+                    }
+                    Err(rejection) => Handled::refuse(rejection),
+                }
+            }
+            (Input::Classic { kind, request, .. }, Dialect::AspNetCore(_)) => {
+                Handled::stay(Some(classic::unknown_token(kind, request.req.websocket)))
+            }
+            (
+                Input::Classic {
+                    kind,
+                    params,
+                    request,
+                },
+                Dialect::Classic(c),
+            ) => {
+                if request.user != user_id.as_deref() {
+                    return Handled::refuse(Rejection::UserChanged);
+                }
+                if kind == RequestKind::Send {
+                    activity.received = now;
+                }
+                c.request(&mut cx, kind, params, request.req, up)
+            }
+        }
+    }
+
+    /// Maps the client to `server`: OpenConnection with what the app server is told once,
+    /// then the handshake as the client's first data, in one message.
+    pub(crate) fn open(
+        &mut self,
+        now: Instant,
+        server: ConnHandle,
+        opening: &mut Opening,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) {
+        let intro = self.intro.take().map(|i| *i).unwrap_or_default();
+        let headers = opening.headers.take().unwrap_or(intro.headers);
+        let protocol = opening.protocol;
+        let open = service::ServiceMessage::OpenConnection(service::OpenConnection {
+            connection_id: self.connection_id.clone(),
+            claims: intro.claims,
+            headers,
+            query_string: intro.query,
+            ext: service::Ext {
+                protocol: Some(protocol.name().to_owned()),
+                ..service::Ext::default()
+            },
+        });
+        let mut data = Vec::new();
+        let _ = open.write(&mut data);
+        let _ = service::write_connection_data(&self.connection_id, &opening.handshake, &mut data);
+        out.stats.to_server.add(opening.handshake.len());
+        out.transmit(server, data.into(), true);
+        self.link = Some(Link {
+            server,
+            protocol,
+            outbound: Reframer::new(
+                protocol.transfer_format() == TransferFormat::Binary,
+                config.max_server_message_size,
+            ),
+            pending: VecDeque::new(),
+        });
+        let mut cx = Ctx {
+            now,
+            conn: self.conn,
+            config,
+            out,
+            timers: queue.of(self.conn, &mut self.timers),
+        };
+        cx.timers.clear(TimerKind::Negotiate);
+        if let Dialect::AspNetCore(a) = &mut self.dialect {
+            a.open(&mut cx, protocol, &self.activity);
+        }
+    }
+
+    /// Goes on after the client was mapped.
+    pub(crate) fn opened(
+        &mut self,
+        now: Instant,
+        then: Then,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Handled {
+        let Self {
+            conn,
+            connection_id,
+            link,
+            dialect,
+            timers,
+            ..
+        } = self;
+        let mut cx = Ctx {
+            now,
+            conn: *conn,
+            config,
+            out,
+            timers: queue.of(*conn, timers),
+        };
+        match (then, dialect, link.as_ref()) {
+            (Then::Frames { rest, stateful }, Dialect::AspNetCore(a), Some(link)) => {
+                Handled::from_next(
+                    None,
+                    a.opened(&mut cx, &rest, stateful, link, connection_id),
+                )
+            }
+            (Then::Classic(attach), Dialect::Classic(c), Some(_)) => {
+                Handled::stay(Some(c.attach(&mut cx, RequestKind::Connect, attach)))
+            }
+            _ => Handled::stay(None),
+        }
+    }
+
+    /// No server connection of the hub takes clients: an ASP.NET Core handshake fails, a
+    /// classic `/connect` is refused (the client may try again).
+    pub(crate) fn no_server(then: &Then, hub: &str) -> Handled {
+        match then {
+            Then::Frames { .. } => Handled::ended(Err(Ending::HandshakeRefused(
+                format!("No app server is connected for hub '{hub}'.").into(),
+            ))),
+            Then::Classic(_) => Handled::refuse(Rejection::NoAppServer {
+                hub: hub.to_owned(),
+            }),
+        }
+    }
+
+    /// Bytes from the app server (ConnectionData): reassembled into whole frames, with
+    /// multicast traffic held until the handshake response has gone out.
+    pub(crate) fn deliver(
+        &mut self,
+        now: Instant,
+        payload: Bytes,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Result<(), Ending> {
+        self.activity.sent = now;
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
+        let reframed = link
+            .outbound
+            .push(payload)
+            .map_err(|_| Ending::ServerMessageTooLarge)?;
+        let held = if link.ready() {
+            std::mem::take(&mut link.pending)
+        } else {
+            VecDeque::new()
+        };
+        let mut cx = Ctx {
+            now,
+            conn: self.conn,
+            config,
+            out,
+            timers: queue.of(self.conn, &mut self.timers),
+        };
+        for data in reframed.data.into_iter().chain(held) {
+            cx.out.stats.to_client.add(data.len());
+            send(&mut self.dialect, &mut cx, data, link, &self.connection_id)?;
+        }
+        Ok(())
+    }
+
+    /// A whole pre-encoded message from a multicast path, in the client's protocol.
+    pub(crate) fn deliver_message(
+        &mut self,
+        now: Instant,
+        message: &Prepared<'_>,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Result<(), Ending> {
+        self.activity.sent = now;
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
+        let Some(data) = message.get(link.protocol) else {
+            return Ok(());
+        };
+        if !link.ready() || !link.pending.is_empty() {
+            if link.pending.len() >= config.max_pending_messages {
+                return Err(Ending::TooManyPending);
+            }
+            link.pending.push_back(data.clone());
+            return Ok(());
+        }
+        let mut cx = Ctx {
+            now,
+            conn: self.conn,
+            config,
+            out,
+            timers: queue.of(self.conn, &mut self.timers),
+        };
+        cx.out.stats.to_client.add(data.len());
+        match &mut self.dialect {
+            Dialect::Classic(c) => match message.classic(c) {
+                Some(pushes) => {
+                    c.push_all(&mut cx, pushes);
+                    Ok(())
+                }
+                None => send(
+                    &mut self.dialect,
+                    &mut cx,
+                    data.clone(),
+                    link,
+                    &self.connection_id,
+                ),
+            },
+            Dialect::AspNetCore(_) => send(
+                &mut self.dialect,
+                &mut cx,
+                data.clone(),
+                link,
+                &self.connection_id,
+            ),
+        }
+    }
+
+    /// The client ends: it is told why in its own protocol, and its transport ends. Returns
+    /// the ending that took effect.
+    pub(crate) fn end(
+        &mut self,
+        now: Instant,
+        ending: Ending,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+        tombstones: &mut Tombstones,
+    ) -> Ending {
+        let Self {
+            conn,
+            token,
+            link,
+            dialect,
+            timers,
+            ..
+        } = self;
+        let mut cx = Ctx {
+            now,
+            conn: *conn,
+            config,
+            out,
+            timers: queue.of(*conn, timers),
+        };
+        match dialect {
+            Dialect::AspNetCore(a) => a.end(&mut cx, ending, link.as_ref(), token, tombstones),
+            Dialect::Classic(c) => {
+                c.end(
+                    &mut cx,
+                    &ending,
+                    link.as_ref().is_some_and(Link::handshake_done),
+                );
+                ending
+            }
+        }
+    }
+}
+
+/// Binds a transport to a negotiated ASP.NET Core connection: the app server will see the
+/// request's headers; the handshake is next.
+fn attach(
+    a: &mut AspNetCore,
+    cx: &mut Ctx<'_>,
+    intro: &mut Option<Box<Intro>>,
+    activity: &mut Activity,
+    req: &HttpRequest,
+    transport: Transport,
+) {
+    if let Some(intro) = intro {
+        intro.headers = forwarded::headers(req, cx.config, transport.kind());
+    }
+    activity.received = cx.now;
+    a.attach(cx, transport);
+}
+
+/// Sends bytes from the app server to an open client, in its dialect.
+fn send(
+    dialect: &mut Dialect,
+    cx: &mut Ctx<'_>,
+    data: Bytes,
+    link: &Link,
+    connection_id: &str,
+) -> Result<(), Ending> {
+    match dialect {
+        Dialect::AspNetCore(a) => {
+            let binary = link.protocol == HubProtocol::MessagePack;
+            a.send(cx, data, binary, Some(link.protocol))
+        }
+        Dialect::Classic(c) => {
+            let up = Upstream {
+                server: link.server,
+                connection_id,
+            };
+            c.emit(cx, &data, up)
+        }
+    }
+}
+
+/// A multicast message, resolved once per fan-out: the payload of each protocol, and what
+/// classic clients get of it, translated once.
+pub(crate) struct Prepared<'a> {
+    json: Option<&'a Bytes>,
+    messagepack: Option<&'a Bytes>,
+    classic: OnceCell<Option<(String, Vec<RawJson>)>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub(crate) fn new(payloads: &'a service::Payloads) -> Self {
+        Self {
+            json: payloads.get(HubProtocol::Json.name()),
+            messagepack: payloads.get(HubProtocol::MessagePack.name()),
+            classic: OnceCell::new(),
+        }
+    }
+
+    fn get(&self, protocol: HubProtocol) -> Option<&'a Bytes> {
+        match protocol {
+            HubProtocol::Json => self.json,
+            HubProtocol::MessagePack => self.messagepack,
+        }
+    }
+
+    /// The messages a classic client puts in `M` for this payload, when it holds only pushes
+    /// (translated for the first classic client's spelling of the hub, and reused for every
+    /// client that spells it the same).
+    fn classic(&self, client: &Classic) -> Option<&[RawJson]> {
+        let (hub_name, pushes) = self
+            .classic
+            .get_or_init(|| {
+                let json = self.json?;
+                Some((client.hub_name().to_owned(), client.pushes(json)?))
+            })
+            .as_ref()?;
+        (hub_name == client.hub_name()).then_some(pushes.as_slice())
+    }
+}

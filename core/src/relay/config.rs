@@ -1,0 +1,95 @@
+//! The relay's limits and timings.
+
+use std::time::Duration;
+
+use crate::service;
+
+/// Limits and timings of a [`Relay`](super::Relay). Every limit is bounded by default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Access keys that sign app-server and client tokens. Several allow rotation.
+    pub access_keys: Vec<String>,
+    /// Largest client → server hub message (ASP.NET Core default: 32 KiB).
+    pub max_client_message_size: usize,
+    /// Largest service-protocol message from an app server, and largest hub message relayed to
+    /// a client.
+    pub max_server_message_size: usize,
+    /// How long a client has to send its handshake once connected (default 15 s).
+    pub handshake_timeout: Duration,
+    /// How long a negotiated connection may wait for its transport (default 15 s).
+    pub negotiate_timeout: Duration,
+    /// A client silent for this long is closed (default 30 s; clients ping every 15 s).
+    pub client_timeout: Duration,
+    /// How long a long poll is held when there is nothing to send (default 90 s, under the
+    /// JS client's 100 s request timeout).
+    pub long_poll_timeout: Duration,
+    /// Bytes queued for a long-polling client before it is considered too slow and closed.
+    pub max_long_poll_buffer: usize,
+    /// Whether clients may use stateful reconnect (ASP.NET Core 8+): a client whose WebSocket
+    /// drops may come back within the negotiate timeout and lose nothing (default on).
+    pub allow_stateful_reconnect: bool,
+    /// Bytes of unacknowledged messages kept per stateful client (default 100 000, as in
+    /// ASP.NET Core); past it, the client is no longer offered a reconnect.
+    pub stateful_reconnect_buffer: usize,
+    /// The relay pings a client to which nothing was sent for this long (default 15 s; the
+    /// JS client gives up after 30 s without a message).
+    pub client_keep_alive: Duration,
+    /// How often the relay pings each server connection (default 5 s; the SDK gives up after
+    /// 30 s of silence).
+    pub server_ping_interval: Duration,
+    /// A server connection silent for this long is dropped (default 30 s).
+    pub server_timeout: Duration,
+    /// Clock skew allowed when checking token times (default 60 s).
+    pub token_leeway: Duration,
+    /// Largest number of request headers forwarded to the app server, and their total size.
+    pub max_forwarded_headers: usize,
+    /// Messages held for a client until the app server has answered its handshake.
+    pub max_pending_messages: usize,
+    /// When every server connection of an app server carries more clients than this, the
+    /// relay asks that app server for one more connection. `0` turns growth off.
+    pub clients_per_server_connection: usize,
+    /// Cap on server connections one app server may hold per hub.
+    pub max_server_connections_per_app: usize,
+    /// This relay instance's id (in `target` pings and `Asrs-Instance-Id`).
+    pub instance_id: String,
+    /// Classic clients: how often a keep-alive goes to a WebSocket or event stream (default
+    /// 10 s; negotiate advertises twice this as `KeepAliveTimeout`).
+    pub classic_keep_alive: Duration,
+    /// Classic clients: how long a connection without a receive channel is kept for its
+    /// client to reconnect or poll again (default 30 s, `DisconnectTimeout`).
+    pub classic_disconnect_timeout: Duration,
+    /// Classic clients: messages kept per connection for `/reconnect` and long polls (default
+    /// 1000, the classic server's per-topic buffer; also bounded by `max_long_poll_buffer`
+    /// bytes).
+    pub classic_buffer_messages: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            access_keys: Vec::new(),
+            max_client_message_size: 32 * 1024,
+            max_server_message_size: service::DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(15),
+            negotiate_timeout: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            client_keep_alive: Duration::from_secs(15),
+            long_poll_timeout: Duration::from_secs(90),
+            allow_stateful_reconnect: true,
+            stateful_reconnect_buffer: 100_000,
+            max_long_poll_buffer: 1024 * 1024,
+            server_ping_interval: Duration::from_secs(5),
+            server_timeout: Duration::from_secs(30),
+            token_leeway: Duration::from_secs(60),
+            max_forwarded_headers: 64,
+            max_pending_messages: 1024,
+            clients_per_server_connection: 5000,
+            max_server_connections_per_app: 50,
+            instance_id: "relay-0".to_owned(),
+            classic_keep_alive: Duration::from_secs(10),
+            classic_disconnect_timeout: Duration::from_secs(30),
+            classic_buffer_messages: 1000,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Who is where: hubs, their server and client connections, groups, users, and the indexes
+//! back from a connection. Pure data: membership changes, and lookups as iterators.
+//!
+//! Connection ids are one namespace across hubs (as the service protocol addresses them); a
+//! connection's groups are always in its own hub.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::ConnHandle;
+
+/// A hub, by number: cheap to copy and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct HubId(u32);
+
+#[derive(Debug, Default)]
+struct Hub {
+    name: String,
+    servers: BTreeSet<ConnHandle>,
+    clients: BTreeSet<ConnHandle>,
+    groups: BTreeMap<String, BTreeSet<ConnHandle>>,
+    users: BTreeMap<String, BTreeSet<ConnHandle>>,
+    /// User → group memberships that outlive connections, with their expiry.
+    user_groups: BTreeMap<String, BTreeMap<String, Option<Instant>>>,
+}
+
+/// The directory.
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    hubs: Vec<Hub>,
+    by_name: BTreeMap<String, HubId>,
+    /// Every client connection, by its connection id.
+    by_connection_id: BTreeMap<String, (ConnHandle, HubId)>,
+    /// The groups of each client in at least one.
+    groups_of: BTreeMap<ConnHandle, BTreeSet<String>>,
+}
+
+impl Directory {
+    /// The hub named `name`, created on first use.
+    pub(crate) fn intern(&mut self, name: &str) -> HubId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = HubId(u32::try_from(self.hubs.len()).unwrap_or(u32::MAX));
+        self.hubs.push(Hub {
+            name: name.to_owned(),
+            ..Hub::default()
+        });
+        self.by_name.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The hub named `name`, if it was ever used.
+    pub(crate) fn find(&self, name: &str) -> Option<HubId> {
+        self.by_name.get(name).copied()
+    }
+
+    fn hub(&self, id: HubId) -> &Hub {
+        &self.hubs[id.0 as usize]
+    }
+
+    fn hub_mut(&mut self, id: HubId) -> &mut Hub {
+        &mut self.hubs[id.0 as usize]
+    }
+
+    pub(crate) fn name(&self, id: HubId) -> &str {
+        &self.hub(id).name
+    }
+
+    // ---------------------------------------------------------------- connections
+
+    pub(crate) fn add_server(&mut self, hub: HubId, conn: ConnHandle) {
+        self.hub_mut(hub).servers.insert(conn);
+    }
+
+    pub(crate) fn remove_server(&mut self, hub: HubId, conn: ConnHandle) {
+        self.hub_mut(hub).servers.remove(&conn);
+    }
+
+    /// The server connections of a hub.
+    pub(crate) fn servers(&self, hub: HubId) -> impl Iterator<Item = ConnHandle> + '_ {
+        self.hub(hub).servers.iter().copied()
+    }
+
+    pub(crate) fn add_client(&mut self, hub: HubId, conn: ConnHandle, connection_id: &str) {
+        self.hub_mut(hub).clients.insert(conn);
+        self.by_connection_id
+            .insert(connection_id.to_owned(), (conn, hub));
+    }
+
+    /// Forgets a client: its hub, its connection id, its groups and its user.
+    pub(crate) fn remove_client(
+        &mut self,
+        hub: HubId,
+        conn: ConnHandle,
+        connection_id: &str,
+        user: Option<&str>,
+    ) {
+        self.by_connection_id.remove(connection_id);
+        let groups = self.groups_of.remove(&conn).unwrap_or_default();
+        let h = self.hub_mut(hub);
+        h.clients.remove(&conn);
+        for g in &groups {
+            remove_member(&mut h.groups, g, conn);
+        }
+        if let Some(user) = user {
+            remove_member(&mut h.users, user, conn);
+        }
+    }
+
+    /// The client with this connection id.
+    pub(crate) fn connection(&self, connection_id: &str) -> Option<ConnHandle> {
+        self.by_connection_id.get(connection_id).map(|(c, _)| *c)
+    }
+
+    /// The client connections of a hub, negotiated or open.
+    pub(crate) fn clients(&self, hub: HubId) -> impl Iterator<Item = ConnHandle> + '_ {
+        self.hub(hub).clients.iter().copied()
+    }
+
+    pub(crate) fn has_clients(&self, hub: HubId) -> bool {
+        !self.hub(hub).clients.is_empty()
+    }
+
+    // ---------------------------------------------------------------- users
+
+    /// Indexes an open client under its user, and puts it in the user's groups.
+    pub(crate) fn attach_user(&mut self, now: Instant, hub: HubId, conn: ConnHandle, user: &str) {
+        let h = self.hub_mut(hub);
+        h.users.entry(user.to_owned()).or_default().insert(conn);
+        let groups: Vec<String> = h
+            .user_groups
+            .get(user)
+            .map(|g| {
+                g.iter()
+                    .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+                    .map(|(g, _)| g.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for g in groups {
+            self.join(hub, conn, &g);
+        }
+    }
+
+    /// The open connections of a user.
+    pub(crate) fn user(&self, hub: HubId, user: &str) -> impl Iterator<Item = ConnHandle> + '_ {
+        self.hub(hub).users.get(user).into_iter().flatten().copied()
+    }
+
+    /// Puts a user in a group, for `ttl` if given: their connections now and later.
+    pub(crate) fn user_join(
+        &mut self,
+        now: Instant,
+        hub: HubId,
+        user: &str,
+        group: &str,
+        ttl: Option<Duration>,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let h = self.hub_mut(hub);
+        let groups = h.user_groups.entry(user.to_owned()).or_default();
+        // Expired memberships go whenever the user's set changes.
+        groups.retain(|_, until| until.is_none_or(|t| t > now));
+        groups.insert(group.to_owned(), ttl.map(|t| now + t));
+        let conns: Vec<ConnHandle> = self.user(hub, user).collect();
+        for c in conns {
+            self.join(hub, c, group);
+        }
+    }
+
+    /// Takes a user out of a group (`None`: out of every group), with their connections.
+    pub(crate) fn user_leave(&mut self, hub: HubId, user: &str, group: Option<&str>) {
+        let h = self.hub_mut(hub);
+        match group {
+            Some(g) => {
+                if let Some(groups) = h.user_groups.get_mut(user) {
+                    groups.remove(g);
+                }
+            }
+            None => {
+                h.user_groups.remove(user);
+            }
+        }
+        let conns: Vec<ConnHandle> = self.user(hub, user).collect();
+        for c in conns {
+            match group {
+                Some(g) => self.leave(hub, c, g),
+                None => self.leave_all(hub, c),
+            }
+        }
+    }
+
+    /// Whether a user is in a group: through a connection, or a membership of their own.
+    pub(crate) fn user_in_group(&self, now: Instant, hub: HubId, user: &str, group: &str) -> bool {
+        let h = self.hub(hub);
+        let members = h.groups.get(group);
+        self.user(hub, user)
+            .any(|c| members.is_some_and(|m| m.contains(&c)))
+            || h.user_groups
+                .get(user)
+                .is_some_and(|g| g.get(group).is_some_and(|exp| exp.is_none_or(|e| e > now)))
+    }
+
+    /// The groups a user keeps memberships in (expired ones included, until swept).
+    #[cfg(test)]
+    pub(crate) fn user_groups(&self, hub: HubId, user: &str) -> Vec<&String> {
+        self.hub(hub)
+            .user_groups
+            .get(user)
+            .map(|g| g.keys().collect())
+            .unwrap_or_default()
+    }
+
+    // ---------------------------------------------------------------- groups
+
+    /// Puts the client with this connection id in a group of its hub. Whether it exists.
+    pub(crate) fn join_by_id(&mut self, connection_id: &str, group: &str) -> bool {
+        let Some(&(conn, hub)) = self.by_connection_id.get(connection_id) else {
+            return false;
+        };
+        self.join(hub, conn, group);
+        true
+    }
+
+    /// Takes the client with this connection id out of a group of its hub (`None`: out of
+    /// every group). Whether it exists.
+    pub(crate) fn leave_by_id(&mut self, connection_id: &str, group: Option<&str>) -> bool {
+        let Some(&(conn, hub)) = self.by_connection_id.get(connection_id) else {
+            return false;
+        };
+        match group {
+            Some(g) => self.leave(hub, conn, g),
+            None => self.leave_all(hub, conn),
+        }
+        true
+    }
+
+    fn join(&mut self, hub: HubId, conn: ConnHandle, group: &str) {
+        self.groups_of
+            .entry(conn)
+            .or_default()
+            .insert(group.to_owned());
+        self.hub_mut(hub)
+            .groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(conn);
+    }
+
+    fn leave(&mut self, hub: HubId, conn: ConnHandle, group: &str) {
+        if let Some(groups) = self.groups_of.get_mut(&conn) {
+            groups.remove(group);
+            if groups.is_empty() {
+                self.groups_of.remove(&conn);
+            }
+        }
+        remove_member(&mut self.hub_mut(hub).groups, group, conn);
+    }
+
+    fn leave_all(&mut self, hub: HubId, conn: ConnHandle) {
+        let groups = self.groups_of.remove(&conn).unwrap_or_default();
+        let h = self.hub_mut(hub);
+        for g in &groups {
+            remove_member(&mut h.groups, g, conn);
+        }
+    }
+
+    /// The members of a group.
+    pub(crate) fn group(&self, hub: HubId, group: &str) -> impl Iterator<Item = ConnHandle> + '_ {
+        self.hub(hub)
+            .groups
+            .get(group)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    pub(crate) fn group_exists(&self, hub: HubId, group: &str) -> bool {
+        self.hub(hub).groups.contains_key(group)
+    }
+}
+
+/// Takes `conn` out of the set under `key`, dropping the set once empty.
+fn remove_member(sets: &mut BTreeMap<String, BTreeSet<ConnHandle>>, key: &str, conn: ConnHandle) {
+    if let Some(members) = sets.get_mut(key) {
+        members.remove(&conn);
+        if members.is_empty() {
+            sets.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_leaves_no_trace() {
+        let mut d = Directory::default();
+        let hub = d.intern("chat");
+        assert_eq!(d.intern("chat"), hub);
+        let c = ConnHandle(7);
+        d.add_client(hub, c, "id-7");
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        d.attach_user(now, hub, c, "ann");
+        assert!(d.join_by_id("id-7", "g1"));
+        d.user_join(now, hub, "ann", "g2", None);
+        assert_eq!(d.group(hub, "g2").collect::<Vec<_>>(), vec![c]);
+        assert!(d.user_in_group(now, hub, "ann", "g1"));
+        d.remove_client(hub, c, "id-7", Some("ann"));
+        assert_eq!(d.connection("id-7"), None);
+        assert!(!d.group_exists(hub, "g1"));
+        assert!(!d.group_exists(hub, "g2"));
+        assert_eq!(d.user(hub, "ann").count(), 0);
+        assert!(!d.has_clients(hub));
+        assert!(d.groups_of.is_empty());
+        // The user's own membership outlives the connection.
+        assert!(d.user_in_group(now, hub, "ann", "g2"));
+    }
+}

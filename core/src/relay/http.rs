@@ -1,0 +1,103 @@
+//! The HTTP side of the relay's API: the requests it reads and the responses it gives.
+
+use bytes::Bytes;
+
+use super::ConnHandle;
+
+/// An HTTP request, as much of it as the relay reads.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// Request headers, names in any case.
+    pub headers: Vec<(String, String)>,
+    /// Whether this is a WebSocket upgrade request.
+    pub websocket: bool,
+    /// The request body (for `POST` sends), already bounded by the adapter.
+    pub body: Bytes,
+}
+
+impl HttpRequest {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(super) fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The bearer token, from `Authorization` or the `access_token` query parameter.
+    pub(super) fn bearer_token(&self) -> Option<String> {
+        if let Some(value) = self.header("authorization") {
+            let mut parts = value.splitn(2, ' ');
+            if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    return Some(token.trim().to_owned());
+                }
+            }
+        }
+        self.query_param("access_token")
+    }
+}
+
+/// An HTTP response for the adapter to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// A plain-text response.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from(body.into()),
+        }
+    }
+
+    /// A 200 JSON response.
+    pub fn json(body: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(body),
+        }
+    }
+}
+
+/// A held HTTP request (a long poll), answered later by [`Output::Respond`](super::Output::Respond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// What to do with an HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum RequestOutcome {
+    /// Answer with this response.
+    Respond(HttpResponse),
+    /// Complete the WebSocket upgrade; its traffic belongs to this handle. If the upgrade
+    /// fails, report [`Relay::handle_closed`](super::Relay::handle_closed).
+    AcceptWebSocket(ConnHandle),
+    /// Start a Server-Sent Events response (`200`, `text/event-stream`, no caching): its body
+    /// is the [`Output::Transmit`](super::Output::Transmit)s for this handle, and [`Output::Close`](super::Output::Close) ends it. If the
+    /// client goes away, report [`Relay::handle_closed`](super::Relay::handle_closed).
+    EventStream(ConnHandle),
+    /// Hold the request: its response comes later as an [`Output::Respond`](super::Output::Respond). If the client
+    /// aborts it first, report [`Relay::handle_request_aborted`](super::Relay::handle_request_aborted).
+    Pending(RequestId),
+}

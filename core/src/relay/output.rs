@@ -1,0 +1,173 @@
+//! What the relay asks of its adapter ([`Output`]), what it tells it ([`Event`]), and the one
+//! sink every part writes them to ([`Outputs`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::client::Upstream;
+use super::http::{HttpResponse, RequestId};
+use super::reason::{truncate_reason, CloseReason};
+use super::stats::RelayStats;
+use super::ConnHandle;
+use crate::aspnetcore::negotiate::TransportKind;
+use crate::aspnetcore::HubProtocol;
+use crate::service::{self, ServiceMessage};
+
+/// Something the adapter must do, or may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Output {
+    /// Send one WebSocket message (or, on an event stream, these bytes).
+    Transmit {
+        /// The connection.
+        conn: ConnHandle,
+        /// The message.
+        data: Bytes,
+        /// Binary (`true`) or text message.
+        binary: bool,
+    },
+    /// Answer a held request.
+    Respond {
+        /// The request.
+        request: RequestId,
+        /// Its response.
+        response: HttpResponse,
+    },
+    /// Send what is queued, then close the WebSocket (or end the event stream) with this
+    /// code and reason. The relay has forgotten the connection.
+    Close {
+        /// The connection.
+        conn: ConnHandle,
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// Something happened: for logs and metrics. Nothing to do.
+    Event(Event),
+}
+
+/// Which SignalR family a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientFamily {
+    /// ASP.NET Core SignalR.
+    AspNetCore,
+    /// Classic ASP.NET SignalR 2.x.
+    Classic,
+}
+
+/// A connection opened or closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A client completed its handshake: it is mapped to a server connection.
+    ClientOpened {
+        /// The client.
+        conn: ConnHandle,
+        /// Its hub.
+        hub: String,
+        /// Its family.
+        family: ClientFamily,
+        /// What carries it.
+        transport: TransportKind,
+        /// Its hub protocol (classic clients: JSON).
+        protocol: HubProtocol,
+    },
+    /// An opened client is gone.
+    ClientClosed {
+        /// The client.
+        conn: ConnHandle,
+        /// Who closed it, and why.
+        reason: CloseReason,
+    },
+    /// An app server's connection completed its service handshake.
+    ServerOpened {
+        /// The server connection.
+        conn: ConnHandle,
+        /// Its hub.
+        hub: String,
+        /// The app server it belongs to.
+        server_id: String,
+    },
+    /// An opened server connection is gone.
+    ServerClosed {
+        /// The server connection.
+        conn: ConnHandle,
+        /// Who closed it, and why.
+        reason: CloseReason,
+    },
+}
+
+/// The sink every part writes to: outputs in order, the requests held open for a later
+/// response, and the counters.
+#[derive(Debug, Default)]
+pub(crate) struct Outputs {
+    queue: VecDeque<Output>,
+    /// Held requests, and whose they are.
+    held: BTreeMap<RequestId, ConnHandle>,
+    next_request: u64,
+    pub(crate) stats: RelayStats,
+}
+
+impl Outputs {
+    pub(crate) fn pop(&mut self) -> Option<Output> {
+        self.queue.pop_front()
+    }
+
+    /// A WebSocket message (or event-stream bytes) for `conn`.
+    pub(crate) fn transmit(&mut self, conn: ConnHandle, data: Bytes, binary: bool) {
+        self.queue
+            .push_back(Output::Transmit { conn, data, binary });
+    }
+
+    /// One service message for a server connection.
+    pub(crate) fn service(&mut self, server: ConnHandle, msg: &ServiceMessage) {
+        let mut out = Vec::new();
+        if msg.write(&mut out).is_ok() {
+            self.transmit(server, out.into(), true);
+        }
+    }
+
+    /// A client's whole frames for its app server, as one ConnectionData.
+    pub(crate) fn forward(&mut self, up: Upstream<'_>, payload: &[u8]) {
+        let mut out = Vec::new();
+        if service::write_connection_data(up.connection_id, payload, &mut out).is_ok() {
+            self.stats.to_server.add(payload.len());
+            self.transmit(up.server, out.into(), true);
+        }
+    }
+
+    /// Closes a WebSocket or event stream.
+    pub(crate) fn close(&mut self, conn: ConnHandle, code: u16, reason: &str) {
+        self.queue.push_back(Output::Close {
+            conn,
+            code,
+            reason: truncate_reason(reason),
+        });
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        self.queue.push_back(Output::Event(event));
+    }
+
+    /// Holds a request of `conn`'s: its response comes later, through [`respond`](Self::respond).
+    pub(crate) fn hold(&mut self, conn: ConnHandle) -> RequestId {
+        self.next_request += 1;
+        let request = RequestId(self.next_request);
+        self.held.insert(request, conn);
+        request
+    }
+
+    /// Answers a held request.
+    pub(crate) fn respond(&mut self, request: RequestId, response: HttpResponse) {
+        self.held.remove(&request);
+        self.queue.push_back(Output::Respond { request, response });
+    }
+
+    /// Forgets a held request its client abandoned, and says whose it was.
+    pub(crate) fn abandon(&mut self, request: RequestId) -> Option<ConnHandle> {
+        self.held.remove(&request)
+    }
+}

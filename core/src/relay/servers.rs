@@ -1,0 +1,307 @@
+//! Server connections: an app server's WebSockets, each carrying many clients. This part
+//! owns their service handshake, their pings (`echo`, `status`, `shutdown`, `servers`,
+//! `target`), their load, and their own timers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::config::RelayConfig;
+use super::directory::{Directory, HubId};
+use super::output::Outputs;
+use super::reason::{unsupported_version, ServerEnding};
+use super::timers::{ServerTimers, TimerKind, TimerQueue};
+use super::ConnHandle;
+use crate::service::{self, ServiceDecoder, ServiceMessage, ServiceProtocolError};
+
+/// One app-server WebSocket.
+#[derive(Debug)]
+pub(crate) struct ServerConn {
+    pub(crate) hub: HubId,
+    /// The app server it belongs to.
+    pub(crate) server_id: String,
+    decoder: ServiceDecoder,
+    /// The service handshake is done.
+    pub(crate) open: bool,
+    /// It may carry clients (not a management connection).
+    carries_clients: bool,
+    /// Its app server is shutting down: no new clients.
+    draining: bool,
+    /// The clients mapped to it.
+    pub(crate) clients: BTreeSet<ConnHandle>,
+    last_received: Instant,
+    pub(crate) timers: ServerTimers,
+}
+
+impl ServerConn {
+    fn takes_clients(&self) -> bool {
+        self.open && self.carries_clients && !self.draining
+    }
+
+    /// Decodes what the app server sent: every whole message, then the error that stopped
+    /// the stream, if any.
+    pub(crate) fn receive(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+    ) -> (Vec<ServiceMessage>, Option<ServiceProtocolError>) {
+        self.last_received = now;
+        self.decoder.push(data);
+        let mut messages = Vec::new();
+        loop {
+            match self.decoder.next_message() {
+                Ok(Some(m)) => messages.push(m),
+                Ok(None) => return (messages, None),
+                Err(e) => return (messages, Some(e)),
+            }
+        }
+    }
+
+    /// The first message: a HandshakeRequest of version 1, answered.
+    pub(crate) fn handshake(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        msg: ServiceMessage,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Result<(), ServerEnding> {
+        let ServiceMessage::HandshakeRequest(req) = msg else {
+            return Err(ServerEnding::NotAHandshake);
+        };
+        if req.version != 1 {
+            let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {
+                error_message: unsupported_version(req.version),
+                ..service::HandshakeResponse::default()
+            });
+            out.service(conn, &response);
+            return Err(ServerEnding::UnsupportedVersion);
+        }
+        self.open = true;
+        self.carries_clients = req.connection_type != service::ConnectionType::Weak;
+        let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {
+            connection_id: Some(format!("server-{}", conn.0)),
+            ..service::HandshakeResponse::default()
+        });
+        out.service(conn, &response);
+        let mut timers = queue.of(conn, &mut self.timers);
+        timers.clear(TimerKind::ServerHandshake);
+        timers.set(TimerKind::ServerPing, now + config.server_ping_interval);
+        timers.set(
+            TimerKind::ServerSilence,
+            self.last_received + config.server_timeout,
+        );
+        Ok(())
+    }
+
+    /// A timer of this connection fired.
+    pub(crate) fn on_timer(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        kind: TimerKind,
+        config: &RelayConfig,
+        out: &mut Outputs,
+        queue: &mut TimerQueue,
+    ) -> Result<(), ServerEnding> {
+        let mut timers = queue.of(conn, &mut self.timers);
+        timers.fired(kind);
+        match kind {
+            TimerKind::ServerHandshake => Err(ServerEnding::HandshakeTimedOut),
+            TimerKind::ServerPing => {
+                timers.set(TimerKind::ServerPing, now + config.server_ping_interval);
+                out.service(conn, &ServiceMessage::Ping(service::Ping::default()));
+                Ok(())
+            }
+            TimerKind::ServerSilence => {
+                let until = self.last_received + config.server_timeout;
+                if now >= until {
+                    return Err(ServerEnding::Silent);
+                }
+                timers.set(TimerKind::ServerSilence, until);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every server connection.
+#[derive(Debug, Default)]
+pub(crate) struct Servers {
+    map: BTreeMap<ConnHandle, ServerConn>,
+}
+
+impl Servers {
+    /// A new server connection: it has the handshake timeout to say hello.
+    pub(crate) fn accept(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        hub: HubId,
+        server_id: String,
+        config: &RelayConfig,
+        queue: &mut TimerQueue,
+    ) {
+        let mut server = ServerConn {
+            hub,
+            server_id,
+            decoder: ServiceDecoder::new(config.max_server_message_size),
+            open: false,
+            carries_clients: false,
+            draining: false,
+            clients: BTreeSet::new(),
+            last_received: now,
+            timers: ServerTimers::default(),
+        };
+        queue
+            .of(conn, &mut server.timers)
+            .set(TimerKind::ServerHandshake, now + config.handshake_timeout);
+        self.map.insert(conn, server);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, conn: ConnHandle) -> Option<&ServerConn> {
+        self.map.get(&conn)
+    }
+
+    pub(crate) fn get_mut(&mut self, conn: ConnHandle) -> Option<&mut ServerConn> {
+        self.map.get_mut(&conn)
+    }
+
+    pub(crate) fn remove(&mut self, conn: ConnHandle) -> Option<ServerConn> {
+        self.map.remove(&conn)
+    }
+
+    pub(crate) fn contains(&self, conn: ConnHandle) -> bool {
+        self.map.contains_key(&conn)
+    }
+
+    /// Open server connections.
+    pub(crate) fn open_count(&self) -> usize {
+        self.map.values().filter(|s| s.open).count()
+    }
+
+    /// The app server id of a server connection (empty when it is gone).
+    pub(crate) fn server_id(&self, conn: ConnHandle) -> &str {
+        self.map.get(&conn).map_or("", |s| s.server_id.as_str())
+    }
+
+    /// Whether a hub has a server connection that takes clients.
+    fn available(&self, directory: &Directory, hub: HubId) -> bool {
+        directory
+            .servers(hub)
+            .any(|s| self.map.get(&s).is_some_and(ServerConn::takes_clients))
+    }
+
+    /// The hub named `name`, if it has a server connection that takes clients.
+    pub(crate) fn available_hub(&self, directory: &Directory, name: &str) -> Option<HubId> {
+        directory
+            .find(name)
+            .filter(|&hub| self.available(directory, hub))
+    }
+
+    /// The least-loaded server connection of a hub that takes clients.
+    pub(crate) fn pick(&self, directory: &Directory, hub: HubId) -> Option<ConnHandle> {
+        directory
+            .servers(hub)
+            .filter_map(|h| self.map.get(&h).map(|s| (h, s)))
+            .filter(|(_, s)| s.takes_clients())
+            .min_by_key(|(h, s)| (s.clients.len(), *h))
+            .map(|(h, _)| h)
+    }
+
+    /// Maps a client to `server`; when every connection of its app server in the hub is past
+    /// the configured load, asks that app server for one more.
+    pub(crate) fn attach(
+        &mut self,
+        server: ConnHandle,
+        client: ConnHandle,
+        config: &RelayConfig,
+        out: &mut Outputs,
+    ) {
+        let Some(s) = self.map.get_mut(&server) else {
+            return;
+        };
+        s.clients.insert(client);
+        let per = config.clients_per_server_connection;
+        if per == 0 {
+            return;
+        }
+        let Some(s) = self.map.get(&server) else {
+            return;
+        };
+        let (mut count, mut load) = (0, 0);
+        for o in self
+            .map
+            .values()
+            .filter(|o| o.hub == s.hub && o.server_id == s.server_id && o.open && o.carries_clients)
+        {
+            count += 1;
+            load += o.clients.len();
+        }
+        // Ask exactly when the load crosses a multiple of the threshold, so that one request
+        // goes out per step.
+        if count < config.max_server_connections_per_app && load >= per * count && load % per == 0 {
+            let ping = service::Ping::pairs([("target", config.instance_id.as_str())]);
+            out.service(server, &ServiceMessage::Ping(ping));
+        }
+    }
+
+    /// Unmaps a client.
+    pub(crate) fn detach(&mut self, server: ConnHandle, client: ConnHandle) {
+        if let Some(s) = self.map.get_mut(&server) {
+            s.clients.remove(&client);
+        }
+    }
+
+    /// Whether two server connections belong to the same app server (which then needs no
+    /// relaying of client results between them).
+    pub(crate) fn same_app_server(&self, a: ConnHandle, b: ConnHandle) -> bool {
+        a == b
+            || matches!(
+                (self.map.get(&a), self.map.get(&b)),
+                (Some(x), Some(y)) if x.server_id == y.server_id
+            )
+    }
+
+    /// Answers a ping with pairs: `echo`, `status` (does the hub have clients), `shutdown`
+    /// (`fin`: the app server drains; acked), `servers` (the hub's app servers).
+    pub(crate) fn ping(
+        &mut self,
+        conn: ConnHandle,
+        hub: HubId,
+        ping: service::Ping,
+        directory: &Directory,
+        out: &mut Outputs,
+    ) {
+        if ping.get("echo").is_some() {
+            return out.service(conn, &ServiceMessage::Ping(ping));
+        }
+        if ping.get("status").is_some() {
+            let status = if directory.has_clients(hub) { "1" } else { "0" };
+            let reply = service::Ping::pairs([("status", status)]);
+            return out.service(conn, &ServiceMessage::Ping(reply));
+        }
+        if ping.get("shutdown").is_some_and(|v| v.starts_with("fin")) {
+            let server_id = self.server_id(conn).to_owned();
+            for s in directory.servers(hub) {
+                if let Some(s) = self.map.get_mut(&s).filter(|s| s.server_id == server_id) {
+                    s.draining = true;
+                }
+            }
+            let reply = service::Ping::pairs([("shutdown", "finack")]);
+            return out.service(conn, &ServiceMessage::Ping(reply));
+        }
+        if ping.get("servers").is_some() {
+            let ids: BTreeSet<&str> = directory
+                .servers(hub)
+                .filter_map(|s| self.map.get(&s))
+                .map(|s| s.server_id.as_str())
+                .collect();
+            let value = format!("0:{}", ids.into_iter().collect::<Vec<_>>().join(";"));
+            let reply = service::Ping::pairs([("servers", value.as_str())]);
+            out.service(conn, &ServiceMessage::Ping(reply));
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! A simulation harness for [`Relay`]: the relay on a virtual clock, with scripted clients and
+//! app servers, and everything it sent recorded per connection. No sockets, no sleeping:
+//! thirty minutes of timeouts run in microseconds. This project's own relay tests are built
+//! on it; it is public so that embedders can test their own use of the relay the same way.
+//!
+//! ```
+//! use signalr_relay_core::relay::sim::Sim;
+//!
+//! let mut sim = Sim::new(std::time::Instant::now());
+//! sim.connect_server("chat", "app-1");
+//! let (client, connection_id) = sim.connect_client("chat", Some("alice"), "json");
+//! sim.accept_handshake(client, &connection_id);
+//! assert_eq!(sim.client_text(client), "{}\u{1e}");
+//! ```
+//!
+//! Every step drains the relay's outputs and checks the run-loop contract on the way: time
+//! never goes backwards, and [`Relay::poll_timeout`] moves past every deadline that
+//! [`Relay::handle_timeout`] ran.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{
+    ConnHandle, Event, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestId,
+    RequestOutcome,
+};
+use crate::aspnetcore::negotiate::NegotiateResponse;
+use crate::aspnetcore::HubProtocol;
+use crate::auth::{sign, Algorithm, Claims};
+use crate::service::{self, ServiceDecoder, ServiceMessage};
+
+/// The access key of a simulated relay.
+pub const KEY: &str = "relay-test-key";
+
+/// The wall clock of a simulated relay at its start (Unix seconds).
+pub const T0: u64 = 1_700_000_000;
+
+/// A token for `path` (`/client/`, `/server/`) of `hub`, valid from [`T0`] for `lifetime`
+/// seconds, signed with `key`.
+pub fn token(path: &str, hub: &str, user: Option<&str>, lifetime: u64, key: &str) -> String {
+    let mut claims = Claims::issued_at(T0, lifetime);
+    claims.aud.push(format!("http://localhost{path}?hub={hub}"));
+    claims.nameid = user.map(str::to_owned);
+    sign(&claims, key.as_bytes(), Algorithm::Hs256)
+}
+
+/// A request to `localhost:8080`, with a bearer token if given.
+pub fn request(
+    method: &str,
+    path: &str,
+    query: &str,
+    bearer: Option<&str>,
+    websocket: bool,
+) -> HttpRequest {
+    let mut headers = vec![("Host".to_owned(), "localhost:8080".to_owned())];
+    if let Some(t) = bearer {
+        headers.push(("Authorization".to_owned(), format!("Bearer {t}")));
+    }
+    HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        query: query.into(),
+        headers,
+        websocket,
+        body: Bytes::new(),
+    }
+}
+
+/// What the harness knows of a client it connected or saw open.
+#[derive(Debug, Default, Clone)]
+struct Known {
+    token: Option<String>,
+    connection_id: Option<String>,
+    server: Option<ConnHandle>,
+    protocol: Option<HubProtocol>,
+    open: bool,
+}
+
+/// A relay, its virtual clock, and everything it has sent.
+#[derive(Debug)]
+pub struct Sim {
+    relay: Relay,
+    now: Instant,
+    /// Service messages each server connection received.
+    pub to_server: BTreeMap<ConnHandle, Vec<ServiceMessage>>,
+    server_decoders: BTreeMap<ConnHandle, ServiceDecoder>,
+    /// Raw WebSocket messages (or event-stream bytes) each client received.
+    pub to_client: BTreeMap<ConnHandle, Vec<(Bytes, bool)>>,
+    /// The closes the relay asked for, per connection.
+    pub closed: BTreeMap<ConnHandle, Vec<(u16, String)>>,
+    /// Answers to held requests.
+    pub responses: BTreeMap<RequestId, HttpResponse>,
+    /// Every event, in order.
+    pub events: Vec<Event>,
+    clients: BTreeMap<ConnHandle, Known>,
+    /// The last OpenConnection seen: its server connection and connection id.
+    last_open: Option<(ConnHandle, String)>,
+}
+
+impl Sim {
+    /// A relay with the default configuration and [`KEY`], its clock starting at `epoch`.
+    pub fn new(epoch: Instant) -> Self {
+        Self::with_config(epoch, RelayConfig::default())
+    }
+
+    /// A relay with `config` (and [`KEY`] among its keys).
+    pub fn with_config(epoch: Instant, mut config: RelayConfig) -> Self {
+        if !config.access_keys.iter().any(|k| k == KEY) {
+            config.access_keys.push(KEY.to_owned());
+        }
+        Self {
+            relay: Relay::new(config, epoch, T0, [42; 32]),
+            now: epoch,
+            to_server: BTreeMap::new(),
+            server_decoders: BTreeMap::new(),
+            to_client: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            responses: BTreeMap::new(),
+            events: Vec::new(),
+            clients: BTreeMap::new(),
+            last_open: None,
+        }
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// The relay, to drive by hand, and the time now. Call [`drain`](Self::drain) after.
+    pub fn relay_mut(&mut self) -> (&mut Relay, Instant) {
+        (&mut self.relay, self.now)
+    }
+
+    /// The virtual time now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Takes every output, recording it.
+    ///
+    /// # Panics
+    /// When a held request is answered twice, or a server connection gets a text frame or
+    /// bytes that are not the service protocol.
+    pub fn drain(&mut self) {
+        while let Some(out) = self.relay.poll_output() {
+            match out {
+                Output::Transmit { conn, data, binary } => {
+                    if let Some(d) = self.server_decoders.get_mut(&conn) {
+                        assert!(binary, "service messages go in binary frames");
+                        d.push(&data);
+                        while let Some(m) = d.next_message().expect("a service message") {
+                            if let ServiceMessage::OpenConnection(o) = &m {
+                                self.last_open = Some((conn, o.connection_id.clone()));
+                            }
+                            self.to_server.entry(conn).or_default().push(m);
+                        }
+                    } else {
+                        self.to_client.entry(conn).or_default().push((data, binary));
+                    }
+                }
+                Output::Respond { request, response } => {
+                    assert!(
+                        self.responses.insert(request, response).is_none(),
+                        "answered twice"
+                    );
+                }
+                Output::Close { conn, code, reason } => {
+                    self.closed.entry(conn).or_default().push((code, reason));
+                }
+                Output::Event(event) => {
+                    self.note(&event);
+                    self.events.push(event);
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::ClientOpened { conn, protocol, .. } => {
+                let known = self.clients.entry(*conn).or_default();
+                if let Some((server, id)) = self.last_open.take() {
+                    known.server = Some(server);
+                    known.connection_id = Some(id);
+                }
+                known.protocol = Some(*protocol);
+                known.open = true;
+            }
+            Event::ClientClosed { conn, .. } => {
+                if let Some(known) = self.clients.get_mut(conn) {
+                    known.open = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Lets `by` pass, running every timer due on the way.
+    ///
+    /// # Panics
+    /// When a deadline lies in the past, or `poll_timeout` does not move past a deadline
+    /// that `handle_timeout` ran.
+    pub fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        while let Some(t) = self.relay.poll_timeout() {
+            if t > until {
+                break;
+            }
+            assert!(t >= self.now, "timers never go backwards");
+            self.now = t;
+            self.relay.handle_timeout(t);
+            self.drain();
+            if let Some(next) = self.relay.poll_timeout() {
+                assert!(next > t, "poll_timeout must advance after handle_timeout");
+            }
+        }
+        self.now = until;
+    }
+
+    /// An HTTP request.
+    pub fn handle(&mut self, req: &HttpRequest) -> RequestOutcome {
+        let outcome = self.relay.handle_request(self.now, req);
+        self.drain();
+        outcome
+    }
+
+    /// A WebSocket message from `conn`.
+    pub fn data(&mut self, conn: ConnHandle, bytes: &[u8]) {
+        self.relay.handle_data(self.now, conn, bytes);
+        self.drain();
+    }
+
+    /// `conn`'s socket or event stream went away.
+    pub fn closed_by_peer(&mut self, conn: ConnHandle) {
+        self.relay.handle_closed(self.now, conn);
+        self.drain();
+    }
+
+    /// A held request was abandoned by its client.
+    pub fn abort(&mut self, request: RequestId) {
+        self.relay.handle_request_aborted(self.now, request);
+        self.drain();
+    }
+
+    /// A service message from an app server.
+    ///
+    /// # Panics
+    /// When the message cannot be encoded.
+    pub fn send_service(&mut self, server: ConnHandle, msg: &ServiceMessage) {
+        let mut out = Vec::new();
+        msg.write(&mut out).expect("an encodable message");
+        self.data(server, &out);
+    }
+
+    /// An app server's WebSocket to `/server/?hub=…`, accepted, before its handshake.
+    ///
+    /// # Panics
+    /// When the relay refuses it.
+    pub fn accept_server(&mut self, hub: &str, server_id: &str) -> ConnHandle {
+        let mut req = request(
+            "GET",
+            "/server/",
+            &format!("hub={hub}"),
+            Some(&token("/server/", hub, Some(server_id), 3600, KEY)),
+            true,
+        );
+        req.headers
+            .push(("X-ASRS-Server-Id".into(), server_id.into()));
+        let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
+            panic!("server refused")
+        };
+        self.server_decoders.insert(h, ServiceDecoder::default());
+        h
+    }
+
+    /// An app server's connection, accepted and past its handshake.
+    ///
+    /// # Panics
+    /// When the relay refuses it.
+    pub fn connect_server(&mut self, hub: &str, server_id: &str) -> ConnHandle {
+        let h = self.accept_server(hub, server_id);
+        self.send_service(
+            h,
+            &ServiceMessage::HandshakeRequest(service::HandshakeRequest::default()),
+        );
+        let first = &self.to_server[&h][0];
+        assert!(
+            matches!(first, ServiceMessage::HandshakeResponse(r) if r.error_message.is_empty()),
+            "{first:?}"
+        );
+        h
+    }
+
+    /// Negotiates an ASP.NET Core connection: its token, or the relay's answer.
+    ///
+    /// # Panics
+    /// When the relay answers with something other than a response.
+    pub fn negotiate(&mut self, hub: &str, user: Option<&str>) -> Result<String, HttpResponse> {
+        let req = request(
+            "POST",
+            "/client/negotiate",
+            &format!("hub={hub}&negotiateVersion=1"),
+            Some(&token("/client/", hub, user, 3600, KEY)),
+            false,
+        );
+        match self.handle(&req) {
+            RequestOutcome::Respond(r) if r.status == 200 => {
+                match NegotiateResponse::parse(&r.body) {
+                    Ok(NegotiateResponse::Connection(c)) => c.connection_token.ok_or(r),
+                    _ => Err(r),
+                }
+            }
+            RequestOutcome::Respond(r) => Err(r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Negotiates, opens the WebSocket and sends the handshake. Returns the client's handle
+    /// and its connection id as the app server sees it.
+    ///
+    /// # Panics
+    /// When the relay refuses any step.
+    pub fn connect_client(
+        &mut self,
+        hub: &str,
+        user: Option<&str>,
+        protocol: &str,
+    ) -> (ConnHandle, String) {
+        let id = self.negotiate(hub, user).expect("negotiated");
+        let req = request(
+            "GET",
+            "/client/",
+            &format!("hub={hub}&id={id}"),
+            Some(&token("/client/", hub, user, 3600, KEY)),
+            true,
+        );
+        let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
+            panic!("client refused")
+        };
+        self.clients.entry(h).or_default().token = Some(id);
+        self.data(
+            h,
+            format!("{{\"protocol\":\"{protocol}\",\"version\":1}}\x1e").as_bytes(),
+        );
+        let connection_id = self.connection_id(h).to_owned();
+        (h, connection_id)
+    }
+
+    /// The connection id of a client the harness saw open.
+    ///
+    /// # Panics
+    /// When it did not.
+    pub fn connection_id(&self, client: ConnHandle) -> &str {
+        self.known(client)
+            .connection_id
+            .as_deref()
+            .expect("a client seen open")
+    }
+
+    /// The token of a client [`connect_client`](Self::connect_client) connected.
+    ///
+    /// # Panics
+    /// When it did not.
+    pub fn token_of(&self, client: ConnHandle) -> &str {
+        self.known(client)
+            .token
+            .as_deref()
+            .expect("a connected client")
+    }
+
+    /// The server connection a client is mapped to.
+    ///
+    /// # Panics
+    /// When the harness did not see it open.
+    pub fn server_of(&self, client: ConnHandle) -> ConnHandle {
+        self.known(client).server.expect("a client seen open")
+    }
+
+    /// The hub protocol of a client the harness saw open.
+    pub fn protocol_of(&self, client: ConnHandle) -> Option<HubProtocol> {
+        self.clients.get(&client).and_then(|k| k.protocol)
+    }
+
+    /// Whether a client is open (seen opened, not yet closed).
+    pub fn is_open(&self, client: ConnHandle) -> bool {
+        self.clients.get(&client).is_some_and(|k| k.open)
+    }
+
+    /// The open clients, in handle order.
+    pub fn open_clients(&self) -> Vec<ConnHandle> {
+        self.clients
+            .iter()
+            .filter(|(_, k)| k.open)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// How many open clients are mapped to a server connection.
+    pub fn clients_of(&self, server: ConnHandle) -> usize {
+        self.clients
+            .values()
+            .filter(|k| k.open && k.server == Some(server))
+            .count()
+    }
+
+    fn known(&self, client: ConnHandle) -> &Known {
+        self.clients
+            .get(&client)
+            .expect("a client the harness knows")
+    }
+
+    /// The app server answers the handshake on the client's own flow.
+    pub fn accept_handshake(&mut self, client: ConnHandle, connection_id: &str) {
+        let server = self.server_of(client);
+        self.send_service(
+            server,
+            &ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: connection_id.to_owned(),
+                payload: Bytes::from_static(b"{}\x1e"),
+                ext: service::Ext::default(),
+            }),
+        );
+    }
+
+    /// Everything a client received, as text.
+    pub fn client_text(&self, client: ConnHandle) -> String {
+        self.to_client
+            .get(&client)
+            .map(|m| {
+                m.iter()
+                    .map(|(d, _)| String::from_utf8_lossy(d).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

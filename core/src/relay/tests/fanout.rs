@@ -1,0 +1,156 @@
+//! Fan-out and membership: broadcasts, users, groups, acks, closes by audience.
+
+use super::*;
+
+#[test]
+fn multicast_reaches_the_right_clients_after_their_handshake() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (a, a_id) = sim.connect_client("chat", Some("alice"), "json");
+    let (b, b_id) = sim.connect_client("chat", Some("bob"), "json");
+    let (c, c_id) = sim.connect_client("chat", Some("alice"), "json");
+    // b has not been answered yet: its broadcast waits for the handshake response.
+    sim.accept_handshake(a, &a_id);
+    sim.accept_handshake(c, &c_id);
+    let bcast = |text: &str, excluded: Vec<String>| {
+        ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: excluded,
+            payloads: json_payloads(text),
+            ext: service::Ext::default(),
+        })
+    };
+    sim.send_service(
+        server,
+        &bcast(
+            "{\"type\":1,\"target\":\"all\",\"arguments\":[]}",
+            vec![c_id.clone()],
+        ),
+    );
+    assert!(sim.client_text(a).contains("\"all\""));
+    assert!(!sim.client_text(c).contains("\"all\""), "excluded");
+    assert!(
+        sim.client_text(b).is_empty(),
+        "held until the handshake response"
+    );
+    sim.accept_handshake(b, &b_id);
+    assert_eq!(
+        sim.client_text(b),
+        "{}\x1e{\"type\":1,\"target\":\"all\",\"arguments\":[]}\x1e"
+    );
+
+    // Users: alice has two connections.
+    sim.send_service(
+        server,
+        &ServiceMessage::UserData(service::UserData {
+            user_id: "alice".into(),
+            payloads: json_payloads("{\"type\":1,\"target\":\"u\",\"arguments\":[]}"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(sim.client_text(a).contains("\"u\"") && sim.client_text(c).contains("\"u\""));
+    assert!(!sim.client_text(b).contains("\"u\""));
+
+    // Groups, with an ack.
+    sim.send_service(
+        server,
+        &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: b_id.clone(),
+            group: Some("g".into()),
+            ack_id: 7,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(
+        matches!(sim.to_server[&server].last(), Some(ServiceMessage::Ack(ack)) if ack.ack_id == 7 && ack.status == service::AckStatus::Ok)
+    );
+    sim.send_service(
+        server,
+        &ServiceMessage::JoinGroup(service::GroupMembership {
+            connection_id: a_id.clone(),
+            group: "g".into(),
+            ext: service::Ext::default(),
+        }),
+    );
+    sim.send_service(
+        server,
+        &ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+            group: "g".into(),
+            excluded_connection_ids: vec![a_id.clone()],
+            payloads: json_payloads("{\"type\":1,\"target\":\"grp\",\"arguments\":[]}"),
+            ..service::GroupBroadcastData::default()
+        }),
+    );
+    assert!(sim.client_text(b).contains("\"grp\""));
+    assert!(!sim.client_text(a).contains("\"grp\"") && !sim.client_text(c).contains("\"grp\""));
+    // Ack for an unknown connection is NotFound.
+    sim.send_service(
+        server,
+        &ServiceMessage::CheckConnectionExistenceWithAck(service::ExistenceCheck {
+            id: "nope".into(),
+            ack_id: 8,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(
+        matches!(sim.to_server[&server].last(), Some(ServiceMessage::Ack(ack)) if ack.ack_id == 8 && ack.status == service::AckStatus::NotFound)
+    );
+}
+
+#[test]
+fn close_with_ack_targets_users_or_groups_as_asked() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (user_x, _) = sim.connect_client("chat", Some("x"), "json");
+    let (member, member_id) = sim.connect_client("chat", Some("y"), "json");
+    sim.send_service(
+        server,
+        &ServiceMessage::JoinGroup(service::GroupMembership {
+            connection_id: member_id,
+            group: "x".into(),
+            ext: service::Ext::default(),
+        }),
+    );
+    let close = |target: &str| service::CloseConnectionsWithAck {
+        target: target.into(),
+        ack_id: 1,
+        ..service::CloseConnectionsWithAck::default()
+    };
+    sim.send_service(
+        server,
+        &ServiceMessage::CloseUserConnectionsWithAck(close("x")),
+    );
+    assert!(sim.closed.contains_key(&user_x));
+    assert!(
+        !sim.closed.contains_key(&member),
+        "group 'x' is not user 'x'"
+    );
+    sim.send_service(
+        server,
+        &ServiceMessage::CloseGroupConnectionsWithAck(close("x")),
+    );
+    assert!(sim.closed.contains_key(&member));
+}
+
+#[test]
+fn expired_user_group_memberships_are_swept() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let join = |group: &str, ttl: Option<i32>| {
+        ServiceMessage::UserJoinGroup(service::UserGroupMembership {
+            user_id: "u".into(),
+            group: Some(group.into()),
+            ext: service::Ext {
+                ttl,
+                ..service::Ext::default()
+            },
+        })
+    };
+    sim.send_service(server, &join("short", Some(10)));
+    sim.advance(Duration::from_secs(5));
+    sim.send_service(server, &ServiceMessage::Ping(service::Ping::default()));
+    sim.advance(Duration::from_secs(6));
+    sim.send_service(server, &join("long", None));
+    let hub = sim.relay().directory.find("chat").unwrap();
+    let groups: Vec<&String> = sim.relay().directory.user_groups(hub, "u");
+    assert_eq!(groups, vec!["long"]);
+}

@@ -1,0 +1,168 @@
+//! Deterministic tests of the relay on a virtual clock ([`Sim`]): no sockets, no sleeping.
+//! One file per seam; the helpers here are shared.
+
+mod classic;
+mod events;
+mod fanout;
+mod invocations;
+mod negotiate;
+mod servers;
+mod simulation;
+mod stateful;
+mod transports;
+mod websocket;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub(super) use super::sim::{request, token, Sim, KEY, T0};
+pub(super) use super::*;
+pub(super) use crate::aspnetcore::negotiate::NegotiateResponse;
+pub(super) use crate::aspnetcore::HubProtocol;
+pub(super) use crate::auth::{sign, Algorithm, Claims};
+
+/// The virtual clock's epoch; from here on time only moves when a test says so.
+fn epoch() -> Instant {
+    #[allow(clippy::disallowed_methods)]
+    Instant::now()
+}
+
+/// A relay on a virtual clock.
+fn sim() -> Sim {
+    Sim::new(epoch())
+}
+
+fn json_payloads(text: &str) -> service::Payloads {
+    service::Payloads(vec![("json".into(), Bytes::from(format!("{text}\x1e")))])
+}
+
+/// An HTTP request on a negotiated connection (`id`), with the client's token.
+fn on_connection(method: &str, id: &str, accept: Option<&str>, body: &[u8]) -> HttpRequest {
+    let mut req = request(
+        method,
+        "/client/",
+        &format!("hub=chat&id={id}"),
+        Some(&token("/client/", "chat", None, 3600, KEY)),
+        false,
+    );
+    if let Some(accept) = accept {
+        req.headers.push(("Accept".into(), accept.into()));
+    }
+    req.body = Bytes::copy_from_slice(body);
+    req
+}
+
+fn respond(outcome: RequestOutcome) -> HttpResponse {
+    match outcome {
+        RequestOutcome::Respond(r) => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// Negotiates a stateful-reconnect client for `chat`, connects its WebSocket and sends the
+/// version 2 handshake. Returns the client and its WebSocket request (to reconnect with).
+fn connect_stateful(sim: &mut Sim) -> (ConnHandle, HttpRequest) {
+    let bearer = token("/client/", "chat", None, 3600, KEY);
+    let req = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=1&useStatefulReconnect=true",
+        Some(&bearer),
+        false,
+    );
+    let RequestOutcome::Respond(r) = sim.handle(&req) else {
+        panic!()
+    };
+    let NegotiateResponse::Connection(info) = NegotiateResponse::parse(&r.body).unwrap() else {
+        panic!()
+    };
+    assert!(info.use_stateful_reconnect);
+    let id = info.connection_token.unwrap();
+    let ws = request(
+        "GET",
+        "/client/",
+        &format!("hub=chat&id={id}"),
+        Some(&bearer),
+        true,
+    );
+    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
+        panic!()
+    };
+    sim.data(c, b"{\"protocol\":\"json\",\"version\":2}\x1e");
+    (c, ws)
+}
+
+/// Sends `text` (whole frames) from the app server to the client `connection_id`.
+fn server_sends(sim: &mut Sim, server: ConnHandle, connection_id: &str, text: &str) {
+    sim.send_service(
+        server,
+        &ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: connection_id.to_owned(),
+            payload: Bytes::from(text.to_owned()),
+            ext: service::Ext::default(),
+        }),
+    );
+}
+
+fn classic_token(user: Option<&str>) -> String {
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    claims.nameid = user.map(str::to_owned);
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+const CHAT_DATA: &str = "connectionData=%5B%7B%22name%22%3A%22chat%22%7D%5D";
+
+/// A classic request: `kind` under `/aspnetclient`, the connection's token and hub list in the
+/// query, and a form body for POSTs.
+fn classic(kind: &str, query: &str, token: Option<&str>, body: &str, ws: bool) -> HttpRequest {
+    let method = if body.is_empty() && (ws || !matches!(kind, "poll" | "send" | "abort")) {
+        "GET"
+    } else {
+        "POST"
+    };
+    let mut req = request(
+        method,
+        &format!("/aspnetclient/{kind}"),
+        &format!("clientProtocol=2.1&{query}&{CHAT_DATA}"),
+        Some(&classic_token(Some("alice"))),
+        ws,
+    );
+    if let Some(t) = token {
+        req.query
+            .push_str(&format!("&connectionToken={}", urlencode(t)));
+    }
+    req.body = Bytes::copy_from_slice(body.as_bytes());
+    req
+}
+
+/// A classic negotiate for `chat`: its response body.
+fn classic_negotiate(sim: &mut Sim) -> serde_json::Value {
+    let negotiate = respond(sim.handle(&classic("negotiate", "", None, "", false)));
+    assert_eq!(negotiate.status, 200);
+    serde_json::from_slice(&negotiate.body).unwrap()
+}
+
+/// A classic long-polling request on the connection with `token`.
+fn long_poll(kind: &str, token: &str, body: &str) -> HttpRequest {
+    classic(kind, "transport=longPolling", Some(token), body, false)
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn last_payload_to(sim: &Sim, server: ConnHandle) -> String {
+    sim.to_server[&server]
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            ServiceMessage::ConnectionData(d) => {
+                Some(String::from_utf8_lossy(&d.payload).into_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}

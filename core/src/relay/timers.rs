@@ -1,0 +1,237 @@
+//! Timers: a small table per connection, keyed by [`TimerKind`], and one ordered queue of
+//! every armed timer (as quinn's `TimerTable`, with a shared index).
+//!
+//! Each part sets and clears only its own kinds; the relay dispatches a due timer to the part
+//! that owns its kind. Some timers are lazy: keep-alives and silence timeouts are armed for the
+//! earliest moment they could be due, and re-armed from the connection's last activity when
+//! they fire, so that traffic never touches the queue.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::ConnHandle;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum TimerKind {
+    /// Client: negotiated, its transport must come (negotiate timeout).
+    Negotiate,
+    /// ASP.NET Core client: its handshake must come (handshake timeout).
+    Handshake,
+    /// Client: a keep-alive is due when nothing was sent for a while; ASP.NET Core clients
+    /// that sent nothing for the client timeout are closed.
+    KeepAlive,
+    /// Client: a held poll is answered empty.
+    PollHold,
+    /// Client: without a receive channel for too long, the client is gone.
+    Disconnect,
+    /// Stateful client: acknowledge what it sent.
+    Ack,
+    /// Stateful client: output held behind the first-message gate goes.
+    Gate,
+    /// Stateful client: its reconnect window closes.
+    Reconnect,
+    /// Server connection: its HandshakeRequest must come.
+    ServerHandshake,
+    /// Server connection: a ping is due.
+    ServerPing,
+    /// Server connection: silent for the server timeout, it is dropped.
+    ServerSilence,
+}
+
+impl TimerKind {
+    /// Its slot in its connection's table: client and server connections have tables of
+    /// their own.
+    fn slot(self) -> usize {
+        match self {
+            Self::ServerHandshake => 0,
+            Self::ServerPing => 1,
+            Self::ServerSilence => 2,
+            client => client as usize,
+        }
+    }
+
+    pub(crate) fn is_server(self) -> bool {
+        matches!(
+            self,
+            Self::ServerHandshake | Self::ServerPing | Self::ServerSilence
+        )
+    }
+}
+
+/// The client kinds, by slot.
+const CLIENT_KINDS: [TimerKind; 8] = [
+    TimerKind::Negotiate,
+    TimerKind::Handshake,
+    TimerKind::KeepAlive,
+    TimerKind::PollHold,
+    TimerKind::Disconnect,
+    TimerKind::Ack,
+    TimerKind::Gate,
+    TimerKind::Reconnect,
+];
+
+/// The server kinds, by slot.
+const SERVER_KINDS: [TimerKind; 3] = [
+    TimerKind::ServerHandshake,
+    TimerKind::ServerPing,
+    TimerKind::ServerSilence,
+];
+
+/// One connection's armed timers, one slot per kind.
+#[derive(Debug)]
+pub(crate) struct TimerTable<const N: usize>([Option<Instant>; N]);
+
+const CLIENT_SLOTS: usize = CLIENT_KINDS.len();
+const SERVER_SLOTS: usize = SERVER_KINDS.len();
+
+/// A client connection's timers.
+pub(crate) type ClientTimers = TimerTable<CLIENT_SLOTS>;
+/// A server connection's timers.
+pub(crate) type ServerTimers = TimerTable<SERVER_SLOTS>;
+/// A client connection's timers, borrowed to set and clear.
+pub(crate) type ClientTimersMut<'a> = Timers<'a, CLIENT_SLOTS>;
+
+impl<const N: usize> Default for TimerTable<N> {
+    fn default() -> Self {
+        Self([None; N])
+    }
+}
+
+impl<const N: usize> TimerTable<N> {
+    const KINDS: &'static [TimerKind] = if N == SERVER_SLOTS {
+        &SERVER_KINDS
+    } else {
+        &CLIENT_KINDS
+    };
+}
+
+/// Every armed timer, in the order they fall due.
+#[derive(Debug, Default)]
+pub(crate) struct TimerQueue(BTreeSet<(Instant, ConnHandle, TimerKind)>);
+
+impl TimerQueue {
+    /// The timers of one connection, to set and clear.
+    pub(crate) fn of<'a, const N: usize>(
+        &'a mut self,
+        conn: ConnHandle,
+        table: &'a mut TimerTable<N>,
+    ) -> Timers<'a, N> {
+        Timers {
+            queue: self,
+            table,
+            conn,
+        }
+    }
+
+    /// The earliest armed timer.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.0.first().map(|(at, _, _)| *at)
+    }
+
+    /// Takes the earliest timer due at `now`. The connection's part must then be told, with
+    /// [`Timers::fired`].
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(ConnHandle, TimerKind)> {
+        if self.next()? > now {
+            return None;
+        }
+        self.0.pop_first().map(|(_, conn, kind)| (conn, kind))
+    }
+
+    /// Disarms every timer of a connection that is gone.
+    pub(crate) fn forget<const N: usize>(&mut self, conn: ConnHandle, table: &TimerTable<N>) {
+        for (at, kind) in table.0.iter().zip(TimerTable::<N>::KINDS) {
+            if let Some(at) = at {
+                self.0.remove(&(*at, conn, *kind));
+            }
+        }
+    }
+}
+
+/// The timers of one connection.
+pub(crate) struct Timers<'a, const N: usize> {
+    queue: &'a mut TimerQueue,
+    table: &'a mut TimerTable<N>,
+    conn: ConnHandle,
+}
+
+impl<const N: usize> Timers<'_, N> {
+    fn slot(&mut self, kind: TimerKind) -> &mut Option<Instant> {
+        debug_assert_eq!(kind.is_server(), N == SERVER_SLOTS, "{kind:?}");
+        &mut self.table.0[kind.slot()]
+    }
+
+    /// Arms `kind` for `at`, in place of when it was armed for.
+    pub(crate) fn set(&mut self, kind: TimerKind, at: Instant) {
+        let conn = self.conn;
+        let slot = self.slot(kind);
+        if *slot == Some(at) {
+            return;
+        }
+        if let Some(old) = slot.replace(at) {
+            self.queue.0.remove(&(old, conn, kind));
+        }
+        self.queue.0.insert((at, conn, kind));
+    }
+
+    /// Arms `kind` for `at`, unless it is armed for earlier.
+    pub(crate) fn set_at_most(&mut self, kind: TimerKind, at: Instant) {
+        if self.get(kind).is_none_or(|armed| armed > at) {
+            self.set(kind, at);
+        }
+    }
+
+    /// Disarms `kind`.
+    pub(crate) fn clear(&mut self, kind: TimerKind) {
+        let conn = self.conn;
+        if let Some(old) = self.slot(kind).take() {
+            self.queue.0.remove(&(old, conn, kind));
+        }
+    }
+
+    /// When `kind` is armed for.
+    pub(crate) fn get(&self, kind: TimerKind) -> Option<Instant> {
+        self.table.0[kind.slot()]
+    }
+
+    /// Notes that `kind` fired: [`TimerQueue::pop_due`] already took it from the queue.
+    pub(crate) fn fired(&mut self, kind: TimerKind) {
+        *self.slot(kind) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timers_fall_due_in_order_and_can_be_moved_or_cleared() {
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut queue = TimerQueue::default();
+        let (mut a, mut b) = (ClientTimers::default(), ClientTimers::default());
+        let (ca, cb) = (ConnHandle(1), ConnHandle(2));
+        queue.of(ca, &mut a).set(TimerKind::KeepAlive, t0 + 3 * s);
+        queue.of(ca, &mut a).set(TimerKind::Handshake, t0 + 5 * s);
+        queue.of(cb, &mut b).set(TimerKind::KeepAlive, t0 + 2 * s);
+        assert_eq!(queue.next(), Some(t0 + 2 * s));
+        // Moved later: the old entry is gone.
+        queue.of(cb, &mut b).set(TimerKind::KeepAlive, t0 + 4 * s);
+        queue
+            .of(ca, &mut a)
+            .set_at_most(TimerKind::Handshake, t0 + 6 * s);
+        assert_eq!(
+            queue.of(ca, &mut a).get(TimerKind::Handshake),
+            Some(t0 + 5 * s)
+        );
+        queue.of(ca, &mut a).clear(TimerKind::KeepAlive);
+        assert_eq!(queue.pop_due(t0 + 3 * s), None);
+        assert_eq!(queue.pop_due(t0 + 4 * s), Some((cb, TimerKind::KeepAlive)));
+        queue.of(cb, &mut b).fired(TimerKind::KeepAlive);
+        queue.forget(ca, &a);
+        assert_eq!(queue.next(), None);
+    }
+}
