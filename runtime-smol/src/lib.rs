@@ -1,16 +1,19 @@
 //! The smol adapter of SignalR Relay.
 //!
 //! All the async glue (HTTP, WebSockets, the relay driver, the app-server SDK) lives in
-//! `signalr-relay-tokio`, written against `futures-io`; this crate uses it with its `tokio`
-//! feature off and says only how smol spawns, sleeps, connects and accepts.
+//! `signalr-relay-tokio`'s runtime-neutral [`glue`], written against `futures-io`; this crate
+//! uses that package with its `tokio` feature off (it pulls in no tokio) and says only how
+//! smol spawns, tells the time, sleeps, connects and accepts.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+#[doc(hidden)]
+pub use signalr_relay_tokio::{app, sample};
 pub use signalr_relay_tokio::{
-    app, cli, core, sample, serve, serve_http, BoxFuture, Listener, Runtime, ServeOptions,
+    cli, core, glue, sample_app, sdk, serve, serve_http, BoxFuture, Listener, Runtime, ServeOptions,
 };
 
 /// The executor every task runs on: [`block_on`] runs it on the calling thread (and on one
@@ -26,6 +29,10 @@ impl Runtime for SmolRuntime {
 
     fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
         EXECUTOR.spawn(future).detach();
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {

@@ -218,7 +218,7 @@ pub struct DemoArgs {
 /// Exits the process after `secs` seconds, if set (the `--exit-after` safety net).
 pub fn exit_after<R: crate::Runtime>(runtime: &R, secs: Option<u64>) {
     if let Some(secs) = secs {
-        let sleep = runtime.sleep_until(std::time::Instant::now() + Duration::from_secs(secs));
+        let sleep = runtime.sleep_until(runtime.now() + Duration::from_secs(secs));
         runtime.spawn(async move {
             sleep.await;
             std::process::exit(0);
@@ -256,7 +256,7 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: testhub, chat)");
     exit_after(&runtime, args.exit_after);
-    if let Err(e) = crate::sample::run(
+    if let Err(e) = crate::sample_app::run(
         runtime,
         listener,
         &args.connection_string,

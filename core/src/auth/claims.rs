@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::jwt::{JwtError, MalformedToken};
+use super::error::{JwtError, MalformedToken};
 
 /// Claim names the relay and the Azure SignalR SDK give a meaning to.
 ///

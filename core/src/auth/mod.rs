@@ -39,6 +39,7 @@
 mod audience;
 mod claims;
 mod connection_string;
+mod error;
 mod jwt;
 mod url;
 
@@ -48,9 +49,10 @@ mod tests;
 pub use audience::{Audience, AudienceCheck};
 pub use claims::{claim_names, Claims};
 pub use connection_string::{ConnectionString, ConnectionStringError};
+pub use error::{JwtError, MalformedToken, TokenPart};
 pub use jwt::{
-    sign, verify, verify_signature, Algorithm, JwtError, MalformedToken, TokenPart, Validation,
-    DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_LEN,
+    sign, verify, verify_signature, Algorithm, Validation, DEFAULT_LEEWAY_SECS,
+    DEFAULT_MAX_TOKEN_LEN,
 };
 pub use url::{HttpUrl, Scheme, UrlError};
 

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::client::Upstream;
 use super::http::{HttpResponse, RequestId};
 use super::reason::{truncate_reason, CloseReason};
 use super::stats::RelayStats;
@@ -98,6 +97,13 @@ pub enum Event {
         /// Who closed it, and why.
         reason: CloseReason,
     },
+}
+
+/// Where a client's messages go: its server connection, under its connection id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upstream<'a> {
+    pub(crate) server: ConnHandle,
+    pub(crate) connection_id: &'a str,
 }
 
 /// The sink every part writes to: outputs in order, the requests held open for a later

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::stateful::{Outgoing, Stateful};
 use super::transport::Transport;
-use super::{Activity, Ctx, Handled, Link, Next, Opening, Then, Tombstones, Upstream};
+use super::{Activity, Ctx, Handled, Link, Next, Opening, Then, Tombstones};
 use crate::aspnetcore::handshake::{
     errors as handshake_errors, HandshakeRequest, HandshakeResponse,
 };
@@ -17,6 +17,7 @@ use crate::aspnetcore::negotiate::TransportKind;
 use crate::aspnetcore::{Close, FrameDecoder, HubMessage, HubProtocol, TransferFormat};
 use crate::framing::{write_binary_frame, TextFrameDecoder, RECORD_SEPARATOR};
 use crate::relay::http::{HttpRequest, HttpResponse, RequestOutcome};
+use crate::relay::output::Upstream;
 use crate::relay::reason::{Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
 use crate::relay::timers::TimerKind;
 

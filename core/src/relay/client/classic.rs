@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::transport::sse_event;
-use super::{Ctx, Handled, Next, Opening, Then, Upstream};
+use super::{Ctx, Handled, Next, Opening, Then};
 use crate::aspnetcore::handshake::{HandshakeRequest, HandshakeResponse};
 use crate::aspnetcore::negotiate::TransportKind;
 use crate::aspnetcore::{
@@ -39,7 +39,7 @@ use crate::classic::{
 };
 use crate::relay::config::RelayConfig;
 use crate::relay::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
-use crate::relay::output::Outputs;
+use crate::relay::output::{Outputs, Upstream};
 use crate::relay::reason::{Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
 use crate::relay::timers::TimerKind;
 use crate::relay::ConnHandle;

@@ -33,7 +33,7 @@ use super::config::RelayConfig;
 use super::directory::HubId;
 use super::forwarded::{self, Intro};
 use super::http::{HttpRequest, RequestId, RequestOutcome};
-use super::output::{ClientFamily, Outputs};
+use super::output::{ClientFamily, Outputs, Upstream};
 use super::reason::{Ending, Rejection};
 use super::reframe::Reframer;
 use super::timers::{ClientTimers, ClientTimersMut, TimerKind, TimerQueue};
@@ -117,13 +117,6 @@ impl Link {
     fn ready(&self) -> bool {
         self.outbound.handshake_done() && self.outbound.is_idle()
     }
-}
-
-/// Where a client's messages go: its server connection, under its connection id.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Upstream<'a> {
-    pub(crate) server: ConnHandle,
-    pub(crate) connection_id: &'a str,
 }
 
 /// The protocol family of a client, with its state.

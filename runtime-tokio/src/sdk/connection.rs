@@ -21,41 +21,10 @@ use signalr_relay_core::aspnetcore::{
 use signalr_relay_core::auth::{sign, Algorithm, Claims};
 use signalr_relay_core::service::{self, AckStatus, ServiceMessage};
 
+use super::command::{ConnCommand, ConnTx, Job};
 use super::hub::{lock, Call, ClientEntry, Context, HubError, InvokeError, Method, UploadStream};
 use super::{HubRuntime, Shared};
-use crate::runtime::Runtime;
-
-/// Commands for a connection task.
-pub(crate) enum ConnCommand {
-    /// A hub message for one client, encoded in its protocol by the connection.
-    Message {
-        connection_id: String,
-        message: HubMessage,
-    },
-    /// Bytes already framed in the client's protocol.
-    Frame { connection_id: String, frame: Bytes },
-    /// A service message.
-    Service(ServiceMessage),
-    /// An ack-able service message; the ack id is filled in by the connection.
-    WithAck {
-        build: Box<dyn FnOnce(i32) -> ServiceMessage + Send>,
-        reply: oneshot::Sender<AckStatus>,
-    },
-    /// Close a client.
-    CloseClient {
-        connection_id: String,
-        error: Option<String>,
-    },
-}
-
-pub(crate) type ConnTx = mpsc::UnboundedSender<ConnCommand>;
-
-/// An invocation queued for a client's worker, with the channel of its upload stream (set
-/// up as the invocation arrived, so that no item can overtake it).
-pub(crate) struct Job {
-    invocation: Invocation,
-    upload: Option<mpsc::UnboundedReceiver<signalr_relay_core::aspnetcore::RawValue>>,
-}
+use crate::glue::Runtime;
 
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -83,7 +52,7 @@ pub(crate) fn spawn<R: Runtime>(
                 return;
             }
             let delay = backoff.next_delay(random_u64() % 1000);
-            task_runtime.sleep_until(Instant::now() + delay).await;
+            task_runtime.sleep_until(task_runtime.now() + delay).await;
         }
     });
 }
@@ -154,9 +123,9 @@ async fn session<R: Runtime>(
     let (ws, _) = async_tungstenite::client_async_with_config(
         request,
         stream,
-        Some(crate::ws::config(
+        Some(crate::glue::ws::config(
             16 * 1024 * 1024,
-            crate::ws::SERVER_READ_BUFFER,
+            crate::glue::ws::SERVER_READ_BUFFER,
         )),
     )
     .await
@@ -170,7 +139,7 @@ async fn session<R: Runtime>(
         }
         c
     };
-    let mut conn = AppConnection::new(Instant::now(), config);
+    let mut conn = AppConnection::new(runtime.now(), config);
     let (tx, mut commands) = mpsc::unbounded::<ConnCommand>();
     let (mut sink, mut incoming) = ws.split();
     let mut acks: BTreeMap<i32, oneshot::Sender<AckStatus>> = BTreeMap::new();
@@ -229,10 +198,10 @@ async fn session<R: Runtime>(
         }
         let deadline = conn
             .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            .unwrap_or_else(|| runtime.now() + Duration::from_secs(60));
         let sleep = runtime.sleep_until(deadline);
         let next = select(incoming.next(), select(commands.next(), sleep)).await;
-        let now = Instant::now();
+        let now = runtime.now();
         match next {
             Either::Left((Some(Ok(Message::Binary(data))), _)) => conn.handle_data(now, &data),
             Either::Left((Some(Ok(Message::Text(text))), _)) => {

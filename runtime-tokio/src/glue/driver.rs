@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
@@ -19,14 +19,14 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use signalr_relay_core::relay::{
-    ConnHandle, Event as RelayEvent, HttpRequest, HttpResponse, Output, Relay, RelayConfig,
-    RequestId, RequestOutcome,
+    ConnHandle, Event, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestId,
+    RequestOutcome,
 };
 use smol_hyper::rt::FuturesIo;
 
-use crate::http::{allow_origin, empty, preflight, respond, text, to_core_request, Body};
-use crate::runtime::{Listener, Runtime};
-use crate::ws::{self, Command, Incoming};
+use crate::glue::http::{allow_origin, empty, preflight, respond, text, to_core_request, Body};
+use crate::glue::ws::{self, Command, Incoming};
+use crate::glue::{Listener, Runtime};
 
 /// How the relay is served, beyond the core's [`RelayConfig`].
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ fn next_generation() -> Generation {
 /// Bytes held for one connection whose socket is still being set up.
 const MAX_EARLY_BYTES: usize = 8 * 1024 * 1024;
 
-enum Event {
+enum DriverInput {
     Request(HttpRequest, oneshot::Sender<Reply>),
     Attach(ConnHandle, Generation, mpsc::Sender<Command>),
     Incoming(ConnHandle, Generation, Incoming),
@@ -104,7 +104,9 @@ fn seed() -> [u8; 32] {
 }
 
 /// The only owner of the [`Relay`], and where its outputs go.
-struct Driver {
+struct Driver<R> {
+    /// The runtime, for its clock.
+    runtime: R,
     relay: Relay,
     /// Writers of WebSockets and event streams, with their attachment.
     writers: BTreeMap<ConnHandle, (Generation, mpsc::Sender<Command>)>,
@@ -116,13 +118,18 @@ struct Driver {
     held: BTreeMap<RequestId, oneshot::Sender<HttpResponse>>,
 }
 
-async fn drive<R: Runtime>(runtime: R, config: RelayConfig, mut queue: mpsc::Receiver<Event>) {
+async fn drive<R: Runtime>(
+    runtime: R,
+    config: RelayConfig,
+    mut queue: mpsc::Receiver<DriverInput>,
+) {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut d = Driver {
-        relay: Relay::new(config, Instant::now(), unix, seed()),
+        relay: Relay::new(config, runtime.now(), unix, seed()),
+        runtime,
         writers: BTreeMap::new(),
         awaiting: std::collections::BTreeSet::new(),
         early: BTreeMap::new(),
@@ -130,10 +137,10 @@ async fn drive<R: Runtime>(runtime: R, config: RelayConfig, mut queue: mpsc::Rec
     };
     loop {
         let event = match d.relay.poll_timeout() {
-            Some(deadline) => match select(queue.next(), runtime.sleep_until(deadline)).await {
+            Some(deadline) => match select(queue.next(), d.runtime.sleep_until(deadline)).await {
                 Either::Left((event, _)) => event,
                 Either::Right(((), _)) => {
-                    d.relay.handle_timeout(Instant::now());
+                    d.relay.handle_timeout(d.runtime.now());
                     d.flush();
                     continue;
                 }
@@ -152,8 +159,9 @@ async fn drive<R: Runtime>(runtime: R, config: RelayConfig, mut queue: mpsc::Rec
                 next = queue.try_recv().ok();
             }
         }
-        if d.relay.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-            d.relay.handle_timeout(Instant::now());
+        let now = d.runtime.now();
+        if d.relay.poll_timeout().is_some_and(|t| t <= now) {
+            d.relay.handle_timeout(now);
             d.flush();
         }
         if budget == 0 {
@@ -179,11 +187,11 @@ async fn yield_now() {
     .await;
 }
 
-impl Driver {
-    fn handle(&mut self, event: Event) {
-        let now = Instant::now();
+impl<R: Runtime> Driver<R> {
+    fn handle(&mut self, event: DriverInput) {
+        let now = self.runtime.now();
         match event {
-            Event::Request(request, reply) => {
+            DriverInput::Request(request, reply) => {
                 let outcome = self.relay.handle_request(now, &request);
                 let response = match outcome {
                     RequestOutcome::Pending(id) => {
@@ -199,7 +207,7 @@ impl Driver {
                 };
                 let _ = reply.send((outcome, response));
             }
-            Event::Attach(conn, generation, writer) => {
+            DriverInput::Attach(conn, generation, writer) => {
                 self.awaiting.remove(&conn);
                 let mut stalled = false;
                 if let Some((_, commands)) = self.early.remove(&conn) {
@@ -216,7 +224,7 @@ impl Driver {
                     self.writers.insert(conn, (generation, writer));
                 }
             }
-            Event::Incoming(conn, generation, Incoming::Data(data)) => {
+            DriverInput::Incoming(conn, generation, Incoming::Data(data)) => {
                 if self
                     .writers
                     .get(&conn)
@@ -225,7 +233,7 @@ impl Driver {
                     self.relay.handle_data(now, conn, &data);
                 }
             }
-            Event::Incoming(conn, generation, Incoming::Closed) => {
+            DriverInput::Incoming(conn, generation, Incoming::Closed) => {
                 let current = self
                     .writers
                     .get(&conn)
@@ -237,7 +245,7 @@ impl Driver {
                     self.relay.handle_closed(now, conn);
                 }
             }
-            Event::Aborted(request) => {
+            DriverInput::Aborted(request) => {
                 if self.held.remove(&request).is_some() {
                     self.relay.handle_request_aborted(now, request);
                 }
@@ -301,16 +309,16 @@ impl Driver {
                     conn = conn.0,
                     "closing a connection whose peer stopped reading"
                 );
-                self.relay.handle_closed(Instant::now(), conn);
+                self.relay.handle_closed(self.runtime.now(), conn);
             }
         }
     }
 }
 
 /// Logs what opened and closed: app-server connections at `info`, clients at `debug`.
-fn log_event(event: &RelayEvent) {
+fn log_event(event: &Event) {
     match event {
-        RelayEvent::ServerOpened {
+        Event::ServerOpened {
             conn,
             hub,
             server_id,
@@ -320,13 +328,13 @@ fn log_event(event: &RelayEvent) {
             server_id,
             "app server connection opened"
         ),
-        RelayEvent::ServerClosed { conn, reason } => tracing::info!(
+        Event::ServerClosed { conn, reason } => tracing::info!(
             conn = conn.0,
             by = ?reason.initiator,
             reason = reason.kind.as_str(),
             "app server connection closed"
         ),
-        RelayEvent::ClientOpened {
+        Event::ClientOpened {
             conn,
             hub,
             family,
@@ -340,7 +348,7 @@ fn log_event(event: &RelayEvent) {
             protocol = protocol.name(),
             "client connected"
         ),
-        RelayEvent::ClientClosed { conn, reason } => tracing::debug!(
+        Event::ClientClosed { conn, reason } => tracing::debug!(
             conn = conn.0,
             by = ?reason.initiator,
             reason = reason.kind.as_str(),
@@ -353,7 +361,7 @@ fn log_event(event: &RelayEvent) {
 async fn serve_connection<R: Runtime, S>(
     runtime: R,
     stream: S,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<DriverInput>,
     options: ServeOptions,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
@@ -379,8 +387,8 @@ async fn serve_connection<R: Runtime, S>(
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.
 struct DropNotice {
-    event: Option<Event>,
-    events: mpsc::Sender<Event>,
+    event: Option<DriverInput>,
+    events: mpsc::Sender<DriverInput>,
 }
 
 impl Drop for DropNotice {
@@ -394,7 +402,7 @@ impl Drop for DropNotice {
 async fn handle<R: Runtime, S>(
     runtime: R,
     mut req: Request<hyper::body::Incoming>,
-    mut events: mpsc::Sender<Event>,
+    mut events: mpsc::Sender<DriverInput>,
     max_message: usize,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -425,7 +433,11 @@ where
         }
     }
     let (reply, outcome) = oneshot::channel();
-    if events.send(Event::Request(request, reply)).await.is_err() {
+    if events
+        .send(DriverInput::Request(request, reply))
+        .await
+        .is_err()
+    {
         return Ok(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "The relay is shutting down.",
@@ -444,7 +456,7 @@ where
                 (key.and_then(|k| HeaderValue::from_str(&k).ok()), on_upgrade)
             else {
                 let _ = events
-                    .send(Event::Incoming(conn, 0, Incoming::Closed))
+                    .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
                     .await;
                 return Ok(text(StatusCode::BAD_REQUEST, "Bad WebSocket request."));
             };
@@ -471,9 +483,11 @@ where
         RequestOutcome::EventStream(conn) => {
             let generation = next_generation();
             let (writer, commands) = mpsc::channel(ws::WRITE_QUEUE);
-            let _ = events.send(Event::Attach(conn, generation, writer)).await;
+            let _ = events
+                .send(DriverInput::Attach(conn, generation, writer))
+                .await;
             let notice = DropNotice {
-                event: Some(Event::Incoming(conn, generation, Incoming::Closed)),
+                event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
                 events,
             };
             let body = commands
@@ -497,7 +511,7 @@ where
         }
         RequestOutcome::Pending(request) => {
             let mut notice = DropNotice {
-                event: Some(Event::Aborted(request)),
+                event: Some(DriverInput::Aborted(request)),
                 events,
             };
             let answer = match held {
@@ -531,7 +545,7 @@ where
 async fn upgrade<S>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     conn: ConnHandle,
-    mut events: mpsc::Sender<Event>,
+    mut events: mpsc::Sender<DriverInput>,
     max_message: usize,
     read_buffer: usize,
 ) where
@@ -540,7 +554,7 @@ async fn upgrade<S>(
     let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<FuturesIo<S>>()) else {
         tracing::debug!("WebSocket upgrade failed");
         let _ = events
-            .send(Event::Incoming(conn, 0, Incoming::Closed))
+            .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
             .await;
         return;
     };
@@ -559,14 +573,14 @@ async fn upgrade<S>(
     let generation = next_generation();
     let (writer, commands) = mpsc::channel(ws::WRITE_QUEUE);
     if events
-        .send(Event::Attach(conn, generation, writer))
+        .send(DriverInput::Attach(conn, generation, writer))
         .await
         .is_err()
     {
         return;
     }
     ws::pump(ws, commands, events, move |incoming| {
-        Event::Incoming(conn, generation, incoming)
+        DriverInput::Incoming(conn, generation, incoming)
     })
     .await;
 }

@@ -7,7 +7,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use signalr_relay_core::relay::HttpResponse;
 
-use crate::app::{AppServer, Context, Hub, HubBuilder, HubError};
+use crate::sdk::{AppServer, Context, Hub, HubBuilder, HubError};
 
 /// The `CustomObject` of the functional tests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,10 +338,10 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     connections_per_hub: usize,
     client_result_timeout: Duration,
 ) -> std::io::Result<()> {
-    let options = crate::app::AppOptions {
+    let options = crate::sdk::AppOptions {
         connections_per_hub,
         client_result_timeout,
-        ..crate::app::AppOptions::default()
+        ..crate::sdk::AppOptions::default()
     };
     let app = AppServer::new(connection_string, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;

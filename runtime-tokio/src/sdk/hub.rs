@@ -17,9 +17,9 @@ use signalr_relay_core::service::{self, AckStatus, Payloads, ServiceMessage};
 use super::codec::{
     decode_args, encode_value, invocation_frame, invocation_payloads, invocation_payloads_with_id,
 };
-use super::connection::{ConnCommand, ConnTx};
+use super::command::{ConnCommand, ConnTx, Job};
 use super::HubRuntime;
-use crate::runtime::BoxFuture;
+use crate::glue::BoxFuture;
 
 /// An error a hub method reports to its caller (as the Completion's `error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,7 +325,7 @@ impl<T> Stream for UploadStream<T> {
 pub(crate) struct ClientEntry {
     pub(crate) info: ClientInfo,
     pub(crate) conn: ConnTx,
-    pub(crate) queue: mpsc::UnboundedSender<super::connection::Job>,
+    pub(crate) queue: mpsc::UnboundedSender<Job>,
     pub(crate) uploads: Mutex<BTreeMap<String, mpsc::UnboundedSender<RawValue>>>,
     pub(crate) streams: Mutex<BTreeMap<String, AbortHandle>>,
 }

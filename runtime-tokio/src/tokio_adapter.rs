@@ -1,4 +1,4 @@
-//! The tokio adapter.
+//! The tokio adapter: how tokio spawns, tells the time, sleeps, connects and accepts.
 
 use std::future::Future;
 use std::io;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-use crate::runtime::{BoxFuture, Listener, Runtime};
+use crate::glue::{BoxFuture, Listener, Runtime};
 
 /// Runs the glue on the current tokio runtime.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,6 +18,11 @@ impl Runtime for TokioRuntime {
 
     fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
         tokio::spawn(future);
+    }
+
+    fn now(&self) -> Instant {
+        // tokio's clock: virtual when paused (tests), the monotonic clock otherwise.
+        tokio::time::Instant::now().into_std()
     }
 
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {

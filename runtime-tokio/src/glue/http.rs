@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use signalr_relay_core::relay::{HttpRequest, HttpResponse};
 use smol_hyper::rt::FuturesIo;
 
-use crate::runtime::{Listener, Runtime};
+use crate::glue::{Listener, Runtime};
 
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 

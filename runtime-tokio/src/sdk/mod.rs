@@ -6,7 +6,7 @@
 //! results; the same hub serves JSON and MessagePack clients.
 //!
 //! ```no_run
-//! # use signalr_relay_tokio::app::*;
+//! # use signalr_relay_tokio::sdk::*;
 //! let chat = HubBuilder::new("chat")
 //!     .method("Echo", |_ctx: Context, (msg,): (String,)| async move { Ok(msg) })
 //!     .method("Broadcast", |ctx: Context, (msg,): (String,)| async move {
@@ -17,6 +17,7 @@
 //! ```
 
 mod codec;
+mod command;
 mod connection;
 mod hub;
 
@@ -30,14 +31,14 @@ use signalr_relay_core::classic::{
     ErrorResponse, NegotiateReply as ClassicNegotiateReply, RedirectResponse,
 };
 
-use self::connection::ConnTx;
+use self::command::ConnTx;
 use self::hub::ClientEntry;
 pub(crate) use self::hub::PendingResult;
 pub use self::hub::{
     Clients, Context, Groups, Hub, HubBuilder, HubError, InvokeError, MethodResult, Target,
     UploadStream,
 };
-use crate::runtime::Runtime;
+use crate::glue::Runtime;
 
 /// Settings of an [`AppServer`].
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ pub(crate) struct HubRuntime {
 }
 
 /// Sleeps for a while on some runtime.
-pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> crate::runtime::BoxFuture<()> + Send + Sync>;
+pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> crate::glue::BoxFuture<()> + Send + Sync>;
 
 impl HubRuntime {
     /// Any live server connection.
@@ -161,7 +162,7 @@ impl AppServer {
         for hub in self.shared.hubs.values() {
             let sleeper_runtime = runtime.clone();
             let _ = hub.sleeper.set(Arc::new(move |d| {
-                sleeper_runtime.sleep_until(std::time::Instant::now() + d)
+                sleeper_runtime.sleep_until(sleeper_runtime.now() + d)
             }));
             for _ in 0..self.shared.options.connections_per_hub {
                 connection::spawn(runtime.clone(), self.shared.clone(), hub.clone(), None);

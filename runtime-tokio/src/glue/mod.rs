@@ -1,4 +1,19 @@
-//! What the glue needs from an async runtime.
+//! The runtime-neutral glue: everything async that is not a runtime.
+//!
+//! Written once against `futures-io` and the small [`Runtime`] and [`Listener`] traits, and
+//! shared by both adapters (this crate's tokio one, and `signalr-relay-smol`):
+//!
+//! | module | what |
+//! |---|---|
+//! | `driver` | the relay served: the one task that owns the [`Relay`](signalr_relay_core::relay::Relay), feeds it and carries out what it says |
+//! | `http` | hyper on `futures-io`: requests for the core, responses, CORS |
+//! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from a bounded queue |
+//!
+//! An adapter says only how its runtime spawns, sleeps, tells the time, connects and accepts.
+
+pub(crate) mod driver;
+pub(crate) mod http;
+pub(crate) mod ws;
 
 use std::future::Future;
 use std::io;
@@ -6,10 +21,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
+pub use self::driver::{serve, ServeOptions};
+pub use self::http::serve_http;
+
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Spawning and sleeping, the two things the glue asks of a runtime.
+/// What the glue asks of an async runtime: spawning, the time, sleeping, connecting.
 pub trait Runtime: Clone + Send + Sync + 'static {
     /// The timer hyper uses for its header-read timeout.
     type Timer: hyper::rt::Timer + Send + Sync + 'static;
@@ -17,7 +35,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Runs `future` in the background.
     fn spawn(&self, future: impl Future<Output = ()> + Send + 'static);
 
-    /// Completes at `deadline`.
+    /// The time now, on the runtime's clock. The glue reads the time only here, so a runtime
+    /// whose clock is virtual (tokio's paused clock, in tests) runs the relay on it.
+    fn now(&self) -> Instant;
+
+    /// Completes at `deadline`, on the runtime's clock.
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()>;
 
     /// hyper's timer.
