@@ -71,7 +71,7 @@ pub enum MessageError {
     /// A key holds a value of the wrong JSON type.
     #[error("wrong JSON type: {0}")]
     WrongType(String),
-    /// A key appears twice in the same object.
+    /// A key appears twice in the same object: the key.
     #[error("duplicate key: {0}")]
     DuplicateKey(String),
     /// A key the message form requires is missing (or `null`).
@@ -89,13 +89,17 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    /// Classifies a `serde_json` error.
-    pub(crate) fn from_json(err: &serde_json::Error) -> Self {
-        let text = err.to_string();
+    /// Classifies a `serde_json` error met decoding `json`. A well-formed text that does not
+    /// fit the message form is a [`DuplicateKey`](Self::DuplicateKey) when one of its objects
+    /// repeats a key (found by reading the text again, on this error path only), else a
+    /// [`WrongType`](Self::WrongType).
+    pub(crate) fn from_json(err: &serde_json::Error, json: &str) -> Self {
         match err.classify() {
-            Category::Data if text.starts_with("duplicate field") => Self::DuplicateKey(text),
-            Category::Data => Self::WrongType(text),
-            Category::Syntax | Category::Eof | Category::Io => Self::InvalidJson(text),
+            Category::Data => match super::raw::duplicate_key(json) {
+                Some(key) => Self::DuplicateKey(key),
+                None => Self::WrongType(err.to_string()),
+            },
+            Category::Syntax | Category::Eof | Category::Io => Self::InvalidJson(err.to_string()),
         }
     }
 }

@@ -24,9 +24,10 @@ impl RawJson {
     /// # Errors
     /// [`MessageError::InvalidJson`] if it is not.
     pub fn from_string(json: String) -> Result<Self, MessageError> {
-        RawValue::from_string(json)
-            .map(Self)
-            .map_err(|e| MessageError::from_json(&e))
+        match RawValue::from_string(json) {
+            Ok(value) => Ok(Self(value)),
+            Err(e) => Err(MessageError::InvalidJson(e.to_string())),
+        }
     }
 
     /// Serializes `value` to compact JSON.
@@ -113,6 +114,77 @@ pub(crate) fn to_json_string<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// The first key that appears twice in one object, anywhere in a JSON text (`None` for a
+/// text that is not JSON).
+pub(crate) fn duplicate_key(json: &str) -> Option<String> {
+    serde_json::from_str::<FirstDuplicate>(json).ok()?.0
+}
+
+/// What [`duplicate_key`] finds in one value.
+struct FirstDuplicate(Option<String>);
+
+impl<'de> Deserialize<'de> for FirstDuplicate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FirstDuplicateVisitor)
+    }
+}
+
+struct FirstDuplicateVisitor;
+
+impl<'de> Visitor<'de> for FirstDuplicateVisitor {
+    type Value = FirstDuplicate;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(FirstDuplicate(inner)) = seq.next_element()? {
+            found = found.or(inner);
+        }
+        Ok(FirstDuplicate(found))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if found.is_none() && keys.contains(&key) {
+                found = Some(key.clone());
+            }
+            keys.insert(key);
+            let FirstDuplicate(inner) = map.next_value()?;
+            found = found.or(inner);
+        }
+        Ok(FirstDuplicate(found))
+    }
+}
+
 /// Checks that `bytes` is UTF-8 text whose first non-whitespace character opens an object.
 pub(crate) fn object_text(bytes: &[u8]) -> Result<&str, MessageError> {
     let text = std::str::from_utf8(bytes).map_err(|_| MessageError::InvalidUtf8)?;
@@ -129,7 +201,7 @@ pub(crate) fn object_text(bytes: &[u8]) -> Result<&str, MessageError> {
 
 /// Deserializes `T` from text already checked by [`object_text`].
 pub(crate) fn from_text<T: DeserializeOwned>(text: &str) -> Result<T, MessageError> {
-    serde_json::from_str(text).map_err(|e| MessageError::from_json(&e))
+    serde_json::from_str(text).map_err(|e| MessageError::from_json(&e, text))
 }
 
 /// Deserializes `T` from bytes that must hold one JSON object.
@@ -152,7 +224,8 @@ impl Probe {
     /// Probes bytes that must hold one JSON object. Returns the text for the real decode.
     pub(crate) fn run(bytes: &[u8]) -> Result<(Self, &str), MessageError> {
         let text = object_text(bytes)?;
-        let probe = serde_json::from_str::<Self>(text).map_err(|e| MessageError::from_json(&e))?;
+        let probe =
+            serde_json::from_str::<Self>(text).map_err(|e| MessageError::from_json(&e, text))?;
         Ok((probe, text))
     }
 }
@@ -311,6 +384,20 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawJson>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_repeated_key_is_found_at_any_depth_by_the_structure_of_the_text() {
+        assert_eq!(duplicate_key(r#"{"a":1,"a":2}"#), Some("a".to_owned()));
+        assert_eq!(
+            duplicate_key(r#"{"a":[{"b":1},{"c":{"d":1,"d":2}}]}"#),
+            Some("d".to_owned())
+        );
+        // The same key in two objects is no repetition; nor are repeated array values.
+        assert_eq!(duplicate_key(r#"[{"a":1},{"a":1}]"#), None);
+        assert_eq!(duplicate_key(r#"{"a":"a","b":"a"}"#), None);
+        assert_eq!(duplicate_key("not json"), None);
+    }
+
     use super::*;
 
     #[test]

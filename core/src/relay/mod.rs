@@ -122,7 +122,7 @@ use self::forwarded::Intro;
 use self::ids::{Handles, IdGenerator};
 use self::invocations::{Invocations, Pending};
 use self::output::Outputs;
-use self::reason::{Ending, ServerEnding, SERVER_CLOSE_CODE};
+use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
 use self::servers::Servers;
 use self::timers::{TimerKind, TimerQueue};
 use crate::aspnetcore::negotiate::{
@@ -293,10 +293,7 @@ impl Relay {
         };
         let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
             return Ok(HttpResponse::json(
-                NegotiateResponse::Error(format!(
-                    "No app server is connected for hub '{hub}'. Start the app server, or wait for its server connections, and try again."
-                ))
-                .to_json(),
+                NegotiateResponse::Error(texts::no_app_server_yet(&hub)).to_json(),
             ));
         };
         let version = query.resolved_version(1);
@@ -581,7 +578,7 @@ impl Relay {
                 invocation_id,
                 connection_id: client.connection_id.clone(),
                 caller_server_id: self.servers.server_id(caller).to_owned(),
-                error: Some("Connection disconnected.".to_owned()),
+                error: Some(texts::CONNECTION_DISCONNECTED.to_owned()),
                 ext: service::Ext::default(),
             });
             out.service(caller, &failed);
@@ -676,9 +673,7 @@ impl Relay {
             ServiceMessage::AccessKeyRequest(_) => {
                 let msg = ServiceMessage::AccessKeyResponse(service::AccessKeyResponse {
                     error_type: Some("NotSupported".to_owned()),
-                    error_message: Some(
-                        "This relay supports access-key authentication only.".to_owned(),
-                    ),
+                    error_message: Some(texts::ACCESS_KEYS_ONLY.to_owned()),
                     ..service::AccessKeyResponse::default()
                 });
                 self.out.service(conn, &msg);
@@ -708,18 +703,22 @@ impl Relay {
             })
         };
         let Some(conn) = self.directory.connection(&m.connection_id) else {
-            return self.out.service(caller, &fail(m, "Connection not found."));
+            return self
+                .out
+                .service(caller, &fail(m, texts::CONNECTION_NOT_FOUND));
         };
         if self.invocations.is_full() {
-            let error = "Too many client invocations are pending.";
-            return self.out.service(caller, &fail(m, error));
+            return self
+                .out
+                .service(caller, &fail(m, texts::TOO_MANY_INVOCATIONS));
         }
         let Entry::Occupied(mut entry) = self.clients.map.entry(conn) else {
-            return self.out.service(caller, &fail(m, "Connection not found."));
+            return self
+                .out
+                .service(caller, &fail(m, texts::CONNECTION_NOT_FOUND));
         };
         let Some(router) = entry.get().link.as_ref().map(|l| l.server) else {
-            let error = "The connection has not completed its handshake.";
-            return self.out.service(caller, &fail(m, error));
+            return self.out.service(caller, &fail(m, texts::NOT_HANDSHAKEN));
         };
         let pending = Pending {
             client: conn,

@@ -113,6 +113,65 @@ const POST_TOO_LARGE: &str = "The POST body exceeds the maximum message size.";
 /// The close reason of a socket that a reconnect replaced.
 pub(crate) const REPLACED: &str = "Replaced by the client's reconnect.";
 
+/// Texts that the app server or a client reads, beside the close reasons above.
+pub(crate) mod texts {
+    /// Client results: the client is gone.
+    pub(crate) const CONNECTION_DISCONNECTED: &str = "Connection disconnected.";
+    /// Client results: no client has that connection id.
+    pub(crate) const CONNECTION_NOT_FOUND: &str = "Connection not found.";
+    /// Client results: the table is full.
+    pub(crate) const TOO_MANY_INVOCATIONS: &str = "Too many client invocations are pending.";
+    /// Client results: the client has not finished its handshake.
+    pub(crate) const NOT_HANDSHAKEN: &str = "The connection has not completed its handshake.";
+    /// The answer to an AccessKeyRequest.
+    pub(crate) const ACCESS_KEYS_ONLY: &str = "This relay supports access-key authentication only.";
+    /// Classic: a poll or reconnect with a token the relay does not know.
+    pub(crate) const TOKEN_UNKNOWN: &str =
+        "The connection is closed, or its token is unknown or has expired.";
+    /// Classic: a `/send` over the limit of held sends.
+    pub(crate) const TOO_MANY_HELD_SENDS: &str =
+        "Too many hub invocations are waiting for their results.";
+    /// Classic: a send before `/connect`.
+    pub(crate) const NOT_CONNECTED: &str = "The connection is not connected.";
+    /// Classic: the app server's Close message had no error.
+    pub(crate) const SERVER_CLOSED_CONNECTION: &str = "The server closed the connection.";
+    /// Classic: a held `/send` whose connection ended.
+    pub(crate) const CLOSED_BEFORE_RESULT: &str =
+        "The connection closed before the method returned.";
+    /// Classic: a held poll whose connection ended.
+    pub(crate) const CONNECTION_CLOSED: &str = "The connection is closed.";
+    /// Classic: the app server asked a classic client for a result.
+    pub(crate) const NO_CLIENT_RESULTS: &str =
+        "Classic ASP.NET SignalR clients cannot return results to the server.";
+
+    /// No app server is connected for a hub.
+    pub(crate) fn no_app_server(hub: &str) -> String {
+        format!("No app server is connected for hub '{hub}'.")
+    }
+
+    /// No app server is connected for a hub, said at negotiate.
+    pub(crate) fn no_app_server_yet(hub: &str) -> String {
+        format!(
+            "No app server is connected for hub '{hub}'. Start the app server, or wait for its server connections, and try again."
+        )
+    }
+
+    /// Classic: a client message over the limit.
+    pub(crate) fn message_too_large(max: usize) -> String {
+        format!("The message exceeds the maximum size of {max} bytes.")
+    }
+
+    /// Classic: a client message that is not a hub invocation.
+    pub(crate) fn not_an_invocation(error: impl std::fmt::Display) -> String {
+        format!("The message is not a hub invocation: {error}.")
+    }
+
+    /// Classic: an invocation of another hub than the connection's.
+    pub(crate) fn not_this_hub(hub: &str) -> String {
+        format!("'{hub}' is not a hub of this connection.")
+    }
+}
+
 /// The WebSocket close code of every close of a client connection.
 pub(crate) const CLIENT_CLOSE_CODE: u16 = 1000;
 /// The WebSocket close code of a server connection the relay drops.
@@ -480,9 +539,7 @@ impl Rejection {
             Self::NotOwner => "The token's user does not own this connection.",
             Self::TransportChange => "Cannot change transports mid-connection",
             Self::TransportTaken => "Another transport is already connected for this connection ID.",
-            Self::NoAppServer { hub } => {
-                return format!("No app server is connected for hub '{hub}'.").into()
-            }
+            Self::NoAppServer { hub } => return texts::no_app_server(hub).into(),
             Self::ConnectionIdRequired => "Connection ID required",
             Self::NoTransport => "No transport is connected for this connection ID.",
             Self::PostOnWebSocket => "POST requests are not allowed for WebSocket connections.",

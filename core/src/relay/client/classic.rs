@@ -40,7 +40,7 @@ use crate::classic::{
 use crate::relay::config::RelayConfig;
 use crate::relay::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
 use crate::relay::output::{Outputs, Upstream};
-use crate::relay::reason::{Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
+use crate::relay::reason::{texts, Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
 use crate::relay::timers::TimerKind;
 use crate::relay::ConnHandle;
 
@@ -214,10 +214,7 @@ pub(crate) fn negotiate_hub(params: &RequestParams) -> Result<(String, String), 
 
 /// A classic negotiate's answer when no app server is connected.
 pub(crate) fn no_app_server(hub: &str) -> HttpResponse {
-    json(NegotiateReply::Error(ErrorResponse::new(format!(
-        "No app server is connected for hub '{hub}'. Start the app server, or wait for its server connections, and try again."
-    )))
-    .encode())
+    json(NegotiateReply::Error(ErrorResponse::new(texts::no_app_server_yet(hub))).encode())
 }
 
 /// A classic negotiate's answer for a new connection.
@@ -240,12 +237,9 @@ pub(crate) fn negotiated(
 pub(crate) fn unknown_token(kind: RequestKind, websocket: bool) -> RequestOutcome {
     respond(match kind {
         // The client stops cleanly on a global error.
-        RequestKind::Poll | RequestKind::Reconnect if !websocket => json(
-            PersistentResponse::global_error(
-                "The connection is closed, or its token is unknown or has expired.",
-            )
-            .encode(),
-        ),
+        RequestKind::Poll | RequestKind::Reconnect if !websocket => {
+            json(PersistentResponse::global_error(texts::TOKEN_UNKNOWN).encode())
+        }
         RequestKind::Abort => HttpResponse::text(200, ""),
         _ => Rejection::UnknownConnectionToken.into(),
     })
@@ -484,10 +478,7 @@ impl Classic {
             Ok(Incoming::Answer(result)) => respond(json(result.encode())),
             Ok(Incoming::AwaitsResult(id)) => {
                 if self.sends.len() >= MAX_HELD_SENDS || self.sends.contains_key(&id) {
-                    let failure = HubResult::failure(
-                        id,
-                        "Too many hub invocations are waiting for their results.",
-                    );
+                    let failure = HubResult::failure(id, texts::TOO_MANY_HELD_SENDS);
                     return respond(json(failure.encode()));
                 }
                 let request = cx.out.hold(cx.conn);
@@ -506,8 +497,7 @@ impl Classic {
     ) -> Result<(), Ending> {
         let max = cx.config.max_client_message_size;
         if data.len() > max {
-            let error = format!("The message exceeds the maximum size of {max} bytes.");
-            return Err(Ending::ClassicBadInput(error));
+            return Err(Ending::ClassicBadInput(texts::message_too_large(max)));
         }
         match self.incoming(cx.out, data, up) {
             Ok(Incoming::Answer(result)) => {
@@ -528,15 +518,15 @@ impl Classic {
         up: Option<Upstream<'_>>,
     ) -> Result<Incoming, String> {
         let Some(up) = up else {
-            return Err("The connection is not connected.".to_owned());
+            return Err(texts::NOT_CONNECTED.to_owned());
         };
         let invocation = match ClientMessage::decode(data) {
             Ok(ClientMessage::Invocation(inv)) => inv,
             Ok(_) => return Ok(Incoming::Forwarded),
-            Err(e) => return Err(format!("The message is not a hub invocation: {e}.")),
+            Err(e) => return Err(texts::not_an_invocation(e)),
         };
         if !invocation.hub.eq_ignore_ascii_case(&self.hub_name) {
-            let error = format!("'{}' is not a hub of this connection.", invocation.hub);
+            let error = texts::not_this_hub(&invocation.hub);
             return match invocation.id {
                 Some(id) => Ok(Incoming::Answer(HubResult::failure(id, error))),
                 None => Err(error),
@@ -626,7 +616,7 @@ impl Classic {
                 Ok(HubMessage::Close(close)) => {
                     let error = close
                         .error
-                        .unwrap_or_else(|| "The server closed the connection.".to_owned());
+                        .unwrap_or_else(|| texts::SERVER_CLOSED_CONNECTION.to_owned());
                     return Err(Ending::ClassicServerClosed(error));
                 }
                 _ => {}
@@ -769,12 +759,11 @@ impl Classic {
             }
         }
         for (id, request) in std::mem::take(&mut self.sends) {
-            let failure =
-                HubResult::failure(id, "The connection closed before the method returned.");
+            let failure = HubResult::failure(id, texts::CLOSED_BEFORE_RESULT);
             cx.out.respond(request, json(failure.encode()));
         }
         if let Some(request) = poll {
-            let body = PersistentResponse::global_error("The connection is closed.").encode();
+            let body = PersistentResponse::global_error(texts::CONNECTION_CLOSED).encode();
             cx.out.respond(request, json(body));
         }
         if channel.is_stream() {
@@ -801,9 +790,7 @@ fn refuse_client_result(out: &mut Outputs, up: Upstream<'_>, invocation_id: &str
     let completion = HubMessage::Completion(Completion {
         headers: Headers::new(),
         invocation_id: invocation_id.to_owned(),
-        result: CompletionResult::Error(
-            "Classic ASP.NET SignalR clients cannot return results to the server.".to_owned(),
-        ),
+        result: CompletionResult::Error(texts::NO_CLIENT_RESULTS.to_owned()),
     });
     let mut payload = Vec::new();
     crate::aspnetcore::json::write_message(&completion, &mut payload);

@@ -34,7 +34,7 @@ use super::directory::HubId;
 use super::forwarded::{self, Intro};
 use super::http::{HttpRequest, RequestId, RequestOutcome};
 use super::output::{ClientFamily, Outputs, Upstream};
-use super::reason::{Ending, Rejection};
+use super::reason::{texts, Ending, Rejection};
 use super::reframe::Reframer;
 use super::timers::{ClientTimers, ClientTimersMut, TimerKind, TimerQueue};
 use super::ConnHandle;
@@ -524,7 +524,7 @@ impl Client {
     pub(crate) fn no_server(then: &Then, hub: &str) -> Handled {
         match then {
             Then::Frames { .. } => Handled::ended(Err(Ending::HandshakeRefused(
-                format!("No app server is connected for hub '{hub}'.").into(),
+                texts::no_app_server(hub).into(),
             ))),
             Then::Classic(_) => Handled::refuse(Rejection::NoAppServer {
                 hub: hub.to_owned(),
