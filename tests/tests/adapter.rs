@@ -1,0 +1,577 @@
+//! The relay's driver (the glue), on both runtimes, over loopback sockets.
+//!
+//! These check the shovelling contract only: requests reach the core and its responses come
+//! back; WebSocket messages go both ways in order; event streams and held polls carry what
+//! the core says; a peer that stops reading is closed without harming the others; the glue
+//! reads the time from its runtime. What the relay decides is the core's tests' business.
+//! The peers here are minimal: the service protocol spoken by hand, and bare WebSocket and
+//! HTTP clients.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use signalr_relay_core::auth::{sign, Algorithm, Claims};
+use signalr_relay_core::relay::RelayConfig;
+use signalr_relay_core::service::{self, ServiceDecoder, ServiceMessage};
+use signalr_relay_smol::{SmolListener, SmolRuntime};
+use signalr_relay_tokio::{Listener, Runtime, ServeOptions, TokioListener, TokioRuntime};
+use smol_hyper::rt::FuturesIo;
+
+const KEY: &str = "adapter-test-key";
+
+/// How long any one step may take before the test fails (a guard against hangs, not a
+/// measurement).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn config() -> RelayConfig {
+    let mut config = RelayConfig::default();
+    config.access_keys = vec![KEY.to_owned()];
+    config
+}
+
+fn token(path: &str, user: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = Claims::issued_at(now, 3600);
+    claims.aud.push(format!("http://127.0.0.1{path}?hub=chat"));
+    claims.nameid = user.map(str::to_owned);
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+/// Runs `scenario` against a relay served on tokio, on loopback.
+fn on_tokio<F, Fut>(config: RelayConfig, scenario: F)
+where
+    F: FnOnce(TokioRuntime, SocketAddr) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let listener = TokioListener::bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("bound");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(serve_forever(TokioRuntime, listener, config));
+        scenario(TokioRuntime, addr).await;
+    });
+}
+
+/// Runs `scenario` against a relay served on smol, on loopback.
+fn on_smol<F, Fut>(config: RelayConfig, scenario: F)
+where
+    F: FnOnce(SmolRuntime, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    signalr_relay_smol::block_on(async move {
+        let listener = SmolListener::bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("bound");
+        let addr = listener.local_addr().expect("an address");
+        SmolRuntime.spawn(serve_forever(SmolRuntime, listener, config));
+        scenario(SmolRuntime, addr).await;
+    });
+}
+
+async fn serve_forever<R: Runtime, L: Listener>(runtime: R, listener: L, config: RelayConfig) {
+    let _ = signalr_relay_tokio::serve(runtime, listener, config, ServeOptions::default()).await;
+}
+
+/// One scenario, as one test per runtime.
+macro_rules! on_both_runtimes {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn tokio() {
+                super::on_tokio(super::config(), super::$scenario);
+            }
+
+            #[test]
+            fn smol() {
+                super::on_smol(super::config(), super::$scenario);
+            }
+        }
+    };
+}
+
+/// Fails the test if `step` takes longer than [`PATIENCE`].
+async fn within<R: Runtime, T>(runtime: &R, what: &str, step: impl Future<Output = T>) -> T {
+    let deadline = runtime.sleep_until(runtime.now() + PATIENCE);
+    futures_util::pin_mut!(step);
+    match futures_util::future::select(step, deadline).await {
+        futures_util::future::Either::Left((value, _)) => value,
+        futures_util::future::Either::Right(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+// ------------------------------------------------------------------------------ peers
+
+/// One HTTP request on a connection of its own.
+async fn http<R: Runtime>(
+    runtime: &R,
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Response<Incoming> {
+    let stream = runtime.connect(addr).await.expect("connected");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
+        .await
+        .expect("an HTTP connection");
+    runtime.spawn(async move {
+        let _ = connection.await;
+    });
+    sender.send_request(request).await.expect("a response")
+}
+
+fn get(path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
+    Request::get(path_and_query)
+        .header("Host", "127.0.0.1")
+        .header("Authorization", format!("Bearer {bearer}"))
+}
+
+fn post(path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
+    Request::post(path_and_query)
+        .header("Host", "127.0.0.1")
+        .header("Authorization", format!("Bearer {bearer}"))
+}
+
+async fn body_text(response: Response<Incoming>) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("a body");
+    (
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    )
+}
+
+/// Negotiates a client connection: its token.
+async fn negotiate<R: Runtime>(runtime: &R, addr: SocketAddr) -> String {
+    let request = post(
+        "/client/negotiate?hub=chat&negotiateVersion=1",
+        &token("/client/", None),
+    )
+    .body(Full::default())
+    .expect("a request");
+    let (status, body) = body_text(http(runtime, addr, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    json["connectionToken"]
+        .as_str()
+        .expect("a connection token")
+        .to_owned()
+}
+
+type Ws<R> = WebSocketStream<<R as Runtime>::Stream>;
+
+async fn websocket<R: Runtime>(runtime: &R, addr: SocketAddr, path: &str, bearer: &str) -> Ws<R> {
+    let stream = runtime.connect(addr).await.expect("connected");
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("a request");
+    request.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {bearer}")).expect("a header"),
+    );
+    let (ws, _) = async_tungstenite::client_async(request, stream)
+        .await
+        .expect("a WebSocket");
+    ws
+}
+
+/// An app server's connection, speaking the service protocol by hand.
+struct AppServer<R: Runtime> {
+    ws: Ws<R>,
+    decoder: ServiceDecoder,
+}
+
+impl<R: Runtime> AppServer<R> {
+    async fn connect(runtime: &R, addr: SocketAddr) -> Self {
+        let ws = websocket(
+            runtime,
+            addr,
+            "/server/?hub=chat",
+            &token("/server/", Some("app")),
+        )
+        .await;
+        let mut server = Self {
+            ws,
+            decoder: ServiceDecoder::default(),
+        };
+        server
+            .send(&ServiceMessage::HandshakeRequest(
+                service::HandshakeRequest::default(),
+            ))
+            .await;
+        let response = server.next(runtime).await;
+        assert!(
+            matches!(&response, ServiceMessage::HandshakeResponse(r) if r.error_message.is_empty()),
+            "{response:?}"
+        );
+        server
+    }
+
+    async fn send(&mut self, msg: &ServiceMessage) {
+        let mut bytes = Vec::new();
+        msg.write(&mut bytes).expect("encodable");
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("sent");
+    }
+
+    /// The next service message that is not a ping.
+    async fn next(&mut self, runtime: &R) -> ServiceMessage {
+        loop {
+            if let Some(msg) = self.decoder.next_message().expect("the service protocol") {
+                if !matches!(msg, ServiceMessage::Ping(_)) {
+                    return msg;
+                }
+                continue;
+            }
+            let data = within(runtime, "a service message", self.ws.next())
+                .await
+                .expect("the relay kept the server connection")
+                .expect("a message");
+            if let Message::Binary(data) = data {
+                self.decoder.push(&data);
+            }
+        }
+    }
+
+    /// The next service message that is not a ping, if one is there already.
+    fn try_next(&mut self) -> Option<ServiceMessage> {
+        loop {
+            if let Some(msg) = self.decoder.next_message().expect("the service protocol") {
+                if !matches!(msg, ServiceMessage::Ping(_)) {
+                    return Some(msg);
+                }
+                continue;
+            }
+            match futures_util::FutureExt::now_or_never(self.ws.next())? {
+                Some(Ok(Message::Binary(data))) => self.decoder.push(&data),
+                Some(Ok(_)) => {}
+                other => panic!("the relay dropped the server connection: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the client's OpenConnection and handshake: its connection id.
+    async fn opened(&mut self, runtime: &R) -> String {
+        let ServiceMessage::OpenConnection(open) = self.next(runtime).await else {
+            panic!("expected OpenConnection")
+        };
+        let ServiceMessage::ConnectionData(handshake) = self.next(runtime).await else {
+            panic!("expected the handshake")
+        };
+        assert_eq!(handshake.connection_id, open.connection_id);
+        assert_eq!(
+            &handshake.payload[..],
+            b"{\"protocol\":\"json\",\"version\":1}\x1e"
+        );
+        open.connection_id
+    }
+
+    async fn data(&mut self, connection_id: &str, payload: &'static [u8]) {
+        self.send(&ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: connection_id.to_owned(),
+            payload: Bytes::from_static(payload),
+            ext: service::Ext::default(),
+        }))
+        .await;
+    }
+}
+
+async fn next_text<R: Runtime>(runtime: &R, ws: &mut Ws<R>) -> String {
+    loop {
+        match within(runtime, "a client message", ws.next()).await {
+            Some(Ok(Message::Text(text))) => return text.to_string(),
+            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+
+// ------------------------------------------------------------------------------ scenarios
+
+async fn websocket_messages_flow_both_ways<R: Runtime>(runtime: R, addr: SocketAddr) {
+    let rt = &runtime;
+    let mut server = AppServer::connect(rt, addr).await;
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let mut client = websocket(rt, addr, &path, &token("/client/", None)).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    let connection_id = server.opened(rt).await;
+    server.data(&connection_id, b"{}\x1e").await;
+    assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
+    // In order, both ways.
+    for n in 0..20 {
+        let text = format!("{{\"type\":1,\"target\":\"Echo\",\"arguments\":[{n}]}}\x1e");
+        client
+            .send(Message::Text(text.clone().into()))
+            .await
+            .expect("sent");
+        let ServiceMessage::ConnectionData(up) = server.next(rt).await else {
+            panic!("expected the client's message")
+        };
+        assert_eq!(String::from_utf8_lossy(&up.payload), text);
+    }
+    server
+        .send(&ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: service::Payloads(vec![(
+                "json".into(),
+                Bytes::from_static(b"{\"type\":1,\"target\":\"all\",\"arguments\":[]}\x1e"),
+            )]),
+            ..service::BroadcastData::default()
+        }))
+        .await;
+    assert_eq!(
+        next_text(rt, &mut client).await,
+        "{\"type\":1,\"target\":\"all\",\"arguments\":[]}\x1e"
+    );
+    // The client leaves: its app server hears of it.
+    client.close(None).await.expect("closed");
+    let ServiceMessage::CloseConnection(gone) = server.next(rt).await else {
+        panic!("expected CloseConnection")
+    };
+    assert_eq!(gone.connection_id, connection_id);
+}
+on_both_runtimes!(websocket_messages_flow_both_ways);
+
+async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    let rt = &runtime;
+    let bearer = token("/client/", None);
+    let mut server = AppServer::connect(rt, addr).await;
+    // Server-Sent Events: a stream that stays open, and POSTs.
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let request = get(&path, &bearer)
+        .header("Accept", "text/event-stream")
+        .body(Full::default())
+        .expect("a request");
+    let response = http(rt, addr, request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.into_body();
+    let mut next_chunk = async || {
+        let frame = within(rt, "an event", stream.frame())
+            .await
+            .expect("the stream is open")
+            .expect("a frame");
+        String::from_utf8_lossy(&frame.into_data().expect("data")).into_owned()
+    };
+    assert_eq!(next_chunk().await, ":\r\n");
+    let send = post(&path, &bearer)
+        .body(Full::new(Bytes::from_static(HANDSHAKE)))
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
+    let connection_id = server.opened(rt).await;
+    server.data(&connection_id, b"{}\x1e").await;
+    assert_eq!(next_chunk().await, "data: {}\x1e\r\n\r\n");
+
+    // Long polling: the first poll returns at once, the next is held until there is data.
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let poll = || {
+        get(&path, &bearer)
+            .body(Full::default())
+            .expect("a request")
+    };
+    assert_eq!(
+        body_text(http(rt, addr, poll()).await).await,
+        (200, String::new())
+    );
+    let send = post(&path, &bearer)
+        .body(Full::new(Bytes::from_static(HANDSHAKE)))
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
+    let connection_id = server.opened(rt).await;
+    let held = http(rt, addr, poll());
+    let answer = async {
+        server.data(&connection_id, b"{}\x1e").await;
+    };
+    let (response, ()) = futures_util::future::join(held, answer).await;
+    assert_eq!(body_text(response).await, (200, "{}\x1e".to_owned()));
+    let delete = Request::delete(&path)
+        .header("Host", "127.0.0.1")
+        .header("Authorization", format!("Bearer {bearer}"))
+        .body(Full::default())
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, delete).await).await.0, 202);
+    let ServiceMessage::CloseConnection(gone) = server.next(rt).await else {
+        panic!("expected CloseConnection")
+    };
+    assert_eq!(gone.connection_id, connection_id);
+}
+on_both_runtimes!(event_streams_and_long_polls_carry_what_the_relay_says);
+
+async fn a_client_that_stops_reading_is_closed_and_the_others_are_not<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    let rt = &runtime;
+    let mut server = AppServer::connect(rt, addr).await;
+    let connect = async |server: &mut AppServer<R>| {
+        let id = negotiate(rt, addr).await;
+        let path = format!("/client/?hub=chat&id={id}");
+        let mut ws = websocket(rt, addr, &path, &token("/client/", None)).await;
+        ws.send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+        let connection_id = server.opened(rt).await;
+        server.data(&connection_id, b"{}\x1e").await;
+        (ws, connection_id)
+    };
+    let (_stalled, stalled_id) = connect(&mut server).await;
+    let (mut bystander, bystander_id) = connect(&mut server).await;
+    assert_eq!(next_text(rt, &mut bystander).await, "{}\x1e");
+    // Up to 64 MiB for a client that reads nothing: more than its socket and its queue hold.
+    let chunk = format!(
+        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(8 * 1024)
+    );
+    let chunk = Bytes::from(chunk);
+    let is_gone = |msg: &ServiceMessage| matches!(msg, ServiceMessage::CloseConnection(c) if c.connection_id == stalled_id);
+    let mut closed = false;
+    for _ in 0..8 * 1024 {
+        server
+            .send(&ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: stalled_id.clone(),
+                payload: chunk.clone(),
+                ext: service::Ext::default(),
+            }))
+            .await;
+        if server.try_next().is_some_and(|msg| is_gone(&msg)) {
+            closed = true;
+            break;
+        }
+    }
+    while !closed {
+        closed = is_gone(&server.next(rt).await);
+    }
+    // The other client noticed nothing.
+    server
+        .data(
+            &bystander_id,
+            b"{\"type\":1,\"target\":\"still\",\"arguments\":[]}\x1e",
+        )
+        .await;
+    assert_eq!(
+        next_text(rt, &mut bystander).await,
+        "{\"type\":1,\"target\":\"still\",\"arguments\":[]}\x1e"
+    );
+}
+on_both_runtimes!(a_client_that_stops_reading_is_closed_and_the_others_are_not);
+
+async fn plain_requests_are_answered<R: Runtime>(runtime: R, addr: SocketAddr) {
+    let rt = &runtime;
+    let health = Request::get("/health")
+        .header("Host", "127.0.0.1")
+        .body(Full::default())
+        .expect("a request");
+    assert_eq!(
+        body_text(http(rt, addr, health).await).await,
+        (200, "ok".to_owned())
+    );
+    let missing = Request::get("/nowhere")
+        .header("Host", "127.0.0.1")
+        .body(Full::default())
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, missing).await).await.0, 404);
+    // Garbage instead of HTTP costs only its own connection.
+    let mut garbage = rt.connect(addr).await.expect("connected");
+    futures_util::AsyncWriteExt::write_all(&mut garbage, b"\x00\x01 not http\r\n\r\n")
+        .await
+        .expect("written");
+    let mut rest = Vec::new();
+    let _ = within(
+        rt,
+        "the garbage connection to end",
+        futures_util::AsyncReadExt::read_to_end(&mut garbage, &mut rest),
+    )
+    .await;
+    let health = Request::get("/health")
+        .header("Host", "127.0.0.1")
+        .body(Full::default())
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, health).await).await.0, 200);
+}
+on_both_runtimes!(plain_requests_are_answered);
+
+/// The glue reads the time from its runtime. On tokio's paused clock, a relay whose handshake
+/// timeout is an hour closes a client that never sends its handshake, and an app server that
+/// never says hello, at once: an hour of the relay's time passes in no time (the app server
+/// that did say hello is dropped on the way, silent for the server timeout). On a real clock
+/// the test would not end for an hour, and fails after two minutes.
+#[test]
+fn the_driver_runs_on_its_runtimes_clock() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            let mut config = config();
+            config.handshake_timeout = Duration::from_secs(3600);
+            let listener = TokioListener::bind("127.0.0.1:0".parse().expect("an address"))
+                .await
+                .expect("bound");
+            let addr = listener.local_addr().expect("an address");
+            tokio::spawn(serve_forever(TokioRuntime, listener, config));
+            let runtime = TokioRuntime;
+            let _app = AppServer::connect(&runtime, addr).await;
+            let id = negotiate(&runtime, addr).await;
+            let path = format!("/client/?hub=chat&id={id}");
+            let mut client = websocket(&runtime, addr, &path, &token("/client/", None)).await;
+            let server_token = token("/server/", Some("app"));
+            let mut mute_server =
+                websocket(&runtime, addr, "/server/?hub=chat", &server_token).await;
+            let started = runtime.now();
+            let first = client.next().await;
+            assert!(
+                matches!(&first, Some(Ok(Message::Text(t))) if t.as_str() == "{\"error\":\"Handshake was canceled.\"}\x1e"),
+                "{first:?}"
+            );
+            let close = client.next().await;
+            assert!(
+                matches!(&close, Some(Ok(Message::Close(Some(f)))) if f.reason == "Handshake was canceled."),
+                "{close:?}"
+            );
+            let close = mute_server.next().await;
+            assert!(
+                matches!(&close, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1011),
+                "{close:?}"
+            );
+            assert!(runtime.now() - started >= Duration::from_secs(3600));
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the relay's hour passed on the runtime's clock");
+}
