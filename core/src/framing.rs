@@ -3,7 +3,7 @@
 //! Two framings are used on the wire:
 //! - **Text** ([`TextFrameDecoder`]): each frame ends with the record separator `0x1E`. Used by
 //!   the ASP.NET Core handshake and the JSON hub protocol.
-//! - **Length-prefixed** ([`BinaryFrameDecoder`]): each frame starts with a [`varint`](crate::varint)
+//! - **Length-prefixed** ([`BinaryFrameDecoder`]): each frame starts with a [`varint`]
 //!   length. Used by the MessagePack hub protocol and the service protocol.
 //!
 //! Both decoders take bytes in any chunking through `push`, then hand out whole frames through

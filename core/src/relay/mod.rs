@@ -79,7 +79,7 @@
 //! | `servers` | server connections: the service handshake, pings, load, their timers |
 //! | `client` | client connections: the ASP.NET Core and classic dialects, transports, stateful reconnect |
 //! | `invocations` | client results awaited, by the client that owes them and by the caller |
-//! | `command` | [`HubCommand`](command): the one verb type every fan-out goes through |
+//! | `command` | `HubCommand`: the one verb type every fan-out goes through |
 //! | `timers` | a small table per connection keyed by kind, and one ordered queue |
 //! | `output` | the output sink, held requests, and [`RelayStats`] |
 //! | `reason` | [`Rejection`], [`CloseReason`], and every text a peer reads |
