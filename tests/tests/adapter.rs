@@ -134,16 +134,20 @@ async fn http<R: Runtime>(
     sender.send_request(request).await.expect("a response")
 }
 
-fn get(path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
-    Request::get(path_and_query)
+fn with_token(method: &str, path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header("Host", "127.0.0.1")
         .header("Authorization", format!("Bearer {bearer}"))
 }
 
+fn get(path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
+    with_token("GET", path_and_query, bearer)
+}
+
 fn post(path_and_query: &str, bearer: &str) -> hyper::http::request::Builder {
-    Request::post(path_and_query)
-        .header("Host", "127.0.0.1")
-        .header("Authorization", format!("Bearer {bearer}"))
+    with_token("POST", path_and_query, bearer)
 }
 
 async fn body_text(response: Response<Incoming>) -> (u16, String) {
@@ -282,6 +286,15 @@ impl<R: Runtime> AppServer<R> {
         open.connection_id
     }
 
+    /// Waits for the CloseConnection of a client.
+    async fn closed(&mut self, runtime: &R, connection_id: &str) {
+        let msg = self.next(runtime).await;
+        assert!(
+            matches!(&msg, ServiceMessage::CloseConnection(c) if c.connection_id == connection_id),
+            "{msg:?}"
+        );
+    }
+
     async fn data(&mut self, connection_id: &str, payload: &'static [u8]) {
         self.send(&ServiceMessage::ConnectionData(service::ConnectionData {
             connection_id: connection_id.to_owned(),
@@ -349,10 +362,7 @@ async fn websocket_messages_flow_both_ways<R: Runtime>(runtime: R, addr: SocketA
     );
     // The client leaves: its app server hears of it.
     client.close(None).await.expect("closed");
-    let ServiceMessage::CloseConnection(gone) = server.next(rt).await else {
-        panic!("expected CloseConnection")
-    };
-    assert_eq!(gone.connection_id, connection_id);
+    server.closed(rt, &connection_id).await;
 }
 on_both_runtimes!(websocket_messages_flow_both_ways);
 
@@ -413,16 +423,11 @@ async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
     };
     let (response, ()) = futures_util::future::join(held, answer).await;
     assert_eq!(body_text(response).await, (200, "{}\x1e".to_owned()));
-    let delete = Request::delete(&path)
-        .header("Host", "127.0.0.1")
-        .header("Authorization", format!("Bearer {bearer}"))
+    let delete = with_token("DELETE", &path, &bearer)
         .body(Full::default())
         .expect("a request");
     assert_eq!(body_text(http(rt, addr, delete).await).await.0, 202);
-    let ServiceMessage::CloseConnection(gone) = server.next(rt).await else {
-        panic!("expected CloseConnection")
-    };
-    assert_eq!(gone.connection_id, connection_id);
+    server.closed(rt, &connection_id).await;
 }
 on_both_runtimes!(event_streams_and_long_polls_carry_what_the_relay_says);
 

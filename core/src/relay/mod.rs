@@ -652,21 +652,17 @@ impl Relay {
                 }
             }
             ServiceMessage::ClientInvocation(m) => self.client_invocation(now, conn, m),
-            ServiceMessage::ClientCompletion(m) => {
-                if let Some(pending) = self.invocations.complete(&m.invocation_id) {
+            // A client's answer, or its failure: to the app server that asked, unless the
+            // answering one is the same app server.
+            answer @ (ServiceMessage::ClientCompletion(_) | ServiceMessage::ErrorCompletion(_)) => {
+                let id = match &answer {
+                    ServiceMessage::ClientCompletion(m) => &m.invocation_id,
+                    ServiceMessage::ErrorCompletion(m) => &m.invocation_id,
+                    _ => return,
+                };
+                if let Some(pending) = self.invocations.complete(id) {
                     if !self.servers.same_app_server(pending.caller, conn) {
-                        let caller = pending.caller;
-                        self.out
-                            .service(caller, &ServiceMessage::ClientCompletion(m));
-                    }
-                }
-            }
-            ServiceMessage::ErrorCompletion(m) => {
-                if let Some(pending) = self.invocations.complete(&m.invocation_id) {
-                    if !self.servers.same_app_server(pending.caller, conn) {
-                        let caller = pending.caller;
-                        self.out
-                            .service(caller, &ServiceMessage::ErrorCompletion(m));
+                        self.out.service(pending.caller, &answer);
                     }
                 }
             }

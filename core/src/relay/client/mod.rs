@@ -80,6 +80,25 @@ pub(crate) struct Ctx<'a> {
     pub(crate) timers: ClientTimersMut<'a>,
 }
 
+impl<'a> Ctx<'a> {
+    fn new(
+        now: Instant,
+        conn: ConnHandle,
+        table: &'a mut ClientTimers,
+        config: &'a RelayConfig,
+        out: &'a mut Outputs,
+        queue: &'a mut TimerQueue,
+    ) -> Self {
+        Self {
+            now,
+            conn,
+            config,
+            out,
+            timers: queue.of(conn, table),
+        }
+    }
+}
+
 /// When the client last sent something, and was last sent something.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Activity {
@@ -310,13 +329,7 @@ impl Client {
             timers,
             ..
         } = self;
-        let mut cx = Ctx {
-            now,
-            conn: *conn,
-            config,
-            out,
-            timers: queue.of(*conn, timers),
-        };
+        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
         let up = link.as_ref().map(|l| Upstream {
             server: l.server,
             connection_id,
@@ -468,13 +481,7 @@ impl Client {
             ),
             pending: VecDeque::new(),
         });
-        let mut cx = Ctx {
-            now,
-            conn: self.conn,
-            config,
-            out,
-            timers: queue.of(self.conn, &mut self.timers),
-        };
+        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
         cx.timers.clear(TimerKind::Negotiate);
         if let Dialect::AspNetCore(a) = &mut self.dialect {
             a.open(&mut cx, protocol, &self.activity);
@@ -498,13 +505,7 @@ impl Client {
             timers,
             ..
         } = self;
-        let mut cx = Ctx {
-            now,
-            conn: *conn,
-            config,
-            out,
-            timers: queue.of(*conn, timers),
-        };
+        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
         match (then, dialect, link.as_ref()) {
             (Then::Frames { rest, stateful }, Dialect::AspNetCore(a), Some(link)) => {
                 Handled::from_next(
@@ -555,13 +556,7 @@ impl Client {
         } else {
             VecDeque::new()
         };
-        let mut cx = Ctx {
-            now,
-            conn: self.conn,
-            config,
-            out,
-            timers: queue.of(self.conn, &mut self.timers),
-        };
+        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
         for data in reframed.data.into_iter().chain(held) {
             cx.out.stats.to_client.add(data.len());
             send(&mut self.dialect, &mut cx, data, link, &self.connection_id)?;
@@ -592,13 +587,7 @@ impl Client {
             link.pending.push_back(data.clone());
             return Ok(());
         }
-        let mut cx = Ctx {
-            now,
-            conn: self.conn,
-            config,
-            out,
-            timers: queue.of(self.conn, &mut self.timers),
-        };
+        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
         cx.out.stats.to_client.add(data.len());
         match &mut self.dialect {
             Dialect::Classic(c) => match message.classic(c) {
@@ -643,13 +632,7 @@ impl Client {
             timers,
             ..
         } = self;
-        let mut cx = Ctx {
-            now,
-            conn: *conn,
-            config,
-            out,
-            timers: queue.of(*conn, timers),
-        };
+        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
         match dialect {
             Dialect::AspNetCore(a) => a.end(&mut cx, ending, link.as_ref(), token, tombstones),
             Dialect::Classic(c) => {

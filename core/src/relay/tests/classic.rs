@@ -264,9 +264,7 @@ fn classic_websocket(sim: &mut Sim, hub_name: &str) -> (ConnHandle, String) {
 fn classic_server_sent_events_carry_pushes_keep_alives_results_and_reconnects() {
     let mut sim = sim();
     let server = sim.connect_server("chat", "app-1");
-    let body = classic_negotiate(&mut sim);
-    let token = body["ConnectionToken"].as_str().unwrap().to_owned();
-    let id = body["ConnectionId"].as_str().unwrap().to_owned();
+    let (token, id) = classic_negotiated(&mut sim);
     let sse = |kind: &str, extra: &str, body: &str| {
         let query = format!("transport=serverSentEvents{extra}");
         classic(kind, &query, Some(&token), body, false)
@@ -331,11 +329,7 @@ fn classic_server_sent_events_carry_pushes_keep_alives_results_and_reconnects() 
 fn classic_progress_comes_before_the_result_over_long_polling() {
     let mut sim = sim();
     let server = sim.connect_server("chat", "app-1");
-    let body = classic_negotiate(&mut sim);
-    let token = body["ConnectionToken"].as_str().unwrap().to_owned();
-    let id = body["ConnectionId"].as_str().unwrap().to_owned();
-    respond(sim.handle(&long_poll("connect", &token, "")));
-    server_sends(&mut sim, server, &id, "{}\x1e");
+    let (token, id) = classic_long_polling(&mut sim, server);
     let data = format!(
         "data={}",
         urlencode("{\"H\":\"chat\",\"M\":\"Count\",\"A\":[2],\"I\":7}")
@@ -365,10 +359,7 @@ fn classic_progress_comes_before_the_result_over_long_polling() {
 fn a_classic_connect_without_an_app_server_is_refused_and_may_be_retried() {
     let mut sim = sim();
     let first = sim.connect_server("chat", "app-1");
-    let token = classic_negotiate(&mut sim)["ConnectionToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, _) = classic_negotiated(&mut sim);
     sim.closed_by_peer(first);
     let refused = respond(sim.handle(&long_poll("connect", &token, "")));
     assert_eq!(refused.status, 503);
@@ -511,11 +502,7 @@ fn the_app_server_ends_a_classic_connection_with_a_refusal_or_a_close() {
 fn what_a_classic_client_holds_is_answered_when_it_goes() {
     let mut sim = sim();
     let server = sim.connect_server("chat", "app-1");
-    let body = classic_negotiate(&mut sim);
-    let token = body["ConnectionToken"].as_str().unwrap().to_owned();
-    let id = body["ConnectionId"].as_str().unwrap().to_owned();
-    respond(sim.handle(&long_poll("connect", &token, "")));
-    server_sends(&mut sim, server, &id, "{}\x1e");
+    let (token, _) = classic_long_polling(&mut sim, server);
     let invoke = |n: usize| {
         format!(
             "data={}",
@@ -563,11 +550,7 @@ fn a_classic_buffer_keeps_the_newest_messages_and_polls_ack_what_they_got() {
     };
     let mut sim = Sim::with_config(epoch(), config);
     let server = sim.connect_server("chat", "app-1");
-    let body = classic_negotiate(&mut sim);
-    let token = body["ConnectionToken"].as_str().unwrap().to_owned();
-    let id = body["ConnectionId"].as_str().unwrap().to_owned();
-    respond(sim.handle(&long_poll("connect", &token, "")));
-    server_sends(&mut sim, server, &id, "{}\x1e");
+    let (token, id) = classic_long_polling(&mut sim, server);
     for n in 1..=5 {
         server_sends(
             &mut sim,
@@ -608,10 +591,7 @@ fn a_classic_buffer_keeps_the_newest_messages_and_polls_ack_what_they_got() {
 fn classic_requests_out_of_order_or_for_the_other_family_are_refused() {
     let mut sim = sim();
     sim.connect_server("chat", "app-1");
-    let token = classic_negotiate(&mut sim)["ConnectionToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, _) = classic_negotiated(&mut sim);
     let status = |sim: &mut Sim, req: HttpRequest| respond(sim.handle(&req)).status;
     assert_eq!(status(&mut sim, long_poll("start", &token, "")), 400);
     assert_eq!(status(&mut sim, long_poll("reconnect", &token, "")), 400);

@@ -220,10 +220,7 @@ fn traffic_and_refusals_are_counted() {
 fn a_classic_client_opens_as_classic_over_its_transport() {
     let mut sim = sim();
     sim.connect_server("chat", "app-1");
-    let token = classic_negotiate(&mut sim)["ConnectionToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, _) = classic_negotiated(&mut sim);
     let ws = classic("connect", "transport=webSockets", Some(&token), "", true);
     let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
         panic!()

@@ -145,6 +145,22 @@ fn classic_negotiate(sim: &mut Sim) -> serde_json::Value {
     serde_json::from_slice(&negotiate.body).unwrap()
 }
 
+/// A classic connection for `chat`, negotiated: its token and connection id.
+fn classic_negotiated(sim: &mut Sim) -> (String, String) {
+    let body = classic_negotiate(sim);
+    let field = |name: &str| body[name].as_str().unwrap().to_owned();
+    (field("ConnectionToken"), field("ConnectionId"))
+}
+
+/// A classic connection for `chat`, connected by long polling, its handshake answered by
+/// `server`: its token and connection id.
+fn classic_long_polling(sim: &mut Sim, server: ConnHandle) -> (String, String) {
+    let (token, id) = classic_negotiated(sim);
+    respond(sim.handle(&long_poll("connect", &token, "")));
+    server_sends(sim, server, &id, "{}\x1e");
+    (token, id)
+}
+
 /// A classic long-polling request on the connection with `token`.
 fn long_poll(kind: &str, token: &str, body: &str) -> HttpRequest {
     classic(kind, "transport=longPolling", Some(token), body, false)

@@ -6,6 +6,10 @@
 //! whatever the chunking. `tests/tests/fuzz_corpus.rs` replays the committed corpus through
 //! these functions on the stable toolchain.
 
+mod relay;
+
+pub use self::relay::relay_ops;
+
 use bytes::Bytes;
 
 use crate::aspnetcore::handshake::{HandshakeRequest, HandshakeResponse};
@@ -223,4 +227,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("classic_query", classic_query),
     ("classic_envelope", classic_envelope),
     ("jwt", jwt),
+    ("relay_ops", relay_ops),
 ];

@@ -1,0 +1,501 @@
+//! The relay itself, fuzzed: the input is a script of operations by app servers, ASP.NET Core
+//! and classic clients and the clock, played against a [`Relay`] through the simulation
+//! harness. Every step checks the run-loop contract (the harness does: time never goes back,
+//! `poll_timeout` moves past what `handle_timeout` ran, no held request is answered twice).
+//! At the end, two hours pass in silence, and then nothing may be left: no client, no server
+//! connection, no timer, no unanswered request; and the events and counters must balance
+//! (every connection that opened closed exactly once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::relay::sim::{request, token, Sim, KEY};
+use crate::relay::{ConnHandle, Event, HttpRequest, RelayConfig, RequestId, RequestOutcome};
+use crate::service::{self, ServiceMessage};
+
+/// The script, read a byte at a time. An exhausted script reads as zeros, and ends the run.
+struct Script<'a>(&'a [u8]);
+
+impl Script<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::from(self.byte()) % n.max(1)
+    }
+
+    fn pick<'s, T>(&mut self, items: &'s [T]) -> Option<&'s T> {
+        if items.is_empty() {
+            return None;
+        }
+        items.get(self.below(items.len()))
+    }
+
+    /// Up to 64 bytes of the script, as they are.
+    fn bytes(&mut self) -> Bytes {
+        let n = self.below(65).min(self.0.len());
+        let (taken, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Bytes::copy_from_slice(taken)
+    }
+}
+
+const HUBS: [&str; 2] = ["chat", "other"];
+
+/// Client frames that mean something to the relay, beside whatever the script writes.
+const CLIENT_FRAMES: &[&[u8]] = &[
+    b"{\"protocol\":\"json\",\"version\":1}\x1e",
+    b"{\"protocol\":\"json\",\"version\":2}\x1e",
+    b"{\"protocol\":\"messagepack\",\"version\":1}\x1e",
+    b"{\"type\":6}\x1e",
+    b"{\"type\":1,\"target\":\"Echo\",\"arguments\":[1]}\x1e",
+    b"{\"type\":8,\"sequenceId\":1}\x1e",
+    b"{\"type\":9,\"sequenceId\":1}\x1e",
+    b"{\"type\":1,\"tar",
+    b"\x02\x91\x06",
+    b"{\"H\":\"chat\",\"M\":\"Echo\",\"A\":[1],\"I\":0}",
+    b"{\"H\":\"other\",\"M\":\"Echo\",\"A\":[]}",
+];
+
+/// Payloads an app server sends a client, beside whatever the script writes.
+const SERVER_FRAMES: &[&[u8]] = &[
+    b"{}\x1e",
+    b"{\"error\":\"no\"}\x1e",
+    b"{\"type\":1,\"target\":\"m\",\"arguments\":[1]}\x1e",
+    b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"ask\",\"arguments\":[]}\x1e",
+    b"{\"type\":2,\"invocationId\":\"0\",\"item\":1}\x1e",
+    b"{\"type\":3,\"invocationId\":\"0\",\"result\":1}\x1e",
+    b"{\"type\":7,\"error\":\"bye\"}\x1e",
+    b"{}\x1e\x02\x91\x06",
+    b"{\"type\":1,\"ta",
+];
+
+/// What the script has made so far.
+#[derive(Default)]
+struct World {
+    servers: Vec<ConnHandle>,
+    /// ASP.NET Core connection tokens, with their hub.
+    tokens: Vec<(String, &'static str)>,
+    /// Classic connection tokens.
+    classic: Vec<String>,
+    /// Every handle a request attached a socket or stream to.
+    sockets: Vec<ConnHandle>,
+    /// Held requests, and whether the client abandoned them.
+    held: BTreeMap<RequestId, bool>,
+}
+
+impl World {
+    fn note(&mut self, outcome: RequestOutcome) {
+        match outcome {
+            RequestOutcome::AcceptWebSocket(c) | RequestOutcome::EventStream(c) => {
+                self.sockets.push(c);
+            }
+            RequestOutcome::Pending(r) => {
+                self.held.insert(r, false);
+            }
+            RequestOutcome::Respond(_) => {}
+        }
+    }
+}
+
+/// Plays a script against a relay. See the module docs.
+///
+/// # Panics
+/// When the relay breaks the run-loop contract or leaves something behind.
+pub fn relay_ops(data: &[u8]) {
+    let config = RelayConfig {
+        max_client_message_size: 256,
+        max_long_poll_buffer: 4096,
+        stateful_reconnect_buffer: 1024,
+        max_pending_messages: 4,
+        classic_buffer_messages: 8,
+        clients_per_server_connection: 2,
+        ..RelayConfig::default()
+    };
+    // The harness's epoch; nothing reads the clock after this.
+    #[allow(clippy::disallowed_methods)]
+    let epoch = Instant::now();
+    let mut sim = Sim::with_config(epoch, config);
+    let mut world = World::default();
+    let mut script = Script(data);
+    while !script.0.is_empty() {
+        step(&mut sim, &mut world, &mut script);
+    }
+    // Two hours of silence: every server connection times out, and every client with it.
+    for _ in 0..(2 * 3600 / 30) {
+        sim.advance(Duration::from_secs(30));
+    }
+    let relay = sim.relay();
+    assert_eq!(relay.client_count(), 0, "a client outlived its timeouts");
+    assert_eq!(relay.server_connection_count(), 0);
+    assert_eq!(
+        relay.poll_timeout(),
+        None,
+        "a timer outlived its connection"
+    );
+    for (request, abandoned) in &world.held {
+        assert!(
+            *abandoned || sim.responses.contains_key(request),
+            "{request:?} was never answered"
+        );
+    }
+    let mut open: BTreeSet<ConnHandle> = BTreeSet::new();
+    for event in &sim.events {
+        match event {
+            Event::ClientOpened { conn, .. } | Event::ServerOpened { conn, .. } => {
+                assert!(open.insert(*conn), "{conn:?} opened twice");
+            }
+            Event::ClientClosed { conn, .. } | Event::ServerClosed { conn, .. } => {
+                assert!(open.remove(conn), "{conn:?} closed without being open");
+            }
+        }
+    }
+    assert!(open.is_empty(), "{open:?} never closed");
+    let stats = relay.stats();
+    assert_eq!(stats.clients_opened, stats.clients_closed.total());
+    assert_eq!(stats.servers_opened, stats.servers_closed.total());
+}
+
+fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
+    let hub = HUBS[script.below(HUBS.len())];
+    match script.byte() % 12 {
+        // An app server connects; most say hello.
+        0 => {
+            let server = sim.accept_server(hub, ["app-1", "app-2"][script.below(2)]);
+            if script.byte() % 8 != 0 {
+                let hello = service::HandshakeRequest {
+                    version: i32::from(script.byte() % 8 != 0),
+                    ..service::HandshakeRequest::default()
+                };
+                send_service(sim, server, &ServiceMessage::HandshakeRequest(hello));
+            }
+            world.servers.push(server);
+        }
+        // A client negotiates.
+        1 => {
+            let query = format!(
+                "hub={hub}&negotiateVersion={}&useStatefulReconnect={}",
+                script.byte() % 2,
+                script.byte() % 2 == 0
+            );
+            let bearer = token("/client/", hub, Some("u"), 3600, KEY);
+            let req = request("POST", "/client/negotiate", &query, Some(&bearer), false);
+            if let RequestOutcome::Respond(r) = sim.handle(&req) {
+                let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                let id = json["connectionToken"]
+                    .as_str()
+                    .or(json["connectionId"].as_str());
+                if let Some(id) = id {
+                    world.tokens.push((id.to_owned(), hub));
+                }
+            }
+        }
+        // A client opens a WebSocket: on a negotiated connection, or without negotiating.
+        2 => {
+            let (id, hub) = match script.pick(&world.tokens) {
+                Some((id, hub)) if script.byte() % 4 != 0 => (format!("&id={id}"), *hub),
+                _ => (String::new(), hub),
+            };
+            let user = ["u", "mallory"][usize::from(script.byte() % 8 == 0)];
+            let bearer = token("/client/", hub, Some(user), 3600, KEY);
+            let req = request(
+                "GET",
+                "/client/",
+                &format!("hub={hub}{id}"),
+                Some(&bearer),
+                true,
+            );
+            let outcome = sim.handle(&req);
+            world.note(outcome);
+        }
+        // A socket says something.
+        3 => {
+            let Some(&conn) = script.pick(&world.sockets) else {
+                return;
+            };
+            let data = match script.pick(CLIENT_FRAMES) {
+                Some(frame) if script.byte() % 4 != 0 => Bytes::from_static(frame),
+                _ => script.bytes(),
+            };
+            sim.data(conn, &data);
+        }
+        // An app server says something.
+        4 => {
+            let Some(&server) = script.pick(&world.servers) else {
+                return;
+            };
+            if script.byte() % 8 == 0 {
+                let garbage = script.bytes();
+                sim.data(server, &garbage);
+                return;
+            }
+            let ids = connection_ids(sim);
+            let msg = server_message(script, &ids);
+            send_service(sim, server, &msg);
+        }
+        // Time passes; the app servers keep their connections alive, mostly.
+        5 => {
+            sim.advance(Duration::from_millis(u64::from(script.byte()) * 200));
+            if script.byte() % 4 != 0 {
+                for server in world.servers.clone() {
+                    send_service(sim, server, &ServiceMessage::Ping(service::Ping::default()));
+                }
+            }
+        }
+        // A socket or stream goes away.
+        6 => {
+            let all: Vec<ConnHandle> = world
+                .sockets
+                .iter()
+                .chain(&world.servers)
+                .copied()
+                .collect();
+            if let Some(&conn) = script.pick(&all) {
+                sim.closed_by_peer(conn);
+            }
+        }
+        // Server-Sent Events, long polls, sends and deletes.
+        7 => {
+            let Some((id, hub)) = script.pick(&world.tokens).cloned() else {
+                return;
+            };
+            let method = ["GET", "GET", "POST", "DELETE"][script.below(4)];
+            let bearer = token("/client/", hub, Some("u"), 3600, KEY);
+            let mut req = request(
+                method,
+                "/client/",
+                &format!("hub={hub}&id={id}"),
+                Some(&bearer),
+                false,
+            );
+            if script.byte() % 2 == 0 {
+                req.headers
+                    .push(("Accept".into(), "text/event-stream".into()));
+            }
+            if method == "POST" {
+                req.body = match script.pick(CLIENT_FRAMES) {
+                    Some(frame) => Bytes::from_static(frame),
+                    None => script.bytes(),
+                };
+            }
+            let outcome = sim.handle(&req);
+            world.note(outcome);
+        }
+        // A client abandons a held request.
+        8 => {
+            let waiting: Vec<RequestId> = world
+                .held
+                .iter()
+                .filter(|(r, abandoned)| !**abandoned && !sim.responses.contains_key(r))
+                .map(|(r, _)| *r)
+                .collect();
+            if let Some(&request) = script.pick(&waiting) {
+                world.held.insert(request, true);
+                sim.abort(request);
+            }
+        }
+        // Classic clients.
+        9 | 10 => classic(sim, world, script, hub),
+        // Anything at all, at any path.
+        _ => {
+            let paths = [
+                "/client/negotiate",
+                "/client/",
+                "/server/",
+                "/aspnetclient/poll",
+                "/health",
+                "/x",
+            ];
+            let path = paths[script.below(paths.len())];
+            let query = String::from_utf8_lossy(&script.bytes()).into_owned();
+            let mut req = request(
+                ["GET", "POST", "PUT"][script.below(3)],
+                path,
+                &query,
+                None,
+                script.byte() % 2 == 0,
+            );
+            req.body = script.bytes();
+            let outcome = sim.handle(&req);
+            world.note(outcome);
+        }
+    }
+}
+
+fn classic(sim: &mut Sim, world: &mut World, script: &mut Script<'_>, hub: &str) {
+    let kinds = [
+        "negotiate",
+        "connect",
+        "reconnect",
+        "start",
+        "send",
+        "poll",
+        "abort",
+    ];
+    let kind = kinds[script.below(kinds.len())];
+    let transport = ["webSockets", "serverSentEvents", "longPolling"][script.below(3)];
+    let websocket = transport == "webSockets" && matches!(kind, "connect" | "reconnect");
+    let mut query = format!(
+        "clientProtocol=2.1&transport={transport}&connectionData=%5B%7B%22name%22%3A%22{hub}%22%7D%5D&messageId={}",
+        script.byte() % 4
+    );
+    if let Some(t) = script.pick(&world.classic) {
+        let encoded: String = form_urlencoded::byte_serialize(t.as_bytes()).collect();
+        query.push_str(&format!("&connectionToken={encoded}"));
+    }
+    let method = if kind == "send" || kind == "abort" {
+        "POST"
+    } else {
+        "GET"
+    };
+    let mut claims = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    claims.nameid = Some("u".to_owned());
+    let bearer = crate::auth::sign(&claims, KEY.as_bytes(), crate::auth::Algorithm::Hs256);
+    let mut req: HttpRequest = request(
+        method,
+        &format!("/aspnetclient/{kind}"),
+        &query,
+        Some(&bearer),
+        websocket,
+    );
+    if kind == "send" {
+        let data = match script.pick(CLIENT_FRAMES) {
+            Some(frame) => Bytes::from_static(frame),
+            None => script.bytes(),
+        };
+        let encoded: String = form_urlencoded::byte_serialize(&data).collect();
+        req.body = Bytes::from(format!("data={encoded}"));
+    }
+    match sim.handle(&req) {
+        RequestOutcome::Respond(r) if kind == "negotiate" => {
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if let Some(t) = json["ConnectionToken"].as_str() {
+                world.classic.push(t.to_owned());
+            }
+        }
+        outcome => world.note(outcome),
+    }
+}
+
+/// The connection ids app servers have been told of.
+fn connection_ids(sim: &Sim) -> Vec<String> {
+    sim.to_server
+        .values()
+        .flatten()
+        .filter_map(|m| match m {
+            ServiceMessage::OpenConnection(o) => Some(o.connection_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
+    let id = script
+        .pick(ids)
+        .cloned()
+        .unwrap_or_else(|| "nobody".to_owned());
+    let payload = match script.pick(SERVER_FRAMES) {
+        Some(frame) if script.byte() % 4 != 0 => Bytes::from_static(frame),
+        _ => script.bytes(),
+    };
+    let payloads = service::Payloads(vec![
+        ("json".into(), payload.clone()),
+        ("messagepack".into(), Bytes::from_static(b"\x02\x91\x06")),
+    ]);
+    let group = ["g", "h"][script.below(2)].to_owned();
+    let user = ["u", "v"][script.below(2)].to_owned();
+    let ack_id = i32::from(script.byte());
+    match script.byte() % 16 {
+        0..=3 => ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: id,
+            payload,
+            ext: service::Ext::default(),
+        }),
+        4 => ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: vec![id],
+            payloads,
+            ext: service::Ext::default(),
+        }),
+        5 => ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+            group,
+            excluded_user_ids: vec![user],
+            payloads,
+            ..service::GroupBroadcastData::default()
+        }),
+        6 => ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: id,
+            group: Some(group),
+            ack_id,
+            ext: service::Ext::default(),
+        }),
+        7 => ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: id,
+            group: None,
+            ack_id,
+            ext: service::Ext::default(),
+        }),
+        8 => ServiceMessage::UserJoinGroup(service::UserGroupMembership {
+            user_id: user,
+            group: Some(group),
+            ext: service::Ext {
+                ttl: Some(i32::from(script.byte()) - 20),
+                ..service::Ext::default()
+            },
+        }),
+        9 => ServiceMessage::MultiConnectionData(service::MultiConnectionData {
+            connection_ids: vec![id.clone(), id],
+            payloads,
+            ext: service::Ext::default(),
+        }),
+        10 => ServiceMessage::UserData(service::UserData {
+            user_id: user,
+            payloads,
+            ext: service::Ext::default(),
+        }),
+        11 => ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: id,
+            ..service::CloseConnection::default()
+        }),
+        12 => ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: format!("i{}", script.byte() % 4),
+            connection_id: id,
+            caller_server_id: "app-2".into(),
+            payloads,
+            ext: service::Ext::default(),
+        }),
+        13 => ServiceMessage::ClientCompletion(service::ClientCompletion {
+            invocation_id: format!("i{}", script.byte() % 4),
+            connection_id: id,
+            caller_server_id: "app-2".into(),
+            protocol: "json".into(),
+            payload,
+            ext: service::Ext::default(),
+        }),
+        14 => ServiceMessage::CloseGroupConnectionsWithAck(service::CloseConnectionsWithAck {
+            target: group,
+            ack_id,
+            ..service::CloseConnectionsWithAck::default()
+        }),
+        _ => ServiceMessage::Ping(service::Ping::pairs([(
+            ["status", "shutdown", "servers", "echo"][script.below(4)],
+            "fin",
+        )])),
+    }
+}
+
+fn send_service(sim: &mut Sim, server: ConnHandle, msg: &ServiceMessage) {
+    let mut out = Vec::new();
+    if msg.write(&mut out).is_ok() {
+        sim.data(server, &out);
+    }
+}
