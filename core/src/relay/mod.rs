@@ -18,7 +18,8 @@
 //!
 //! After **every** `handle_*` call, drain [`Relay::poll_output`] until it returns `None`, then
 //! re-arm the timer from [`Relay::poll_timeout`]. Time passed in must never go backwards.
-//! Calling [`Relay::handle_timeout`] early is harmless. Once an [`Output::Close`] for a
+//! Calling [`Relay::handle_timeout`] early is harmless; `poll_timeout` never answers a time
+//! before the `now` of the last call (a deadline that has passed is due at that `now`). Once an [`Output::Close`] for a
 //! handle has come out, the socket or event stream it named is done: ignore its input. A later
 //! request may attach a new socket to the same handle (a stateful reconnect, or a classic
 //! `/reconnect`); its [`RequestOutcome`] says so, and from then on the handle means the new
@@ -337,7 +338,7 @@ impl Relay {
         let user = claims.user_id().map(str::to_owned);
         let mut client = Client::new(now, conn, hub, ids, user, Intro::new(claims, req), dialect);
         self.timers
-            .of(conn, &mut client.timers)
+            .of(conn, &mut client.timers, now)
             .set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
         client
     }

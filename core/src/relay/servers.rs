@@ -84,7 +84,7 @@ impl ServerConn {
             ..service::HandshakeResponse::default()
         });
         out.service(conn, &response);
-        let mut timers = queue.of(conn, &mut self.timers);
+        let mut timers = queue.of(conn, &mut self.timers, now);
         timers.clear(TimerKind::ServerHandshake);
         timers.set(TimerKind::ServerPing, now + config.server_ping_interval);
         timers.set(
@@ -104,7 +104,7 @@ impl ServerConn {
         out: &mut Outputs,
         queue: &mut TimerQueue,
     ) -> Result<(), ServerEnding> {
-        let mut timers = queue.of(conn, &mut self.timers);
+        let mut timers = queue.of(conn, &mut self.timers, now);
         timers.fired(kind);
         match kind {
             TimerKind::ServerHandshake => Err(ServerEnding::HandshakeTimedOut),
@@ -155,7 +155,7 @@ impl Servers {
             timers: ServerTimers::default(),
         };
         queue
-            .of(conn, &mut server.timers)
+            .of(conn, &mut server.timers, now)
             .set(TimerKind::ServerHandshake, now + config.handshake_timeout);
         self.map.insert(conn, server);
     }

@@ -111,16 +111,18 @@ impl<const N: usize> TimerTable<N> {
 pub(crate) struct TimerQueue(BTreeSet<(Instant, ConnHandle, TimerKind)>);
 
 impl TimerQueue {
-    /// The timers of one connection, to set and clear.
+    /// The timers of one connection, to set and clear while handling an input at `now`.
     pub(crate) fn of<'a, const N: usize>(
         &'a mut self,
         conn: ConnHandle,
         table: &'a mut TimerTable<N>,
+        now: Instant,
     ) -> Timers<'a, N> {
         Timers {
             queue: self,
             table,
             conn,
+            now,
         }
     }
 
@@ -148,11 +150,14 @@ impl TimerQueue {
     }
 }
 
-/// The timers of one connection.
+/// The timers of one connection, during one input.
 pub(crate) struct Timers<'a, const N: usize> {
     queue: &'a mut TimerQueue,
     table: &'a mut TimerTable<N>,
     conn: ConnHandle,
+    /// The input's time: no timer is armed before it, so that `poll_timeout` never goes back
+    /// past the last `now` (a deadline already passed is due at once).
+    now: Instant,
 }
 
 impl<const N: usize> Timers<'_, N> {
@@ -161,8 +166,9 @@ impl<const N: usize> Timers<'_, N> {
         &mut self.table.0[kind.slot()]
     }
 
-    /// Arms `kind` for `at`, in place of when it was armed for.
+    /// Arms `kind` for `at` (or now, if `at` has passed), in place of when it was armed for.
     pub(crate) fn set(&mut self, kind: TimerKind, at: Instant) {
+        let at = at.max(self.now);
         let conn = self.conn;
         let slot = self.slot(kind);
         if *slot == Some(at) {
@@ -176,6 +182,7 @@ impl<const N: usize> Timers<'_, N> {
 
     /// Arms `kind` for `at`, unless it is armed for earlier.
     pub(crate) fn set_at_most(&mut self, kind: TimerKind, at: Instant) {
+        let at = at.max(self.now);
         if self.get(kind).is_none_or(|armed| armed > at) {
             self.set(kind, at);
         }
@@ -214,24 +221,36 @@ mod tests {
         let mut queue = TimerQueue::default();
         let (mut a, mut b) = (ClientTimers::default(), ClientTimers::default());
         let (ca, cb) = (ConnHandle(1), ConnHandle(2));
-        queue.of(ca, &mut a).set(TimerKind::KeepAlive, t0 + 3 * s);
-        queue.of(ca, &mut a).set(TimerKind::Handshake, t0 + 5 * s);
-        queue.of(cb, &mut b).set(TimerKind::KeepAlive, t0 + 2 * s);
+        queue
+            .of(ca, &mut a, t0)
+            .set(TimerKind::KeepAlive, t0 + 3 * s);
+        queue
+            .of(ca, &mut a, t0)
+            .set(TimerKind::Handshake, t0 + 5 * s);
+        queue
+            .of(cb, &mut b, t0)
+            .set(TimerKind::KeepAlive, t0 + 2 * s);
         assert_eq!(queue.next(), Some(t0 + 2 * s));
         // Moved later: the old entry is gone.
-        queue.of(cb, &mut b).set(TimerKind::KeepAlive, t0 + 4 * s);
         queue
-            .of(ca, &mut a)
+            .of(cb, &mut b, t0)
+            .set(TimerKind::KeepAlive, t0 + 4 * s);
+        queue
+            .of(ca, &mut a, t0)
             .set_at_most(TimerKind::Handshake, t0 + 6 * s);
         assert_eq!(
-            queue.of(ca, &mut a).get(TimerKind::Handshake),
+            queue.of(ca, &mut a, t0).get(TimerKind::Handshake),
             Some(t0 + 5 * s)
         );
-        queue.of(ca, &mut a).clear(TimerKind::KeepAlive);
+        queue.of(ca, &mut a, t0).clear(TimerKind::KeepAlive);
         assert_eq!(queue.pop_due(t0 + 3 * s), None);
         assert_eq!(queue.pop_due(t0 + 4 * s), Some((cb, TimerKind::KeepAlive)));
-        queue.of(cb, &mut b).fired(TimerKind::KeepAlive);
+        queue.of(cb, &mut b, t0).fired(TimerKind::KeepAlive);
         queue.forget(ca, &a);
         assert_eq!(queue.next(), None);
+        // A deadline already passed is due at once, never before the input's time.
+        let later = t0 + 10 * s;
+        queue.of(cb, &mut b, later).set(TimerKind::Ack, t0);
+        assert_eq!(queue.next(), Some(later));
     }
 }

@@ -94,7 +94,7 @@ impl<'a> Ctx<'a> {
             conn,
             config,
             out,
-            timers: queue.of(conn, table),
+            timers: queue.of(conn, table, now),
         }
     }
 }

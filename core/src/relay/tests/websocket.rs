@@ -232,3 +232,39 @@ fn busy_clients_get_no_keep_alive_pings() {
     assert!(!text.contains("{\"type\":6}"), "{text}");
     assert_eq!(sim.relay().client_count(), 1);
 }
+
+#[test]
+fn a_client_that_opens_long_after_negotiating_arms_no_timer_in_the_past() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let id = sim.negotiate("chat", None).unwrap();
+    // Nothing has been sent to the client since it negotiated: by the time it opens, a
+    // keep-alive is already due. It is due now, not before now.
+    sim.advance(Duration::from_secs(14));
+    let ws = request(
+        "GET",
+        "/client/",
+        &format!("hub=chat&id={id}"),
+        Some(&token("/client/", "chat", None, 3600, KEY)),
+        true,
+    );
+    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
+        panic!()
+    };
+    sim.send_service(server, &ServiceMessage::Ping(service::Ping::default()));
+    sim.advance(Duration::from_secs(10));
+    sim.data(c, b"{\"protocol\":\"json\",\"version\":1}\x1e");
+    assert!(sim.relay().poll_timeout() >= Some(sim.now()));
+    // The keep-alive runs at once (advance checks that no deadline lies before now).
+    sim.advance(Duration::from_millis(1));
+    let connection_id = sim.connection_id(c).to_owned();
+    sim.accept_handshake(c, &connection_id);
+    sim.send_service(server, &ServiceMessage::Ping(service::Ping::default()));
+    sim.advance(Duration::from_secs(16));
+    assert!(
+        sim.client_text(c).ends_with("{\"type\":6}\x1e"),
+        "{}",
+        sim.client_text(c)
+    );
+    assert!(sim.is_open(c));
+}
