@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::relay::sim::{request, token, Sim, KEY};
-use crate::relay::{ConnHandle, Event, HttpRequest, RelayConfig, RequestId, RequestOutcome};
+use crate::relay::sim::{classic_request, request, token, Sim, KEY};
+use crate::relay::{ConnHandle, Event, RelayConfig, RequestId, RequestOutcome};
 use crate::service::{self, ServiceMessage};
 
 /// The script, read a byte at a time. An exhausted script reads as zeros, and ends the run.
@@ -344,38 +344,20 @@ fn classic(sim: &mut Sim, world: &mut World, script: &mut Script<'_>, hub: &str)
     let kind = kinds[script.below(kinds.len())];
     let transport = ["webSockets", "serverSentEvents", "longPolling"][script.below(3)];
     let websocket = transport == "webSockets" && matches!(kind, "connect" | "reconnect");
-    let mut query = format!(
-        "clientProtocol=2.1&transport={transport}&connectionData=%5B%7B%22name%22%3A%22{hub}%22%7D%5D&messageId={}",
-        script.byte() % 4
-    );
-    if let Some(t) = script.pick(&world.classic) {
-        let encoded: String = form_urlencoded::byte_serialize(t.as_bytes()).collect();
-        query.push_str(&format!("&connectionToken={encoded}"));
-    }
-    let method = if kind == "send" || kind == "abort" {
-        "POST"
-    } else {
-        "GET"
-    };
-    let mut claims = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
-    claims.aud.push("http://localhost/aspnetclient".to_owned());
-    claims.nameid = Some("u".to_owned());
-    let bearer = crate::auth::sign(&claims, KEY.as_bytes(), crate::auth::Algorithm::Hs256);
-    let mut req: HttpRequest = request(
-        method,
-        &format!("/aspnetclient/{kind}"),
-        &query,
-        Some(&bearer),
-        websocket,
-    );
-    if kind == "send" {
+    let query = format!("transport={transport}&messageId={}", script.byte() % 4);
+    let connection_token = script.pick(&world.classic).cloned();
+    let form = if kind == "send" {
         let data = match script.pick(CLIENT_FRAMES) {
             Some(frame) => Bytes::from_static(frame),
             None => script.bytes(),
         };
         let encoded: String = form_urlencoded::byte_serialize(&data).collect();
-        req.body = Bytes::from(format!("data={encoded}"));
-    }
+        format!("data={encoded}")
+    } else {
+        String::new()
+    };
+    let token = connection_token.as_deref();
+    let req = classic_request(kind, hub, &query, token, &form, websocket, Some("u"));
     match sim.handle(&req) {
         RequestOutcome::Respond(r) if kind == "negotiate" => {
             let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();

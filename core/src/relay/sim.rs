@@ -68,6 +68,75 @@ pub fn request(
     }
 }
 
+/// A request on an ASP.NET Core connection (`/client/?hub=…&id=…`) that is not an upgrade,
+/// with a token for `user`: an event stream (`accept` `text/event-stream`), a long poll, a
+/// send (`POST` with `body`) or a `DELETE`.
+pub fn connection_request(
+    method: &str,
+    hub: &str,
+    id: &str,
+    user: Option<&str>,
+    accept: Option<&str>,
+    body: &[u8],
+) -> HttpRequest {
+    let bearer = token("/client/", hub, user, 3600, KEY);
+    let mut req = request(
+        method,
+        "/client/",
+        &format!("hub={hub}&id={id}"),
+        Some(&bearer),
+        false,
+    );
+    if let Some(accept) = accept {
+        req.headers.push(("Accept".into(), accept.into()));
+    }
+    req.body = Bytes::copy_from_slice(body);
+    req
+}
+
+/// A token for the classic endpoint (`/aspnetclient`), valid from [`T0`] for an hour.
+pub fn classic_token(user: Option<&str>) -> String {
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    claims.nameid = user.map(str::to_owned);
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+/// A classic request: `kind` (`negotiate`, `connect`, `poll`, …) under `/aspnetclient` for
+/// `hub`, with `query` (`transport=longPolling`, …), the connection token if given, a form
+/// body, and a token for `user`. It is a `POST` when it has a body, and for `poll`, `send`
+/// and `abort` off a WebSocket.
+pub fn classic_request(
+    kind: &str,
+    hub: &str,
+    query: &str,
+    connection_token: Option<&str>,
+    form: &str,
+    websocket: bool,
+    user: Option<&str>,
+) -> HttpRequest {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let method = if form.is_empty() && (websocket || !matches!(kind, "poll" | "send" | "abort")) {
+        "GET"
+    } else {
+        "POST"
+    };
+    let hubs = encode(&format!("[{{\"name\":\"{hub}\"}}]"));
+    let mut req = request(
+        method,
+        &format!("/aspnetclient/{kind}"),
+        &format!("clientProtocol=2.1&{query}&connectionData={hubs}"),
+        Some(&classic_token(user)),
+        websocket,
+    );
+    if let Some(t) = connection_token {
+        req.query
+            .push_str(&format!("&connectionToken={}", encode(t)));
+    }
+    req.body = Bytes::copy_from_slice(form.as_bytes());
+    req
+}
+
 /// What the harness knows of a client it connected or saw open.
 #[derive(Debug, Default, Clone)]
 struct Known {
@@ -347,6 +416,29 @@ impl Sim {
         );
         let connection_id = self.connection_id(h).to_owned();
         (h, connection_id)
+    }
+
+    /// Negotiates a classic connection for `hub`: its connection token and connection id, or
+    /// the relay's answer.
+    pub fn classic_negotiate(
+        &mut self,
+        hub: &str,
+        user: Option<&str>,
+    ) -> Result<(String, String), HttpResponse> {
+        let req = classic_request("negotiate", hub, "", None, "", false, user);
+        match self.handle(&req) {
+            RequestOutcome::Respond(r) => {
+                let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                match (
+                    json["ConnectionToken"].as_str(),
+                    json["ConnectionId"].as_str(),
+                ) {
+                    (Some(token), Some(id)) => Ok((token.to_owned(), id.to_owned())),
+                    _ => Err(r),
+                }
+            }
+            other => Err(HttpResponse::text(500, format!("{other:?}"))),
+        }
     }
 
     /// The connection id of a client the harness saw open.

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub(super) use super::sim::{request, token, Sim, KEY, T0};
+pub(super) use super::sim::{
+    classic_request, classic_token, connection_request, request, token, Sim, KEY, T0,
+};
 pub(super) use super::*;
 pub(super) use crate::aspnetcore::negotiate::NegotiateResponse;
 pub(super) use crate::aspnetcore::HubProtocol;
@@ -40,18 +42,7 @@ fn json_payloads(text: &str) -> service::Payloads {
 
 /// An HTTP request on a negotiated connection (`id`), with the client's token.
 fn on_connection(method: &str, id: &str, accept: Option<&str>, body: &[u8]) -> HttpRequest {
-    let mut req = request(
-        method,
-        "/client/",
-        &format!("hub=chat&id={id}"),
-        Some(&token("/client/", "chat", None, 3600, KEY)),
-        false,
-    );
-    if let Some(accept) = accept {
-        req.headers.push(("Accept".into(), accept.into()));
-    }
-    req.body = Bytes::copy_from_slice(body);
-    req
+    connection_request(method, "chat", id, None, accept, body)
 }
 
 fn respond(outcome: RequestOutcome) -> HttpResponse {
@@ -106,36 +97,12 @@ fn server_sends(sim: &mut Sim, server: ConnHandle, connection_id: &str, text: &s
     );
 }
 
-fn classic_token(user: Option<&str>) -> String {
-    let mut claims = Claims::issued_at(T0, 3600);
-    claims.aud.push("http://localhost/aspnetclient".to_owned());
-    claims.nameid = user.map(str::to_owned);
-    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
-}
-
+/// `connectionData` naming `chat`, as the classic clients send it.
 const CHAT_DATA: &str = "connectionData=%5B%7B%22name%22%3A%22chat%22%7D%5D";
 
-/// A classic request: `kind` under `/aspnetclient`, the connection's token and hub list in the
-/// query, and a form body for POSTs.
+/// A classic request for `chat`, from alice.
 fn classic(kind: &str, query: &str, token: Option<&str>, body: &str, ws: bool) -> HttpRequest {
-    let method = if body.is_empty() && (ws || !matches!(kind, "poll" | "send" | "abort")) {
-        "GET"
-    } else {
-        "POST"
-    };
-    let mut req = request(
-        method,
-        &format!("/aspnetclient/{kind}"),
-        &format!("clientProtocol=2.1&{query}&{CHAT_DATA}"),
-        Some(&classic_token(Some("alice"))),
-        ws,
-    );
-    if let Some(t) = token {
-        req.query
-            .push_str(&format!("&connectionToken={}", urlencode(t)));
-    }
-    req.body = Bytes::copy_from_slice(body.as_bytes());
-    req
+    classic_request(kind, "chat", query, token, body, ws, Some("alice"))
 }
 
 /// A classic negotiate for `chat`: its response body.
@@ -145,11 +112,9 @@ fn classic_negotiate(sim: &mut Sim) -> serde_json::Value {
     serde_json::from_slice(&negotiate.body).unwrap()
 }
 
-/// A classic connection for `chat`, negotiated: its token and connection id.
+/// A classic connection for `chat`, negotiated by alice: its token and connection id.
 fn classic_negotiated(sim: &mut Sim) -> (String, String) {
-    let body = classic_negotiate(sim);
-    let field = |name: &str| body[name].as_str().unwrap().to_owned();
-    (field("ConnectionToken"), field("ConnectionId"))
+    sim.classic_negotiate("chat", Some("alice")).unwrap()
 }
 
 /// A classic connection for `chat`, connected by long polling, its handshake answered by
