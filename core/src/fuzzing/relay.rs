@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::relay::sim::{classic_request, request, token, Sim, KEY};
+use crate::relay::sim::{
+    classic_request, connection_request, request, token, websocket_request, Sim, KEY,
+};
 use crate::relay::{ConnHandle, Event, RelayConfig, RequestId, RequestOutcome};
 use crate::service::{self, ServiceMessage};
 
@@ -202,19 +204,11 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
         // A client opens a WebSocket: on a negotiated connection, or without negotiating.
         2 => {
             let (id, hub) = match script.pick(&world.tokens) {
-                Some((id, hub)) if script.byte() % 4 != 0 => (format!("&id={id}"), *hub),
-                _ => (String::new(), hub),
+                Some((id, hub)) if script.byte() % 4 != 0 => (Some(id.as_str()), *hub),
+                _ => (None, hub),
             };
             let user = ["u", "mallory"][usize::from(script.byte() % 8 == 0)];
-            let bearer = token("/client/", hub, Some(user), 3600, KEY);
-            let req = request(
-                "GET",
-                "/client/",
-                &format!("hub={hub}{id}"),
-                Some(&bearer),
-                true,
-            );
-            let outcome = sim.handle(&req);
+            let outcome = sim.handle(&websocket_request(hub, id, Some(user)));
             world.note(outcome);
         }
         // A socket says something.
@@ -269,24 +263,15 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 return;
             };
             let method = ["GET", "GET", "POST", "DELETE"][script.below(4)];
-            let bearer = token("/client/", hub, Some("u"), 3600, KEY);
-            let mut req = request(
-                method,
-                "/client/",
-                &format!("hub={hub}&id={id}"),
-                Some(&bearer),
-                false,
-            );
-            if script.byte() % 2 == 0 {
-                req.headers
-                    .push(("Accept".into(), "text/event-stream".into()));
-            }
-            if method == "POST" {
-                req.body = match script.pick(CLIENT_FRAMES) {
+            let accept = (script.byte() % 2 == 0).then_some("text/event-stream");
+            let body = match method {
+                "POST" => match script.pick(CLIENT_FRAMES) {
                     Some(frame) => Bytes::from_static(frame),
                     None => script.bytes(),
-                };
-            }
+                },
+                _ => Bytes::new(),
+            };
+            let req = connection_request(method, hub, &id, Some("u"), accept, &body);
             let outcome = sim.handle(&req);
             world.note(outcome);
         }

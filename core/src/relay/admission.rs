@@ -59,6 +59,22 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// The request's hub (the `hub` query parameter, in lower case), and its bearer token
+    /// verified for `path` of that hub.
+    pub(crate) fn verify_for_hub(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+        path: &'static str,
+    ) -> Result<(String, Claims), Rejection> {
+        let hub = hub_param(req)?;
+        let claims = self.verify(config, now, req, path, Some(&hub))?;
+        Ok((hub, claims))
+    }
+}
+
 /// The `hub` query parameter, in lower case.
 pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
     let hub = req

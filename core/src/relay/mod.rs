@@ -280,10 +280,9 @@ impl Relay {
 
     /// `POST /client/negotiate`: a new ASP.NET Core connection, waiting for its transport.
     fn negotiate(&mut self, now: Instant, req: &HttpRequest) -> Result<HttpResponse, Rejection> {
-        let hub = hub_param(req)?;
-        let claims = self
+        let (hub, claims) = self
             .admission
-            .verify(&self.config, now, req, "/client/", Some(&hub))?;
+            .verify_for_hub(&self.config, now, req, "/client/")?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
             Err(e) => {
@@ -350,10 +349,9 @@ impl Relay {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<RequestOutcome, Rejection> {
-        let hub = hub_param(req)?;
-        let claims = self
+        let (hub, claims) = self
             .admission
-            .verify(&self.config, now, req, "/client/", Some(&hub))?;
+            .verify_for_hub(&self.config, now, req, "/client/")?;
         let request = Request {
             req,
             hub: self.directory.find(&hub),
@@ -423,10 +421,9 @@ impl Relay {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<RequestOutcome, Rejection> {
-        let hub = hub_param(req)?;
-        let claims = self
+        let (hub, claims) = self
             .admission
-            .verify(&self.config, now, req, "/server/", Some(&hub))?;
+            .verify_for_hub(&self.config, now, req, "/server/")?;
         let server_id = req
             .header("x-asrs-server-id")
             .map(str::to_owned)

@@ -68,6 +68,20 @@ pub fn request(
     }
 }
 
+/// A WebSocket request to `/client/` for `hub`, on the negotiated connection `id` (or, without
+/// one, skipping negotiation), with a token for `user`.
+pub fn websocket_request(hub: &str, id: Option<&str>, user: Option<&str>) -> HttpRequest {
+    let id = id.map(|id| format!("&id={id}")).unwrap_or_default();
+    let bearer = token("/client/", hub, user, 3600, KEY);
+    request(
+        "GET",
+        "/client/",
+        &format!("hub={hub}{id}"),
+        Some(&bearer),
+        true,
+    )
+}
+
 /// A request on an ASP.NET Core connection (`/client/?hub=…&id=…`) that is not an upgrade,
 /// with a token for `user`: an event stream (`accept` `text/event-stream`), a long poll, a
 /// send (`POST` with `body`) or a `DELETE`.
@@ -399,13 +413,7 @@ impl Sim {
         protocol: &str,
     ) -> (ConnHandle, String) {
         let id = self.negotiate(hub, user).expect("negotiated");
-        let req = request(
-            "GET",
-            "/client/",
-            &format!("hub={hub}&id={id}"),
-            Some(&token("/client/", hub, user, 3600, KEY)),
-            true,
-        );
+        let req = websocket_request(hub, Some(&id), user);
         let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
             panic!("client refused")
         };

@@ -143,13 +143,7 @@ fn clients_that_never_open_are_counted_apart_with_no_event() {
     sim.negotiate("chat", None).unwrap();
     // Connected, with a handshake the relay refuses.
     let id = sim.negotiate("chat", None).unwrap();
-    let ws = request(
-        "GET",
-        "/client/",
-        &format!("hub=chat&id={id}"),
-        Some(&token("/client/", "chat", None, 3600, KEY)),
-        true,
-    );
+    let ws = websocket_request("chat", Some(&id), None);
     let RequestOutcome::AcceptWebSocket(refused) = sim.handle(&ws) else {
         panic!()
     };

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub(super) use super::sim::{
-    classic_request, classic_token, connection_request, request, token, Sim, KEY, T0,
+    classic_request, classic_token, connection_request, request, token, websocket_request, Sim,
+    KEY, T0,
 };
 pub(super) use super::*;
 pub(super) use crate::aspnetcore::negotiate::NegotiateResponse;

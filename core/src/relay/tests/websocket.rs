@@ -241,13 +241,7 @@ fn a_client_that_opens_long_after_negotiating_arms_no_timer_in_the_past() {
     // Nothing has been sent to the client since it negotiated: by the time it opens, a
     // keep-alive is already due. It is due now, not before now.
     sim.advance(Duration::from_secs(14));
-    let ws = request(
-        "GET",
-        "/client/",
-        &format!("hub=chat&id={id}"),
-        Some(&token("/client/", "chat", None, 3600, KEY)),
-        true,
-    );
+    let ws = websocket_request("chat", Some(&id), None);
     let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
         panic!()
     };
