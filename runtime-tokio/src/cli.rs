@@ -90,6 +90,24 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 1000)]
     pub classic_buffer_messages: usize,
 
+    /// Most connections open at once, of every kind; past it, new sockets are closed on
+    /// accept (0: the descriptor limit less 64, after raising the soft limit to the hard one).
+    #[arg(long, env = "SIGNALR_RELAY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Bytes that may wait to be written to one client; a client past it is closed as too
+    /// slow (one larger message goes when nothing else waits).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_send_queue: usize,
+
+    /// Seconds a socket may take nothing while bytes wait for it before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub write_timeout: u64,
+
+    /// Seconds a peer has to send a request body once its headers are in.
+    #[arg(long, default_value_t = 15)]
+    pub body_read_timeout: u64,
+
     /// Log filter, e.g. `info` or `signalr_relay=debug`.
     #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
     pub log: String,
@@ -137,10 +155,14 @@ impl RelayArgs {
 
     /// Serving options these flags describe.
     pub fn serve_options(&self) -> ServeOptions {
-        ServeOptions {
-            max_websocket_message: self.max_server_message_size.max(self.max_message_size) + 1024,
-            ..ServeOptions::default()
+        let mut options = ServeOptions::default();
+        if self.max_connections > 0 {
+            options.max_connections = self.max_connections;
         }
+        options.client_send_queue = self.max_send_queue.max(1);
+        options.write_timeout = Duration::from_secs(self.write_timeout.max(1));
+        options.body_read_timeout = Duration::from_secs(self.body_read_timeout.max(1));
+        options
     }
 }
 
@@ -227,12 +249,13 @@ pub fn exit_after<R: crate::Runtime>(runtime: &R, secs: Option<u64>) {
 }
 
 /// Runs the relay binary of any runtime: prints where it listens (and the generated key in dev
-/// mode), then serves until accepting fails.
+/// mode), then serves forever.
 pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,
     args: &RelayArgs,
 ) {
+    crate::glue::accept::raise_descriptor_limit();
     let (config, generated) = args.relay_config();
     let addr = listener.local_addr().unwrap_or(args.listen);
     if let Some(key) = &generated {
@@ -241,10 +264,7 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     }
     println!("signalr-relay listening on http://{addr}");
     exit_after(&runtime, args.exit_after);
-    if let Err(e) = crate::serve(runtime, listener, config, args.serve_options()).await {
-        eprintln!("relay stopped: {e}");
-        std::process::exit(1);
-    }
+    crate::serve(runtime, listener, config, args.serve_options()).await;
 }
 
 /// Runs the sample-app binary of any runtime.
@@ -253,6 +273,7 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     listener: L,
     args: &SampleArgs,
 ) {
+    crate::glue::accept::raise_descriptor_limit();
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: testhub, chat)");
     exit_after(&runtime, args.exit_after);

@@ -330,7 +330,7 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 /// Runs the sample app: opens its server connections and serves negotiate on `listener`.
 ///
 /// # Errors
-/// When the connection string is invalid or accepting fails.
+/// When the connection string is invalid. Otherwise it serves forever.
 pub async fn run<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,
@@ -346,5 +346,7 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     let app = AppServer::new(connection_string, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);
-    crate::serve_http(runtime, listener, negotiate_handler(app)).await
+    let max_connections = crate::glue::accept::default_max_connections();
+    crate::serve_http(runtime, listener, max_connections, negotiate_handler(app)).await;
+    Ok(())
 }

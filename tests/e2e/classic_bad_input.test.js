@@ -58,9 +58,18 @@ test('classic negotiate: missing, wrong-audience or expired tokens are 401; hub 
   const two = encodeURIComponent(JSON.stringify([{ name: 'chat' }, { name: 'testhub' }]));
   assert.equal((await fetch(`${base}/negotiate?connectionData=${two}`, { headers: headers() })).status, 400);
   const nohub = encodeURIComponent(JSON.stringify([{ name: 'nohub' }]));
-  const none = await fetch(`${base}/negotiate?clientProtocol=2.1&connectionData=${nohub}`, { headers: headers() });
+  const nohubToken = { Authorization: `Bearer ${stack.classicClientToken({}, 'nohub')}` };
+  const none = await fetch(`${base}/negotiate?clientProtocol=2.1&connectionData=${nohub}`, { headers: nohubToken });
   assert.equal(none.status, 200);
   assert.match((await none.json()).Error, /No app server is connected for hub 'nohub'/);
+  // A classic token is bound to the hub the app authorized: a token for chat cannot
+  // negotiate testhub, nor can one that names no hub.
+  const testhub = encodeURIComponent(JSON.stringify([{ name: 'testhub' }]));
+  const other = await fetch(`${base}/negotiate?clientProtocol=2.1&connectionData=${testhub}`, { headers: headers() });
+  assert.equal(other.status, 401);
+  assert.match(await other.text(), /audience/);
+  const unbound = jwt({ aud: 'http://127.0.0.1/aspnetclient', exp: now + 3600 }, stack.key);
+  assert.equal((await fetch(url, { headers: { Authorization: `Bearer ${unbound}` } })).status, 401);
   // The app server's classic negotiate refuses an unknown hub in the classic error form.
   const app = await fetch(`http://${stack.appAddr}/signalr/negotiate?clientProtocol=2.1&connectionData=${nohub}`);
   assert.deepEqual(await app.json(), { ProtocolVersion: '2.0', Error: "Unknown hub 'nohub'." });
@@ -104,6 +113,22 @@ test('classic sends: malformed data is 400, oversized 413, another hub an error 
   assert.match((await poll.json()).E, /closed/);
   const send = await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify({ H: 'chat', M: 'Echo', A: [], I: 4 }) }));
   assert.equal(send.status, 400);
+  // The relay can tell its own ended tokens from forged ones: /reconnect on the ended
+  // connection is 404, anything under another user's token 403, and a made-up or altered
+  // token 400 on every endpoint.
+  const reconnect = await fetch(`${base}/reconnect?${c.q}`, form({ messageId: '0' }));
+  assert.equal(reconnect.status, 404);
+  const mallory = { Authorization: `Bearer ${stack.classicClientToken({ nameid: 'mallory' })}` };
+  assert.equal((await fetch(`${base}/poll?${c.q}`, { method: 'POST', headers: mallory })).status, 403);
+  const genuine = new URLSearchParams(c.q).get('connectionToken');
+  const altered = genuine.slice(0, 10) + (genuine[10] === 'A' ? 'B' : 'A') + genuine.slice(11);
+  for (const [kind, method] of [['poll', 'POST'], ['reconnect', 'POST'], ['abort', 'POST'], ['send', 'POST'], ['start', 'GET']]) {
+    for (const t of ['made-up', altered]) {
+      const q = c.q.replace(/connectionToken=[^&]*/, `connectionToken=${encodeURIComponent(t)}`);
+      const r = await fetch(`${base}/${kind}?${q}`, { method, headers: headers() });
+      assert.equal(r.status, 400, `${kind} with ${t}`);
+    }
+  }
 });
 
 test('classic ping needs no connection', async () => {

@@ -17,10 +17,14 @@ const SAFETY_EXIT_SECS = 300;
 // The hubs the sample app hosts (each gets its own server connections).
 const SAMPLE_HUBS = ['bench', 'chat', 'testhub'];
 
-function startProcess(name, args) {
-  const child = spawn(path.join(BIN_DIR, name), [...args, '--exit-after', String(SAFETY_EXIT_SECS)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+/// Starts one of the project's binaries. With `nofile`, it runs under that descriptor limit
+/// (soft and hard).
+function startProcess(name, args, { nofile } = {}) {
+  const bin = path.join(BIN_DIR, name);
+  const argv = [...args, '--exit-after', String(SAFETY_EXIT_SECS)];
+  const child = nofile
+    ? spawn('sh', ['-c', `ulimit -n ${Number(nofile)} && exec "$0" "$@"`, bin, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const ready = new Promise((resolve, reject) => {
     const onData = (d) => {
@@ -71,10 +75,10 @@ function jwt(claims, key) {
 
 class Stack {
   /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy.
-  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [] } = {}) {
+  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile } = {}) {
     const s = new Stack();
     s.key = crypto.randomBytes(16).toString('hex');
-    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', 'warn', ...relayArgs]);
+    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', 'warn', ...relayArgs], { nofile: relayNofile });
     s.relayAddr = await s.relay.ready;
     const relayPort = Number(s.relayAddr.split(':')[1]);
     let endpoint = `http://${s.relayAddr}`;
@@ -113,10 +117,11 @@ class Stack {
     return jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
   }
 
-  /// A token for the relay's classic endpoint `/aspnetclient` (the hub goes in the `hub` query).
-  classicClientToken(extra = {}) {
+  /// A token for the relay's classic endpoint `/aspnetclient`, for `hub` (the audience names
+  /// the hub the app authorized, as the sample app's classic negotiate does).
+  classicClientToken(extra = {}, hub = 'chat') {
     const now = Math.floor(Date.now() / 1000);
-    return jwt({ aud: 'http://127.0.0.1/aspnetclient', iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
+    return jwt({ aud: `http://127.0.0.1/aspnetclient?hub=${hub}`, iat: now, nbf: now, exp: now + 3600, ...extra }, this.key);
   }
 
   relayNegotiate(hub, token) {
@@ -136,6 +141,15 @@ class Stack {
     c.closedWith = new Promise((resolve) => c.onclose((e) => resolve(e)));
     await c.start();
     return c;
+  }
+
+  /// The relay's resident memory (bytes) and open descriptors, from /proc.
+  relayResources() {
+    const fs = require('node:fs');
+    const pid = this.relay.child.pid;
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = Number(status.match(/VmRSS:\s+(\d+) kB/)[1]) * 1024;
+    return { rss, fds: fs.readdirSync(`/proc/${pid}/fd`).length };
   }
 
   async stop() {

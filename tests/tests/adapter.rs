@@ -86,7 +86,7 @@ where
 }
 
 async fn serve_forever<R: Runtime, L: Listener>(runtime: R, listener: L, config: RelayConfig) {
-    let _ = signalr_relay_tokio::serve(runtime, listener, config, ServeOptions::default()).await;
+    signalr_relay_tokio::serve(runtime, listener, config, ServeOptions::default()).await;
 }
 
 /// One scenario, as one test per runtime.

@@ -10,8 +10,9 @@ const HUB_PARAM: &str = "hub";
 /// An expected audience: scheme, host, path and (optionally) hub.
 ///
 /// The SDK builds audiences as `{scheme}://{host}/server/?hub={hub}` (server connections),
-/// `{scheme}://{host}/client/?hub={hub}` (clients) or `{scheme}://{host}/aspnetclient`
-/// (classic clients, no hub), **without the port** even when the service listens on one. So
+/// `{scheme}://{host}/client/?hub={hub}` (clients) or `{scheme}://{host}/aspnetclient?hub={hub}`
+/// (classic clients; the relay refuses a classic negotiate for a hub the token does not
+/// name), **without the port** even when the service listens on one. So
 /// [`matches`](Self::matches) compares:
 /// - the scheme and the host (case-insensitively),
 /// - the path, ignoring trailing `/` (`/client` matches `/client/`),

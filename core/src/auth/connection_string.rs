@@ -182,13 +182,14 @@ impl ConnectionString {
     }
 
     /// The audience of client tokens for classic ASP.NET SignalR clients:
-    /// `{endpoint}/aspnetclient` (no hub: a classic client names its hub in `connectionData`).
-    pub fn classic_client_audience(&self) -> Audience {
+    /// `{endpoint}/aspnetclient?hub={hub}`: the one hub the app authorized the classic client for
+    /// (it names its hub again in `connectionData`, and the relay checks the two agree).
+    pub fn classic_client_audience(&self, hub: &str) -> Audience {
         Audience::new(
             self.endpoint.scheme(),
             self.endpoint.host(),
             "/aspnetclient",
-            None,
+            Some(hub),
         )
     }
 

@@ -9,7 +9,7 @@ use crate::auth::{self, Audience, Claims, Validation};
 
 /// Checks tokens. It knows when "now" is on the wall clock: the adapter gave both clocks at
 /// one moment, so that token expiry needs no clock of its own.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Admission {
     start: Instant,
     start_unix: u64,

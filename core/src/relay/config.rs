@@ -65,6 +65,15 @@ pub struct RelayConfig {
     pub classic_buffer_messages: usize,
 }
 
+impl RelayConfig {
+    /// Largest single transfer from a client: a WebSocket message or a `POST` body. Clients
+    /// batch whatever they have queued into one, so it has room for a few maximal hub
+    /// messages (4 × `max_client_message_size`).
+    pub fn max_client_payload(&self) -> usize {
+        self.max_client_message_size.saturating_mul(4)
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {

@@ -47,6 +47,14 @@ impl HttpRequest {
         }
         self.query_param("access_token")
     }
+
+    /// A digest of the bearer token: what a connection is bound to, so that only the token
+    /// it negotiated with can use it (a connection id is no secret, nor is a user id).
+    pub(super) fn bearer_fingerprint(&self) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        self.bearer_token()
+            .map(|token| sha2::Sha256::digest(token.as_bytes()).into())
+    }
 }
 
 /// An HTTP response for the adapter to write.

@@ -40,6 +40,11 @@ impl Invocations {
         self.by_id.insert(id, pending);
     }
 
+    /// The invocation an answer would be for.
+    pub(crate) fn get(&self, id: &str) -> Option<Pending> {
+        self.by_id.get(id).copied()
+    }
+
     /// Takes the invocation an answer is for.
     pub(crate) fn complete(&mut self, id: &str) -> Option<Pending> {
         self.unindex(id)

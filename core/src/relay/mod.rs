@@ -91,6 +91,7 @@ mod command;
 mod config;
 mod directory;
 mod forwarded;
+mod gate;
 mod http;
 mod ids;
 mod invocations;
@@ -107,6 +108,7 @@ use std::time::Instant;
 
 pub use self::client::STATE_HEADER;
 pub use self::config::RelayConfig;
+pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
 pub use self::output::{ClientFamily, Event, Output};
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
@@ -120,7 +122,7 @@ use self::client::{
 use self::command::{Audience, Existence, HubCommand, Origin, Target};
 use self::directory::{Directory, HubId};
 use self::forwarded::Intro;
-use self::ids::{Handles, IdGenerator};
+use self::ids::{Handles, IdGenerator, TokenCheck};
 use self::invocations::{Invocations, Pending};
 use self::output::Outputs;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
@@ -184,6 +186,12 @@ impl Relay {
     /// Open server connections.
     pub fn server_connection_count(&self) -> usize {
         self.servers.open_count()
+    }
+
+    /// The check an adapter makes on a `POST`'s headers before reading its body (see
+    /// [`RequestGate::body_limit`]). It may run on any thread, beside the relay.
+    pub fn gate(&self) -> RequestGate {
+        RequestGate::new(&self.config, &self.admission)
     }
 
     /// The counters since the relay started.
@@ -336,6 +344,7 @@ impl Relay {
         self.directory.add_client(hub, conn, &ids.0);
         let user = claims.user_id().map(str::to_owned);
         let mut client = Client::new(now, conn, hub, ids, user, Intro::new(claims, req), dialect);
+        client.bearer = req.bearer_fingerprint();
         self.timers
             .of(conn, &mut client.timers, now)
             .set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
@@ -457,10 +466,17 @@ impl Relay {
                 Ok(hub) => hub,
                 Err(r) => return respond(r),
             };
+            // The token must name this hub: the app authorized the client for it alone.
+            if let Err(r) = self
+                .admission
+                .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
+            {
+                return respond(r);
+            }
             let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
                 return RequestOutcome::Respond(classic_no_app_server(&hub));
             };
-            let ids = self.ids.next_pair();
+            let ids = self.ids.next_classic(req.bearer_fingerprint());
             let dialect = Client::classic(hub_name, now);
             let client = self.new_client(now, hub_id, ids, &claims, req, dialect);
             let (token, id) = (client.token.clone(), client.connection_id.clone());
@@ -468,9 +484,16 @@ impl Relay {
             return RequestOutcome::Respond(classic_negotiated(token, id, &params, &self.config));
         }
         let token = params.connection_token.as_deref().unwrap_or_default();
-        let unknown = || classic_unknown_token(kind, req.websocket);
+        // A token the relay did not issue is refused (400), one issued to another bearer is
+        // forbidden (403); a genuine one whose connection is gone gets the classic answer.
+        let ids = &self.ids;
+        let unknown = |ids: &IdGenerator| match ids.check_classic(token, req.bearer_fingerprint()) {
+            TokenCheck::Forged => respond(Rejection::UnknownConnectionToken),
+            TokenCheck::AnotherBearer => respond(Rejection::UserChanged),
+            TokenCheck::Genuine => classic_unknown_token(kind, req.websocket),
+        };
         let Some(conn) = self.clients.by_token(token) else {
-            return unknown();
+            return unknown(ids);
         };
         let request = Request {
             req,
@@ -482,7 +505,8 @@ impl Relay {
             params: &params,
             request,
         };
-        self.client_input(now, conn, input).unwrap_or_else(unknown)
+        self.client_input(now, conn, input)
+            .unwrap_or_else(|| unknown(&self.ids))
     }
 
     // ---------------------------------------------------------------- clients
@@ -651,17 +675,33 @@ impl Relay {
             }
             ServiceMessage::ClientInvocation(m) => self.client_invocation(now, conn, m),
             // A client's answer, or its failure: to the app server that asked, unless the
-            // answering one is the same app server.
+            // answering one is the same app server. It counts only from the client the
+            // invocation was sent to, through the app server that client is mapped to:
+            // anything else (a forgery aimed at another client's invocation) is ignored,
+            // and the real answer still counts.
             answer @ (ServiceMessage::ClientCompletion(_) | ServiceMessage::ErrorCompletion(_)) => {
-                let id = match &answer {
-                    ServiceMessage::ClientCompletion(m) => &m.invocation_id,
-                    ServiceMessage::ErrorCompletion(m) => &m.invocation_id,
+                let (id, connection_id) = match &answer {
+                    ServiceMessage::ClientCompletion(m) => (&m.invocation_id, &m.connection_id),
+                    ServiceMessage::ErrorCompletion(m) => (&m.invocation_id, &m.connection_id),
                     _ => return,
                 };
-                if let Some(pending) = self.invocations.complete(id) {
-                    if !self.servers.same_app_server(pending.caller, conn) {
-                        self.out.service(pending.caller, &answer);
-                    }
+                let Some(pending) = self.invocations.get(id) else {
+                    return;
+                };
+                let from = self.directory.connection(connection_id);
+                let via_its_router = self
+                    .clients
+                    .map
+                    .get(&pending.client)
+                    .and_then(|c| c.link.as_ref())
+                    .is_some_and(|l| self.servers.same_app_server(l.server, conn));
+                if from != Some(pending.client) || !via_its_router {
+                    self.out.stats.completions_ignored += 1;
+                    return;
+                }
+                self.invocations.complete(id);
+                if !self.servers.same_app_server(pending.caller, conn) {
+                    self.out.service(pending.caller, &answer);
                 }
             }
             ServiceMessage::AccessKeyRequest(_) => {

@@ -461,8 +461,10 @@ pub enum Rejection {
     ForeverFrame,
     /// Classic: the query string or form is unusable (413 when too large, else 400).
     ClassicRequest(RequestError),
-    /// Classic: the connection token is unknown (400).
+    /// Classic: the connection token is not one the relay issued, or names no connection (400).
     UnknownConnectionToken,
+    /// Classic: `/reconnect` for a connection that has ended (404).
+    ConnectionGone,
     /// Classic: the token's user is not the connection's (403).
     UserChanged,
     /// Classic: `/start` before `/connect` (400).
@@ -494,7 +496,8 @@ impl Rejection {
             Self::UnknownConnection
             | Self::NotFound
             | Self::ClassicNotFound
-            | Self::NoSuchConnection => 404,
+            | Self::NoSuchConnection
+            | Self::ConnectionGone => 404,
             Self::PostOnWebSocket | Self::MethodNotAllowed | Self::EndpointMethodNotAllowed => 405,
             Self::TransportTaken => 409,
             Self::PostTooLarge => 413,
@@ -557,6 +560,7 @@ impl Rejection {
             }
             Self::ClassicRequest(e) => return e.to_string().into(),
             Self::UnknownConnectionToken => "The connection token is unknown or has expired.",
+            Self::ConnectionGone => "The connection has ended.",
             Self::UserChanged => {
                 "Unrecognized user identity. The user identity cannot change during an active SignalR connection."
             }

@@ -109,9 +109,11 @@ pub fn connection_request(
 }
 
 /// A token for the classic endpoint (`/aspnetclient`), valid from [`T0`] for an hour.
-pub fn classic_token(user: Option<&str>) -> String {
+pub fn classic_token(hub: &str, user: Option<&str>) -> String {
     let mut claims = Claims::issued_at(T0, 3600);
-    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    claims
+        .aud
+        .push(format!("http://localhost/aspnetclient?hub={hub}"));
     claims.nameid = user.map(str::to_owned);
     sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
 }
@@ -140,7 +142,7 @@ pub fn classic_request(
         method,
         &format!("/aspnetclient/{kind}"),
         &format!("clientProtocol=2.1&{query}&connectionData={hubs}"),
-        Some(&classic_token(user)),
+        Some(&classic_token(hub, user)),
         websocket,
     );
     if let Some(t) = connection_token {

@@ -69,4 +69,6 @@ pub struct RelayStats {
     pub to_client: Traffic,
     /// HTTP requests refused, with a 4xx or 5xx status.
     pub requests_rejected: u64,
+    /// Client-result completions ignored: not from the client the invocation was sent to.
+    pub completions_ignored: u64,
 }

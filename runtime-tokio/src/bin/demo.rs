@@ -9,6 +9,7 @@ use signalr_relay_tokio::{sample, serve, ServeOptions, TokioListener, TokioRunti
 async fn main() {
     let args = DemoArgs::parse();
     init_logging(&args.log);
+    signalr_relay_tokio::glue::accept::raise_descriptor_limit();
     let key = generate_key();
     let mut config = RelayConfig::default();
     config.access_keys = vec![key.clone()];
@@ -26,12 +27,7 @@ async fn main() {
         "Endpoint=http://{};AccessKey={key};Version=1.0;",
         args.relay_listen
     );
-    tokio::spawn(async move {
-        if let Err(e) = serve(TokioRuntime, relay, config, ServeOptions::default()).await {
-            eprintln!("relay stopped: {e}");
-            std::process::exit(1);
-        }
-    });
+    tokio::spawn(serve(TokioRuntime, relay, config, ServeOptions::default()));
     println!("SignalR Relay demo");
     println!(
         "  relay:      http://{}  (dev key generated for this run)",

@@ -1,17 +1,18 @@
 //! The relay, served: HTTP/WebSocket plumbing around [`signalr_relay_core::relay::Relay`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
-use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
+use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{
     HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT,
@@ -19,31 +20,66 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use signalr_relay_core::relay::{
-    ConnHandle, Event, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestId,
-    RequestOutcome,
+    ConnHandle, Event, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestGate,
+    RequestId, RequestOutcome,
 };
 use smol_hyper::rt::FuturesIo;
 
+use crate::glue::accept::{accept_loop, Admitted, ConnectionCount};
 use crate::glue::http::{allow_origin, empty, preflight, respond, text, to_core_request, Body};
-use crate::glue::ws::{self, Command, Incoming};
+use crate::glue::queue::{self, AbortSignal, Command, Inbox, Outbox, Refused};
+use crate::glue::ws::{self, Incoming};
 use crate::glue::{Listener, Runtime};
 
-/// How the relay is served, beyond the core's [`RelayConfig`].
+/// How the relay is served, beyond the core's [`RelayConfig`]: the limits that are about
+/// sockets rather than the protocol.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServeOptions {
-    /// Largest WebSocket message, or POST body, accepted from any peer.
-    pub max_websocket_message: usize,
-    /// How long a client may take to send its HTTP request headers.
+    /// How long a peer may take to send its HTTP request headers (default 15 s).
     pub header_read_timeout: Duration,
+    /// How long a peer may take to send a request body, once its headers are in (default
+    /// 15 s). Past it: 408, and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once, of every kind (default: the process's descriptor limit
+    /// less 64). Past it, new sockets are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Bytes that may wait to be written to one client (default 1 MiB; one larger message is
+    /// taken when nothing else waits). A client past it is closed at once as too slow.
+    pub client_send_queue: usize,
+    /// Bytes that may wait to be written to one server connection (default 64 MiB). Clients
+    /// are paused long before (see `server_send_pause`); past this, the app server is not
+    /// reading at all and its connection is closed.
+    pub server_send_queue: usize,
+    /// Bytes waiting for a server connection past which the clients that send on it stop
+    /// being read until it drains to half (default 1 MiB).
+    pub server_send_pause: usize,
+    /// A peer whose socket takes nothing for this long while bytes wait for it is closed
+    /// (default 30 s).
+    pub write_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            max_websocket_message: 8 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(15),
+            max_connections: super::accept::default_max_connections(),
+            client_send_queue: 1024 * 1024,
+            server_send_queue: 64 * 1024 * 1024,
+            server_send_pause: 1024 * 1024,
+            write_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Everything a connection's tasks need, shared.
+struct Settings {
+    options: ServeOptions,
+    gate: RequestGate,
+    /// Largest WebSocket message from a client, and from an app server.
+    client_frame: usize,
+    server_frame: usize,
 }
 
 /// What the HTTP side hears back about a request: the outcome, and for a held request the
@@ -60,38 +96,51 @@ fn next_generation() -> Generation {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Bytes held for one connection whose socket is still being set up.
-const MAX_EARLY_BYTES: usize = 8 * 1024 * 1024;
-
 enum DriverInput {
     Request(HttpRequest, oneshot::Sender<Reply>),
-    Attach(ConnHandle, Generation, mpsc::Sender<Command>),
+    Attach(ConnHandle, Generation, Outbox),
     Incoming(ConnHandle, Generation, Incoming),
     Aborted(RequestId),
 }
 
-/// Serves the relay on `listener` until the listener fails. The relay's state lives in one
-/// driver task; each connection gets its own tasks.
-///
-/// # Errors
-/// When accepting fails.
+/// Serves the relay on `listener`, forever: accept errors are survived (see
+/// [`accept_loop`]). The relay's state lives in one driver task; each connection gets its own
+/// tasks.
 pub async fn serve<R: Runtime, L: Listener>(
     runtime: R,
-    mut listener: L,
+    listener: L,
     config: RelayConfig,
     options: ServeOptions,
-) -> io::Result<()> {
+) {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let relay = Relay::new(config, runtime.now(), unix, seed());
+    let settings = Arc::new(Settings {
+        client_frame: relay.config().max_client_payload(),
+        server_frame: relay.config().max_server_message_size + 1024,
+        gate: relay.gate(),
+        options,
+    });
     let (events, queue) = mpsc::channel(4096);
-    runtime.spawn(drive(runtime.clone(), config, queue));
-    loop {
-        let (stream, _peer) = listener.accept().await?;
+    runtime.spawn(drive(
+        runtime.clone(),
+        relay,
+        settings.options.clone(),
+        queue,
+    ));
+    let count = ConnectionCount::new(settings.options.max_connections);
+    accept_loop(&runtime, listener, count, |stream, _peer, admitted| {
         runtime.spawn(serve_connection(
             runtime.clone(),
             stream,
             events.clone(),
-            options.clone(),
+            settings.clone(),
+            admitted,
         ));
-    }
+    })
+    .await;
 }
 
 fn seed() -> [u8; 32] {
@@ -103,73 +152,103 @@ fn seed() -> [u8; 32] {
     seed
 }
 
+/// A socket or event stream attached to a handle: its queue, and when it last made progress.
+struct Attached {
+    generation: Generation,
+    outbox: Outbox,
+    /// Bytes written at `since`.
+    written: u64,
+    /// When `written` last changed, or the queue was last seen empty.
+    since: Instant,
+}
+
 /// The only owner of the [`Relay`], and where its outputs go.
 struct Driver<R> {
     /// The runtime, for its clock.
     runtime: R,
     relay: Relay,
-    /// Writers of WebSockets and event streams, with their attachment.
-    writers: BTreeMap<ConnHandle, (Generation, mpsc::Sender<Command>)>,
+    options: ServeOptions,
+    /// Queues of WebSockets and event streams, with their attachment.
+    writers: BTreeMap<ConnHandle, Attached>,
     /// Connections accepted whose socket or stream is not attached yet.
-    awaiting: std::collections::BTreeSet<ConnHandle>,
-    /// Output for those, held until they attach (bounded).
+    awaiting: BTreeSet<ConnHandle>,
+    /// Output for those, held until they attach (bounded like a queue).
     early: BTreeMap<ConnHandle, (usize, Vec<Command>)>,
     /// Held requests (long polls).
     held: BTreeMap<RequestId, oneshot::Sender<HttpResponse>>,
+    /// Clients left unread until the server connection they fed drains, by that connection.
+    paused: BTreeMap<ConnHandle, Vec<ConnHandle>>,
+    /// The connection whose input is being handled: the source of what is queued now.
+    source: Option<ConnHandle>,
+    /// When queues are next checked for progress (the write timeout).
+    next_sweep: Instant,
+    /// Bytes queued for sockets in the current batch of events.
+    batch_bytes: usize,
 }
+
+/// Bytes one batch of events may queue before the writers get a turn.
+const BATCH_BYTES: usize = 256 * 1024;
 
 async fn drive<R: Runtime>(
     runtime: R,
-    config: RelayConfig,
+    relay: Relay,
+    options: ServeOptions,
     mut queue: mpsc::Receiver<DriverInput>,
 ) {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut d = Driver {
-        relay: Relay::new(config, runtime.now(), unix, seed()),
+        next_sweep: runtime.now() + sweep_period(&options),
+        relay,
         runtime,
+        options,
         writers: BTreeMap::new(),
-        awaiting: std::collections::BTreeSet::new(),
+        awaiting: BTreeSet::new(),
         early: BTreeMap::new(),
         held: BTreeMap::new(),
+        paused: BTreeMap::new(),
+        source: None,
+        batch_bytes: 0,
     };
     loop {
-        let event = match d.relay.poll_timeout() {
-            Some(deadline) => match select(queue.next(), d.runtime.sleep_until(deadline)).await {
-                Either::Left((event, _)) => event,
-                Either::Right(((), _)) => {
-                    d.relay.handle_timeout(d.runtime.now());
-                    d.flush();
-                    continue;
-                }
-            },
-            None => queue.next().await,
+        let deadline = d
+            .relay
+            .poll_timeout()
+            .map_or(d.next_sweep, |t| t.min(d.next_sweep));
+        let event = match select(queue.next(), d.runtime.sleep_until(deadline)).await {
+            Either::Left((event, _)) => event,
+            Either::Right(((), _)) => {
+                d.tick();
+                continue;
+            }
         };
         let Some(event) = event else { return };
-        // Handle a batch of events before writing, bounded so that timers still run.
+        // Handle a batch of events before writing, bounded in events (so that timers still
+        // run) and in bytes queued (so that writers drain what it produced before more).
         let mut next = Some(event);
         let mut budget = 256;
+        d.batch_bytes = 0;
         while let Some(event) = next.take() {
             d.handle(event);
             d.flush();
             budget -= 1;
+            if d.batch_bytes >= BATCH_BYTES {
+                budget = 0;
+            }
             if budget > 0 {
                 next = queue.try_recv().ok();
             }
         }
-        let now = d.runtime.now();
-        if d.relay.poll_timeout().is_some_and(|t| t <= now) {
-            d.relay.handle_timeout(now);
-            d.flush();
-        }
+        d.tick();
         if budget == 0 {
             // More is queued: let the writers this batch fed run before taking it, rather than
-            // fill their queues from a backlog and take healthy peers for stalled ones.
+            // fill their queues from a backlog.
             yield_now().await;
         }
     }
+}
+
+/// How often queues are checked for progress: a few times per write timeout.
+fn sweep_period(options: &ServeOptions) -> Duration {
+    (options.write_timeout / 4).max(Duration::from_millis(250))
 }
 
 /// Gives every other ready task a turn (runtime-agnostic).
@@ -188,6 +267,43 @@ async fn yield_now() {
 }
 
 impl<R: Runtime> Driver<R> {
+    /// Runs what is due: the relay's timers, and the write-timeout sweep.
+    fn tick(&mut self) {
+        let now = self.runtime.now();
+        if self.relay.poll_timeout().is_some_and(|t| t <= now) {
+            self.relay.handle_timeout(now);
+            self.flush();
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + sweep_period(&self.options);
+            self.sweep(now);
+        }
+    }
+
+    /// Closes every peer whose socket took nothing for the write timeout while bytes waited.
+    fn sweep(&mut self, now: Instant) {
+        let timeout = self.options.write_timeout;
+        let mut stuck = Vec::new();
+        for (conn, a) in &mut self.writers {
+            let written = a.outbox.written();
+            if a.outbox.queued() == 0 || written != a.written {
+                a.written = written;
+                a.since = now;
+            } else if now.saturating_duration_since(a.since) >= timeout {
+                stuck.push(*conn);
+            }
+        }
+        if !stuck.is_empty() {
+            for conn in stuck {
+                self.drop_peer(
+                    conn,
+                    "closing a connection whose socket took nothing for the write timeout",
+                );
+            }
+            self.flush();
+        }
+    }
+
     fn handle(&mut self, event: DriverInput) {
         let now = self.runtime.now();
         match event {
@@ -207,41 +323,53 @@ impl<R: Runtime> Driver<R> {
                 };
                 let _ = reply.send((outcome, response));
             }
-            DriverInput::Attach(conn, generation, writer) => {
+            DriverInput::Attach(conn, generation, outbox) => {
                 self.awaiting.remove(&conn);
                 let mut stalled = false;
                 if let Some((_, commands)) = self.early.remove(&conn) {
-                    let mut writer = writer.clone();
                     for c in commands {
-                        stalled |= writer.try_send(c).is_err();
+                        stalled |= outbox.push(c) == Err(Refused::Full);
                     }
                 }
                 if stalled {
-                    // More was held than the socket's queue takes: treat it as a stalled peer
-                    // rather than lose part of it silently.
+                    // More was held than the socket's queue takes: a stalled peer.
+                    outbox.abort();
                     self.relay.handle_closed(now, conn);
                 } else {
-                    self.writers.insert(conn, (generation, writer));
+                    self.writers.insert(
+                        conn,
+                        Attached {
+                            generation,
+                            outbox,
+                            written: 0,
+                            since: now,
+                        },
+                    );
                 }
             }
             DriverInput::Incoming(conn, generation, Incoming::Data(data)) => {
-                if self
-                    .writers
-                    .get(&conn)
-                    .is_some_and(|(g, _)| *g == generation)
-                {
+                if self.is_current(conn, generation) {
+                    self.source = Some(conn);
                     self.relay.handle_data(now, conn, &data);
                 }
             }
-            DriverInput::Incoming(conn, generation, Incoming::Closed) => {
-                let current = self
+            DriverInput::Incoming(conn, generation, Incoming::Drained) => {
+                if let Some(a) = self
                     .writers
                     .get(&conn)
-                    .is_some_and(|(g, _)| *g == generation);
+                    .filter(|a| a.generation == generation)
+                {
+                    a.outbox.set_paused(false);
+                    self.resume_paused_on(conn);
+                }
+            }
+            DriverInput::Incoming(conn, generation, Incoming::Closed) => {
+                let current = self.is_current(conn, generation);
                 let never_attached = generation == 0 && self.awaiting.remove(&conn);
                 if current || never_attached {
                     self.writers.remove(&conn);
                     self.early.remove(&conn);
+                    self.resume_paused_on(conn);
                     self.relay.handle_closed(now, conn);
                 }
             }
@@ -251,6 +379,63 @@ impl<R: Runtime> Driver<R> {
                 }
             }
         }
+    }
+
+    fn is_current(&self, conn: ConnHandle, generation: Generation) -> bool {
+        self.writers
+            .get(&conn)
+            .is_some_and(|a| a.generation == generation)
+    }
+
+    /// Reads again from the clients paused on `server`'s queue.
+    fn resume_paused_on(&mut self, server: ConnHandle) {
+        for client in self.paused.remove(&server).unwrap_or_default() {
+            if let Some(a) = self.writers.get(&client) {
+                a.outbox.set_paused(false);
+            }
+        }
+    }
+
+    /// After queueing on `target`, past its pause mark: for a server connection, the client
+    /// whose input this is stops being read until `target` drains (each client that sends
+    /// while it is congested is paused after its own message, so none can starve the others
+    /// on the same connection); for a client whose own answers pile up, that client stops
+    /// being read until it has caught up, as a server whose writes block reads no more.
+    fn pause_if_congested(&mut self, target: ConnHandle) {
+        let Some(t) = self.writers.get(&target) else {
+            return;
+        };
+        if !t.outbox.over_pause_mark() {
+            return;
+        }
+        t.outbox.set_congested();
+        if !t.outbox.is_server() {
+            t.outbox.set_paused(true);
+            return;
+        }
+        let Some(source) = self.source.filter(|s| *s != target) else {
+            return;
+        };
+        if let Some(s) = self.writers.get(&source) {
+            s.outbox.set_paused(true);
+            let paused = self.paused.entry(target).or_default();
+            if !paused.contains(&source) {
+                paused.push(source);
+            }
+        }
+    }
+
+    /// Closes a peer now: its socket is dropped (not flushed: it is not reading), and the
+    /// relay is told it is gone.
+    fn drop_peer(&mut self, conn: ConnHandle, why: &'static str) {
+        if let Some(a) = self.writers.remove(&conn) {
+            a.outbox.abort();
+        }
+        self.early.remove(&conn);
+        self.awaiting.remove(&conn);
+        self.resume_paused_on(conn);
+        tracing::warn!(conn = conn.0, "{why}");
+        self.relay.handle_closed(self.runtime.now(), conn);
     }
 
     /// Carries out everything the relay asked for.
@@ -275,12 +460,20 @@ impl<R: Runtime> Driver<R> {
                     }
                 };
                 let closing = matches!(command, Command::Close { .. });
-                if let Some((_, writer)) = self.writers.get_mut(&conn) {
-                    if writer.try_send(command).is_err() {
-                        stalled.push(conn);
+                if let Command::Send { data, .. } = &command {
+                    self.batch_bytes += data.len();
+                }
+                if let Some(a) = self.writers.get(&conn) {
+                    match a.outbox.push(command) {
+                        Err(Refused::Full) => stalled.push(conn),
+                        // Its socket's task ended: the `Closed` it sent is on the way.
+                        Err(Refused::Gone) => {}
+                        Ok(()) if !closing => self.pause_if_congested(conn),
+                        Ok(()) => {}
                     }
                     if closing {
                         self.writers.remove(&conn);
+                        self.resume_paused_on(conn);
                     }
                 } else if self.awaiting.contains(&conn) {
                     let size = match &command {
@@ -290,7 +483,7 @@ impl<R: Runtime> Driver<R> {
                     let (bytes, pending) = self.early.entry(conn).or_default();
                     *bytes += size;
                     pending.push(command);
-                    if *bytes > MAX_EARLY_BYTES {
+                    if *bytes > self.options.client_send_queue {
                         self.early.remove(&conn);
                         self.awaiting.remove(&conn);
                         stalled.push(conn);
@@ -298,18 +491,14 @@ impl<R: Runtime> Driver<R> {
                 }
                 // Anything else is for a connection the relay already dropped.
             }
+            self.source = None;
             if stalled.is_empty() {
                 return;
             }
             // A peer that stopped reading is dropped rather than buffered without bound;
             // telling the relay may queue more output (e.g. CloseConnection to its app server).
             for conn in stalled {
-                self.writers.remove(&conn);
-                tracing::warn!(
-                    conn = conn.0,
-                    "closing a connection whose peer stopped reading"
-                );
-                self.relay.handle_closed(self.runtime.now(), conn);
+                self.drop_peer(conn, "closing a connection whose peer stopped reading");
             }
         }
     }
@@ -362,27 +551,46 @@ async fn serve_connection<R: Runtime, S>(
     runtime: R,
     stream: S,
     events: mpsc::Sender<DriverInput>,
-    options: ServeOptions,
+    settings: Arc<Settings>,
+    admitted: Admitted,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
     let timer = runtime.hyper_timer();
-    let max_message = options.max_websocket_message;
-    let service = hyper::service::service_fn(move |req| {
-        handle::<R, S>(runtime.clone(), req, events.clone(), max_message)
-    });
+    let header_read_timeout = settings.options.header_read_timeout;
+    // Dropping the connection is how a stalled event stream is closed for real.
+    let abort = Arc::new(AbortSignal::default());
+    let service = {
+        let abort = abort.clone();
+        hyper::service::service_fn(move |req| {
+            handle::<R, S>(
+                runtime.clone(),
+                req,
+                events.clone(),
+                settings.clone(),
+                abort.clone(),
+            )
+        })
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(timer)
-        .header_read_timeout(options.header_read_timeout);
-    if let Err(e) = builder
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    let connection = builder
         .serve_connection(FuturesIo::new(stream), service)
-        .with_upgrades()
-        .await
-    {
-        tracing::debug!("HTTP connection ended: {e}");
+        .with_upgrades();
+    match abort.guard(connection).await {
+        Some(Err(e)) => tracing::debug!("HTTP connection ended: {e}"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("HTTP connection dropped: its event stream stalled"),
     }
+    drop(admitted);
 }
+
+/// Largest request head (request line and headers) read: Kestrel's defaults are 8 KiB for the
+/// request line and 32 KiB for the headers.
+const MAX_REQUEST_HEAD: usize = 40 * 1024;
 
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.
@@ -399,11 +607,36 @@ impl Drop for DropNotice {
     }
 }
 
+/// Reads at most `max` bytes of `body`: a longer body is cut there, and the rest is never
+/// read (the connection is closed after the response).
+async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<(Bytes, bool), ()> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(drop)?.into_data() else {
+            continue;
+        };
+        let take = (max - buf.len()).min(data.len());
+        buf.extend_from_slice(&data[..take]);
+        if buf.len() >= max {
+            return Ok((buf.freeze(), hyper::body::Body::is_end_stream(&body)));
+        }
+    }
+    Ok((buf.freeze(), true))
+}
+
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 async fn handle<R: Runtime, S>(
     runtime: R,
     mut req: Request<hyper::body::Incoming>,
     mut events: mpsc::Sender<DriverInput>,
-    max_message: usize,
+    settings: Arc<Settings>,
+    abort: Arc<AbortSignal>,
 ) -> Result<Response<Body>, Infallible>
 where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
@@ -421,14 +654,38 @@ where
     let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
     let server_connection = request.path.starts_with("/server");
     let negotiate = request.path.trim_end_matches('/').ends_with("/negotiate");
-    if req.method() == Method::POST {
-        match Limited::new(req.into_body(), max_message).collect().await {
-            Ok(collected) => request.body = collected.to_bytes(),
-            Err(_) => {
-                return Ok(text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
-                ))
+    // Authenticate on the headers, then read no more body than the endpoint can need.
+    let body_left;
+    match settings.gate.body_limit(runtime.now(), &request) {
+        Err(refusal) => {
+            let mut response = respond(refusal);
+            allow_origin(origin.as_ref(), &mut response);
+            return Ok(closing(response));
+        }
+        Ok(0) => body_left = req.method() == Method::POST,
+        Ok(limit) => {
+            let deadline = runtime.sleep_until(runtime.now() + settings.options.body_read_timeout);
+            let read = read_body(req.into_body(), limit.saturating_add(1));
+            futures_util::pin_mut!(read);
+            match select(read, deadline).await {
+                Either::Left((Ok((body, complete)), _)) => {
+                    request.body = body;
+                    body_left = !complete;
+                }
+                Either::Left((Err(()), _)) => {
+                    return Ok(closing(text(
+                        StatusCode::BAD_REQUEST,
+                        "The request body could not be read.",
+                    )));
+                }
+                Either::Right(((), _)) => {
+                    let mut response = text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body took too long.",
+                    );
+                    allow_origin(origin.as_ref(), &mut response);
+                    return Ok(closing(response));
+                }
             }
         }
     }
@@ -449,6 +706,7 @@ where
             "The relay is shutting down.",
         ));
     };
+    let options = &settings.options;
     let mut response = match outcome {
         RequestOutcome::Respond(r) => respond(r),
         RequestOutcome::AcceptWebSocket(conn) => {
@@ -460,18 +718,24 @@ where
                     .await;
                 return Ok(text(StatusCode::BAD_REQUEST, "Bad WebSocket request."));
             };
-            let read_buffer = if server_connection {
-                ws::SERVER_READ_BUFFER
+            let side = if server_connection {
+                Side {
+                    max_message: settings.server_frame,
+                    read_buffer: ws::SERVER_READ_BUFFER,
+                    queue: options.server_send_queue,
+                    pause_at: options.server_send_pause,
+                    server: true,
+                }
             } else {
-                ws::CLIENT_READ_BUFFER
+                Side {
+                    max_message: settings.client_frame,
+                    read_buffer: ws::CLIENT_READ_BUFFER,
+                    queue: options.client_send_queue,
+                    pause_at: options.client_send_queue / 2,
+                    server: false,
+                }
             };
-            runtime.spawn(upgrade::<S>(
-                on_upgrade,
-                conn,
-                events,
-                max_message,
-                read_buffer,
-            ));
+            runtime.spawn(upgrade::<S>(on_upgrade, conn, events, side));
             let mut response = Response::new(empty());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = response.headers_mut();
@@ -482,22 +746,27 @@ where
         }
         RequestOutcome::EventStream(conn) => {
             let generation = next_generation();
-            let (writer, commands) = mpsc::channel(ws::WRITE_QUEUE);
+            let (outbox, inbox) =
+                queue::channel(options.client_send_queue, usize::MAX, false, abort);
             let _ = events
-                .send(DriverInput::Attach(conn, generation, writer))
+                .send(DriverInput::Attach(conn, generation, outbox))
                 .await;
             let notice = DropNotice {
                 event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
                 events,
             };
-            let body = commands
-                .take_while(|c| std::future::ready(matches!(c, Command::Send { .. })))
-                .filter_map(move |c| {
-                    let _ = &notice;
-                    std::future::ready(match c {
-                        Command::Send { data, .. } => Some(Ok::<_, Infallible>(Frame::data(data))),
-                        Command::Close { .. } => None,
-                    })
+            let body =
+                futures_util::stream::unfold((inbox, notice), |(mut inbox, notice)| async move {
+                    match inbox.next().await {
+                        Some(command @ Command::Send { .. }) => {
+                            inbox.taken(Inbox::size(&command));
+                            let Command::Send { data, .. } = command else {
+                                return None;
+                            };
+                            Some((Ok::<_, Infallible>(Frame::data(data)), (inbox, notice)))
+                        }
+                        Some(Command::Close { .. }) | None => None,
+                    }
                 });
             let mut response = Response::new(BodyExt::boxed(StreamBody::new(body)));
             let headers = response.headers_mut();
@@ -529,15 +798,22 @@ where
         }
     };
     allow_origin(origin.as_ref(), &mut response);
-    if negotiate {
+    if negotiate || body_left {
         // A client's next request after negotiate is its WebSocket (a connection of its own)
         // or a poll it may open anew: an idle keep-alive connection would hold a read buffer
-        // for nothing.
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+        // for nothing. A body left unread cannot be followed by another request.
+        response = closing(response);
     }
     Ok(response)
+}
+
+/// How one side's WebSockets are set up: the client's limits, or the app server's.
+struct Side {
+    max_message: usize,
+    read_buffer: usize,
+    queue: usize,
+    pause_at: usize,
+    server: bool,
 }
 
 /// Completes a WebSocket upgrade on the raw stream (recovered from hyper, with any bytes it
@@ -546,8 +822,7 @@ async fn upgrade<S>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     conn: ConnHandle,
     mut events: mpsc::Sender<DriverInput>,
-    max_message: usize,
-    read_buffer: usize,
+    side: Side,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -567,19 +842,19 @@ async fn upgrade<S>(
         io.into_inner(),
         early,
         Role::Server,
-        Some(ws::config(max_message, read_buffer)),
+        Some(ws::config(side.max_message, side.read_buffer)),
     )
     .await;
     let generation = next_generation();
-    let (writer, commands) = mpsc::channel(ws::WRITE_QUEUE);
+    let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, Arc::default());
     if events
-        .send(DriverInput::Attach(conn, generation, writer))
+        .send(DriverInput::Attach(conn, generation, outbox))
         .await
         .is_err()
     {
         return;
     }
-    ws::pump(ws, commands, events, move |incoming| {
+    ws::pump(ws, inbox, events, move |incoming| {
         DriverInput::Incoming(conn, generation, incoming)
     })
     .await;

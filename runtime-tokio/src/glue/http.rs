@@ -17,6 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use signalr_relay_core::relay::{HttpRequest, HttpResponse};
 use smol_hyper::rt::FuturesIo;
 
+use crate::glue::accept::{accept_loop, ConnectionCount};
 use crate::glue::{Listener, Runtime};
 
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -112,19 +113,17 @@ pub(crate) fn allow_origin(origin: Option<&HeaderValue>, response: &mut Response
 }
 
 /// Serves plain HTTP requests with `handler` (no WebSockets), e.g. an app server's negotiate
-/// endpoint.
-///
-/// # Errors
-/// When accepting fails.
-pub async fn serve_http<R, L, F>(runtime: R, mut listener: L, handler: F) -> std::io::Result<()>
+/// endpoint, forever: accept errors are survived, and at most `max_connections` are open at
+/// once (see [`accept_loop`]). A request body is not read: the handler gets the head.
+pub async fn serve_http<R, L, F>(runtime: R, listener: L, max_connections: usize, handler: F)
 where
     R: Runtime,
     L: Listener,
     F: Fn(HttpRequest) -> HttpResponse + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
-    loop {
-        let (stream, _) = listener.accept().await?;
+    let count = ConnectionCount::new(max_connections);
+    accept_loop(&runtime, listener, count, |stream, _peer, admitted| {
         let handler = handler.clone();
         let timer = runtime.hyper_timer();
         runtime.spawn(async move {
@@ -144,10 +143,13 @@ where
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(timer)
-                .header_read_timeout(Duration::from_secs(15));
+                .header_read_timeout(Duration::from_secs(15))
+                .max_buf_size(40 * 1024);
             let _ = builder
                 .serve_connection(FuturesIo::new(stream), service)
                 .await;
+            drop(admitted);
         });
-    }
+    })
+    .await;
 }

@@ -7,12 +7,16 @@
 //! |---|---|
 //! | `driver` | the relay served: the one task that owns the [`Relay`](signalr_relay_core::relay::Relay), feeds it and carries out what it says |
 //! | `http` | hyper on `futures-io`: requests for the core, responses, CORS |
-//! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from a bounded queue |
+//! | `accept` | the accept loop: accept errors survived with a pause, a cap on open connections |
+//! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
+//! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
 //!
 //! An adapter says only how its runtime spawns, sleeps, tells the time, connects and accepts.
 
+pub mod accept;
 pub(crate) mod driver;
 pub(crate) mod http;
+pub(crate) mod queue;
 pub(crate) mod ws;
 
 use std::future::Future;

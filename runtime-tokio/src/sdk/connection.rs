@@ -449,15 +449,30 @@ fn result_of(result: CompletionResult) -> Result<Option<RawValue>, InvokeError> 
 
 /// A client answered a client invocation: hand the result to whoever awaits it here, and tell
 /// the relay (which forwards it when another app server made the invocation).
+///
+/// A completion counts only from the client the invocation was sent to: any other client's
+/// (a forgery, or a mistake) is ignored and logged, and the real answer still counts.
 fn client_completion(hub: &Arc<HubRuntime>, client: &ClientEntry, completion: Completion) {
-    let local = lock(&hub.results).remove(&completion.invocation_id);
+    let sender = &client.info.connection_id;
+    let local = take_result(hub, &completion.invocation_id, sender);
     let routed_for = match local {
         Some(_) => None,
-        None => lock(&hub.routed)
-            .remove(&completion.invocation_id)
-            .map(|(caller, _)| caller),
+        None => {
+            let mut routed = lock(&hub.routed);
+            match routed.get(&completion.invocation_id) {
+                Some((_, owed_by)) if owed_by == sender => routed
+                    .remove(&completion.invocation_id)
+                    .map(|(caller, _)| caller),
+                _ => None,
+            }
+        }
     };
     if local.is_none() && routed_for.is_none() {
+        tracing::warn!(
+            connection_id = %sender,
+            invocation_id = %completion.invocation_id,
+            "ignored a completion for an invocation this client was not asked"
+        );
         return;
     }
     let protocol = client.info.protocol;
@@ -485,6 +500,19 @@ fn client_completion(hub: &Arc<HubRuntime>, client: &ClientEntry, completion: Co
     }
 }
 
+/// The result awaited for `invocation_id`, if `connection_id` is the client it was asked of.
+fn take_result(
+    hub: &HubRuntime,
+    invocation_id: &str,
+    connection_id: &str,
+) -> Option<crate::sdk::hub::PendingResult> {
+    let mut results = lock(&hub.results);
+    let owed = results
+        .get(invocation_id)
+        .is_some_and(|p| p.connection_id == connection_id);
+    owed.then(|| results.remove(invocation_id)).flatten()
+}
+
 /// Client-result traffic from the relay.
 fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
     match message {
@@ -493,7 +521,7 @@ fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
             lock(&hub.routed).insert(m.invocation_id, (m.caller_server_id, m.connection_id));
         }
         ServiceMessage::ClientCompletion(m) => {
-            let Some(pending) = lock(&hub.results).remove(&m.invocation_id) else {
+            let Some(pending) = take_result(hub, &m.invocation_id, &m.connection_id) else {
                 return;
             };
             let mut decoder = HubDecoder::new(pending.protocol, m.payload.len().max(1));
@@ -507,7 +535,7 @@ fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
             let _ = pending.reply.send(result);
         }
         ServiceMessage::ErrorCompletion(m) => {
-            if let Some(pending) = lock(&hub.results).remove(&m.invocation_id) {
+            if let Some(pending) = take_result(hub, &m.invocation_id, &m.connection_id) {
                 let error = m
                     .error
                     .unwrap_or_else(|| "the invocation failed".to_owned());

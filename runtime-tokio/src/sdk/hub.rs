@@ -88,6 +88,8 @@ impl From<InvokeError> for HubError {
 
 /// A client result being awaited.
 pub(crate) struct PendingResult {
+    /// The client asked: the only one whose completion counts.
+    pub(crate) connection_id: String,
     pub(crate) protocol: HubProtocol,
     pub(crate) reply: oneshot::Sender<Result<Option<RawValue>, InvokeError>>,
 }
@@ -652,16 +654,20 @@ impl Target {
             .filter(|c| !c.is_closed())
             .or_else(|| self.hub.any_connection())
             .ok_or(InvokeError::Unsupported("no connection to the relay"))?;
-        let n = self
-            .hub
-            .next_invocation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let invocation_id = format!("{connection_id}-{}-{n}", self.hub.server_id);
+        // Unguessable: only the client asked may answer, and nobody can aim at the id.
+        let invocation_id = random_invocation_id();
         let payloads = invocation_payloads_with_id(Some(&invocation_id), method, args)
             .map_err(|e| InvokeError::InvalidResult(e.to_string()))?;
         let (reply, result) = oneshot::channel();
         let protocol = local.map_or(HubProtocol::Json, |c| c.info.protocol);
-        lock(&self.hub.results).insert(invocation_id.clone(), PendingResult { protocol, reply });
+        lock(&self.hub.results).insert(
+            invocation_id.clone(),
+            PendingResult {
+                connection_id: connection_id.clone(),
+                protocol,
+                reply,
+            },
+        );
         let message = ServiceMessage::ClientInvocation(service::ClientInvocation {
             invocation_id: invocation_id.clone(),
             connection_id,
@@ -818,4 +824,14 @@ impl Groups {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// 128 random bits, hex: an invocation id with no structure to guess.
+fn random_invocation_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        tracing::error!("no OS randomness; invocation ids would be predictable");
+        std::process::abort();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

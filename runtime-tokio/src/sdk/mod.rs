@@ -89,7 +89,6 @@ pub(crate) struct HubRuntime {
     pub(crate) result_timeout: Duration,
     /// Sleeps on the app server's runtime (set by [`AppServer::start`]).
     pub(crate) sleeper: std::sync::OnceLock<Sleeper>,
-    pub(crate) next_invocation: std::sync::atomic::AtomicU64,
 }
 
 /// Sleeps for a while on some runtime.
@@ -142,7 +141,6 @@ impl AppServer {
                         server_id: options.server_id.clone(),
                         result_timeout: options.client_result_timeout,
                         sleeper: std::sync::OnceLock::new(),
-                        next_invocation: std::sync::atomic::AtomicU64::new(0),
                     }),
                 )
             })
@@ -223,7 +221,7 @@ impl AppServer {
             )));
         }
         let cs = &self.shared.connection_string;
-        let access_token = self.client_token(cs.classic_client_audience(), user_id, claims);
+        let access_token = self.client_token(cs.classic_client_audience(&hub), user_id, claims);
         ClassicNegotiateReply::Redirect(RedirectResponse::new(
             format!("{}aspnetclient?hub={hub}", cs.client_endpoint()),
             access_token,

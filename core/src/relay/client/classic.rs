@@ -153,6 +153,11 @@ fn state_of(headers: &Headers) -> Option<RawJson> {
 }
 
 /// The limits of classic request parameters.
+/// Largest classic form body: a maximal `data`, percent-encoded.
+pub(crate) fn body_limit(config: &RelayConfig) -> usize {
+    limits(config).max_body_len
+}
+
 fn limits(config: &RelayConfig) -> Limits {
     let max_data = config.max_client_message_size;
     Limits {
@@ -233,13 +238,15 @@ pub(crate) fn negotiated(
     json(NegotiateReply::Negotiate(response).encode())
 }
 
-/// The answer to a request whose connection token names no classic connection.
+/// The answer to a request with a genuine connection token whose connection is gone.
 pub(crate) fn unknown_token(kind: RequestKind, websocket: bool) -> RequestOutcome {
     respond(match kind {
-        // The client stops cleanly on a global error.
-        RequestKind::Poll | RequestKind::Reconnect if !websocket => {
+        // The long-polling client stops cleanly on a global error.
+        RequestKind::Poll if !websocket => {
             json(PersistentResponse::global_error(texts::TOKEN_UNKNOWN).encode())
         }
+        RequestKind::Reconnect => Rejection::ConnectionGone.into(),
+        // Nothing left to abort.
         RequestKind::Abort => HttpResponse::text(200, ""),
         _ => Rejection::UnknownConnectionToken.into(),
     })

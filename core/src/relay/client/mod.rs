@@ -18,11 +18,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+pub(crate) use self::aspnetcore::client_post_limit;
 pub use self::classic::STATE_HEADER;
 pub(crate) use self::classic::{
-    negotiate_hub as classic_negotiate_hub, negotiated as classic_negotiated,
-    no_app_server as classic_no_app_server, parse as parse_classic,
-    unknown_token as classic_unknown_token, BASE as CLASSIC_BASE,
+    body_limit as classic_body_limit, negotiate_hub as classic_negotiate_hub,
+    negotiated as classic_negotiated, no_app_server as classic_no_app_server,
+    parse as parse_classic, unknown_token as classic_unknown_token, BASE as CLASSIC_BASE,
 };
 pub(crate) use self::transport::Tombstones;
 
@@ -255,6 +256,8 @@ pub(crate) struct Client {
     pub(crate) connection_id: String,
     pub(crate) token: String,
     pub(crate) user_id: Option<String>,
+    /// The token it negotiated with (digested): every later request must bear the same.
+    pub(crate) bearer: Option<[u8; 32]>,
     /// What the app server is told once, with OpenConnection.
     intro: Option<Box<Intro>>,
     pub(crate) link: Option<Link>,
@@ -280,6 +283,7 @@ impl Client {
             connection_id,
             token,
             user_id,
+            bearer: None,
             intro: Some(Box::new(intro)),
             link: None,
             dialect,
@@ -322,6 +326,7 @@ impl Client {
             hub,
             connection_id,
             user_id,
+            bearer,
             intro,
             link,
             dialect,
@@ -385,7 +390,7 @@ impl Client {
                 Handled::refuse(Rejection::UnknownConnection)
             }
             (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
-                let owner = r.user == user_id.as_deref();
+                let owner = r.user == user_id.as_deref() && r.req.bearer_fingerprint() == *bearer;
                 match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
                     Ok(Upgrade::Resumed) => {
                         Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
@@ -398,7 +403,7 @@ impl Client {
                 }
             }
             (Input::Http(r), Dialect::AspNetCore(a)) => {
-                if r.user != user_id.as_deref() {
+                if r.user != user_id.as_deref() || r.req.bearer_fingerprint() != *bearer {
                     return Handled::refuse(Rejection::NotOwner);
                 }
                 if r.req.method == "POST" {
@@ -432,7 +437,8 @@ impl Client {
                 },
                 Dialect::Classic(c),
             ) => {
-                if request.user != user_id.as_deref() {
+                if request.user != user_id.as_deref() || request.req.bearer_fingerprint() != *bearer
+                {
                     return Handled::refuse(Rejection::UserChanged);
                 }
                 if kind == RequestKind::Send {

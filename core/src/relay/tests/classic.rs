@@ -200,7 +200,7 @@ fn classic_bad_input_gets_the_classic_errors() {
     let mut mallory = long_poll("connect", &conn_token, "");
     mallory.headers = vec![(
         "Authorization".into(),
-        format!("Bearer {}", classic_token(Some("mallory"))),
+        format!("Bearer {}", classic_token("chat", Some("mallory"))),
     )];
     assert_eq!(status(&mut sim, mallory), 403);
     let lp = |sim: &mut Sim, kind: &str, body: &str| {
@@ -616,4 +616,28 @@ fn classic_requests_out_of_order_or_for_the_other_family_are_refused() {
     let core_token = sim.negotiate("chat", Some("alice")).unwrap();
     assert_eq!(status(&mut sim, long_poll("connect", &core_token, "")), 400);
     assert_eq!(sim.relay().client_count(), 2);
+}
+
+/// A classic token names the hub the app authorized; the relay refuses a negotiate for any
+/// other hub, and one whose token names no hub at all.
+#[test]
+fn classic_tokens_are_bound_to_their_hub() {
+    let mut sim = sim();
+    sim.connect_server("chat", "app");
+    sim.connect_server("testhub", "app");
+    let status = |sim: &mut Sim, req: HttpRequest| respond(sim.handle(&req)).status;
+    let mut for_chat = classic_request("negotiate", "testhub", "", None, "", false, Some("alice"));
+    for_chat.headers = vec![(
+        "Authorization".into(),
+        format!("Bearer {}", classic_token("chat", Some("alice"))),
+    )];
+    assert_eq!(status(&mut sim, for_chat), 401);
+    let mut claims = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".to_owned());
+    let unbound = crate::auth::sign(&claims, KEY.as_bytes(), crate::auth::Algorithm::Hs256);
+    let mut no_hub = classic("negotiate", "", None, "", false);
+    no_hub.headers = vec![("Authorization".into(), format!("Bearer {unbound}"))];
+    assert_eq!(status(&mut sim, no_hub), 401);
+    assert!(sim.classic_negotiate("testhub", Some("alice")).is_ok());
+    assert!(sim.classic_negotiate("chat", Some("alice")).is_ok());
 }

@@ -55,3 +55,62 @@ fn client_results_are_routed_between_app_servers_only_when_needed() {
         .iter()
         .any(|m| matches!(m, ServiceMessage::ErrorCompletion(e) if e.invocation_id == "inv-4")));
 }
+
+#[test]
+fn a_completion_counts_only_from_the_client_asked_through_its_app_server() {
+    let mut sim = sim();
+    let router = sim.connect_server("chat", "app-b");
+    let (bob, bob_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(bob, &bob_id);
+    let (carol, carol_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(carol, &carol_id);
+    let caller = sim.connect_server("chat", "app-a");
+    sim.send_service(
+        caller,
+        &ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: "inv-bob".into(),
+            connection_id: bob_id.clone(),
+            caller_server_id: "app-a".into(),
+            payloads: json_payloads(
+                "{\"type\":1,\"invocationId\":\"inv-bob\",\"target\":\"ask\",\"arguments\":[]}",
+            ),
+            ext: service::Ext::default(),
+        }),
+    );
+    let completion = |connection_id: &str, result: u32| {
+        ServiceMessage::ClientCompletion(service::ClientCompletion {
+            invocation_id: "inv-bob".into(),
+            connection_id: connection_id.to_owned(),
+            caller_server_id: "app-a".into(),
+            protocol: "json".into(),
+            payload: Bytes::from(format!(
+                "{{\"type\":3,\"invocationId\":\"inv-bob\",\"result\":{result}}}\x1e"
+            )),
+            ext: service::Ext::default(),
+        })
+    };
+    let answers = |sim: &Sim| {
+        sim.to_server[&caller]
+            .iter()
+            .filter_map(|m| match m {
+                ServiceMessage::ClientCompletion(cc) => Some(cc.payload.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Carol's answer to Bob's invocation, and one sent by an app server Bob is not mapped
+    // to, are both ignored.
+    sim.send_service(router, &completion(&carol_id, 666));
+    sim.send_service(caller, &completion(&bob_id, 667));
+    assert!(
+        answers(&sim).is_empty(),
+        "no forged answer reaches the caller"
+    );
+    assert_eq!(sim.relay().stats().completions_ignored, 2);
+    // Bob's own answer still counts, once.
+    sim.send_service(router, &completion(&bob_id, 42));
+    sim.send_service(router, &completion(&bob_id, 43));
+    let got = answers(&sim);
+    assert_eq!(got.len(), 1);
+    assert!(std::str::from_utf8(&got[0]).is_ok_and(|p| p.contains("\"result\":42")));
+}

@@ -95,3 +95,51 @@ fn unknown_connection_ids_are_404() {
         RequestOutcome::Respond(HttpResponse { status: 404, .. })
     ));
 }
+
+/// With `negotiateVersion=0` the connection token is the connection id, which is no secret.
+/// The connection answers only the exact access token it negotiated with: another client's
+/// token for the same hub (anonymous too) cannot poll it, send on it or take its WebSocket.
+#[test]
+fn a_connection_answers_only_the_access_token_it_negotiated_with() {
+    let mut sim = sim();
+    sim.connect_server("chat", "app");
+    let mine = token("/client/", "chat", None, 3600, KEY);
+    let theirs = token("/client/", "chat", None, 7200, KEY);
+    let negotiate = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=0",
+        Some(&mine),
+        false,
+    );
+    let body = respond(sim.handle(&negotiate)).body;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = json["connectionId"].as_str().unwrap().to_owned();
+    assert!(
+        json.get("connectionToken").is_none(),
+        "version 0: the id is the token"
+    );
+    let on = |method: &str, bearer: &str, websocket: bool| {
+        request(
+            method,
+            "/client/",
+            &format!("hub=chat&id={id}"),
+            Some(bearer),
+            websocket,
+        )
+    };
+    for (method, websocket) in [
+        ("GET", false),
+        ("POST", false),
+        ("DELETE", false),
+        ("GET", true),
+    ] {
+        let refused = sim.handle(&on(method, &theirs, websocket));
+        assert!(
+            matches!(&refused, RequestOutcome::Respond(r) if r.status == 403),
+            "{method} (websocket: {websocket}): {refused:?}"
+        );
+    }
+    // Its own token still works: the first poll starts the connection.
+    assert_eq!(respond(sim.handle(&on("GET", &mine, false))).status, 200);
+}

@@ -1,0 +1,67 @@
+//! What an adapter may read of a request before the relay sees it, decided on the headers
+//! alone: no request body is read for a peer that has not shown a valid token, and none is
+//! read past what its endpoint can need.
+
+use std::time::Instant;
+
+use super::admission::{hub_param, Admission};
+use super::client::{classic_body_limit, client_post_limit, CLASSIC_BASE};
+use super::config::RelayConfig;
+use super::http::{HttpRequest, HttpResponse};
+use super::reason::Rejection;
+
+/// Largest body read for a negotiate: clients send none.
+pub const NEGOTIATE_BODY_LIMIT: usize = 4096;
+
+/// The header check every `POST` passes before its body is read. Cheap to clone; built with
+/// [`Relay::gate`](super::Relay::gate), so that its clocks and keys are the relay's.
+#[derive(Debug, Clone)]
+pub struct RequestGate {
+    config: std::sync::Arc<RelayConfig>,
+    admission: Admission,
+}
+
+impl RequestGate {
+    pub(super) fn new(config: &RelayConfig, admission: &Admission) -> Self {
+        Self {
+            config: std::sync::Arc::new(config.clone()),
+            admission: admission.clone(),
+        }
+    }
+
+    /// How many body bytes to read for `req` (its headers only; its body is ignored), or the
+    /// refusal to answer without reading any.
+    ///
+    /// Read at most the limit **plus one** byte and hand the request to
+    /// [`Relay::handle_request`](super::Relay::handle_request): a body longer than the limit
+    /// is how the relay learns it was too large, and it answers as the endpoint should (a
+    /// long-polling client is closed with an error, for one). `0` means the endpoint takes no
+    /// body: read none.
+    ///
+    /// # Errors
+    /// A response to send at once (a missing or bad token: 401, a missing hub: 400). The
+    /// relay would refuse the request the same way.
+    pub fn body_limit(&self, now: Instant, req: &HttpRequest) -> Result<usize, HttpResponse> {
+        if req.method != "POST" {
+            return Ok(0);
+        }
+        let config = &self.config;
+        let path = req.path.trim_end_matches('/');
+        let verify_client = || -> Result<(), Rejection> {
+            let hub = hub_param(req)?;
+            self.admission
+                .verify(config, now, req, "/client/", Some(&hub))
+                .map(drop)
+        };
+        let limit = match path {
+            "/client/negotiate" => verify_client().map(|()| NEGOTIATE_BODY_LIMIT),
+            "/client" => verify_client().map(|()| client_post_limit(config)),
+            p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => self
+                .admission
+                .verify(config, now, req, CLASSIC_BASE, None)
+                .map(|_| classic_body_limit(config)),
+            _ => Ok(0),
+        };
+        limit.map_err(HttpResponse::from)
+    }
+}

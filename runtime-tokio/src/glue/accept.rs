@@ -1,0 +1,189 @@
+//! The accept loop shared by every listener: it survives accept errors and caps how many
+//! connections are open at once.
+//!
+//! An accept error is never fatal. Errors about one connection (reset or aborted before it was
+//! taken) are skipped. Anything else, most often running out of file descriptors (`EMFILE`,
+//! `ENFILE`), is logged at most once a second and waited out with a growing pause (5 ms, doubling
+//! to 1 s), as hyper's and tokio's servers do: the backlog keeps the peers waiting, and the loop
+//! recovers by itself once descriptors are free.
+//!
+//! Past the connection cap, a new socket is closed as soon as it is accepted, before any byte of
+//! it is read: it costs a descriptor for an instant, and the connections already admitted are
+//! untouched.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::glue::{Listener, Runtime};
+
+/// How many connections are open, against a cap. Shared by the accept loop and every
+/// [`Admitted`] guard.
+#[derive(Debug)]
+pub struct ConnectionCount {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionCount {
+    /// A count capped at `max` open connections (`usize::MAX`: no cap).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| Admitted(self.clone()))
+    }
+}
+
+/// One admitted connection: counted until dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<ConnectionCount>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Descriptors kept free for everything that is not a connection (the listener, the poller,
+/// logs).
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The default cap: the process's descriptor limit less a reserve, so that the cap, not the
+/// kernel, refuses connections. No cap where the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    #[cfg(unix)]
+    {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(current) = limit.current {
+            let usable = current.saturating_sub(RESERVED_DESCRIPTORS).max(16);
+            return usize::try_from(usable).unwrap_or(usize::MAX);
+        }
+    }
+    usize::MAX
+}
+
+/// Raises the process's soft descriptor limit to its hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do: the soft limit is often 1024, far below what a relay holds.
+/// Call it before reading [`default_max_connections`].
+pub fn raise_descriptor_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        let below_hard = match (limit.current, limit.maximum) {
+            (Some(soft), Some(hard)) => soft < hard,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if below_hard {
+            limit.current = limit.maximum;
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::debug!("could not raise the descriptor limit: {e}");
+            }
+        }
+    }
+}
+
+/// Errors about the one connection being accepted, not about the listener.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A warning at most once per [`LOG_EVERY`], with how many were held back.
+struct RateLimitedLog {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, now: Instant, what: &str, detail: &dyn std::fmt::Display) {
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        tracing::warn!(
+            what,
+            %detail,
+            similar_since_last = self.held_back,
+            "accepting connections"
+        );
+        self.last = Some(now);
+        self.held_back = 0;
+    }
+}
+
+/// Accepts connections on `listener` forever, handing each admitted one to `serve` with the
+/// guard that counts it. Never returns.
+pub async fn accept_loop<R, L, F>(
+    runtime: &R,
+    mut listener: L,
+    count: Arc<ConnectionCount>,
+    mut serve: F,
+) where
+    R: Runtime,
+    L: Listener,
+    F: FnMut(L::Stream, SocketAddr, Admitted),
+{
+    let mut pause = FIRST_PAUSE;
+    let mut errors = RateLimitedLog {
+        last: None,
+        held_back: 0,
+    };
+    let mut refusals = RateLimitedLog {
+        last: None,
+        held_back: 0,
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                pause = FIRST_PAUSE;
+                match count.admit() {
+                    Some(admitted) => serve(stream, peer, admitted),
+                    None => {
+                        drop(stream);
+                        refusals.warn(
+                            runtime.now(),
+                            "connection refused: the connection cap is reached",
+                            &count.max,
+                        );
+                    }
+                }
+            }
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                errors.warn(runtime.now(), "accept failed; pausing", &e);
+                runtime.sleep_until(runtime.now() + pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! One peer's outgoing queue, bounded in bytes, and the signals around it.
+//!
+//! The driver pushes into an [`Outbox`]; the socket's writer drains the matching [`Inbox`]. The
+//! bytes waiting are counted when pushed and uncounted when the socket takes them, so the
+//! driver sees a peer that stopped reading as soon as its bound is reached, whatever the
+//! message sizes. A single message larger than the bound is taken when nothing else waits.
+//!
+//! The same shared state carries three signals:
+//! - **abort**: the driver judged the peer too slow; its socket is dropped at once (the task
+//!   serving it stops, so the descriptor and every buffer are freed), without a goodbye that
+//!   could wait forever on a peer that does not read;
+//! - **progress**: bytes written so far, so that the driver can close a peer whose socket took
+//!   nothing for the write timeout;
+//! - **pause**: the driver stops reading from a client while the server connection it feeds
+//!   is congested, and the writer of that server connection says when it drained.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
+
+/// What to do on a socket.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a message (binary or text).
+    Send { data: Bytes, binary: bool },
+    /// Send a close frame and stop.
+    Close { code: u16, reason: String },
+}
+
+impl Command {
+    fn size(&self) -> usize {
+        match self {
+            Self::Send { data, .. } => data.len(),
+            Self::Close { reason, .. } => reason.len(),
+        }
+    }
+}
+
+/// Tells a task serving a socket to stop now.
+#[derive(Debug, Default)]
+pub(crate) struct AbortSignal {
+    aborted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl AbortSignal {
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once aborted.
+    pub(crate) fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.aborted.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Runs `future` until it completes (`Some`) or the signal fires (`None`, and `future` is
+    /// dropped).
+    pub(crate) async fn guard<F: Future>(&self, future: F) -> Option<F::Output> {
+        futures_util::pin_mut!(future);
+        std::future::poll_fn(|cx| {
+            if self.poll_aborted(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            future.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Bytes pushed and not yet taken by the socket.
+    queued: AtomicUsize,
+    /// Bytes the socket has taken, ever.
+    written: AtomicU64,
+    abort: Arc<AbortSignal>,
+    /// Set while the driver holds clients paused on this queue.
+    congested: AtomicBool,
+    /// Set while the driver wants this peer's socket left unread.
+    paused: AtomicBool,
+    read_waker: AtomicWaker,
+}
+
+/// The driver's end: bounded pushes, and the signals.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    limit: usize,
+    pause_at: usize,
+    server: bool,
+}
+
+/// The writer's end.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    rx: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<Shared>,
+    /// Below this many queued bytes a congested queue counts as drained.
+    low_water: usize,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The message did not fit: the peer is not keeping up.
+    Full,
+    /// The socket's task has ended (its `Closed` is on the way).
+    Gone,
+}
+
+/// A queue of at most `limit` bytes, whose socket stops when `abort` fires. `pause_at` is
+/// where the driver starts pausing reads: of the clients that feed it, for a `server`
+/// connection's queue; of the peer itself, for a client's. It counts as drained below half
+/// of that.
+pub(crate) fn channel(
+    limit: usize,
+    pause_at: usize,
+    server: bool,
+    abort: Arc<AbortSignal>,
+) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::unbounded();
+    let shared = Arc::new(Shared {
+        queued: AtomicUsize::new(0),
+        written: AtomicU64::new(0),
+        abort,
+        congested: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        read_waker: AtomicWaker::new(),
+    });
+    (
+        Outbox {
+            tx,
+            shared: shared.clone(),
+            limit,
+            pause_at,
+            server,
+        },
+        Inbox {
+            rx,
+            shared,
+            low_water: pause_at / 2,
+        },
+    )
+}
+
+impl Outbox {
+    /// Queues `command`, unless that would take the queue past its bound. A close always fits.
+    pub(crate) fn push(&self, command: Command) -> Result<(), Refused> {
+        let size = command.size();
+        let queued = self.shared.queued.load(Ordering::Acquire);
+        let is_close = matches!(command, Command::Close { .. });
+        if !is_close && queued > 0 && queued.saturating_add(size) > self.limit {
+            return Err(Refused::Full);
+        }
+        self.shared.queued.fetch_add(size, Ordering::AcqRel);
+        self.tx.unbounded_send(command).map_err(|_| Refused::Gone)
+    }
+
+    /// Bytes waiting.
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether so much waits that the clients feeding this queue should pause.
+    pub(crate) fn over_pause_mark(&self) -> bool {
+        self.queued() > self.pause_at
+    }
+
+    /// Whether this is a server connection's queue (fed by many clients).
+    pub(crate) fn is_server(&self) -> bool {
+        self.server
+    }
+
+    /// Bytes the socket has taken so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// Stops the peer's socket now.
+    pub(crate) fn abort(&self) {
+        self.shared.abort.abort();
+    }
+
+    /// Marks this queue congested (the driver paused clients on it); the writer reports
+    /// when it drained. Returns whether it was already marked.
+    pub(crate) fn set_congested(&self) -> bool {
+        self.shared.congested.swap(true, Ordering::AcqRel)
+    }
+
+    /// Stops (or resumes) reading this peer's socket.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.shared.read_waker.wake();
+        }
+    }
+}
+
+impl Inbox {
+    /// The next command, waiting for one.
+    pub(crate) async fn next(&mut self) -> Option<Command> {
+        self.rx.next().await
+    }
+
+    /// The next command, if one is queued.
+    pub(crate) fn try_next(&mut self) -> Option<Command> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The socket took `bytes` of what was queued. Returns `true` when this drains a queue
+    /// that was congested (once per congestion).
+    pub(crate) fn taken(&self, bytes: usize) -> bool {
+        let before = self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        self.shared
+            .written
+            .fetch_add(bytes as u64, Ordering::AcqRel);
+        before.saturating_sub(bytes) < self.low_water.max(1)
+            && self.shared.congested.swap(false, Ordering::AcqRel)
+    }
+
+    /// How many bytes a command counts for.
+    pub(crate) fn size(command: &Command) -> usize {
+        command.size()
+    }
+
+    /// The reader's view of this queue: the pause and abort signals.
+    pub(crate) fn signals(&self) -> Signals {
+        Signals(self.shared.clone())
+    }
+}
+
+/// What a socket's reader watches: whether to stop reading for now, and whether to stop.
+#[derive(Debug, Clone)]
+pub(crate) struct Signals(Arc<Shared>);
+
+impl Signals {
+    /// Ready once the socket must be dropped.
+    pub(crate) fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.abort.poll_aborted(cx)
+    }
+
+    /// Pending while the driver wants the socket left unread.
+    pub(crate) async fn unpaused(&self) {
+        let shared = &self.0;
+        std::future::poll_fn(|cx| {
+            if !shared.paused.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            shared.read_waker.register(cx.waker());
+            if shared.paused.load(Ordering::Acquire) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(n: usize) -> Command {
+        Command::Send {
+            data: Bytes::from(vec![b'x'; n]),
+            binary: true,
+        }
+    }
+
+    #[test]
+    fn bounded_in_bytes_not_messages() {
+        let (out, mut inbox) = channel(100, usize::MAX, false, Arc::default());
+        out.push(send(60)).expect("fits");
+        out.push(send(40)).expect("fits exactly");
+        assert!(out.push(send(1)).is_err(), "one byte past the bound");
+        assert_eq!(out.queued(), 100);
+        let first = inbox.try_next().expect("queued");
+        inbox.taken(Inbox::size(&first));
+        assert_eq!((out.queued(), out.written()), (40, 60));
+        out.push(send(60)).expect("room again");
+    }
+
+    #[test]
+    fn one_oversized_message_fits_an_empty_queue_and_a_close_always_fits() {
+        let (out, _inbox) = channel(100, usize::MAX, false, Arc::default());
+        out.push(send(500)).expect("alone, it goes");
+        assert!(out.push(send(1)).is_err());
+        out.push(Command::Close {
+            code: 1000,
+            reason: String::new(),
+        })
+        .expect("a close is never refused");
+    }
+
+    #[test]
+    fn drained_is_reported_once_per_congestion() {
+        let (out, mut inbox) = channel(1000, 100, true, Arc::default());
+        for _ in 0..3 {
+            out.push(send(40)).expect("fits");
+        }
+        assert!(!out.set_congested());
+        let c = inbox.try_next().expect("queued");
+        assert!(!inbox.taken(Inbox::size(&c)), "80 left: not below 50");
+        let c = inbox.try_next().expect("queued");
+        assert!(inbox.taken(Inbox::size(&c)), "40 left: drained");
+        let c = inbox.try_next().expect("queued");
+        assert!(!inbox.taken(Inbox::size(&c)), "reported once");
+    }
+
+    #[test]
+    fn a_push_to_a_gone_writer_fails() {
+        let (out, inbox) = channel(100, usize::MAX, false, Arc::default());
+        drop(inbox);
+        assert_eq!(out.push(send(1)), Err(Refused::Gone));
+    }
+}

@@ -1,0 +1,291 @@
+// Hostile traffic, performed against the real binaries: each attack is bounded, and a
+// bystander client that echoes throughout notices nothing.
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const WebSocket = require('ws');
+const { Stack, sleep } = require('./harness');
+
+const MB = 1024 * 1024;
+
+/// A client that echoes every `everyMs` until stopped; `stop()` resolves with its latencies (ms)
+/// and throws if any echo failed or it was closed.
+function bystanderLoop(client, everyMs = 20) {
+  const latencies = [];
+  let failure = null;
+  let running = true;
+  client.onclose((e) => { if (running) failure = failure || new Error(`bystander closed: ${e}`); });
+  const loop = (async () => {
+    let i = 0;
+    while (running) {
+      const t = performance.now();
+      try {
+        const got = await client.invoke('Echo', `ping ${i}`);
+        if (got !== `ping ${i}`) throw new Error(`echo ${i} came back as ${got}`);
+      } catch (e) {
+        failure = failure || e;
+        return;
+      }
+      latencies.push(performance.now() - t);
+      i += 1;
+      await sleep(everyMs);
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      if (failure) throw failure;
+      assert.ok(latencies.length > 0, 'the bystander echoed');
+      return latencies;
+    },
+  };
+}
+
+function p99(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))];
+}
+
+/// Opens `n` plain TCP connections to `addr` that send nothing.
+async function idleSockets(addr, n) {
+  const [host, port] = addr.split(':');
+  const sockets = [];
+  const opened = [];
+  for (let i = 0; i < n; i++) {
+    const s = net.connect(Number(port), host);
+    s.on('error', () => {});
+    sockets.push(s);
+    opened.push(new Promise((resolve) => { s.once('connect', resolve); s.once('close', resolve); setTimeout(resolve, 3000); }));
+  }
+  await Promise.all(opened);
+  return sockets;
+}
+
+/// Sends raw bytes on a new connection and resolves with everything the relay answered once
+/// it closed the connection (or `null` if it was still open after `waitMs`). With `body`,
+/// resolves with `{ answer }`.
+function rawExchange(addr, head, { body = null, waitMs = 20000 } = {}) {
+  const [host, port] = addr.split(':');
+  return new Promise((resolve) => {
+    const s = net.connect(Number(port), host);
+    let got = '';
+    const done = (answer) => resolve(body ? { answer } : answer);
+    const t = setTimeout(() => { s.destroy(); done(null); }, waitMs);
+    s.on('data', (d) => { got += d.toString('latin1'); });
+    s.on('error', () => {});
+    s.on('close', () => { clearTimeout(t); done(got); });
+    s.on('connect', () => { s.write(head); if (body) s.write(body); });
+  });
+}
+
+for (const capped of [true, false]) {
+  const how = capped ? 'the connection cap refuses the excess' : 'past the descriptor limit, accept errors are waited out';
+  test(`descriptor exhaustion: 2,300 idle sockets against 2,000 descriptors; ${how}`, { timeout: 120000 }, async () => {
+    // Uncapped, the relay's cap is set above its descriptor limit, so accept() itself fails.
+    const relayArgs = capped ? [] : ['--max-connections', '100000'];
+    const stack = await Stack.start({ relayNofile: 2000, relayArgs, connectionsPerHub: 1 });
+    try {
+      const bystander = await stack.connect('chat');
+      const loop = bystanderLoop(bystander);
+      // 2,300 sockets, then more in rounds until the attack has landed: the relay says the
+      // cap refused a socket, or that accept() failed for want of descriptors.
+      const sockets = await idleSockets(stack.relayAddr, 2300);
+      const landed = capped ? /connection cap is reached/ : /accept failed; pausing/;
+      for (let round = 0; !landed.test(stack.relay.output()); round++) {
+        assert.ok(round < 30, `the relay never ran out: ${stack.relayResources().fds} descriptors`);
+        sockets.push(...(await idleSockets(stack.relayAddr, 100)));
+        await sleep(100);
+      }
+      console.log(`# 2,300 idle sockets: the relay holds ${stack.relayResources().fds} descriptors of 2,000`);
+      await sleep(1000);
+      assert.equal(stack.relay.child.exitCode, null, 'the relay is alive');
+      await loop.stop();
+      for (const s of sockets) s.destroy();
+      // Once they are gone, the relay serves new clients again, by itself.
+      let fresh;
+      for (let attempt = 0; !fresh; attempt++) {
+        try {
+          fresh = await stack.connect('chat');
+        } catch (e) {
+          if (attempt > 50) throw e;
+          await sleep(200);
+        }
+      }
+      assert.equal(await fresh.invoke('Echo', 'back'), 'back');
+      await fresh.stop();
+      await bystander.stop();
+    } finally {
+      await stack.stop();
+    }
+  });
+}
+
+test('request bodies: none is read without a valid token, none past its endpoint\'s need, none forever', { timeout: 60000 }, async () => {
+  const stack = await Stack.start({ relayArgs: ['--body-read-timeout', '1'] });
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const before = stack.relayResources().rss;
+    // 40 unauthenticated 4 MB bodies, sent in full: each is refused on its headers.
+    const chunk = Buffer.alloc(4194001, 'x');
+    const head = 'POST /client/negotiate?hub=chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4194001\r\n\r\n';
+    const answers = await Promise.all(Array.from({ length: 40 }, () => rawExchange(stack.relayAddr, head, { body: chunk })));
+    for (const { answer } of answers) {
+      // Refused on its headers: the 401 arrives, unless the relay's close with the body
+      // unread reset the connection before the client read it.
+      if (answer) assert.match(answer, /^HTTP\/1\.1 401 /);
+    }
+    const growth = stack.relayResources().rss - before;
+    console.log(`# 40 unauthenticated 4 MB bodies: relay RSS grew ${(growth / MB).toFixed(1)} MB`);
+    assert.ok(growth < 40 * MB, `RSS grew ${growth} bytes`);
+
+    // Headers only, no token: refused at once, with no byte of the body sent, and the
+    // connection closed.
+    const headersOnly = await rawExchange(stack.relayAddr, 'POST /client/negotiate?hub=chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4194001\r\n\r\n');
+    assert.match(headersOnly, /^HTTP\/1\.1 401 /);
+
+    // With a valid token, a body that never arrives times out: 408, then closed.
+    const token = stack.clientToken('chat');
+    const stalled = await rawExchange(stack.relayAddr,
+      `POST /client/negotiate?hub=chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Length: 100\r\n\r\n`);
+    assert.match(stalled, /^HTTP\/1\.1 408 /);
+
+    // A client send reads no more than the client limit allows (4 x 32 KiB): a 4 MB body
+    // on a long-polling connection is refused, and only that connection is closed.
+    const base = `http://${stack.relayAddr}/client/?hub=chat`;
+    const headers = { Authorization: `Bearer ${token}` };
+    const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+    const url = `${base}&id=${connectionToken}`;
+    assert.equal((await fetch(url, { headers })).status, 200, 'first poll');
+    const big = await fetch(url, { method: 'POST', headers, body: chunk }).catch((e) => e);
+    if (!(big instanceof Error)) assert.equal(big.status, 413);
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+/// An event-stream client that negotiates, completes its handshake, then never reads.
+async function stalledEventStream(stack) {
+  const token = stack.clientToken('chat');
+  const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+  const [host, port] = stack.relayAddr.split(':');
+  const socket = net.connect(Number(port), host);
+  socket.on('error', () => {});
+  const closed = new Promise((resolve) => socket.on('close', resolve));
+  await new Promise((resolve) => socket.on('connect', resolve));
+  socket.write(`GET /client/?hub=chat&id=${connectionToken} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+  await new Promise((resolve) => socket.once('data', resolve));
+  const hs = await fetch(`http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, {
+    method: 'POST', headers: { Authorization: `Bearer ${token}` }, body: '{"protocol":"json","version":1}\x1e',
+  });
+  assert.equal(hs.status, 200);
+  socket.pause();
+  return { socket, closed };
+}
+
+test('slow readers: event streams that never read are closed for real, and their memory freed', { timeout: 120000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    bystander.on('broadcast', () => {});
+    const loop = bystanderLoop(bystander);
+    const base = stack.relayResources();
+    const stalled = [];
+    for (let i = 0; i < 10; i++) stalled.push(await stalledEventStream(stack));
+    const sender = await stack.connect('chat');
+    sender.on('broadcast', () => {});
+    const payload = 'y'.repeat(30 * 1024);
+    let peak = 0;
+    for (let i = 0; i < 1000; i++) {
+      await sender.invoke('Broadcast', payload);
+      if (i % 100 === 0) peak = Math.max(peak, stack.relayResources().rss);
+    }
+    peak = Math.max(peak, stack.relayResources().rss);
+    // Every stalled stream was judged too slow: the relay dropped its socket (the peer sees
+    // the connection end once it reads what the kernel had buffered).
+    for (const s of stalled) s.socket.resume();
+    await Promise.all(stalled.map((s) => s.closed));
+    const after = stack.relayResources();
+    console.log(`# 10 stalled event streams, 1,000 x 30 KB broadcasts: peak RSS growth ${((peak - base.rss) / MB).toFixed(1)} MB; descriptors ${base.fds} before, ${after.fds} after`);
+    assert.ok(peak - base.rss < 100 * MB, `RSS grew ${peak - base.rss} bytes`);
+    assert.ok(after.fds <= base.fds + 2, `descriptors: ${base.fds} before, ${after.fds} after`);
+    await loop.stop();
+    await sender.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('slow readers: a WebSocket client that never reads is closed for real', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    bystander.on('broadcast', () => {});
+    const loop = bystanderLoop(bystander);
+    const token = stack.clientToken('chat');
+    const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+    const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
+    await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject); });
+    ws.send('{"protocol":"json","version":1}\x1e');
+    await new Promise((resolve) => ws.once('message', resolve));
+    const closed = new Promise((resolve) => ws.on('close', resolve));
+    ws._socket.pause();
+    const sender = await stack.connect('chat');
+    sender.on('broadcast', () => {});
+    const payload = 'z'.repeat(30 * 1024);
+    for (let i = 0; i < 600; i++) await sender.invoke('Broadcast', payload);
+    ws._socket.resume();
+    await closed;
+    await loop.stop();
+    await sender.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('a flood from 8 clients pauses them; their server connection and its other clients are unharmed', { timeout: 180000 }, async () => {
+  // One server connection per hub: the flooders and the bystander share it.
+  const stack = await Stack.start({ connectionsPerHub: 1 });
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander, 5);
+    const payload = 'f'.repeat(10 * 1024);
+    const perClient = 500;
+    const flood = async () => {
+      const token = stack.clientToken('chat');
+      const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+      const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
+      await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject); });
+      ws.send('{"protocol":"json","version":1}\x1e');
+      let completions = 0;
+      const done = new Promise((resolve, reject) => {
+        ws.on('message', (d) => {
+          completions += (d.toString().match(/"type":3/g) || []).length;
+          if (completions === perClient) resolve();
+        });
+        ws.on('close', (code) => reject(new Error(`flooder closed (${code}) after ${completions} completions; relay said: ${stack.relay.output().slice(-600)}`)));
+      });
+      // As fast as it can while reading its replies: this process reads only between
+      // turns, so it yields every 20 messages.
+      for (let i = 0; i < perClient; i++) {
+        ws.send(JSON.stringify({ type: 1, invocationId: String(i), target: 'Echo', arguments: [payload] }) + '\x1e');
+        if (i % 20 === 19) await new Promise((resolve) => setImmediate(resolve));
+      }
+      await done;
+      ws.close();
+    };
+    await Promise.all(Array.from({ length: 8 }, flood));
+    const latencies = await loop.stop();
+    console.log(`# flood of 8 x ${perClient} x 10 KB: bystander on the same server connection, ${latencies.length} echoes, p99 ${p99(latencies).toFixed(1)} ms`);
+    assert.doesNotMatch(stack.relay.output(), /stopped reading|took nothing/, "no peer was judged stalled");
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
