@@ -481,8 +481,12 @@ impl AppConnection {
                     *failure = Some(format!("Connection closed with an error: {e}"));
                     break;
                 }
-                // A malformed message is skipped; the stream stays in sync.
-                Err(_) => {}
+                // A message that does not parse ends the connection, as the ASP.NET Core
+                // server does: the client learns why, and no invocation of it hangs.
+                Err(_) => {
+                    *failure = Some("Connection closed with an error.".to_owned());
+                    break;
+                }
             }
         }
     }

@@ -289,3 +289,67 @@ test('a flood from 8 clients pauses them; their server connection and its other 
     await stack.stop();
   }
 });
+
+/// A masked client frame, as RFC 6455 §5.2 lays it out (payloads under 126 bytes).
+function clientFrame(firstByte, payload) {
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const masked = Buffer.from(payload).map((b, i) => b ^ mask[i % 4]);
+  return Buffer.concat([Buffer.from([firstByte, 0x80 | masked.length]), mask, masked]);
+}
+
+async function openedClient(stack) {
+  const token = stack.clientToken('chat');
+  const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+  const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
+  const messages = [];
+  ws.on('message', (d) => messages.push(d.toString()));
+  const closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject); });
+  ws.send('{"protocol":"json","version":1}\x1e');
+  while (messages.length === 0) await sleep(10);
+  return { ws, messages, closed };
+}
+
+test('protocol deviations get the answer the ASP.NET Core server and RFC 6455 give', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    // Hub messages that do not parse close the connection with an error, at once.
+    for (const bad of ['{"type":"1"}', 'not json', '{"type":99}', '[1,2]']) {
+      const c = await openedClient(stack);
+      c.ws.send(`${bad}\x1e`);
+      await c.closed;
+      assert.ok(c.messages.some((m) => /"type":7,"error":"Connection closed with an error\./.test(m)), `${bad}: ${c.messages}`);
+    }
+    // WebSocket protocol errors: invalid UTF-8 in a text frame is 1007, RSV bits 1002.
+    for (const [frame, code] of [[clientFrame(0x81, [0xff, 0xfe]), 1007], [clientFrame(0xc1, [0x7b, 0x7d]), 1002]]) {
+      const c = await openedClient(stack);
+      c.ws._socket.write(frame);
+      const { code: got } = await c.closed;
+      assert.equal(got, code);
+    }
+    // Upgrades the relay cannot accept.
+    const token = stack.clientToken('chat');
+    const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+    const upgrade = (extra) => rawExchange(stack.relayAddr,
+      `GET /client/?hub=chat&id=${connectionToken} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${extra}Connection: close\r\n\r\n`, { waitMs: 5000 });
+    const v12 = await upgrade('Sec-WebSocket-Version: 12\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n');
+    assert.match(v12, /^HTTP\/1\.1 426 /);
+    assert.match(v12, /sec-websocket-version: 13/i);
+    const keyless = await upgrade('Sec-WebSocket-Version: 13\r\n');
+    assert.match(keyless, /^HTTP\/1\.1 400 /);
+    // A closed long-polling connection's last answer is for its own token only.
+    const base = `http://${stack.relayAddr}/client/?hub=chat`;
+    const { connectionToken: lp } = await (await stack.relayNegotiate('chat', token)).json();
+    const headers = { Authorization: `Bearer ${token}` };
+    assert.equal((await fetch(`${base}&id=${lp}`, { headers })).status, 200);
+    assert.equal((await fetch(`${base}&id=${lp}`, { method: 'DELETE', headers })).status, 202);
+    assert.equal((await fetch(`${base}&id=${lp}`)).status, 401, 'no token');
+    assert.equal((await fetch(`${base}&id=${lp}`, { headers })).status, 204);
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});

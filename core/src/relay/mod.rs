@@ -402,14 +402,14 @@ impl Relay {
         let id = req
             .query_param("id")
             .ok_or(Rejection::ConnectionIdRequired)?;
+        let claims = self
+            .admission
+            .verify(&self.config, now, req, "/client/", Some(&hub))?;
         if req.method == "GET" {
             if let Some(last) = self.clients.tombstones.poll(now, &id) {
                 return Ok(RequestOutcome::Respond(last));
             }
         }
-        let claims = self
-            .admission
-            .verify(&self.config, now, req, "/client/", Some(&hub))?;
         let conn = self
             .clients
             .by_token(&id)

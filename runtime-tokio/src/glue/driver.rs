@@ -26,7 +26,9 @@ use signalr_relay_core::relay::{
 use smol_hyper::rt::FuturesIo;
 
 use crate::glue::accept::{accept_loop, Admitted, ConnectionCount};
-use crate::glue::http::{allow_origin, empty, preflight, respond, text, to_core_request, Body};
+use crate::glue::http::{
+    allow_origin, bad_upgrade, empty, preflight, respond, text, to_core_request, Body,
+};
 use crate::glue::queue::{self, AbortSignal, Command, Inbox, Outbox, Refused};
 use crate::glue::ws::{self, Incoming};
 use crate::glue::{Listener, Runtime};
@@ -641,7 +643,7 @@ async fn handle<R: Runtime, S>(
 where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
-    if let Some(mut response) = preflight(&req) {
+    if let Some(mut response) = preflight(&req).or_else(|| bad_upgrade(&req)) {
         allow_origin(req.headers().get(ORIGIN), &mut response);
         return Ok(response);
     }

@@ -11,7 +11,7 @@ use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
     ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN,
-    SEC_WEBSOCKET_KEY, UPGRADE,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use signalr_relay_core::relay::{HttpRequest, HttpResponse};
@@ -48,15 +48,47 @@ pub(crate) fn to_core_request<B>(req: &Request<B>) -> HttpRequest {
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    asks_for_websocket(req) && req.headers().contains_key(SEC_WEBSOCKET_KEY)
+}
+
+/// Whether the request asks to upgrade to a WebSocket (`Connection: upgrade`,
+/// `Upgrade: websocket`), well-formed or not.
+fn asks_for_websocket<B>(req: &Request<B>) -> bool {
     let has = |name, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    has(CONNECTION, "upgrade")
-        && has(UPGRADE, "websocket")
-        && req.headers().contains_key(SEC_WEBSOCKET_KEY)
+    has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
+}
+
+/// The answer to a WebSocket upgrade request that cannot be accepted (RFC 6455 §4.2.1 and
+/// §4.2.2): 426 naming version 13 for another version, 400 without a key.
+pub(crate) fn bad_upgrade<B>(req: &Request<B>) -> Option<Response<Body>> {
+    if !asks_for_websocket(req) {
+        return None;
+    }
+    let version_13 = req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"13");
+    if !version_13 {
+        let mut response = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "Only WebSocket version 13 is supported.",
+        );
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Some(response);
+    }
+    (!req.headers().contains_key(SEC_WEBSOCKET_KEY)).then(|| {
+        text(
+            StatusCode::BAD_REQUEST,
+            "Bad WebSocket request: no Sec-WebSocket-Key.",
+        )
+    })
 }
 
 /// A hyper response from the core's.
