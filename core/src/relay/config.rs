@@ -59,6 +59,22 @@ pub struct RelayConfig {
     /// Classic clients: how long a connection without a receive channel is kept for its
     /// client to reconnect or poll again (default 30 s, `DisconnectTimeout`).
     pub classic_disconnect_timeout: Duration,
+    /// Longest query string on the ASP.NET Core endpoints (default 8 KiB, Kestrel's bound on
+    /// the request line); longer is 414. The classic endpoints allow 16 KiB.
+    pub max_query_length: usize,
+    /// Most client connections held, negotiated or connected (default 100 000); past it,
+    /// negotiate is 503.
+    pub max_clients: usize,
+    /// Most connections, negotiated or connected, that one access token may hold (default
+    /// 1000). An app server issues a token per negotiate, but tokens for the same user and
+    /// claims minted in the same second are identical, so the default leaves room for
+    /// bursts of anonymous clients. Past it, negotiate is 429.
+    pub max_connections_per_token: usize,
+    /// Most groups one connection, or one user, may be in (default 1000); a join past it
+    /// is refused (its ack fails).
+    pub max_groups_per_connection: usize,
+    /// Longest group name, in bytes (default 1024); a longer one is refused.
+    pub max_group_name: usize,
     /// Classic clients: messages kept per connection for `/reconnect` and long polls (default
     /// 1000, the classic server's per-topic buffer; also bounded by `max_long_poll_buffer`
     /// bytes).
@@ -99,6 +115,11 @@ impl Default for RelayConfig {
             classic_keep_alive: Duration::from_secs(10),
             classic_disconnect_timeout: Duration::from_secs(30),
             classic_buffer_messages: 1000,
+            max_query_length: 8 * 1024,
+            max_groups_per_connection: 1000,
+            max_group_name: 1024,
+            max_clients: 100_000,
+            max_connections_per_token: 1000,
         }
     }
 }

@@ -25,8 +25,12 @@ struct Hub {
 }
 
 /// The directory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Directory {
+    /// Most groups one connection, or one user, may be in.
+    max_groups: usize,
+    /// Longest group name, in bytes.
+    max_group_name: usize,
     hubs: Vec<Hub>,
     by_name: BTreeMap<String, HubId>,
     /// Every client connection, by its connection id.
@@ -35,7 +39,31 @@ pub(crate) struct Directory {
     groups_of: BTreeMap<ConnHandle, BTreeSet<String>>,
 }
 
+impl Default for Directory {
+    fn default() -> Self {
+        Self::new(usize::MAX, usize::MAX)
+    }
+}
+
 impl Directory {
+    /// A directory whose connections and users are each in at most `max_groups` groups, with
+    /// names of at most `max_group_name` bytes.
+    pub(crate) fn new(max_groups: usize, max_group_name: usize) -> Self {
+        Self {
+            max_groups,
+            max_group_name,
+            hubs: Vec::new(),
+            by_name: BTreeMap::new(),
+            by_connection_id: BTreeMap::new(),
+            groups_of: BTreeMap::new(),
+        }
+    }
+
+    /// Whether one more group fits a set of `len` (unless `group` is in it), by name too.
+    fn admits(&self, group: &str, len: usize, has: impl FnOnce() -> bool) -> bool {
+        !group.is_empty() && group.len() <= self.max_group_name && (len < self.max_groups || has())
+    }
+
     /// The hub named `name`, created on first use.
     pub(crate) fn intern(&mut self, name: &str) -> HubId {
         if let Some(&id) = self.by_name.get(name) {
@@ -156,19 +184,24 @@ impl Directory {
         user: &str,
         group: &str,
         ttl: Option<Duration>,
-    ) {
-        if group.is_empty() {
-            return;
+    ) -> bool {
+        let (max_groups, max_name) = (self.max_groups, self.max_group_name);
+        if group.is_empty() || group.len() > max_name {
+            return false;
         }
         let h = self.hub_mut(hub);
         let groups = h.user_groups.entry(user.to_owned()).or_default();
         // Expired memberships go whenever the user's set changes.
         groups.retain(|_, until| until.is_none_or(|t| t > now));
+        if groups.len() >= max_groups && !groups.contains_key(group) {
+            return false;
+        }
         groups.insert(group.to_owned(), ttl.map(|t| now + t));
         let conns: Vec<ConnHandle> = self.user(hub, user).collect();
         for c in conns {
             self.join(hub, c, group);
         }
+        true
     }
 
     /// Takes a user out of a group (`None`: out of every group), with their connections.
@@ -217,10 +250,17 @@ impl Directory {
     // ---------------------------------------------------------------- groups
 
     /// Puts the client with this connection id in a group of its hub. Whether it exists.
+    /// Refused (`false`) for an unknown connection, and past the limits.
     pub(crate) fn join_by_id(&mut self, connection_id: &str, group: &str) -> bool {
         let Some(&(conn, hub)) = self.by_connection_id.get(connection_id) else {
             return false;
         };
+        let mine = self.groups_of.get(&conn);
+        if !self.admits(group, mine.map_or(0, BTreeSet::len), || {
+            mine.is_some_and(|g| g.contains(group))
+        }) {
+            return false;
+        }
         self.join(hub, conn, group);
         true
     }

@@ -160,11 +160,11 @@ impl Relay {
     /// from it.
     pub fn new(config: RelayConfig, now: Instant, now_unix_secs: u64, seed: [u8; 32]) -> Self {
         Self {
+            directory: Directory::new(config.max_groups_per_connection, config.max_group_name),
             config,
             admission: Admission::new(now, now_unix_secs),
             ids: IdGenerator::new(seed),
             handles: Handles::default(),
-            directory: Directory::default(),
             clients: Clients::default(),
             servers: Servers::default(),
             invocations: Invocations::default(),
@@ -214,6 +214,13 @@ impl Relay {
     /// Routes one HTTP request.
     pub fn handle_request(&mut self, now: Instant, req: &HttpRequest) -> RequestOutcome {
         let path = req.path.trim_end_matches('/');
+        let classic = path == CLASSIC_BASE || path.starts_with("/aspnetclient/");
+        // What a connection keeps of its request is bounded: the query first (the classic
+        // endpoints bound theirs when they parse it).
+        if !classic && req.query.len() > self.config.max_query_length {
+            self.out.stats.requests_rejected += 1;
+            return RequestOutcome::Respond(Rejection::QueryTooLong.into());
+        }
         let outcome = match (req.method.as_str(), path) {
             (_, "/health") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ok"))),
             ("POST", "/client/negotiate") => self.negotiate(now, req).map(RequestOutcome::Respond),
@@ -291,6 +298,7 @@ impl Relay {
         let (hub, claims) = self
             .admission
             .verify_for_hub(&self.config, now, req, "/client/")?;
+        self.may_open(req)?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
             Err(e) => {
@@ -328,6 +336,18 @@ impl Relay {
         Ok(HttpResponse::json(
             NegotiateResponse::Connection(info).to_json(),
         ))
+    }
+
+    /// Whether a new connection may be made with this request: its access token bears fewer
+    /// than the cap, and the relay holds fewer clients than its cap.
+    fn may_open(&self, req: &HttpRequest) -> Result<(), Rejection> {
+        if self.clients.map.len() >= self.config.max_clients {
+            return Err(Rejection::TooManyConnections);
+        }
+        if self.clients.bearing(req.bearer_fingerprint()) >= self.config.max_connections_per_token {
+            return Err(Rejection::TooManyForToken);
+        }
+        Ok(())
     }
 
     /// A new client of `hub`: listed in the directory, with the negotiate timeout to connect.
@@ -376,6 +396,7 @@ impl Relay {
                 .ok_or(Rejection::UnknownConnection);
         }
         // skipNegotiation: the connection is created at upgrade time.
+        self.may_open(req)?;
         let hub_id = self
             .servers
             .available_hub(&self.directory, &hub)
@@ -471,6 +492,9 @@ impl Relay {
                 .admission
                 .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
             {
+                return respond(r);
+            }
+            if let Err(r) = self.may_open(req) {
                 return respond(r);
             }
             let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
@@ -576,7 +600,7 @@ impl Relay {
             timers,
             &mut self.clients.tombstones,
         );
-        self.clients.forget_token(&client.token);
+        self.clients.forget(&client);
         let user = client.user_id.as_deref();
         self.directory
             .remove_client(client.hub, conn, &client.connection_id, user);
@@ -820,10 +844,7 @@ impl Relay {
                 group.is_some_and(|group| d.join_by_id(connection, group))
             }
             HubCommand::Leave { connection, group } => d.leave_by_id(connection, group),
-            HubCommand::UserJoin { user, group, ttl } => {
-                d.user_join(now, hub, user, group, ttl);
-                true
-            }
+            HubCommand::UserJoin { user, group, ttl } => d.user_join(now, hub, user, group, ttl),
             HubCommand::UserLeave { user, group } => {
                 d.user_leave(hub, user, group);
                 true

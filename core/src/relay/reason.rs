@@ -465,6 +465,12 @@ pub enum Rejection {
     UnknownConnectionToken,
     /// Classic: `/reconnect` for a connection that has ended (404).
     ConnectionGone,
+    /// The query string is longer than the relay keeps (414).
+    QueryTooLong,
+    /// The relay holds as many client connections as it may (503).
+    TooManyConnections,
+    /// The access token already holds as many connections as one may (429).
+    TooManyForToken,
     /// Classic: the token's user is not the connection's (403).
     UserChanged,
     /// Classic: `/start` before `/connect` (400).
@@ -498,11 +504,13 @@ impl Rejection {
             | Self::ClassicNotFound
             | Self::NoSuchConnection
             | Self::ConnectionGone => 404,
+            Self::QueryTooLong => 414,
+            Self::TooManyForToken => 429,
             Self::PostOnWebSocket | Self::MethodNotAllowed | Self::EndpointMethodNotAllowed => 405,
             Self::TransportTaken => 409,
             Self::PostTooLarge => 413,
             Self::ClassicRequest(RequestError::TooLarge { .. }) => 413,
-            Self::NoAppServer { .. } => 503,
+            Self::NoAppServer { .. } | Self::TooManyConnections => 503,
             Self::HubRequired
             | Self::TransportChange
             | Self::ConnectionIdRequired
@@ -561,6 +569,9 @@ impl Rejection {
             Self::ClassicRequest(e) => return e.to_string().into(),
             Self::UnknownConnectionToken => "The connection token is unknown or has expired.",
             Self::ConnectionGone => "The connection has ended.",
+            Self::QueryTooLong => "The query string is too long.",
+            Self::TooManyConnections => "The relay holds as many connections as it may.",
+            Self::TooManyForToken => "Too many connections for this access token.",
             Self::UserChanged => {
                 "Unrecognized user identity. The user identity cannot change during an active SignalR connection."
             }

@@ -826,8 +826,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// 128 random bits, hex: an invocation id with no structure to guess.
-fn random_invocation_id() -> String {
+/// 128 random bits, hex: an id with no structure to guess (invocations, token ids).
+pub(crate) fn random_invocation_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         tracing::error!("no OS randomness; invocation ids would be predictable");

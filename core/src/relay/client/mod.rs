@@ -49,6 +49,8 @@ use crate::service;
 pub(crate) struct Clients {
     pub(crate) map: BTreeMap<ConnHandle, Client>,
     by_token: BTreeMap<String, ConnHandle>,
+    /// Connections per access token (digested), negotiated or connected.
+    per_bearer: BTreeMap<[u8; 32], usize>,
     /// Closed long-polling connections, for their last poll.
     pub(crate) tombstones: Tombstones,
 }
@@ -57,7 +59,15 @@ impl Clients {
     /// Adds a client; it is reached by its token from now on.
     pub(crate) fn insert(&mut self, client: Client) -> &mut Client {
         self.by_token.insert(client.token.clone(), client.conn);
+        if let Some(bearer) = client.bearer {
+            *self.per_bearer.entry(bearer).or_default() += 1;
+        }
         self.map.entry(client.conn).or_insert(client)
+    }
+
+    /// How many connections bear this access token.
+    pub(crate) fn bearing(&self, bearer: Option<[u8; 32]>) -> usize {
+        bearer.map_or(0, |b| self.per_bearer.get(&b).copied().unwrap_or(0))
     }
 
     /// The client a token names.
@@ -65,8 +75,22 @@ impl Clients {
         self.by_token.get(token).copied()
     }
 
-    /// Forgets the token of a client that is gone.
-    pub(crate) fn forget_token(&mut self, token: &str) {
+    /// Forgets a client that is gone: its token, and its place in its bearer's count.
+    pub(crate) fn forget(&mut self, client: &Client) {
+        if let Some(bearer) = client.bearer {
+            if let std::collections::btree_map::Entry::Occupied(mut n) =
+                self.per_bearer.entry(bearer)
+            {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+        self.forget_token(&client.token);
+    }
+
+    fn forget_token(&mut self, token: &str) {
         self.by_token.remove(token);
     }
 }

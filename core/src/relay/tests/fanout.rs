@@ -154,3 +154,46 @@ fn expired_user_group_memberships_are_swept() {
     let groups: Vec<&String> = sim.relay().directory.user_groups(hub, "u");
     assert_eq!(groups, vec!["long"]);
 }
+
+/// One connection's groups, and the names, are bounded: a join past them fails its ack and
+/// changes nothing; leaving makes room again.
+#[test]
+fn group_joins_are_bounded_per_connection_and_by_name() {
+    let mut config = RelayConfig::default();
+    config.access_keys = vec![KEY.to_owned()];
+    config.max_groups_per_connection = 3;
+    config.max_group_name = 16;
+    let mut sim = Sim::with_config(epoch(), config);
+    let server = sim.connect_server("chat", "app");
+    let (_, id) = sim.connect_client("chat", None, "json");
+    let mut ack_id = 0;
+    let mut join = |sim: &mut Sim, group: &str| {
+        ack_id += 1;
+        sim.send_service(
+            server,
+            &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                connection_id: id.clone(),
+                group: Some(group.into()),
+                ack_id,
+                ext: service::Ext::default(),
+            }),
+        );
+        matches!(sim.to_server[&server].last(), Some(ServiceMessage::Ack(a)) if a.ack_id == ack_id && a.status == service::AckStatus::Ok)
+    };
+    assert!(join(&mut sim, "a") && join(&mut sim, "b") && join(&mut sim, "c"));
+    assert!(
+        join(&mut sim, "a"),
+        "a group it is in already is no new one"
+    );
+    assert!(!join(&mut sim, "d"), "past the cap");
+    assert!(!join(&mut sim, &"n".repeat(17)), "name too long");
+    sim.send_service(
+        server,
+        &ServiceMessage::LeaveGroup(service::GroupMembership {
+            connection_id: id.clone(),
+            group: "a".into(),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(join(&mut sim, "d"), "room again");
+}

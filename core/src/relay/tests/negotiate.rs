@@ -143,3 +143,40 @@ fn a_connection_answers_only_the_access_token_it_negotiated_with() {
     // Its own token still works: the first poll starts the connection.
     assert_eq!(respond(sim.handle(&on("GET", &mine, false))).status, 200);
 }
+
+/// What pending negotiates keep is bounded: the query by length, the connections by token
+/// and in total.
+#[test]
+fn negotiates_are_bounded_by_query_length_per_token_and_in_total() {
+    let mut config = RelayConfig::default();
+    config.access_keys = vec![KEY.to_owned()];
+    config.max_connections_per_token = 3;
+    config.max_clients = 5;
+    let mut sim = Sim::with_config(epoch(), config);
+    sim.connect_server("chat", "app");
+    let negotiate = |sim: &mut Sim, bearer: &str, extra: &str| {
+        let req = request(
+            "POST",
+            "/client/negotiate",
+            &format!("hub=chat&negotiateVersion=1{extra}"),
+            Some(bearer),
+            false,
+        );
+        respond(sim.handle(&req)).status
+    };
+    let one = token("/client/", "chat", Some("u1"), 3600, KEY);
+    let long = format!("&pad={}", "x".repeat(9 * 1024));
+    assert_eq!(negotiate(&mut sim, &one, &long), 414);
+    for _ in 0..3 {
+        assert_eq!(negotiate(&mut sim, &one, ""), 200);
+    }
+    assert_eq!(negotiate(&mut sim, &one, ""), 429, "the token's cap");
+    let two = token("/client/", "chat", Some("u2"), 3600, KEY);
+    assert_eq!(negotiate(&mut sim, &two, ""), 200);
+    assert_eq!(negotiate(&mut sim, &two, ""), 200);
+    let three = token("/client/", "chat", Some("u3"), 3600, KEY);
+    assert_eq!(negotiate(&mut sim, &three, ""), 503, "the relay's cap");
+    // Once the pending ones expire, the token may negotiate again.
+    sim.advance(RelayConfig::default().negotiate_timeout + Duration::from_secs(1));
+    assert_eq!(negotiate(&mut sim, &one, ""), 200);
+}
