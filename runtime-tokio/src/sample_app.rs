@@ -141,10 +141,14 @@ fn with_messaging(hub: HubBuilder) -> HubBuilder {
     .method(
         "JoinGroup",
         |ctx: Context, (group,): (String,)| async move {
-            ctx.groups()
-                .add(ctx.connection_id(), &group)
-                .await
-                .map(|_| ())
+            let joined = ctx.groups().add(ctx.connection_id(), &group).await?;
+            if joined {
+                Ok(())
+            } else {
+                // The relay refuses a join past its limits (groups per connection, name
+                // length).
+                Err(HubError::new(format!("Could not join group '{group}'.")))
+            }
         },
     )
     .method(

@@ -3,6 +3,7 @@
 'use strict';
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const net = require('node:net');
 const WebSocket = require('ws');
 const { Stack, sleep } = require('./harness');
@@ -298,8 +299,8 @@ function clientFrame(firstByte, payload) {
 }
 
 async function openedClient(stack) {
-  const token = stack.clientToken('chat');
-  const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+  const token = stack.clientToken('chat', { jti: crypto.randomUUID() });
+  const { connectionToken, connectionId } = await (await stack.relayNegotiate('chat', token)).json();
   const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
   const messages = [];
   ws.on('message', (d) => messages.push(d.toString()));
@@ -307,7 +308,7 @@ async function openedClient(stack) {
   await new Promise((resolve, reject) => { ws.on('open', resolve); ws.on('error', reject); });
   ws.send('{"protocol":"json","version":1}\x1e');
   while (messages.length === 0) await sleep(10);
-  return { ws, messages, closed };
+  return { ws, messages, closed, connectionId };
 }
 
 test('protocol deviations get the answer the ASP.NET Core server and RFC 6455 give', { timeout: 60000 }, async () => {
@@ -349,6 +350,75 @@ test('protocol deviations get the answer the ASP.NET Core server and RFC 6455 gi
     assert.equal((await fetch(`${base}&id=${lp}`, { headers })).status, 204);
     await loop.stop();
     await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('what a connection and a token may hold is bounded: queries, negotiates per token, groups', { timeout: 120000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const before = stack.relayResources().rss;
+    const token = stack.clientToken('chat', { jti: 'attacker' });
+    const headers = { Authorization: `Bearer ${token}` };
+    // Queries longer than the relay keeps are refused before anything is kept.
+    const pad = 'q'.repeat(65 * 1024);
+    for (let i = 0; i < 200; i++) {
+      const r = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=chat&negotiateVersion=1&pad=${pad}`, { method: 'POST', headers });
+      assert.ok([414, 431].includes(r.status), `status ${r.status}`);
+    }
+    const shortPad = 'q'.repeat(9 * 1024);
+    const r414 = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=chat&negotiateVersion=1&pad=${shortPad}`, { method: 'POST', headers });
+    assert.equal(r414.status, 414);
+    // One token holds at most 1,000 connections, negotiated or connected.
+    const statuses = [];
+    for (let i = 0; i < 1010; i++) statuses.push((await stack.relayNegotiate('chat', token)).status);
+    assert.deepEqual([...new Set(statuses.slice(0, 1000))], [200]);
+    assert.deepEqual([...new Set(statuses.slice(1000))], [429]);
+    const growth = stack.relayResources().rss - before;
+    console.log(`# 200 negotiates with 65 KB queries and 1,010 from one token: relay RSS grew ${(growth / MB).toFixed(1)} MB`);
+    assert.ok(growth < 50 * MB, `RSS grew ${growth} bytes`);
+    // One connection is in at most 1,000 groups; a join past that fails, and leaving makes room.
+    const c = await stack.connect('chat');
+    for (let i = 0; i < 1000; i++) await c.invoke('JoinGroup', `g${i}`);
+    await assert.rejects(c.invoke('JoinGroup', 'one-too-many'), /Could not join group/);
+    await assert.rejects(c.invoke('JoinGroup', 'n'.repeat(2000)), /Could not join group/);
+    await c.invoke('LeaveGroup', 'g0');
+    await c.invoke('JoinGroup', 'one-too-many');
+    await c.stop();
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('a client cannot complete an invocation sent to another client', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const alice = await stack.connect('chat');
+    const bob = await openedClient(stack);
+    const carol = await openedClient(stack);
+    const answer = alice.invoke('AskClient', bob.connectionId, 'what is real?');
+    let invocationId;
+    while (!invocationId) {
+      const asked = bob.messages.map((m) => m.split('\x1e')).flat().filter(Boolean).map((m) => JSON.parse(m))
+        .find((m) => m.type === 1 && m.target === 'GetAnswer');
+      invocationId = asked && asked.invocationId;
+      await sleep(10);
+    }
+    // Carol learned Bob's invocation id: her completion is ignored, Bob's counts.
+    carol.ws.send(`${JSON.stringify({ type: 3, invocationId, result: 'forged' })}\x1e`);
+    await sleep(300);
+    bob.ws.send(`${JSON.stringify({ type: 3, invocationId, result: 'real' })}\x1e`);
+    assert.equal(await answer, 'real');
+    // Carol is still connected: a stray completion is no reason to close anyone.
+    assert.equal(carol.ws.readyState, WebSocket.OPEN);
+    bob.ws.close();
+    carol.ws.close();
+    await alice.stop();
   } finally {
     await stack.stop();
   }
