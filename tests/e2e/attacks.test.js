@@ -298,10 +298,10 @@ function clientFrame(firstByte, payload) {
   return Buffer.concat([Buffer.from([firstByte, 0x80 | masked.length]), mask, masked]);
 }
 
-async function openedClient(stack) {
-  const token = stack.clientToken('chat', { jti: crypto.randomUUID() });
-  const { connectionToken, connectionId } = await (await stack.relayNegotiate('chat', token)).json();
-  const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
+async function openedClient(stack, hub = 'chat') {
+  const token = stack.clientToken(hub, { jti: crypto.randomUUID() });
+  const { connectionToken, connectionId } = await (await stack.relayNegotiate(hub, token)).json();
+  const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=${hub}&id=${connectionToken}`, { headers: { Authorization: `Bearer ${token}` } });
   const messages = [];
   ws.on('message', (d) => messages.push(d.toString()));
   const closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
@@ -419,6 +419,55 @@ test('a client cannot complete an invocation sent to another client', { timeout:
     bob.ws.close();
     carol.ws.close();
     await alice.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('the app server bounds each client: streams each way, reused stream ids, pending invocations', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('testhub');
+    const c = await openedClient(stack, 'testhub');
+    const send = (m) => c.ws.send(`${JSON.stringify(m)}\x1e`);
+    const completions = () => c.messages.join('').split('\x1e').filter(Boolean).map((m) => JSON.parse(m)).filter((m) => m.type === 3);
+    const errorOf = async (id) => {
+      for (let i = 0; i < 500; i++) {
+        const done = completions().find((m) => m.invocationId === id);
+        if (done) return done.error;
+        await sleep(10);
+      }
+      throw new Error(`no completion for ${id}`);
+    };
+    // 128 never-ending streams to the client are open; the 129th is refused, as is a reused id.
+    for (let i = 0; i < 129; i++) send({ type: 4, invocationId: `s${i}`, target: 'InfiniteStream', arguments: [] });
+    assert.match(await errorOf('s128'), /Too many streams/);
+    send({ type: 4, invocationId: 's0', target: 'InfiniteStream', arguments: [] });
+    await sleep(200);
+    assert.equal(completions().filter((m) => m.invocationId === 's0').length, 1);
+    assert.match(await errorOf('s0'), /already in use/);
+    // The same for uploads from the client.
+    for (let i = 0; i < 129; i++) send({ type: 1, invocationId: `u${i}`, target: 'StreamingConcat', arguments: [], streamIds: [`up${i}`] });
+    assert.match(await errorOf('u128'), /Too many streams/);
+    send({ type: 1, invocationId: 'again', target: 'StreamingConcat', arguments: [], streamIds: ['up0'] });
+    assert.match(await errorOf('again'), /already in use/);
+    // Invocations run one at a time: behind one that waits (for a client result this client
+    // never gives), 255 more may wait, and the next is refused at once.
+    const d = await openedClient(stack, 'chat');
+    d.ws.send(`${JSON.stringify({ type: 1, invocationId: 'wait', target: 'AskCaller', arguments: ['?'] })}\x1e`);
+    for (let i = 0; i < 256; i++) d.ws.send(`${JSON.stringify({ type: 1, invocationId: `e${i}`, target: 'Echo', arguments: [i] })}\x1e`);
+    let refused;
+    for (let i = 0; i < 500 && !refused; i++) {
+      refused = d.messages.join('').split('\x1e').filter(Boolean).map((m) => JSON.parse(m)).find((m) => m.type === 3 && m.invocationId === 'e255');
+      await sleep(10);
+    }
+    assert.ok(refused, 'the 257th invocation is answered at once');
+    assert.match(refused.error, /Too many invocations/);
+    d.ws.close();
+    // The bystander on the same hub is served throughout.
+    assert.equal(await bystander.invoke('Echo', 'unharmed'), 'unharmed');
+    c.ws.close();
+    await bystander.stop();
   } finally {
     await stack.stop();
   }

@@ -277,6 +277,7 @@ fn client_connected<R: Runtime>(
         info,
         conn: tx.clone(),
         queue,
+        invocations: Default::default(),
         uploads: Default::default(),
         streams: Default::default(),
     });
@@ -294,6 +295,9 @@ fn client_connected<R: Runtime>(
         // Invocations run one at a time, in order, as in ASP.NET Core.
         while let Some(job) = jobs.next().await {
             run_invocation(&worker_runtime, ctx.clone(), job).await;
+            ctx.client
+                .invocations
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     });
 }
@@ -412,16 +416,67 @@ fn client_message<R: Runtime>(
         client: client.clone(),
         call: None,
     };
+    let refuse = |id: Option<String>, why: String| {
+        tracing::debug!(%connection_id, "refused an invocation: {why}");
+        if let Some(id) = id {
+            ctx.send_message(completion(id, Err(HubError::new(why))));
+        }
+    };
+    let max_streams = hub.max_streams;
     match message {
         HubMessage::Invocation(invocation) => {
-            let upload = invocation.stream_ids.first().map(|stream_id| {
-                let (items, rx) = mpsc::unbounded();
-                lock(&client.uploads).insert(stream_id.clone(), items);
-                rx
-            });
+            use std::sync::atomic::Ordering;
+            if client.invocations.load(Ordering::Acquire) >= hub.max_invocations {
+                return refuse(
+                    invocation.invocation_id,
+                    "Too many invocations are pending for this connection.".to_owned(),
+                );
+            }
+            let upload = match invocation.stream_ids.first() {
+                None => None,
+                Some(stream_id) => {
+                    let mut uploads = lock(&client.uploads);
+                    if uploads.contains_key(stream_id) {
+                        drop(uploads);
+                        let why = format!("Stream ID '{stream_id}' is already in use.");
+                        return refuse(invocation.invocation_id, why);
+                    }
+                    if uploads.len() >= max_streams {
+                        drop(uploads);
+                        let why = "Too many streams are open for this connection.".to_owned();
+                        return refuse(invocation.invocation_id, why);
+                    }
+                    let (items, rx) = mpsc::unbounded();
+                    uploads.insert(stream_id.clone(), items);
+                    Some(rx)
+                }
+            };
+            client.invocations.fetch_add(1, Ordering::AcqRel);
             let _ = client.queue.unbounded_send(Job { invocation, upload });
         }
-        HubMessage::StreamInvocation(invocation) => run_stream(runtime, ctx, invocation),
+        HubMessage::StreamInvocation(invocation) => {
+            let streams = lock(&client.streams);
+            let reused = invocation
+                .invocation_id
+                .as_ref()
+                .is_some_and(|id| streams.contains_key(id));
+            let full = streams.len() >= max_streams;
+            drop(streams);
+            if reused {
+                let id = invocation.invocation_id.clone().unwrap_or_default();
+                return refuse(
+                    invocation.invocation_id,
+                    format!("Invocation ID '{id}' is already in use."),
+                );
+            }
+            if full {
+                return refuse(
+                    invocation.invocation_id,
+                    "Too many streams are open for this connection.".to_owned(),
+                );
+            }
+            run_stream(runtime, ctx, invocation);
+        }
         HubMessage::StreamItem(item) => {
             if let Some(sender) = lock(&client.uploads).get(&item.invocation_id) {
                 let _ = sender.unbounded_send(item.item);

@@ -328,6 +328,8 @@ pub(crate) struct ClientEntry {
     pub(crate) info: ClientInfo,
     pub(crate) conn: ConnTx,
     pub(crate) queue: mpsc::UnboundedSender<Job>,
+    /// Invocations queued or running.
+    pub(crate) invocations: std::sync::atomic::AtomicUsize,
     pub(crate) uploads: Mutex<BTreeMap<String, mpsc::UnboundedSender<RawValue>>>,
     pub(crate) streams: Mutex<BTreeMap<String, AbortHandle>>,
 }

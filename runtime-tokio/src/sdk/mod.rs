@@ -54,6 +54,12 @@ pub struct AppOptions {
     pub server_id: String,
     /// How long [`Target::invoke`] waits for a client's result (default 30 s).
     pub client_result_timeout: Duration,
+    /// Invocations one client may have waiting or running (default 256, as ASP.NET Core bounds
+    /// a client's parallel invocations). Past it, an invocation fails at once.
+    pub max_invocations_per_client: usize,
+    /// Streams one client may have open, to it and from it each (default 128). Past it, or
+    /// for an id already in use, a stream invocation fails at once.
+    pub max_streams_per_client: usize,
 }
 
 impl Default for AppOptions {
@@ -64,6 +70,8 @@ impl Default for AppOptions {
             client_token_lifetime: Duration::from_secs(3600),
             server_id: format!("app-{}", std::process::id()),
             client_result_timeout: Duration::from_secs(30),
+            max_invocations_per_client: 256,
+            max_streams_per_client: 128,
         }
     }
 }
@@ -87,6 +95,9 @@ pub(crate) struct HubRuntime {
     pub(crate) routed: Mutex<BTreeMap<String, (String, String)>>,
     pub(crate) server_id: String,
     pub(crate) result_timeout: Duration,
+    /// Per-client bounds: invocations waiting or running, and open streams each way.
+    pub(crate) max_invocations: usize,
+    pub(crate) max_streams: usize,
     /// Sleeps on the app server's runtime (set by [`AppServer::start`]).
     pub(crate) sleeper: std::sync::OnceLock<Sleeper>,
 }
@@ -140,6 +151,8 @@ impl AppServer {
                         routed: Mutex::new(BTreeMap::new()),
                         server_id: options.server_id.clone(),
                         result_timeout: options.client_result_timeout,
+                        max_invocations: options.max_invocations_per_client,
+                        max_streams: options.max_streams_per_client,
                         sleeper: std::sync::OnceLock::new(),
                     }),
                 )
