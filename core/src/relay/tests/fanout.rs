@@ -159,10 +159,11 @@ fn expired_user_group_memberships_are_swept() {
 /// changes nothing; leaving makes room again.
 #[test]
 fn group_joins_are_bounded_per_connection_and_by_name() {
-    let mut config = RelayConfig::default();
-    config.access_keys = vec![KEY.to_owned()];
-    config.max_groups_per_connection = 3;
-    config.max_group_name = 16;
+    let config = RelayConfig {
+        max_groups_per_connection: 3,
+        max_group_name: 16,
+        ..RelayConfig::default()
+    };
     let mut sim = Sim::with_config(epoch(), config);
     let server = sim.connect_server("chat", "app");
     let (_, id) = sim.connect_client("chat", None, "json");

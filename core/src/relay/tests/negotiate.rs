@@ -148,10 +148,11 @@ fn a_connection_answers_only_the_access_token_it_negotiated_with() {
 /// and in total.
 #[test]
 fn negotiates_are_bounded_by_query_length_per_token_and_in_total() {
-    let mut config = RelayConfig::default();
-    config.access_keys = vec![KEY.to_owned()];
-    config.max_connections_per_token = 3;
-    config.max_clients = 5;
+    let config = RelayConfig {
+        max_connections_per_token: 3,
+        max_clients: 5,
+        ..RelayConfig::default()
+    };
     let mut sim = Sim::with_config(epoch(), config);
     sim.connect_server("chat", "app");
     let negotiate = |sim: &mut Sim, bearer: &str, extra: &str| {
