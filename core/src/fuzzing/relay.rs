@@ -121,8 +121,15 @@ pub fn relay_ops(data: &[u8]) {
         max_pending_messages: 4,
         classic_buffer_messages: 8,
         clients_per_server_connection: 2,
+        max_server_message_size: 1024,
         ..RelayConfig::default()
     };
+    // What one client may hold: a poll's worth and a reconnect's worth, each overshot by at
+    // most one message, and the messages held for its handshake.
+    let per_client = config.max_long_poll_buffer
+        + config.stateful_reconnect_buffer
+        + (config.max_pending_messages + 2) * config.max_server_message_size;
+    let max_clients = config.max_clients;
     // The harness's epoch; nothing reads the clock after this.
     #[allow(clippy::disallowed_methods)]
     let epoch = Instant::now();
@@ -131,6 +138,29 @@ pub fn relay_ops(data: &[u8]) {
     let mut script = Script(data);
     while !script.0.is_empty() {
         step(&mut sim, &mut world, &mut script);
+        let relay = sim.relay();
+        let (_, largest) = relay.buffered_bytes();
+        assert!(largest <= per_client, "a client holds {largest} bytes");
+        assert!(relay.client_count() <= max_clients);
+    }
+    // Every client was mapped to at most one server connection, and only that one heard
+    // from it.
+    let mut mapped: BTreeMap<&str, ConnHandle> = BTreeMap::new();
+    for (server, messages) in &sim.to_server {
+        for m in messages {
+            if let ServiceMessage::OpenConnection(o) = m {
+                let earlier = mapped.insert(&o.connection_id, *server);
+                assert!(earlier.is_none(), "{} was opened twice", o.connection_id);
+            }
+        }
+    }
+    for (server, messages) in &sim.to_server {
+        for m in messages {
+            if let ServiceMessage::ConnectionData(d) = m {
+                let to = mapped.get(d.connection_id.as_str());
+                assert_eq!(to, Some(server), "{}'s data went astray", d.connection_id);
+            }
+        }
     }
     // Two hours of silence: every server connection times out, and every client with it.
     for _ in 0..(2 * 3600 / 30) {

@@ -194,6 +194,17 @@ impl Relay {
         RequestGate::new(&self.config, &self.admission)
     }
 
+    /// Bytes the relay holds for its clients (messages waiting for a poll, a reconnect or a
+    /// handshake): the total, and the largest for one client. Each client's is bounded by
+    /// the configuration; this is what the fuzzer checks, and what an operator may watch.
+    pub fn buffered_bytes(&self) -> (usize, usize) {
+        self.clients
+            .map
+            .values()
+            .map(Client::buffered)
+            .fold((0, 0), |(total, largest), b| (total + b, largest.max(b)))
+    }
+
     /// The counters since the relay started.
     pub fn stats(&self) -> &RelayStats {
         &self.out.stats
@@ -807,12 +818,14 @@ impl Relay {
         };
         self.directory.remove_server(server.hub, conn);
         self.timers.forget(conn, &server.timers);
+        // Nobody awaits what it asked any more: forget that first, so that its own clients'
+        // ends do not answer it.
+        self.invocations.forget_asked_by(conn);
         for client in &server.clients {
             if let Some(client) = self.clients.map.remove(client) {
                 self.end_client(now, client, Ending::ServerOffline);
             }
         }
-        self.invocations.forget_asked_by(conn);
         if let Some(reason) = ending.close_text() {
             self.out.close(conn, SERVER_CLOSE_CODE, &reason);
         }

@@ -17,7 +17,7 @@
 //! never goes backwards, and [`Relay::poll_timeout`] moves past every deadline that
 //! [`Relay::handle_timeout`] ran.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -182,6 +182,12 @@ pub struct Sim {
     clients: BTreeMap<ConnHandle, Known>,
     /// The last OpenConnection seen: its server connection and connection id.
     last_open: Option<(ConnHandle, String)>,
+    /// Handles whose socket is done (closed by the relay or by its peer) and not attached
+    /// again: no output may name them.
+    done: BTreeSet<ConnHandle>,
+    /// The handle a request is attaching a new socket to: a close for it, among that
+    /// request's outputs, is the old socket's, and what follows is for the new one.
+    attaching: Option<ConnHandle>,
 }
 
 impl Sim {
@@ -206,6 +212,8 @@ impl Sim {
             events: Vec::new(),
             clients: BTreeMap::new(),
             last_open: None,
+            done: BTreeSet::new(),
+            attaching: None,
         }
     }
 
@@ -227,10 +235,17 @@ impl Sim {
     /// Takes every output, recording it.
     ///
     /// # Panics
-    /// When a held request is answered twice, or a server connection gets a text frame or
-    /// bytes that are not the service protocol.
+    /// When a held request is answered twice, a server connection gets a text frame or bytes
+    /// that are not the service protocol, or an output names a socket that is done (closed
+    /// by the relay or by its peer, and not attached again).
     pub fn drain(&mut self) {
         while let Some(out) = self.relay.poll_output() {
+            if let Output::Transmit { conn, .. } | Output::Close { conn, .. } = &out {
+                assert!(
+                    !self.done.contains(conn),
+                    "output for {conn:?}, whose socket is done: {out:?}"
+                );
+            }
             match out {
                 Output::Transmit { conn, data, binary } => {
                     if let Some(d) = self.server_decoders.get_mut(&conn) {
@@ -253,6 +268,9 @@ impl Sim {
                     );
                 }
                 Output::Close { conn, code, reason } => {
+                    if self.attaching != Some(conn) {
+                        self.done.insert(conn);
+                    }
                     self.closed.entry(conn).or_default().push((code, reason));
                 }
                 Output::Event(event) => {
@@ -308,7 +326,13 @@ impl Sim {
     /// An HTTP request.
     pub fn handle(&mut self, req: &HttpRequest) -> RequestOutcome {
         let outcome = self.relay.handle_request(self.now, req);
+        if let RequestOutcome::AcceptWebSocket(conn) | RequestOutcome::EventStream(conn) = outcome {
+            // A socket attached (again) to this handle.
+            self.done.remove(&conn);
+            self.attaching = Some(conn);
+        }
         self.drain();
+        self.attaching = None;
         outcome
     }
 
@@ -321,6 +345,7 @@ impl Sim {
     /// `conn`'s socket or event stream went away.
     pub fn closed_by_peer(&mut self, conn: ConnHandle) {
         self.relay.handle_closed(self.now, conn);
+        self.done.insert(conn);
         self.drain();
     }
 

@@ -60,6 +60,15 @@ pub(crate) enum Upgrade {
 }
 
 impl AspNetCore {
+    /// Bytes held for the client: for its next poll, and for a reconnect.
+    pub(crate) fn buffered(&self) -> usize {
+        let polls = match &self.transport {
+            Transport::LongPolling(lp) => lp.buffered(),
+            _ => 0,
+        };
+        polls + self.stateful.as_ref().map_or(0, |s| s.buffered())
+    }
+
     pub(crate) fn new(stateful_allowed: bool) -> Self {
         Self {
             transport: Transport::None,

@@ -253,6 +253,11 @@ pub(crate) fn unknown_token(kind: RequestKind, websocket: bool) -> RequestOutcom
 }
 
 impl Classic {
+    /// Bytes kept for polls and reconnects.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer_bytes
+    }
+
     pub(crate) fn new(hub_name: String, now: Instant) -> Self {
         Self {
             hub_name,

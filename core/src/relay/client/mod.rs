@@ -291,6 +291,19 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// Bytes this client holds in the relay's queues: messages waiting for its poll or a
+    /// reconnect, and for its handshake to complete.
+    pub(crate) fn buffered(&self) -> usize {
+        let held = self
+            .link
+            .as_ref()
+            .map_or(0, |l| l.pending.iter().map(Bytes::len).sum());
+        held + match &self.dialect {
+            Dialect::AspNetCore(a) => a.buffered(),
+            Dialect::Classic(c) => c.buffered(),
+        }
+    }
+
     /// A negotiated client: `ids` are its connection id and its token.
     pub(crate) fn new(
         now: Instant,

@@ -73,6 +73,11 @@ pub(crate) enum Outgoing {
 }
 
 impl Stateful {
+    /// Bytes kept for a reconnect.
+    pub(crate) fn buffered(&self) -> usize {
+        self.unacked_bytes
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             unacked: VecDeque::new(),

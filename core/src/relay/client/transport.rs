@@ -44,6 +44,11 @@ pub(crate) struct LongPoll {
 }
 
 impl LongPoll {
+    /// Bytes waiting for the next poll.
+    pub(crate) fn buffered(&self) -> usize {
+        self.queued
+    }
+
     fn take_all(&mut self) -> Bytes {
         self.queued = 0;
         match self.queue.len() {

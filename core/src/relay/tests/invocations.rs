@@ -114,3 +114,29 @@ fn a_completion_counts_only_from_the_client_asked_through_its_app_server() {
     assert_eq!(got.len(), 1);
     assert!(std::str::from_utf8(&got[0]).is_ok_and(|p| p.contains("\"result\":42")));
 }
+
+/// Found by the relay fuzzer: an app server that asked its own client for a result, then
+/// went away, was sent that client's failure after its socket was gone.
+#[test]
+fn a_server_that_goes_is_not_answered_for_what_it_asked() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-a");
+    let (c, id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(c, &id);
+    sim.send_service(
+        server,
+        &ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: "inv".into(),
+            connection_id: id.clone(),
+            caller_server_id: "app-a".into(),
+            payloads: json_payloads(
+                "{\"type\":1,\"invocationId\":\"inv\",\"target\":\"ask\",\"arguments\":[]}",
+            ),
+            ext: service::Ext::default(),
+        }),
+    );
+    let before = sim.to_server[&server].len();
+    // The harness panics on any output for a socket that is done.
+    sim.closed_by_peer(server);
+    assert_eq!(sim.to_server[&server].len(), before);
+}
