@@ -6,6 +6,7 @@
 //! target/release/loadgen run --clients 5000 --json bench.json
 //! target/release/loadgen run --only broadcast,slow-consumer --seconds 10
 //! target/debug/loadgen run --smoke                # a few connections each; what CI runs
+//! target/release/loadgen soak                     # 10,000 connections with churn, 10 minutes
 //! ```
 //!
 //! Each scenario runs twice: against the relay (clients negotiate at the sample app's `bench`
@@ -23,6 +24,7 @@ mod client;
 mod floor;
 mod procs;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +57,46 @@ enum Cmd {
     },
     /// Run the scenarios against the relay and the floor.
     Run(RunArgs),
+    /// Hold many connections for a long time, with churn, echoes and broadcasts, and sample
+    /// the relay's memory and descriptors (no floor).
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// Where the relay and sample-app binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// `tokio` or `smol`.
+    #[arg(long, default_value = "tokio")]
+    runtime: String,
+    /// Connections held.
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Seconds the soak runs.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Percent of the connections replaced each second.
+    #[arg(long, default_value_t = 1.0)]
+    churn_percent: f64,
+    /// Seconds between one connection's echoes.
+    #[arg(long, default_value_t = 10)]
+    echo_interval: u64,
+    /// Broadcasts a second, to every connection.
+    #[arg(long, default_value_t = 1)]
+    broadcast_rate: u32,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10)]
+    sample_every: u64,
+    /// Seconds of warm-up before growth is measured.
+    #[arg(long, default_value_t = 120)]
+    warm_up: u64,
+    /// Source addresses 127.0.0.1 … 127.0.0.N for client sockets.
+    #[arg(long, default_value_t = 4)]
+    sources: u32,
+    /// Write the result here as JSON too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +211,7 @@ fn main() -> std::process::ExitCode {
             .block_on(floor::serve(&listen, exit_after))
             .map_err(|e| e.to_string()),
         Cmd::Run(run) => runtime.block_on(run_all(run)),
+        Cmd::Soak(args) => runtime.block_on(run_soak(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -179,8 +222,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn bin_dir(args: &RunArgs) -> Result<PathBuf, String> {
-    match &args.bin_dir {
+fn bin_dir(dir: Option<&PathBuf>) -> Result<PathBuf, String> {
+    match dir {
         Some(d) => Ok(d.clone()),
         None => std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -211,15 +254,14 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
     procs::pin_self(1);
-    let dir = bin_dir(&args)?;
-    let suffix = if args.runtime == "smol" { "-smol" } else { "" };
+    let dir = bin_dir(args.bin_dir.as_ref())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let limit = (args.seconds * 20 + 600).to_string();
+    let limit = args.seconds * 20 + 600;
 
     eprintln!("floor…");
     let server = Proc::start(
         &exe,
-        &["floor".into(), "--exit-after".into(), limit.clone()],
+        &["floor".into(), "--exit-after".into(), limit.to_string()],
         Some(0),
     )?;
     let http = server
@@ -237,46 +279,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     drop(floor);
 
     eprintln!("relay ({})…", args.runtime);
-    let key = "bench-key-0123456789abcdef0123456789abcdef";
-    let relay = Proc::start(
-        &dir.join(format!("signalr-relay{suffix}")),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--access-key".into(),
-            key.into(),
-            "--log".into(),
-            "warn".into(),
-            "--exit-after".into(),
-            limit.clone(),
-        ],
-        Some(0),
-    )?;
-    let connection_string = format!(
-        "Endpoint=http://{};AccessKey={key};Version=1.0;",
-        relay.addr
-    );
-    let app = Proc::start(
-        &dir.join(format!("sample-app{suffix}")),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--connection-string".into(),
-            connection_string,
-            "--log".into(),
-            "warn".into(),
-            "--exit-after".into(),
-            limit,
-        ],
-        Some(1),
-    )?;
-    let mut relay = Target {
-        name: "relay",
-        server: relay,
-        app: Some(app),
-        http: None,
-    };
-    wait_for_app(&relay).await?;
+    let mut relay = start_relay(&dir, &args.runtime, limit).await?;
     let relay_side = run_side(&relay, &args).await;
     let stalled = relay.server.output().matches("stopped reading").count();
     if stalled > 0 {
@@ -310,6 +313,87 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
             eprintln!("relay output:\n{}", relay.server.output());
             return Err(e);
         }
+    }
+    Ok(())
+}
+
+/// Starts the relay (pinned to core 0) and the sample app (core 1), and waits until the app
+/// is through to the relay. Both exit by themselves after `limit` seconds.
+async fn start_relay(dir: &std::path::Path, runtime: &str, limit: u64) -> Result<Target, String> {
+    let suffix = if runtime == "smol" { "-smol" } else { "" };
+    let limit = limit.to_string();
+    let key = "bench-key-0123456789abcdef0123456789abcdef";
+    let relay = Proc::start(
+        &dir.join(format!("signalr-relay{suffix}")),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--access-key".into(),
+            key.into(),
+            "--log".into(),
+            "warn".into(),
+            "--exit-after".into(),
+            limit.clone(),
+        ],
+        Some(0),
+    )?;
+    let connection_string = format!(
+        "Endpoint=http://{};AccessKey={key};Version=1.0;",
+        relay.addr
+    );
+    let app = Proc::start(
+        &dir.join(format!("sample-app{suffix}")),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--connection-string".into(),
+            connection_string,
+            "--log".into(),
+            "warn".into(),
+            "--exit-after".into(),
+            limit,
+        ],
+        Some(1),
+    )?;
+    let relay = Target {
+        name: "relay",
+        server: relay,
+        app: Some(app),
+        http: None,
+    };
+    wait_for_app(&relay).await?;
+    Ok(relay)
+}
+
+async fn run_soak(args: SoakArgs) -> Result<(), String> {
+    client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
+    procs::pin_self(1);
+    let dir = bin_dir(args.bin_dir.as_ref())?;
+    let mut relay = start_relay(&dir, &args.runtime, args.seconds + 600).await?;
+    let plan = soak::SoakPlan {
+        clients: args.clients,
+        duration: Duration::from_secs(args.seconds),
+        churn_percent: args.churn_percent,
+        echo_interval: Duration::from_secs(args.echo_interval.max(1)),
+        broadcast_rate: args.broadcast_rate,
+        sample_every: Duration::from_secs(args.sample_every.max(1)),
+        warm_up: Duration::from_secs(args.warm_up),
+    };
+    eprintln!(
+        "soak: {} connections, {} s, {}% churn a second",
+        plan.clients, args.seconds, plan.churn_percent
+    );
+    let result = soak::soak(&relay, &plan).await;
+    soak::print(&result, &relay.server);
+    if relay.server.exited() {
+        return Err(format!(
+            "the relay exited during the soak:\n{}",
+            relay.server.output()
+        ));
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
