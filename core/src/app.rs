@@ -396,7 +396,9 @@ impl AppConnection {
             return;
         };
         let mut messages = Vec::new();
+        // A message that fails after the handshake; a failed handshake is answered apart.
         let mut failure = None;
+        let mut refused = None;
         match &mut client.handshake {
             ClientHandshake::Pending(decoder) => {
                 decoder.push(payload);
@@ -422,16 +424,16 @@ impl AppConnection {
                                 self.drain_client(connection_id, &mut messages, &mut failure);
                             }
                             Ok(req) => {
-                                failure =
+                                refused =
                                     Some(handshake_errors::unsupported_protocol(&req.protocol));
                             }
-                            Err(_) => failure = Some(handshake_errors::UNEXPECTED.to_owned()),
+                            Err(_) => refused = Some(handshake_errors::UNEXPECTED.to_owned()),
                         }
                     }
                     Ok(None) => {}
-                    Err(_) => failure = Some(handshake_errors::CANCELED.to_owned()),
+                    Err(_) => refused = Some(handshake_errors::CANCELED.to_owned()),
                 }
-                if let Some(error) = failure {
+                if let Some(error) = refused {
                     let mut frame = Vec::new();
                     HandshakeResponse::error(error.clone()).write(&mut frame);
                     self.write_client(now, connection_id, Bytes::from(frame));
@@ -686,6 +688,66 @@ mod tests {
                 error: None
             }]
         );
+    }
+
+    /// A hub message that does not parse ends the client, as the ASP.NET Core server does:
+    /// it gets a Close with the error, the relay a CloseConnection, and the app the
+    /// disconnect. What came before it in the same payload still counts.
+    #[test]
+    fn an_unparsable_hub_message_closes_its_client_with_an_error() {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        for bad in [
+            &b"{\"type\":\"1\"}"[..],
+            b"not json",
+            b"{\"type\":99}",
+            b"[1]",
+        ] {
+            let mut c = AppConnection::new(now, AppConnectionConfig::default());
+            feed(
+                &mut c,
+                now,
+                ServiceMessage::HandshakeResponse(service::HandshakeResponse::default()),
+            );
+            feed(
+                &mut c,
+                now,
+                ServiceMessage::OpenConnection(service::OpenConnection {
+                    connection_id: "c1".into(),
+                    ..service::OpenConnection::default()
+                }),
+            );
+            let mut payload = b"{\"protocol\":\"json\",\"version\":1}\x1e{\"type\":1,\"target\":\"Echo\",\"arguments\":[]}\x1e".to_vec();
+            payload.extend_from_slice(bad);
+            payload.push(0x1e);
+            let _ = frames(&mut c);
+            let _ = events(&mut c);
+            feed(
+                &mut c,
+                now,
+                ServiceMessage::ConnectionData(service::ConnectionData {
+                    connection_id: "c1".into(),
+                    payload: Bytes::from(payload),
+                    ext: service::Ext::default(),
+                }),
+            );
+            let ev = events(&mut c);
+            assert!(
+                matches!(&ev[..], [
+                AppEvent::ClientConnected(_),
+                AppEvent::ClientMessage { message: HubMessage::Invocation(_), .. },
+                AppEvent::ClientDisconnected { error: Some(e), .. },
+            ] if e == "Connection closed with an error."),
+                "{bad:?}: {ev:?}"
+            );
+            let out = frames(&mut c);
+            let said = out.iter().any(|m| matches!(m, ServiceMessage::ConnectionData(d)
+                if std::str::from_utf8(&d.payload).is_ok_and(|p| p.contains("\"type\":7,\"error\":\"Connection closed with an error."))));
+            assert!(said, "{bad:?}: the client is told why");
+            assert!(out
+                .iter()
+                .any(|m| matches!(m, ServiceMessage::CloseConnection(_))));
+        }
     }
 
     #[test]

@@ -123,6 +123,93 @@ for (const capped of [true, false]) {
   });
 }
 
+test('descriptor exhaustion of the sample app\'s negotiate listener: it lives, and negotiates again', { timeout: 120000 }, async () => {
+  const stack = await Stack.start({ appNofile: 500, connectionsPerHub: 1 });
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const sockets = await idleSockets(stack.appAddr, 700);
+    for (let round = 0; !/connection cap is reached|accept failed/.test(stack.app.output()); round++) {
+      assert.ok(round < 30, 'the app never ran out');
+      sockets.push(...(await idleSockets(stack.appAddr, 100)));
+      await sleep(100);
+    }
+    await sleep(500);
+    assert.equal(stack.app.child.exitCode, null, 'the app is alive');
+    await loop.stop();
+    for (const s of sockets) s.destroy();
+    let fresh;
+    for (let attempt = 0; !fresh; attempt++) {
+      try {
+        fresh = await stack.connect('chat');
+      } catch (e) {
+        if (attempt > 50) throw e;
+        await sleep(200);
+      }
+    }
+    assert.equal(await fresh.invoke('Echo', 'back'), 'back');
+    await fresh.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('WebSocket frames are bounded per side: 40 clients starting 4 MiB frames are closed at once, with 1009', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const before = stack.relayResources().rss;
+    const clients = [];
+    for (let i = 0; i < 40; i++) clients.push(await openedClient(stack));
+    // Each declares a 4 MiB text frame and sends its first megabyte: the client side's
+    // bound (4 x 32 KiB) refuses it on the header.
+    const len = 4 * 1024 * 1024;
+    const header = Buffer.alloc(14);
+    header[0] = 0x81;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(len), 2);
+    header.writeUInt32BE(0x01020304, 10);
+    for (const c of clients) {
+      c.ws._socket.write(header);
+      c.ws._socket.write(Buffer.alloc(1024 * 1024, 0x41));
+    }
+    // Each is closed (its close frame may be lost to the reset that closing a socket with
+    // unread bytes causes).
+    await Promise.all(clients.map((c) => c.closed));
+    const growth = stack.relayResources().rss - before;
+    console.log(`# 40 clients starting 4 MiB frames: relay RSS grew ${(growth / MB).toFixed(1)} MB`);
+    assert.ok(growth < 20 * MB, `RSS grew ${growth} bytes`);
+    // With nothing left unread, the close frame says why: 1009.
+    const one = await openedClient(stack);
+    one.ws._socket.write(header);
+    assert.equal((await one.closed).code, 1009);
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('negotiate version 0: the connection id is public, but only its own token can use it', { timeout: 30000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const mine = stack.clientToken('chat', { jti: 'z' });
+    const theirs = stack.clientToken('chat', { jti: 'mallory' });
+    const r = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=chat&negotiateVersion=0`, { method: 'POST', headers: { Authorization: `Bearer ${mine}` } });
+    const { connectionId, connectionToken } = await r.json();
+    assert.equal(connectionToken, undefined);
+    const url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionId}`;
+    assert.equal((await fetch(url, { headers: { Authorization: `Bearer ${mine}` } })).status, 200, 'its first poll');
+    assert.equal((await fetch(url, { headers: { Authorization: `Bearer ${theirs}` } })).status, 403);
+    assert.equal((await fetch(url, { method: 'POST', body: '{}', headers: { Authorization: `Bearer ${theirs}` } })).status, 403);
+    assert.equal((await fetch(url, { method: 'DELETE', headers: { Authorization: `Bearer ${theirs}` } })).status, 403);
+  } finally {
+    await stack.stop();
+  }
+});
+
 test('request bodies: none is read without a valid token, none past its endpoint\'s need, none forever', { timeout: 60000 }, async () => {
   const stack = await Stack.start({ relayArgs: ['--body-read-timeout', '1'] });
   try {
@@ -257,7 +344,8 @@ test('a flood from 8 clients pauses them; their server connection and its other 
     const bystander = await stack.connect('chat');
     const loop = bystanderLoop(bystander, 5);
     const payload = 'f'.repeat(10 * 1024);
-    const perClient = 500;
+    // ATTACK_FLOOD_MESSAGES makes the flood as long as the one measured for the README.
+    const perClient = Number(process.env.ATTACK_FLOOD_MESSAGES || 500);
     const flood = async () => {
       const token = stack.clientToken('chat');
       const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();

@@ -75,7 +75,7 @@ function jwt(claims, key) {
 
 class Stack {
   /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy.
-  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile } = {}) {
+  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile } = {}) {
     const s = new Stack();
     s.key = crypto.randomBytes(16).toString('hex');
     s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', 'warn', ...relayArgs], { nofile: relayNofile });
@@ -95,7 +95,7 @@ class Stack {
     }
     const cs = `Endpoint=${endpoint};AccessKey=${s.key};Version=1.0;${extra}`;
     s.app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', cs, '--listen', '127.0.0.1:0',
-      '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs]);
+      '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs], { nofile: appNofile });
     s.appAddr = await s.app.ready;
     for (const hub of SAMPLE_HUBS) await s.waitForServers(hub);
     return s;

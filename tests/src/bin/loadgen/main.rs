@@ -88,8 +88,10 @@ struct SoakArgs {
     /// Seconds between samples.
     #[arg(long, default_value_t = 10)]
     sample_every: u64,
-    /// Seconds of warm-up before growth is measured.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds of warm-up before growth is measured: by default until the first generation
+    /// of connections has been replaced (their lives last up to 150 s at 1% churn), since
+    /// the allocator's pools grow until then.
+    #[arg(long, default_value_t = 240)]
     warm_up: u64,
     /// Source addresses 127.0.0.1 … 127.0.0.N for client sockets.
     #[arg(long, default_value_t = 4)]
