@@ -81,6 +81,35 @@ function rawExchange(addr, head, { body = null, waitMs = 20000 } = {}) {
   });
 }
 
+/// Opens `first` idle sockets to `addr`, then more in rounds until the process says the
+/// attack landed (`landed` matches its output): the cap refused a socket, or accept() failed
+/// for want of descriptors. Then checks it lives and its bystander noticed nothing, closes the
+/// sockets, and checks that a new client gets through again, by itself.
+async function exhaustDescriptors(stack, proc, addr, first, landed, bystander, loop) {
+  const sockets = await idleSockets(addr, first);
+  for (let round = 0; !landed.test(proc.output()); round++) {
+    assert.ok(round < 30, 'the process never ran out of descriptors');
+    sockets.push(...(await idleSockets(addr, 100)));
+    await sleep(100);
+  }
+  await sleep(1000);
+  assert.equal(proc.child.exitCode, null, 'it is alive');
+  await loop.stop();
+  for (const s of sockets) s.destroy();
+  let fresh;
+  for (let attempt = 0; !fresh; attempt++) {
+    try {
+      fresh = await stack.connect('chat');
+    } catch (e) {
+      if (attempt > 50) throw e;
+      await sleep(200);
+    }
+  }
+  assert.equal(await fresh.invoke('Echo', 'back'), 'back');
+  await fresh.stop();
+  await bystander.stop();
+}
+
 for (const capped of [true, false]) {
   const how = capped ? 'the connection cap refuses the excess' : 'past the descriptor limit, accept errors are waited out';
   test(`descriptor exhaustion: 2,300 idle sockets against 2,000 descriptors; ${how}`, { timeout: 120000 }, async () => {
@@ -89,34 +118,8 @@ for (const capped of [true, false]) {
     const stack = await Stack.start({ relayNofile: 2000, relayArgs, connectionsPerHub: 1 });
     try {
       const bystander = await stack.connect('chat');
-      const loop = bystanderLoop(bystander);
-      // 2,300 sockets, then more in rounds until the attack has landed: the relay says the
-      // cap refused a socket, or that accept() failed for want of descriptors.
-      const sockets = await idleSockets(stack.relayAddr, 2300);
       const landed = capped ? /connection cap is reached/ : /accept failed; pausing/;
-      for (let round = 0; !landed.test(stack.relay.output()); round++) {
-        assert.ok(round < 30, `the relay never ran out: ${stack.relayResources().fds} descriptors`);
-        sockets.push(...(await idleSockets(stack.relayAddr, 100)));
-        await sleep(100);
-      }
-      console.log(`# 2,300 idle sockets: the relay holds ${stack.relayResources().fds} descriptors of 2,000`);
-      await sleep(1000);
-      assert.equal(stack.relay.child.exitCode, null, 'the relay is alive');
-      await loop.stop();
-      for (const s of sockets) s.destroy();
-      // Once they are gone, the relay serves new clients again, by itself.
-      let fresh;
-      for (let attempt = 0; !fresh; attempt++) {
-        try {
-          fresh = await stack.connect('chat');
-        } catch (e) {
-          if (attempt > 50) throw e;
-          await sleep(200);
-        }
-      }
-      assert.equal(await fresh.invoke('Echo', 'back'), 'back');
-      await fresh.stop();
-      await bystander.stop();
+      await exhaustDescriptors(stack, stack.relay, stack.relayAddr, 2300, landed, bystander, bystanderLoop(bystander));
     } finally {
       await stack.stop();
     }
@@ -127,29 +130,8 @@ test('descriptor exhaustion of the sample app\'s negotiate listener: it lives, a
   const stack = await Stack.start({ appNofile: 500, connectionsPerHub: 1 });
   try {
     const bystander = await stack.connect('chat');
-    const loop = bystanderLoop(bystander);
-    const sockets = await idleSockets(stack.appAddr, 700);
-    for (let round = 0; !/connection cap is reached|accept failed/.test(stack.app.output()); round++) {
-      assert.ok(round < 30, 'the app never ran out');
-      sockets.push(...(await idleSockets(stack.appAddr, 100)));
-      await sleep(100);
-    }
-    await sleep(500);
-    assert.equal(stack.app.child.exitCode, null, 'the app is alive');
-    await loop.stop();
-    for (const s of sockets) s.destroy();
-    let fresh;
-    for (let attempt = 0; !fresh; attempt++) {
-      try {
-        fresh = await stack.connect('chat');
-      } catch (e) {
-        if (attempt > 50) throw e;
-        await sleep(200);
-      }
-    }
-    assert.equal(await fresh.invoke('Echo', 'back'), 'back');
-    await fresh.stop();
-    await bystander.stop();
+    const landed = /connection cap is reached|accept failed/;
+    await exhaustDescriptors(stack, stack.app, stack.appAddr, 700, landed, bystander, bystanderLoop(bystander));
   } finally {
     await stack.stop();
   }

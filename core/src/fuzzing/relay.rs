@@ -241,11 +241,14 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             let outcome = sim.handle(&websocket_request(hub, id, Some(user)));
             world.note(outcome);
         }
-        // A socket says something.
+        // A socket says something (an adapter feeds nothing from a socket that is done).
         3 => {
             let Some(&conn) = script.pick(&world.sockets) else {
                 return;
             };
+            if sim.is_done(conn) {
+                return;
+            }
             let data = match script.pick(CLIENT_FRAMES) {
                 Some(frame) if script.byte() % 4 != 0 => Bytes::from_static(frame),
                 _ => script.bytes(),
@@ -257,6 +260,9 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             let Some(&server) = script.pick(&world.servers) else {
                 return;
             };
+            if sim.is_done(server) {
+                return;
+            }
             if script.byte() % 8 == 0 {
                 let garbage = script.bytes();
                 sim.data(server, &garbage);
@@ -284,7 +290,9 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 .copied()
                 .collect();
             if let Some(&conn) = script.pick(&all) {
-                sim.closed_by_peer(conn);
+                if !sim.is_done(conn) {
+                    sim.closed_by_peer(conn);
+                }
             }
         }
         // Server-Sent Events, long polls, sends and deletes.

@@ -227,6 +227,12 @@ impl Sim {
         (&mut self.relay, self.now)
     }
 
+    /// Whether `conn`'s socket is done: the relay closed it, or its peer did, and no request
+    /// attached another. An adapter feeds nothing more from it.
+    pub fn is_done(&self, conn: ConnHandle) -> bool {
+        self.done.contains(&conn)
+    }
+
     /// The virtual time now.
     pub fn now(&self) -> Instant {
         self.now
