@@ -96,8 +96,9 @@ pub struct RelayArgs {
     pub max_connections: usize,
 
     /// Bytes that may wait to be written to one client; a client past it is closed as too
-    /// slow (one larger message goes when nothing else waits).
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// slow (one larger message goes when nothing else waits). Past a quarter of it, the
+    /// client is not read until it catches up.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_send_queue: usize,
 
     /// Seconds a socket may take nothing while bytes wait for it before it is closed.

@@ -46,8 +46,10 @@ pub struct ServeOptions {
     /// Most connections open at once, of every kind (default: the process's descriptor limit
     /// less 64). Past it, new sockets are closed as soon as they are accepted.
     pub max_connections: usize,
-    /// Bytes that may wait to be written to one client (default 1 MiB; one larger message is
-    /// taken when nothing else waits). A client past it is closed at once as too slow.
+    /// Bytes that may wait to be written to one client (default 4 MiB, the largest message an
+    /// app server may send; one larger message is taken when nothing else waits). A client
+    /// past it is closed at once as too slow. Past a quarter of it, the client is not read
+    /// until it catches up: its answers to what it already sent still fit.
     pub client_send_queue: usize,
     /// Bytes that may wait to be written to one server connection (default 64 MiB). Clients
     /// are paused long before (see `server_send_pause`); past this, the app server is not
@@ -67,7 +69,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(15),
             body_read_timeout: Duration::from_secs(15),
             max_connections: super::accept::default_max_connections(),
-            client_send_queue: 1024 * 1024,
+            client_send_queue: 4 * 1024 * 1024,
             server_send_queue: 64 * 1024 * 1024,
             server_send_pause: 1024 * 1024,
             write_timeout: Duration::from_secs(30),
@@ -733,7 +735,7 @@ where
                     max_message: settings.client_frame,
                     read_buffer: ws::CLIENT_READ_BUFFER,
                     queue: options.client_send_queue,
-                    pause_at: options.client_send_queue / 2,
+                    pause_at: options.client_send_queue / 4,
                     server: false,
                 }
             };
