@@ -96,7 +96,7 @@ pub struct RelayArgs {
     pub max_connections: usize,
 
     /// Bytes that may wait to be written to one client; a client past it is closed as too
-    /// slow (one larger message goes when nothing else waits). Past a quarter of it, the
+    /// slow (one larger message goes when nothing else waits). Past an eighth of it, the
     /// client is not read until it catches up.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_send_queue: usize,

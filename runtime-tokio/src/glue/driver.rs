@@ -48,7 +48,7 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Bytes that may wait to be written to one client (default 4 MiB, the largest message an
     /// app server may send; one larger message is taken when nothing else waits). A client
-    /// past it is closed at once as too slow. Past a quarter of it, the client is not read
+    /// past it is closed at once as too slow. Past an eighth of it, the client is not read
     /// until it catches up: its answers to what it already sent still fit.
     pub client_send_queue: usize,
     /// Bytes that may wait to be written to one server connection (default 64 MiB). Clients
@@ -735,7 +735,7 @@ where
                     max_message: settings.client_frame,
                     read_buffer: ws::CLIENT_READ_BUFFER,
                     queue: options.client_send_queue,
-                    pause_at: options.client_send_queue / 4,
+                    pause_at: options.client_send_queue / 8,
                     server: false,
                 }
             };
