@@ -24,7 +24,13 @@
 //! request may attach a new socket to the same handle (a stateful reconnect, or a classic
 //! `/reconnect`); its [`RequestOutcome`] says so, and from then on the handle means the new
 //! socket. [`Output::Event`]s ask for nothing: they say what opened and closed, and why, for
-//! logs and metrics; [`Relay::stats`] has the counters.
+//! logs and metrics; [`Relay::stats`] has the counters, and [`Relay::buffered_bytes`] what the
+//! relay holds for its clients.
+//!
+//! Before reading a request's body, ask [`Relay::gate`] (a [`RequestGate`], usable on any
+//! thread) how much of it to read: it checks the token on the headers, so that no body is read
+//! for a peer without a valid one, and bounds each endpoint's body by what it can need. Read at
+//! most that limit plus one byte, within a deadline of your own, and hand the request over.
 //!
 //! The loop, run here against the simulation harness ([`sim`]): an app server's connection
 //! says hello, and the adapter carries out what the relay answers.
