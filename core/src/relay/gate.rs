@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::admission::{hub_param, Admission};
-use super::client::{classic_body_limit, client_post_limit, CLASSIC_BASE};
+use super::client::{classic_body_limit, CLASSIC_BASE};
 use super::config::RelayConfig;
 use super::http::{HttpRequest, HttpResponse};
 use super::reason::Rejection;
@@ -55,7 +55,7 @@ impl RequestGate {
         };
         let limit = match path {
             "/client/negotiate" => verify_client().map(|()| NEGOTIATE_BODY_LIMIT),
-            "/client" => verify_client().map(|()| client_post_limit(config)),
+            "/client" => verify_client().map(|()| config.max_client_payload()),
             p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => self
                 .admission
                 .verify(config, now, req, CLASSIC_BASE, None)

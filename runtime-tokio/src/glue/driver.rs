@@ -29,7 +29,7 @@ use crate::glue::accept::{accept_loop, Admitted, ConnectionCount};
 use crate::glue::http::{
     allow_origin, bad_upgrade, empty, preflight, respond, text, to_core_request, Body,
 };
-use crate::glue::queue::{self, AbortSignal, Command, Inbox, Outbox, Refused};
+use crate::glue::queue::{self, AbortSignal, Command, Outbox, Refused};
 use crate::glue::ws::{self, Incoming};
 use crate::glue::{Listener, Runtime};
 
@@ -763,7 +763,7 @@ where
                 futures_util::stream::unfold((inbox, notice), |(mut inbox, notice)| async move {
                     match inbox.next().await {
                         Some(command @ Command::Send { .. }) => {
-                            inbox.taken(Inbox::size(&command));
+                            inbox.taken(command.size());
                             let Command::Send { data, .. } = command else {
                                 return None;
                             };

@@ -34,7 +34,8 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    fn size(&self) -> usize {
+    /// How many bytes it counts for in a queue.
+    pub(crate) fn size(&self) -> usize {
         match self {
             Self::Send { data, .. } => data.len(),
             Self::Close { reason, .. } => reason.len(),
@@ -234,11 +235,6 @@ impl Inbox {
             && self.shared.congested.swap(false, Ordering::AcqRel)
     }
 
-    /// How many bytes a command counts for.
-    pub(crate) fn size(command: &Command) -> usize {
-        command.size()
-    }
-
     /// The reader's view of this queue: the pause and abort signals.
     pub(crate) fn signals(&self) -> Signals {
         Signals(self.shared.clone())
@@ -292,7 +288,7 @@ mod tests {
         assert!(out.push(send(1)).is_err(), "one byte past the bound");
         assert_eq!(out.queued(), 100);
         let first = inbox.try_next().expect("queued");
-        inbox.taken(Inbox::size(&first));
+        inbox.taken(first.size());
         assert_eq!((out.queued(), out.written()), (40, 60));
         out.push(send(60)).expect("room again");
     }
@@ -317,11 +313,11 @@ mod tests {
         }
         assert!(!out.set_congested());
         let c = inbox.try_next().expect("queued");
-        assert!(!inbox.taken(Inbox::size(&c)), "80 left: not below 50");
+        assert!(!inbox.taken(c.size()), "80 left: not below 50");
         let c = inbox.try_next().expect("queued");
-        assert!(inbox.taken(Inbox::size(&c)), "40 left: drained");
+        assert!(inbox.taken(c.size()), "40 left: drained");
         let c = inbox.try_next().expect("queued");
-        assert!(!inbox.taken(Inbox::size(&c)), "reported once");
+        assert!(!inbox.taken(c.size()), "reported once");
     }
 
     #[test]

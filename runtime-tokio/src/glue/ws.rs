@@ -119,7 +119,7 @@ pub(crate) async fn pump<S, E, F>(
                 let mut batch = 0;
                 // Batch: feed everything already queued, then flush once.
                 while let Some(command) = next.take() {
-                    batch += Inbox::size(&command);
+                    batch += command.size();
                     match command {
                         Command::Send { data, binary } => {
                             if let Some(message) = to_message(data, binary) {

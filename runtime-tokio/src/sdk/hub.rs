@@ -657,7 +657,7 @@ impl Target {
             .or_else(|| self.hub.any_connection())
             .ok_or(InvokeError::Unsupported("no connection to the relay"))?;
         // Unguessable: only the client asked may answer, and nobody can aim at the id.
-        let invocation_id = random_invocation_id();
+        let invocation_id = random_id();
         let payloads = invocation_payloads_with_id(Some(&invocation_id), method, args)
             .map_err(|e| InvokeError::InvalidResult(e.to_string()))?;
         let (reply, result) = oneshot::channel();
@@ -829,7 +829,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// 128 random bits, hex: an id with no structure to guess (invocations, token ids).
-pub(crate) fn random_invocation_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         tracing::error!("no OS randomness; invocation ids would be predictable");

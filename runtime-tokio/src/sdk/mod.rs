@@ -257,7 +257,7 @@ impl AppServer {
         token_claims.aud.push(audience.to_string());
         // A unique token per negotiate: the relay binds each connection to the token it
         // negotiated with, and two clients must never share one.
-        token_claims.insert("jti", crate::sdk::hub::random_invocation_id().as_str());
+        token_claims.insert("jti", crate::sdk::hub::random_id().as_str());
         if let Some(user) = user_id {
             token_claims.nameid = Some(user.to_owned());
             token_claims.insert("asrs.s.uid", user);

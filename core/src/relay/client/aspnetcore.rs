@@ -16,7 +16,6 @@ use crate::aspnetcore::handshake::{
 use crate::aspnetcore::negotiate::TransportKind;
 use crate::aspnetcore::{Close, FrameDecoder, HubMessage, HubProtocol, TransferFormat};
 use crate::framing::{write_binary_frame, TextFrameDecoder, RECORD_SEPARATOR};
-use crate::relay::config::RelayConfig;
 use crate::relay::http::{HttpRequest, HttpResponse, RequestOutcome};
 use crate::relay::output::Upstream;
 use crate::relay::reason::{Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
@@ -458,7 +457,7 @@ impl AspNetCore {
                     Transport::WebSocket => return Err(Rejection::PostOnWebSocket),
                     Transport::ServerSentEvents | Transport::LongPolling(_) => {}
                 }
-                if req.body.len() > client_post_limit(cx.config) {
+                if req.body.len() > cx.config.max_client_payload() {
                     let refusal = RequestOutcome::Respond(Rejection::PostTooLarge.into());
                     return Ok(HttpStep::Done(Handled::then(refusal, Ending::PostTooLarge)));
                 }
@@ -549,10 +548,4 @@ impl AspNetCore {
         transport.end(cx, token, ending.close_text().as_deref(), tombstones);
         ending
     }
-}
-
-/// Largest `POST` body from a long-polling or Server-Sent Events client: the client batches
-/// whatever it has queued into one request, so room for a few maximal messages.
-pub(crate) fn client_post_limit(config: &RelayConfig) -> usize {
-    config.max_client_payload()
 }

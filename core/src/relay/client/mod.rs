@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-pub(crate) use self::aspnetcore::client_post_limit;
 pub use self::classic::STATE_HEADER;
 pub(crate) use self::classic::{
     body_limit as classic_body_limit, negotiate_hub as classic_negotiate_hub,
