@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use signalr_relay_core::relay::RelayConfig;
+use signalr_relay_core::relay::{IpRange, RelayConfig};
 
 use crate::ServeOptions;
 
@@ -109,6 +109,17 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 15)]
     pub body_read_timeout: u64,
 
+    /// A proxy in front of the relay whose `X-Forwarded-For` is believed: an address or a
+    /// CIDR range (`127.0.0.1`, `10.0.0.0/8`); repeat it, or separate with commas. App
+    /// servers learn a client's address as `X-Forwarded-For`: the socket's peer, or behind
+    /// trusted proxies the rightmost address they forwarded that is not one of them.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNALR_RELAY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpRange>,
+
     /// Log filter, e.g. `info` or `signalr_relay=debug`.
     #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
     pub log: String,
@@ -151,6 +162,7 @@ impl RelayArgs {
         config.classic_disconnect_timeout =
             Duration::from_secs(self.classic_disconnect_timeout.max(1));
         config.classic_buffer_messages = self.classic_buffer_messages.max(1);
+        config.trusted_proxies = self.trusted_proxies.clone();
         (config, generated)
     }
 

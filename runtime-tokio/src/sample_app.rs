@@ -96,6 +96,23 @@ pub fn test_hub() -> Hub {
             }
             Ok(args.pop())
         })
+        .method("GetHeader", |ctx: Context, (name,): (String,)| async move {
+            Ok(ctx.header(&name).map(str::to_owned))
+        })
+        .method("GetCookie", |ctx: Context, (name,): (String,)| async move {
+            Ok(ctx.header("Cookie").and_then(|cookies| {
+                cookies.split(';').find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| v.to_owned())
+                })
+            }))
+        })
+        .method("GetQueryString", |ctx: Context, ()| async move {
+            Ok(ctx.query_string().to_owned())
+        })
+        .method("GetClientAddress", |ctx: Context, ()| async move {
+            Ok(ctx.client_address().map(|a| a.to_string()))
+        })
         .method("GetNumRedirects", |ctx: Context, ()| async move {
             ctx.query("numRedirects")
                 .and_then(|n| n.parse::<i64>().ok())
@@ -293,7 +310,7 @@ pub fn negotiate_handler(
         let user = form_urlencoded::parse(req.query.as_bytes())
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.into_owned());
-        let response = app.negotiate(hub, user.as_deref(), &[]);
+        let response = app.negotiate_with_query(hub, &req.query, user.as_deref(), &[]);
         HttpResponse::json(response.to_json())
     }
 }

@@ -55,17 +55,18 @@ pub enum HubProtocol {
     Json,
     /// `messagepack`: MessagePack arrays, each preceded by a varint length.
     MessagePack,
+    /// `blazorpack`: Blazor Server's name for the MessagePack hub protocol (the same
+    /// encoding, version 1). App servers encode a separate payload for it, keyed by its name.
+    BlazorPack,
 }
 
 impl HubProtocol {
-    /// Looks a protocol up by its handshake name. Names are matched exactly, as ASP.NET Core
-    /// does.
+    /// Looks a protocol up by its handshake name. Names are compared case-insensitively, as
+    /// ASP.NET Core's protocol resolver does.
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "json" => Some(Self::Json),
-            "messagepack" => Some(Self::MessagePack),
-            _ => None,
-        }
+        [Self::Json, Self::MessagePack, Self::BlazorPack]
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
     }
 
     /// The protocol's handshake name.
@@ -73,6 +74,7 @@ impl HubProtocol {
         match self {
             Self::Json => "json",
             Self::MessagePack => "messagepack",
+            Self::BlazorPack => "blazorpack",
         }
     }
 
@@ -85,8 +87,13 @@ impl HubProtocol {
     pub fn transfer_format(self) -> TransferFormat {
         match self {
             Self::Json => TransferFormat::Text,
-            Self::MessagePack => TransferFormat::Binary,
+            Self::MessagePack | Self::BlazorPack => TransferFormat::Binary,
         }
+    }
+
+    /// Whether this protocol's frames are binary (MessagePack, under either name).
+    pub fn is_binary(self) -> bool {
+        self.transfer_format() == TransferFormat::Binary
     }
 
     /// Decodes one message from a frame body (separator or length prefix already removed).
@@ -96,7 +103,7 @@ impl HubProtocol {
     pub fn parse_message(self, frame: &[u8]) -> Result<HubMessage, HubError> {
         match self {
             Self::Json => json::parse_message(frame),
-            Self::MessagePack => messagepack::parse_message(frame),
+            Self::MessagePack | Self::BlazorPack => messagepack::parse_message(frame),
         }
     }
 
@@ -110,7 +117,7 @@ impl HubProtocol {
                 json::write_message(message, out);
                 Ok(())
             }
-            Self::MessagePack => messagepack::write_message(message, out),
+            Self::MessagePack | Self::BlazorPack => messagepack::write_message(message, out),
         }
     }
 
@@ -118,7 +125,9 @@ impl HubProtocol {
     pub fn frame_decoder(self, max_message_size: usize) -> FrameDecoder {
         match self {
             Self::Json => FrameDecoder::Text(TextFrameDecoder::new(max_message_size)),
-            Self::MessagePack => FrameDecoder::Binary(BinaryFrameDecoder::new(max_message_size)),
+            Self::MessagePack | Self::BlazorPack => {
+                FrameDecoder::Binary(BinaryFrameDecoder::new(max_message_size))
+            }
         }
     }
 }
@@ -224,4 +233,26 @@ pub enum HubError {
     /// The fields are present but contradict the protocol.
     #[error("invalid message: {0}")]
     Invalid(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_are_matched_in_any_case() {
+        for (name, protocol) in [
+            ("json", HubProtocol::Json),
+            ("JSON", HubProtocol::Json),
+            ("messagepack", HubProtocol::MessagePack),
+            ("MessagePack", HubProtocol::MessagePack),
+            ("blazorpack", HubProtocol::BlazorPack),
+            ("BlazorPack", HubProtocol::BlazorPack),
+        ] {
+            assert_eq!(HubProtocol::from_name(name), Some(protocol), "{name}");
+        }
+        assert_eq!(HubProtocol::from_name("blazor"), None);
+        assert_eq!(HubProtocol::from_name(""), None);
+        assert!(HubProtocol::BlazorPack.is_binary() && !HubProtocol::Json.is_binary());
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::forwarded::IpRange;
 use crate::service;
 
 /// Limits and timings of a [`Relay`](super::Relay). Every limit is bounded by default.
@@ -79,6 +80,10 @@ pub struct RelayConfig {
     /// 1000, the classic server's per-topic buffer; also bounded by `max_long_poll_buffer`
     /// bytes).
     pub classic_buffer_messages: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (default none). The app server is told the
+    /// client's address as `X-Forwarded-For`: the socket's peer, or, when that is a trusted
+    /// proxy, the rightmost address in the header that is not one.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl RelayConfig {
@@ -120,6 +125,7 @@ impl Default for RelayConfig {
             max_group_name: 1024,
             max_clients: 100_000,
             max_connections_per_token: 1000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

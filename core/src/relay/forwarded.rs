@@ -1,5 +1,10 @@
 //! What the app server is told about a client, once, with OpenConnection: its claims, its
-//! request headers and its query string, each cleaned of what is the relay's business.
+//! request headers and its query string, each cleaned of what is the relay's business, and
+//! its address (`X-Forwarded-For`), believed from a proxy only when the proxy is trusted.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 
 use super::config::RelayConfig;
 use super::http::HttpRequest;
@@ -68,15 +73,27 @@ fn claims(claims: &Claims) -> Vec<(String, String)> {
     out
 }
 
-/// The client's query as the app server sees it: without the bearer token.
-fn query(query: &str) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if !k.eq_ignore_ascii_case("access_token") {
-            out.append_pair(&k, &v);
-        }
+/// The client's query as the app server sees it: as the client sent it, with its leading `?`
+/// (as Azure sends it, and as ASP.NET Core's `QueryString` requires), without the bearer
+/// token. Every other parameter keeps its own encoding.
+pub(crate) fn query(query: &str) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let name = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            !name.eq_ignore_ascii_case("access_token")
+        })
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
     }
-    out.finish()
 }
 
 /// The client's request headers as the app server sees them: without credentials and
@@ -95,12 +112,16 @@ pub(crate) fn headers(
         "sec-websocket-version",
         "sec-websocket-extensions",
         "sec-websocket-protocol",
+        "x-forwarded-for",
     ];
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut total = 0;
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
-        if DROPPED.contains(&lower.as_str()) {
+        if DROPPED.contains(&lower.as_str())
+            || lower.starts_with("asrs-")
+            || lower.starts_with("x-asrs-")
+        {
             continue;
         }
         total += name.len() + value.len();
@@ -112,10 +133,219 @@ pub(crate) fn headers(
             None => out.push((name.clone(), vec![value.clone()])),
         }
     }
+    if let Some(address) = client_address(req, &config.trusted_proxies) {
+        out.push(("X-Forwarded-For".to_owned(), vec![address.to_string()]));
+    }
     out.push(("Asrs-Instance-Id".to_owned(), vec![instance_id.to_owned()]));
     if let Some(kind) = transport {
         // The transport's name, for the app server's hub context.
         out.push(("Asrs-Transport".to_owned(), vec![kind.as_str().to_owned()]));
     }
     out
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy. Then
+/// `X-Forwarded-For` is walked from the right (each proxy appends the address it was reached
+/// from), past every trusted proxy, and the first address that is not one is the client. An
+/// entry that is not an address ends the walk at the last one believed.
+pub(crate) fn client_address(req: &HttpRequest, trusted: &[IpRange]) -> Option<IpAddr> {
+    let mut address = req.peer?.to_canonical();
+    let trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !trusted(address) {
+        return Some(address);
+    }
+    let hops = req
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+        .flat_map(|(_, value)| value.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        address = ip.to_canonical();
+        if !trusted(address) {
+            break;
+        }
+    }
+    Some(address)
+}
+
+/// An address or a CIDR range of them (`10.0.0.0/8`, `::1`), as `--trusted-proxy` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a `--trusted-proxy` value is not an address or a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidIpRange(String);
+
+impl fmt::Display for InvalidIpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not an IP address or a CIDR range (10.0.0.0/8, fd00::/8)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidIpRange {}
+
+impl FromStr for IpRange {
+    type Err = InvalidIpRange;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidIpRange(s.to_owned());
+        let (address, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let network = address
+            .parse::<IpAddr>()
+            .map_err(|_| invalid())?
+            .to_canonical();
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= bits)
+                .ok_or_else(invalid)?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(peer: &str, forwarded: &[&str]) -> HttpRequest {
+        HttpRequest {
+            peer: Some(peer.parse().expect("an address")),
+            headers: forwarded
+                .iter()
+                .map(|v| ("X-Forwarded-For".to_owned(), (*v).to_owned()))
+                .collect(),
+            ..HttpRequest::default()
+        }
+    }
+
+    fn ranges(list: &[&str]) -> Vec<IpRange> {
+        list.iter().map(|r| r.parse().expect("a range")).collect()
+    }
+
+    #[test]
+    fn ranges_parse_and_match() {
+        let r: IpRange = "10.1.0.0/16".parse().expect("a range");
+        assert!(r.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!r.contains("10.2.0.1".parse().expect("ip")));
+        assert!(r.contains("::ffff:10.1.0.9".parse().expect("ip")), "mapped");
+        let one: IpRange = "127.0.0.1".parse().expect("an address");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        let all: IpRange = "0.0.0.0/0".parse().expect("everything");
+        assert!(all.contains("8.8.8.8".parse().expect("ip")));
+        assert!(!all.contains("::2".parse().expect("ip")), "families differ");
+        let v6: IpRange = "fd00::/8".parse().expect("a range");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(!v6.contains("fe80::1".parse().expect("ip")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/",
+            "1.2.3.4/-1",
+        ] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad:?}");
+        }
+        assert_eq!(r.to_string(), "10.1.0.0/16");
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_a_trusted_proxy_names_another() {
+        let none = ranges(&[]);
+        let local = ranges(&["127.0.0.0/8", "10.0.0.0/8"]);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        // Nothing trusted: the peer, whatever the header says.
+        assert_eq!(
+            client_address(&req("9.9.9.9", &["6.6.6.6"]), &none),
+            ip("9.9.9.9")
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_address(&req("9.9.9.9", &["6.6.6.6"]), &local),
+            ip("9.9.9.9")
+        );
+        // nginx in front: the client spoofed 6.6.6.6; nginx appended the real address.
+        assert_eq!(
+            client_address(&req("127.0.0.1", &["6.6.6.6, 5.5.5.5"]), &local),
+            ip("5.5.5.5")
+        );
+        // Two trusted hops, in two header lines.
+        assert_eq!(
+            client_address(&req("127.0.0.1", &["6.6.6.6, 5.5.5.5", "10.0.0.7"]), &local),
+            ip("5.5.5.5")
+        );
+        // A trusted proxy with no header, or only trusted hops: the last one believed.
+        assert_eq!(
+            client_address(&req("127.0.0.1", &[]), &local),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_address(&req("127.0.0.1", &["10.0.0.7"]), &local),
+            ip("10.0.0.7")
+        );
+        // Garbage ends the walk.
+        assert_eq!(
+            client_address(&req("127.0.0.1", &["5.5.5.5, junk, 10.0.0.8"]), &local),
+            ip("10.0.0.8")
+        );
+        assert_eq!(client_address(&HttpRequest::default(), &local), None);
+    }
+
+    #[test]
+    fn the_query_keeps_its_encoding_and_loses_the_token() {
+        assert_eq!(query(""), "");
+        assert_eq!(query("access_token=x"), "");
+        assert_eq!(
+            query("hub=chat&a=b%20c&access_token=secret&id=1&x=%2B"),
+            "?hub=chat&a=b%20c&id=1&x=%2B"
+        );
+        assert_eq!(query("Access_Token=x&&a"), "?a");
+    }
 }

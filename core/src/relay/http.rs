@@ -19,6 +19,9 @@ pub struct HttpRequest {
     pub websocket: bool,
     /// The request body (for `POST` sends), already bounded by the adapter.
     pub body: Bytes,
+    /// The address of the socket's peer, when the adapter knows it: the client's address,
+    /// or a proxy's (see [`RelayConfig::trusted_proxies`](super::RelayConfig)).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl HttpRequest {

@@ -114,6 +114,7 @@ use std::time::Instant;
 
 pub use self::client::STATE_HEADER;
 pub use self::config::RelayConfig;
+pub use self::forwarded::{InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
 pub use self::output::{ClientFamily, Event, Output};

@@ -39,11 +39,35 @@ pub const T0: u64 = 1_700_000_000;
 
 /// A token for `path` (`/client/`, `/server/`) of `hub`, valid from [`T0`] for `lifetime`
 /// seconds, signed with `key`.
+///
+/// Tokens are signed once per thread and remembered: the same arguments always give the same
+/// token, and the relay fuzz target asks for thousands of them.
 pub fn token(path: &str, hub: &str, user: Option<&str>, lifetime: u64, key: &str) -> String {
+    type Signed = BTreeMap<(String, String, Option<String>, u64, String), String>;
+    thread_local! {
+        static SIGNED: std::cell::RefCell<Signed> = const { std::cell::RefCell::new(BTreeMap::new()) };
+    }
+    let args = (
+        path.to_owned(),
+        hub.to_owned(),
+        user.map(str::to_owned),
+        lifetime,
+        key.to_owned(),
+    );
+    if let Some(t) = SIGNED.with_borrow(|signed| signed.get(&args).cloned()) {
+        return t;
+    }
     let mut claims = Claims::issued_at(T0, lifetime);
     claims.aud.push(format!("http://localhost{path}?hub={hub}"));
     claims.nameid = user.map(str::to_owned);
-    sign(&claims, key.as_bytes(), Algorithm::Hs256)
+    let t = sign(&claims, key.as_bytes(), Algorithm::Hs256);
+    SIGNED.with_borrow_mut(|signed| {
+        // A handful of distinct tokens in practice; never an unbounded memo.
+        if signed.len() < 256 {
+            signed.insert(args, t.clone());
+        }
+    });
+    t
 }
 
 /// A request to `localhost:8080`, with a bearer token if given.
@@ -65,6 +89,7 @@ pub fn request(
         headers,
         websocket,
         body: Bytes::new(),
+        peer: None,
     }
 }
 

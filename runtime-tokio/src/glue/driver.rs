@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,10 +136,11 @@ pub async fn serve<R: Runtime, L: Listener>(
         queue,
     ));
     let count = ConnectionCount::new(settings.options.max_connections);
-    accept_loop(&runtime, listener, count, |stream, _peer, admitted| {
+    accept_loop(&runtime, listener, count, |stream, peer, admitted| {
         runtime.spawn(serve_connection(
             runtime.clone(),
             stream,
+            peer,
             events.clone(),
             settings.clone(),
             admitted,
@@ -554,6 +556,7 @@ fn log_event(event: &Event) {
 async fn serve_connection<R: Runtime, S>(
     runtime: R,
     stream: S,
+    peer: SocketAddr,
     events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     admitted: Admitted,
@@ -570,6 +573,7 @@ async fn serve_connection<R: Runtime, S>(
             handle::<R, S>(
                 runtime.clone(),
                 req,
+                peer,
                 events.clone(),
                 settings.clone(),
                 abort.clone(),
@@ -638,6 +642,7 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
 async fn handle<R: Runtime, S>(
     runtime: R,
     mut req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
     mut events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     abort: Arc<AbortSignal>,
@@ -649,7 +654,7 @@ where
         allow_origin(req.headers().get(ORIGIN), &mut response);
         return Ok(response);
     }
-    let mut request = to_core_request(&req);
+    let mut request = to_core_request(&req, peer);
     let origin = req.headers().get(ORIGIN).cloned();
     let key = req
         .headers()

@@ -2,6 +2,7 @@
 //! converted to the core's [`HttpRequest`], and CORS for browser clients.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ pub(crate) fn empty() -> Body {
     Full::new(Bytes::new()).boxed()
 }
 
-/// The parts of a hyper request the core reads.
-pub(crate) fn to_core_request<B>(req: &Request<B>) -> HttpRequest {
+/// The parts of a hyper request the core reads, and the address of the socket's peer.
+pub(crate) fn to_core_request<B>(req: &Request<B>, peer: SocketAddr) -> HttpRequest {
     HttpRequest {
+        peer: Some(peer.ip()),
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or_default().to_owned(),
@@ -155,7 +157,7 @@ where
 {
     let handler = Arc::new(handler);
     let count = ConnectionCount::new(max_connections);
-    accept_loop(&runtime, listener, count, |stream, _peer, admitted| {
+    accept_loop(&runtime, listener, count, |stream, peer, admitted| {
         let handler = handler.clone();
         let timer = runtime.hyper_timer();
         runtime.spawn(async move {
@@ -167,7 +169,7 @@ where
                         allow_origin(req.headers().get(ORIGIN), &mut response);
                         return Ok::<_, Infallible>(response);
                     }
-                    let mut response = respond(handler(to_core_request(&req)));
+                    let mut response = respond(handler(to_core_request(&req, peer)));
                     allow_origin(req.headers().get(ORIGIN), &mut response);
                     Ok(response)
                 }

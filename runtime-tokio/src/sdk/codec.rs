@@ -37,7 +37,7 @@ pub(crate) fn decode_args<A: DeserializeOwned + 'static>(
             array.push(b']');
             serde_json::from_slice(&array).map_err(|e| bad(e.to_string()))
         }
-        HubProtocol::MessagePack => {
+        HubProtocol::MessagePack | HubProtocol::BlazorPack => {
             if unit {
                 return rmp_serde::from_slice(&[0xc0]).map_err(|e| bad(e.to_string()));
             }
@@ -61,7 +61,7 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
 ) -> Result<RawValue, HubError> {
     let bytes = match protocol {
         HubProtocol::Json => serde_json::to_vec(value).map_err(|e| HubError::new(e.to_string()))?,
-        HubProtocol::MessagePack => {
+        HubProtocol::MessagePack | HubProtocol::BlazorPack => {
             rmp_serde::to_vec_named(value).map_err(|e| HubError::new(e.to_string()))?
         }
     };
@@ -109,7 +109,7 @@ pub(crate) fn invocation_frame_with_id<A: Serialize + ?Sized>(
             out.push(RECORD_SEPARATOR);
             Ok(Bytes::from(out))
         }
-        HubProtocol::MessagePack => {
+        HubProtocol::MessagePack | HubProtocol::BlazorPack => {
             let arguments = rmp_serde::to_vec_named(args).map_err(|e| err(e.to_string()))?;
             let mut body = Vec::with_capacity(arguments.len() + target.len() + 8);
             // Six elements, stream ids included, as the .NET server writes them: some clients

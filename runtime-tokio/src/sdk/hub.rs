@@ -406,6 +406,22 @@ impl Context {
             .map(String::as_str)
     }
 
+    /// The caller's connect query, as it sent it (with its leading `?`, without the token).
+    pub fn query_string(&self) -> &str {
+        &self.client.info.query
+    }
+
+    /// The caller's address: the first `X-Forwarded-For` address the relay gives (as the
+    /// Azure SDK reads it), which is the socket's peer or what a trusted proxy forwarded.
+    pub fn client_address(&self) -> Option<std::net::IpAddr> {
+        self.header("X-Forwarded-For")?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The transport the caller uses (`WebSockets`, `ServerSentEvents` or `LongPolling`).
     pub fn transport(&self) -> &str {
         self.header("Asrs-Transport").unwrap_or("WebSockets")
@@ -699,7 +715,7 @@ impl Target {
         let raw = value.unwrap_or_else(|| {
             RawValue::new(match protocol {
                 HubProtocol::Json => b"null".to_vec(),
-                HubProtocol::MessagePack => vec![0xc0],
+                HubProtocol::MessagePack | HubProtocol::BlazorPack => vec![0xc0],
             })
         });
         decode_args::<(T,)>(protocol, &[raw])

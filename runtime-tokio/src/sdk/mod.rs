@@ -205,14 +205,41 @@ impl AppServer {
         user_id: Option<&str>,
         claims: &[(&str, &str)],
     ) -> NegotiateResponse {
+        self.negotiate_with_query(hub, "", user_id, claims)
+    }
+
+    /// [`negotiate`](Self::negotiate), passing the negotiate request's own query (without
+    /// `?`) on in the redirect URL, as the Azure SDK does: the client connects to the relay
+    /// with it, and the hub sees it in [`Context::query`](crate::sdk::Context::query).
+    pub fn negotiate_with_query(
+        &self,
+        hub: &str,
+        query: &str,
+        user_id: Option<&str>,
+        claims: &[(&str, &str)],
+    ) -> NegotiateResponse {
         let hub = hub.to_ascii_lowercase();
         if !self.shared.hubs.contains_key(&hub) {
             return NegotiateResponse::Error(format!("Unknown hub '{hub}'."));
         }
         let cs = &self.shared.connection_string;
         let access_token = self.client_token(cs.client_audience(&hub), user_id, claims);
+        // The relay reads `hub` (and the client adds `id`); keep the caller's own.
+        let passed: Vec<&str> = query
+            .trim_start_matches('?')
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !pair.is_empty() && !["hub", "id", "access_token"].contains(&name)
+            })
+            .collect();
+        let mut url = format!("{}client/?hub={hub}", cs.client_endpoint());
+        for pair in passed {
+            url.push('&');
+            url.push_str(pair);
+        }
         NegotiateResponse::Redirect {
-            url: format!("{}client/?hub={hub}", cs.client_endpoint()),
+            url,
             access_token: Some(access_token),
         }
     }

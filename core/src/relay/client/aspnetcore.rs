@@ -216,7 +216,7 @@ impl AspNetCore {
             return Ok(());
         }
         let protocol = link.protocol;
-        let binary = protocol == HubProtocol::MessagePack;
+        let binary = protocol.is_binary();
         inbound.push(data);
         let mut payload = Vec::new();
         let mut failed = false;
@@ -245,7 +245,7 @@ impl AspNetCore {
                     payload.extend_from_slice(&frame);
                     payload.push(RECORD_SEPARATOR);
                 }
-                HubProtocol::MessagePack => {
+                HubProtocol::MessagePack | HubProtocol::BlazorPack => {
                     let _ = write_binary_frame(&frame, &mut payload);
                 }
             }
@@ -301,7 +301,7 @@ impl AspNetCore {
         activity: &mut Activity,
     ) -> Result<(), Ending> {
         let protocol = link.map(|l| l.protocol);
-        let binary = protocol == Some(HubProtocol::MessagePack);
+        let binary = protocol.is_some_and(HubProtocol::is_binary);
         match kind {
             TimerKind::Handshake => return Err(Ending::HandshakeTimedOut),
             TimerKind::KeepAlive => return self.keep_alive(cx, link, activity),
@@ -347,7 +347,7 @@ impl AspNetCore {
             if let Some(link) = link.filter(|l| l.ready()) {
                 let (frame, binary): (&'static [u8], bool) = match link.protocol {
                     HubProtocol::Json => (b"{\"type\":6}\x1e", false),
-                    HubProtocol::MessagePack => (b"\x02\x91\x06", true),
+                    HubProtocol::MessagePack | HubProtocol::BlazorPack => (b"\x02\x91\x06", true),
                 };
                 self.send(cx, Bytes::from_static(frame), binary, Some(link.protocol))?;
             }
@@ -428,7 +428,7 @@ impl AspNetCore {
         };
         self.transport = Transport::WebSocket;
         activity.received = cx.now;
-        let binary = link.protocol == HubProtocol::MessagePack;
+        let binary = link.protocol.is_binary();
         let (sequence, replay) = state.resume(link.protocol, &mut cx.timers);
         cx.out.transmit(cx.conn, sequence, binary);
         if let Some(replay) = replay {
@@ -515,7 +515,7 @@ impl AspNetCore {
     ) -> Ending {
         match link {
             Some(link) if link.handshake_done() => {
-                let binary = link.protocol == HubProtocol::MessagePack;
+                let binary = link.protocol.is_binary();
                 let frame = |ending: &Ending| {
                     let (error, allow_reconnect) = ending.close_message()?;
                     let close = HubMessage::Close(Close {

@@ -690,7 +690,8 @@ impl Client {
 }
 
 /// Binds a transport to a negotiated ASP.NET Core connection: the app server will see the
-/// request's headers; the handshake is next.
+/// request's headers and query (the connect request's, as Azure forwards them); the handshake
+/// is next.
 fn attach(
     a: &mut AspNetCore,
     cx: &mut Ctx<'_>,
@@ -701,6 +702,7 @@ fn attach(
 ) {
     if let Some(intro) = intro {
         intro.headers = forwarded::headers(req, cx.config, transport.kind());
+        intro.query = forwarded::query(&req.query);
     }
     activity.received = cx.now;
     a.attach(cx, transport);
@@ -716,7 +718,7 @@ fn send(
 ) -> Result<(), Ending> {
     match dialect {
         Dialect::AspNetCore(a) => {
-            let binary = link.protocol == HubProtocol::MessagePack;
+            let binary = link.protocol.is_binary();
             a.send(cx, data, binary, Some(link.protocol))
         }
         Dialect::Classic(c) => {
@@ -734,6 +736,7 @@ fn send(
 pub(crate) struct Prepared<'a> {
     json: Option<&'a Bytes>,
     messagepack: Option<&'a Bytes>,
+    blazorpack: Option<&'a Bytes>,
     classic: OnceCell<Option<(String, Vec<RawJson>)>>,
 }
 
@@ -742,14 +745,18 @@ impl<'a> Prepared<'a> {
         Self {
             json: payloads.get(HubProtocol::Json.name()),
             messagepack: payloads.get(HubProtocol::MessagePack.name()),
+            blazorpack: payloads.get(HubProtocol::BlazorPack.name()),
             classic: OnceCell::new(),
         }
     }
 
+    /// The payload for a client of `protocol`. MessagePack and Blazor's `blazorpack` are one
+    /// encoding, so either payload serves both when the app server wrote only one of them.
     fn get(&self, protocol: HubProtocol) -> Option<&'a Bytes> {
         match protocol {
             HubProtocol::Json => self.json,
-            HubProtocol::MessagePack => self.messagepack,
+            HubProtocol::MessagePack => self.messagepack.or(self.blazorpack),
+            HubProtocol::BlazorPack => self.blazorpack.or(self.messagepack),
         }
     }
 

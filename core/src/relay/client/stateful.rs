@@ -273,7 +273,7 @@ struct TypeOnly {
 fn message_type(protocol: HubProtocol, body: &[u8]) -> Option<u8> {
     match protocol {
         HubProtocol::Json => serde_json::from_slice::<TypeOnly>(body).ok()?.message_type,
-        HubProtocol::MessagePack => {
+        HubProtocol::MessagePack | HubProtocol::BlazorPack => {
             let mut r = Reader::new(body);
             r.array_len().ok()?;
             r.integer().ok()
@@ -295,7 +295,7 @@ fn frames(protocol: HubProtocol, data: &Bytes) -> Vec<(Bytes, Bytes)> {
                 }
             }
         }
-        HubProtocol::MessagePack => {
+        HubProtocol::MessagePack | HubProtocol::BlazorPack => {
             let mut pos = 0;
             while let Ok(Some((len, prefix))) = varint::decode(&data[pos..]) {
                 let end = pos + prefix + len as usize;

@@ -198,3 +198,73 @@ fn group_joins_are_bounded_per_connection_and_by_name() {
     );
     assert!(join(&mut sim, "d"), "room again");
 }
+
+/// Blazor Server's `blazorpack` is the MessagePack protocol under its own name: accepted in
+/// any case, told to the app server by its name, and served the payload written for it (or
+/// the MessagePack one, the same encoding, when the app server wrote only that).
+#[test]
+fn blazorpack_clients_are_messagepack_clients_under_their_own_name() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (blazor, blazor_id) = sim.connect_client("chat", None, "BlazorPack");
+    let (mp, mp_id) = sim.connect_client("chat", None, "messagepack");
+    assert_eq!(sim.protocol_of(blazor), Some(HubProtocol::BlazorPack));
+    let opened: Vec<_> = sim.to_server[&server]
+        .iter()
+        .filter_map(|m| match m {
+            ServiceMessage::OpenConnection(o) if o.connection_id == blazor_id => {
+                Some(o.ext.protocol.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [Some("blazorpack".to_owned())]);
+    // The handshake reaches the app server as the client wrote it.
+    let handshake = sim.to_server[&server].iter().find_map(|m| match m {
+        ServiceMessage::ConnectionData(d) if d.connection_id == blazor_id => {
+            Some(d.payload.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(
+        handshake.as_deref(),
+        Some(&b"{\"protocol\":\"BlazorPack\",\"version\":1}\x1e"[..])
+    );
+    for (client, id) in [(blazor, &blazor_id), (mp, &mp_id)] {
+        sim.accept_handshake(client, id);
+    }
+    let broadcast = |payloads: Vec<(&str, &'static [u8])>| {
+        ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: vec![],
+            payloads: service::Payloads(
+                payloads
+                    .into_iter()
+                    .map(|(name, bytes)| (name.to_owned(), Bytes::from_static(bytes)))
+                    .collect(),
+            ),
+            ext: service::Ext::default(),
+        })
+    };
+    // Everything after the handshake response.
+    let received = |sim: &Sim, client| -> Vec<Vec<u8>> {
+        sim.to_client[&client][1..]
+            .iter()
+            .map(|(d, binary)| {
+                assert!(*binary, "binary protocols get binary frames");
+                d.to_vec()
+            })
+            .collect()
+    };
+    sim.send_service(
+        server,
+        &broadcast(vec![
+            ("json", b"{\"type\":6}\x1e"),
+            ("messagepack", b"\x02\x91\x06"),
+            ("blazorpack", b"\x03\x92\x06\xc0"),
+        ]),
+    );
+    assert_eq!(received(&sim, blazor), [b"\x03\x92\x06\xc0".to_vec()]);
+    assert_eq!(received(&sim, mp), [b"\x02\x91\x06".to_vec()]);
+    sim.send_service(server, &broadcast(vec![("messagepack", b"\x02\x91\x06")]));
+    assert_eq!(received(&sim, blazor)[1..], [b"\x02\x91\x06".to_vec()]);
+}

@@ -262,3 +262,73 @@ fn a_client_that_opens_long_after_negotiating_arms_no_timer_in_the_past() {
     );
     assert!(sim.is_open(c));
 }
+
+/// What the app server learns of a client in OpenConnection: the query as the client sent it,
+/// with its `?` and without the bearer; the client's headers without the service's own; and
+/// the client's address, from the socket or from a trusted proxy's `X-Forwarded-For`.
+#[test]
+fn open_connection_carries_the_query_as_sent_and_the_clients_address() {
+    let mut config = RelayConfig {
+        trusted_proxies: vec!["10.0.0.0/8".parse().expect("a range")],
+        ..RelayConfig::default()
+    };
+    config.access_keys.push(KEY.to_owned());
+    let mut sim = Sim::with_config(epoch(), config);
+    let server = sim.connect_server("chat", "app-1");
+    let mut opened = Vec::new();
+    for (peer, forwarded) in [
+        ("192.0.2.7", Some("6.6.6.6")),
+        ("10.0.0.2", Some("6.6.6.6, 198.51.100.9")),
+    ] {
+        let id = sim.negotiate("chat", Some("u")).expect("negotiated");
+        let mut req = websocket_request("chat", Some(&id), Some("u"));
+        req.query = format!("hub=chat&id={id}&access_token=secret&note=a%20b&x=%2B");
+        req.peer = Some(peer.parse().expect("an address"));
+        req.headers.extend(
+            [
+                ("Asrs-Instance-Id", "forged"),
+                ("asrs-migrate-from", "elsewhere"),
+                ("X-ASRS-Server-Id", "app-9"),
+                ("User-Agent", "test"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        if let Some(f) = forwarded {
+            req.headers.push(("X-Forwarded-For".into(), f.into()));
+        }
+        let RequestOutcome::AcceptWebSocket(client) = sim.handle(&req) else {
+            panic!("refused")
+        };
+        sim.data(client, b"{\"protocol\":\"json\",\"version\":1}\x1e");
+        let open = sim.to_server[&server]
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                ServiceMessage::OpenConnection(o) => Some(o.clone()),
+                _ => None,
+            })
+            .expect("opened");
+        assert_eq!(
+            open.query_string,
+            format!("?hub=chat&id={id}&note=a%20b&x=%2B")
+        );
+        opened.push(open);
+    }
+    let header = |open: &service::OpenConnection, name: &str| -> Vec<Vec<String>> {
+        open.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for open in &opened {
+        assert_eq!(header(open, "Asrs-Instance-Id"), [["relay-0"]]);
+        assert!(header(open, "Asrs-Migrate-From").is_empty());
+        assert!(header(open, "X-ASRS-Server-Id").is_empty());
+        assert_eq!(header(open, "User-Agent"), [["test"]]);
+    }
+    // Untrusted peer: its own address, whatever it claims.
+    assert_eq!(header(&opened[0], "X-Forwarded-For"), [["192.0.2.7"]]);
+    // A trusted proxy: the address it saw, not what the client claimed.
+    assert_eq!(header(&opened[1], "X-Forwarded-For"), [["198.51.100.9"]]);
+}

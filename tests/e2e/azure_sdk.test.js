@@ -1,0 +1,115 @@
+// What an app server on the Azure SDK relies on (#12), seen through the official client and
+// asserted from the app server's side (the sample app's testhub reports what it was told):
+// Blazor's protocol name, the connect query as the client sent it, the client's headers
+// without the service's own, and the client's address.
+'use strict';
+const { test, before, after, describe } = require('node:test');
+const assert = require('node:assert/strict');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
+const { Stack, next, collect, sleep, signalR } = require('./harness');
+
+/// The MessagePack protocol under Blazor's name, as Blazor's own script builds it.
+function blazorpack() {
+  const protocol = new MessagePackHubProtocol();
+  protocol.name = 'blazorpack';
+  return protocol;
+}
+
+async function connect(stack, hub, { query = '', transport = 'WebSockets', protocol, headers } = {}) {
+  const builder = new signalR.HubConnectionBuilder()
+    .withUrl(`http://${stack.appAddr}/${hub}${query}`, { transport: signalR.HttpTransportType[transport], headers })
+    .configureLogging(signalR.LogLevel.None);
+  if (protocol) builder.withHubProtocol(protocol);
+  const c = builder.build();
+  await c.start();
+  return c;
+}
+
+describe('the Azure SDK expectations', () => {
+  let stack;
+  before(async () => { stack = await Stack.start(); });
+  after(async () => { await stack.stop(); });
+
+  for (const transport of ['WebSockets', 'LongPolling']) {
+    test(`a Blazor-protocol client over ${transport}: echo, broadcast and groups beside JSON and MessagePack clients`, async () => {
+      const blazor = await connect(stack, 'chat', { query: '?user=blazor', transport, protocol: blazorpack() });
+      const json = await connect(stack, 'chat', { query: '?user=json', transport });
+      const msgpack = await connect(stack, 'chat', { query: '?user=mp', transport, protocol: new MessagePackHubProtocol() });
+      assert.equal(blazor.connection.transport.constructor.name, { WebSockets: 'WebSocketTransport', LongPolling: 'LongPollingTransport' }[transport]);
+      assert.deepEqual(await blazor.invoke('Echo', { text: 'hi', n: [1, 2] }), { text: 'hi', n: [1, 2] });
+      assert.equal(await blazor.invoke('GetUserId'), 'blazor');
+      const got = [blazor, json, msgpack].map((c) => collect(c, 'broadcast'));
+      await json.invoke('Broadcast', 'from json');
+      await blazor.invoke('Broadcast', 'from blazor');
+      const groupMessages = collect(blazor, 'groupMessage');
+      await blazor.invoke('JoinGroup', 'room');
+      await json.invoke('SendToGroup', 'room', 'to the room');
+      const echo = next(blazor, 'echo');
+      await blazor.invoke('EchoToCaller', 'just me');
+      assert.deepEqual(await echo, ['just me']);
+      await sleep(300);
+      for (const g of got) assert.deepEqual(g, [['from json'], ['from blazor']]);
+      assert.deepEqual(groupMessages, [['room', 'to the room']]);
+      await Promise.all([blazor, json, msgpack].map((c) => c.stop()));
+    });
+  }
+
+  test('the app server gets the connect query as the client sent it, with its "?" and without the token', async () => {
+    for (const transport of ['WebSockets', 'ServerSentEvents', 'LongPolling']) {
+      const c = await connect(stack, 'testhub', { query: '?note=a%20b&plus=%2B&numRedirects=0', transport });
+      const query = await c.invoke('GetQueryString');
+      assert.match(query, /^\?/, `${transport}: ${query}`);
+      // The client itself re-encodes its URL's query (a space as "+"); the relay changes nothing.
+      assert.match(query, /[?&]note=a(\+|%20)b(&|$)/, `${transport}: ${query}`);
+      assert.match(query, /[?&]plus=%2B(&|$)/, `${transport}: ${query}`);
+      assert.match(query, /[?&]hub=testhub(&|$)/, `${transport}: ${query}`);
+      assert.match(query, /[?&]id=/, `${transport}: the connection token`);
+      assert.doesNotMatch(query, /access_token/i, `${transport}: ${query}`);
+      assert.equal(await c.invoke('GetNumRedirects'), 0);
+      await c.stop();
+    }
+  });
+
+  test("the client's own headers reach the app server; the service's own (Asrs-*, X-ASRS-*) and its claimed address do not", async () => {
+    for (const transport of ['WebSockets', 'ServerSentEvents', 'LongPolling']) {
+      const c = await connect(stack, 'testhub', {
+        transport,
+        headers: {
+          'X-Custom': 'yes',
+          Cookie: 'flavour=oat; size=big',
+          'Asrs-Instance-Id': 'forged',
+          'Asrs-Migrate-From': 'elsewhere',
+          'X-ASRS-Server-Id': 'app-9',
+          'X-Forwarded-For': '6.6.6.6',
+        },
+      });
+      assert.equal(await c.invoke('GetHeader', 'X-Custom'), 'yes', transport);
+      assert.equal(await c.invoke('GetCookie', 'size'), 'big', transport);
+      assert.notEqual(await c.invoke('GetHeader', 'Asrs-Instance-Id'), 'forged', transport);
+      assert.equal(await c.invoke('GetHeader', 'Asrs-Migrate-From'), null, transport);
+      assert.equal(await c.invoke('GetHeader', 'X-ASRS-Server-Id'), null, transport);
+      // No proxy is trusted: the socket's peer, whatever the client claims.
+      assert.equal(await c.invoke('GetClientAddress'), '127.0.0.1', transport);
+      await c.stop();
+    }
+  });
+});
+
+describe('behind a trusted proxy (--trusted-proxy)', () => {
+  let stack;
+  before(async () => { stack = await Stack.start({ relayArgs: ['--trusted-proxy', '127.0.0.0/8,10.0.0.0/8'] }); });
+  after(async () => { await stack.stop(); });
+
+  test('the client is the rightmost forwarded address that is not a trusted proxy', async () => {
+    // The peer (127.0.0.1) is trusted, so its X-Forwarded-For is read from the right:
+    // 10.1.2.3 is a trusted hop, 203.0.113.5 the client; what it claimed before that is not.
+    const c = await connect(stack, 'testhub', { headers: { 'X-Forwarded-For': '6.6.6.6, 203.0.113.5, 10.1.2.3' } });
+    assert.equal(await c.invoke('GetClientAddress'), '203.0.113.5');
+    assert.equal(await c.invoke('GetHeader', 'X-Forwarded-For'), '203.0.113.5');
+    await c.stop();
+    // Without the header, the trusted peer itself.
+    const d = await connect(stack, 'testhub');
+    assert.equal(await d.invoke('GetClientAddress'), '127.0.0.1');
+    await d.stop();
+  });
+});
