@@ -219,6 +219,14 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 30)]
     pub client_result_timeout: u64,
 
+    /// This app server's name (`X-ASRS-Server-Id`); default `app-<pid>`.
+    #[arg(long)]
+    pub server_id: Option<String>,
+
+    /// Whether its clients must be served by it: `disabled`, `preferred` or `required`.
+    #[arg(long, default_value = "disabled")]
+    pub server_sticky: crate::sdk::ServerSticky,
+
     /// Log filter.
     #[arg(long = "log", default_value = "info")]
     pub log: String,
@@ -290,14 +298,17 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: testhub, chat)");
     exit_after(&runtime, args.exit_after);
-    if let Err(e) = crate::sample_app::run(
-        runtime,
-        listener,
-        &args.connection_string,
-        args.connections_per_hub,
-        Duration::from_secs(args.client_result_timeout),
-    )
-    .await
+    let mut options = crate::sdk::AppOptions {
+        connections_per_hub: args.connections_per_hub,
+        client_result_timeout: Duration::from_secs(args.client_result_timeout),
+        server_sticky: args.server_sticky,
+        ..crate::sdk::AppOptions::default()
+    };
+    if let Some(id) = &args.server_id {
+        options.server_id.clone_from(id);
+    }
+    if let Err(e) =
+        crate::sample_app::run(runtime, listener, &args.connection_string, options).await
     {
         eprintln!("sample-app stopped: {e}");
         std::process::exit(1);

@@ -113,6 +113,9 @@ pub fn test_hub() -> Hub {
         .method("GetClientAddress", |ctx: Context, ()| async move {
             Ok(ctx.client_address().map(|a| a.to_string()))
         })
+        .method("GetServerId", |ctx: Context, ()| async move {
+            Ok(ctx.server_id().to_owned())
+        })
         .method("GetNumRedirects", |ctx: Context, ()| async move {
             ctx.query("numRedirects")
                 .and_then(|n| n.parse::<i64>().ok())
@@ -310,7 +313,13 @@ pub fn negotiate_handler(
         let user = form_urlencoded::parse(req.query.as_bytes())
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.into_owned());
-        let response = app.negotiate_with_query(hub, &req.query, user.as_deref(), &[]);
+        // As ASP.NET Core's functional-test server maps it: testhub without WebSockets (the
+        // token allows Server-Sent Events and long polling: `asrs.s.htt` = 2 | 4).
+        let (hub, claims): (&str, &[(&str, &str)]) = match hub {
+            "testhub-nowebsockets" => ("testhub", &[("asrs.s.htt", "6")]),
+            hub => (hub, &[]),
+        };
+        let response = app.negotiate_with_query(hub, &req.query, user.as_deref(), claims);
         HttpResponse::json(response.to_json())
     }
 }
@@ -356,14 +365,8 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,
     connection_string: &str,
-    connections_per_hub: usize,
-    client_result_timeout: Duration,
+    options: crate::sdk::AppOptions,
 ) -> std::io::Result<()> {
-    let options = crate::sdk::AppOptions {
-        connections_per_hub,
-        client_result_timeout,
-        ..crate::sdk::AppOptions::default()
-    };
     let app = AppServer::new(connection_string, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);

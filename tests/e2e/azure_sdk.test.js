@@ -113,3 +113,77 @@ describe('behind a trusted proxy (--trusted-proxy)', () => {
     await d.stop();
   });
 });
+
+describe('the token policy (asrs.s.*) an app server writes', () => {
+  let stack;
+  let sticky;
+  before(async () => {
+    stack = await Stack.start();
+    // A second app server, whose clients must be served by it.
+    sticky = await stack.startApp(['--server-id', 'app-b', '--server-sticky', 'required']);
+  });
+  after(async () => { await stack.stop(); });
+
+  /// Negotiates through an app's negotiate endpoint, retrying while the relay does not know
+  /// that app server yet: the redirect.
+  async function redirect(appAddr, hub) {
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      const r = await (await fetch(`http://${appAddr}/${hub}/negotiate?negotiateVersion=1`, { method: 'POST' })).json();
+      const relay = await fetch(`${r.url.replace('/client/?', '/client/negotiate?')}&negotiateVersion=1`,
+        { method: 'POST', headers: { Authorization: `Bearer ${r.accessToken}` } });
+      if (!(await relay.json()).error) return r;
+      if (Date.now() > deadline) throw new Error(`${appAddr} never connected`);
+      await sleep(100);
+    }
+  }
+
+  test('a sticky-Required client lands on the app server that negotiated it, every time, with two connected', async () => {
+    await redirect(sticky.addr, 'testhub');
+    const servers = [];
+    for (let i = 0; i < 20; i++) {
+      // Blazor's protocol on the binary transports, as a circuit would connect.
+      const transport = ['WebSockets', 'ServerSentEvents', 'LongPolling'][i % 3];
+      const protocol = transport === 'ServerSentEvents' ? undefined : blazorpack();
+      const c = await connect({ appAddr: sticky.addr }, 'testhub', { transport, protocol });
+      servers.push(await c.invoke('GetServerId'));
+      await c.stop();
+    }
+    assert.deepEqual(servers, Array(20).fill('app-b'));
+    // The other app server's clients are not sticky: held open, they spread over the
+    // least-loaded connections of both app servers.
+    const open = [];
+    for (let i = 0; i < 10; i++) open.push(await connect(stack, 'testhub'));
+    const spread = new Set(await Promise.all(open.map((c) => c.invoke('GetServerId'))));
+    assert.equal(spread.size, 2, [...spread].join());
+    await Promise.all(open.map((c) => c.stop()));
+  });
+
+  test('a sticky-Required client whose app server has gone gets a clear error, and never another server', async () => {
+    const other = await stack.startApp(['--server-id', 'app-c', '--server-sticky', 'required']);
+    const { url, accessToken } = await redirect(other.addr, 'testhub');
+    other.app.child.kill('SIGKILL');
+    await sleep(300);
+    const c = new signalR.HubConnectionBuilder()
+      .withUrl(url, { accessTokenFactory: () => accessToken })
+      .configureLogging(signalR.LogLevel.None)
+      .build();
+    await assert.rejects(c.start(), /'app-c'.*Negotiate again/);
+  });
+
+  test("only the transports the token allows (testhub-nowebsockets: asrs.s.htt = 6)", async () => {
+    const c = new signalR.HubConnectionBuilder()
+      .withUrl(`http://${stack.appAddr}/testhub-nowebsockets`)
+      .configureLogging(signalR.LogLevel.None)
+      .build();
+    await c.start();
+    assert.equal(await c.invoke('GetActiveTransportName'), 'ServerSentEvents');
+    await c.stop();
+    // Asking for WebSockets only fails: negotiate does not offer it.
+    const ws = new signalR.HubConnectionBuilder()
+      .withUrl(`http://${stack.appAddr}/testhub-nowebsockets`, signalR.HttpTransportType.WebSockets)
+      .configureLogging(signalR.LogLevel.None)
+      .build();
+    await assert.rejects(ws.start());
+  });
+});

@@ -94,6 +94,7 @@ class Stack {
       extra = `ClientEndpoint=http://127.0.0.1:${s.proxy.port};`;
     }
     const cs = `Endpoint=${endpoint};AccessKey=${s.key};Version=1.0;${extra}`;
+    s.connectionString = cs;
     s.app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', cs, '--listen', '127.0.0.1:0',
       '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs], { nofile: appNofile });
     s.appAddr = await s.app.ready;
@@ -152,8 +153,16 @@ class Stack {
     return { rss, fds: fs.readdirSync(`/proc/${pid}/fd`).length };
   }
 
+  /// Another sample app on the same relay, started with `args`: its process and address.
+  async startApp(args = []) {
+    const app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', this.connectionString,
+      '--listen', '127.0.0.1:0', '--log', 'warn', ...args]);
+    (this.extraApps ||= []).push(app);
+    return { app, addr: await app.ready };
+  }
+
   async stop() {
-    for (const p of [this.app, this.relay]) {
+    for (const p of [...(this.extraApps || []), this.app, this.relay]) {
       if (p && p.child.exitCode === null) p.child.kill('SIGTERM');
     }
     if (this.proxy) this.proxy.close();

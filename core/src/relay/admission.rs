@@ -27,6 +27,13 @@ impl Admission {
         self.start_unix + now.saturating_duration_since(self.start).as_secs()
     }
 
+    /// The moment of a wall-clock time (Unix seconds): `now` if it has passed.
+    pub(crate) fn instant_of(&self, now: Instant, unix_secs: u64) -> Instant {
+        let ahead = unix_secs.saturating_sub(self.unix_now(now));
+        now.checked_add(std::time::Duration::from_secs(ahead))
+            .unwrap_or(now + std::time::Duration::from_secs(365 * 24 * 3600))
+    }
+
     /// Verifies a request's bearer token for `path` (`/client/`, `/server/`, the classic
     /// endpoint) of `hub`. The audience must name this path and hub; its host and port are
     /// not compared, since the relay may be reached under several names.

@@ -102,6 +102,7 @@ mod http;
 mod ids;
 mod invocations;
 mod output;
+mod policy;
 mod reason;
 mod reframe;
 mod servers;
@@ -132,11 +133,12 @@ use self::forwarded::Intro;
 use self::ids::{Handles, IdGenerator, TokenCheck};
 use self::invocations::{Invocations, Pending};
 use self::output::Outputs;
+use self::policy::Policy;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
 use self::servers::Servers;
 use self::timers::{TimerKind, TimerQueue};
 use crate::aspnetcore::negotiate::{
-    AvailableTransport, ConnectionInfo, NegotiateQuery, NegotiateResponse,
+    AvailableTransport, ConnectionInfo, NegotiateQuery, NegotiateResponse, TransportKind,
 };
 use crate::auth::Claims;
 use crate::service::{self, ServiceMessage};
@@ -330,6 +332,20 @@ impl Relay {
                 NegotiateResponse::Error(texts::no_app_server_yet(&hub)).to_json(),
             ));
         };
+        let policy = Policy::from_claims(&claims);
+        let policy = policy.as_deref().unwrap_or(&Policy::NONE);
+        if let Some(sticky) = policy.sticky.as_ref().filter(|s| s.required) {
+            if self
+                .servers
+                .pick_for(&self.directory, hub_id, Some(sticky))
+                .is_none()
+            {
+                let error = texts::required_server_gone(&sticky.server, &hub);
+                return Ok(HttpResponse::json(
+                    NegotiateResponse::Error(error).to_json(),
+                ));
+            }
+        }
         let version = query.resolved_version(1);
         // Stateful reconnect only when the client asks, and over negotiate version 1.
         let stateful =
@@ -340,7 +356,10 @@ impl Relay {
             connection_id: connection_id.clone(),
             connection_token: (version > 0).then(|| token.clone()),
             use_stateful_reconnect: stateful,
-            available_transports: AvailableTransport::all(),
+            available_transports: AvailableTransport::all()
+                .into_iter()
+                .filter(|t| policy.allows(t.transport))
+                .collect(),
         };
         // A v0 client uses the connection id as its token.
         let token = if version > 0 {
@@ -383,9 +402,15 @@ impl Relay {
         let user = claims.user_id().map(str::to_owned);
         let mut client = Client::new(now, conn, hub, ids, user, Intro::new(claims, req), dialect);
         client.bearer = req.bearer_fingerprint();
-        self.timers
-            .of(conn, &mut client.timers, now)
-            .set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
+        client.policy = Policy::from_claims(claims);
+        let mut timers = self.timers.of(conn, &mut client.timers, now);
+        timers.set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
+        if let Some(expires) = client.policy.as_ref().and_then(|p| p.auth_expires) {
+            timers.set(
+                TimerKind::AuthExpired,
+                self.admission.instant_of(now, expires),
+            );
+        }
         client
     }
 
@@ -415,6 +440,9 @@ impl Relay {
         }
         // skipNegotiation: the connection is created at upgrade time.
         self.may_open(req)?;
+        if Policy::from_claims(&claims).is_some_and(|p| !p.allows(TransportKind::WebSockets)) {
+            return Err(Rejection::TransportNotAllowed(TransportKind::WebSockets));
+        }
         let hub_id = self
             .servers
             .available_hub(&self.directory, &hub)
@@ -576,9 +604,18 @@ impl Relay {
                 }
                 Next::Open(mut opening) => {
                     let client = entry.get_mut();
-                    let Some(server) = self.servers.pick(&self.directory, client.hub) else {
-                        let hub = self.directory.name(client.hub);
-                        let refused = Client::no_server(&opening.then, hub);
+                    let sticky = client.policy.as_ref().and_then(|p| p.sticky.as_ref());
+                    let picked = self.servers.pick_for(&self.directory, client.hub, sticky);
+                    let Some(server) = picked else {
+                        let hub = self.directory.name(client.hub).to_owned();
+                        let rejection = match sticky.filter(|s| s.required) {
+                            Some(s) => Rejection::RequiredServerGone {
+                                server: s.server.clone(),
+                                hub,
+                            },
+                            None => Rejection::NoAppServer { hub },
+                        };
+                        let refused = Client::no_server(&opening.then, rejection);
                         handled.next = refused.next;
                         handled.outcome = handled.outcome.or(refused.outcome);
                         continue;

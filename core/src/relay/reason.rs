@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 
 use super::http::HttpResponse;
+use crate::aspnetcore::negotiate::TransportKind;
 use crate::classic::RequestError;
 
 /// Who ended a connection.
@@ -45,21 +46,24 @@ pub enum CloseKind {
     SlowConsumer,
     /// The app server connection carrying the client went away.
     ServerOffline,
+    /// The client's authentication expired, and its token asked to be closed then.
+    AuthExpired,
 }
 
 impl CloseKind {
     /// Every kind, in order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Normal,
         Self::Timeout,
         Self::HandshakeFailed,
         Self::ProtocolError,
         Self::SlowConsumer,
         Self::ServerOffline,
+        Self::AuthExpired,
     ];
 
     /// A stable label: `normal`, `timeout`, `handshake_failed`, `protocol_error`,
-    /// `slow_consumer`, `server_offline`.
+    /// `slow_consumer`, `server_offline`, `auth_expired`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Normal => "normal",
@@ -68,6 +72,7 @@ impl CloseKind {
             Self::ProtocolError => "protocol_error",
             Self::SlowConsumer => "slow_consumer",
             Self::ServerOffline => "server_offline",
+            Self::AuthExpired => "auth_expired",
         }
     }
 
@@ -110,6 +115,7 @@ const ACK_BUFFER_FULL: &str =
 const POLL_BUFFER_FULL: &str =
     "The client did not poll fast enough: its message buffer overflowed.";
 const POST_TOO_LARGE: &str = "The POST body exceeds the maximum message size.";
+const AUTH_EXPIRED: &str = "The connection's authentication expired.";
 /// The close reason of a socket that a reconnect replaced.
 pub(crate) const REPLACED: &str = "Replaced by the client's reconnect.";
 
@@ -153,6 +159,13 @@ pub(crate) mod texts {
     pub(crate) fn no_app_server_yet(hub: &str) -> String {
         format!(
             "No app server is connected for hub '{hub}'. Start the app server, or wait for its server connections, and try again."
+        )
+    }
+
+    /// A client whose token requires an app server that is not connected.
+    pub(crate) fn required_server_gone(server: &str, hub: &str) -> String {
+        format!(
+            "The app server '{server}' this client must use has no connection for hub '{hub}'. Negotiate again."
         )
     }
 
@@ -238,6 +251,8 @@ pub(crate) enum Ending {
     ClassicServerClosed(String),
     /// The app server refused a classic client's handshake.
     ClassicServerRefused(String),
+    /// Its authentication expired (`asrs.s.coae`, `asrs.s.aeo`).
+    AuthExpired,
 }
 
 impl Ending {
@@ -268,6 +283,7 @@ impl Ending {
             }
             Self::ServerMessageTooLarge => CloseReason::new(Relay, ProtocolError),
             Self::ClassicServerRefused(_) => CloseReason::new(AppServer, HandshakeFailed),
+            Self::AuthExpired => CloseReason::new(Relay, AuthExpired),
         }
     }
 
@@ -284,6 +300,8 @@ impl Ending {
             Self::AckBufferFull => (ACK_BUFFER_FULL.into(), true),
             Self::PollBufferFull => (POLL_BUFFER_FULL.into(), true),
             Self::PostTooLarge => (POST_TOO_LARGE.into(), false),
+            // It may come back with a fresh token, through negotiate.
+            Self::AuthExpired => (AUTH_EXPIRED.into(), true),
             _ => return None,
         };
         Some((text, reconnect))
@@ -491,6 +509,17 @@ pub enum Rejection {
     SendNeedsData,
     /// Classic: a `/send` the relay cannot forward; the text says why (400).
     BadSend(String),
+    /// The client's token does not allow this transport (`asrs.s.htt`) (404, as ASP.NET Core
+    /// answers for a transport its endpoint does not take).
+    TransportNotAllowed(TransportKind),
+    /// The client's token requires an app server that has no connection for the hub
+    /// (`asrs.s.ssticky=Required`) (503).
+    RequiredServerGone {
+        /// The app server's name.
+        server: String,
+        /// The hub.
+        hub: String,
+    },
 }
 
 impl Rejection {
@@ -503,14 +532,17 @@ impl Rejection {
             | Self::NotFound
             | Self::ClassicNotFound
             | Self::NoSuchConnection
-            | Self::ConnectionGone => 404,
+            | Self::ConnectionGone
+            | Self::TransportNotAllowed(_) => 404,
             Self::QueryTooLong => 414,
             Self::TooManyForToken => 429,
             Self::PostOnWebSocket | Self::MethodNotAllowed | Self::EndpointMethodNotAllowed => 405,
             Self::TransportTaken => 409,
             Self::PostTooLarge => 413,
             Self::ClassicRequest(RequestError::TooLarge { .. }) => 413,
-            Self::NoAppServer { .. } | Self::TooManyConnections => 503,
+            Self::NoAppServer { .. }
+            | Self::TooManyConnections
+            | Self::RequiredServerGone { .. } => 503,
             Self::HubRequired
             | Self::TransportChange
             | Self::ConnectionIdRequired
@@ -589,6 +621,16 @@ impl Rejection {
             Self::NoSuchConnection => "No such connection.",
             Self::SendNeedsData => "A /send needs its 'data' field.",
             Self::BadSend(e) => e,
+            Self::TransportNotAllowed(kind) => {
+                return format!(
+                    "{} transport not allowed for this connection by its access token.",
+                    kind.as_str()
+                )
+                .into()
+            }
+            Self::RequiredServerGone { server, hub } => {
+                return texts::required_server_gone(server, hub).into()
+            }
         })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::config::RelayConfig;
 use super::directory::{Directory, HubId};
 use super::output::Outputs;
+use super::policy::Sticky;
 use super::reason::{unsupported_version, ServerEnding};
 use super::timers::{ServerTimers, TimerKind, TimerQueue};
 use super::ConnHandle;
@@ -203,10 +204,40 @@ impl Servers {
 
     /// The least-loaded server connection of a hub that takes clients.
     pub(crate) fn pick(&self, directory: &Directory, hub: HubId) -> Option<ConnHandle> {
+        self.least_loaded(directory, hub, None)
+    }
+
+    /// The server connection a client goes to: of the app server its token names
+    /// (`asrs.s.sn`) when it has one that takes clients; else, unless that one is required,
+    /// the least loaded of the hub.
+    pub(crate) fn pick_for(
+        &self,
+        directory: &Directory,
+        hub: HubId,
+        sticky: Option<&Sticky>,
+    ) -> Option<ConnHandle> {
+        if let Some(sticky) = sticky {
+            let named = self.least_loaded(directory, hub, Some(&sticky.server));
+            if named.is_some() || sticky.required {
+                return named;
+            }
+        }
+        self.pick(directory, hub)
+    }
+
+    /// The least-loaded server connection of a hub that takes clients, of one app server if
+    /// named.
+    fn least_loaded(
+        &self,
+        directory: &Directory,
+        hub: HubId,
+        server_id: Option<&str>,
+    ) -> Option<ConnHandle> {
         directory
             .servers(hub)
             .filter_map(|h| self.map.get(&h).map(|s| (h, s)))
             .filter(|(_, s)| s.takes_clients())
+            .filter(|(_, s)| server_id.is_none_or(|id| s.server_id == id))
             .min_by_key(|(h, s)| (s.clients.len(), *h))
             .map(|(h, _)| h)
     }

@@ -31,6 +31,8 @@ pub(crate) enum TimerKind {
     Gate,
     /// Stateful client: its reconnect window closes.
     Reconnect,
+    /// Client: its authentication expires, and it is closed (`asrs.s.coae`).
+    AuthExpired,
     /// Server connection: its HandshakeRequest must come.
     ServerHandshake,
     /// Server connection: a ping is due.
@@ -60,7 +62,7 @@ impl TimerKind {
 }
 
 /// The client kinds, by slot.
-const CLIENT_KINDS: [TimerKind; 8] = [
+const CLIENT_KINDS: [TimerKind; 9] = [
     TimerKind::Negotiate,
     TimerKind::Handshake,
     TimerKind::KeepAlive,
@@ -69,6 +71,7 @@ const CLIENT_KINDS: [TimerKind; 8] = [
     TimerKind::Ack,
     TimerKind::Gate,
     TimerKind::Reconnect,
+    TimerKind::AuthExpired,
 ];
 
 /// The server kinds, by slot.

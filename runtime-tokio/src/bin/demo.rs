@@ -43,15 +43,8 @@ async fn main() {
         args.listen
     );
     exit_after(&TokioRuntime, args.exit_after);
-    if let Err(e) = sample::run(
-        TokioRuntime,
-        app,
-        &connection_string,
-        5,
-        std::time::Duration::from_secs(30),
-    )
-    .await
-    {
+    let options = signalr_relay_tokio::sdk::AppOptions::default();
+    if let Err(e) = sample::run(TokioRuntime, app, &connection_string, options).await {
         eprintln!("sample app stopped: {e}");
         std::process::exit(1);
     }

@@ -406,6 +406,11 @@ impl Context {
             .map(String::as_str)
     }
 
+    /// The id of this app server (its [`AppOptions::server_id`](crate::sdk::AppOptions)).
+    pub fn server_id(&self) -> &str {
+        &self.hub.server_id
+    }
+
     /// The caller's connect query, as it sent it (with its leading `?`, without the token).
     pub fn query_string(&self) -> &str {
         &self.client.info.query

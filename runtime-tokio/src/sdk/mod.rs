@@ -60,6 +60,36 @@ pub struct AppOptions {
     /// Streams one client may have open, to it and from it each (default 128). Past it, or
     /// for an id already in use, a stream invocation fails at once.
     pub max_streams_per_client: usize,
+    /// Whether clients negotiated here must be served by this app server (default
+    /// [`ServerSticky::Disabled`]), as the Azure SDK's `ServerStickyMode`. Stateful hub code
+    /// (Blazor's circuits) needs [`ServerSticky::Required`] once there are several app servers.
+    pub server_sticky: ServerSticky,
+}
+
+/// Whether a client goes to the app server that negotiated it: the token names this app
+/// server (`asrs.s.sn`, its [`AppOptions::server_id`]) with the mode (`asrs.s.ssticky`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerSticky {
+    /// Any app server of the hub.
+    #[default]
+    Disabled,
+    /// This app server while it has a connection; another one otherwise.
+    Preferred,
+    /// Only this app server: without a connection of it, the client is refused.
+    Required,
+}
+
+impl std::str::FromStr for ServerSticky {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "disabled" => Ok(Self::Disabled),
+            "preferred" => Ok(Self::Preferred),
+            "required" => Ok(Self::Required),
+            _ => Err(format!("{s:?}: expected disabled, preferred or required")),
+        }
+    }
 }
 
 impl Default for AppOptions {
@@ -72,6 +102,7 @@ impl Default for AppOptions {
             client_result_timeout: Duration::from_secs(30),
             max_invocations_per_client: 256,
             max_streams_per_client: 128,
+            server_sticky: ServerSticky::Disabled,
         }
     }
 }
@@ -288,6 +319,15 @@ impl AppServer {
         if let Some(user) = user_id {
             token_claims.nameid = Some(user.to_owned());
             token_claims.insert("asrs.s.uid", user);
+        }
+        let sticky = match self.shared.options.server_sticky {
+            ServerSticky::Disabled => None,
+            ServerSticky::Preferred => Some("Preferred"),
+            ServerSticky::Required => Some("Required"),
+        };
+        if let Some(mode) = sticky {
+            token_claims.insert("asrs.s.sn", self.shared.options.server_id.as_str());
+            token_claims.insert("asrs.s.ssticky", mode);
         }
         for (k, v) in claims {
             token_claims.insert(*k, *v);

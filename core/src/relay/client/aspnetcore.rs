@@ -87,8 +87,8 @@ impl AspNetCore {
         self.transport = transport;
         self.phase = Phase::Handshake(TextFrameDecoder::new(cx.config.max_client_message_size));
         cx.timers.clear(TimerKind::Negotiate);
-        cx.timers
-            .set(TimerKind::Handshake, cx.now + cx.config.handshake_timeout);
+        let timeout = cx.policy.handshake_timeout(cx.config.handshake_timeout);
+        cx.timers.set(TimerKind::Handshake, cx.now + timeout);
     }
 
     /// Bytes from the client: a WebSocket message, or a `POST` body.
@@ -411,6 +411,7 @@ impl AspNetCore {
         if !owner {
             return Err(Rejection::NotOwner);
         }
+        allowed(cx, TransportKind::WebSockets)?;
         Ok(Upgrade::Attach)
     }
 
@@ -482,10 +483,12 @@ impl AspNetCore {
                 if !matches!(self.transport, Transport::None) {
                     return Err(Rejection::TransportTaken);
                 }
+                allowed(cx, TransportKind::ServerSentEvents)?;
                 return Ok(HttpStep::Attach(Transport::ServerSentEvents));
             }
             "GET" => match self.transport {
                 Transport::None => {
+                    allowed(cx, TransportKind::LongPolling)?;
                     let lp = Transport::long_polling(cx);
                     return Ok(HttpStep::Attach(lp));
                 }
@@ -547,5 +550,14 @@ impl AspNetCore {
         let transport = std::mem::replace(&mut self.transport, Transport::None);
         transport.end(cx, token, ending.close_text().as_deref(), tombstones);
         ending
+    }
+}
+
+/// Whether the client's token allows `transport` (`asrs.s.htt`).
+fn allowed(cx: &Ctx<'_>, transport: TransportKind) -> Result<(), Rejection> {
+    if cx.policy.allows(transport) {
+        Ok(())
+    } else {
+        Err(Rejection::TransportNotAllowed(transport))
     }
 }

@@ -34,7 +34,8 @@ use super::directory::HubId;
 use super::forwarded::{self, Intro};
 use super::http::{HttpRequest, RequestId, RequestOutcome};
 use super::output::{ClientFamily, Outputs, Upstream};
-use super::reason::{texts, Ending, Rejection};
+use super::policy::Policy;
+use super::reason::{Ending, Rejection};
 use super::reframe::Reframer;
 use super::timers::{ClientTimers, ClientTimersMut, TimerKind, TimerQueue};
 use super::ConnHandle;
@@ -100,6 +101,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: Instant,
     pub(crate) conn: ConnHandle,
     pub(crate) config: &'a RelayConfig,
+    /// What the client's token asks of the relay.
+    pub(crate) policy: &'a Policy,
     pub(crate) out: &'a mut Outputs,
     pub(crate) timers: ClientTimersMut<'a>,
 }
@@ -108,7 +111,7 @@ impl<'a> Ctx<'a> {
     fn new(
         now: Instant,
         conn: ConnHandle,
-        table: &'a mut ClientTimers,
+        (table, policy): (&'a mut ClientTimers, &'a Option<Box<Policy>>),
         config: &'a RelayConfig,
         out: &'a mut Outputs,
         queue: &'a mut TimerQueue,
@@ -117,6 +120,7 @@ impl<'a> Ctx<'a> {
             now,
             conn,
             config,
+            policy: policy.as_deref().unwrap_or(&Policy::NONE),
             out,
             timers: queue.of(conn, table, now),
         }
@@ -287,6 +291,8 @@ pub(crate) struct Client {
     pub(crate) dialect: Dialect,
     activity: Activity,
     pub(crate) timers: ClientTimers,
+    /// What its token asks of the relay (`asrs.s.*`), when anything.
+    pub(crate) policy: Option<Box<Policy>>,
 }
 
 impl Client {
@@ -328,6 +334,7 @@ impl Client {
                 sent: now,
             },
             timers: ClientTimers::default(),
+            policy: None,
         }
     }
 
@@ -368,9 +375,10 @@ impl Client {
             dialect,
             activity,
             timers,
+            policy,
             ..
         } = self;
-        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
+        let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
         let up = link.as_ref().map(|l| Upstream {
             server: l.server,
             connection_id,
@@ -380,6 +388,7 @@ impl Client {
                 cx.timers.fired(kind);
                 Handled::ended(match (kind, dialect) {
                     (TimerKind::Negotiate, _) => Err(Ending::NegotiateExpired),
+                    (TimerKind::AuthExpired, _) => Err(Ending::AuthExpired),
                     (kind, Dialect::AspNetCore(a)) => {
                         a.on_timer(&mut cx, kind, link.as_ref(), activity)
                     }
@@ -497,7 +506,14 @@ impl Client {
         queue: &mut TimerQueue,
     ) {
         let intro = self.intro.take().map(|i| *i).unwrap_or_default();
-        let headers = opening.headers.take().unwrap_or(intro.headers);
+        let mut headers = opening.headers.take().unwrap_or(intro.headers);
+        if self.policy.as_ref().is_some_and(|p| p.diagnostic) {
+            // As Azure marks a client whose token says `asrs.s.dc`.
+            headers.push((
+                "Asrs-Is-Diagnostic-Client".to_owned(),
+                vec!["true".to_owned()],
+            ));
+        }
         let protocol = opening.protocol;
         let open = service::ServiceMessage::OpenConnection(service::OpenConnection {
             connection_id: self.connection_id.clone(),
@@ -523,7 +539,14 @@ impl Client {
             ),
             pending: VecDeque::new(),
         });
-        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
+        let mut cx = Ctx::new(
+            now,
+            self.conn,
+            (&mut self.timers, &self.policy),
+            config,
+            out,
+            queue,
+        );
         cx.timers.clear(TimerKind::Negotiate);
         if let Dialect::AspNetCore(a) = &mut self.dialect {
             a.open(&mut cx, protocol, &self.activity);
@@ -545,9 +568,10 @@ impl Client {
             link,
             dialect,
             timers,
+            policy,
             ..
         } = self;
-        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
+        let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
         match (then, dialect, link.as_ref()) {
             (Then::Frames { rest, stateful }, Dialect::AspNetCore(a), Some(link)) => {
                 Handled::from_next(
@@ -564,14 +588,12 @@ impl Client {
 
     /// No server connection of the hub takes clients: an ASP.NET Core handshake fails, a
     /// classic `/connect` is refused (the client may try again).
-    pub(crate) fn no_server(then: &Then, hub: &str) -> Handled {
+    pub(crate) fn no_server(then: &Then, rejection: Rejection) -> Handled {
         match then {
             Then::Frames { .. } => Handled::ended(Err(Ending::HandshakeRefused(
-                texts::no_app_server(hub).into(),
+                rejection.text().into_owned().into(),
             ))),
-            Then::Classic(_) => Handled::refuse(Rejection::NoAppServer {
-                hub: hub.to_owned(),
-            }),
+            Then::Classic(_) => Handled::refuse(rejection),
         }
     }
 
@@ -598,7 +620,14 @@ impl Client {
         } else {
             VecDeque::new()
         };
-        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
+        let mut cx = Ctx::new(
+            now,
+            self.conn,
+            (&mut self.timers, &self.policy),
+            config,
+            out,
+            queue,
+        );
         for data in reframed.data.into_iter().chain(held) {
             cx.out.stats.to_client.add(data.len());
             send(&mut self.dialect, &mut cx, data, link, &self.connection_id)?;
@@ -629,7 +658,14 @@ impl Client {
             link.pending.push_back(data.clone());
             return Ok(());
         }
-        let mut cx = Ctx::new(now, self.conn, &mut self.timers, config, out, queue);
+        let mut cx = Ctx::new(
+            now,
+            self.conn,
+            (&mut self.timers, &self.policy),
+            config,
+            out,
+            queue,
+        );
         cx.out.stats.to_client.add(data.len());
         match &mut self.dialect {
             Dialect::Classic(c) => match message.classic(c) {
@@ -672,9 +708,10 @@ impl Client {
             link,
             dialect,
             timers,
+            policy,
             ..
         } = self;
-        let mut cx = Ctx::new(now, *conn, timers, config, out, queue);
+        let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
         match dialect {
             Dialect::AspNetCore(a) => a.end(&mut cx, ending, link.as_ref(), token, tombstones),
             Dialect::Classic(c) => {

@@ -111,7 +111,7 @@ impl Transport {
     /// until the disconnect timeout to poll again.
     pub(crate) fn long_polling(cx: &mut Ctx<'_>) -> Self {
         cx.timers
-            .set(TimerKind::Disconnect, cx.now + cx.config.negotiate_timeout);
+            .set(TimerKind::Disconnect, cx.now + poll_interval(cx));
         Self::LongPolling(LongPoll::default())
     }
 
@@ -163,7 +163,7 @@ impl Transport {
         };
         if !lp.queue.is_empty() {
             cx.timers
-                .set(TimerKind::Disconnect, cx.now + cx.config.negotiate_timeout);
+                .set(TimerKind::Disconnect, cx.now + poll_interval(cx));
             return RequestOutcome::Respond(poll_response(lp.take_all()));
         }
         let request = cx.out.hold(cx.conn);
@@ -233,7 +233,13 @@ impl Transport {
 fn poll_ended(cx: &mut Ctx<'_>) {
     cx.timers.clear(TimerKind::PollHold);
     cx.timers
-        .set(TimerKind::Disconnect, cx.now + cx.config.negotiate_timeout);
+        .set(TimerKind::Disconnect, cx.now + poll_interval(cx));
+}
+
+/// How long a long-polling client may go between polls: its token's `asrs.s.ttl`, or the
+/// negotiate timeout.
+fn poll_interval(cx: &Ctx<'_>) -> std::time::Duration {
+    cx.policy.poll_interval(cx.config.negotiate_timeout)
 }
 
 /// What a closed long-polling connection still owes its client's next poll.

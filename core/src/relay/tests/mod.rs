@@ -6,6 +6,7 @@ mod events;
 mod fanout;
 mod invocations;
 mod negotiate;
+mod policy;
 mod servers;
 mod simulation;
 mod stateful;
