@@ -136,6 +136,9 @@ pub enum AppEvent {
     ClientResult(ServiceMessage),
     /// The connection is dead (timed out or broken); reconnect.
     Dead(String),
+    /// Something the relay wants the app server to know (a ServiceEvent: a message it
+    /// skipped, ...). The connection goes on; log it.
+    Notice(String),
 }
 
 #[derive(Debug)]
@@ -359,6 +362,7 @@ impl AppConnection {
             ServiceMessage::ServiceError(e) => {
                 self.die(&format!("The relay reported an error: {}", e.error_message))
             }
+            ServiceMessage::ServiceEvent(e) => self.events.push_back(AppEvent::Notice(e.message)),
             m @ (ServiceMessage::ClientInvocation(_)
             | ServiceMessage::ClientCompletion(_)
             | ServiceMessage::ErrorCompletion(_)) => {

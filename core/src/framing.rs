@@ -146,6 +146,10 @@ pub struct BinaryFrameDecoder {
     buf: BytesMut,
     max_frame_len: usize,
     error: Option<FrameError>,
+    /// Frames over the limit are skipped rather than fatal.
+    skips_oversize: bool,
+    /// Bytes of a skipped frame still to come, dropped as they arrive.
+    skipping: usize,
 }
 
 impl BinaryFrameDecoder {
@@ -155,15 +159,33 @@ impl BinaryFrameDecoder {
             buf: BytesMut::new(),
             max_frame_len,
             error: None,
+            skips_oversize: false,
+            skipping: 0,
+        }
+    }
+
+    /// A decoder that skips frames whose length prefix exceeds `max_frame_len`: each is
+    /// reported once as [`FrameError::TooLarge`], its bytes are dropped as they arrive (never
+    /// held), and decoding goes on after it. Only a malformed prefix is fatal.
+    pub fn skipping_oversize(max_frame_len: usize) -> Self {
+        Self {
+            skips_oversize: true,
+            ..Self::new(max_frame_len)
         }
     }
 
     /// Appends received bytes. Call [`next_frame`](Self::next_frame) until it returns
     /// `Ok(None)` afterwards.
-    pub fn push(&mut self, data: &[u8]) {
-        if self.error.is_none() {
-            self.buf.extend_from_slice(data);
+    pub fn push(&mut self, mut data: &[u8]) {
+        if self.error.is_some() {
+            return;
         }
+        if self.skipping > 0 {
+            let dropped = self.skipping.min(data.len());
+            self.skipping -= dropped;
+            data = &data[dropped..];
+        }
+        self.buf.extend_from_slice(data);
     }
 
     /// Takes the next whole frame body, without its length prefix.
@@ -173,7 +195,7 @@ impl BinaryFrameDecoder {
     /// # Errors
     /// [`FrameError::LengthPrefix`] for a malformed prefix, [`FrameError::TooLarge`] when the
     /// prefix announces more than the limit. Both are detected before anything is reserved,
-    /// and both are sticky.
+    /// and both are sticky (but see [`skipping_oversize`](Self::skipping_oversize)).
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -185,10 +207,18 @@ impl BinaryFrameDecoder {
         };
         let len = len as usize;
         if len > self.max_frame_len {
-            return Err(self.fail(FrameError::TooLarge {
+            let error = FrameError::TooLarge {
                 len,
                 max: self.max_frame_len,
-            }));
+            };
+            if !self.skips_oversize {
+                return Err(self.fail(error));
+            }
+            // Drop what is here of it, and the rest as it comes.
+            let here = (self.buf.len() - prefix).min(len);
+            let _ = self.buf.split_to(prefix + here);
+            self.skipping = len - here;
+            return Err(error);
         }
         if self.buf.len() < prefix + len {
             // The limit was checked above, so this reservation is bounded.
@@ -207,7 +237,7 @@ impl BinaryFrameDecoder {
     /// Whether `data` is exactly whole frames, each within the limit and with a minimal
     /// length prefix, with nothing buffered (and no error) before it.
     pub fn holds_whole_frames(&self, mut data: &[u8]) -> bool {
-        if !self.buf.is_empty() || self.error.is_some() {
+        if !self.buf.is_empty() || self.error.is_some() || self.skipping > 0 {
             return false;
         }
         while !data.is_empty() {
@@ -388,5 +418,71 @@ mod tests {
         assert_eq!(d.next_frame().unwrap().unwrap(), &[1, 2, 3, 4, 5][..]);
         assert_eq!(d.next_frame(), Ok(None));
         assert_eq!(d.buffered(), 1);
+    }
+}
+
+#[cfg(test)]
+mod skipping_tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_binary_frame(body, &mut out).expect("a frame");
+        out
+    }
+
+    /// An oversize frame is reported once and dropped, whatever the chunking, and the frames
+    /// around it come through; nothing of it is held.
+    #[test]
+    fn oversize_frames_are_skipped_in_any_chunking() {
+        let big = vec![7u8; 300];
+        let stream: Vec<u8> = [
+            frame(b"a"),
+            frame(&big),
+            frame(b"bc"),
+            frame(&big),
+            frame(b"d"),
+        ]
+        .concat();
+        for chunk in [1, 2, 3, 7, 64, 299, 300, 301, stream.len()] {
+            let mut d = BinaryFrameDecoder::skipping_oversize(100);
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                d.push(piece);
+                loop {
+                    match d.next_frame() {
+                        Ok(Some(f)) => got.push(Ok(f.to_vec())),
+                        Ok(None) => break,
+                        Err(e) => got.push(Err(e)),
+                    }
+                }
+                // At most a frame within the limit is held between pushes.
+                assert!(
+                    d.buffered() <= 100 + 5,
+                    "chunk {chunk}: held {}",
+                    d.buffered()
+                );
+            }
+            let too_large = Err(FrameError::TooLarge { len: 300, max: 100 });
+            assert_eq!(
+                got,
+                [
+                    Ok(b"a".to_vec()),
+                    too_large.clone(),
+                    Ok(b"bc".to_vec()),
+                    too_large,
+                    Ok(b"d".to_vec())
+                ],
+                "chunk {chunk}"
+            );
+        }
+        // Without skipping, the same stream stops at the first oversize frame.
+        let mut d = BinaryFrameDecoder::new(100);
+        d.push(&stream);
+        assert_eq!(
+            d.next_frame().map(|f| f.map(|f| f.to_vec())),
+            Ok(Some(b"a".to_vec()))
+        );
+        assert!(d.next_frame().is_err() && d.next_frame().is_err());
     }
 }

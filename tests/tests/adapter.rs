@@ -366,6 +366,57 @@ async fn websocket_messages_flow_both_ways<R: Runtime>(runtime: R, addr: SocketA
 }
 on_both_runtimes!(websocket_messages_flow_both_ways);
 
+/// An app server's message over the relay's limit, in one WebSocket message as the SDK
+/// writes it, is read past and skipped: the app server gets a ServiceEvent, and the
+/// connection, and its client, go on.
+async fn an_oversize_app_server_message_is_skipped<R: Runtime>(runtime: R, addr: SocketAddr) {
+    let rt = &runtime;
+    let mut server = AppServer::connect(rt, addr).await;
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let mut client = websocket(rt, addr, &path, &token("/client/", None)).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    let connection_id = server.opened(rt).await;
+    server.data(&connection_id, b"{}\x1e").await;
+    assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
+    let limit = config().max_server_message_size;
+    let big = format!(
+        "{{\"type\":1,\"target\":\"big\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(limit + 100)
+    );
+    server
+        .send(&ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: service::Payloads(vec![("json".into(), Bytes::from(big))]),
+            ..service::BroadcastData::default()
+        }))
+        .await;
+    let ServiceMessage::ServiceEvent(event) = server.next(rt).await else {
+        panic!("expected a ServiceEvent")
+    };
+    assert!(event.message.contains("skipped"), "{}", event.message);
+    server
+        .send(&ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: service::Payloads(vec![(
+                "json".into(),
+                Bytes::from_static(b"{\"type\":1,\"target\":\"after\",\"arguments\":[]}\x1e"),
+            )]),
+            ..service::BroadcastData::default()
+        }))
+        .await;
+    assert_eq!(
+        next_text(rt, &mut client).await,
+        "{\"type\":1,\"target\":\"after\",\"arguments\":[]}\x1e"
+    );
+    client.close(None).await.expect("closed");
+    server.closed(rt, &connection_id).await;
+}
+on_both_runtimes!(an_oversize_app_server_message_is_skipped);
+
 async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
     runtime: R,
     addr: SocketAddr,

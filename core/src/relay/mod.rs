@@ -141,7 +141,7 @@ use crate::aspnetcore::negotiate::{
     AvailableTransport, ConnectionInfo, NegotiateQuery, NegotiateResponse, TransportKind,
 };
 use crate::auth::Claims;
-use crate::service::{self, ServiceMessage};
+use crate::service::{self, ServiceMessage, ServiceProtocolError};
 
 /// A WebSocket (or event stream) the relay knows, client or server. Handles are never
 /// reused.
@@ -701,6 +701,20 @@ impl Relay {
             let Some(server) = self.servers.get_mut(conn) else {
                 return;
             };
+            let msg = match msg {
+                Ok(msg) => msg,
+                // A bad message costs that message once the connection is open: the app
+                // server is told (a ServiceEvent, which it logs; a ServiceError would make
+                // the SDK stop writing on this connection) and the rest goes on.
+                Err(e) if server.open => {
+                    self.skipped_server_message(conn, &e);
+                    continue;
+                }
+                Err(e) => {
+                    let ending = ServerEnding::InvalidData(e.to_string());
+                    return self.remove_server(now, conn, ending);
+                }
+            };
             if server.open {
                 self.server_message(now, conn, hub, msg);
                 continue;
@@ -721,6 +735,21 @@ impl Relay {
         if let Some(error) = error {
             self.remove_server(now, conn, ServerEnding::InvalidData(error.to_string()));
         }
+    }
+
+    /// A message from an app server was skipped: it is told, and the adapter hears of it.
+    fn skipped_server_message(&mut self, conn: ConnHandle, error: &ServiceProtocolError) {
+        let reason = format!("A message from the app server was skipped: {error}.");
+        let event = ServiceMessage::ServiceEvent(service::ServiceEvent {
+            object_type: service::ServiceEventObjectType::ServerConnection,
+            id: Some(format!("server-{}", conn.0)),
+            kind: service::ServiceEventKind::Invalid,
+            message: reason.clone(),
+            ext: service::Ext::default(),
+        });
+        self.out.service(conn, &event);
+        self.out.stats.server_messages_skipped += 1;
+        self.out.event(Event::ServerMessageSkipped { conn, reason });
     }
 
     /// One service message from an open server connection of `hub`.

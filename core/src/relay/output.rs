@@ -97,6 +97,14 @@ pub enum Event {
         /// Who closed it, and why.
         reason: CloseReason,
     },
+    /// A message from an app server was skipped (over the size limit, or undecodable); the
+    /// connection goes on, and the app server was told with a ServiceEvent.
+    ServerMessageSkipped {
+        /// The server connection.
+        conn: ConnHandle,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// Where a client's messages go: its server connection, under its connection id.

@@ -12,6 +12,7 @@ use super::policy::Sticky;
 use super::reason::{unsupported_version, ServerEnding};
 use super::timers::{ServerTimers, TimerKind, TimerQueue};
 use super::ConnHandle;
+use crate::framing::FrameError;
 use crate::service::{self, ServiceDecoder, ServiceMessage, ServiceProtocolError};
 
 /// One app-server WebSocket.
@@ -38,21 +39,28 @@ impl ServerConn {
         self.open && self.carries_clients && !self.draining
     }
 
-    /// Decodes what the app server sent: every whole message, then the error that stopped
-    /// the stream, if any.
+    /// Decodes what the app server sent: every whole message, or why one was skipped, in
+    /// order; then the error that stopped the stream, if any (a malformed length prefix).
     pub(crate) fn receive(
         &mut self,
         now: Instant,
         data: &[u8],
-    ) -> (Vec<ServiceMessage>, Option<ServiceProtocolError>) {
+    ) -> (
+        Vec<Result<ServiceMessage, ServiceProtocolError>>,
+        Option<ServiceProtocolError>,
+    ) {
         self.last_received = now;
         self.decoder.push(data);
         let mut messages = Vec::new();
         loop {
             match self.decoder.next_message() {
-                Ok(Some(m)) => messages.push(m),
+                Ok(Some(m)) => messages.push(Ok(m)),
                 Ok(None) => return (messages, None),
-                Err(e) => return (messages, Some(e)),
+                Err(ServiceProtocolError::Frame(FrameError::LengthPrefix(e))) => {
+                    let fatal = ServiceProtocolError::Frame(FrameError::LengthPrefix(e));
+                    return (messages, Some(fatal));
+                }
+                Err(e) => messages.push(Err(e)),
             }
         }
     }
@@ -147,7 +155,7 @@ impl Servers {
         let mut server = ServerConn {
             hub,
             server_id,
-            decoder: ServiceDecoder::new(config.max_server_message_size),
+            decoder: ServiceDecoder::skipping_oversize(config.max_server_message_size),
             open: false,
             carries_clients: false,
             draining: false,

@@ -71,4 +71,6 @@ pub struct RelayStats {
     pub requests_rejected: u64,
     /// Client-result completions ignored: not from the client the invocation was sent to.
     pub completions_ignored: u64,
+    /// Messages from app servers skipped: over the size limit, or undecodable.
+    pub server_messages_skipped: u64,
 }

@@ -116,28 +116,40 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// A warning at most once per [`LOG_EVERY`], with how many were held back.
-struct RateLimitedLog {
+/// A warning at most once a second, with how many were held back.
+#[derive(Default)]
+struct RateLimitedLog(RateLimited);
+
+impl RateLimitedLog {
+    fn warn(&mut self, now: Instant, what: &str, detail: &dyn std::fmt::Display) {
+        if let Some(similar_since_last) = self.0.allow(now) {
+            tracing::warn!(what, %detail, similar_since_last, "accepting connections");
+        }
+    }
+}
+
+/// Lets one log line through per second: [`allow`](Self::allow) says how many were held
+/// back since the last one let through, or `None` to hold this one back.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimited {
     last: Option<Instant>,
     held_back: u64,
 }
 
-impl RateLimitedLog {
-    fn warn(&mut self, now: Instant, what: &str, detail: &dyn std::fmt::Display) {
-        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+impl RateLimited {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
             self.held_back += 1;
-            return;
+            return None;
         }
-        tracing::warn!(
-            what,
-            %detail,
-            similar_since_last = self.held_back,
-            "accepting connections"
-        );
         self.last = Some(now);
-        self.held_back = 0;
+        Some(std::mem::take(&mut self.held_back))
     }
 }
 
@@ -154,14 +166,8 @@ pub async fn accept_loop<R, L, F>(
     F: FnMut(L::Stream, SocketAddr, Admitted),
 {
     let mut pause = FIRST_PAUSE;
-    let mut errors = RateLimitedLog {
-        last: None,
-        held_back: 0,
-    };
-    let mut refusals = RateLimitedLog {
-        last: None,
-        held_back: 0,
-    };
+    let mut errors = RateLimitedLog::default();
+    let mut refusals = RateLimitedLog::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

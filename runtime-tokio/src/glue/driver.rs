@@ -26,7 +26,7 @@ use signalr_relay_core::relay::{
 };
 use smol_hyper::rt::FuturesIo;
 
-use crate::glue::accept::{accept_loop, Admitted, ConnectionCount};
+use crate::glue::accept::{accept_loop, Admitted, ConnectionCount, RateLimited};
 use crate::glue::http::{
     allow_origin, bad_upgrade, empty, preflight, respond, text, to_core_request, Body,
 };
@@ -124,7 +124,9 @@ pub async fn serve<R: Runtime, L: Listener>(
     let relay = Relay::new(config, runtime.now(), unix, seed());
     let settings = Arc::new(Settings {
         client_frame: relay.config().max_client_payload(),
-        server_frame: relay.config().max_server_message_size + 1024,
+        // Up to four times the limit is read and skipped by the relay, which tells the app
+        // server; past that the socket closes (1009).
+        server_frame: relay.config().max_server_message_size.saturating_mul(4) + 1024,
         gate: relay.gate(),
         options,
     });
@@ -190,6 +192,8 @@ struct Driver<R> {
     next_sweep: Instant,
     /// Bytes queued for sockets in the current batch of events.
     batch_bytes: usize,
+    /// Skipped app-server messages are logged at most once a second.
+    skipped_log: RateLimited,
 }
 
 /// Bytes one batch of events may queue before the writers get a turn.
@@ -213,6 +217,7 @@ async fn drive<R: Runtime>(
         paused: BTreeMap::new(),
         source: None,
         batch_bytes: 0,
+        skipped_log: RateLimited::default(),
     };
     loop {
         let deadline = d
@@ -457,6 +462,13 @@ impl<R: Runtime> Driver<R> {
                     Output::Respond { request, response } => {
                         if let Some(tx) = self.held.remove(&request) {
                             let _ = tx.send(response);
+                        }
+                        continue;
+                    }
+                    Output::Event(Event::ServerMessageSkipped { conn, reason }) => {
+                        if let Some(similar_since_last) = self.skipped_log.allow(self.runtime.now())
+                        {
+                            tracing::warn!(conn = conn.0, similar_since_last, "{reason}");
                         }
                         continue;
                     }

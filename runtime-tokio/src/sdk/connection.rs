@@ -186,6 +186,9 @@ async fn session<R: Runtime>(
                 AppEvent::Dead(why) => {
                     tracing::info!(hub = hub.hub.name(), "server connection ended: {why}")
                 }
+                AppEvent::Notice(what) => {
+                    tracing::warn!(hub = hub.hub.name(), "the relay says: {what}")
+                }
                 _ => {}
             }
         }

@@ -136,3 +136,77 @@ fn the_relay_asks_a_busy_app_server_for_more_connections() {
         .count();
     assert_eq!(targets, 1);
 }
+
+/// A bad message from an app server costs that message: an oversize broadcast and an
+/// undecodable message are skipped and the app server is told with a ServiceEvent (not a
+/// ServiceError, which would make the SDK stop writing); the connection and its clients go
+/// on. Only a length prefix that loses the stream's sync ends the connection.
+#[test]
+fn a_bad_message_from_an_app_server_costs_only_that_message() {
+    let config = RelayConfig {
+        max_server_message_size: 1024,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::with_config(epoch(), config);
+    let server = sim.connect_server("chat", "app-1");
+    let (c, id) = sim.connect_client("chat", Some("u"), "json");
+    sim.accept_handshake(c, &id);
+    let events_to = |sim: &Sim| -> Vec<String> {
+        sim.to_server[&server]
+            .iter()
+            .filter_map(|m| match m {
+                ServiceMessage::ServiceEvent(e) => Some(e.message.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A broadcast over the limit, split across two reads, then a good one in the same read
+    // as its tail.
+    let big = ServiceMessage::BroadcastData(service::BroadcastData {
+        excluded_connection_ids: vec![],
+        payloads: json_payloads(&format!(
+            "{{\"type\":1,\"target\":\"big\",\"arguments\":[\"{}\"]}}",
+            "x".repeat(2000)
+        )),
+        ext: service::Ext::default(),
+    });
+    let small = ServiceMessage::BroadcastData(service::BroadcastData {
+        excluded_connection_ids: vec![],
+        payloads: json_payloads("{\"type\":1,\"target\":\"small\",\"arguments\":[]}"),
+        ext: service::Ext::default(),
+    });
+    let mut bytes = Vec::new();
+    big.write(&mut bytes).expect("encodes");
+    let tail = bytes.split_off(700);
+    let mut rest = tail;
+    small.write(&mut rest).expect("encodes");
+    sim.data(server, &bytes);
+    sim.data(server, &rest);
+    let said = sim.client_text(c);
+    assert!(
+        !said.contains("\"big\"") && said.contains("\"small\""),
+        "{said}"
+    );
+    let events = events_to(&sim);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].contains("exceeds the limit of 1024"),
+        "{}",
+        events[0]
+    );
+    // A whole frame that is not a service message.
+    sim.data(server, b"\x03\x91\xc1\x00");
+    sim.send_service(server, &small);
+    assert_eq!(events_to(&sim).len(), 2);
+    assert_eq!(sim.client_text(c).matches("\"small\"").count(), 2);
+    assert!(sim.is_open(c) && !sim.is_done(server));
+    assert_eq!(sim.relay().stats().server_messages_skipped, 2);
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ServerMessageSkipped { conn, .. } if *conn == server)));
+    // A length prefix that is not one: the stream is lost, and so is the connection.
+    sim.data(server, &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    assert!(sim.is_done(server));
+    assert!(!sim.is_open(c), "its clients go with it");
+}
