@@ -41,6 +41,8 @@ pub struct AppConnectionConfig {
     pub connection_type: service::ConnectionType,
     /// The relay instance an on-demand connection was asked for.
     pub target: String,
+    /// The app allows its clients stateful reconnect (told to the relay in the handshake).
+    pub allow_stateful_reconnects: bool,
 }
 
 impl Default for AppConnectionConfig {
@@ -53,6 +55,7 @@ impl Default for AppConnectionConfig {
             max_client_message_size: 32 * 1024,
             connection_type: service::ConnectionType::Default,
             target: String::new(),
+            allow_stateful_reconnects: false,
         }
     }
 }
@@ -190,6 +193,7 @@ impl AppConnection {
         let handshake = ServiceMessage::HandshakeRequest(service::HandshakeRequest {
             connection_type: this.config.connection_type,
             target: this.config.target.clone(),
+            allow_stateful_reconnects: this.config.allow_stateful_reconnects,
             ..service::HandshakeRequest::default()
         });
         this.send(now, &handshake);

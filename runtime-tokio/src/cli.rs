@@ -302,6 +302,8 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
         connections_per_hub: args.connections_per_hub,
         client_result_timeout: Duration::from_secs(args.client_result_timeout),
         server_sticky: args.server_sticky,
+        // The sample's hubs keep no per-connection state a resumed client could miss.
+        allow_stateful_reconnects: true,
         ..crate::sdk::AppOptions::default()
     };
     if let Some(id) = &args.server_id {

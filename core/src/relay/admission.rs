@@ -27,6 +27,19 @@ impl Admission {
         self.start_unix + now.saturating_duration_since(self.start).as_secs()
     }
 
+    /// The wall clock in .NET ticks (100 ns since 0001-01-01 UTC), rising with `now`: the
+    /// SDK keeps a `servers` ping reply only when its ticks are above the last one's.
+    pub(crate) fn dotnet_ticks(&self, now: Instant) -> i64 {
+        const UNIX_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
+        let since_start = now.saturating_duration_since(self.start).as_nanos() / 100;
+        let start = i64::try_from(self.start_unix)
+            .unwrap_or(0)
+            .saturating_mul(10_000_000);
+        UNIX_EPOCH_TICKS
+            .saturating_add(start)
+            .saturating_add(i64::try_from(since_start).unwrap_or(i64::MAX))
+    }
+
     /// The moment of a wall-clock time (Unix seconds): `now` if it has passed.
     pub(crate) fn instant_of(&self, now: Instant, unix_secs: u64) -> Instant {
         let ahead = unix_secs.saturating_sub(self.unix_now(now));

@@ -347,9 +347,14 @@ impl Relay {
             }
         }
         let version = query.resolved_version(1);
-        // Stateful reconnect only when the client asks, and over negotiate version 1.
-        let stateful =
-            query.use_stateful_reconnect && version > 0 && self.config.allow_stateful_reconnect;
+        // Stateful reconnect only when the client asks, over negotiate version 1, and when the
+        // relay and the app server both allow it.
+        let stateful = query.use_stateful_reconnect
+            && version > 0
+            && self.config.allow_stateful_reconnect
+            && self
+                .servers
+                .allow_stateful(&self.directory, hub_id, policy.sticky.as_ref());
         let (connection_id, token) = self.ids.next_pair();
         let info = ConnectionInfo {
             negotiate_version: version,
@@ -759,8 +764,9 @@ impl Relay {
         }
         match msg {
             ServiceMessage::Ping(ping) => {
+                let ticks = self.admission.dotnet_ticks(now);
                 self.servers
-                    .ping(conn, hub, ping, &self.directory, &mut self.out);
+                    .ping(conn, hub, ping, ticks, &self.directory, &mut self.out);
             }
             ServiceMessage::ConnectionData(m) => {
                 let Some(client) = self.directory.connection(&m.connection_id) else {
@@ -820,11 +826,68 @@ impl Relay {
                 });
                 self.out.service(conn, &msg);
             }
-            // Answered with NotFound: member listing is not offered yet.
-            ServiceMessage::GroupMemberQuery(m) => self.out.service(conn, &ack(m.ack_id, false)),
+            ServiceMessage::GroupMemberQuery(m) => self.group_members(conn, hub, &m),
+            // A newer request the relay does not know: if it waits for an ack, the app server
+            // is told at once that it failed, rather than left to time out.
+            m @ ServiceMessage::Unknown { message_type, .. } => {
+                if let Some(ack_id) = m.unknown_ack_id() {
+                    let reply = ServiceMessage::Ack(service::Ack {
+                        ack_id,
+                        status: service::AckStatus::InternalServerError,
+                        message: format!(
+                            "Message type {message_type} is not supported by this relay."
+                        ),
+                        ext: service::Ext::default(),
+                        payload: None,
+                    });
+                    self.out.service(conn, &reply);
+                }
+            }
             // Messages only the relay sends, or that need no action here.
             _ => {}
         }
+    }
+
+    /// Answers a GroupMemberQuery: one page of the group's connections with their users, in
+    /// connection-id order, and where the next page starts (the last id of this one), in the
+    /// Ack's payload as the SDK reads it (`GroupMemberQueryResponse`:
+    /// `[[[connectionId, userId?], ...], continuationToken?]`).
+    fn group_members(&mut self, conn: ConnHandle, hub: HubId, query: &service::GroupMemberQuery) {
+        /// The largest page, whatever the app server asks.
+        const MAX_PAGE: usize = 1000;
+        let page = usize::try_from(query.max)
+            .ok()
+            .filter(|&n| n > 0)
+            .map_or(MAX_PAGE, |n| n.min(MAX_PAGE));
+        let after = query.continuation_token.as_deref();
+        let mut members: Vec<(&str, Option<&str>)> = self
+            .directory
+            .group(hub, &query.group)
+            .filter_map(|c| self.clients.map.get(&c))
+            .map(|c| (c.connection_id.as_str(), c.user_id.as_deref()))
+            .filter(|(id, _)| after.is_none_or(|after| *id > after))
+            .collect();
+        members.sort_unstable();
+        let next = (members.len() > page).then(|| members[page - 1].0.to_owned());
+        members.truncate(page);
+        let mut payload = Vec::new();
+        let mut w = crate::msgpack::Writer(&mut payload);
+        w.array_len(2);
+        w.array_len(members.len());
+        for (id, user) in &members {
+            w.array_len(2);
+            w.str(id);
+            w.opt_str(*user);
+        }
+        w.opt_str(next.as_deref());
+        let reply = ServiceMessage::Ack(service::Ack {
+            ack_id: query.ack_id,
+            status: service::AckStatus::Ok,
+            message: String::new(),
+            ext: service::Ext::default(),
+            payload: Some(payload.into()),
+        });
+        self.out.service(conn, &reply);
     }
 
     /// An app server invokes a method on a client and awaits its result (through the relay,

@@ -28,6 +28,8 @@ pub(crate) struct ServerConn {
     carries_clients: bool,
     /// Its app server is shutting down: no new clients.
     draining: bool,
+    /// Its app server allows stateful reconnect (its HandshakeRequest said so).
+    allows_stateful: bool,
     /// The clients mapped to it.
     pub(crate) clients: BTreeSet<ConnHandle>,
     last_received: Instant,
@@ -88,6 +90,7 @@ impl ServerConn {
         }
         self.open = true;
         self.carries_clients = req.connection_type != service::ConnectionType::Weak;
+        self.allows_stateful = req.allow_stateful_reconnects;
         let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {
             connection_id: Some(format!("server-{}", conn.0)),
             ..service::HandshakeResponse::default()
@@ -159,6 +162,7 @@ impl Servers {
             open: false,
             carries_clients: false,
             draining: false,
+            allows_stateful: false,
             clients: BTreeSet::new(),
             last_received: now,
             timers: ServerTimers::default(),
@@ -231,6 +235,24 @@ impl Servers {
             }
         }
         self.pick(directory, hub)
+    }
+
+    /// Whether a new client of `hub` may have stateful reconnect: every server connection
+    /// that may take it allows it (as its app server's `AllowStatefulReconnects` says).
+    pub(crate) fn allow_stateful(
+        &self,
+        directory: &Directory,
+        hub: HubId,
+        sticky: Option<&Sticky>,
+    ) -> bool {
+        let required = sticky.filter(|s| s.required).map(|s| s.server.as_str());
+        let mut candidates = directory
+            .servers(hub)
+            .filter_map(|h| self.map.get(&h))
+            .filter(|s| s.takes_clients())
+            .filter(|s| required.is_none_or(|id| s.server_id == id))
+            .peekable();
+        candidates.peek().is_some() && candidates.all(|s| s.allows_stateful)
     }
 
     /// The least-loaded server connection of a hub that takes clients, of one app server if
@@ -311,6 +333,7 @@ impl Servers {
         conn: ConnHandle,
         hub: HubId,
         ping: service::Ping,
+        ticks: i64,
         directory: &Directory,
         out: &mut Outputs,
     ) {
@@ -338,7 +361,7 @@ impl Servers {
                 .filter_map(|s| self.map.get(&s))
                 .map(|s| s.server_id.as_str())
                 .collect();
-            let value = format!("0:{}", ids.into_iter().collect::<Vec<_>>().join(";"));
+            let value = format!("{ticks}:{}", ids.into_iter().collect::<Vec<_>>().join(";"));
             let reply = service::Ping::pairs([("servers", value.as_str())]);
             out.service(conn, &ServiceMessage::Ping(reply));
         }

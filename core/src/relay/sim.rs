@@ -425,7 +425,11 @@ impl Sim {
         let h = self.accept_server(hub, server_id);
         self.send_service(
             h,
-            &ServiceMessage::HandshakeRequest(service::HandshakeRequest::default()),
+            &ServiceMessage::HandshakeRequest(service::HandshakeRequest {
+                // The simulated app servers allow stateful reconnect.
+                allow_stateful_reconnects: true,
+                ..service::HandshakeRequest::default()
+            }),
         );
         let first = &self.to_server[&h][0];
         assert!(

@@ -552,6 +552,29 @@ impl ServiceMessage {
         }
     }
 
+    /// The ack id of a message type this implementation does not know, when it looks like an
+    /// ack-able request: the SDK's ack-able messages put the ack id last, before their
+    /// extensions, so that is the last integer followed only by maps (or nil). `None` for
+    /// known types, and for unknown ones without such an integer.
+    pub fn unknown_ack_id(&self) -> Option<i32> {
+        let Self::Unknown { body, .. } = self else {
+            return None;
+        };
+        let mut r = Reader::new(body);
+        let len = r.array_len().ok()?;
+        r.skip().ok()?;
+        let mut found = None;
+        for _ in 1..len {
+            let element = r.raw().ok()?;
+            let first = *element.first()?;
+            let trailing = matches!(first, 0x80..=0x8f | 0xde | 0xdf | 0xc0);
+            if !trailing {
+                found = Reader::new(element).integer::<i32>().ok();
+            }
+        }
+        found
+    }
+
     /// Appends the MessagePack body (no length prefix), byte-exact with the Azure SDK.
     pub fn write_body(&self, out: &mut Vec<u8>) {
         if let Self::Unknown { body, .. } = self {
@@ -673,13 +696,15 @@ impl ServiceMessage {
                 write_ext(&mut w, &m.ext);
             }
             Self::Ack(m) => {
-                header(&mut w, if m.payload.is_some() { 6 } else { 5 });
+                // The SDK's current form: six elements, the payload nil when there is none.
+                header(&mut w, 6);
                 w.sint(m.ack_id.into());
                 w.sint(i32::from(m.status).into());
                 w.str(&m.message);
                 write_ext(&mut w, &m.ext);
-                if let Some(p) = &m.payload {
-                    w.bin(p);
+                match &m.payload {
+                    Some(p) => w.bin(p),
+                    None => w.nil(),
                 }
             }
             Self::CheckUserInGroupWithAck(m)

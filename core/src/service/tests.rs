@@ -1152,3 +1152,24 @@ fn connection_data_is_written_the_same_by_the_fast_path() {
         }
     }
 }
+
+/// The relay writes Ack in the SDK's six-element form, the payload nil when there is none
+/// (`[20, ackId, status, message, ext, payload]`); the older five-element form still reads.
+#[test]
+fn ack_is_written_with_six_elements() {
+    let ack = ServiceMessage::Ack(Ack {
+        ack_id: 7,
+        status: AckStatus::Ok,
+        message: String::new(),
+        ext: Ext::default(),
+        payload: None,
+    });
+    let mut body = Vec::new();
+    ack.write_body(&mut body);
+    assert_eq!(body, [0x96, 20, 7, 1, 0xa0, 0x80, 0xc0]);
+    assert_eq!(ServiceMessage::parse(&Bytes::from(body)), Ok(ack.clone()));
+    assert_eq!(
+        ServiceMessage::parse(&Bytes::from_static(&[0x95, 20, 7, 1, 0xa0, 0x80])),
+        Ok(ack)
+    );
+}

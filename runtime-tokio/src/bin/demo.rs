@@ -43,7 +43,8 @@ async fn main() {
         args.listen
     );
     exit_after(&TokioRuntime, args.exit_after);
-    let options = signalr_relay_tokio::sdk::AppOptions::default();
+    let mut options = signalr_relay_tokio::sdk::AppOptions::default();
+    options.allow_stateful_reconnects = true;
     if let Err(e) = sample::run(TokioRuntime, app, &connection_string, options).await {
         eprintln!("sample app stopped: {e}");
         std::process::exit(1);

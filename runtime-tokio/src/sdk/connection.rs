@@ -133,6 +133,7 @@ async fn session<R: Runtime>(
 
     let config = {
         let mut c = AppConnectionConfig::default();
+        c.allow_stateful_reconnects = shared.options.allow_stateful_reconnects;
         if let Some(t) = target {
             c.connection_type = service::ConnectionType::OnDemand;
             c.target = t.to_owned();

@@ -64,6 +64,10 @@ pub struct AppOptions {
     /// [`ServerSticky::Disabled`]), as the Azure SDK's `ServerStickyMode`. Stateful hub code
     /// (Blazor's circuits) needs [`ServerSticky::Required`] once there are several app servers.
     pub server_sticky: ServerSticky,
+    /// Whether this app's clients may use stateful reconnect (default false, as ASP.NET
+    /// Core's `AllowStatefulReconnects`); the relay offers it only when every app server of
+    /// the hub allows it.
+    pub allow_stateful_reconnects: bool,
 }
 
 /// Whether a client goes to the app server that negotiated it: the token names this app
@@ -103,6 +107,7 @@ impl Default for AppOptions {
             max_invocations_per_client: 256,
             max_streams_per_client: 128,
             server_sticky: ServerSticky::Disabled,
+            allow_stateful_reconnects: false,
         }
     }
 }

@@ -268,3 +268,61 @@ fn blazorpack_clients_are_messagepack_clients_under_their_own_name() {
     sim.send_service(server, &broadcast(vec![("messagepack", b"\x02\x91\x06")]));
     assert_eq!(received(&sim, blazor)[1..], [b"\x02\x91\x06".to_vec()]);
 }
+
+/// GroupMemberQuery is answered with the group's members and their users, a page at a
+/// time, in the Ack's payload as the SDK reads it.
+#[test]
+fn group_members_are_listed_a_page_at_a_time() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let mut ids = Vec::new();
+    for user in [Some("alice"), None, Some("bob")] {
+        let (c, id) = sim.connect_client("chat", user, "json");
+        sim.accept_handshake(c, &id);
+        sim.send_service(
+            server,
+            &ServiceMessage::JoinGroup(service::GroupMembership {
+                connection_id: id.clone(),
+                group: "g".into(),
+                ext: service::Ext::default(),
+            }),
+        );
+        ids.push((id, user.map(str::to_owned)));
+    }
+    ids.sort();
+    let query =
+        |sim: &mut Sim, token: Option<String>| -> (Vec<(String, Option<String>)>, Option<String>) {
+            sim.send_service(
+                server,
+                &ServiceMessage::GroupMemberQuery(service::GroupMemberQuery {
+                    ext: service::Ext::default(),
+                    group: "g".into(),
+                    ack_id: 9,
+                    max: 2,
+                    continuation_token: token,
+                }),
+            );
+            let Some(ServiceMessage::Ack(ack)) = sim.to_server[&server].last() else {
+                panic!("an ack")
+            };
+            assert_eq!((ack.ack_id, ack.status), (9, service::AckStatus::Ok));
+            let payload = ack.payload.clone().expect("a payload");
+            let mut r = crate::msgpack::Reader::new(&payload);
+            assert_eq!(r.array_len().expect("response"), 2);
+            let n = r.array_len().expect("members");
+            let members = (0..n)
+                .map(|_| {
+                    assert_eq!(r.array_len().expect("member"), 2);
+                    let id = r.str().expect("id").to_owned();
+                    (id, r.opt_str().expect("user").map(str::to_owned))
+                })
+                .collect();
+            (members, r.opt_str().expect("token").map(str::to_owned))
+        };
+    let (first, token) = query(&mut sim, None);
+    assert_eq!(first, ids[..2]);
+    assert_eq!(token.as_deref(), Some(ids[1].0.as_str()));
+    let (second, token) = query(&mut sim, token);
+    assert_eq!(second, ids[2..]);
+    assert_eq!(token, None);
+}

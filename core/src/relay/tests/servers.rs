@@ -210,3 +210,66 @@ fn a_bad_message_from_an_app_server_costs_only_that_message() {
     assert!(sim.is_done(server));
     assert!(!sim.is_open(c), "its clients go with it");
 }
+
+/// `servers` pings are answered `<ticks>:<id>;<id>` with .NET ticks of the wall clock that
+/// rise with time: the SDK keeps a reply only when its ticks are above the last one's.
+#[test]
+fn the_servers_ping_reply_carries_rising_dotnet_ticks() {
+    let mut sim = sim();
+    let a = sim.connect_server("chat", "app-1");
+    sim.connect_server("chat", "app-2");
+    let ask = |sim: &mut Sim| -> (i64, String) {
+        sim.send_service(
+            a,
+            &ServiceMessage::Ping(service::Ping::pairs([("servers", "")])),
+        );
+        let reply = sim.to_server[&a]
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                ServiceMessage::Ping(p) => p.get("servers").map(str::to_owned),
+                _ => None,
+            })
+            .expect("a servers reply");
+        let (ticks, ids) = reply.split_once(':').expect("ticks:ids");
+        (ticks.parse().expect("ticks"), ids.to_owned())
+    };
+    let (first, ids) = ask(&mut sim);
+    assert_eq!(ids, "app-1;app-2");
+    // T0 (2023-11-14T22:13:20Z) in .NET ticks.
+    assert_eq!(first, 638_355_968_000_000_000);
+    sim.advance(Duration::from_millis(1));
+    let (second, _) = ask(&mut sim);
+    assert_eq!(second - first, 10_000, "1 ms later");
+}
+
+/// A request of a newer type than the relay knows (RefreshAuth, 41, and up) is answered with
+/// a failed Ack when it carries an ack id, so the SDK call that waits for it fails at once
+/// instead of timing out; one without is ignored, as the protocol says.
+#[test]
+fn newer_ackable_requests_are_answered_with_a_failure() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let frame = |body: &[u8]| {
+        let mut out = Vec::new();
+        crate::framing::write_binary_frame(body, &mut out).expect("a frame");
+        out
+    };
+    // [41, "conn1", ["a", "b"], 1700000000, 77, {}]
+    let refresh = [
+        0x96, 41, 0xa5, b'c', b'o', b'n', b'n', b'1', 0x92, 0xa1, b'a', 0xa1, b'b', 0xce, 0x65,
+        0x53, 0xf1, 0x00, 77, 0x80,
+    ];
+    sim.data(server, &frame(&refresh));
+    let Some(ServiceMessage::Ack(ack)) = sim.to_server[&server].last() else {
+        panic!("an ack")
+    };
+    assert_eq!(ack.ack_id, 77);
+    assert_eq!(ack.status, service::AckStatus::InternalServerError);
+    assert!(ack.message.contains("41"), "{}", ack.message);
+    // [42, "x", {}]: nothing to answer.
+    let before = sim.to_server[&server].len();
+    sim.data(server, &frame(&[0x93, 42, 0xa1, b'x', 0x80]));
+    assert_eq!(sim.to_server[&server].len(), before);
+    assert!(!sim.is_done(server));
+}

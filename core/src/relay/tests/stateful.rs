@@ -236,3 +236,39 @@ fn stateful_clients_survive_hostile_sequences_and_transport_switches() {
         .iter()
         .any(|m| matches!(m, ServiceMessage::CloseConnection(_))));
 }
+
+/// Stateful reconnect is granted only when the hub's app servers allow it (their
+/// HandshakeRequest's `allowStatefulReconnects`, the app's `AllowStatefulReconnects`).
+#[test]
+fn stateful_reconnect_needs_the_app_servers_consent() {
+    let mut sim = sim();
+    let server = sim.accept_server("chat", "app-1");
+    sim.send_service(
+        server,
+        &ServiceMessage::HandshakeRequest(service::HandshakeRequest::default()),
+    );
+    let bearer = token("/client/", "chat", None, 3600, KEY);
+    let negotiate = |sim: &mut Sim| {
+        let req = request(
+            "POST",
+            "/client/negotiate",
+            "hub=chat&negotiateVersion=1&useStatefulReconnect=true",
+            Some(&bearer),
+            false,
+        );
+        let RequestOutcome::Respond(r) = sim.handle(&req) else {
+            panic!("answered")
+        };
+        let NegotiateResponse::Connection(info) = NegotiateResponse::parse(&r.body).expect("json")
+        else {
+            panic!("negotiated")
+        };
+        info.use_stateful_reconnect
+    };
+    assert!(!negotiate(&mut sim), "the app server does not allow it");
+    // One that allows it joins: still not, while one that does not may take the client.
+    sim.connect_server("chat", "app-2");
+    assert!(!negotiate(&mut sim));
+    sim.closed_by_peer(server);
+    assert!(negotiate(&mut sim), "every server connection allows it");
+}
