@@ -172,6 +172,14 @@ impl FrameDecoder {
             Self::Binary(d) => d.next_frame(),
         }
     }
+
+    /// Bytes held that do not yet form a whole frame.
+    pub fn buffered(&self) -> usize {
+        match self {
+            Self::Text(d) => d.buffered(),
+            Self::Binary(d) => d.buffered(),
+        }
+    }
 }
 
 /// Decodes a stream of hub messages: a [`FrameDecoder`] plus [`HubProtocol::parse_message`].

@@ -307,6 +307,18 @@ impl Relay {
                 &mut self.timers,
             ) {
                 self.remove_server(now, conn, ending);
+                continue;
+            }
+            // Clients that were mid-message when their app server asked to leave move now.
+            if kind == TimerKind::ServerPing {
+                if let Some(hub) = self
+                    .servers
+                    .get(conn)
+                    .filter(|s| s.migrating)
+                    .map(|s| s.hub)
+                {
+                    self.migrate_clients(conn, hub);
+                }
             }
         }
     }
@@ -626,7 +638,8 @@ impl Relay {
                         continue;
                     };
                     let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
-                    client.open(now, server, &mut opening, config, out, timers);
+                    let migrates = self.servers.get(server).is_some_and(|s| s.migrates);
+                    client.open(now, (server, migrates), &mut opening, config, out, timers);
                     self.servers.attach(server, conn, config, out);
                     if let Some(user) = &client.user_id {
                         self.directory.attach_user(now, client.hub, conn, user);
@@ -742,6 +755,57 @@ impl Relay {
         }
     }
 
+    /// Whether the server connection `conn` (of `hub`) belongs to the app server that serves
+    /// `client`: only that one writes on the client's own flow or closes it (others reach it
+    /// through the multicast messages of its hub). After a migration, the old one no longer
+    /// does.
+    fn serves(&self, conn: ConnHandle, hub: HubId, client: ConnHandle) -> bool {
+        self.clients.map.get(&client).is_some_and(|c| {
+            c.hub == hub
+                && c.link
+                    .as_ref()
+                    .is_some_and(|l| self.servers.same_app_server(l.server, conn))
+        })
+    }
+
+    /// The app server of `conn` is leaving and asked for its clients to be migrated
+    /// (`shutdown fin:1`): each of its clients that is between messages moves, keeping its
+    /// connection id, to the least-loaded connection of another app server of the hub. A
+    /// client whose token requires its app server stays, and so does one mid-message (it is
+    /// tried again at the server's next ping timer); all stay when no other app server is
+    /// there.
+    fn migrate_clients(&mut self, conn: ConnHandle, hub: HubId) {
+        let from_id = self.servers.server_id(conn).to_owned();
+        let leaving: Vec<ConnHandle> = self
+            .directory
+            .servers(hub)
+            .filter(|&s| self.servers.server_id(s) == from_id)
+            .collect();
+        for from in leaving {
+            for c in self.servers.clients_of(from) {
+                let Some(to) = self.servers.pick(&self.directory, hub) else {
+                    return;
+                };
+                let Some(client) = self.clients.map.get_mut(&c) else {
+                    continue;
+                };
+                let sticky = client.policy.as_ref().and_then(|p| p.sticky.as_ref());
+                if sticky.is_some_and(|s| s.required) {
+                    continue;
+                }
+                let to_id = self.servers.server_id(to).to_owned();
+                let Some((farewell, welcome)) = client.migrate(to, (&from_id, &to_id)) else {
+                    continue;
+                };
+                self.out.transmit(from, farewell, true);
+                self.out.transmit(to, welcome, true);
+                self.servers.detach(from, c);
+                self.servers.attach(to, c, &self.config, &mut self.out);
+                self.out.stats.clients_migrated += 1;
+            }
+        }
+    }
+
     /// A message from an app server was skipped: it is told, and the adapter hears of it.
     fn skipped_server_message(&mut self, conn: ConnHandle, error: &ServiceProtocolError) {
         let reason = format!("A message from the app server was skipped: {error}.");
@@ -767,11 +831,17 @@ impl Relay {
                 let ticks = self.admission.dotnet_ticks(now);
                 self.servers
                     .ping(conn, hub, ping, ticks, &self.directory, &mut self.out);
+                if self.servers.get(conn).is_some_and(|s| s.migrating) {
+                    self.migrate_clients(conn, hub);
+                }
             }
             ServiceMessage::ConnectionData(m) => {
                 let Some(client) = self.directory.connection(&m.connection_id) else {
                     return;
                 };
+                if !self.serves(conn, hub, client) {
+                    return;
+                }
                 let Entry::Occupied(mut entry) = self.clients.map.entry(client) else {
                     return;
                 };
@@ -783,6 +853,7 @@ impl Relay {
             }
             ServiceMessage::CloseConnection(m) => {
                 let client = self.directory.connection(&m.connection_id);
+                let client = client.filter(|&c| self.serves(conn, hub, c));
                 if let Some(client) = client.and_then(|c| self.clients.map.remove(&c)) {
                     self.end_client(now, client, Ending::ServerClosed(Some(m.error_message)));
                 }

@@ -30,6 +30,11 @@ pub(crate) struct ServerConn {
     draining: bool,
     /// Its app server allows stateful reconnect (its HandshakeRequest said so).
     allows_stateful: bool,
+    /// Its app server takes part in client migration (its HandshakeRequest's migration
+    /// level is ShutdownOnly or Any): its clients' introductions are kept to replay.
+    pub(crate) migrates: bool,
+    /// Its app server is leaving and asked for its clients to be moved (`shutdown fin:1`).
+    pub(crate) migrating: bool,
     /// The clients mapped to it.
     pub(crate) clients: BTreeSet<ConnHandle>,
     last_received: Instant,
@@ -91,6 +96,7 @@ impl ServerConn {
         self.open = true;
         self.carries_clients = req.connection_type != service::ConnectionType::Weak;
         self.allows_stateful = req.allow_stateful_reconnects;
+        self.migrates = i32::from(req.migration_level) >= 1;
         let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {
             connection_id: Some(format!("server-{}", conn.0)),
             ..service::HandshakeResponse::default()
@@ -163,6 +169,8 @@ impl Servers {
             carries_clients: false,
             draining: false,
             allows_stateful: false,
+            migrates: false,
+            migrating: false,
             clients: BTreeSet::new(),
             last_received: now,
             timers: ServerTimers::default(),
@@ -173,7 +181,6 @@ impl Servers {
         self.map.insert(conn, server);
     }
 
-    #[cfg(test)]
     pub(crate) fn get(&self, conn: ConnHandle) -> Option<&ServerConn> {
         self.map.get(&conn)
     }
@@ -309,6 +316,14 @@ impl Servers {
         }
     }
 
+    /// The clients mapped to a server connection.
+    pub(crate) fn clients_of(&self, conn: ConnHandle) -> Vec<ConnHandle> {
+        self.map
+            .get(&conn)
+            .map(|s| s.clients.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Unmaps a client.
     pub(crate) fn detach(&mut self, server: ConnHandle, client: ConnHandle) {
         if let Some(s) = self.map.get_mut(&server) {
@@ -345,11 +360,14 @@ impl Servers {
             let reply = service::Ping::pairs([("status", status)]);
             return out.service(conn, &ServiceMessage::Ping(reply));
         }
-        if ping.get("shutdown").is_some_and(|v| v.starts_with("fin")) {
+        if let Some(fin) = ping.get("shutdown").filter(|v| v.starts_with("fin")) {
+            // fin:1 is GracefulShutdown.Mode = MigrateClients.
+            let migrate = fin == "fin:1";
             let server_id = self.server_id(conn).to_owned();
             for s in directory.servers(hub) {
                 if let Some(s) = self.map.get_mut(&s).filter(|s| s.server_id == server_id) {
                     s.draining = true;
+                    s.migrating |= migrate && s.migrates;
                 }
             }
             let reply = service::Ping::pairs([("shutdown", "finack")]);

@@ -73,4 +73,6 @@ pub struct RelayStats {
     pub completions_ignored: u64,
     /// Messages from app servers skipped: over the size limit, or undecodable.
     pub server_messages_skipped: u64,
+    /// Clients moved to another app server when theirs left (graceful shutdown).
+    pub clients_migrated: u64,
 }

@@ -77,6 +77,14 @@ impl AspNetCore {
         }
     }
 
+    /// Whether no client message is half received: its app server may change here.
+    pub(crate) fn between_messages(&self) -> bool {
+        match &self.phase {
+            Phase::Open(inbound) => inbound.buffered() == 0,
+            _ => false,
+        }
+    }
+
     /// Whether a stateful client's transport is gone (it may come back).
     pub(crate) fn awaits_reconnect(&self) -> bool {
         self.stateful.as_ref().is_some_and(|s| s.lost())

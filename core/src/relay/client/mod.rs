@@ -151,6 +151,16 @@ pub(crate) struct Link {
     /// Messages from multicast paths held until the handshake response has gone out, or
     /// while a partial frame is being reassembled.
     pending: VecDeque<Bytes>,
+    /// What the app server was told at the opening, kept when its app server may ask for
+    /// its clients to be migrated: it is told again to the next one.
+    migration: Option<Box<Replay>>,
+}
+
+/// The OpenConnection and the handshake a client's app server got, to tell another one.
+#[derive(Debug)]
+struct Replay {
+    open: service::OpenConnection,
+    handshake: Vec<u8>,
 }
 
 impl Link {
@@ -499,7 +509,7 @@ impl Client {
     pub(crate) fn open(
         &mut self,
         now: Instant,
-        server: ConnHandle,
+        (server, migrates): (ConnHandle, bool),
         opening: &mut Opening,
         config: &RelayConfig,
         out: &mut Outputs,
@@ -515,7 +525,7 @@ impl Client {
             ));
         }
         let protocol = opening.protocol;
-        let open = service::ServiceMessage::OpenConnection(service::OpenConnection {
+        let open = service::OpenConnection {
             connection_id: self.connection_id.clone(),
             claims: intro.claims,
             headers,
@@ -524,12 +534,13 @@ impl Client {
                 protocol: Some(protocol.name().to_owned()),
                 ..service::Ext::default()
             },
-        });
-        let mut data = Vec::new();
-        let _ = open.write(&mut data);
-        let _ = service::write_connection_data(&self.connection_id, &opening.handshake, &mut data);
+        };
+        let data = introduction(&open, &opening.handshake);
         out.stats.to_server.add(opening.handshake.len());
         out.transmit(server, data.into(), true);
+        // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
+        // next one would not have.
+        let keep = migrates && matches!(self.dialect, Dialect::AspNetCore(_));
         self.link = Some(Link {
             server,
             protocol,
@@ -538,6 +549,12 @@ impl Client {
                 config.max_server_message_size,
             ),
             pending: VecDeque::new(),
+            migration: keep.then(|| {
+                Box::new(Replay {
+                    open,
+                    handshake: opening.handshake.clone(),
+                })
+            }),
         });
         let mut cx = Ctx::new(
             now,
@@ -551,6 +568,39 @@ impl Client {
         if let Dialect::AspNetCore(a) = &mut self.dialect {
             a.open(&mut cx, protocol, &self.activity);
         }
+    }
+
+    /// Moves the client to `to`, an app server that is not leaving, as the Azure SDK's
+    /// migration expects, when it is between messages both ways and its opening was kept.
+    /// Returns what its old app server is told (CloseConnection with `Asrs-Migrate-To`) and
+    /// what the new one is told (OpenConnection with `Asrs-Migrate-From`, then the handshake,
+    /// whose response the SDK does not pass on: the client never left).
+    pub(crate) fn migrate(
+        &mut self,
+        to: ConnHandle,
+        (from_id, to_id): (&str, &str),
+    ) -> Option<(Bytes, Bytes)> {
+        let Dialect::AspNetCore(a) = &self.dialect else {
+            return None;
+        };
+        let link = self.link.as_mut()?;
+        if !a.between_messages() || !link.ready() || !link.pending.is_empty() {
+            return None;
+        }
+        let replay = link.migration.as_ref()?;
+        let close = service::ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: self.connection_id.clone(),
+            headers: vec![("Asrs-Migrate-To".to_owned(), vec![to_id.to_owned()])],
+            ..service::CloseConnection::default()
+        });
+        let mut farewell = Vec::new();
+        let _ = close.write(&mut farewell);
+        let mut open = replay.open.clone();
+        open.headers
+            .push(("Asrs-Migrate-From".to_owned(), vec![from_id.to_owned()]));
+        let welcome = introduction(&open, &replay.handshake);
+        link.server = to;
+        Some((farewell.into(), welcome.into()))
     }
 
     /// Goes on after the client was mapped.
@@ -810,4 +860,12 @@ impl<'a> Prepared<'a> {
             .as_ref()?;
         (hub_name == client.hub_name()).then_some(pushes.as_slice())
     }
+}
+
+/// OpenConnection, then the handshake as the client's first data, in one message.
+fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    let _ = service::ServiceMessage::OpenConnection(open.clone()).write(&mut data);
+    let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
+    data
 }

@@ -273,3 +273,212 @@ fn newer_ackable_requests_are_answered_with_a_failure() {
     assert_eq!(sim.to_server[&server].len(), before);
     assert!(!sim.is_done(server));
 }
+
+/// An app server on the Azure SDK with `GracefulShutdown.Mode = MigrateClients`: migration
+/// level 1 in its handshake.
+fn connect_migrating_server(sim: &mut Sim, server_id: &str) -> ConnHandle {
+    let server = sim.accept_server("chat", server_id);
+    sim.send_service(
+        server,
+        &ServiceMessage::HandshakeRequest(service::HandshakeRequest {
+            migration_level: service::MigrationLevel::ShutdownOnly,
+            ..service::HandshakeRequest::default()
+        }),
+    );
+    server
+}
+
+fn shutdown(sim: &mut Sim, server: ConnHandle, fin: &str) {
+    sim.send_service(
+        server,
+        &ServiceMessage::Ping(service::Ping::pairs([("shutdown", fin)])),
+    );
+}
+
+/// Graceful shutdown with client migration, as the SDK's `IConnectionMigrationFeature`
+/// expects: the leaving app server gets CloseConnection with `Asrs-Migrate-To`, the next one
+/// OpenConnection with `Asrs-Migrate-From` and the handshake, under the same connection id;
+/// the client notices nothing and goes on with the next app server.
+#[test]
+fn a_leaving_app_servers_clients_move_to_another_keeping_their_ids() {
+    let mut sim = sim();
+    let old = connect_migrating_server(&mut sim, "app-1");
+    let (c, id) = sim.connect_client("chat", Some("u"), "json");
+    sim.accept_handshake(c, &id);
+    let new = connect_migrating_server(&mut sim, "app-2");
+    shutdown(&mut sim, old, "fin:1");
+    let farewell = sim.to_server[&old].iter().find_map(|m| match m {
+        ServiceMessage::CloseConnection(close) if close.connection_id == id => Some(close.clone()),
+        _ => None,
+    });
+    let farewell = farewell.expect("the old app server is told");
+    assert_eq!(
+        farewell.headers,
+        [("Asrs-Migrate-To".to_owned(), vec!["app-2".to_owned()])]
+    );
+    let welcome: Vec<&ServiceMessage> = sim.to_server[&new]
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServiceMessage::OpenConnection(_) | ServiceMessage::ConnectionData(_)
+            )
+        })
+        .collect();
+    let [ServiceMessage::OpenConnection(open), ServiceMessage::ConnectionData(handshake)] =
+        welcome[..]
+    else {
+        panic!("{welcome:?}")
+    };
+    assert_eq!(open.connection_id, id);
+    assert!(open
+        .headers
+        .iter()
+        .any(|(k, v)| k == "Asrs-Migrate-From" && v == &["app-1".to_owned()]));
+    assert_eq!(
+        &handshake.payload[..],
+        b"{\"protocol\":\"json\",\"version\":1}\x1e"
+    );
+    assert!(sim.is_open(c));
+    assert_eq!(sim.relay().stats().clients_migrated, 1);
+    // The client's next invocation goes to the new app server, and its answers come back;
+    // the old one can no longer write to it.
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"Echo\",\"arguments\":[]}\x1e",
+    );
+    assert!(matches!(
+        sim.to_server[&new].last(),
+        Some(ServiceMessage::ConnectionData(d)) if d.connection_id == id
+    ));
+    server_sends(
+        &mut sim,
+        old,
+        &id,
+        "{\"type\":1,\"target\":\"stale\",\"arguments\":[]}\x1e",
+    );
+    server_sends(
+        &mut sim,
+        new,
+        &id,
+        "{\"type\":3,\"invocationId\":\"1\",\"result\":1}\x1e",
+    );
+    let said = sim.client_text(c);
+    assert!(
+        !said.contains("stale") && said.contains("\"result\":1"),
+        "{said}"
+    );
+    // The old app server goes; the client stays.
+    sim.closed_by_peer(old);
+    assert!(sim.is_open(c));
+    assert!(!sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ClientClosed { conn, .. } if *conn == c)));
+}
+
+#[test]
+fn clients_stay_without_migration_mid_message_or_when_their_server_is_required() {
+    let mut sim = sim();
+    // An app server without migration (level 0): fin:1 only drains it.
+    let plain = sim.connect_server("chat", "app-0");
+    let (p, p_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(p, &p_id);
+    sim.connect_server("chat", "app-9");
+    shutdown(&mut sim, plain, "fin:1");
+    assert_eq!(sim.server_of(p), plain);
+    assert_eq!(sim.relay().stats().clients_migrated, 0);
+
+    let mut sim = self::sim();
+    let old = connect_migrating_server(&mut sim, "app-1");
+    // One mid-message, one whose token requires app-1.
+    let (busy, busy_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(busy, &busy_id);
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims
+        .aud
+        .push("http://localhost/client/?hub=chat".to_owned());
+    claims.insert("asrs.s.sn", "app-1");
+    claims.insert("asrs.s.ssticky", "Required");
+    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
+    let req = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=1",
+        Some(&bearer),
+        false,
+    );
+    let RequestOutcome::Respond(r) = sim.handle(&req) else {
+        panic!("negotiated")
+    };
+    let NegotiateResponse::Connection(info) = NegotiateResponse::parse(&r.body).expect("json")
+    else {
+        panic!("negotiated")
+    };
+    let token = info.connection_token.expect("a token");
+    let ws = request(
+        "GET",
+        "/client/",
+        &format!("hub=chat&id={token}"),
+        Some(&bearer),
+        true,
+    );
+    let RequestOutcome::AcceptWebSocket(pinned) = sim.handle(&ws) else {
+        panic!("accepted")
+    };
+    sim.data(pinned, b"{\"protocol\":\"json\",\"version\":1}\x1e");
+    let pinned_id = sim.connection_id(pinned).to_owned();
+    sim.accept_handshake(pinned, &pinned_id);
+    let new = connect_migrating_server(&mut sim, "app-2");
+    sim.data(busy, b"{\"type\":1,\"target\":\"Ec");
+    shutdown(&mut sim, old, "fin:1");
+    assert_eq!(sim.server_of(busy), old, "mid-message: not yet");
+    assert_eq!(sim.server_of(pinned), old, "required: never");
+    // Its message completes; at the server's next ping it moves.
+    sim.data(busy, b"ho\",\"arguments\":[]}\x1e");
+    sim.send_service(old, &ServiceMessage::Ping(service::Ping::default()));
+    sim.send_service(new, &ServiceMessage::Ping(service::Ping::default()));
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.relay().stats().clients_migrated, 1);
+    let moved = sim.to_server[&new]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::OpenConnection(o) if o.connection_id == busy_id));
+    assert!(moved);
+    assert!(sim.is_open(busy) && sim.is_open(pinned));
+}
+
+/// Only a client's own app server writes on its flow or closes it: another app server, or a
+/// server connection of another hub, naming its connection id is ignored.
+#[test]
+fn only_a_clients_own_app_server_writes_to_it_or_closes_it() {
+    let mut sim = sim();
+    let own = sim.connect_server("chat", "app-1");
+    let (c, id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(c, &id);
+    let other = sim.connect_server("chat", "app-2");
+    let elsewhere = sim.connect_server("other", "app-1");
+    for intruder in [other, elsewhere] {
+        server_sends(
+            &mut sim,
+            intruder,
+            &id,
+            "{\"type\":1,\"target\":\"forged\",\"arguments\":[]}\x1e",
+        );
+        sim.send_service(
+            intruder,
+            &ServiceMessage::CloseConnection(service::CloseConnection {
+                connection_id: id.clone(),
+                ..service::CloseConnection::default()
+            }),
+        );
+    }
+    assert!(sim.is_open(c));
+    assert!(!sim.client_text(c).contains("forged"));
+    server_sends(
+        &mut sim,
+        own,
+        &id,
+        "{\"type\":1,\"target\":\"real\",\"arguments\":[]}\x1e",
+    );
+    assert!(sim.client_text(c).contains("real"));
+}
