@@ -43,6 +43,9 @@ pub struct AppConnectionConfig {
     pub target: String,
     /// The app allows its clients stateful reconnect (told to the relay in the handshake).
     pub allow_stateful_reconnects: bool,
+    /// Whether the app's clients may be migrated to another app server when it shuts down
+    /// gracefully (told to the relay in the handshake; default off).
+    pub migration_level: service::MigrationLevel,
 }
 
 impl Default for AppConnectionConfig {
@@ -56,6 +59,7 @@ impl Default for AppConnectionConfig {
             connection_type: service::ConnectionType::Default,
             target: String::new(),
             allow_stateful_reconnects: false,
+            migration_level: service::MigrationLevel::Off,
         }
     }
 }
@@ -154,7 +158,14 @@ enum ClientHandshake {
 struct AppClient {
     info: ClientInfo,
     handshake: ClientHandshake,
+    /// Migrated here from another app server: the client's handshake was answered there, so
+    /// its answer here is not sent.
+    migrated_in: bool,
 }
+
+/// How long a client migrated away is still written to: its invocations under way when it
+/// moved finish, and their answers reach it through the relay.
+const MIGRATED_GRACE: Duration = Duration::from_secs(30);
 
 /// One server connection, app-server side.
 #[derive(Debug)]
@@ -164,6 +175,9 @@ pub struct AppConnection {
     ready: bool,
     dead: bool,
     clients: BTreeMap<String, AppClient>,
+    /// Clients migrated to another app server, with their protocol, until when answers for
+    /// them are still written.
+    departed: BTreeMap<String, (HubProtocol, Instant)>,
     pending_opens: BTreeMap<String, service::OpenConnection>,
     last_sent: Instant,
     last_received: Instant,
@@ -181,6 +195,7 @@ impl AppConnection {
             ready: false,
             dead: false,
             clients: BTreeMap::new(),
+            departed: BTreeMap::new(),
             pending_opens: BTreeMap::new(),
             last_sent: now,
             last_received: now,
@@ -194,6 +209,7 @@ impl AppConnection {
             connection_type: this.config.connection_type,
             target: this.config.target.clone(),
             allow_stateful_reconnects: this.config.allow_stateful_reconnects,
+            migration_level: this.config.migration_level,
             ..service::HandshakeRequest::default()
         });
         this.send(now, &handshake);
@@ -258,6 +274,7 @@ impl AppConnection {
             let ping = self.status_ping();
             self.send(now, &ServiceMessage::Ping(ping));
         }
+        self.departed.retain(|_, (_, until)| *until > now);
     }
 
     fn status_ping(&self) -> service::Ping {
@@ -350,7 +367,16 @@ impl AppConnection {
             }
             ServiceMessage::CloseConnection(close) => {
                 self.pending_opens.remove(&close.connection_id);
-                if self.clients.remove(&close.connection_id).is_some() {
+                let moved = close
+                    .headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("Asrs-Migrate-To"));
+                if let Some(client) = self.clients.remove(&close.connection_id) {
+                    if moved {
+                        let until = now + MIGRATED_GRACE;
+                        let entry = (client.info.protocol, until);
+                        self.departed.insert(close.connection_id.clone(), entry);
+                    }
                     self.events.push_back(AppEvent::ClientDisconnected {
                         connection_id: close.connection_id,
                         error: (!close.error_message.is_empty()).then_some(close.error_message),
@@ -384,6 +410,10 @@ impl AppConnection {
                 .as_deref()
                 .and_then(HubProtocol::from_name)
                 .unwrap_or(HubProtocol::Json);
+            let migrated_in = open
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("Asrs-Migrate-From"));
             let info = ClientInfo {
                 connection_id: open.connection_id,
                 protocol,
@@ -397,6 +427,7 @@ impl AppConnection {
                 AppClient {
                     info,
                     handshake: ClientHandshake::Pending(decoder),
+                    migrated_in,
                 },
             );
         }
@@ -423,11 +454,15 @@ impl AppConnection {
                                 hub.push(&rest);
                                 client.handshake = ClientHandshake::Done(hub);
                                 let info = client.info.clone();
-                                self.write_client(
-                                    now,
-                                    connection_id,
-                                    Bytes::from_static(HandshakeResponse::SUCCESS_FRAME),
-                                );
+                                // A client migrated here had its handshake answered by its
+                                // first app server; it is not answered twice.
+                                if !client.migrated_in {
+                                    self.write_client(
+                                        now,
+                                        connection_id,
+                                        Bytes::from_static(HandshakeResponse::SUCCESS_FRAME),
+                                    );
+                                }
                                 self.events.push_back(AppEvent::ClientConnected(info));
                                 self.drain_client(connection_id, &mut messages, &mut failure);
                             }
@@ -540,16 +575,16 @@ impl AppConnection {
         connection_id: &str,
         message: &HubMessage,
     ) -> bool {
-        let Some(client) = self.clients.get(connection_id) else {
-            return false;
+        // A client migrated away still gets what was under way when it moved.
+        let protocol = match self.clients.get(connection_id) {
+            Some(client) => client.info.protocol,
+            None => match self.departed.get(connection_id) {
+                Some((protocol, until)) if *until > now => *protocol,
+                _ => return false,
+            },
         };
         let mut frame = Vec::new();
-        if client
-            .info
-            .protocol
-            .write_message(message, &mut frame)
-            .is_err()
-        {
+        if protocol.write_message(message, &mut frame).is_err() {
             return false;
         }
         self.write_client(now, connection_id, Bytes::from(frame));
@@ -809,5 +844,80 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
         b.reset();
         assert_eq!(b.next_delay(999), Duration::from_millis(1999));
+    }
+
+    /// Migration, app-server side: a client migrated here is not answered its handshake
+    /// again; one migrated away still gets the answers under way for a while, then nothing.
+    #[test]
+    fn migrated_clients_are_not_greeted_twice_and_get_what_they_were_owed() {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let config = AppConnectionConfig {
+            migration_level: service::MigrationLevel::ShutdownOnly,
+            ..AppConnectionConfig::default()
+        };
+        let mut c = AppConnection::new(now, config);
+        let hello = frames(&mut c);
+        assert!(matches!(
+            &hello[..],
+            [ServiceMessage::HandshakeRequest(h)] if h.migration_level == service::MigrationLevel::ShutdownOnly
+        ));
+        feed(
+            &mut c,
+            now,
+            ServiceMessage::HandshakeResponse(service::HandshakeResponse::default()),
+        );
+        let open = |id: &str, from: Option<&str>| {
+            ServiceMessage::OpenConnection(service::OpenConnection {
+                connection_id: id.to_owned(),
+                headers: from
+                    .map(|f| vec![("Asrs-Migrate-From".to_owned(), vec![f.to_owned()])])
+                    .unwrap_or_default(),
+                ..service::OpenConnection::default()
+            })
+        };
+        let data = |id: &str, payload: &'static [u8]| {
+            ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: id.to_owned(),
+                payload: Bytes::from_static(payload),
+                ext: service::Ext::default(),
+            })
+        };
+        let handshake: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+        for (id, from) in [("fresh", None), ("moved", Some("app-1"))] {
+            feed(&mut c, now, open(id, from));
+            feed(&mut c, now, data(id, handshake));
+        }
+        let answered: Vec<String> = frames(&mut c)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServiceMessage::ConnectionData(d) => Some(d.connection_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            answered,
+            ["fresh"],
+            "the migrated client is not greeted again"
+        );
+        // "fresh" moves away: it still gets an answer under way, until the grace ends.
+        feed(
+            &mut c,
+            now,
+            ServiceMessage::CloseConnection(service::CloseConnection {
+                connection_id: "fresh".into(),
+                headers: vec![("Asrs-Migrate-To".to_owned(), vec!["app-2".to_owned()])],
+                ..service::CloseConnection::default()
+            }),
+        );
+        let message = HubMessage::Completion(crate::aspnetcore::Completion {
+            invocation_id: "1".into(),
+            result: crate::aspnetcore::CompletionResult::Void,
+            headers: crate::aspnetcore::Headers::default(),
+        });
+        assert!(c.send_to_client(now, "fresh", &message));
+        let later = now + MIGRATED_GRACE + Duration::from_secs(1);
+        c.handle_timeout(later);
+        assert!(!c.send_to_client(later, "fresh", &message));
     }
 }

@@ -304,6 +304,8 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
         server_sticky: args.server_sticky,
         // The sample's hubs keep no per-connection state a resumed client could miss.
         allow_stateful_reconnects: true,
+        // Its hubs keep no per-connection state: its clients may move when it leaves.
+        migrate_clients_on_shutdown: true,
         ..crate::sdk::AppOptions::default()
     };
     if let Some(id) = &args.server_id {

@@ -370,7 +370,34 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     let app = AppServer::new(connection_string, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);
+    #[cfg(unix)]
+    leave_on_termination(runtime.clone(), app.clone());
     let max_connections = crate::glue::accept::default_max_connections();
     crate::serve_http(runtime, listener, max_connections, negotiate_handler(app)).await;
     Ok(())
+}
+
+/// On SIGTERM or SIGINT, leaves gracefully ([`AppServer::shutdown`]): the relay sends no new
+/// clients and, with migration on, moves this app server's clients to the hub's other app
+/// servers; what is under way is answered (at most 10 s); then the process exits.
+#[cfg(unix)]
+fn leave_on_termination<R: crate::Runtime>(runtime: R, app: AppServer) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let asked = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if signal_hook::flag::register(signal, asked.clone()).is_err() {
+            return;
+        }
+    }
+    runtime.clone().spawn(async move {
+        while !asked.load(Ordering::Acquire) {
+            runtime
+                .sleep_until(runtime.now() + Duration::from_millis(100))
+                .await;
+        }
+        tracing::info!("leaving gracefully");
+        app.shutdown(&runtime, Duration::from_secs(10)).await;
+        std::process::exit(0);
+    });
 }

@@ -187,3 +187,61 @@ describe('the token policy (asrs.s.*) an app server writes', () => {
     await assert.rejects(ws.start());
   });
 });
+
+describe('a rolling restart with client migration', () => {
+  let stack;
+  before(async () => { stack = await Stack.start({ appArgs: ['--server-id', 'app-a'] }); });
+  after(async () => { await stack.stop(); });
+
+  test("a leaving app server's clients move to the other one, keeping their ids and losing no invocation", async () => {
+    const clients = [];
+    for (let i = 0; i < 6; i++) {
+      const transport = ['WebSockets', 'ServerSentEvents', 'LongPolling'][i % 3];
+      clients.push(await connect(stack, 'testhub', { transport }));
+    }
+    for (const c of clients) assert.equal(await c.invoke('GetServerId'), 'app-a');
+    const ids = clients.map((c) => c.connectionId);
+    const closes = [];
+    for (const c of clients) c.onclose((e) => closes.push(String(e)));
+    // The second app server comes; the first one leaves (SIGTERM: the sample app's graceful
+    // shutdown, migration on) while every client keeps invoking.
+    const b = await stack.startApp(['--server-id', 'app-b']);
+    for (;;) {
+      const r = await fetch(`http://${b.addr}/testhub/negotiate`, { method: 'POST' });
+      const { url, accessToken } = await r.json();
+      const relay = await fetch(url.replace('/client/?', '/client/negotiate?'), { method: 'POST', headers: { Authorization: `Bearer ${accessToken}` } });
+      if (relay.status === 200) break;
+      await sleep(100);
+    }
+    await sleep(500); // its five server connections
+    let running = true;
+    let answered = 0;
+    const failures = [];
+    const loops = clients.map(async (c, i) => {
+      for (let n = 0; running; n++) {
+        try {
+          const echoed = await c.invoke('Echo', `${i}:${n}`);
+          if (echoed !== `${i}:${n}`) failures.push(`${i}:${n} came back as ${echoed}`);
+          answered++;
+        } catch (e) {
+          failures.push(`${i}:${n}: ${e.message}`);
+          return;
+        }
+      }
+    });
+    await sleep(300);
+    const exited = new Promise((resolve) => stack.app.child.once('exit', resolve));
+    stack.app.child.kill('SIGTERM');
+    assert.equal(await exited, 0, 'the app server left cleanly');
+    const before = answered;
+    await sleep(500);
+    running = false;
+    await Promise.all(loops);
+    assert.deepEqual(failures, []);
+    assert.ok(answered > before, 'invocations went on after it left');
+    for (const c of clients) assert.equal(await c.invoke('GetServerId'), 'app-b');
+    assert.deepEqual(clients.map((c) => c.connectionId), ids);
+    assert.deepEqual(closes, []);
+    await Promise.all(clients.map((c) => c.stop()));
+  });
+});

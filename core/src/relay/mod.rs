@@ -768,6 +768,16 @@ impl Relay {
         })
     }
 
+    /// Whether `conn` is the server connection `client` was migrated from: it may still
+    /// answer what it owes (but not close the client).
+    fn served(&self, conn: ConnHandle, client: ConnHandle) -> bool {
+        self.clients
+            .map
+            .get(&client)
+            .and_then(|c| c.link.as_ref()?.previous.as_deref())
+            .is_some_and(|(previous, _)| *previous == conn)
+    }
+
     /// The app server of `conn` is leaving and asked for its clients to be migrated
     /// (`shutdown fin:1`): each of its clients that is between messages moves, keeping its
     /// connection id, to the least-loaded connection of another app server of the hub. A
@@ -839,14 +849,18 @@ impl Relay {
                 let Some(client) = self.directory.connection(&m.connection_id) else {
                     return;
                 };
-                if !self.serves(conn, hub, client) {
+                if !self.serves(conn, hub, client) && !self.served(conn, client) {
                     return;
                 }
                 let Entry::Occupied(mut entry) = self.clients.map.entry(client) else {
                     return;
                 };
                 let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
-                if let Err(ending) = entry.get_mut().deliver(now, m.payload, config, out, timers) {
+                if let Err(ending) =
+                    entry
+                        .get_mut()
+                        .deliver(now, (conn, m.payload), config, out, timers)
+                {
                     let client = entry.remove();
                     self.end_client(now, client, ending);
                 }

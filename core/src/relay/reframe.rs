@@ -40,6 +40,17 @@ impl Reframer {
         }
     }
 
+    /// A reframer for the same stream that starts past the handshake response: for the app
+    /// server a client was migrated from.
+    pub(crate) fn after_handshake(&self) -> Self {
+        Self {
+            binary: self.binary,
+            handshake_pending: false,
+            partial: BytesMut::new(),
+            max_frame_len: self.max_frame_len,
+        }
+    }
+
     pub(crate) fn handshake_done(&self) -> bool {
         !self.handshake_pending
     }

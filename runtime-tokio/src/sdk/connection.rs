@@ -134,6 +134,9 @@ async fn session<R: Runtime>(
     let config = {
         let mut c = AppConnectionConfig::default();
         c.allow_stateful_reconnects = shared.options.allow_stateful_reconnects;
+        if shared.options.migrate_clients_on_shutdown {
+            c.migration_level = service::MigrationLevel::ShutdownOnly;
+        }
         if let Some(t) = target {
             c.connection_type = service::ConnectionType::OnDemand;
             c.target = t.to_owned();
@@ -302,6 +305,9 @@ fn client_connected<R: Runtime>(
             ctx.client
                 .invocations
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            ctx.hub
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     });
 }
@@ -456,6 +462,7 @@ fn client_message<R: Runtime>(
                 }
             };
             client.invocations.fetch_add(1, Ordering::AcqRel);
+            hub.in_flight.fetch_add(1, Ordering::AcqRel);
             let _ = client.queue.unbounded_send(Job { invocation, upload });
         }
         HubMessage::StreamInvocation(invocation) => {

@@ -31,9 +31,11 @@ use signalr_relay_core::classic::{
     ErrorResponse, NegotiateReply as ClassicNegotiateReply, RedirectResponse,
 };
 
-use self::command::ConnTx;
-use self::hub::ClientEntry;
+use signalr_relay_core::service::{self, ServiceMessage};
+
+use self::command::{ConnCommand, ConnTx};
 pub(crate) use self::hub::PendingResult;
+use self::hub::{lock, ClientEntry};
 pub use self::hub::{
     Clients, Context, Groups, Hub, HubBuilder, HubError, InvokeError, MethodResult, Target,
     UploadStream,
@@ -68,6 +70,10 @@ pub struct AppOptions {
     /// Core's `AllowStatefulReconnects`); the relay offers it only when every app server of
     /// the hub allows it.
     pub allow_stateful_reconnects: bool,
+    /// Whether [`AppServer::shutdown`] has the relay move this app server's clients to the
+    /// hub's other app servers (default false), as the Azure SDK's `GracefulShutdown.Mode =
+    /// MigrateClients`; without it, they stay until they leave or the app server goes.
+    pub migrate_clients_on_shutdown: bool,
 }
 
 /// Whether a client goes to the app server that negotiated it: the token names this app
@@ -108,6 +114,7 @@ impl Default for AppOptions {
             max_streams_per_client: 128,
             server_sticky: ServerSticky::Disabled,
             allow_stateful_reconnects: false,
+            migrate_clients_on_shutdown: false,
         }
     }
 }
@@ -131,6 +138,8 @@ pub(crate) struct HubRuntime {
     pub(crate) routed: Mutex<BTreeMap<String, (String, String)>>,
     pub(crate) server_id: String,
     pub(crate) result_timeout: Duration,
+    /// Invocations waiting or running, of every client (a graceful shutdown waits for them).
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     /// Per-client bounds: invocations waiting or running, and open streams each way.
     pub(crate) max_invocations: usize,
     pub(crate) max_streams: usize,
@@ -187,6 +196,7 @@ impl AppServer {
                         routed: Mutex::new(BTreeMap::new()),
                         server_id: options.server_id.clone(),
                         result_timeout: options.client_result_timeout,
+                        in_flight: std::sync::atomic::AtomicUsize::new(0),
                         max_invocations: options.max_invocations_per_client,
                         max_streams: options.max_streams_per_client,
                         sleeper: std::sync::OnceLock::new(),
@@ -215,6 +225,44 @@ impl AppServer {
                 connection::spawn(runtime.clone(), self.shared.clone(), hub.clone(), None);
             }
         }
+    }
+
+    /// Leaves gracefully, as the Azure SDK's graceful shutdown does: every server connection
+    /// tells the relay that this app server is leaving (`shutdown`, `fin:1` with
+    /// [`AppOptions::migrate_clients_on_shutdown`], else `fin:2`), so that it sends it no new
+    /// clients and, with migration, moves its clients to the hub's other app servers. Then it
+    /// waits, at most `wait`, until its clients are gone (moved, or left) and every
+    /// invocation under way has been answered. Stop the process afterwards: whoever is left
+    /// is closed with `ServerOffline` and reconnects elsewhere.
+    pub async fn shutdown<R: Runtime>(&self, runtime: &R, wait: Duration) {
+        use std::sync::atomic::Ordering;
+        let fin = if self.shared.options.migrate_clients_on_shutdown {
+            "fin:1"
+        } else {
+            "fin:2"
+        };
+        for hub in self.shared.hubs.values() {
+            for conn in lock(&hub.pool).iter().filter(|c| !c.is_closed()) {
+                let ping = service::Ping::pairs([("shutdown", fin)]);
+                let _ = conn.unbounded_send(ConnCommand::Service(ServiceMessage::Ping(ping)));
+            }
+        }
+        let deadline = runtime.now() + wait;
+        while runtime.now() < deadline {
+            let busy = self.shared.hubs.values().any(|hub| {
+                !lock(&hub.clients).is_empty() || hub.in_flight.load(Ordering::Acquire) > 0
+            });
+            if !busy {
+                break;
+            }
+            runtime
+                .sleep_until(runtime.now() + Duration::from_millis(50))
+                .await;
+        }
+        // The last answers were queued to the connections; give them a moment to be written.
+        runtime
+            .sleep_until(runtime.now() + Duration::from_millis(200))
+            .await;
     }
 
     /// Live server connections of `hub`.

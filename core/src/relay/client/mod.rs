@@ -154,6 +154,10 @@ pub(crate) struct Link {
     /// What the app server was told at the opening, kept when its app server may ask for
     /// its clients to be migrated: it is told again to the next one.
     migration: Option<Box<Replay>>,
+    /// The server connection the client was migrated from, with its output reassembled
+    /// apart: the answers it still owes the client (invocations under way when the client
+    /// moved) reach it, whole frames between the new app server's.
+    pub(crate) previous: Option<Box<(ConnHandle, Reframer)>>,
 }
 
 /// The OpenConnection and the handshake a client's app server got, to tell another one.
@@ -555,6 +559,7 @@ impl Client {
                     handshake: opening.handshake.clone(),
                 })
             }),
+            previous: None,
         });
         let mut cx = Ctx::new(
             now,
@@ -599,7 +604,8 @@ impl Client {
         open.headers
             .push(("Asrs-Migrate-From".to_owned(), vec![from_id.to_owned()]));
         let welcome = introduction(&open, &replay.handshake);
-        link.server = to;
+        let from = std::mem::replace(&mut link.server, to);
+        link.previous = Some(Box::new((from, link.outbound.after_handshake())));
         Some((farewell.into(), welcome.into()))
     }
 
@@ -652,7 +658,7 @@ impl Client {
     pub(crate) fn deliver(
         &mut self,
         now: Instant,
-        payload: Bytes,
+        (from, payload): (ConnHandle, Bytes),
         config: &RelayConfig,
         out: &mut Outputs,
         queue: &mut TimerQueue,
@@ -661,14 +667,26 @@ impl Client {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
-        let reframed = link
-            .outbound
-            .push(payload)
-            .map_err(|_| Ending::ServerMessageTooLarge)?;
-        let held = if link.ready() {
-            std::mem::take(&mut link.pending)
-        } else {
-            VecDeque::new()
+        let (reframed, held) = match link.previous.as_deref_mut() {
+            // What the app server it was migrated from still owes it: whole frames only.
+            Some((previous, reframer)) if *previous == from => {
+                let reframed = reframer
+                    .push(payload)
+                    .map_err(|_| Ending::ServerMessageTooLarge)?;
+                (reframed, VecDeque::new())
+            }
+            _ => {
+                let reframed = link
+                    .outbound
+                    .push(payload)
+                    .map_err(|_| Ending::ServerMessageTooLarge)?;
+                let held = if link.ready() {
+                    std::mem::take(&mut link.pending)
+                } else {
+                    VecDeque::new()
+                };
+                (reframed, held)
+            }
         };
         let mut cx = Ctx::new(
             now,
