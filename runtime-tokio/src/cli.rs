@@ -312,7 +312,7 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
         options.server_id.clone_from(id);
     }
     if let Err(e) =
-        crate::sample_app::run(runtime, listener, &args.connection_string, options).await
+        crate::sample_app::run(runtime, listener, &args.connection_string, options, true).await
     {
         eprintln!("sample-app stopped: {e}");
         std::process::exit(1);

@@ -358,6 +358,8 @@ fn classic_endpoint(
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs the sample app: opens its server connections and serves negotiate on `listener`.
+/// With `leave_on_signal`, SIGTERM and SIGINT make it leave gracefully (see
+/// [`AppServer::shutdown`]) before the process exits.
 ///
 /// # Errors
 /// When the connection string is invalid. Otherwise it serves forever.
@@ -366,12 +368,15 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     listener: L,
     connection_string: &str,
     options: crate::sdk::AppOptions,
+    leave_on_signal: bool,
 ) -> std::io::Result<()> {
     let app = AppServer::new(connection_string, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);
     #[cfg(unix)]
-    leave_on_termination(runtime.clone(), app.clone());
+    if leave_on_signal {
+        leave_on_termination(runtime.clone(), app.clone());
+    }
     let max_connections = crate::glue::accept::default_max_connections();
     crate::serve_http(runtime, listener, max_connections, negotiate_handler(app)).await;
     Ok(())
