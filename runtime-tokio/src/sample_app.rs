@@ -21,8 +21,14 @@ pub struct CustomObject {
 }
 
 fn unexpected(method: &str, message: &str) -> HubError {
+    unexpected_kind(method, "InvalidOperationException", message)
+}
+
+/// The error text ASP.NET Core gives a caller, with detailed errors on, when a hub method
+/// throws an exception of `kind`.
+fn unexpected_kind(method: &str, kind: &str, message: &str) -> HubError {
     HubError::new(format!(
-        "An unexpected error occurred invoking '{method}' on the server. InvalidOperationException: {message}"
+        "An unexpected error occurred invoking '{method}' on the server. {kind}: {message}"
     ))
 }
 
@@ -73,7 +79,12 @@ pub fn test_hub() -> Hub {
         })
         .upload("StreamingConcat", |_ctx: Context, (), items| async move {
             let parts: Vec<Result<String, HubError>> = items.collect().await;
-            parts.into_iter().collect::<Result<String, HubError>>()
+            // A client that ends its stream with an error fails the method, as the
+            // HubException ASP.NET Core's stream reader throws.
+            parts
+                .into_iter()
+                .collect::<Result<String, HubError>>()
+                .map_err(|e| unexpected_kind("StreamingConcat", "HubException", e.message()))
         })
         .stream("EmptyStream", |_ctx: Context, ()| {
             Ok(stream::empty::<Result<i32, HubError>>())

@@ -79,6 +79,28 @@ for (const [transport, protocols] of TRANSPORTS) for (const msgpack of protocols
       await canceled;
     });
 
+    test('a stream cancelled at once is still cancelled on the server, never left running', async () => {
+      // The invocation and its cancel go back to back (often in one frame): the method must
+      // start first, as in ASP.NET Core, and then be cancelled.
+      for (let i = 0; i < 5; i++) {
+        const canceled = next(c, 'StreamCanceled');
+        c.stream('InfiniteStream').subscribe({ next: () => {}, complete: () => {}, error: () => {} }).dispose();
+        await canceled;
+      }
+    });
+
+    test('an upload the client ends with an error fails the method with that error', async () => {
+      const subject = new signalR.Subject();
+      const result = c.invoke('StreamingConcat', subject);
+      subject.next('Hello ');
+      subject.next('world');
+      subject.error(new Error('Something bad'));
+      await assert.rejects(result, (e) => {
+        assert.equal(e.message, "An unexpected error occurred invoking 'StreamingConcat' on the server. HubException: Something bad");
+        return true;
+      });
+    });
+
     test('StreamingConcat concatenates an uploaded stream', async () => {
       const subject = new signalR.Subject();
       const result = c.invoke('StreamingConcat', subject);

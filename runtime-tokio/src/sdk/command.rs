@@ -36,5 +36,8 @@ pub(crate) type ConnTx = mpsc::UnboundedSender<ConnCommand>;
 /// up as the invocation arrived, so that no item can overtake it).
 pub(crate) struct Job {
     pub(crate) invocation: Invocation,
-    pub(crate) upload: Option<mpsc::UnboundedReceiver<RawValue>>,
+    pub(crate) upload: Option<mpsc::UnboundedReceiver<UploadItem>>,
 }
+
+/// One item of an upload stream, or the error the client ended it with.
+pub(crate) type UploadItem = Result<RawValue, super::HubError>;

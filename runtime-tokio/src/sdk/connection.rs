@@ -386,13 +386,16 @@ fn run_stream<R: Runtime>(runtime: &R, ctx: Context, invocation: Invocation) {
             return ctx.send_message(completion(id, Err(HubError::new(error))));
         }
     };
+    // The method starts here, before anything else of the client is handled: a cancel that
+    // came in the same frame then cancels a running stream (as in ASP.NET Core, where the
+    // method always starts first) instead of one that never began.
+    let mut stream = match f(ctx.clone(), invocation.arguments) {
+        Ok(s) => s,
+        Err(e) => return ctx.send_message(completion(id, Err(e))),
+    };
     let task_ctx = ctx.clone();
     let task_id = id.clone();
     let (task, handle) = abortable(async move {
-        let mut stream = match f(task_ctx.clone(), invocation.arguments) {
-            Ok(s) => s,
-            Err(e) => return task_ctx.send_message(completion(task_id, Err(e))),
-        };
         while let Some(item) = stream.next().await {
             match item {
                 Ok(item) => task_ctx.send_message(HubMessage::StreamItem(StreamItem {
@@ -490,11 +493,17 @@ fn client_message<R: Runtime>(
         }
         HubMessage::StreamItem(item) => {
             if let Some(sender) = lock(&client.uploads).get(&item.invocation_id) {
-                let _ = sender.unbounded_send(item.item);
+                let _ = sender.unbounded_send(Ok(item.item));
             }
         }
-        // The end of an upload stream, or else a client result.
-        HubMessage::Completion(c) if lock(&client.uploads).remove(&c.invocation_id).is_some() => {}
+        // The end of an upload stream (with the client's error, if it failed), or else a
+        // client result.
+        HubMessage::Completion(c) if lock(&client.uploads).contains_key(&c.invocation_id) => {
+            let sender = lock(&client.uploads).remove(&c.invocation_id);
+            if let (Some(sender), CompletionResult::Error(error)) = (sender, c.result) {
+                let _ = sender.unbounded_send(Err(HubError::new(error)));
+            }
+        }
         HubMessage::Completion(c) => client_completion(hub, &client, c),
         HubMessage::CancelInvocation(CancelInvocation { invocation_id, .. }) => {
             if let Some(handle) = lock(&client.streams).remove(&invocation_id) {

@@ -299,15 +299,19 @@ impl HubBuilder {
     }
 }
 
-/// Items a client uploads, ending when the client completes the stream.
+/// Items a client uploads, ending when the client completes the stream. A client that ends
+/// it with an error (`Completion` with `error`) gives that error as the last item, as a
+/// `HubError` with the client's text, as ASP.NET Core hands a hub method a `HubException`.
 pub struct UploadStream<T> {
     inner: Pin<Box<dyn Stream<Item = Result<T, HubError>> + Send>>,
 }
 
 impl<T> UploadStream<T> {
-    pub(crate) fn from_channel(rx: mpsc::UnboundedReceiver<RawValue>) -> UploadStream<RawValue> {
+    pub(crate) fn from_channel(
+        rx: mpsc::UnboundedReceiver<super::command::UploadItem>,
+    ) -> UploadStream<RawValue> {
         UploadStream {
-            inner: Box::pin(rx.map(Ok)),
+            inner: Box::pin(rx),
         }
     }
 }
@@ -330,7 +334,7 @@ pub(crate) struct ClientEntry {
     pub(crate) queue: mpsc::UnboundedSender<Job>,
     /// Invocations queued or running.
     pub(crate) invocations: std::sync::atomic::AtomicUsize,
-    pub(crate) uploads: Mutex<BTreeMap<String, mpsc::UnboundedSender<RawValue>>>,
+    pub(crate) uploads: Mutex<BTreeMap<String, mpsc::UnboundedSender<super::command::UploadItem>>>,
     pub(crate) streams: Mutex<BTreeMap<String, AbortHandle>>,
 }
 
