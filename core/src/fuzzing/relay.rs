@@ -203,7 +203,11 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
     match script.byte() % 12 {
         // An app server connects; most say hello.
         0 => {
-            let server = sim.accept_server(hub, ["app-1", "app-2"][script.below(2)]);
+            // Refused once the harness's tokens expire on the virtual clock.
+            let Some(server) = sim.try_accept_server(hub, ["app-1", "app-2"][script.below(2)])
+            else {
+                return;
+            };
             if script.byte() % 8 != 0 {
                 let hello = service::HandshakeRequest {
                     version: i32::from(script.byte() % 8 != 0),

@@ -401,6 +401,14 @@ impl Sim {
     /// # Panics
     /// When the relay refuses it.
     pub fn accept_server(&mut self, hub: &str, server_id: &str) -> ConnHandle {
+        self.try_accept_server(hub, server_id)
+            .expect("server refused")
+    }
+
+    /// An app server's WebSocket on `/server/?hub=…`, with a token valid from [`T0`] for an
+    /// hour: its handle, or `None` when the relay refuses it (the token has expired on the
+    /// virtual clock).
+    pub fn try_accept_server(&mut self, hub: &str, server_id: &str) -> Option<ConnHandle> {
         let mut req = request(
             "GET",
             "/server/",
@@ -411,10 +419,10 @@ impl Sim {
         req.headers
             .push(("X-ASRS-Server-Id".into(), server_id.into()));
         let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
-            panic!("server refused")
+            return None;
         };
         self.server_decoders.insert(h, ServiceDecoder::default());
-        h
+        Some(h)
     }
 
     /// An app server's connection, accepted and past its handshake.
