@@ -594,6 +594,10 @@ impl AppConnection {
     /// Closes a client: a hub Close message (with `error`, no reconnect), then
     /// CloseConnection. A disconnect event follows.
     pub fn close_client(&mut self, now: Instant, connection_id: &str, error: Option<&str>) {
+        // Not one that moved to another app server: it is that one's to close.
+        if !self.clients.contains_key(connection_id) {
+            return;
+        }
         let close = HubMessage::Close(Close {
             error: error.map(str::to_owned),
             allow_reconnect: false,

@@ -140,6 +140,9 @@ impl TextFrameDecoder {
     }
 }
 
+/// How much of a skipped frame [`BinaryFrameDecoder::take_skipped_head`] keeps.
+const SKIPPED_HEAD: usize = 64;
+
 /// Splits a byte stream into varint-length-prefixed frames.
 #[derive(Debug)]
 pub struct BinaryFrameDecoder {
@@ -150,6 +153,8 @@ pub struct BinaryFrameDecoder {
     skips_oversize: bool,
     /// Bytes of a skipped frame still to come, dropped as they arrive.
     skipping: usize,
+    /// The first bytes of the frame skipped last, for the caller to see what it was.
+    skipped_head: Bytes,
 }
 
 impl BinaryFrameDecoder {
@@ -161,6 +166,7 @@ impl BinaryFrameDecoder {
             error: None,
             skips_oversize: false,
             skipping: 0,
+            skipped_head: Bytes::new(),
         }
     }
 
@@ -214,9 +220,12 @@ impl BinaryFrameDecoder {
             if !self.skips_oversize {
                 return Err(self.fail(error));
             }
-            // Drop what is here of it, and the rest as it comes.
+            // Drop what is here of it, and the rest as it comes; keep its first bytes.
             let here = (self.buf.len() - prefix).min(len);
-            let _ = self.buf.split_to(prefix + here);
+            let mut dropped = self.buf.split_to(prefix + here);
+            let _ = dropped.split_to(prefix);
+            dropped.truncate(SKIPPED_HEAD);
+            self.skipped_head = dropped.freeze();
             self.skipping = len - here;
             return Err(error);
         }
@@ -232,6 +241,12 @@ impl BinaryFrameDecoder {
     /// Bytes buffered that do not yet form a whole frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The first bytes (at most 64) of the frame skipped last, as far as they had arrived:
+    /// enough to tell what it was.
+    pub fn take_skipped_head(&mut self) -> Bytes {
+        std::mem::take(&mut self.skipped_head)
     }
 
     /// Whether `data` is exactly whole frames, each within the limit and with a minimal

@@ -402,7 +402,10 @@ fn leave_on_termination<R: crate::Runtime>(runtime: R, app: AppServer) {
     use std::sync::Arc;
     let asked = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if signal_hook::flag::register(signal, asked.clone()).is_err() {
+        // A second signal while leaving ends the process at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, asked.clone())
+            .and_then(|_| signal_hook::flag::register(signal, asked.clone()));
+        if registered.is_err() {
             return;
         }
     }

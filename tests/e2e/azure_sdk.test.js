@@ -95,6 +95,29 @@ describe('the Azure SDK expectations', () => {
   });
 });
 
+describe('refusals in the log', () => {
+  let stack;
+  before(async () => { stack = await Stack.start({ relayLog: 'info' }); });
+  after(async () => { await stack.stop(); });
+
+  test('a refused handshake is logged with its hub, connection id, transport and reason', async () => {
+    const protocol = new MessagePackHubProtocol();
+    protocol.name = 'nosuchprotocol';
+    await assert.rejects(connect(stack, 'chat', { protocol }));
+    const deadline = Date.now() + 5000;
+    let line;
+    while (!(line = stack.relay.output().split('\n').find((l) => l.includes('refused') && l.includes('nosuchprotocol')))) {
+      if (Date.now() > deadline) assert.fail(`no refusal logged:\n${stack.relay.output()}`);
+      await sleep(50);
+    }
+    assert.match(line, /at="?handshake/);
+    assert.match(line, /hub="?chat/);
+    assert.match(line, /connection_id=/);
+    assert.match(line, /transport="?WebSockets/);
+    assert.match(line, /The protocol 'nosuchprotocol' is not supported/);
+  });
+});
+
 describe('behind a trusted proxy (--trusted-proxy)', () => {
   let stack;
   before(async () => { stack = await Stack.start({ relayArgs: ['--trusted-proxy', '127.0.0.0/8,10.0.0.0/8'] }); });

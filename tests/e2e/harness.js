@@ -75,10 +75,10 @@ function jwt(claims, key) {
 
 class Stack {
   /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy.
-  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile } = {}) {
+  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile, relayLog = 'warn' } = {}) {
     const s = new Stack();
     s.key = crypto.randomBytes(16).toString('hex');
-    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', 'warn', ...relayArgs], { nofile: relayNofile });
+    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', relayLog, ...relayArgs], { nofile: relayNofile });
     s.relayAddr = await s.relay.ready;
     const relayPort = Number(s.relayAddr.split(':')[1]);
     let endpoint = `http://${s.relayAddr}`;

@@ -30,29 +30,19 @@ impl Intro {
     }
 }
 
-/// Claims as the app server's SDK expects them: long-form claim types for the standard JWT
-/// names (as ASP.NET Core's JwtBearer maps them), token bookkeeping claims dropped.
+/// Claims as the app server's SDK expects them: the short JWT claim types mapped back to their
+/// long .NET names, as the JWT handler the SDK signs with maps them (its inbound claim-type
+/// map), token bookkeeping claims dropped.
 fn claims(claims: &Claims) -> Vec<(String, String)> {
-    const NAME_IDENTIFIER: &str =
-        "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier";
     let long_name = |name: &str| -> String {
-        match name {
-            "nameid" | "sub" => NAME_IDENTIFIER.to_owned(),
-            "unique_name" => {
-                "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name".to_owned()
-            }
-            "email" => {
-                "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress".to_owned()
-            }
-            "role" | "roles" => {
-                "http://schemas.microsoft.com/ws/2008/06/identity/claims/role".to_owned()
-            }
-            other => other.to_owned(),
-        }
+        LONG_CLAIM_TYPES
+            .iter()
+            .find(|(short, _)| *short == name)
+            .map_or_else(|| name.to_owned(), |(_, long)| (*long).to_owned())
     };
     let mut out = Vec::new();
     if let Some(nameid) = &claims.nameid {
-        out.push((NAME_IDENTIFIER.to_owned(), nameid.clone()));
+        out.push((long_name("nameid"), nameid.clone()));
     }
     for (name, value) in &claims.extra {
         if matches!(name.as_str(), "aud" | "exp" | "nbf" | "iat" | "iss") {
@@ -73,11 +63,102 @@ fn claims(claims: &Claims) -> Vec<(String, String)> {
     out
 }
 
+/// The JWT handler's short claim types and their long .NET names (System.IdentityModel's
+/// `ClaimTypeMapping`, which the Azure SDK's token writer uses in reverse).
+const LONG_CLAIM_TYPES: &[(&str, &str)] = &[
+    ("actort", "http://schemas.xmlsoap.org/ws/2009/09/identity/claims/actor"),
+    ("birthdate", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/dateofbirth"),
+    ("email", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress"),
+    ("family_name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname"),
+    ("gender", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/gender"),
+    ("given_name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname"),
+    ("nameid", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier"),
+    ("sub", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier"),
+    ("website", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/webpage"),
+    ("unique_name", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"),
+    ("oid", "http://schemas.microsoft.com/identity/claims/objectidentifier"),
+    ("scp", "http://schemas.microsoft.com/identity/claims/scope"),
+    ("tid", "http://schemas.microsoft.com/identity/claims/tenantid"),
+    ("acr", "http://schemas.microsoft.com/claims/authnclassreference"),
+    ("adfs1email", "http://schemas.xmlsoap.org/claims/EmailAddress"),
+    ("adfs1upn", "http://schemas.xmlsoap.org/claims/UPN"),
+    ("amr", "http://schemas.microsoft.com/claims/authnmethodsreferences"),
+    ("authmethod", "http://schemas.microsoft.com/ws/2008/06/identity/claims/authenticationmethod"),
+    ("certapppolicy", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/applicationpolicy"),
+    ("certauthoritykeyidentifier", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/authoritykeyidentifier"),
+    ("certbasicconstraints", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/basicconstraints"),
+    ("certeku", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/eku"),
+    ("certissuer", "http://schemas.microsoft.com/2012/12/certificatecontext/field/issuer"),
+    ("certissuername", "http://schemas.microsoft.com/2012/12/certificatecontext/field/issuername"),
+    ("certkeyusage", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/keyusage"),
+    ("certnotafter", "http://schemas.microsoft.com/2012/12/certificatecontext/field/notafter"),
+    ("certnotbefore", "http://schemas.microsoft.com/2012/12/certificatecontext/field/notbefore"),
+    ("certpolicy", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/certificatepolicy"),
+    ("certpublickey", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/rsa"),
+    ("certrawdata", "http://schemas.microsoft.com/2012/12/certificatecontext/field/rawdata"),
+    ("certserialnumber", "http://schemas.microsoft.com/ws/2008/06/identity/claims/serialnumber"),
+    ("certsignaturealgorithm", "http://schemas.microsoft.com/2012/12/certificatecontext/field/signaturealgorithm"),
+    ("certsubject", "http://schemas.microsoft.com/2012/12/certificatecontext/field/subject"),
+    ("certsubjectaltname", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/san"),
+    ("certsubjectkeyidentifier", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/subjectkeyidentifier"),
+    ("certsubjectname", "http://schemas.microsoft.com/2012/12/certificatecontext/field/subjectname"),
+    ("certtemplateinformation", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/certificatetemplateinformation"),
+    ("certtemplatename", "http://schemas.microsoft.com/2012/12/certificatecontext/extension/certificatetemplatename"),
+    ("certthumbprint", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/thumbprint"),
+    ("certx509version", "http://schemas.microsoft.com/2012/12/certificatecontext/field/x509version"),
+    ("clientapplication", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-client-application"),
+    ("clientip", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-client-ip"),
+    ("clientuseragent", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-client-user-agent"),
+    ("commonname", "http://schemas.xmlsoap.org/claims/CommonName"),
+    ("denyonlyprimarygroupsid", "http://schemas.microsoft.com/ws/2008/06/identity/claims/denyonlyprimarygroupsid"),
+    ("denyonlyprimarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims/denyonlyprimarysid"),
+    ("denyonlysid", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/denyonlysid"),
+    ("devicedispname", "http://schemas.microsoft.com/2012/01/devicecontext/claims/displayname"),
+    ("deviceid", "http://schemas.microsoft.com/2012/01/devicecontext/claims/identifier"),
+    ("deviceismanaged", "http://schemas.microsoft.com/2012/01/devicecontext/claims/ismanaged"),
+    ("deviceostype", "http://schemas.microsoft.com/2012/01/devicecontext/claims/ostype"),
+    ("deviceosver", "http://schemas.microsoft.com/2012/01/devicecontext/claims/osversion"),
+    ("deviceowner", "http://schemas.microsoft.com/2012/01/devicecontext/claims/userowner"),
+    ("deviceregid", "http://schemas.microsoft.com/2012/01/devicecontext/claims/registrationid"),
+    ("endpointpath", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-endpoint-absolute-path"),
+    ("forwardedclientip", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-forwarded-client-ip"),
+    ("fwt", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-forwarded-client-ip"),
+    ("group", "http://schemas.xmlsoap.org/claims/Group"),
+    ("groupsid", "http://schemas.microsoft.com/ws/2008/06/identity/claims/groupsid"),
+    ("idp", "http://schemas.microsoft.com/identity/claims/identityprovider"),
+    ("insidecorporatenetwork", "http://schemas.microsoft.com/ws/2012/01/insidecorporatenetwork"),
+    ("isregistereduser", "http://schemas.microsoft.com/2012/01/devicecontext/claims/isregistereduser"),
+    ("ppid", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/privatepersonalidentifier"),
+    ("primarygroupsid", "http://schemas.microsoft.com/ws/2008/06/identity/claims/primarygroupsid"),
+    ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims/primarysid"),
+    ("proxy", "http://schemas.microsoft.com/2012/01/requestcontext/claims/x-ms-proxy"),
+    ("pwdchgurl", "http://schemas.microsoft.com/ws/2012/01/passwordchangeurl"),
+    ("pwdexpdays", "http://schemas.microsoft.com/ws/2012/01/passwordexpirationdays"),
+    ("pwdexptime", "http://schemas.microsoft.com/ws/2012/01/passwordexpirationtime"),
+    ("relyingpartytrustid", "http://schemas.microsoft.com/2012/01/requestcontext/claims/relyingpartytrustid"),
+    ("role", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"),
+    ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"),
+    ("upn", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"),
+    ("winaccountname", "http://schemas.microsoft.com/ws/2008/06/identity/claims/windowsaccountname"),
+];
+
 /// The client's query as the app server sees it: as the client sent it, with its leading `?`
 /// (as Azure sends it, and as ASP.NET Core's `QueryString` requires), without the bearer
 /// token. Every other parameter keeps its own encoding.
 pub(crate) fn query(query: &str) -> String {
-    let kept: Vec<&str> = query
+    let kept = strip_query_params(query, &["access_token"]);
+    if kept.is_empty() {
+        kept
+    } else {
+        format!("?{kept}")
+    }
+}
+
+/// `query` (without `?`) without the parameters named in `names` (compared decoded and in
+/// any case); every other parameter keeps its own encoding and order.
+pub fn strip_query_params(query: &str, names: &[&str]) -> String {
+    query
+        .trim_start_matches('?')
         .split('&')
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
@@ -86,14 +167,10 @@ pub(crate) fn query(query: &str) -> String {
                 .next()
                 .map(|(k, _)| k)
                 .unwrap_or_default();
-            !name.eq_ignore_ascii_case("access_token")
+            !names.iter().any(|n| name.eq_ignore_ascii_case(n))
         })
-        .collect();
-    if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
-    }
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The client's request headers as the app server sees them: without credentials and
@@ -112,7 +189,10 @@ pub(crate) fn headers(
         "sec-websocket-version",
         "sec-websocket-extensions",
         "sec-websocket-protocol",
+        // The client's address is the relay's to say (X-Forwarded-For, below).
         "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
     ];
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut total = 0;
@@ -347,5 +427,31 @@ mod tests {
             "?hub=chat&a=b%20c&id=1&x=%2B"
         );
         assert_eq!(query("Access_Token=x&&a"), "?a");
+    }
+
+    #[test]
+    fn short_claim_types_get_their_long_names() {
+        let mut c = Claims::issued_at(1, 2);
+        c.aud.push("x".into());
+        c.nameid = Some("alice".into());
+        c.insert("given_name", "Alice");
+        c.insert("upn", "alice@example.org");
+        c.insert("role", serde_json::json!(["admin", "user"]));
+        c.insert("asrs.s.uid", "alice");
+        c.insert("iss", "me");
+        let got = claims(&c);
+        let long = |s: &str| format!("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/{s}");
+        let role = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role";
+        assert_eq!(
+            got,
+            [
+                (long("nameidentifier"), "alice".to_owned()),
+                ("asrs.s.uid".to_owned(), "alice".to_owned()),
+                (long("givenname"), "Alice".to_owned()),
+                (role.to_owned(), "admin".to_owned()),
+                (role.to_owned(), "user".to_owned()),
+                (long("upn"), "alice@example.org".to_owned()),
+            ]
+        );
     }
 }

@@ -115,7 +115,7 @@ use std::time::Instant;
 
 pub use self::client::STATE_HEADER;
 pub use self::config::RelayConfig;
-pub use self::forwarded::{InvalidIpRange, IpRange};
+pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
 pub use self::output::{ClientFamily, Event, Output};
@@ -135,7 +135,10 @@ use self::invocations::{Invocations, Pending};
 use self::output::Outputs;
 use self::policy::Policy;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
-use self::servers::Servers;
+use self::servers::{Received, Servers};
+
+/// Bad messages one read from an app server may hold before its connection is dropped.
+const MAX_SKIPPED_PER_READ: usize = 16;
 use self::timers::{TimerKind, TimerQueue};
 use crate::aspnetcore::negotiate::{
     AvailableTransport, ConnectionInfo, NegotiateQuery, NegotiateResponse, TransportKind,
@@ -256,10 +259,33 @@ impl Relay {
             _ => Err(Rejection::NotFound),
         };
         let outcome = outcome.unwrap_or_else(|r| RequestOutcome::Respond(r.into()));
-        if matches!(&outcome, RequestOutcome::Respond(r) if r.status >= 400) {
-            self.out.stats.requests_rejected += 1;
+        if let RequestOutcome::Respond(r) = &outcome {
+            if r.status >= 400 {
+                self.out.stats.requests_rejected += 1;
+                let reason = String::from_utf8_lossy(&r.body).into_owned();
+                self.refused(req, r.status, reason);
+            }
         }
         outcome
+    }
+
+    /// Tells the adapter a request was refused (bounded: the path and the reason are cut).
+    fn refused(&mut self, req: &HttpRequest, status: u16, mut reason: String) {
+        truncate(&mut reason, 256);
+        let mut at = req.path.clone();
+        truncate(&mut at, 128);
+        let mut hub = req.query_param("hub");
+        if let Some(h) = &mut hub {
+            truncate(h, 128);
+        }
+        self.out.event(Event::Refused {
+            at,
+            status,
+            hub,
+            connection_id: None,
+            transport: None,
+            reason,
+        });
     }
 
     /// Bytes received on a WebSocket (the payload of one message, text or binary).
@@ -333,16 +359,10 @@ impl Relay {
         self.may_open(req)?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
-            Err(e) => {
-                return Ok(HttpResponse::json(
-                    NegotiateResponse::Error(e.to_string()).to_json(),
-                ))
-            }
+            Err(e) => return Ok(self.negotiate_error(req, e.to_string())),
         };
         let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
-            return Ok(HttpResponse::json(
-                NegotiateResponse::Error(texts::no_app_server_yet(&hub)).to_json(),
-            ));
+            return Ok(self.negotiate_error(req, texts::no_app_server_yet(&hub)));
         };
         let policy = Policy::from_claims(&claims);
         let policy = policy.as_deref().unwrap_or(&Policy::NONE);
@@ -353,9 +373,7 @@ impl Relay {
                 .is_none()
             {
                 let error = texts::required_server_gone(&sticky.server, &hub);
-                return Ok(HttpResponse::json(
-                    NegotiateResponse::Error(error).to_json(),
-                ));
+                return Ok(self.negotiate_error(req, error));
             }
         }
         let version = query.resolved_version(1);
@@ -390,6 +408,13 @@ impl Relay {
         Ok(HttpResponse::json(
             NegotiateResponse::Connection(info).to_json(),
         ))
+    }
+
+    /// A negotiate the relay answers with an error (a 200 the client reads): logged as refused.
+    fn negotiate_error(&mut self, req: &HttpRequest, error: String) -> HttpResponse {
+        let response = HttpResponse::json(NegotiateResponse::Error(error.clone()).to_json());
+        self.refused(req, 0, error);
+        response
     }
 
     /// Whether a new connection may be made with this request: its access token bears fewer
@@ -664,6 +689,18 @@ impl Relay {
     /// server is told, and what it owed is answered.
     fn end_client(&mut self, now: Instant, mut client: Client, ending: Ending) {
         let conn = client.conn;
+        if let Some(error) = ending.handshake_error() {
+            let mut reason = error.to_owned();
+            truncate(&mut reason, 256);
+            self.out.event(Event::Refused {
+                at: "handshake".to_owned(),
+                status: 0,
+                hub: Some(self.directory.name(client.hub).to_owned()),
+                connection_id: Some(client.connection_id.clone()),
+                transport: client.transport_kind(),
+                reason,
+            });
+        }
         let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
         let ending = client.end(
             now,
@@ -692,18 +729,24 @@ impl Relay {
             });
             out.service(link.server, &close);
         }
+        self.fail_owed(conn, &client.connection_id, texts::CONNECTION_DISCONNECTED);
+        let out = &mut self.out;
+        out.stats.clients_closed.add(reason.kind);
+        out.event(Event::ClientClosed { conn, reason });
+    }
+
+    /// Fails every client result a client owes, to the app servers that asked, with `why`.
+    fn fail_owed(&mut self, conn: ConnHandle, connection_id: &str, why: &str) {
         for (invocation_id, caller) in self.invocations.take_owed_by(conn) {
             let failed = ServiceMessage::ErrorCompletion(service::ErrorCompletion {
                 invocation_id,
-                connection_id: client.connection_id.clone(),
+                connection_id: connection_id.to_owned(),
                 caller_server_id: self.servers.server_id(caller).to_owned(),
-                error: Some(texts::CONNECTION_DISCONNECTED.to_owned()),
+                error: Some(why.to_owned()),
                 ext: service::Ext::default(),
             });
-            out.service(caller, &failed);
+            self.out.service(caller, &failed);
         }
-        out.stats.clients_closed.add(reason.kind);
-        out.event(Event::ClientClosed { conn, reason });
     }
 
     // ---------------------------------------------------------------- servers
@@ -713,23 +756,31 @@ impl Relay {
         let Some(server) = self.servers.get_mut(conn) else {
             return;
         };
-        let (messages, error) = server.receive(now, data);
+        server.push(now, data);
         let hub = server.hub;
-        for msg in messages {
+        // Bad messages cost only themselves, but one read may not be made of them.
+        let mut skipped = 0;
+        loop {
             let Some(server) = self.servers.get_mut(conn) else {
                 return;
             };
-            let msg = match msg {
-                Ok(msg) => msg,
+            let msg = match server.next() {
+                None => return,
+                Some(Received::Message(msg)) => msg,
                 // A bad message costs that message once the connection is open: the app
                 // server is told (a ServiceEvent, which it logs; a ServiceError would make
-                // the SDK stop writing on this connection) and the rest goes on.
-                Err(e) if server.open => {
-                    self.skipped_server_message(conn, &e);
+                // the SDK stop writing on this connection) and the rest goes on. The client
+                // whose flow it was part of has lost bytes, and is closed.
+                Some(Received::Skipped {
+                    error,
+                    connection_id,
+                }) if server.open && skipped < MAX_SKIPPED_PER_READ => {
+                    skipped += 1;
+                    self.skipped_server_message(now, conn, hub, &error, connection_id);
                     continue;
                 }
-                Err(e) => {
-                    let ending = ServerEnding::InvalidData(e.to_string());
+                Some(Received::Skipped { error, .. } | Received::Fatal(error)) => {
+                    let ending = ServerEnding::InvalidData(error.to_string());
                     return self.remove_server(now, conn, ending);
                 }
             };
@@ -740,18 +791,17 @@ impl Relay {
             let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
             match server.handshake(now, conn, msg, config, out, timers) {
                 Ok(()) => {
-                    out.stats.servers_opened += 1;
-                    out.event(Event::ServerOpened {
+                    let server_id = server.server_id.clone();
+                    self.servers.inherit_leaving(&self.directory, hub, conn);
+                    self.out.stats.servers_opened += 1;
+                    self.out.event(Event::ServerOpened {
                         conn,
                         hub: self.directory.name(hub).to_owned(),
-                        server_id: server.server_id.clone(),
+                        server_id,
                     });
                 }
                 Err(ending) => return self.remove_server(now, conn, ending),
             }
-        }
-        if let Some(error) = error {
-            self.remove_server(now, conn, ServerEnding::InvalidData(error.to_string()));
         }
     }
 
@@ -793,9 +843,6 @@ impl Relay {
             .collect();
         for from in leaving {
             for c in self.servers.clients_of(from) {
-                let Some(to) = self.servers.pick(&self.directory, hub) else {
-                    return;
-                };
                 let Some(client) = self.clients.map.get_mut(&c) else {
                     continue;
                 };
@@ -803,21 +850,50 @@ impl Relay {
                 if sticky.is_some_and(|s| s.required) {
                     continue;
                 }
+                // Only to an app server that takes part in migration (one that does not would
+                // answer the handshake again), and one that allows stateful reconnect for a
+                // client that has it.
+                let stateful = client.is_stateful();
+                let Some(to) =
+                    self.servers
+                        .migration_target(&self.directory, hub, &from_id, stateful)
+                else {
+                    continue;
+                };
                 let to_id = self.servers.server_id(to).to_owned();
                 let Some((farewell, welcome)) = client.migrate(to, (&from_id, &to_id)) else {
                     continue;
                 };
+                let connection_id = client.connection_id.clone();
                 self.out.transmit(from, farewell, true);
                 self.out.transmit(to, welcome, true);
                 self.servers.detach(from, c);
                 self.servers.attach(to, c, &self.config, &mut self.out);
+                self.servers.left_behind(from, c);
                 self.out.stats.clients_migrated += 1;
+                // The client's answer to a result its old app server asked for would now reach
+                // the new one, which does not know it: the asking app server hears at once.
+                self.fail_owed(c, &connection_id, texts::CLIENT_MIGRATED);
             }
         }
     }
 
-    /// A message from an app server was skipped: it is told, and the adapter hears of it.
-    fn skipped_server_message(&mut self, conn: ConnHandle, error: &ServiceProtocolError) {
+    /// A message from an app server was skipped: it is told, and the adapter hears of it; a
+    /// client whose flow lost those bytes is closed.
+    fn skipped_server_message(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        hub: HubId,
+        error: &ServiceProtocolError,
+        flow: Option<String>,
+    ) {
+        let client = flow.and_then(|id| self.directory.connection(&id));
+        if let Some(client) = client.filter(|&c| self.serves(conn, hub, c)) {
+            if let Some(client) = self.clients.map.remove(&client) {
+                self.end_client(now, client, Ending::ServerMessageTooLarge);
+            }
+        }
         let reason = format!("A message from the app server was skipped: {error}.");
         let event = ServiceMessage::ServiceEvent(service::ServiceEvent {
             object_type: service::ServiceEventObjectType::ServerConnection,
@@ -914,7 +990,12 @@ impl Relay {
             ServiceMessage::GroupMemberQuery(m) => self.group_members(conn, hub, &m),
             // A newer request the relay does not know: if it waits for an ack, the app server
             // is told at once that it failed, rather than left to time out.
-            m @ ServiceMessage::Unknown { message_type, .. } => {
+            // RefreshAuth (41): its layout is not published; its ack id is found as the
+            // SDK's ack-able messages place it. Other unknown types are ignored.
+            m @ ServiceMessage::Unknown {
+                message_type: 41, ..
+            } => {
+                let message_type = m.message_type();
                 if let Some(ack_id) = m.unknown_ack_id() {
                     let reply = ServiceMessage::Ack(service::Ack {
                         ack_id,
@@ -945,6 +1026,8 @@ impl Relay {
             .filter(|&n| n > 0)
             .map_or(MAX_PAGE, |n| n.min(MAX_PAGE));
         let after = query.continuation_token.as_deref();
+        // And at most about 1 MiB of ids, whatever their length.
+        const MAX_PAGE_BYTES: usize = 1024 * 1024;
         let mut members: Vec<(&str, Option<&str>)> = self
             .directory
             .group(hub, &query.group)
@@ -953,8 +1036,18 @@ impl Relay {
             .filter(|(id, _)| after.is_none_or(|after| *id > after))
             .collect();
         members.sort_unstable();
-        let next = (members.len() > page).then(|| members[page - 1].0.to_owned());
-        members.truncate(page);
+        let mut bytes = 0;
+        let fits = members
+            .iter()
+            .take(page)
+            .take_while(|(id, user)| {
+                bytes += id.len() + user.map_or(0, str::len) + 8;
+                bytes <= MAX_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        let next = (members.len() > fits).then(|| members[fits - 1].0.to_owned());
+        members.truncate(fits);
         let mut payload = Vec::new();
         let mut w = crate::msgpack::Writer(&mut payload);
         w.array_len(2);
@@ -1045,6 +1138,17 @@ impl Relay {
         for client in &server.clients {
             if let Some(client) = self.clients.map.remove(client) {
                 self.end_client(now, client, Ending::ServerOffline);
+            }
+        }
+        // Clients that moved away from it hear nothing more from it.
+        for client in &server.left {
+            if let Some(link) = self
+                .clients
+                .map
+                .get_mut(client)
+                .and_then(|c| c.link.as_mut())
+            {
+                link.previous = None;
             }
         }
         if let Some(reason) = ending.close_text() {
@@ -1163,3 +1267,14 @@ fn ack(ack_id: i32, ok: bool) -> ServiceMessage {
 
 #[cfg(test)]
 mod tests;
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}

@@ -97,6 +97,22 @@ pub enum Event {
         /// Who closed it, and why.
         reason: CloseReason,
     },
+    /// The relay refused a request (a 4xx or 5xx answer, or a negotiate error) or a client's
+    /// handshake: for the operator's log.
+    Refused {
+        /// Where: the request's path, or `handshake`.
+        at: String,
+        /// The HTTP status (0 for a negotiate error or a handshake).
+        status: u16,
+        /// The hub, when known.
+        hub: Option<String>,
+        /// The client's connection id, for a handshake.
+        connection_id: Option<String>,
+        /// The client's transport, for a handshake.
+        transport: Option<TransportKind>,
+        /// Why, in the words the peer got.
+        reason: String,
+    },
     /// A message from an app server was skipped (over the size limit, or undecodable); the
     /// connection goes on, and the app server was told with a ServiceEvent.
     ServerMessageSkipped {

@@ -123,6 +123,9 @@ pub(crate) const REPLACED: &str = "Replaced by the client's reconnect.";
 pub(crate) mod texts {
     /// Client results: the client is gone.
     pub(crate) const CONNECTION_DISCONNECTED: &str = "Connection disconnected.";
+    /// A client result whose client moved to another app server before it answered.
+    pub(crate) const CLIENT_MIGRATED: &str =
+        "The client moved to another app server before it answered.";
     /// Client results: no client has that connection id.
     pub(crate) const CONNECTION_NOT_FOUND: &str = "Connection not found.";
     /// Client results: the table is full.

@@ -12,8 +12,30 @@ use super::policy::Sticky;
 use super::reason::{unsupported_version, ServerEnding};
 use super::timers::{ServerTimers, TimerKind, TimerQueue};
 use super::ConnHandle;
-use crate::framing::FrameError;
-use crate::service::{self, ServiceDecoder, ServiceMessage, ServiceProtocolError};
+use crate::framing::{BinaryFrameDecoder, FrameError};
+use crate::service::{self, ServiceMessage, ServiceProtocolError};
+
+/// What an app server sent, one message at a time.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Message(ServiceMessage),
+    /// A message over the size limit, or one that does not decode: skipped, with the client
+    /// whose flow it was for when it was a ConnectionData (that flow now has a hole).
+    Skipped {
+        error: ServiceProtocolError,
+        connection_id: Option<String>,
+    },
+    /// A length prefix that is not one: the stream has lost its sync.
+    Fatal(ServiceProtocolError),
+}
+
+/// The connection id of a ConnectionData (`[6, connectionId, …]`), from its first bytes.
+fn flow_of(head: &[u8]) -> Option<String> {
+    let mut r = crate::msgpack::Reader::new(head);
+    r.array_len().ok()?;
+    (r.integer::<u8>().ok()? == 6).then_some(())?;
+    r.str().ok().map(str::to_owned)
+}
 
 /// One app-server WebSocket.
 #[derive(Debug)]
@@ -21,7 +43,7 @@ pub(crate) struct ServerConn {
     pub(crate) hub: HubId,
     /// The app server it belongs to.
     pub(crate) server_id: String,
-    decoder: ServiceDecoder,
+    frames: BinaryFrameDecoder,
     /// The service handshake is done.
     pub(crate) open: bool,
     /// It may carry clients (not a management connection).
@@ -37,6 +59,8 @@ pub(crate) struct ServerConn {
     pub(crate) migrating: bool,
     /// The clients mapped to it.
     pub(crate) clients: BTreeSet<ConnHandle>,
+    /// Clients migrated away from it that may still hear what it owed them.
+    pub(crate) left: BTreeSet<ConnHandle>,
     last_received: Instant,
     pub(crate) timers: ServerTimers,
 }
@@ -46,29 +70,29 @@ impl ServerConn {
         self.open && self.carries_clients && !self.draining
     }
 
-    /// Decodes what the app server sent: every whole message, or why one was skipped, in
-    /// order; then the error that stopped the stream, if any (a malformed length prefix).
-    pub(crate) fn receive(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-    ) -> (
-        Vec<Result<ServiceMessage, ServiceProtocolError>>,
-        Option<ServiceProtocolError>,
-    ) {
+    /// Bytes from the app server; take what they hold with [`next`](Self::next).
+    pub(crate) fn push(&mut self, now: Instant, data: &[u8]) {
         self.last_received = now;
-        self.decoder.push(data);
-        let mut messages = Vec::new();
-        loop {
-            match self.decoder.next_message() {
-                Ok(Some(m)) => messages.push(Ok(m)),
-                Ok(None) => return (messages, None),
-                Err(ServiceProtocolError::Frame(FrameError::LengthPrefix(e))) => {
-                    let fatal = ServiceProtocolError::Frame(FrameError::LengthPrefix(e));
-                    return (messages, Some(fatal));
-                }
-                Err(e) => messages.push(Err(e)),
-            }
+        self.frames.push(data);
+    }
+
+    /// The next thing the app server sent: a whole message, one that was skipped, or the end
+    /// of the stream's sync (a malformed length prefix).
+    pub(crate) fn next(&mut self) -> Option<Received> {
+        match self.frames.next_frame() {
+            Ok(None) => None,
+            Ok(Some(frame)) => Some(match ServiceMessage::parse(&frame) {
+                Ok(message) => Received::Message(message),
+                Err(error) => Received::Skipped {
+                    connection_id: flow_of(&frame),
+                    error,
+                },
+            }),
+            Err(e @ FrameError::TooLarge { .. }) => Some(Received::Skipped {
+                connection_id: flow_of(&self.frames.take_skipped_head()),
+                error: ServiceProtocolError::Frame(e),
+            }),
+            Err(e) => Some(Received::Fatal(ServiceProtocolError::Frame(e))),
         }
     }
 
@@ -164,7 +188,7 @@ impl Servers {
         let mut server = ServerConn {
             hub,
             server_id,
-            decoder: ServiceDecoder::skipping_oversize(config.max_server_message_size),
+            frames: BinaryFrameDecoder::skipping_oversize(config.max_server_message_size),
             open: false,
             carries_clients: false,
             draining: false,
@@ -172,6 +196,7 @@ impl Servers {
             migrates: false,
             migrating: false,
             clients: BTreeSet::new(),
+            left: BTreeSet::new(),
             last_received: now,
             timers: ServerTimers::default(),
         };
@@ -242,6 +267,50 @@ impl Servers {
             }
         }
         self.pick(directory, hub)
+    }
+
+    /// Where a client of the leaving app server `from_id` may move: the least-loaded
+    /// connection that takes clients, of another app server that takes part in migration
+    /// (one that does not would answer the client's handshake again), and that allows
+    /// stateful reconnect when the client has it.
+    pub(crate) fn migration_target(
+        &self,
+        directory: &Directory,
+        hub: HubId,
+        from_id: &str,
+        stateful: bool,
+    ) -> Option<ConnHandle> {
+        directory
+            .servers(hub)
+            .filter_map(|h| self.map.get(&h).map(|s| (h, s)))
+            .filter(|(_, s)| s.takes_clients() && s.migrates && s.server_id != from_id)
+            .filter(|(_, s)| !stateful || s.allows_stateful)
+            .min_by_key(|(h, s)| (s.clients.len(), *h))
+            .map(|(h, _)| h)
+    }
+
+    /// A new connection of an app server that is leaving leaves too: it takes no clients.
+    pub(crate) fn inherit_leaving(&mut self, directory: &Directory, hub: HubId, conn: ConnHandle) {
+        let id = self.server_id(conn).to_owned();
+        let (draining, migrating) = directory
+            .servers(hub)
+            .filter(|&s| s != conn)
+            .filter_map(|s| self.map.get(&s))
+            .filter(|s| s.server_id == id)
+            .fold((false, false), |(d, m), s| {
+                (d || s.draining, m || s.migrating)
+            });
+        if let Some(s) = self.map.get_mut(&conn) {
+            s.draining |= draining;
+            s.migrating |= migrating && s.migrates;
+        }
+    }
+
+    /// Notes that `client` left `from` by migration (what `from` still owes may reach it).
+    pub(crate) fn left_behind(&mut self, from: ConnHandle, client: ConnHandle) {
+        if let Some(s) = self.map.get_mut(&from) {
+            s.left.insert(client);
+        }
     }
 
     /// Whether a new client of `hub` may have stateful reconnect: every server connection

@@ -44,16 +44,6 @@ impl ServiceDecoder {
         }
     }
 
-    /// A decoder that skips messages over `max_frame_len` bytes, each reported once as a
-    /// [`ServiceProtocolError::Frame`] error, and decodes on after them: an app server's
-    /// oversize message costs that message, not the connection. Only a malformed length
-    /// prefix, which loses the stream's sync, stays fatal.
-    pub fn skipping_oversize(max_frame_len: usize) -> Self {
-        Self {
-            frames: BinaryFrameDecoder::skipping_oversize(max_frame_len),
-        }
-    }
-
     /// Appends received bytes; drain [`next_message`](Self::next_message) afterwards.
     pub fn push(&mut self, data: &[u8]) {
         self.frames.push(data);

@@ -194,6 +194,8 @@ struct Driver<R> {
     batch_bytes: usize,
     /// Skipped app-server messages are logged at most once a second.
     skipped_log: RateLimited,
+    /// Refused requests and handshakes likewise.
+    refused_log: RateLimited,
 }
 
 /// Bytes one batch of events may queue before the writers get a turn.
@@ -218,6 +220,7 @@ async fn drive<R: Runtime>(
         source: None,
         batch_bytes: 0,
         skipped_log: RateLimited::default(),
+        refused_log: RateLimited::default(),
     };
     loop {
         let deadline = d
@@ -462,6 +465,28 @@ impl<R: Runtime> Driver<R> {
                     Output::Respond { request, response } => {
                         if let Some(tx) = self.held.remove(&request) {
                             let _ = tx.send(response);
+                        }
+                        continue;
+                    }
+                    Output::Event(Event::Refused {
+                        at,
+                        status,
+                        hub,
+                        connection_id,
+                        transport,
+                        reason,
+                    }) => {
+                        if let Some(similar_since_last) = self.refused_log.allow(self.runtime.now())
+                        {
+                            tracing::info!(
+                                at,
+                                status,
+                                hub,
+                                connection_id,
+                                transport = transport.map(|t| t.as_str()),
+                                similar_since_last,
+                                "refused: {reason}"
+                            );
                         }
                         continue;
                     }

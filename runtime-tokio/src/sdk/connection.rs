@@ -621,22 +621,32 @@ fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
     }
 }
 
+/// Why a disconnected client's streams end.
+const GONE: &str = "The connection was closed or moved to another app server.";
+
 fn client_disconnected<R: Runtime>(runtime: &R, hub: &Arc<HubRuntime>, connection_id: &str) {
     let Some(client) = lock(&hub.clients).remove(connection_id) else {
         return;
     };
-    for (_, handle) in std::mem::take(&mut *lock(&client.streams)) {
-        handle.abort();
-    }
-    lock(&client.uploads).clear();
-    // Invocations routed for other app servers to this client will never be answered now.
-    lock(&hub.routed).retain(|_, (_, connection_id)| *connection_id != client.info.connection_id);
-    client.queue.close_channel();
     let ctx = Context {
         hub: hub.clone(),
         client,
         call: None,
     };
+    // Streams end with an error rather than silently: a client that moved to another app
+    // server still hears (through the relay) that they are over.
+    for (id, handle) in std::mem::take(&mut *lock(&ctx.client.streams)) {
+        handle.abort();
+        ctx.send_message(completion(id, Err(HubError::new(GONE))));
+    }
+    // A method reading an upload learns that it was cut short, not that it ended.
+    for (_, items) in std::mem::take(&mut *lock(&ctx.client.uploads)) {
+        let _ = items.unbounded_send(Err(HubError::new(GONE)));
+    }
+    // Invocations routed for other app servers to this client will never be answered now.
+    let gone = ctx.client.info.connection_id.as_str();
+    lock(&hub.routed).retain(|_, (_, connection_id)| connection_id != gone);
+    ctx.client.queue.close_channel();
     if let Some(f) = ctx.hub.hub.on_disconnected().cloned() {
         runtime.spawn(async move { f(ctx).await });
     }

@@ -309,18 +309,12 @@ impl AppServer {
         let cs = &self.shared.connection_string;
         let access_token = self.client_token(cs.client_audience(&hub), user_id, claims);
         // The relay reads `hub` (and the client adds `id`); keep the caller's own.
-        let passed: Vec<&str> = query
-            .trim_start_matches('?')
-            .split('&')
-            .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or_default();
-                !pair.is_empty() && !["hub", "id", "access_token"].contains(&name)
-            })
-            .collect();
+        let passed =
+            signalr_relay_core::relay::strip_query_params(query, &["hub", "id", "access_token"]);
         let mut url = format!("{}client/?hub={hub}", cs.client_endpoint());
-        for pair in passed {
+        if !passed.is_empty() {
             url.push('&');
-            url.push_str(pair);
+            url.push_str(&passed);
         }
         NegotiateResponse::Redirect {
             url,

@@ -77,6 +77,11 @@ impl AspNetCore {
         }
     }
 
+    /// Whether stateful reconnect is on.
+    pub(crate) fn is_stateful(&self) -> bool {
+        self.stateful.is_some()
+    }
+
     /// Whether no client message is half received: its app server may change here.
     pub(crate) fn between_messages(&self) -> bool {
         match &self.phase {

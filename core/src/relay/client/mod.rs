@@ -160,6 +160,9 @@ pub(crate) struct Link {
     pub(crate) previous: Option<Box<(ConnHandle, Reframer)>>,
 }
 
+/// The largest introduction (OpenConnection and handshake) kept for a migration.
+const MAX_REPLAY: usize = 8 * 1024;
+
 /// The OpenConnection and the handshake a client's app server got, to tell another one.
 #[derive(Debug)]
 struct Replay {
@@ -362,6 +365,19 @@ impl Client {
         Dialect::Classic(Box::new(Classic::new(hub_name, now)))
     }
 
+    /// Whether the client has stateful reconnect.
+    pub(crate) fn is_stateful(&self) -> bool {
+        matches!(&self.dialect, Dialect::AspNetCore(a) if a.is_stateful())
+    }
+
+    /// What carries the client, once its transport came.
+    pub(crate) fn transport_kind(&self) -> Option<TransportKind> {
+        match &self.dialect {
+            Dialect::AspNetCore(a) => a.transport.kind(),
+            Dialect::Classic(_) => None,
+        }
+    }
+
     pub(crate) fn family(&self) -> ClientFamily {
         match self.dialect {
             Dialect::AspNetCore(_) => ClientFamily::AspNetCore,
@@ -540,11 +556,13 @@ impl Client {
             },
         };
         let data = introduction(&open, &opening.handshake);
+        let size = data.len();
         out.stats.to_server.add(opening.handshake.len());
         out.transmit(server, data.into(), true);
         // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
-        // next one would not have.
-        let keep = migrates && matches!(self.dialect, Dialect::AspNetCore(_));
+        // next one would not have. What is kept to tell the next app server is bounded; a
+        // client with a larger introduction stays where it is.
+        let keep = migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && size <= MAX_REPLAY;
         self.link = Some(Link {
             server,
             protocol,
@@ -590,6 +608,10 @@ impl Client {
         };
         let link = self.link.as_mut()?;
         if !a.between_messages() || !link.ready() || !link.pending.is_empty() {
+            return None;
+        }
+        // A second move waits until what the first app server owed has come whole.
+        if link.previous.as_ref().is_some_and(|p| !p.1.is_idle()) {
             return None;
         }
         let replay = link.migration.as_ref()?;

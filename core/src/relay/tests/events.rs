@@ -235,3 +235,64 @@ fn a_classic_client_opens_as_classic_over_its_transport() {
         vec![reason(Initiator::Client, CloseKind::Normal)]
     );
 }
+
+/// Every refusal reaches the adapter's log as an event: requests answered 4xx/5xx,
+/// negotiates answered with an error, and handshakes refused, saying why.
+#[test]
+fn refusals_are_events_saying_why() {
+    let mut sim = sim();
+    let refusals = |sim: &Sim| -> Vec<(String, u16, Option<String>, String)> {
+        sim.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Refused {
+                    at,
+                    status,
+                    connection_id,
+                    reason,
+                    ..
+                } => Some((at.clone(), *status, connection_id.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    // No app server yet: negotiate answers an error.
+    let bearer = token("/client/", "chat", None, 3600, KEY);
+    let req = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat",
+        Some(&bearer),
+        false,
+    );
+    let _ = sim.handle(&req);
+    // No token: 401.
+    let _ = sim.handle(&request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat",
+        None,
+        false,
+    ));
+    sim.connect_server("chat", "app-1");
+    let id = sim.negotiate("chat", None).expect("negotiated");
+    let RequestOutcome::AcceptWebSocket(c) =
+        sim.handle(&websocket_request("chat", Some(&id), None))
+    else {
+        panic!("accepted")
+    };
+    sim.data(c, b"{\"protocol\":\"blazor\",\"version\":1}\x1e");
+    assert!(sim.is_done(c));
+    let got = refusals(&sim);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[0].0.as_str(), got[0].1), ("/client/negotiate", 0));
+    assert!(got[0].3.contains("No app server"), "{}", got[0].3);
+    assert_eq!(got[1].1, 401);
+    assert_eq!(got[2].0, "handshake");
+    assert!(got[2].2.is_some(), "with the connection id");
+    assert!(
+        got[2].3.contains("'blazor' is not supported"),
+        "{}",
+        got[2].3
+    );
+}

@@ -211,6 +211,56 @@ fn a_bad_message_from_an_app_server_costs_only_that_message() {
     assert!(!sim.is_open(c), "its clients go with it");
 }
 
+/// A skipped ConnectionData leaves a hole in its client's flow: that client (only) is closed,
+/// saying why. And one read may not be made of bad messages: past 16, the connection goes.
+#[test]
+fn a_skipped_flow_closes_its_client_and_a_read_of_garbage_ends_the_connection() {
+    let config = RelayConfig {
+        max_server_message_size: 1024,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::with_config(epoch(), config);
+    let server = sim.connect_server("chat", "app-1");
+    let (c, id) = sim.connect_client("chat", None, "json");
+    let (other, other_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(c, &id);
+    sim.accept_handshake(other, &other_id);
+    // An oversize ConnectionData for `c`, arriving in pieces.
+    let big = ServiceMessage::ConnectionData(service::ConnectionData {
+        connection_id: id.clone(),
+        payload: Bytes::from(vec![b'x'; 3000]),
+        ext: service::Ext::default(),
+    });
+    let mut bytes = Vec::new();
+    big.write(&mut bytes).expect("encodes");
+    for piece in bytes.chunks(500) {
+        sim.data(server, piece);
+    }
+    assert!(!sim.is_open(c), "its flow has a hole");
+    assert!(
+        sim.client_text(c).contains("\"type\":7"),
+        "{}",
+        sim.client_text(c)
+    );
+    assert!(sim.is_open(other) && !sim.is_done(server));
+    // An undecodable ConnectionData for `other` ([6, id, "not bin", {}]).
+    let mut frame = vec![0x94, 6, 0xd9, other_id.len() as u8];
+    frame.extend_from_slice(other_id.as_bytes());
+    frame.extend_from_slice(&[0xa1, b'x', 0x80]);
+    let mut framed = Vec::new();
+    crate::framing::write_binary_frame(&frame, &mut framed).expect("a frame");
+    sim.data(server, &framed);
+    assert!(!sim.is_open(other));
+    assert!(!sim.is_done(server));
+    // A read of 17 bad messages.
+    let (third, third_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(third, &third_id);
+    let garbage: Vec<u8> = std::iter::repeat_n([0x01u8, 0xc1], 17).flatten().collect();
+    sim.data(server, &garbage);
+    assert!(sim.is_done(server));
+    assert!(!sim.is_open(third));
+}
+
 /// `servers` pings are answered `<ticks>:<id>;<id>` with .NET ticks of the wall clock that
 /// rise with time: the SDK keeps a reply only when its ticks are above the last one's.
 #[test]
@@ -392,6 +442,16 @@ fn clients_stay_without_migration_mid_message_or_when_their_server_is_required()
     shutdown(&mut sim, plain, "fin:1");
     assert_eq!(sim.server_of(p), plain);
     assert_eq!(sim.relay().stats().clients_migrated, 0);
+    // A leaving app server that migrates, with only one that does not to go to: it would
+    // answer the client's handshake again, so the client stays.
+    let mut sim = self::sim();
+    let leaving = connect_migrating_server(&mut sim, "app-1");
+    let (q, q_id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(q, &q_id);
+    sim.connect_server("chat", "app-0");
+    shutdown(&mut sim, leaving, "fin:1");
+    assert_eq!(sim.server_of(q), leaving);
+    assert_eq!(sim.relay().stats().clients_migrated, 0);
 
     let mut sim = self::sim();
     let old = connect_migrating_server(&mut sim, "app-1");
@@ -438,10 +498,11 @@ fn clients_stay_without_migration_mid_message_or_when_their_server_is_required()
     shutdown(&mut sim, old, "fin:1");
     assert_eq!(sim.server_of(busy), old, "mid-message: not yet");
     assert_eq!(sim.server_of(pinned), old, "required: never");
-    // Its message completes; at the server's next ping it moves.
+    // Its message completes; at the relay's next ping timer for the leaving connection (no
+    // message from it needed), it moves.
     sim.data(busy, b"ho\",\"arguments\":[]}\x1e");
-    sim.send_service(old, &ServiceMessage::Ping(service::Ping::default()));
     sim.send_service(new, &ServiceMessage::Ping(service::Ping::default()));
+    assert_eq!(sim.relay().stats().clients_migrated, 0);
     sim.advance(Duration::from_secs(5));
     assert_eq!(sim.relay().stats().clients_migrated, 1);
     let moved = sim.to_server[&new]
@@ -485,4 +546,34 @@ fn only_a_clients_own_app_server_writes_to_it_or_closes_it() {
         "{\"type\":1,\"target\":\"real\",\"arguments\":[]}\x1e",
     );
     assert!(sim.client_text(c).contains("real"));
+}
+
+/// A client result the leaving app server asked of a client that then moved fails at once:
+/// its answer would reach the new app server, which does not know it.
+#[test]
+fn client_results_owed_to_the_leaving_app_server_fail_when_the_client_moves() {
+    let mut sim = sim();
+    let old = connect_migrating_server(&mut sim, "app-1");
+    let (c, id) = sim.connect_client("chat", None, "json");
+    sim.accept_handshake(c, &id);
+    sim.send_service(
+        old,
+        &ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: "ask-1".into(),
+            connection_id: id.clone(),
+            caller_server_id: "app-1".into(),
+            payloads: json_payloads(
+                "{\"type\":1,\"invocationId\":\"ask-1\",\"target\":\"q\",\"arguments\":[]}",
+            ),
+            ext: service::Ext::default(),
+        }),
+    );
+    connect_migrating_server(&mut sim, "app-2");
+    shutdown(&mut sim, old, "fin:1");
+    assert_eq!(sim.relay().stats().clients_migrated, 1);
+    let failed = sim.to_server[&old].iter().find_map(|m| match m {
+        ServiceMessage::ErrorCompletion(e) if e.invocation_id == "ask-1" => e.error.clone(),
+        _ => None,
+    });
+    assert!(failed.is_some_and(|e| e.contains("moved")));
 }
