@@ -161,12 +161,14 @@ async fn body_text(response: Response<Incoming>) -> (u16, String) {
 
 /// Negotiates a client connection: its token.
 async fn negotiate<R: Runtime>(runtime: &R, addr: SocketAddr) -> String {
-    let request = post(
-        "/client/negotiate?hub=chat&negotiateVersion=1",
-        &token("/client/", None),
-    )
-    .body(Full::default())
-    .expect("a request");
+    negotiate_as(runtime, addr, &token("/client/", None)).await
+}
+
+/// Negotiates with `bearer`: the connection token.
+async fn negotiate_as<R: Runtime>(runtime: &R, addr: SocketAddr, bearer: &str) -> String {
+    let request = post("/client/negotiate?hub=chat&negotiateVersion=1", bearer)
+        .body(Full::default())
+        .expect("a request");
     let (status, body) = body_text(http(runtime, addr, request).await).await;
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -416,6 +418,116 @@ async fn an_oversize_app_server_message_is_skipped<R: Runtime>(runtime: R, addr:
     server.closed(rt, &connection_id).await;
 }
 on_both_runtimes!(an_oversize_app_server_message_is_skipped);
+
+/// The next binary WebSocket message from the relay whose service message has `type`, as raw
+/// bytes (length prefix removed): what the SDK's reader sees, element count included.
+async fn next_raw_of_type<R: Runtime>(runtime: &R, server: &mut AppServer<R>, kind: u8) -> Vec<u8> {
+    loop {
+        let data = within(runtime, "a service message", server.ws.next())
+            .await
+            .expect("the relay kept the server connection")
+            .expect("a message");
+        let Message::Binary(data) = data else {
+            continue;
+        };
+        // One byte of length prefix for these small messages, then the array header.
+        let body = data[1..].to_vec();
+        let type_at = usize::from(body[0] == 0xdc) * 2 + 1;
+        if body.get(type_at) == Some(&kind) {
+            return body;
+        }
+    }
+}
+
+/// What the Azure SDK reads from the service, from a raw server connection: Ack in its
+/// six-element form, GroupMemberQuery answered with the members, `servers` pings with
+/// .NET ticks, and a RefreshAuth (41) answered with a failed Ack instead of silence.
+async fn the_service_protocol_as_the_sdk_reads_it<R: Runtime>(runtime: R, addr: SocketAddr) {
+    let rt = &runtime;
+    let mut server = AppServer::connect(rt, addr).await;
+    let bob = token("/client/", Some("bob"));
+    let id = negotiate_as(rt, addr, &bob).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let mut client = websocket(rt, addr, &path, &bob).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    let connection_id = server.opened(rt).await;
+    server.data(&connection_id, b"{}\x1e").await;
+    server
+        .send(&ServiceMessage::JoinGroupWithAck(
+            service::GroupMembershipWithAck {
+                connection_id: connection_id.clone(),
+                group: Some("g".into()),
+                ack_id: 5,
+                ext: service::Ext::default(),
+            },
+        ))
+        .await;
+    // [20, 5, Ok, "", {}, nil]
+    let ack = next_raw_of_type(rt, &mut server, 20).await;
+    assert_eq!(ack, [0x96, 20, 5, 1, 0xa0, 0x80, 0xc0]);
+    server
+        .send(&ServiceMessage::GroupMemberQuery(
+            service::GroupMemberQuery {
+                ext: service::Ext::default(),
+                group: "g".into(),
+                ack_id: 6,
+                max: 10,
+                continuation_token: None,
+            },
+        ))
+        .await;
+    let members = next_raw_of_type(rt, &mut server, 20).await;
+    assert_eq!(&members[..4], [0x96, 20, 6, 1]);
+    // The payload: [[[connectionId, "bob"]], nil].
+    let mut expected = vec![0x92, 0x91, 0x92, 0xa0 | connection_id.len() as u8];
+    expected.extend_from_slice(connection_id.as_bytes());
+    expected.extend_from_slice(&[0xa3, b'b', b'o', b'b', 0xc0]);
+    assert!(
+        members.ends_with(&expected),
+        "{members:02x?} should end with {expected:02x?}"
+    );
+    server
+        .send(&ServiceMessage::Ping(service::Ping::pairs([(
+            "servers", "",
+        )])))
+        .await;
+    let reply = loop {
+        let raw = next_raw_of_type(rt, &mut server, 3).await;
+        if let Ok(ServiceMessage::Ping(p)) = ServiceMessage::parse(&Bytes::from(raw)) {
+            if p.get("servers").is_some() {
+                break p;
+            }
+        }
+    };
+    let (ticks, ids) = reply
+        .get("servers")
+        .and_then(|v| v.split_once(':'))
+        .expect("ticks:ids");
+    assert!(
+        ticks.parse::<i64>().expect("ticks") > 638_000_000_000_000_000,
+        "{ticks}"
+    );
+    assert_eq!(ids, "app");
+    // [41, "conn", ["a"], 1700000000, 77, {}] framed.
+    const REFRESH: [u8; 18] = [
+        0x11, 0x96, 41, 0xa4, b'c', b'o', b'n', b'n', 0x91, 0xa1, b'a', 0xce, 0x65, 0x53, 0xf1,
+        0x00, 77, 0x80,
+    ];
+    server
+        .ws
+        .send(Message::Binary(Bytes::from_static(&REFRESH)))
+        .await
+        .expect("sent");
+    let failed = next_raw_of_type(rt, &mut server, 20).await;
+    assert_eq!(&failed[..4], [0x96, 20, 77, 4]);
+    client.close(None).await.expect("closed");
+}
+on_both_runtimes!(the_service_protocol_as_the_sdk_reads_it);
 
 async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
     runtime: R,
