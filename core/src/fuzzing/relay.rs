@@ -85,8 +85,9 @@ const SERVER_FRAMES: &[&[u8]] = &[
 #[derive(Default)]
 struct World {
     servers: Vec<ConnHandle>,
-    /// ASP.NET Core connection tokens, with their hub.
-    tokens: Vec<(String, &'static str)>,
+    /// ASP.NET Core connection tokens, with their hub and the access token they negotiated
+    /// with.
+    tokens: Vec<(String, &'static str, String)>,
     /// Classic connection tokens.
     classic: Vec<String>,
     /// Every handle a request attached a socket or stream to.
@@ -143,22 +144,48 @@ pub fn relay_ops(data: &[u8]) {
         assert!(largest <= per_client, "a client holds {largest} bytes");
         assert!(relay.client_count() <= max_clients);
     }
-    // Every client was mapped to at most one server connection, and only that one heard
-    // from it.
-    let mut mapped: BTreeMap<&str, ConnHandle> = BTreeMap::new();
+    // Every client was mapped to one server connection at a time: opened on a second one
+    // only by a migration (which says where from, after the first was told where to), and
+    // only the server connections it was opened on heard from it.
+    let mut mapped: BTreeMap<&str, BTreeSet<ConnHandle>> = BTreeMap::new();
+    let mut moved_away: BTreeSet<&str> = BTreeSet::new();
     for (server, messages) in &sim.to_server {
         for m in messages {
-            if let ServiceMessage::OpenConnection(o) = m {
-                let earlier = mapped.insert(&o.connection_id, *server);
-                assert!(earlier.is_none(), "{} was opened twice", o.connection_id);
+            match m {
+                ServiceMessage::OpenConnection(o) => {
+                    let servers = mapped.entry(&o.connection_id).or_default();
+                    let migrated = o.headers.iter().any(|(k, _)| k == "Asrs-Migrate-From");
+                    assert!(
+                        servers.is_empty() || migrated,
+                        "{} was opened twice without a migration",
+                        o.connection_id
+                    );
+                    servers.insert(*server);
+                }
+                ServiceMessage::CloseConnection(c)
+                    if c.headers.iter().any(|(k, _)| k == "Asrs-Migrate-To") =>
+                {
+                    moved_away.insert(&c.connection_id);
+                }
+                _ => {}
             }
         }
+    }
+    for (id, servers) in &mapped {
+        assert!(
+            servers.len() == 1 || moved_away.contains(id),
+            "{id} was opened on {servers:?} but never moved away"
+        );
     }
     for (server, messages) in &sim.to_server {
         for m in messages {
             if let ServiceMessage::ConnectionData(d) = m {
                 let to = mapped.get(d.connection_id.as_str());
-                assert_eq!(to, Some(server), "{}'s data went astray", d.connection_id);
+                assert!(
+                    to.is_some_and(|s| s.contains(server)),
+                    "{}'s data went astray",
+                    d.connection_id
+                );
             }
         }
     }
@@ -209,8 +236,12 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 return;
             };
             if script.byte() % 8 != 0 {
+                let flags = script.byte();
                 let hello = service::HandshakeRequest {
-                    version: i32::from(script.byte() % 8 != 0),
+                    version: i32::from(flags % 8 != 0),
+                    // Some take part in migration, some allow stateful reconnect.
+                    migration_level: service::MigrationLevel::from(i32::from(flags >> 6)),
+                    allow_stateful_reconnects: flags & 8 != 0,
                     ..service::HandshakeRequest::default()
                 };
                 send_service(sim, server, &ServiceMessage::HandshakeRequest(hello));
@@ -224,7 +255,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 script.byte() % 2,
                 script.byte() % 2 == 0
             );
-            let bearer = token("/client/", hub, Some("u"), 3600, KEY);
+            let bearer = policy_token(hub, script.byte());
             let req = request("POST", "/client/negotiate", &query, Some(&bearer), false);
             if let RequestOutcome::Respond(r) = sim.handle(&req) {
                 let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
@@ -232,18 +263,28 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                     .as_str()
                     .or(json["connectionId"].as_str());
                 if let Some(id) = id {
-                    world.tokens.push((id.to_owned(), hub));
+                    world.tokens.push((id.to_owned(), hub, bearer.clone()));
                 }
             }
         }
         // A client opens a WebSocket: on a negotiated connection, or without negotiating.
         2 => {
-            let (id, hub) = match script.pick(&world.tokens) {
-                Some((id, hub)) if script.byte() % 4 != 0 => (Some(id.as_str()), *hub),
-                _ => (None, hub),
+            let (id, hub, bearer) = match script.pick(&world.tokens) {
+                Some((id, hub, bearer)) if script.byte() % 4 != 0 => {
+                    (Some(id.as_str()), *hub, bearer.clone())
+                }
+                _ => (None, hub, policy_token(hub, script.byte())),
             };
-            let user = ["u", "mallory"][usize::from(script.byte() % 8 == 0)];
-            let outcome = sim.handle(&websocket_request(hub, id, Some(user)));
+            // Mostly with the token it negotiated with; sometimes another's.
+            let outcome = if script.byte() % 8 == 0 {
+                sim.handle(&websocket_request(hub, id, Some("mallory")))
+            } else {
+                let query = match id {
+                    Some(id) => format!("hub={hub}&id={id}"),
+                    None => format!("hub={hub}"),
+                };
+                sim.handle(&request("GET", "/client/", &query, Some(&bearer), true))
+            };
             world.note(outcome);
         }
         // A socket says something (an adapter feeds nothing from a socket that is done).
@@ -302,7 +343,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
         }
         // Server-Sent Events, long polls, sends and deletes.
         7 => {
-            let Some((id, hub)) = script.pick(&world.tokens).cloned() else {
+            let Some((id, hub, bearer)) = script.pick(&world.tokens).cloned() else {
                 return;
             };
             let method = ["GET", "GET", "POST", "DELETE"][script.below(4)];
@@ -314,7 +355,12 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 },
                 _ => Bytes::new(),
             };
-            let req = connection_request(method, hub, &id, Some("u"), accept, &body);
+            let mut req = connection_request(method, hub, &id, Some("u"), accept, &body);
+            for (name, value) in &mut req.headers {
+                if name.eq_ignore_ascii_case("authorization") {
+                    *value = format!("Bearer {bearer}");
+                }
+            }
             let outcome = sim.handle(&req);
             world.note(outcome);
         }
@@ -425,7 +471,7 @@ fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
     let group = ["g", "h"][script.below(2)].to_owned();
     let user = ["u", "v"][script.below(2)].to_owned();
     let ack_id = i32::from(script.byte());
-    match script.byte() % 16 {
+    match script.byte() % 17 {
         0..=3 => ServiceMessage::ConnectionData(service::ConnectionData {
             connection_id: id,
             payload,
@@ -496,9 +542,28 @@ fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
             ack_id,
             ..service::CloseConnectionsWithAck::default()
         }),
+        15 => match script.byte() % 4 {
+            0 => ServiceMessage::GroupMemberQuery(service::GroupMemberQuery {
+                ext: service::Ext::default(),
+                group,
+                ack_id,
+                max: i32::from(script.byte() % 4),
+                continuation_token: (script.byte() % 2 == 0).then_some(id),
+            }),
+            // A newer request (RefreshAuth), and one of a type nobody knows.
+            1 => ServiceMessage::Unknown {
+                message_type: 41,
+                body: Bytes::from_static(&[0x95, 41, 0xa1, b'x', 0x90, 1, 7]),
+            },
+            2 => ServiceMessage::Unknown {
+                message_type: 99,
+                body: Bytes::from_static(&[0x93, 99, 5, 0x80]),
+            },
+            _ => ServiceMessage::Ping(service::Ping::pairs([("shutdown", "fin:1")])),
+        },
         _ => ServiceMessage::Ping(service::Ping::pairs([(
             ["status", "shutdown", "servers", "echo"][script.below(4)],
-            "fin",
+            ["fin", "fin:0", "fin:1", "fin:2"][script.below(4)],
         )])),
     }
 }
@@ -508,4 +573,51 @@ fn send_service(sim: &mut Sim, server: ConnHandle, msg: &ServiceMessage) {
     if msg.write(&mut out).is_ok() {
         sim.data(server, &out);
     }
+}
+
+/// A client token for `hub`, with the policy claims an Azure SDK app server writes, chosen by
+/// `choice`: none (half the time), a sticky server (required or preferred), allowed
+/// transports with short timeouts, or closing when authentication expires. Signed once per
+/// thread and kept.
+fn policy_token(hub: &str, choice: u8) -> String {
+    let claims: Vec<(&str, String)> = match choice % 8 {
+        0..=3 => return token("/client/", hub, Some("u"), 3600, KEY),
+        4 => vec![
+            ("asrs.s.sn", "app-1".into()),
+            ("asrs.s.ssticky", "Required".into()),
+        ],
+        5 => vec![
+            ("asrs.s.sn", "app-2".into()),
+            ("asrs.s.ssticky", "Preferred".into()),
+        ],
+        6 => vec![
+            ("asrs.s.htt", (1 + (choice >> 3) % 7).to_string()),
+            ("asrs.s.cht", "2".into()),
+            ("asrs.s.ttl", "3".into()),
+        ],
+        _ => vec![
+            ("asrs.s.coae", "true".into()),
+            (
+                "asrs.s.aeo",
+                (crate::relay::sim::T0 + u64::from(choice >> 3) * 20).to_string(),
+            ),
+        ],
+    };
+    thread_local! {
+        static SIGNED: std::cell::RefCell<BTreeMap<String, String>> =
+            const { std::cell::RefCell::new(BTreeMap::new()) };
+    }
+    let key = format!("{hub}{claims:?}");
+    if let Some(t) = SIGNED.with_borrow(|s| s.get(&key).cloned()) {
+        return t;
+    }
+    let mut c = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
+    c.aud.push(format!("http://localhost/client/?hub={hub}"));
+    c.nameid = Some("u".into());
+    for (name, value) in claims {
+        c.insert(name, value);
+    }
+    let signed = crate::auth::sign(&c, KEY.as_bytes(), crate::auth::Algorithm::Hs256);
+    SIGNED.with_borrow_mut(|s| s.insert(key, signed.clone()));
+    signed
 }
