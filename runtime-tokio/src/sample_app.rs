@@ -32,6 +32,9 @@ fn unexpected_kind(method: &str, kind: &str, message: &str) -> HubError {
     ))
 }
 
+/// The GUID of the functional tests' complex object.
+const COMPLEX_GUID: &str = "00010203-0405-0607-0706-050403020100";
+
 /// The functional-test hub.
 pub fn test_hub() -> Hub {
     HubBuilder::new("testhub")
@@ -106,6 +109,37 @@ pub fn test_hub() -> Hub {
                 return Err(HubError::new("EchoComplexObject takes one argument."));
             }
             Ok(args.pop())
+        })
+        .method_raw("SendComplexObject", |ctx: Context, _args| async move {
+            // The functional tests' object, written as ASP.NET Core writes it: JSON with the
+            // .NET names, base64 bytes and an ISO date; MessagePack with bin bytes and a
+            // timestamp (2000-01-01T00:00:00Z).
+            let bytes: Vec<u8> = if ctx.protocol().is_binary() {
+                let mut m = vec![0x85, 0xa9];
+                m.extend_from_slice(b"ByteArray");
+                m.extend_from_slice(&[0xc4, 3, 1, 2, 3, 0xa8]);
+                m.extend_from_slice(b"DateTime");
+                m.extend_from_slice(&[0xd6, 0xff, 0x38, 0x6d, 0x43, 0x80, 0xa4]);
+                m.extend_from_slice(b"Guid");
+                m.extend_from_slice(&[0xd9, 36]);
+                m.extend_from_slice(COMPLEX_GUID.as_bytes());
+                m.push(0xa8);
+                m.extend_from_slice(b"IntArray");
+                m.extend_from_slice(&[0x93, 1, 2, 3, 0xa6]);
+                m.extend_from_slice(b"String");
+                m.push(0xab);
+                m.extend_from_slice(b"hello world");
+                m
+            } else {
+                format!(
+                    "{{\"ByteArray\":\"AQID\",\"DateTime\":\"2000-01-01T00:00:00Z\",\"Guid\":\"{COMPLEX_GUID}\",\"IntArray\":[1,2,3],\"String\":\"hello world\"}}"
+                )
+                .into_bytes()
+            };
+            Ok(Some(signalr_relay_core::aspnetcore::RawValue::new(bytes)))
+        })
+        .method("GetContentTypeHeader", |ctx: Context, ()| async move {
+            Ok(ctx.header("Content-Type").map(str::to_owned))
         })
         .method("GetHeader", |ctx: Context, (name,): (String,)| async move {
             Ok(ctx.header(&name).map(str::to_owned))

@@ -133,3 +133,21 @@ for (const [transport, protocols] of TRANSPORTS) for (const msgpack of protocols
     });
   });
 }
+
+describe('testhub values in both protocols', () => {
+  for (const msgpack of [false, true]) {
+    test(`SendComplexObject arrives as the functional tests expect (${msgpack ? 'MessagePack' : 'JSON'})`, async () => {
+      const c = await stack.connect('testhub', { msgpack });
+      const value = await c.invoke('SendComplexObject');
+      if (msgpack) value.ByteArray = [...value.ByteArray];
+      assert.deepEqual(value, {
+        ByteArray: msgpack ? [1, 2, 3] : 'AQID',
+        DateTime: msgpack ? new Date(Date.UTC(2000, 0, 1)) : '2000-01-01T00:00:00Z',
+        Guid: '00010203-0405-0607-0706-050403020100',
+        IntArray: [1, 2, 3],
+        String: 'hello world',
+      });
+      await c.stop();
+    });
+  }
+});
