@@ -320,6 +320,29 @@ async fn next_text<R: Runtime>(runtime: &R, ws: &mut Ws<R>) -> String {
 
 const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
 
+/// A client of `bearer`, negotiated and connected by WebSocket, its handshake answered by
+/// `server`: the client's socket and its connection id.
+async fn connected_client<R: Runtime>(
+    runtime: &R,
+    addr: SocketAddr,
+    server: &mut AppServer<R>,
+    bearer: &str,
+) -> (Ws<R>, String) {
+    let id = negotiate_as(runtime, addr, bearer).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let mut client = websocket(runtime, addr, &path, bearer).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    let connection_id = server.opened(runtime).await;
+    server.data(&connection_id, b"{}\x1e").await;
+    assert_eq!(next_text(runtime, &mut client).await, "{}\x1e");
+    (client, connection_id)
+}
+
 // ------------------------------------------------------------------------------ scenarios
 
 async fn websocket_messages_flow_both_ways<R: Runtime>(runtime: R, addr: SocketAddr) {
@@ -374,18 +397,8 @@ on_both_runtimes!(websocket_messages_flow_both_ways);
 async fn an_oversize_app_server_message_is_skipped<R: Runtime>(runtime: R, addr: SocketAddr) {
     let rt = &runtime;
     let mut server = AppServer::connect(rt, addr).await;
-    let id = negotiate(rt, addr).await;
-    let path = format!("/client/?hub=chat&id={id}");
-    let mut client = websocket(rt, addr, &path, &token("/client/", None)).await;
-    client
-        .send(Message::Text(
-            std::str::from_utf8(HANDSHAKE).expect("text").into(),
-        ))
-        .await
-        .expect("sent");
-    let connection_id = server.opened(rt).await;
-    server.data(&connection_id, b"{}\x1e").await;
-    assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
+    let anyone = token("/client/", None);
+    let (mut client, connection_id) = connected_client(rt, addr, &mut server, &anyone).await;
     let limit = config().max_server_message_size;
     let big = format!(
         "{{\"type\":1,\"target\":\"big\",\"arguments\":[\"{}\"]}}\x1e",
@@ -446,17 +459,7 @@ async fn the_service_protocol_as_the_sdk_reads_it<R: Runtime>(runtime: R, addr: 
     let rt = &runtime;
     let mut server = AppServer::connect(rt, addr).await;
     let bob = token("/client/", Some("bob"));
-    let id = negotiate_as(rt, addr, &bob).await;
-    let path = format!("/client/?hub=chat&id={id}");
-    let mut client = websocket(rt, addr, &path, &bob).await;
-    client
-        .send(Message::Text(
-            std::str::from_utf8(HANDSHAKE).expect("text").into(),
-        ))
-        .await
-        .expect("sent");
-    let connection_id = server.opened(rt).await;
-    server.data(&connection_id, b"{}\x1e").await;
+    let (mut client, connection_id) = connected_client(rt, addr, &mut server, &bob).await;
     server
         .send(&ServiceMessage::JoinGroupWithAck(
             service::GroupMembershipWithAck {
