@@ -220,7 +220,11 @@ impl BinaryFrameDecoder {
             if !self.skips_oversize {
                 return Err(self.fail(error));
             }
-            // Drop what is here of it, and the rest as it comes; keep its first bytes.
+            // Its first bytes say what it was: wait for them (a bounded wait), then drop what
+            // is here of it, and the rest as it comes.
+            if self.buf.len() - prefix < len.min(SKIPPED_HEAD) {
+                return Ok(None);
+            }
             let here = (self.buf.len() - prefix).min(len);
             let mut dropped = self.buf.split_to(prefix + here);
             let _ = dropped.split_to(prefix);

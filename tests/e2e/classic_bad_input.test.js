@@ -135,3 +135,19 @@ test('classic ping needs no connection', async () => {
   assert.deepEqual(await (await fetch(`${base}/ping`)).json(), { Response: 'pong' });
   assert.deepEqual(await (await fetch(`http://${stack.appAddr}/signalr/ping`)).json(), { Response: 'pong' });
 });
+
+test('a client that stops over long polling ends its own pending poll cleanly, without an error', async () => {
+  // What a classic server does: the .NET client raises its Error event on a poll that ends
+  // with "E" (#18). A forged token still gets a 4xx (above).
+  const c = await connect();
+  // The chat hub's welcome first; then a poll that waits.
+  const first = await (await fetch(`${base}/poll?${c.q}`, form({ messageId: '0' }))).json();
+  const pending = fetch(`${base}/poll?${c.q}`, form({ messageId: first.C }));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal((await fetch(`${base}/abort?${c.q}`, { method: 'POST', headers: headers() })).status, 200);
+  const r = await pending;
+  assert.equal(r.status, 200);
+  const body = await r.json();
+  assert.equal(body.E, undefined, JSON.stringify(body));
+  assert.deepEqual(body.M, []);
+});

@@ -889,7 +889,8 @@ impl Relay {
         flow: Option<String>,
     ) {
         let client = flow.and_then(|id| self.directory.connection(&id));
-        if let Some(client) = client.filter(|&c| self.serves(conn, hub, c)) {
+        let broken = |c: &ConnHandle| self.serves(conn, hub, *c) || self.served(conn, *c);
+        if let Some(client) = client.filter(broken) {
             if let Some(client) = self.clients.map.remove(&client) {
                 self.end_client(now, client, Ending::ServerMessageTooLarge);
             }
@@ -1148,8 +1149,16 @@ impl Relay {
                 .get_mut(client)
                 .and_then(|c| c.link.as_mut())
             {
-                link.previous = None;
+                if link.previous.as_ref().is_some_and(|p| p.0 == conn) {
+                    link.previous = None;
+                }
             }
+        }
+        // Connections of its app server that only followed it out come back, unless another
+        // of them was itself told to leave.
+        if server.fin_received {
+            self.servers
+                .release_followers(&self.directory, server.hub, &server.server_id);
         }
         if let Some(reason) = ending.close_text() {
             self.out.close(conn, SERVER_CLOSE_CODE, &reason);

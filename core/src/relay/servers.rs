@@ -57,6 +57,9 @@ pub(crate) struct ServerConn {
     pub(crate) migrates: bool,
     /// Its app server is leaving and asked for its clients to be moved (`shutdown fin:1`).
     pub(crate) migrating: bool,
+    /// This connection itself said `shutdown fin` (the others of its app server may only
+    /// have followed it).
+    pub(crate) fin_received: bool,
     /// The clients mapped to it.
     pub(crate) clients: BTreeSet<ConnHandle>,
     /// Clients migrated away from it that may still hear what it owed them.
@@ -195,6 +198,7 @@ impl Servers {
             allows_stateful: false,
             migrates: false,
             migrating: false,
+            fin_received: false,
             clients: BTreeSet::new(),
             left: BTreeSet::new(),
             last_received: now,
@@ -289,20 +293,42 @@ impl Servers {
             .map(|(h, _)| h)
     }
 
-    /// A new connection of an app server that is leaving leaves too: it takes no clients.
+    /// A new connection of an app server that is leaving leaves too: it takes no clients
+    /// while a connection of it that said `shutdown fin` is there.
     pub(crate) fn inherit_leaving(&mut self, directory: &Directory, hub: HubId, conn: ConnHandle) {
         let id = self.server_id(conn).to_owned();
         let (draining, migrating) = directory
             .servers(hub)
             .filter(|&s| s != conn)
             .filter_map(|s| self.map.get(&s))
-            .filter(|s| s.server_id == id)
+            .filter(|s| s.server_id == id && s.fin_received)
             .fold((false, false), |(d, m), s| {
                 (d || s.draining, m || s.migrating)
             });
         if let Some(s) = self.map.get_mut(&conn) {
             s.draining |= draining;
             s.migrating |= migrating && s.migrates;
+        }
+    }
+
+    /// The last connection of `server_id` that said `shutdown fin` is gone: the ones that only
+    /// followed it take clients again (a restarted app server may reuse its id).
+    pub(crate) fn release_followers(&mut self, directory: &Directory, hub: HubId, server_id: &str) {
+        let same: Vec<ConnHandle> = directory
+            .servers(hub)
+            .filter(|s| self.map.get(s).is_some_and(|s| s.server_id == server_id))
+            .collect();
+        if same
+            .iter()
+            .any(|s| self.map.get(s).is_some_and(|s| s.fin_received))
+        {
+            return;
+        }
+        for s in same {
+            if let Some(s) = self.map.get_mut(&s) {
+                s.draining = false;
+                s.migrating = false;
+            }
         }
     }
 
@@ -432,6 +458,9 @@ impl Servers {
         if let Some(fin) = ping.get("shutdown").filter(|v| v.starts_with("fin")) {
             // fin:1 is GracefulShutdown.Mode = MigrateClients.
             let migrate = fin == "fin:1";
+            if let Some(s) = self.map.get_mut(&conn) {
+                s.fin_received = true;
+            }
             let server_id = self.server_id(conn).to_owned();
             for s in directory.servers(hub) {
                 if let Some(s) = self.map.get_mut(&s).filter(|s| s.server_id == server_id) {

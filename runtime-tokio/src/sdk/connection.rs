@@ -396,6 +396,7 @@ fn run_stream<R: Runtime>(runtime: &R, ctx: Context, invocation: Invocation) {
     let task_ctx = ctx.clone();
     let task_id = id.clone();
     let (task, handle) = abortable(async move {
+        let mut end = Ok(None);
         while let Some(item) = stream.next().await {
             match item {
                 Ok(item) => task_ctx.send_message(HubMessage::StreamItem(StreamItem {
@@ -403,11 +404,17 @@ fn run_stream<R: Runtime>(runtime: &R, ctx: Context, invocation: Invocation) {
                     invocation_id: task_id.clone(),
                     item,
                 })),
-                Err(e) => return task_ctx.send_message(completion(task_id, Err(e))),
+                Err(e) => {
+                    end = Err(e);
+                    break;
+                }
             }
         }
-        task_ctx.send_message(completion(task_id.clone(), Ok(None)));
-        lock(&task_ctx.client.streams).remove(&task_id);
+        // Whoever takes the stream's entry sends its completion: this task, or the client's
+        // disconnect (which then ends it with an error).
+        if lock(&task_ctx.client.streams).remove(&task_id).is_some() {
+            task_ctx.send_message(completion(task_id, end));
+        }
     });
     lock(&ctx.client.streams).insert(id, handle);
     runtime.spawn(async move {

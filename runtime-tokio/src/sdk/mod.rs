@@ -108,7 +108,8 @@ impl Default for AppOptions {
             connections_per_hub: 5,
             max_connections_per_hub: 20,
             client_token_lifetime: Duration::from_secs(3600),
-            server_id: format!("app-{}", std::process::id()),
+            // The process id alone repeats across containers and restarts.
+            server_id: format!("app-{}-{}", std::process::id(), &hub::random_id()[..8]),
             client_result_timeout: Duration::from_secs(30),
             max_invocations_per_client: 256,
             max_streams_per_client: 128,

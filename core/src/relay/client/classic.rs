@@ -775,7 +775,15 @@ impl Classic {
             cx.out.respond(request, json(failure.encode()));
         }
         if let Some(request) = poll {
-            let body = PersistentResponse::global_error(texts::CONNECTION_CLOSED).encode();
+            // The client's own stop ends its poll as a classic server does, without an error
+            // (the .NET client raises its Error event on one); any other end says why.
+            let body = if matches!(ending, Ending::Aborted) {
+                let mut envelope = PersistentResponse::default();
+                envelope.cursor = Some(self.cursor());
+                envelope.encode()
+            } else {
+                PersistentResponse::global_error(texts::CONNECTION_CLOSED).encode()
+            };
             cx.out.respond(request, json(body));
         }
         if channel.is_stream() {

@@ -577,3 +577,21 @@ fn client_results_owed_to_the_leaving_app_server_fail_when_the_client_moves() {
     });
     assert!(failed.is_some_and(|e| e.contains("moved")));
 }
+
+/// A connection an app server opens while it is leaving leaves too; once the connection that
+/// said `shutdown fin` is gone, the app server's (restarted, same id) connections take
+/// clients again.
+#[test]
+fn late_connections_follow_a_leaving_app_server_only_while_it_leaves() {
+    let mut sim = sim();
+    let leaving = sim.connect_server("chat", "app-1");
+    shutdown(&mut sim, leaving, "fin:2");
+    let late = sim.connect_server("chat", "app-1");
+    assert!(
+        sim.negotiate("chat", None).is_err(),
+        "no connection of the hub takes clients"
+    );
+    sim.closed_by_peer(leaving);
+    let (c, _) = sim.connect_client("chat", None, "json");
+    assert_eq!(sim.server_of(c), late);
+}
