@@ -778,9 +778,11 @@ impl Classic {
             // The client's own stop ends its poll as a classic server does, without an error
             // (the .NET client raises its Error event on one); any other end says why.
             let body = if matches!(ending, Ending::Aborted) {
-                let mut envelope = PersistentResponse::default();
-                envelope.cursor = Some(self.cursor());
-                envelope.encode()
+                PersistentResponse {
+                    cursor: Some(self.cursor()),
+                    ..PersistentResponse::default()
+                }
+                .encode()
             } else {
                 PersistentResponse::global_error(texts::CONNECTION_CLOSED).encode()
             };
