@@ -20,6 +20,23 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
         exit 1
     fi
 fi
+if [ ! -x "${NGINX:-/usr/sbin/nginx}" ]; then
+    # Debian's nginx, for the reverse-proxy deployment test; the tests run their own instance on
+    # loopback, so the package's service is kept from starting (policy-rc.d).
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        our_policy=
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            our_policy=1
+        fi
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+        [ -z "$our_policy" ] || rm -f /usr/sbin/policy-rc.d
+    else
+        echo "the proxy tests need nginx at /usr/sbin/nginx (Debian: apt-get install nginx)" >&2
+        exit 1
+    fi
+fi
 # The Python clients (signalrcore, signalr-client-threads), pinned; reinstalled when the pins change.
 if ! cmp -s tests/e2e/python/requirements.txt tests/.venv/installed-requirements.txt; then
     [ -x tests/.venv/bin/python ] || python3 -m venv tests/.venv

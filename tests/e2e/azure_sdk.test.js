@@ -118,6 +118,32 @@ describe('refusals in the log', () => {
   });
 });
 
+describe('behind nginx', () => {
+  let trusted;
+  let untrusted;
+  before(async () => {
+    // nginx reaches the relay from 127.0.0.3; only that address is trusted.
+    trusted = await Stack.start({ nginx: true, relayArgs: ['--trusted-proxy', '127.0.0.3'] });
+    untrusted = await Stack.start({ nginx: true });
+  });
+  after(async () => { await trusted.stop(); await untrusted.stop(); });
+
+  test('the app server sees the address nginx saw, not what the client claims, on every transport', async () => {
+    for (const transport of ['WebSockets', 'ServerSentEvents', 'LongPolling']) {
+      const c = await connect(trusted, 'testhub', { transport, headers: { 'X-Forwarded-For': '6.6.6.6' } });
+      assert.equal(await c.invoke('GetClientAddress'), '127.0.0.1', transport);
+      assert.equal(await c.invoke('GetHeader', 'X-Forwarded-For'), '127.0.0.1', transport);
+      await c.stop();
+    }
+  });
+
+  test('without --trusted-proxy the proxy is the client, and its header is not believed', async () => {
+    const c = await connect(untrusted, 'testhub', { headers: { 'X-Forwarded-For': '6.6.6.6' } });
+    assert.equal(await c.invoke('GetClientAddress'), '127.0.0.3');
+    await c.stop();
+  });
+});
+
 describe('behind a trusted proxy (--trusted-proxy)', () => {
   let stack;
   before(async () => { stack = await Stack.start({ relayArgs: ['--trusted-proxy', '127.0.0.0/8,10.0.0.0/8'] }); });

@@ -73,9 +73,86 @@ function jwt(claims, key) {
   return `${head}.${body}.${sig}`;
 }
 
+/// A free TCP port on `host` (closed again at once; the caller binds it next).
+function freePort(host) {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, host, () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/// Debian's nginx as a reverse proxy in front of the relay, as the README's deployment has
+/// it: it listens on 127.0.0.2, reaches the relay from 127.0.0.3, passes WebSockets through
+/// and appends the client's address to X-Forwarded-For. It exits by itself after
+/// SAFETY_EXIT_SECS, like every process the tests start.
+async function startNginx(relayAddr) {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-nginx-'));
+  const port = await freePort('127.0.0.2');
+  const conf = `
+daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  server {
+    listen 127.0.0.2:${port};
+    location / {
+      proxy_pass http://${relayAddr};
+      proxy_bind 127.0.0.3;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }
+  }
+}
+`;
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
+  const child = spawn('timeout', [String(SAFETY_EXIT_SECS), process.env.NGINX || '/usr/sbin/nginx', '-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  // Ready once it answers.
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    try {
+      await fetch(`http://127.0.0.2:${port}/health`);
+      break;
+    } catch (e) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nginx did not start: ${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    addr: `127.0.0.2:${port}`,
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 class Stack {
-  /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy.
-  static async start({ proxy = false, clientProxy = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile, relayLog = 'warn' } = {}) {
+  /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy;
+  /// with `clientProxy`, clients go through one; with `nginx`, clients go through nginx.
+  static async start({ proxy = false, clientProxy = false, nginx = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile, relayLog = 'warn' } = {}) {
     const s = new Stack();
     s.key = crypto.randomBytes(16).toString('hex');
     s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', relayLog, ...relayArgs], { nofile: relayNofile });
@@ -88,6 +165,9 @@ class Stack {
       s.proxy = await startProxy(relayPort);
       endpoint = `http://127.0.0.1:${s.proxy.port}`;
       extra = `ClientEndpoint=http://${s.relayAddr};`;
+    } else if (nginx) {
+      s.nginx = await startNginx(s.relayAddr);
+      extra = `ClientEndpoint=http://${s.nginx.addr};`;
     } else if (clientProxy) {
       // Clients go through the proxy (so a test can cut their sockets); app servers do not.
       s.proxy = await startProxy(relayPort);
@@ -166,6 +246,7 @@ class Stack {
       if (p && p.child.exitCode === null) p.child.kill('SIGTERM');
     }
     if (this.proxy) this.proxy.close();
+    if (this.nginx) this.nginx.stop();
   }
 }
 
