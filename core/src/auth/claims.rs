@@ -68,8 +68,8 @@ const U64_LIMIT_F64: f64 = 18_446_744_073_709_551_616.0;
 /// The claims of a token.
 ///
 /// The registered claims the relay checks are typed fields; every other claim (`sub`,
-/// `unique_name`, `role`, `asrs.s.*`, ...) is kept in [`extra`](Self::extra) as JSON, with
-/// repeated claim types as arrays, the way the SDK writes them.
+/// `unique_name`, `role`, `asrs.s.*`, ...) is kept in [`extra`](Self::extra) as JSON, in the
+/// token's order, with repeated claim types as arrays, the way the SDK writes them.
 ///
 /// JSON mapping, both ways:
 /// - `aud`: a string, or an array of strings. An empty list is omitted.

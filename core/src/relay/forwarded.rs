@@ -30,9 +30,10 @@ impl Intro {
     }
 }
 
-/// Claims as the app server's SDK expects them: the short JWT claim types mapped back to their
-/// long .NET names, as the JWT handler the SDK signs with maps them (its inbound claim-type
-/// map), token bookkeeping claims dropped.
+/// Claims as the app server's SDK expects them: in the token's order (the name identifier
+/// first), the short JWT claim types mapped back to their long .NET names as the JWT handler
+/// the SDK signs with maps them (its inbound claim-type map), token bookkeeping claims
+/// dropped.
 fn claims(claims: &Claims) -> Vec<(String, String)> {
     let long_name = |name: &str| -> String {
         LONG_CLAIM_TYPES
@@ -444,13 +445,14 @@ mod tests {
         let role = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role";
         assert_eq!(
             got,
+            // In the token's order (the name identifier first).
             [
                 (long("nameidentifier"), "alice".to_owned()),
-                ("asrs.s.uid".to_owned(), "alice".to_owned()),
                 (long("givenname"), "Alice".to_owned()),
+                (long("upn"), "alice@example.org".to_owned()),
                 (role.to_owned(), "admin".to_owned()),
                 (role.to_owned(), "user".to_owned()),
-                (long("upn"), "alice@example.org".to_owned()),
+                ("asrs.s.uid".to_owned(), "alice".to_owned()),
             ]
         );
     }
