@@ -40,6 +40,7 @@ pub mod auth;
 pub mod classic;
 pub mod framing;
 pub(crate) mod msgpack;
+pub mod odata;
 pub mod relay;
 pub mod service;
 pub mod varint;

@@ -217,6 +217,11 @@ pub fn jwt(data: &[u8]) {
     crate::auth::fuzz_jwt(data);
 }
 
+/// OData subscriber filters: parsed, and evaluated against a few connections.
+pub fn odata(data: &[u8]) {
+    crate::odata::fuzz_filter(data);
+}
+
 /// Every target, by name, for corpus replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("aspnetcore_json", aspnetcore_json),
@@ -227,5 +232,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("classic_query", classic_query),
     ("classic_envelope", classic_envelope),
     ("jwt", jwt),
+    ("odata", odata),
     ("relay_ops", relay_ops),
 ];

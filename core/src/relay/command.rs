@@ -19,6 +19,8 @@ pub(crate) enum HubCommand<'a> {
     Send {
         to: Audience<'a>,
         payloads: &'a Payloads,
+        /// Only to the connections that pass this OData filter (extension key 4).
+        filter: Option<&'a str>,
     },
     /// Put a connection in a group (in the connection's own hub). Without a group, nothing
     /// is done and the answer is no.
@@ -145,20 +147,31 @@ impl<'a> HubCommand<'a> {
     pub(crate) fn from_service(msg: &'a ServiceMessage) -> Option<(Self, Option<i32>)> {
         use ServiceMessage as M;
         let one = slice::from_ref;
-        let send = |to, payloads| Self::Send { to, payloads };
+        let send = |to, payloads, ext: &'a crate::service::Ext| Self::Send {
+            to,
+            payloads,
+            filter: ext.filter.as_deref(),
+        };
         Some(match msg {
             M::MultiConnectionData(m) => (
-                send(Target::Connections(&m.connection_ids).only(), &m.payloads),
+                send(
+                    Target::Connections(&m.connection_ids).only(),
+                    &m.payloads,
+                    &m.ext,
+                ),
                 None,
             ),
             M::UserData(m) => (
-                send(Target::Users(one(&m.user_id)).only(), &m.payloads),
+                send(Target::Users(one(&m.user_id)).only(), &m.payloads, &m.ext),
                 None,
             ),
-            M::MultiUserData(m) => (send(Target::Users(&m.user_ids).only(), &m.payloads), None),
+            M::MultiUserData(m) => (
+                send(Target::Users(&m.user_ids).only(), &m.payloads, &m.ext),
+                None,
+            ),
             M::BroadcastData(m) => {
                 let to = Target::Hub.except(&m.excluded_connection_ids);
-                (send(to, &m.payloads), None)
+                (send(to, &m.payloads, &m.ext), None)
             }
             M::GroupBroadcastData(m) => {
                 let to = Audience {
@@ -166,11 +179,12 @@ impl<'a> HubCommand<'a> {
                     except: &m.excluded_connection_ids,
                     except_users: &m.excluded_user_ids,
                 };
-                (send(to, &m.payloads), None)
+                (send(to, &m.payloads, &m.ext), None)
             }
-            M::MultiGroupBroadcastData(m) => {
-                (send(Target::Groups(&m.groups).only(), &m.payloads), None)
-            }
+            M::MultiGroupBroadcastData(m) => (
+                send(Target::Groups(&m.groups).only(), &m.payloads, &m.ext),
+                None,
+            ),
             M::JoinGroup(m) => (
                 Self::Join {
                     connection: &m.connection_id,

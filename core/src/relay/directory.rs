@@ -308,6 +308,13 @@ impl Directory {
         }
     }
 
+    /// Whether a client is in a group.
+    pub(crate) fn in_group(&self, conn: ConnHandle, group: &str) -> bool {
+        self.groups_of
+            .get(&conn)
+            .is_some_and(|groups| groups.contains(group))
+    }
+
     /// The members of a group.
     pub(crate) fn group(&self, hub: HubId, group: &str) -> impl Iterator<Item = ConnHandle> + '_ {
         self.hub(hub)

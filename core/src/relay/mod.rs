@@ -136,6 +136,7 @@ use self::output::Outputs;
 use self::policy::Policy;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
 use self::servers::{Received, Servers};
+use crate::odata::Filter;
 
 /// Bad messages one read from an app server may hold before its connection is dropped.
 const MAX_SKIPPED_PER_READ: usize = 16;
@@ -1183,8 +1184,28 @@ impl Relay {
         } = origin;
         let d = &mut self.directory;
         let ok = match command {
-            HubCommand::Send { to, payloads } => {
-                self.send(now, hub, to, &Prepared::new(payloads));
+            HubCommand::Send {
+                to,
+                payloads,
+                filter,
+            } => {
+                let filter = match filter.map(Filter::parse) {
+                    None => None,
+                    Some(Ok(filter)) => Some(filter),
+                    // A filter that does not parse reaches nobody; the app server is told.
+                    Some(Err(e)) => {
+                        let event = ServiceMessage::ServiceEvent(service::ServiceEvent {
+                            object_type: service::ServiceEventObjectType::ServerConnection,
+                            id: Some(format!("server-{}", conn.0)),
+                            kind: service::ServiceEventKind::Invalid,
+                            message: format!("A message was not sent: {e}."),
+                            ext: service::Ext::default(),
+                        });
+                        self.out.service(conn, &event);
+                        return;
+                    }
+                };
+                self.send(now, hub, to, &Prepared::new(payloads), filter.as_ref());
                 true
             }
             HubCommand::Join { connection, group } => {
@@ -1222,10 +1243,18 @@ impl Relay {
 
     /// Delivers a multicast message to an audience: each client looked up once; a client
     /// that cannot take it more is ended once the fan-out is done.
-    fn send(&mut self, now: Instant, hub: HubId, to: Audience<'_>, message: &Prepared<'_>) {
+    fn send(
+        &mut self,
+        now: Instant,
+        hub: HubId,
+        to: Audience<'_>,
+        message: &Prepared<'_>,
+        filter: Option<&Filter>,
+    ) {
         let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
         let except = to.excluded(&self.directory, hub);
         let mut ended = Vec::new();
+        let d = &self.directory;
         let mut deliver = |conn: ConnHandle| {
             if except.contains(&conn) {
                 return;
@@ -1233,6 +1262,18 @@ impl Relay {
             let Entry::Occupied(mut entry) = self.clients.map.entry(conn) else {
                 return;
             };
+            if let Some(filter) = filter {
+                let client = entry.get();
+                let subject = Recipient {
+                    user_id: client.user_id.as_deref(),
+                    connection_id: &client.connection_id,
+                    conn,
+                    directory: d,
+                };
+                if !filter.matches(&subject) {
+                    return;
+                }
+            }
             if let Err(ending) = entry
                 .get_mut()
                 .deliver_message(now, message, config, out, timers)
@@ -1240,7 +1281,6 @@ impl Relay {
                 ended.push((entry.remove(), ending));
             }
         };
-        let d = &self.directory;
         match to.to {
             Target::Hub => d.clients(hub).for_each(&mut deliver),
             Target::Connections(ids) => ids
@@ -1285,5 +1325,27 @@ fn truncate(text: &mut String, max: usize) {
             end -= 1;
         }
         text.truncate(end);
+    }
+}
+
+/// A client, as a subscriber filter sees it.
+struct Recipient<'a> {
+    user_id: Option<&'a str>,
+    connection_id: &'a str,
+    conn: ConnHandle,
+    directory: &'a Directory,
+}
+
+impl crate::odata::Subject for Recipient<'_> {
+    fn user_id(&self) -> Option<&str> {
+        self.user_id
+    }
+
+    fn connection_id(&self) -> &str {
+        self.connection_id
+    }
+
+    fn in_group(&self, group: &str) -> bool {
+        self.directory.in_group(self.conn, group)
     }
 }

@@ -326,3 +326,52 @@ fn group_members_are_listed_a_page_at_a_time() {
     assert_eq!(second, ids[2..]);
     assert_eq!(token, None);
 }
+
+/// The subscriber filter (extension key 4) narrows a multicast to the connections that pass
+/// it; one that does not parse reaches nobody, and the app server is told.
+#[test]
+fn multicasts_reach_only_the_connections_their_filter_passes() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (a, a_id) = sim.connect_client("chat", Some("alice"), "json");
+    let (b, b_id) = sim.connect_client("chat", Some("bob"), "json");
+    let (anon, anon_id) = sim.connect_client("chat", None, "json");
+    for (c, id) in [(a, &a_id), (b, &b_id), (anon, &anon_id)] {
+        sim.accept_handshake(c, id);
+    }
+    sim.send_service(
+        server,
+        &ServiceMessage::JoinGroup(service::GroupMembership {
+            connection_id: b_id.clone(),
+            group: "room".into(),
+            ext: service::Ext::default(),
+        }),
+    );
+    let broadcast = |target: &str, filter: &str| {
+        ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: vec![],
+            payloads: json_payloads(&format!(
+                "{{\"type\":1,\"target\":\"{target}\",\"arguments\":[]}}"
+            )),
+            ext: service::Ext {
+                filter: Some(filter.to_owned()),
+                ..service::Ext::default()
+            },
+        })
+    };
+    sim.send_service(server, &broadcast("toAlice", "userId eq 'alice'"));
+    sim.send_service(server, &broadcast("toRoom", "'room' in groups"));
+    sim.send_service(server, &broadcast("toAnon", "userId eq null"));
+    sim.send_service(server, &broadcast("nobody", "userId eq"));
+    let got = |c| sim.client_text(c);
+    assert!(got(a).contains("toAlice") && !got(a).contains("toRoom"));
+    assert!(got(b).contains("toRoom") && !got(b).contains("toAlice"));
+    assert!(got(anon).contains("toAnon") && !got(anon).contains("toRoom"));
+    for c in [a, b, anon] {
+        assert!(!got(c).contains("nobody"));
+    }
+    assert!(sim.to_server[&server].iter().any(|m| matches!(
+        m,
+        ServiceMessage::ServiceEvent(e) if e.message.contains("invalid filter")
+    )));
+}
