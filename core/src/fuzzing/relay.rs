@@ -81,6 +81,14 @@ const SERVER_FRAMES: &[&[u8]] = &[
     b"{\"type\":1,\"ta",
 ];
 
+/// Subscriber filters a broadcast may carry (half of them carry none).
+const FILTERS: &[&str] = &[
+    "userId eq 'u'",
+    "'g' in groups",
+    "not (userId ne null)",
+    "userId eq",
+];
+
 /// What the script has made so far.
 #[derive(Default)]
 struct World {
@@ -484,7 +492,14 @@ fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
         4 => ServiceMessage::BroadcastData(service::BroadcastData {
             excluded_connection_ids: vec![id],
             payloads,
-            ext: service::Ext::default(),
+            // Sometimes narrowed by a subscriber filter, well formed or not.
+            ext: service::Ext {
+                filter: match script.byte() % 2 {
+                    0 => None,
+                    _ => script.pick(FILTERS).map(|f| (*f).to_owned()),
+                },
+                ..service::Ext::default()
+            },
         }),
         5 => ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
             group,
