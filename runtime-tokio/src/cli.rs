@@ -28,6 +28,13 @@ pub struct RelayArgs {
     )]
     pub access_keys: Vec<String>,
 
+    /// Local development as with the Azure SignalR Emulator: without `--access-key`, use the
+    /// Emulator's public, fixed key, and print the connection string in the Emulator's form,
+    /// so that settings written for the Emulator (a Functions app's `local.settings.json`)
+    /// work unchanged. Never in production: the key is public.
+    #[arg(long, env = "SIGNALR_RELAY_DEV")]
+    pub dev: bool,
+
     /// Largest hub message a client may send, in bytes.
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_message_size: usize,
@@ -142,7 +149,11 @@ impl RelayArgs {
             .cloned()
             .collect();
         if config.access_keys.is_empty() {
-            let key = generate_key();
+            let key = if self.dev {
+                EMULATOR_KEY.to_owned()
+            } else {
+                generate_key()
+            };
             config.access_keys.push(key.clone());
             generated = Some(key);
         }
@@ -178,6 +189,10 @@ impl RelayArgs {
         options
     }
 }
+
+/// The Azure SignalR Emulator's fixed development key (public: it is in the Emulator's
+/// source and its printed connection string).
+pub const EMULATOR_KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
 
 /// A random access key (32 bytes, hex).
 pub fn generate_key() -> String {
@@ -282,9 +297,22 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     crate::glue::accept::raise_descriptor_limit();
     let (config, generated) = args.relay_config();
     let addr = listener.local_addr().unwrap_or(args.listen);
-    if let Some(key) = &generated {
-        println!("DEV MODE: no --access-key given; generated a key for this run.");
-        println!("  app servers connect with: Endpoint=http://{addr};AccessKey={key};Version=1.0;");
+    match &generated {
+        Some(key) if args.dev => {
+            println!("DEV MODE (--dev): the Azure SignalR Emulator's public key; never use it in production.");
+            println!(
+                "  app servers connect with: Endpoint=http://{};Port={};AccessKey={key};Version=1.0;",
+                addr.ip(),
+                addr.port()
+            );
+        }
+        Some(key) => {
+            println!("DEV MODE: no --access-key given; generated a key for this run.");
+            println!(
+                "  app servers connect with: Endpoint=http://{addr};AccessKey={key};Version=1.0;"
+            );
+        }
+        None => {}
     }
     println!("signalr-relay listening on http://{addr}");
     exit_after(&runtime, args.exit_after);

@@ -118,6 +118,21 @@ describe('refusals in the log', () => {
   });
 });
 
+describe('--dev: the Azure SignalR Emulator\'s local settings', () => {
+  let stack;
+  before(async () => { stack = await Stack.start({ dev: true }); });
+  after(async () => { await stack.stop(); });
+
+  test("the relay prints the Emulator's connection string, and an app server takes it as it is", async () => {
+    const [, host, port] = stack.relayAddr.match(/^(.*):(\d+)$/);
+    assert.match(stack.relay.output(), new RegExp(`Endpoint=http://${host.replace(/\./g, '\\.')};Port=${port};AccessKey=ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH;Version=1\\.0;`));
+    assert.match(stack.connectionString, /;Port=\d+;/);
+    const c = await connect(stack, 'chat', { query: '?user=dev' });
+    assert.equal(await c.invoke('Echo', 'emulator settings'), 'emulator settings');
+    await c.stop();
+  });
+});
+
 describe('behind nginx', () => {
   let trusted;
   let untrusted;

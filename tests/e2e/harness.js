@@ -152,10 +152,13 @@ http {
 class Stack {
   /// Relay + sample app. With `proxy`, the app's server connections go through a TCP proxy;
   /// with `clientProxy`, clients go through one; with `nginx`, clients go through nginx.
-  static async start({ proxy = false, clientProxy = false, nginx = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile, relayLog = 'warn' } = {}) {
+  /// With `dev`, the relay runs with `--dev` (the Emulator's key) and the app takes the
+  /// connection string the relay printed, in the Emulator's `Port=` form.
+  static async start({ proxy = false, clientProxy = false, nginx = false, dev = false, connectionsPerHub = 5, relayArgs = [], appArgs = [], relayNofile, appNofile, relayLog = 'warn' } = {}) {
     const s = new Stack();
-    s.key = crypto.randomBytes(16).toString('hex');
-    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', s.key, '--log', relayLog, ...relayArgs], { nofile: relayNofile });
+    s.key = dev ? 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH' : crypto.randomBytes(16).toString('hex');
+    const keyArgs = dev ? ['--dev'] : ['--access-key', s.key];
+    s.relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', ...keyArgs, '--log', relayLog, ...relayArgs], { nofile: relayNofile });
     s.relayAddr = await s.relay.ready;
     const relayPort = Number(s.relayAddr.split(':')[1]);
     let endpoint = `http://${s.relayAddr}`;
@@ -173,7 +176,12 @@ class Stack {
       s.proxy = await startProxy(relayPort);
       extra = `ClientEndpoint=http://127.0.0.1:${s.proxy.port};`;
     }
-    const cs = `Endpoint=${endpoint};AccessKey=${s.key};Version=1.0;${extra}`;
+    let cs = `Endpoint=${endpoint};AccessKey=${s.key};Version=1.0;${extra}`;
+    if (dev) {
+      const printed = s.relay.output().match(/connect with: (Endpoint=\S+)/);
+      if (!printed) throw new Error(`--dev printed no connection string: ${s.relay.output()}`);
+      cs = printed[1];
+    }
     s.connectionString = cs;
     s.app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', cs, '--listen', '127.0.0.1:0',
       '--connections-per-hub', String(connectionsPerHub), '--log', 'warn', ...appArgs], { nofile: appNofile });
