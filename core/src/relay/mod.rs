@@ -23,8 +23,8 @@
 //! handle has come out, the socket or event stream it named is done: ignore its input. A later
 //! request may attach a new socket to the same handle (a stateful reconnect, or a classic
 //! `/reconnect`); its [`RequestOutcome`] says so, and from then on the handle means the new
-//! socket. [`Output::Event`]s ask for nothing: they say what opened and closed, and why, for
-//! logs and metrics; [`Relay::stats`] has the counters, and [`Relay::buffered_bytes`] what the
+//! socket. [`Output::Event`]s ask for nothing: they say what opened and closed, and why, what
+//! was refused, and which app-server messages were skipped, for logs and metrics; [`Relay::stats`] has the counters, and [`Relay::buffered_bytes`] what the
 //! relay holds for its clients.
 //!
 //! Before reading a request's body, ask [`Relay::gate`] (a [`RequestGate`], usable on any

@@ -57,7 +57,7 @@ pub enum ClientFamily {
     Classic,
 }
 
-/// A connection opened or closed.
+/// Something for the log: a connection opened or closed, a request refused, a message skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
