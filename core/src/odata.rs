@@ -584,4 +584,16 @@ mod tests {
         assert!(Filter::parse(&nots).is_err());
         assert!(Filter::parse(&"x".repeat(MAX_FILTER_LEN + 1)).is_err());
     }
+
+    #[test]
+    fn the_fuzz_body_takes_seeds_and_garbage() {
+        for input in [
+            &b"userId eq 'alice' and not ('g' in groups)"[..],
+            b"substring(connectionId, 99, 99) eq ''",
+            b"\xff\xfe",
+            b"((((",
+        ] {
+            fuzz_filter(input);
+        }
+    }
 }

@@ -149,10 +149,7 @@ fn only_the_transports_the_token_allows_are_offered_and_taken() {
         Some("text/event-stream"),
         b"",
     );
-    sse.headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
-    sse.headers
-        .push(("Authorization".into(), format!("Bearer {bearer}")));
+    bear(&mut sse, &bearer);
     assert_eq!(respond(sim.handle(&sse)).status, 404);
     // Skipping negotiation does not get around it.
     let skip = request("GET", "/client/", "hub=chat", Some(&bearer), true);
@@ -212,10 +209,7 @@ fn the_token_sets_the_handshake_timeout_and_the_poll_interval() {
     };
     let id = info.connection_token.expect("a token");
     let mut poll = connection_request("GET", "chat", &id, Some("u"), None, b"");
-    poll.headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
-    poll.headers
-        .push(("Authorization".into(), format!("Bearer {bearer}")));
+    bear(&mut poll, &bearer);
     assert_eq!(respond(sim.handle(&poll)).status, 200);
     let mut send = poll.clone();
     send.method = "POST".into();
@@ -298,4 +292,12 @@ fn a_diagnostic_client_is_marked_in_open_connection() {
         })
         .collect();
     assert_eq!(marks, [true, false]);
+}
+
+/// Makes `req` carry `bearer` instead of the token it was built with.
+fn bear(req: &mut HttpRequest, bearer: &str) {
+    req.headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+    req.headers
+        .push(("Authorization".into(), format!("Bearer {bearer}")));
 }
