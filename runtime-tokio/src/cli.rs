@@ -221,9 +221,10 @@ pub fn init_logging(filter: &str) {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct SampleArgs {
-    /// The relay's connection string.
-    #[arg(long, env = "SIGNALR_RELAY_CONNECTION_STRING")]
-    pub connection_string: String,
+    /// The relay's connection string. Give it more than once to serve through several relays
+    /// at once (the Azure SDK's multiple endpoints).
+    #[arg(long, env = "SIGNALR_RELAY_CONNECTION_STRING", required = true)]
+    pub connection_string: Vec<String>,
 
     /// Where to serve the negotiate endpoints (`/<hub>/negotiate`).
     #[arg(long, default_value = "127.0.0.1:5000")]

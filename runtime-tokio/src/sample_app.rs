@@ -1,11 +1,15 @@
 //! The sample app's hubs: `testhub` (the methods of ASP.NET Core's client functional-test
-//! hub) and `chat`. Shared by the `sample-app` and `demo` binaries of every runtime.
+//! hub), `authorizedhub`, `chat` and `bench`, and its HTTP endpoints. Shared by the
+//! `sample-app` and `demo` binaries of every runtime.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
-use signalr_relay_core::relay::HttpResponse;
+use signalr_relay_core::auth::{sign, verify, Algorithm, Claims, Validation};
+use signalr_relay_core::relay::{HttpRequest, HttpResponse};
 
 use crate::sdk::{AppServer, Context, Hub, HubBuilder, HubError};
 
@@ -302,6 +306,13 @@ pub fn chat_hub() -> Hub {
         .method("Fail", |_: Context, (message,): (String,)| async move {
             Err::<(), _>(HubError::new(message))
         })
+        .method(
+            "FailWithData",
+            |_: Context, (message, data): (String, serde_json::Value)| async move {
+                // Classic clients get the data as their error's `data`.
+                Err::<(), _>(HubError::new(message).with_data(data))
+            },
+        )
         .method("Count", |ctx: Context, (n,): (u32,)| async move {
             // Progress reaches classic clients (`.progress()`); other clients get the result.
             for i in 1..=n.min(1000) {
@@ -327,54 +338,204 @@ pub fn bench_hub() -> Hub {
     with_messaging(HubBuilder::new("bench")).build()
 }
 
-/// The sample hubs: `testhub`, `chat` and `bench`.
+/// The sample hubs: `testhub`, `chat`, `bench` and `authorizedhub`.
 pub fn hubs() -> Vec<Hub> {
-    vec![test_hub(), chat_hub(), bench_hub()]
+    vec![test_hub(), chat_hub(), bench_hub(), authorized_hub()]
+}
+
+/// The hub `/authorizedhub` negotiates for: `Echo`, for users who show a token from
+/// `/generateJwtToken` (ASP.NET Core's functional-test `HubWithAuthorization`).
+pub fn authorized_hub() -> Hub {
+    HubBuilder::new(AUTHORIZED_HUB)
+        .on_connected(|ctx: Context| async move {
+            // Only clients its negotiate authorized (as ASP.NET Core's `[Authorize]`).
+            if !ctx
+                .claims()
+                .iter()
+                .any(|(k, v)| k == AUTHORIZED_CLAIM && v == "true")
+            {
+                ctx.abort();
+            }
+        })
+        .method("Echo", |_ctx: Context, (message,): (String,)| async move {
+            Ok(message)
+        })
+        .build()
 }
 
 /// The sample app's HTTP endpoints (the `user` query parameter stands in for real
-/// authentication):
-/// - `POST /<hub>/negotiate?user=<id>`: the ASP.NET Core redirect to the relay.
+/// authentication, except at `/authorizedhub`):
+/// - `POST /<hub>/negotiate?user=<id>`: the ASP.NET Core redirect to the relay. The
+///   negotiate request's own query goes on to the hub (`GetQueryString`).
+/// - `POST /authorizedhub/negotiate`: the same for the `authorizedhub` hub, only with a bearer
+///   token from `GET /generateJwtToken` (valid 5 s, user `testuser`); 401 otherwise.
+/// - `POST /testhub-nowebsockets/negotiate`: `testhub`, without WebSockets.
+/// - `POST /redirect/negotiate?baseUrl=<url>`: a redirect to `<url>/testHub` counting the
+///   redirects (`GetNumRedirects`), as ASP.NET Core's functional-test server has it.
+/// - `GET /clientresult/<connection id>`: asks that `testhub` client for a result (its
+///   `Result` handler) from outside a hub method, and answers it as text, or the error.
 /// - `GET /signalr/negotiate?connectionData=[{"name":"<hub>"}]&user=<id>`: the classic
 ///   ASP.NET SignalR redirect, at the classic clients' default URL `/signalr`.
 /// - `GET /signalr/ping`: the classic clients' keep-alive ping.
-pub fn negotiate_handler(
+pub fn http_handler(
     app: AppServer,
-) -> impl Fn(signalr_relay_core::relay::HttpRequest) -> HttpResponse + Send + Sync + 'static {
+) -> impl Fn(HttpRequest) -> crate::BoxFuture<HttpResponse> + Send + Sync + 'static {
+    let endpoints = Endpoints {
+        app,
+        token_key: Arc::new(random_key()),
+        redirects: Arc::new(AtomicU64::new(0)),
+    };
     move |req| {
+        let endpoints = endpoints.clone();
+        Box::pin(async move { endpoints.handle(req).await })
+    }
+}
+
+/// What the sample app's endpoints share.
+#[derive(Clone)]
+struct Endpoints {
+    app: AppServer,
+    /// Signs and checks the tokens of `/generateJwtToken` (new each run).
+    token_key: Arc<[u8; 32]>,
+    /// Redirects `/redirect` gave.
+    redirects: Arc<AtomicU64>,
+}
+
+/// How long a `/generateJwtToken` token is valid, as in ASP.NET Core's functional tests.
+const TEST_TOKEN_LIFETIME_SECS: u64 = 5;
+
+/// The hub only `/authorizedhub/negotiate` negotiates for, and the claim it gives those
+/// clients, which the hub checks.
+const AUTHORIZED_HUB: &str = "authorizedhub";
+const AUTHORIZED_CLAIM: &str = "sample.authorized";
+
+impl Endpoints {
+    async fn handle(&self, req: HttpRequest) -> HttpResponse {
         let path = req.path.trim_end_matches('/');
-        if let Some(response) = classic_endpoint(&app, &req, path) {
+        if let Some(response) = classic_endpoint(&self.app, &req, path) {
             return response;
+        }
+        if let Some(id) = path.strip_prefix("/clientresult/") {
+            return self.client_result(id).await;
+        }
+        if path == "/generateJwtToken" {
+            return HttpResponse::text(200, self.test_token());
         }
         let Some(hub) = path
             .strip_suffix("/negotiate")
-            .map(|h| h.trim_start_matches('/'))
+            .map(|h| h.trim_start_matches('/').to_ascii_lowercase())
         else {
             return HttpResponse::text(404, "Not found: negotiate at /<hub>/negotiate");
         };
         if req.method != "POST" && req.method != "GET" {
             return HttpResponse::text(405, "Use POST.");
         }
-        let user = form_urlencoded::parse(req.query.as_bytes())
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v.into_owned());
+        let param = |name: &str| {
+            form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let mut user = param("user");
         // As ASP.NET Core's functional-test server maps it: testhub without WebSockets (the
         // token allows Server-Sent Events and long polling: `asrs.s.htt` = 2 | 4).
-        let (hub, claims): (&str, &[(&str, &str)]) = match hub {
+        let (hub, claims): (&str, &[(&str, &str)]) = match hub.as_str() {
             "testhub-nowebsockets" => ("testhub", &[("asrs.s.htt", "6")]),
+            "redirect" => {
+                let n = self.redirects.fetch_add(1, Ordering::Relaxed) + 1;
+                let base = param("baseUrl").unwrap_or_default();
+                let url = format!("{base}/testHub?numRedirects={n}");
+                return HttpResponse::json(
+                    serde_json::json!({ "url": url }).to_string().into_bytes(),
+                );
+            }
+            AUTHORIZED_HUB => match self.authorized_user(&req) {
+                Some(name) => {
+                    user = Some(name);
+                    (AUTHORIZED_HUB, &[(AUTHORIZED_CLAIM, "true")])
+                }
+                None => return HttpResponse::text(401, ""),
+            },
             hub => (hub, &[]),
         };
-        let response = app.negotiate_with_query(hub, &req.query, user.as_deref(), claims);
+        let response = self
+            .app
+            .negotiate_with_query(hub, &req.query, user.as_deref(), claims);
         HttpResponse::json(response.to_json())
+    }
+
+    /// `GET /clientresult/<id>`: the `testhub` client's `Result`, or the error's text (the
+    /// client's own error as it sent it).
+    async fn client_result(&self, connection_id: &str) -> HttpResponse {
+        let Some(hub) = self.app.hub_context("testhub") else {
+            return HttpResponse::text(404, "no testhub");
+        };
+        let result = hub
+            .clients()
+            .client(connection_id)
+            .invoke::<_, i64>("Result", &())
+            .await;
+        HttpResponse::text(
+            200,
+            match result {
+                Ok(n) => n.to_string(),
+                Err(crate::sdk::InvokeError::Client(message)) => message,
+                Err(e) => e.to_string(),
+            },
+        )
+    }
+
+    /// A token for user `testuser`, as `/generateJwtToken` gives it.
+    fn test_token(&self) -> String {
+        let mut claims = Claims::issued_at(unix_now(), TEST_TOKEN_LIFETIME_SECS);
+        claims.nameid = Some("testuser".to_owned());
+        claims.insert("iss", "SignalRTestServer");
+        claims.aud.push("SignalRTests".to_owned());
+        sign(&claims, &self.token_key[..], Algorithm::Hs256)
+    }
+
+    /// The user of a valid `/generateJwtToken` token in the request (`Authorization: Bearer`,
+    /// else `access_token`).
+    fn authorized_user(&self, req: &HttpRequest) -> Option<String> {
+        let bearer = req
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            });
+        let token = bearer.or_else(|| {
+            form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v.into_owned())
+        })?;
+        let validation = Validation::new().with_leeway_secs(0);
+        verify(&token, &[&self.token_key[..]], unix_now(), &validation)
+            .ok()?
+            .nameid
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 32 bytes from the OS: the sample's test-token key.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if getrandom::fill(&mut key).is_err() {
+        tracing::error!("no OS randomness: the sample's test tokens would be forgeable");
+        std::process::abort();
+    }
+    key
+}
+
 /// The classic endpoints under `/signalr`, or `None` for another path.
-fn classic_endpoint(
-    app: &AppServer,
-    req: &signalr_relay_core::relay::HttpRequest,
-    path: &str,
-) -> Option<HttpResponse> {
+fn classic_endpoint(app: &AppServer, req: &HttpRequest, path: &str) -> Option<HttpResponse> {
     use signalr_relay_core::classic::{
         ErrorResponse, Limits, NegotiateReply, RequestKind, RequestParams, PING_RESPONSE,
     };
@@ -389,6 +550,9 @@ fn classic_endpoint(
     let reply = match RequestParams::parse(kind, &req.query, None, &Limits::default()) {
         Err(e) => NegotiateReply::Error(ErrorResponse::new(e.to_string())),
         Ok(params) => match (params.hub_names(), params.extra("user")) {
+            ([hub], _) if hub.eq_ignore_ascii_case(AUTHORIZED_HUB) => NegotiateReply::Error(
+                ErrorResponse::new("authorizedhub is not open to classic clients."),
+            ),
             ([hub], user) => app.negotiate_classic(hub, user, &[]),
             (hubs, _) => NegotiateReply::Error(ErrorResponse::new(format!(
                 "connectionData must name exactly one hub; it names {}.",
@@ -411,11 +575,11 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 pub async fn run<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,
-    connection_string: &str,
+    connection_strings: &[String],
     options: crate::sdk::AppOptions,
     leave_on_signal: bool,
 ) -> std::io::Result<()> {
-    let app = AppServer::new(connection_string, hubs(), options)
+    let app = AppServer::with_endpoints(connection_strings, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);
     #[cfg(unix)]
@@ -423,7 +587,7 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
         leave_on_termination(runtime.clone(), app.clone());
     }
     let max_connections = crate::glue::accept::default_max_connections();
-    crate::serve_http(runtime, listener, max_connections, negotiate_handler(app)).await;
+    crate::serve_http(runtime, listener, max_connections, http_handler(app)).await;
     Ok(())
 }
 
@@ -432,8 +596,7 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
 /// servers; what is under way is answered (at most 10 s); then the process exits.
 #[cfg(unix)]
 fn leave_on_termination<R: crate::Runtime>(runtime: R, app: AppServer) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
     let asked = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while leaving ends the process at once.

@@ -311,3 +311,53 @@ describe('a rolling restart with client migration', () => {
     await Promise.all(clients.map((c) => c.stop()));
   });
 });
+
+describe("a Blazor circuit's reconnect after a brief network drop (#18)", () => {
+  let stack;
+  let sticky;
+  before(async () => {
+    // Clients reach the relay through a proxy whose sockets the test can cut; two app
+    // servers, the second one sticky (as the SDK makes every Blazor hub).
+    stack = await Stack.start({ clientProxy: true, appArgs: ['--server-id', 'app-a'] });
+    sticky = await stack.startApp(['--server-id', 'app-b', '--server-sticky', 'required']);
+    for (;;) {
+      const r = await (await fetch(`http://${sticky.addr}/testhub/negotiate`, { method: 'POST' })).json();
+      const relay = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=testhub`,
+        { method: 'POST', headers: { Authorization: `Bearer ${r.accessToken}` } });
+      if (!(await relay.json()).error) break;
+      await sleep(100);
+    }
+  });
+  after(async () => { await stack.stop(); });
+
+  for (const transport of ['WebSockets', 'LongPolling']) {
+    test(`over ${transport}: the new connection negotiates again and lands on the circuit's server`, async () => {
+      const c = new signalR.HubConnectionBuilder()
+        .withUrl(`http://${sticky.addr}/testhub`, signalR.HttpTransportType[transport])
+        .withHubProtocol(blazorpack())
+        .configureLogging(signalR.LogLevel.None)
+        .build();
+      for (let round = 0; round < 3; round++) {
+        const closed = new Promise((resolve) => c.onclose(resolve));
+        await c.start();
+        const id = c.connectionId;
+        assert.equal(await c.invoke('GetServerId'), 'app-b');
+        // The network drops (every client socket through the proxy is cut, until the client
+        // notices: a long poll may be between two requests)...
+        let noticed = false;
+        closed.then(() => { noticed = true; });
+        for (let i = 0; i < 50 && !noticed; i++) {
+          for (const pair of stack.proxy.connections()) { pair.client.destroy(); pair.upstream.destroy(); }
+          await sleep(100);
+        }
+        assert.ok(noticed && (await closed), 'the client saw the drop as an error');
+        // ...and Blazor's reconnect starts the connection again, at once: a new negotiate,
+        // a new connection, served by the same app server, never another.
+        await c.start();
+        assert.notEqual(c.connectionId, id);
+        assert.equal(await c.invoke('GetServerId'), 'app-b');
+        await c.stop();
+      }
+    });
+  }
+});

@@ -93,6 +93,19 @@ test('classic requests: forged tokens, unknown or refused transports, another us
   assert.equal(stolen.status, 403);
 });
 
+test('classic hub errors are HubExceptions (H), with their data (D) when the app gives it', async () => {
+  // A classic server marks a HubException's result with H:true and its ErrorData as D; the
+  // classic .NET client then throws HubException, and jQuery says error.source "HubException".
+  const c = await connect();
+  const send = async (data) => (await fetch(`${base}/send?${c.q}`, form({ data: JSON.stringify(data) }))).json();
+  assert.deepEqual(await send({ H: 'chat', M: 'Fail', A: ['plain'], I: 1 }), { I: '1', E: 'plain', H: true });
+  assert.deepEqual(await send({ H: 'chat', M: 'FailWithData', A: ['with data', { code: 42, list: [1, 'x'] }], I: 2 }),
+    { I: '2', E: 'with data', H: true, D: { code: 42, list: [1, 'x'] } });
+  // The relay's own refusals are not the hub's errors: no H.
+  assert.deepEqual(await send({ H: 'testhub', M: 'Echo', A: [], I: 3 }), { I: '3', E: "'testhub' is not a hub of this connection." });
+  await fetch(`${base}/abort?${c.q}`, { method: 'POST', headers: headers() });
+});
+
 test('classic sends: malformed data is 400, oversized 413, another hub an error result', async () => {
   const c = await connect();
   const bad = await fetch(`${base}/send?${c.q}`, form({ data: '{"H":' }));

@@ -15,7 +15,7 @@ const SUFFIX = RUNTIME === 'smol' ? '-smol' : '';
 // Every process started here exits by itself after this long, whatever happens to the tests.
 const SAFETY_EXIT_SECS = 300;
 // The hubs the sample app hosts (each gets its own server connections).
-const SAMPLE_HUBS = ['bench', 'chat', 'testhub'];
+const SAMPLE_HUBS = ['authorizedhub', 'bench', 'chat', 'testhub'];
 
 /// Starts one of the project's binaries. With `nofile`, it runs under that descriptor limit
 /// (soft and hard).
@@ -328,4 +328,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SAMPLE_HUBS, Stack, Browser, jwt, next, collect, sleep, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, Stack, Browser, startProcess, jwt, next, collect, sleep, signalR };

@@ -3,6 +3,7 @@
 'use strict';
 const { test, before, after, describe } = require('node:test');
 const assert = require('node:assert/strict');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
 const { Stack, TRANSPORTS, next, sleep, signalR } = require('./harness');
 
 let stack;
@@ -150,4 +151,95 @@ describe('testhub values in both protocols', () => {
       await c.stop();
     });
   }
+});
+
+// The sample app's endpoints beside the hub, as ASP.NET Core's functional-test server has them.
+describe('the functional-test server endpoints', () => {
+  const builder = (path, options = {}) => new signalR.HubConnectionBuilder()
+    .withUrl(`http://${stack.appAddr}${path}`, options)
+    .configureLogging(signalR.LogLevel.None);
+  const get = async (path) => {
+    const r = await fetch(`http://${stack.appAddr}${path}`);
+    return { status: r.status, body: await r.text() };
+  };
+
+  for (const [transport, protocols] of TRANSPORTS) for (const msgpack of protocols) {
+    test(`/clientresult asks the client from outside the hub (${transport}, ${msgpack ? 'MessagePack' : 'JSON'})`, async () => {
+      const make = () => {
+        const b = builder('/testhub', { transport: signalR.HttpTransportType[transport] });
+        if (msgpack) b.withHubProtocol(new MessagePackHubProtocol());
+        return b.build();
+      };
+      const answering = make();
+      answering.on('Result', () => 10);
+      const throwing = make();
+      throwing.on('Result', () => { throw new Error('from callback'); });
+      const silent = make();
+      await Promise.all([answering.start(), throwing.start(), silent.start()]);
+      try {
+        assert.deepEqual(await get(`/clientresult/${answering.connectionId}`), { status: 200, body: '10' });
+        assert.deepEqual(await get(`/clientresult/${throwing.connectionId}`), { status: 200, body: 'Error: from callback' });
+        assert.deepEqual(await get(`/clientresult/${silent.connectionId}`), { status: 200, body: "Client didn't provide a result." });
+        // Nobody else can answer for a connection, and an unknown one is an error, not a hang.
+        const unknown = await get('/clientresult/no-such-connection');
+        assert.equal(unknown.status, 200);
+        assert.match(unknown.body, /Connection not found\./);
+        assert.equal(await answering.invoke('Echo', 'still here'), 'still here');
+      } finally {
+        await Promise.all([answering.stop(), throwing.stop(), silent.stop()]);
+      }
+    });
+  }
+
+  test('/authorizedhub needs a token from /generateJwtToken', async () => {
+    const token = await get('/generateJwtToken');
+    assert.equal(token.status, 200);
+    assert.match(token.body, /^[\w-]+\.[\w-]+\.[\w-]+$/);
+    for (const transport of TRANSPORTS.map(([t]) => t)) {
+      const c = builder('/authorizedhub', {
+        transport: signalR.HttpTransportType[transport],
+        accessTokenFactory: async () => (await get('/generateJwtToken')).body,
+      }).build();
+      await c.start();
+      assert.equal(await c.invoke('Echo', '你好，世界！'), '你好，世界！');
+      await c.stop();
+    }
+    // Without a token, with a forged one, or with another hub's: 401 at negotiate.
+    await assert.rejects(builder('/authorizedhub').build().start(),
+      (e) => { assert.equal(e.message, "Failed to complete negotiation with the server: Error: Unauthorized: Status code '401'"); return true; });
+    const [head, , sig] = token.body.split('.');
+    const forged = `${head}.${Buffer.from(JSON.stringify({ nameid: 'admin', exp: 9999999999 })).toString('base64url')}.${sig}`;
+    await assert.rejects(builder('/authorizedhub', { accessTokenFactory: () => forged }).build().start(), /Status code '401'/);
+    await assert.rejects(builder('/authorizedhub', { accessTokenFactory: () => stack.clientToken('authorizedhub') }).build().start(), /Status code '401'/);
+    // No other way in: the hub's name in another case, the classic negotiate, or a relay
+    // token the app's negotiate did not issue (the hub closes such a client).
+    assert.equal((await fetch(`http://${stack.appAddr}/AuthorizedHub/negotiate?user=admin`, { method: 'POST' })).status, 401);
+    const classic = await fetch(`http://${stack.appAddr}/signalr/negotiate?connectionData=${encodeURIComponent('[{"name":"authorizedhub"}]')}&user=admin`);
+    assert.match((await classic.json()).Error, /not open to classic clients/);
+    const direct = new signalR.HubConnectionBuilder()
+      .withUrl(`http://${stack.relayAddr}/client/?hub=authorizedhub`, { accessTokenFactory: () => stack.clientToken('authorizedhub', { nameid: 'admin' }) })
+      .configureLogging(signalR.LogLevel.None)
+      .build();
+    const closed = new Promise((resolve) => direct.onclose(resolve));
+    const started = await direct.start().then(() => true, () => false);
+    if (started) {
+      const outcome = await Promise.race([closed.then(() => 'closed'), sleep(5000).then(() => 'still open')]);
+      assert.equal(outcome, 'closed', 'the hub closes a client its negotiate did not authorize');
+    }
+    await assert.rejects(direct.invoke('Echo', 'sneaked in'));
+  });
+
+  test('/redirect sends the client on to testhub, counting redirects', async () => {
+    const base = `http://${stack.appAddr}`;
+    const c = builder(`/redirect?numRedirects=0&baseUrl=${base}`).build();
+    await c.start();
+    const first = await c.invoke('GetNumRedirects');
+    assert.ok(first >= 1);
+    assert.equal(await c.invoke('GetCallerConnectionId'), c.connectionId);
+    await c.stop();
+    const again = builder(`/redirect?numRedirects=0&baseUrl=${base}`).build();
+    await again.start();
+    assert.ok(await again.invoke('GetNumRedirects') > first);
+    await again.stop();
+  });
 });

@@ -113,12 +113,13 @@ mod timers;
 use std::collections::btree_map::Entry;
 use std::time::Instant;
 
-pub use self::client::STATE_HEADER;
+pub use self::client::{ERROR_DATA_HEADER, STATE_HEADER};
 pub use self::config::RelayConfig;
 pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
 pub use self::output::{ClientFamily, Event, Output};
+pub use self::reason::texts::CONNECTION_NOT_FOUND;
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
 pub use self::stats::{CloseCounts, RelayStats, Traffic};
 

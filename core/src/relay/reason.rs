@@ -126,8 +126,9 @@ pub(crate) mod texts {
     /// A client result whose client moved to another app server before it answered.
     pub(crate) const CLIENT_MIGRATED: &str =
         "The client moved to another app server before it answered.";
-    /// Client results: no client has that connection id.
-    pub(crate) const CONNECTION_NOT_FOUND: &str = "Connection not found.";
+    /// Client results: no client has that connection id (the error of the ErrorCompletion
+    /// the relay answers a ClientInvocation with).
+    pub const CONNECTION_NOT_FOUND: &str = "Connection not found.";
     /// Client results: the table is full.
     pub(crate) const TOO_MANY_INVOCATIONS: &str = "Too many client invocations are pending.";
     /// Client results: the client has not finished its handshake.

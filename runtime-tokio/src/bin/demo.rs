@@ -45,7 +45,7 @@ async fn main() {
     exit_after(&TokioRuntime, args.exit_after);
     let mut options = signalr_relay_tokio::sdk::AppOptions::default();
     options.allow_stateful_reconnects = true;
-    if let Err(e) = sample::run(TokioRuntime, app, &connection_string, options, false).await {
+    if let Err(e) = sample::run(TokioRuntime, app, &[connection_string], options, false).await {
         eprintln!("sample app stopped: {e}");
         std::process::exit(1);
     }

@@ -148,12 +148,14 @@ pub(crate) fn allow_origin(origin: Option<&HeaderValue>, response: &mut Response
 
 /// Serves plain HTTP requests with `handler` (no WebSockets), e.g. an app server's negotiate
 /// endpoint, forever: accept errors are survived, and at most `max_connections` are open at
-/// once (see [`accept_loop`]). A request body is not read: the handler gets the head.
-pub async fn serve_http<R, L, F>(runtime: R, listener: L, max_connections: usize, handler: F)
+/// once (see [`accept_loop`]). A request body is not read: the handler gets the head, and
+/// answers when its future is ready.
+pub async fn serve_http<R, L, F, Fut>(runtime: R, listener: L, max_connections: usize, handler: F)
 where
     R: Runtime,
     L: Listener,
-    F: Fn(HttpRequest) -> HttpResponse + Send + Sync + 'static,
+    F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = HttpResponse> + Send + 'static,
 {
     let handler = Arc::new(handler);
     let count = ConnectionCount::new(max_connections);
@@ -169,7 +171,7 @@ where
                         allow_origin(req.headers().get(ORIGIN), &mut response);
                         return Ok::<_, Infallible>(response);
                     }
-                    let mut response = respond(handler(to_core_request(&req, peer)));
+                    let mut response = respond(handler(to_core_request(&req, peer)).await);
                     allow_origin(req.headers().get(ORIGIN), &mut response);
                     Ok(response)
                 }

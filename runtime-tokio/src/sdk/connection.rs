@@ -26,7 +26,7 @@ use super::hub::{lock, Call, ClientEntry, Context, HubError, InvokeError, Method
 use super::{HubRuntime, Shared};
 use crate::glue::Runtime;
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     u64::from_le_bytes(b)
@@ -38,13 +38,14 @@ pub(crate) fn spawn<R: Runtime>(
     runtime: R,
     shared: Arc<Shared>,
     hub: Arc<HubRuntime>,
+    endpoint: usize,
     target: Option<String>,
 ) {
     let task_runtime = runtime.clone();
     runtime.spawn(async move {
         let mut backoff = Backoff::default();
         loop {
-            match session(&task_runtime, &shared, &hub, target.as_deref()).await {
+            match session(&task_runtime, &shared, &hub, endpoint, target.as_deref()).await {
                 Ok(()) => backoff.reset(),
                 Err(e) => tracing::warn!(hub = hub.hub.name(), "server connection failed: {e}"),
             }
@@ -71,11 +72,12 @@ async fn session<R: Runtime>(
     runtime: &R,
     shared: &Arc<Shared>,
     hub: &Arc<HubRuntime>,
+    endpoint: usize,
     target: Option<&str>,
 ) -> Result<(), String> {
-    let cs = &shared.connection_string;
-    let endpoint = cs.server_endpoint();
-    let url = signalr_relay_core::auth::HttpUrl::parse(endpoint.trim_end_matches('/'))
+    let cs = &shared.endpoints[endpoint];
+    let server_endpoint = cs.server_endpoint();
+    let url = signalr_relay_core::auth::HttpUrl::parse(server_endpoint.trim_end_matches('/'))
         .map_err(|e| e.to_string())?;
     let hub_key = hub.hub.name().to_ascii_lowercase();
     let addr = resolve(url.host(), url.port_or_default())?;
@@ -161,13 +163,15 @@ async fn session<R: Runtime>(
             match event {
                 AppEvent::Ready => {
                     ready = true;
-                    lock(&hub.pool).push(tx.clone());
+                    lock(&hub.pool).push((endpoint, tx.clone()));
                     tracing::debug!(hub = hub.hub.name(), "server connection ready");
                 }
                 AppEvent::Refused(why) => {
                     tracing::warn!(hub = hub.hub.name(), "relay refused the connection: {why}")
                 }
-                AppEvent::ClientConnected(info) => client_connected(runtime, hub, &tx, info),
+                AppEvent::ClientConnected(info) => {
+                    client_connected(runtime, hub, endpoint, &tx, info)
+                }
                 AppEvent::ClientMessage {
                     connection_id,
                     message,
@@ -176,9 +180,13 @@ async fn session<R: Runtime>(
                     client_disconnected(runtime, hub, &connection_id)
                 }
                 AppEvent::OpenOnDemand { target } => {
-                    let live = lock(&hub.pool).iter().filter(|c| !c.is_closed()).count();
+                    let live = lock(&hub.pool)
+                        .iter()
+                        .filter(|(e, c)| *e == endpoint && !c.is_closed())
+                        .count();
                     if live < shared.options.max_connections_per_hub {
-                        spawn(runtime.clone(), shared.clone(), hub.clone(), Some(target));
+                        let (runtime, shared, hub) = (runtime.clone(), shared.clone(), hub.clone());
+                        spawn(runtime, shared, hub, endpoint, Some(target));
                     }
                 }
                 AppEvent::Ack { ack_id, status } => {
@@ -228,7 +236,7 @@ async fn session<R: Runtime>(
         }
     };
     commands.close();
-    lock(&hub.pool).retain(|c| !c.is_closed() && !c.same_receiver(&tx));
+    lock(&hub.pool).retain(|(_, c)| !c.is_closed() && !c.same_receiver(&tx));
     result
 }
 
@@ -276,12 +284,14 @@ fn apply(
 fn client_connected<R: Runtime>(
     runtime: &R,
     hub: &Arc<HubRuntime>,
+    endpoint: usize,
     tx: &ConnTx,
     info: signalr_relay_core::app::ClientInfo,
 ) {
     let (queue, mut jobs) = mpsc::unbounded::<Job>();
     let entry = Arc::new(ClientEntry {
         info,
+        endpoint,
         conn: tx.clone(),
         queue,
         invocations: Default::default(),
@@ -362,10 +372,23 @@ async fn run_invocation<R: Runtime>(runtime: &R, ctx: Context, job: Job) {
         None => Err(HubError::new(format!("Unknown hub method '{target}'"))),
     };
     if let Some(id) = id {
+        // A classic caller gets the error's data (its `D`).
+        let data = match &result {
+            Err(e) if call.classic => e.data().map(ToString::to_string),
+            _ => None,
+        };
         let mut message = completion(id, result);
-        if let (HubMessage::Completion(c), Some(state)) = (&mut message, call.changed_state()) {
-            c.headers
-                .insert(signalr_relay_core::relay::STATE_HEADER.to_owned(), state);
+        if let HubMessage::Completion(c) = &mut message {
+            if let Some(state) = call.changed_state() {
+                c.headers
+                    .insert(signalr_relay_core::relay::STATE_HEADER.to_owned(), state);
+            }
+            if let Some(data) = data {
+                c.headers.insert(
+                    signalr_relay_core::relay::ERROR_DATA_HEADER.to_owned(),
+                    data,
+                );
+            }
         }
         ctx.send_message(message);
     }
@@ -578,7 +601,9 @@ fn client_completion(hub: &Arc<HubRuntime>, client: &ClientEntry, completion: Co
             },
         )));
     if let Some(pending) = local {
-        let _ = pending.reply.send(result_of(completion.result));
+        let _ = pending
+            .reply
+            .send(result_of(completion.result).map(|v| (protocol, v)));
     }
 }
 
@@ -606,10 +631,13 @@ fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
             let Some(pending) = take_result(hub, &m.invocation_id, &m.connection_id) else {
                 return;
             };
-            let mut decoder = HubDecoder::new(pending.protocol, m.payload.len().max(1));
+            // Written by the client's app server in the client's protocol, which it names.
+            let protocol = signalr_relay_core::aspnetcore::HubProtocol::from_name(&m.protocol)
+                .unwrap_or(pending.protocol);
+            let mut decoder = HubDecoder::new(protocol, m.payload.len().max(1));
             decoder.push(&m.payload);
             let result = match decoder.next_message() {
-                Ok(Some(HubMessage::Completion(c))) => result_of(c.result),
+                Ok(Some(HubMessage::Completion(c))) => result_of(c.result).map(|v| (protocol, v)),
                 _ => Err(InvokeError::InvalidResult(
                     "the relayed completion could not be decoded".to_owned(),
                 )),
@@ -617,11 +645,13 @@ fn client_result(hub: &Arc<HubRuntime>, message: ServiceMessage) {
             let _ = pending.reply.send(result);
         }
         ServiceMessage::ErrorCompletion(m) => {
-            if let Some(pending) = take_result(hub, &m.invocation_id, &m.connection_id) {
-                let error = m
-                    .error
-                    .unwrap_or_else(|| "the invocation failed".to_owned());
-                let _ = pending.reply.send(Err(InvokeError::Disconnected(error)));
+            // Asked through several relays, the client is on one of them: the others answer
+            // that they do not know it, and an error counts once no relay is left to answer.
+            let owed = lock(&hub.results)
+                .get(&m.invocation_id)
+                .is_some_and(|p| p.connection_id == m.connection_id);
+            if owed {
+                hub.unanswered_by(&m.invocation_id, 1, m.error);
             }
         }
         _ => {}

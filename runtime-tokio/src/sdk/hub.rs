@@ -21,10 +21,12 @@ use super::command::{ConnCommand, ConnTx, Job};
 use super::HubRuntime;
 use crate::glue::BoxFuture;
 
-/// An error a hub method reports to its caller (as the Completion's `error`).
+/// An error a hub method reports to its caller (as the Completion's `error`). Classic ASP.NET
+/// SignalR clients get it as a `HubException`, with its [data](Self::with_data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubError {
     message: String,
+    data: Option<serde_json::Value>,
 }
 
 impl HubError {
@@ -32,12 +34,26 @@ impl HubError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            data: None,
         }
+    }
+
+    /// The error with data for classic clients (a classic `HubException`'s `ErrorData`, their
+    /// `error.data`). ASP.NET Core clients get the message only, as from ASP.NET Core.
+    #[must_use]
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
     }
 
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The data, if any.
+    pub fn data(&self) -> Option<&serde_json::Value> {
+        self.data.as_ref()
     }
 }
 
@@ -90,8 +106,27 @@ impl From<InvokeError> for HubError {
 pub(crate) struct PendingResult {
     /// The client asked: the only one whose completion counts.
     pub(crate) connection_id: String,
+    /// The client's protocol, when this app server knows it.
     pub(crate) protocol: HubProtocol,
-    pub(crate) reply: oneshot::Sender<Result<Option<RawValue>, InvokeError>>,
+    /// The result, in the protocol it is encoded in.
+    pub(crate) reply: oneshot::Sender<Result<(HubProtocol, Option<RawValue>), InvokeError>>,
+    /// Relays asked that have not answered: the invocation goes to every relay when the
+    /// client is not this app server's, and all but one say they do not know it.
+    pub(crate) unanswered: usize,
+    /// The most telling error a relay answered so far.
+    pub(crate) error: Option<String>,
+}
+
+/// Forgets a client result that is no longer awaited (its `invoke` was dropped, or ended).
+struct Awaiting<'a> {
+    hub: &'a HubRuntime,
+    invocation_id: &'a str,
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.hub.results).remove(self.invocation_id);
+    }
 }
 
 /// What a method returns once erased: `None` for a void method, else the encoded result.
@@ -330,6 +365,8 @@ impl<T> Stream for UploadStream<T> {
 /// A client, app-server side.
 pub(crate) struct ClientEntry {
     pub(crate) info: ClientInfo,
+    /// The endpoint (relay) the client is on, and the server connection that serves it.
+    pub(crate) endpoint: usize,
     pub(crate) conn: ConnTx,
     pub(crate) queue: mpsc::UnboundedSender<Job>,
     /// Invocations queued or running.
@@ -350,6 +387,8 @@ pub struct Context {
 /// One invocation: its id, and the caller's hub state (classic clients' `S`).
 pub(crate) struct Call {
     pub(crate) id: Option<String>,
+    /// Whether the caller is a classic client (the relay gives its invocations a state).
+    pub(crate) classic: bool,
     /// The state, and whether the method changed it.
     pub(crate) state: Mutex<(serde_json::Map<String, serde_json::Value>, bool)>,
 }
@@ -359,12 +398,13 @@ impl Call {
         id: Option<String>,
         headers: &signalr_relay_core::aspnetcore::Headers,
     ) -> Self {
-        let state = headers
-            .get(signalr_relay_core::relay::STATE_HEADER)
+        let state_header = headers.get(signalr_relay_core::relay::STATE_HEADER);
+        let state = state_header
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
         Self {
             id,
+            classic: state_header.is_some(),
             state: Mutex::new((state, false)),
         }
     }
@@ -445,7 +485,7 @@ impl Context {
     pub fn clients(&self) -> Clients {
         Clients {
             hub: self.hub.clone(),
-            caller: self.client.clone(),
+            caller: Some(self.client.clone()),
         }
     }
 
@@ -453,7 +493,7 @@ impl Context {
     pub fn groups(&self) -> Groups {
         Groups {
             hub: self.hub.clone(),
-            via: self.client.conn.clone(),
+            caller: Some(self.client.clone()),
         }
     }
 
@@ -510,10 +550,12 @@ impl Context {
     }
 }
 
-/// The ways to address clients; get one from [`Context::clients`].
+/// The ways to address clients; get one from [`Context::clients`] in a hub method, or from
+/// [`HubContext::clients`](crate::sdk::HubContext::clients) anywhere else (there is no
+/// caller then: [`caller`](Self::caller) fails, and [`others`](Self::others) is everyone).
 pub struct Clients {
-    hub: Arc<HubRuntime>,
-    caller: Arc<ClientEntry>,
+    pub(crate) hub: Arc<HubRuntime>,
+    pub(crate) caller: Option<Arc<ClientEntry>>,
 }
 
 enum TargetKind {
@@ -533,7 +575,7 @@ enum TargetKind {
 /// Some clients, to [`send`](Target::send) to.
 pub struct Target {
     hub: Arc<HubRuntime>,
-    caller: Arc<ClientEntry>,
+    caller: Option<Arc<ClientEntry>>,
     kind: TargetKind,
 }
 
@@ -568,8 +610,12 @@ impl Clients {
     /// Every client but the caller.
     pub fn others(&self) -> Target {
         self.target(TargetKind::All {
-            excluded: vec![self.caller.info.connection_id.clone()],
+            excluded: self.caller_id().into_iter().collect(),
         })
+    }
+
+    fn caller_id(&self) -> Option<String> {
+        self.caller.as_ref().map(|c| c.info.connection_id.clone())
     }
 
     /// One connection.
@@ -621,7 +667,10 @@ impl Clients {
 
     /// Every member of a group but the caller.
     pub fn others_in_group(&self, group: &str) -> Target {
-        self.group_except(group, &[&self.caller.info.connection_id])
+        self.target(TargetKind::Group {
+            group: group.to_owned(),
+            excluded: self.caller_id().into_iter().collect(),
+        })
     }
 }
 
@@ -630,26 +679,34 @@ impl Target {
     /// one client arrive in the order they were sent from one context.
     ///
     /// # Errors
-    /// When the arguments cannot be serialized, or the app server has no connection to the
-    /// relay.
+    /// When the arguments cannot be serialized, the app server has no connection to the
+    /// relay, or the target is the caller and there is none (outside a hub method).
     pub fn send<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), HubError> {
-        let conn = if self.caller.conn.is_closed() {
-            self.hub.any_connection()
-        } else {
-            Some(self.caller.conn.clone())
+        let offline = || HubError::new("No connection to the relay.");
+        let caller = self.caller.as_deref();
+        if let TargetKind::Caller = self.kind {
+            // The caller's own server connection keeps its messages in order with the
+            // method's.
+            let caller = caller.ok_or_else(no_caller)?;
+            let frame = invocation_frame(caller.info.protocol, method, args)?;
+            let command = ConnCommand::Frame {
+                connection_id: caller.info.connection_id.clone(),
+                frame,
+            };
+            return caller.conn.unbounded_send(command).map_err(|_| offline());
+        }
+        let routes = match &self.kind {
+            TargetKind::Connections(ids) if ids.len() == 1 => self.hub.route_to(&ids[0], caller),
+            _ => self.hub.fan_out(caller),
         };
-        let Some(conn) = conn else {
-            return Err(HubError::new("No connection to the relay."));
-        };
-        let command = match &self.kind {
-            TargetKind::Caller => ConnCommand::Frame {
-                connection_id: self.caller.info.connection_id.clone(),
-                frame: invocation_frame(self.caller.info.protocol, method, args)?,
-            },
-            kind => ConnCommand::Service(multicast(kind, invocation_payloads(method, args)?)),
-        };
-        conn.unbounded_send(command)
-            .map_err(|_| HubError::new("No connection to the relay."))
+        let message = multicast(&self.kind, invocation_payloads(method, args)?);
+        let mut sent = false;
+        for conn in routes {
+            sent |= conn
+                .unbounded_send(ConnCommand::Service(message.clone()))
+                .is_ok();
+        }
+        sent.then_some(()).ok_or_else(offline)
     }
 }
 
@@ -664,23 +721,27 @@ impl Target {
         A: Serialize + ?Sized,
         T: DeserializeOwned + 'static,
     {
-        let connection_id = match &self.kind {
-            TargetKind::Caller => self.caller.info.connection_id.clone(),
-            TargetKind::Connections(ids) if ids.len() == 1 => ids[0].clone(),
+        let connection_id = match (&self.kind, &self.caller) {
+            (TargetKind::Caller, Some(caller)) => caller.info.connection_id.clone(),
+            (TargetKind::Caller, None) => {
+                return Err(InvokeError::Unsupported(
+                    "there is no caller outside a hub method",
+                ))
+            }
+            (TargetKind::Connections(ids), _) if ids.len() == 1 => ids[0].clone(),
             _ => {
                 return Err(InvokeError::Unsupported(
                     "invoke needs exactly one connection",
                 ))
             }
         };
-        // The client's own server connection when it is ours, so that nothing needs routing.
+        // The client's own server connection when it is ours, so that nothing needs routing;
+        // else every relay, as the client may be on any.
         let local = lock(&self.hub.clients).get(&connection_id).cloned();
-        let conn = local
-            .as_ref()
-            .map(|c| c.conn.clone())
-            .filter(|c| !c.is_closed())
-            .or_else(|| self.hub.any_connection())
-            .ok_or(InvokeError::Unsupported("no connection to the relay"))?;
+        let routes = self.hub.route_to(&connection_id, self.caller.as_deref());
+        if routes.is_empty() {
+            return Err(InvokeError::Unsupported("no connection to the relay"));
+        }
         // Unguessable: only the client asked may answer, and nobody can aim at the id.
         let invocation_id = random_id();
         let payloads = invocation_payloads_with_id(Some(&invocation_id), method, args)
@@ -693,8 +754,14 @@ impl Target {
                 connection_id: connection_id.clone(),
                 protocol,
                 reply,
+                unanswered: routes.len(),
+                error: None,
             },
         );
+        let _awaiting = Awaiting {
+            hub: &self.hub,
+            invocation_id: &invocation_id,
+        };
         let message = ServiceMessage::ClientInvocation(service::ClientInvocation {
             invocation_id: invocation_id.clone(),
             connection_id,
@@ -702,10 +769,19 @@ impl Target {
             payloads,
             ext: service::Ext::default(),
         });
-        if conn.unbounded_send(ConnCommand::Service(message)).is_err() {
-            lock(&self.hub.results).remove(&invocation_id);
+        let asked = routes.len();
+        let failed = routes
+            .into_iter()
+            .filter(|conn| {
+                conn.unbounded_send(ConnCommand::Service(message.clone()))
+                    .is_err()
+            })
+            .count();
+        if failed == asked {
             return Err(InvokeError::Unsupported("no connection to the relay"));
         }
+        // A relay that was not asked will not answer.
+        self.hub.unanswered_by(&invocation_id, failed, None);
         let timeout = match self.hub.sleeper.get() {
             Some(sleep) => sleep(self.hub.result_timeout),
             None => Box::pin(std::future::pending()),
@@ -715,12 +791,9 @@ impl Target {
             futures_util::future::Either::Left((Err(_), _)) => Err(InvokeError::Disconnected(
                 "the connection to the relay was lost".to_owned(),
             )),
-            futures_util::future::Either::Right(((), _)) => {
-                lock(&self.hub.results).remove(&invocation_id);
-                Err(InvokeError::Timeout)
-            }
+            futures_util::future::Either::Right(((), _)) => Err(InvokeError::Timeout),
         };
-        let value = outcome?;
+        let (protocol, value) = outcome?;
         let raw = value.unwrap_or_else(|| {
             RawValue::new(match protocol {
                 HubProtocol::Json => b"null".to_vec(),
@@ -781,37 +854,63 @@ fn multicast(kind: &TargetKind, payloads: Payloads) -> ServiceMessage {
     }
 }
 
-/// Group membership; get one from [`Context::groups`].
+fn no_caller() -> HubError {
+    HubError::new("There is no caller outside a hub method.")
+}
+
+/// Group membership; get one from [`Context::groups`] or
+/// [`HubContext::groups`](crate::sdk::HubContext::groups).
 pub struct Groups {
-    hub: Arc<HubRuntime>,
-    via: ConnTx,
+    pub(crate) hub: Arc<HubRuntime>,
+    /// The caller, whose server connection keeps the change in order with its messages.
+    pub(crate) caller: Option<Arc<ClientEntry>>,
 }
 
 impl Groups {
+    /// Sends the message `build` makes (given its ack id) where `connection_id` is: its own
+    /// server connection when this app server serves it, else every relay. The connection
+    /// exists if any relay says so.
     async fn with_ack(
         &self,
-        build: impl FnOnce(i32) -> ServiceMessage + Send + 'static,
+        connection_id: &str,
+        build: impl Fn(i32) -> ServiceMessage + Send + Sync + 'static,
     ) -> Result<bool, HubError> {
-        let conn = if self.via.is_closed() {
-            self.hub.any_connection()
-        } else {
-            Some(self.via.clone())
-        };
-        let conn = conn.ok_or_else(|| HubError::new("No connection to the relay."))?;
-        let (reply, status) = oneshot::channel();
-        conn.unbounded_send(ConnCommand::WithAck {
-            build: Box::new(build),
-            reply,
-        })
-        .map_err(|_| HubError::new("No connection to the relay."))?;
-        match status.await {
-            Ok(AckStatus::Ok) => Ok(true),
-            Ok(AckStatus::NotFound) => Ok(false),
-            Ok(other) => Err(HubError::new(format!(
-                "The relay could not complete the operation: {other:?}"
-            ))),
-            Err(_) => Err(HubError::new("The connection to the relay was lost.")),
+        let build = Arc::new(build);
+        let mut answers = Vec::new();
+        for conn in self.hub.route_to(connection_id, self.caller.as_deref()) {
+            let (reply, status) = oneshot::channel();
+            let build = build.clone();
+            let command = ConnCommand::WithAck {
+                build: Box::new(move |ack_id| build(ack_id)),
+                reply,
+            };
+            if conn.unbounded_send(command).is_ok() {
+                answers.push(status);
+            }
         }
+        if answers.is_empty() {
+            return Err(HubError::new("No connection to the relay."));
+        }
+        let mut outcome = Ok(false);
+        for status in answers {
+            match status.await {
+                Ok(AckStatus::Ok) => outcome = Ok(true),
+                Ok(AckStatus::NotFound) => {}
+                Ok(other) => {
+                    if outcome == Ok(false) {
+                        outcome = Err(HubError::new(format!(
+                            "The relay could not complete the operation: {other:?}"
+                        )));
+                    }
+                }
+                Err(_) => {
+                    if outcome == Ok(false) {
+                        outcome = Err(HubError::new("The connection to the relay was lost."));
+                    }
+                }
+            }
+        }
+        outcome
     }
 
     /// Adds a connection to a group. Returns whether the connection exists.
@@ -819,11 +918,11 @@ impl Groups {
     /// # Errors
     /// When the relay cannot be reached.
     pub async fn add(&self, connection_id: &str, group: &str) -> Result<bool, HubError> {
-        let (connection_id, group) = (connection_id.to_owned(), group.to_owned());
-        self.with_ack(move |ack_id| {
+        let (id, group) = (connection_id.to_owned(), group.to_owned());
+        self.with_ack(connection_id, move |ack_id| {
             ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
-                connection_id,
-                group: Some(group),
+                connection_id: id.clone(),
+                group: Some(group.clone()),
                 ack_id,
                 ext: service::Ext::default(),
             })
@@ -836,11 +935,11 @@ impl Groups {
     /// # Errors
     /// When the relay cannot be reached.
     pub async fn remove(&self, connection_id: &str, group: &str) -> Result<bool, HubError> {
-        let (connection_id, group) = (connection_id.to_owned(), group.to_owned());
-        self.with_ack(move |ack_id| {
+        let (id, group) = (connection_id.to_owned(), group.to_owned());
+        self.with_ack(connection_id, move |ack_id| {
             ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
-                connection_id,
-                group: Some(group),
+                connection_id: id.clone(),
+                group: Some(group.clone()),
                 ack_id,
                 ext: service::Ext::default(),
             })

@@ -22,7 +22,7 @@ mod connection;
 mod hub;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signalr_relay_core::aspnetcore::negotiate::NegotiateResponse;
@@ -46,9 +46,9 @@ use crate::glue::Runtime;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AppOptions {
-    /// Server connections opened per hub (default 5).
+    /// Server connections opened per hub, to each relay (default 5).
     pub connections_per_hub: usize,
-    /// Most server connections per hub, on-demand ones included (default 20).
+    /// Most server connections per hub to one relay, on-demand ones included (default 20).
     pub max_connections_per_hub: usize,
     /// Lifetime of the client tokens [`AppServer::negotiate`] issues (default 1 h).
     pub client_token_lifetime: Duration,
@@ -122,7 +122,8 @@ impl Default for AppOptions {
 
 /// State shared by every connection and hub of one app server.
 pub(crate) struct Shared {
-    pub(crate) connection_string: ConnectionString,
+    /// The relays (endpoints) this app server serves through; at least one.
+    pub(crate) endpoints: Vec<ConnectionString>,
     pub(crate) options: AppOptions,
     pub(crate) hubs: BTreeMap<String, Arc<HubRuntime>>,
 }
@@ -130,7 +131,8 @@ pub(crate) struct Shared {
 /// A hub, running: its definition, its live server connections and its clients.
 pub(crate) struct HubRuntime {
     pub(crate) hub: Hub,
-    pub(crate) pool: Mutex<Vec<ConnTx>>,
+    /// Live server connections, with the index of the endpoint each goes to.
+    pub(crate) pool: Mutex<Vec<(usize, ConnTx)>>,
     pub(crate) clients: Mutex<BTreeMap<String, Arc<ClientEntry>>>,
     /// Client results this app server awaits, by invocation id.
     pub(crate) results: Mutex<BTreeMap<String, PendingResult>>,
@@ -152,10 +154,103 @@ pub(crate) struct HubRuntime {
 pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> crate::glue::BoxFuture<()> + Send + Sync>;
 
 impl HubRuntime {
-    /// Any live server connection.
-    pub(crate) fn any_connection(&self) -> Option<ConnTx> {
-        let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        pool.iter().find(|c| !c.is_closed()).cloned()
+    /// Where a message that may concern clients of every endpoint goes: one live server
+    /// connection of each endpoint that has one, and for the endpoint of `preferred` (the
+    /// caller), its own connection while it is open, so that the message stays in order with
+    /// the caller's other messages.
+    pub(crate) fn fan_out(&self, preferred: Option<&ClientEntry>) -> Vec<ConnTx> {
+        let preferred = preferred.filter(|c| !c.conn.is_closed());
+        let mut routes: Vec<(usize, ConnTx)> = preferred
+            .map(|c| (c.endpoint, c.conn.clone()))
+            .into_iter()
+            .collect();
+        for (endpoint, conn) in lock(&self.pool).iter() {
+            if !conn.is_closed() && !routes.iter().any(|(e, _)| e == endpoint) {
+                routes.push((*endpoint, conn.clone()));
+            }
+        }
+        routes.into_iter().map(|(_, conn)| conn).collect()
+    }
+
+    /// Where a message for one connection goes: its own server connection when this app
+    /// server serves it, else every endpoint (the client may be on any relay, served by
+    /// another app server).
+    pub(crate) fn route_to(
+        &self,
+        connection_id: &str,
+        caller: Option<&ClientEntry>,
+    ) -> Vec<ConnTx> {
+        let caller = caller.filter(|c| !c.conn.is_closed());
+        let local = lock(&self.clients).get(connection_id).cloned();
+        match local.filter(|c| !c.conn.is_closed()) {
+            // On the caller's relay, the caller's own connection keeps this in order with
+            // everything else the caller sends.
+            Some(client) => match caller {
+                Some(caller) if caller.endpoint == client.endpoint => vec![caller.conn.clone()],
+                _ => vec![client.conn.clone()],
+            },
+            None => self.fan_out(caller),
+        }
+    }
+
+    /// Counts `answers` more relays as having answered client invocation `invocation_id`
+    /// without the result; once none is left, the caller gets the most telling error.
+    pub(crate) fn unanswered_by(&self, invocation_id: &str, answers: usize, error: Option<String>) {
+        let mut results = lock(&self.results);
+        let Some(pending) = results.get_mut(invocation_id) else {
+            return;
+        };
+        // "Not found" is what every relay but the client's says: any other error says more.
+        let vague = pending
+            .error
+            .as_deref()
+            .is_none_or(|e| e == signalr_relay_core::relay::CONNECTION_NOT_FOUND);
+        if let (true, Some(error)) = (vague, error) {
+            pending.error = Some(error);
+        }
+        pending.unanswered = pending.unanswered.saturating_sub(answers);
+        if pending.unanswered > 0 {
+            return;
+        }
+        if let Some(pending) = results.remove(invocation_id) {
+            let error = pending
+                .error
+                .unwrap_or_else(|| "the invocation failed".to_owned());
+            let _ = pending.reply.send(Err(InvokeError::Disconnected(error)));
+        }
+    }
+
+    /// Whether the hub has a live server connection to `endpoint`.
+    pub(crate) fn online(&self, endpoint: usize) -> bool {
+        lock(&self.pool)
+            .iter()
+            .any(|(e, c)| *e == endpoint && !c.is_closed())
+    }
+}
+
+/// One hub of an [`AppServer`], seen from outside its methods: get it from
+/// [`AppServer::hub_context`]. Sends go through any of the hub's live server connections.
+#[derive(Clone)]
+pub struct HubContext {
+    hub: Arc<HubRuntime>,
+}
+
+impl HubContext {
+    /// The hub's clients. There is no caller: [`Clients::caller`] fails, and
+    /// [`Clients::others`] is every client.
+    pub fn clients(&self) -> Clients {
+        Clients {
+            hub: self.hub.clone(),
+            caller: None,
+        }
+    }
+
+    /// Group membership.
+    pub fn groups(&self) -> Groups {
+        Groups {
+            hub: self.hub.clone(),
+            caller: None,
+        }
     }
 }
 
@@ -183,7 +278,37 @@ impl AppServer {
         hubs: Vec<Hub>,
         options: AppOptions,
     ) -> Result<Self, ConnectionStringError> {
-        let connection_string = ConnectionString::parse(connection_string)?;
+        Self::with_endpoints(&[connection_string], hubs, options)
+    }
+
+    /// An app server for several relays at once, as the Azure SDK's multiple
+    /// `ServiceEndpoint`s: it keeps server connections to each, negotiates each client to one
+    /// of those it is connected to (at random), and sends every broadcast, group and user
+    /// message, and each message for a client it does not serve itself, to all of them.
+    ///
+    /// # Errors
+    /// When a connection string is invalid, or none is given.
+    pub fn with_endpoints<S: AsRef<str>>(
+        connection_strings: &[S],
+        hubs: Vec<Hub>,
+        options: AppOptions,
+    ) -> Result<Self, ConnectionStringError> {
+        let mut endpoints: Vec<ConnectionString> = Vec::new();
+        for cs in connection_strings {
+            let cs = ConnectionString::parse(cs.as_ref())?;
+            // Twice the same relay would deliver every broadcast twice.
+            if endpoints
+                .iter()
+                .any(|e| e.server_endpoint() == cs.server_endpoint())
+            {
+                tracing::warn!(endpoint = %cs.server_endpoint(), "a relay given twice is used once");
+                continue;
+            }
+            endpoints.push(cs);
+        }
+        if endpoints.is_empty() {
+            return Err(ConnectionStringError::MissingEndpoint);
+        }
         let hubs = hubs
             .into_iter()
             .map(|hub| {
@@ -207,7 +332,7 @@ impl AppServer {
             .collect();
         Ok(Self {
             shared: Arc::new(Shared {
-                connection_string,
+                endpoints,
                 options,
                 hubs,
             }),
@@ -222,8 +347,16 @@ impl AppServer {
             let _ = hub.sleeper.set(Arc::new(move |d| {
                 sleeper_runtime.sleep_until(sleeper_runtime.now() + d)
             }));
-            for _ in 0..self.shared.options.connections_per_hub {
-                connection::spawn(runtime.clone(), self.shared.clone(), hub.clone(), None);
+            for endpoint in 0..self.shared.endpoints.len() {
+                for _ in 0..self.shared.options.connections_per_hub {
+                    connection::spawn(
+                        runtime.clone(),
+                        self.shared.clone(),
+                        hub.clone(),
+                        endpoint,
+                        None,
+                    );
+                }
             }
         }
     }
@@ -243,7 +376,7 @@ impl AppServer {
             "fin:2"
         };
         for hub in self.shared.hubs.values() {
-            for conn in lock(&hub.pool).iter().filter(|c| !c.is_closed()) {
+            for (_, conn) in lock(&hub.pool).iter().filter(|(_, c)| !c.is_closed()) {
                 let ping = service::Ping::pairs([("shutdown", fin)]);
                 let _ = conn.unbounded_send(ConnCommand::Service(ServiceMessage::Ping(ping)));
             }
@@ -266,19 +399,39 @@ impl AppServer {
             .await;
     }
 
-    /// Live server connections of `hub`.
+    /// `hub`'s clients and groups, to address from outside its methods (a background task,
+    /// an HTTP endpoint), as ASP.NET Core's `IHubContext`; `None` when this app server does
+    /// not host `hub`.
+    pub fn hub_context(&self, hub: &str) -> Option<HubContext> {
+        self.shared
+            .hubs
+            .get(&hub.to_ascii_lowercase())
+            .map(|hub| HubContext { hub: hub.clone() })
+    }
+
+    /// Live server connections of `hub`, to every endpoint.
     pub fn connected(&self, hub: &str) -> usize {
         self.shared
             .hubs
             .get(&hub.to_ascii_lowercase())
             .map_or(0, |h| {
-                h.pool
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .filter(|c| !c.is_closed())
-                    .count()
+                lock(&h.pool).iter().filter(|(_, c)| !c.is_closed()).count()
             })
+    }
+
+    /// The endpoint a client of `hub` negotiates to: one of those the hub has a live server
+    /// connection to, at random (as the Azure SDK picks among online endpoints); any, if none
+    /// is online yet.
+    fn negotiate_endpoint(&self, hub: &HubRuntime) -> &ConnectionString {
+        let endpoints = &self.shared.endpoints;
+        let online: Vec<usize> = (0..endpoints.len()).filter(|&e| hub.online(e)).collect();
+        let pick = |n: usize| (connection::random_u64() % n as u64) as usize;
+        let index = if online.is_empty() {
+            pick(endpoints.len())
+        } else {
+            online[pick(online.len())]
+        };
+        &endpoints[index]
     }
 
     /// The negotiate answer for a client of `hub`: a redirect to the relay with a signed
@@ -304,11 +457,11 @@ impl AppServer {
         claims: &[(&str, &str)],
     ) -> NegotiateResponse {
         let hub = hub.to_ascii_lowercase();
-        if !self.shared.hubs.contains_key(&hub) {
+        let Some(runtime) = self.shared.hubs.get(&hub) else {
             return NegotiateResponse::Error(format!("Unknown hub '{hub}'."));
-        }
-        let cs = &self.shared.connection_string;
-        let access_token = self.client_token(cs.client_audience(&hub), user_id, claims);
+        };
+        let cs = self.negotiate_endpoint(runtime);
+        let access_token = self.client_token(cs, cs.client_audience(&hub), user_id, claims);
         // The relay reads `hub` (and the client adds `id`); keep the caller's own.
         let passed =
             signalr_relay_core::relay::strip_query_params(query, &["hub", "id", "access_token"]);
@@ -334,13 +487,13 @@ impl AppServer {
         claims: &[(&str, &str)],
     ) -> ClassicNegotiateReply {
         let hub = hub.to_ascii_lowercase();
-        if !self.shared.hubs.contains_key(&hub) {
+        let Some(runtime) = self.shared.hubs.get(&hub) else {
             return ClassicNegotiateReply::Error(ErrorResponse::new(format!(
                 "Unknown hub '{hub}'."
             )));
-        }
-        let cs = &self.shared.connection_string;
-        let access_token = self.client_token(cs.classic_client_audience(&hub), user_id, claims);
+        };
+        let cs = self.negotiate_endpoint(runtime);
+        let access_token = self.client_token(cs, cs.classic_client_audience(&hub), user_id, claims);
         ClassicNegotiateReply::Redirect(RedirectResponse::new(
             format!("{}aspnetclient?hub={hub}", cs.client_endpoint()),
             access_token,
@@ -349,11 +502,11 @@ impl AppServer {
 
     fn client_token(
         &self,
+        cs: &ConnectionString,
         audience: signalr_relay_core::auth::Audience,
         user_id: Option<&str>,
         claims: &[(&str, &str)],
     ) -> String {
-        let cs = &self.shared.connection_string;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

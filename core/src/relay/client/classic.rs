@@ -7,8 +7,8 @@
 //!
 //! | classic client | app server |
 //! |---|---|
-//! | `{"H":h,"M":m,"A":[..],"I":i,"S":{..}}` | Invocation `m` with id `i`; the state rides in the header [`STATE_HEADER`] |
-//! | hub result `{"I":i,"R":r}` / `{"I":i,"E":e}` (+ `S`) | Completion (its [`STATE_HEADER`] carries the new state) |
+//! | `{"H":h,"M":m,"A":[..],"I":i,"S":{..}}` | Invocation `m` with id `i`; the state rides in the header [`STATE_HEADER`] (`{}` without `S`) |
+//! | hub result `{"I":i,"R":r}` / `{"I":i,"E":e,"H":true,"D":d}` (+ `S`) | Completion (its [`STATE_HEADER`] carries the new state, [`ERROR_DATA_HEADER`] an error's data) |
 //! | progress `{"I":"P|i","P":{"I":i,"D":d}}` | StreamItem for invocation `i` |
 //! | `{"H":h,"M":m,"A":[..]}` in `M` | Invocation without id (a push) |
 //! | a persistent response with `E` | Close |
@@ -47,6 +47,10 @@ use crate::relay::ConnHandle;
 /// The header that carries a classic client's hub state (`S`, a JSON object as text) on
 /// invocations to the app server, and the changed state back on their completions.
 pub const STATE_HEADER: &str = "asrs.classic.state";
+
+/// The header of a failed invocation's Completion that carries the error's data for classic
+/// clients (JSON text; their `D`, as a `HubException`'s `ErrorData`).
+pub const ERROR_DATA_HEADER: &str = "asrs.classic.errordata";
 
 /// The classic client endpoint.
 pub(crate) const BASE: &str = "/aspnetclient";
@@ -544,10 +548,11 @@ impl Classic {
                 None => Err(error),
             };
         }
+        // Always there, `{}` when the client sent none: the app server also learns from it
+        // that the caller is a classic client (it may send an error's data, `D`).
         let mut headers = Headers::new();
-        if let Some(state) = &invocation.state {
-            headers.insert(STATE_HEADER.to_owned(), state.as_str().to_owned());
-        }
+        let state = invocation.state.as_ref().map_or("{}", |s| s.as_str());
+        headers.insert(STATE_HEADER.to_owned(), state.to_owned());
         let message = HubMessage::Invocation(Invocation {
             headers,
             invocation_id: invocation.id.clone(),
@@ -619,7 +624,16 @@ impl Classic {
                             HubResult::success(c.invocation_id.clone(), Some(raw(&v)))
                         }
                         CompletionResult::Error(e) => {
-                            HubResult::failure(c.invocation_id.clone(), e)
+                            // An app server shows a caller an error's text only when it chose
+                            // to (a HubException, or detailed errors): to a classic client,
+                            // each is a HubException (`H`), with its data (`D`) if any.
+                            let mut failure = HubResult::failure(c.invocation_id.clone(), e);
+                            failure.is_hub_exception = true;
+                            failure.error_data = c
+                                .headers
+                                .get(ERROR_DATA_HEADER)
+                                .and_then(|d| RawJson::from_string(d.clone()).ok());
+                            failure
                         }
                     };
                     result.state = state_of(&c.headers);

@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-pub use self::classic::STATE_HEADER;
 pub(crate) use self::classic::{
     body_limit as classic_body_limit, negotiate_hub as classic_negotiate_hub,
     negotiated as classic_negotiated, no_app_server as classic_no_app_server,
     parse as parse_classic, unknown_token as classic_unknown_token, BASE as CLASSIC_BASE,
 };
+pub use self::classic::{ERROR_DATA_HEADER, STATE_HEADER};
 pub(crate) use self::transport::Tombstones;
 
 use self::aspnetcore::{AspNetCore, HttpStep, Upgrade};

@@ -123,7 +123,9 @@ fn classic_clients_poll_send_and_reconnect_through_the_relay() {
         &connection_id,
         "{\"type\":3,\"invocationId\":\"1\",\"error\":\"no\"}\x1e",
     );
-    assert!(sim.client_text(c).ends_with("{\"I\":\"1\",\"E\":\"no\"}"));
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"I\":\"1\",\"E\":\"no\",\"H\":true}"));
     sim.advance(Duration::from_secs(10));
     assert!(sim.client_text(c).ends_with("{}"));
     // The client asks for a result from a classic client: refused at once.
@@ -644,4 +646,55 @@ fn classic_tokens_are_bound_to_their_hub() {
     assert_eq!(status(&mut sim, no_hub), 401);
     assert!(sim.classic_negotiate("testhub", Some("alice")).is_ok());
     assert!(sim.classic_negotiate("chat", Some("alice")).is_ok());
+}
+
+#[test]
+fn classic_hub_errors_are_hub_exceptions_with_their_data() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (token, connection_id) = classic_long_polling(&mut sim, server);
+    respond(sim.handle(&long_poll("start", &token, "")));
+    let send = |sim: &mut Sim, id: u32, completion: &str| {
+        let data = format!("{{\"H\":\"chat\",\"M\":\"Fail\",\"A\":[],\"I\":{id}}}");
+        let RequestOutcome::Pending(send) = sim.handle(&long_poll(
+            "send",
+            &token,
+            &format!("data={}", urlencode(&data)),
+        )) else {
+            panic!()
+        };
+        server_sends(sim, server, &connection_id, completion);
+        String::from_utf8_lossy(&sim.responses[&send].body).into_owned()
+    };
+    // Every error an app server shows is a HubException (H); its data header becomes D.
+    assert_eq!(
+        send(
+            &mut sim,
+            1,
+            "{\"type\":3,\"invocationId\":\"1\",\"error\":\"plain\"}\x1e"
+        ),
+        "{\"I\":\"1\",\"E\":\"plain\",\"H\":true}"
+    );
+    assert_eq!(
+        send(
+            &mut sim,
+            2,
+            "{\"type\":3,\"invocationId\":\"2\",\"error\":\"with data\",\"headers\":{\"asrs.classic.errordata\":\"{\\\"code\\\":42}\"}}\x1e"
+        ),
+        "{\"I\":\"2\",\"E\":\"with data\",\"H\":true,\"D\":{\"code\":42}}"
+    );
+    // Data that is not JSON is dropped, not passed on as text.
+    assert_eq!(
+        send(
+            &mut sim,
+            3,
+            "{\"type\":3,\"invocationId\":\"3\",\"error\":\"bad data\",\"headers\":{\"asrs.classic.errordata\":\"{oops\"}}\x1e"
+        ),
+        "{\"I\":\"3\",\"E\":\"bad data\",\"H\":true}"
+    );
+    // A classic invocation always carries a state (`{}` without `S`): the app server knows
+    // its caller is classic, and sends the data only then.
+    let invocation: serde_json::Value =
+        serde_json::from_str(last_payload_to(&sim, server).trim_end_matches('\x1e')).unwrap();
+    assert_eq!(invocation["headers"][STATE_HEADER], "{}");
 }
