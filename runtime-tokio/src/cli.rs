@@ -131,6 +131,11 @@ pub struct RelayArgs {
     #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
     pub log: String,
 
+    /// Seconds a graceful shutdown (SIGTERM or SIGINT) waits for clients to go before the
+    /// relay exits; a second signal exits at once.
+    #[arg(long, env = "SIGNALR_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+
     /// Exit after this many seconds (a safety net for test harnesses).
     #[arg(long, hide = true)]
     pub exit_after: Option<u64>,
@@ -174,6 +179,9 @@ impl RelayArgs {
             Duration::from_secs(self.classic_disconnect_timeout.max(1));
         config.classic_buffer_messages = self.classic_buffer_messages.max(1);
         config.trusted_proxies = self.trusted_proxies.clone();
+        // Which relay process the app servers' clients came through (`Asrs-Instance-Id`, and
+        // the `offline` ping of a shutdown): new for each run.
+        config.instance_id = format!("relay-{}", &generate_key()[..12]);
         (config, generated)
     }
 
@@ -186,6 +194,7 @@ impl RelayArgs {
         options.client_send_queue = self.max_send_queue.max(1);
         options.write_timeout = Duration::from_secs(self.write_timeout.max(1));
         options.body_read_timeout = Duration::from_secs(self.body_read_timeout.max(1));
+        options.drain_timeout = Duration::from_secs(self.drain_timeout);
         options
     }
 }
@@ -317,7 +326,40 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     }
     println!("signalr-relay listening on http://{addr}");
     exit_after(&runtime, args.exit_after);
-    crate::serve(runtime, listener, config, args.serve_options()).await;
+    let signalled = termination(runtime.clone());
+    crate::serve_until(runtime, listener, config, args.serve_options(), signalled).await;
+    tracing::info!("shut down");
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one ends the process at once. Never
+/// completes where signals cannot be watched.
+pub fn termination<R: crate::Runtime>(runtime: R) -> crate::BoxFuture<()> {
+    #[cfg(unix)]
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let asked = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let registered =
+                signal_hook::flag::register_conditional_shutdown(signal, 1, asked.clone())
+                    .and_then(|_| signal_hook::flag::register(signal, asked.clone()));
+            if registered.is_err() {
+                return Box::pin(std::future::pending());
+            }
+        }
+        Box::pin(async move {
+            while !asked.load(Ordering::Acquire) {
+                runtime
+                    .sleep_until(runtime.now() + Duration::from_millis(100))
+                    .await;
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = runtime;
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Runs the sample-app binary of any runtime.

@@ -582,7 +582,6 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
     let app = AppServer::with_endpoints(connection_strings, hubs(), options)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     app.start(&runtime);
-    #[cfg(unix)]
     if leave_on_signal {
         leave_on_termination(runtime.clone(), app.clone());
     }
@@ -593,25 +592,12 @@ pub async fn run<R: crate::Runtime, L: crate::Listener>(
 
 /// On SIGTERM or SIGINT, leaves gracefully ([`AppServer::shutdown`]): the relay sends no new
 /// clients and, with migration on, moves this app server's clients to the hub's other app
-/// servers; what is under way is answered (at most 10 s); then the process exits.
-#[cfg(unix)]
+/// servers; what is under way is answered (at most 10 s); then the process exits. A second
+/// signal ends it at once.
 fn leave_on_termination<R: crate::Runtime>(runtime: R, app: AppServer) {
-    use std::sync::atomic::AtomicBool;
-    let asked = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while leaving ends the process at once.
-        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, asked.clone())
-            .and_then(|_| signal_hook::flag::register(signal, asked.clone()));
-        if registered.is_err() {
-            return;
-        }
-    }
+    let signalled = crate::cli::termination(runtime.clone());
     runtime.clone().spawn(async move {
-        while !asked.load(Ordering::Acquire) {
-            runtime
-                .sleep_until(runtime.now() + Duration::from_millis(100))
-                .await;
-        }
+        signalled.await;
         tracing::info!("leaving gracefully");
         app.shutdown(&runtime, Duration::from_secs(10)).await;
         std::process::exit(0);

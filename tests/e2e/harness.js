@@ -328,4 +328,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, Stack, Browser, startProcess, jwt, next, collect, sleep, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, Stack, Browser, startProcess, freePort, jwt, next, collect, sleep, signalR };

@@ -166,6 +166,8 @@ pub struct Relay {
     invocations: Invocations,
     timers: TimerQueue,
     out: Outputs,
+    /// Shutting down ([`shut_down`](Self::shut_down)): no new connections.
+    draining: bool,
 }
 
 impl Relay {
@@ -184,7 +186,37 @@ impl Relay {
             invocations: Invocations::default(),
             timers: TimerQueue::default(),
             out: Outputs::default(),
+            draining: false,
         }
+    }
+
+    /// Starts a graceful shutdown (a drain): from now on `/ready` answers 503, and so do negotiates and new
+    /// server connections. Every client is closed at once and told to reconnect (ASP.NET
+    /// Core clients a Close message with `allowReconnect`, classic clients `T`), and every
+    /// server connection gets the ping `offline` with this relay's instance id, on which the
+    /// Azure SDK lets go of the clients it had here. Server connections stay open: the
+    /// adapter ends the process once no client is left (or its drain timeout passes).
+    pub fn shut_down(&mut self, now: Instant) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let conns: Vec<ConnHandle> = self.clients.map.keys().copied().collect();
+        for conn in conns {
+            if let Some(client) = self.clients.map.remove(&conn) {
+                self.end_client(now, client, Ending::Draining);
+            }
+        }
+        let ping = service::Ping::pairs([("offline", self.config.instance_id.as_str())]);
+        for server in self.servers.open_handles() {
+            self.out
+                .service(server, &ServiceMessage::Ping(ping.clone()));
+        }
+    }
+
+    /// Whether [`shut_down`](Self::shut_down) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.draining
     }
 
     /// The configuration.
@@ -246,8 +278,15 @@ impl Relay {
             self.out.stats.requests_rejected += 1;
             return RequestOutcome::Respond(Rejection::QueryTooLong.into());
         }
+        let refused_while_draining = matches!(
+            path,
+            "/client/negotiate" | "/server" | "/aspnetclient/negotiate"
+        );
         let outcome = match (req.method.as_str(), path) {
             (_, "/health") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ok"))),
+            (_, "/ready") if self.draining => Err(Rejection::Draining),
+            (_, "/ready") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ready"))),
+            _ if self.draining && refused_while_draining => Err(Rejection::Draining),
             ("POST", "/client/negotiate") => self.negotiate(now, req).map(RequestOutcome::Respond),
             ("GET", "/client") if req.websocket => self.connect_client(now, req),
             ("GET" | "POST" | "DELETE", "/client") => self.client_http(now, req),

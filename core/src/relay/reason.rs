@@ -48,11 +48,14 @@ pub enum CloseKind {
     ServerOffline,
     /// The client's authentication expired, and its token asked to be closed then.
     AuthExpired,
+    /// The relay is shutting down (draining): reconnect, to another node or to this one
+    /// once it is back.
+    Shutdown,
 }
 
 impl CloseKind {
     /// Every kind, in order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Normal,
         Self::Timeout,
         Self::HandshakeFailed,
@@ -60,6 +63,7 @@ impl CloseKind {
         Self::SlowConsumer,
         Self::ServerOffline,
         Self::AuthExpired,
+        Self::Shutdown,
     ];
 
     /// A stable label: `normal`, `timeout`, `handshake_failed`, `protocol_error`,
@@ -73,6 +77,7 @@ impl CloseKind {
             Self::SlowConsumer => "slow_consumer",
             Self::ServerOffline => "server_offline",
             Self::AuthExpired => "auth_expired",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -116,6 +121,7 @@ const POLL_BUFFER_FULL: &str =
     "The client did not poll fast enough: its message buffer overflowed.";
 const POST_TOO_LARGE: &str = "The POST body exceeds the maximum message size.";
 const AUTH_EXPIRED: &str = "The connection's authentication expired.";
+const DRAINING: &str = "The service is shutting down; reconnect.";
 /// The close reason of a socket that a reconnect replaced.
 pub(crate) const REPLACED: &str = "Replaced by the client's reconnect.";
 
@@ -257,6 +263,8 @@ pub(crate) enum Ending {
     ClassicServerRefused(String),
     /// Its authentication expired (`asrs.s.coae`, `asrs.s.aeo`).
     AuthExpired,
+    /// The relay is draining: every client is told to reconnect.
+    Draining,
 }
 
 impl Ending {
@@ -288,6 +296,7 @@ impl Ending {
             Self::ServerMessageTooLarge => CloseReason::new(Relay, ProtocolError),
             Self::ClassicServerRefused(_) => CloseReason::new(AppServer, HandshakeFailed),
             Self::AuthExpired => CloseReason::new(Relay, AuthExpired),
+            Self::Draining => CloseReason::new(Relay, Shutdown),
         }
     }
 
@@ -306,6 +315,7 @@ impl Ending {
             Self::PostTooLarge => (POST_TOO_LARGE.into(), false),
             // It may come back with a fresh token, through negotiate.
             Self::AuthExpired => (AUTH_EXPIRED.into(), true),
+            Self::Draining => (DRAINING.into(), true),
             _ => return None,
         };
         Some((text, reconnect))
@@ -516,6 +526,8 @@ pub enum Rejection {
     /// The client's token does not allow this transport (`asrs.s.htt`) (404, as ASP.NET Core
     /// answers for a transport its endpoint does not take).
     TransportNotAllowed(TransportKind),
+    /// The relay is shutting down: no new connections (503).
+    Draining,
     /// The client's token requires an app server that has no connection for the hub
     /// (`asrs.s.ssticky=Required`) (503).
     RequiredServerGone {
@@ -546,6 +558,7 @@ impl Rejection {
             Self::ClassicRequest(RequestError::TooLarge { .. }) => 413,
             Self::NoAppServer { .. }
             | Self::TooManyConnections
+            | Self::Draining
             | Self::RequiredServerGone { .. } => 503,
             Self::HubRequired
             | Self::TransportChange
@@ -607,6 +620,9 @@ impl Rejection {
             Self::ConnectionGone => "The connection has ended.",
             Self::QueryTooLong => "The query string is too long.",
             Self::TooManyConnections => "The relay holds as many connections as it may.",
+            Self::Draining => {
+                "The relay is shutting down and takes no new connections: try another node, or again shortly."
+            }
             Self::TooManyForToken => "Too many connections for this access token.",
             Self::UserChanged => {
                 "Unrecognized user identity. The user identity cannot change during an active SignalR connection."

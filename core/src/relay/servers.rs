@@ -227,6 +227,15 @@ impl Servers {
     }
 
     /// Open server connections.
+    /// Every server connection whose handshake completed.
+    pub(crate) fn open_handles(&self) -> Vec<ConnHandle> {
+        self.map
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(conn, _)| *conn)
+            .collect()
+    }
+
     pub(crate) fn open_count(&self) -> usize {
         self.map.values().filter(|s| s.open).count()
     }

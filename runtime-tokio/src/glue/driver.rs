@@ -62,6 +62,9 @@ pub struct ServeOptions {
     /// A peer whose socket takes nothing for this long while bytes wait for it is closed
     /// (default 30 s).
     pub write_timeout: Duration,
+    /// How long a graceful shutdown waits for the clients to go (default 30 s; see
+    /// [`serve_until`]).
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -74,6 +77,7 @@ impl Default for ServeOptions {
             server_send_queue: 64 * 1024 * 1024,
             server_send_pause: 1024 * 1024,
             write_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +110,8 @@ enum DriverInput {
     Attach(ConnHandle, Generation, Outbox),
     Incoming(ConnHandle, Generation, Incoming),
     Aborted(RequestId),
+    /// Start the graceful shutdown.
+    ShutDown,
 }
 
 /// Serves the relay on `listener`, forever: accept errors are survived (see
@@ -117,6 +123,25 @@ pub async fn serve<R: Runtime, L: Listener>(
     config: RelayConfig,
     options: ServeOptions,
 ) {
+    serve_until(runtime, listener, config, options, std::future::pending()).await;
+}
+
+/// [`serve`], until `shut_down` completes; then shuts down gracefully and returns. From then
+/// `/ready` answers 503, and so do negotiates and new server connections; every client is
+/// told to reconnect, and every app server that this relay's clients are gone (see
+/// [`Relay::shut_down`]). It returns once no client is left and what was queued for them
+/// is written, or after [`ServeOptions::drain_timeout`].
+pub async fn serve_until<R, L, S>(
+    runtime: R,
+    listener: L,
+    config: RelayConfig,
+    options: ServeOptions,
+    shut_down: S,
+) where
+    R: Runtime,
+    L: Listener,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -131,14 +156,21 @@ pub async fn serve<R: Runtime, L: Listener>(
         options,
     });
     let (events, queue) = mpsc::channel(4096);
+    let (drained, done) = oneshot::channel();
     runtime.spawn(drive(
         runtime.clone(),
         relay,
         settings.options.clone(),
         queue,
+        drained,
     ));
+    let mut trigger = events.clone();
+    runtime.spawn(async move {
+        shut_down.await;
+        let _ = trigger.send(DriverInput::ShutDown).await;
+    });
     let count = ConnectionCount::new(settings.options.max_connections);
-    accept_loop(&runtime, listener, count, |stream, peer, admitted| {
+    let accepting = accept_loop(&runtime, listener, count, |stream, peer, admitted| {
         runtime.spawn(serve_connection(
             runtime.clone(),
             stream,
@@ -147,8 +179,9 @@ pub async fn serve<R: Runtime, L: Listener>(
             settings.clone(),
             admitted,
         ));
-    })
-    .await;
+    });
+    // Accepting goes on while draining: late requests hear that the relay is going.
+    let _ = select(Box::pin(accepting), done).await;
 }
 
 fn seed() -> [u8; 32] {
@@ -196,7 +229,20 @@ struct Driver<R> {
     skipped_log: RateLimited,
     /// Refused requests and handshakes likewise.
     refused_log: RateLimited,
+    /// While shutting down: when to give up waiting for the clients to go, when the last
+    /// one went (what was queued for it gets a moment to be written), and whom to tell.
+    drain: Option<Drain>,
 }
+
+struct Drain {
+    deadline: Instant,
+    empty_since: Option<Instant>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// How long the relay waits, once its last client went, before it exits: what was queued is
+/// written, and late requests (a load balancer's readiness probe) hear 503.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes one batch of events may queue before the writers get a turn.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -206,7 +252,9 @@ async fn drive<R: Runtime>(
     relay: Relay,
     options: ServeOptions,
     mut queue: mpsc::Receiver<DriverInput>,
+    drained: oneshot::Sender<()>,
 ) {
+    let mut drained = Some(drained);
     let mut d = Driver {
         next_sweep: runtime.now() + sweep_period(&options),
         relay,
@@ -221,12 +269,32 @@ async fn drive<R: Runtime>(
         batch_bytes: 0,
         skipped_log: RateLimited::default(),
         refused_log: RateLimited::default(),
+        drain: None,
     };
     loop {
+        if let Some(drain) = &mut d.drain {
+            if drain.done.is_none() {
+                drain.done = drained.take();
+            }
+        }
+        if d.drained() {
+            if let Some(done) = d.drain.as_mut().and_then(|drain| drain.done.take()) {
+                let _ = done.send(());
+            }
+            return;
+        }
         let deadline = d
             .relay
             .poll_timeout()
             .map_or(d.next_sweep, |t| t.min(d.next_sweep));
+        let deadline = match &d.drain {
+            Some(drain) => deadline.min(drain.deadline).min(
+                drain
+                    .empty_since
+                    .map_or(drain.deadline, |since| since + DRAIN_GRACE),
+            ),
+            None => deadline,
+        };
         let event = match select(queue.next(), d.runtime.sleep_until(deadline)).await {
             Either::Left((event, _)) => event,
             Either::Right(((), _)) => {
@@ -281,6 +349,29 @@ async fn yield_now() {
 }
 
 impl<R: Runtime> Driver<R> {
+    /// Whether a graceful shutdown is over: no client left (and a moment for what was
+    /// queued to be written), or the drain timeout passed.
+    fn drained(&mut self) -> bool {
+        let now = self.runtime.now();
+        let clients = self.relay.client_count();
+        let Some(drain) = &mut self.drain else {
+            return false;
+        };
+        if now >= drain.deadline {
+            tracing::warn!(
+                clients,
+                "drain timeout: exiting with clients still connected"
+            );
+            return true;
+        }
+        if clients > 0 {
+            drain.empty_since = None;
+            return false;
+        }
+        let since = *drain.empty_since.get_or_insert(now);
+        now >= since + DRAIN_GRACE
+    }
+
     /// Runs what is due: the relay's timers, and the write-timeout sweep.
     fn tick(&mut self) {
         let now = self.runtime.now();
@@ -390,6 +481,20 @@ impl<R: Runtime> Driver<R> {
             DriverInput::Aborted(request) => {
                 if self.held.remove(&request).is_some() {
                     self.relay.handle_request_aborted(now, request);
+                }
+            }
+            DriverInput::ShutDown => {
+                if self.drain.is_none() {
+                    tracing::info!(
+                        clients = self.relay.client_count(),
+                        "shutting down: clients are told to reconnect"
+                    );
+                    self.relay.shut_down(now);
+                    self.drain = Some(Drain {
+                        deadline: now + self.options.drain_timeout,
+                        empty_since: None,
+                        done: None,
+                    });
                 }
             }
         }

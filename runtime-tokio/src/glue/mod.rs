@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
-pub use self::driver::{serve, ServeOptions};
+pub use self::driver::{serve, serve_until, ServeOptions};
 pub use self::http::serve_http;
 
 /// A boxed, sendable future.

@@ -775,7 +775,20 @@ impl Classic {
             Channel::Poll { request, .. } => Some(request),
             _ => None,
         };
-        if let Some(error) = ending.classic_error(handshake_done) {
+        if matches!(ending, Ending::Draining) {
+            // The relay is going away: the client reconnects (`T`), and its reconnect lands
+            // elsewhere, or here again once the relay is back.
+            let body = PersistentResponse {
+                cursor: Some(self.cursor()),
+                should_reconnect: true,
+                ..PersistentResponse::default()
+            }
+            .encode();
+            match poll.take() {
+                Some(request) => cx.out.respond(request, json(body)),
+                None => channel.stream(cx.conn, body, cx.out),
+            }
+        } else if let Some(error) = ending.classic_error(handshake_done) {
             let mut envelope = PersistentResponse::global_error(error);
             envelope.cursor = Some(self.cursor());
             let body = envelope.encode();

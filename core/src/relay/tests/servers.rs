@@ -595,3 +595,54 @@ fn late_connections_follow_a_leaving_app_server_only_while_it_leaves() {
     let (c, _) = sim.connect_client("chat", None, "json");
     assert_eq!(sim.server_of(c), late);
 }
+
+#[test]
+fn a_relay_shutting_down_tells_everyone_to_reconnect_and_takes_no_one_new() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (client, id) = sim.connect_client("chat", Some("alice"), "json");
+    sim.accept_handshake(client, &id);
+    let (token, _) = classic_long_polling(&mut sim, server);
+    respond(sim.handle(&long_poll("start", &token, "")));
+    let RequestOutcome::Pending(poll) = sim.handle(&long_poll("poll", &token, "messageId=0"))
+    else {
+        panic!()
+    };
+    let ready = HttpRequest {
+        method: "GET".to_owned(),
+        path: "/ready".to_owned(),
+        ..HttpRequest::default()
+    };
+    assert_eq!(respond(sim.handle(&ready)).status, 200);
+
+    let (relay, now) = sim.relay_mut();
+    relay.shut_down(now);
+    sim.drain();
+
+    // The ASP.NET Core client may reconnect (to another node, or here once the relay is
+    // back); the classic one is told to reconnect (`T`), on its held poll.
+    assert!(sim.client_text(client).contains(
+        "\"type\":7,\"error\":\"The service is shutting down; reconnect.\",\"allowReconnect\":true"
+    ));
+    assert!(sim.is_done(client));
+    let answered = String::from_utf8_lossy(&sim.responses[&poll].body).into_owned();
+    assert!(answered.contains("\"T\":1"), "{answered}");
+    assert!(!answered.contains("\"E\""), "{answered}");
+    assert_eq!(sim.relay().client_count(), 0);
+    // The app server lets go of this relay's clients (the Azure SDK's `offline` ping).
+    let instance = sim.relay().config().instance_id.clone();
+    assert!(sim.to_server[&server].iter().any(|m| matches!(
+        m,
+        ServiceMessage::Ping(p) if *p == service::Ping::pairs([("offline", instance.as_str())])
+    )));
+    assert!(!sim.is_done(server));
+    assert_eq!(
+        sim.relay().stats().clients_closed.get(CloseKind::Shutdown),
+        2
+    );
+    // Nothing new: not ready, no negotiate, no server connection.
+    assert_eq!(respond(sim.handle(&ready)).status, 503);
+    assert_eq!(sim.negotiate("chat", None).unwrap_err().status, 503);
+    assert!(sim.try_accept_server("chat", "app-2").is_none());
+    sim.relay_mut().0.shut_down(now);
+}
