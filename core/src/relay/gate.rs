@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::admission::{hub_param, Admission};
 use super::client::{classic_body_limit, CLASSIC_BASE};
 use super::config::RelayConfig;
-use super::http::{HttpRequest, HttpResponse};
+use super::http::HttpRequest;
 use super::reason::Rejection;
 
 /// Largest body read for a negotiate: clients send none.
@@ -39,9 +39,11 @@ impl RequestGate {
     /// body: read none.
     ///
     /// # Errors
-    /// A response to send at once (a missing or bad token: 401, a missing hub: 400). The
-    /// relay would refuse the request the same way.
-    pub fn body_limit(&self, now: Instant, req: &HttpRequest) -> Result<usize, HttpResponse> {
+    /// The refusal to answer at once (a missing or bad token: 401, a missing hub: 400), as
+    /// the relay would refuse the request. Tell the relay
+    /// ([`Relay::refused_by_gate`](super::Relay::refused_by_gate)), so that it counts and
+    /// reports it like its own.
+    pub fn body_limit(&self, now: Instant, req: &HttpRequest) -> Result<usize, Rejection> {
         if req.method != "POST" {
             return Ok(0);
         }
@@ -53,7 +55,7 @@ impl RequestGate {
                 .verify(config, now, req, "/client/", Some(&hub))
                 .map(drop)
         };
-        let limit = match path {
+        match path {
             "/client/negotiate" => verify_client().map(|()| NEGOTIATE_BODY_LIMIT),
             "/client" => verify_client().map(|()| config.max_client_payload()),
             p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => self
@@ -61,7 +63,6 @@ impl RequestGate {
                 .verify(config, now, req, CLASSIC_BASE, None)
                 .map(|_| classic_body_limit(config)),
             _ => Ok(0),
-        };
-        limit.map_err(HttpResponse::from)
+        }
     }
 }

@@ -101,6 +101,7 @@ mod gate;
 mod http;
 mod ids;
 mod invocations;
+mod metrics;
 mod output;
 mod policy;
 mod reason;
@@ -118,6 +119,10 @@ pub use self::config::RelayConfig;
 pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
+pub use self::metrics::{
+    render_prometheus, transport_label, AppServerSnapshot, HubSnapshot, ProcessStats,
+    RefusalCounts, Snapshot,
+};
 pub use self::output::{ClientFamily, Event, Output};
 pub use self::reason::texts::CONNECTION_NOT_FOUND;
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
@@ -256,6 +261,12 @@ impl Relay {
         &self.out.stats
     }
 
+    /// Requests refused since the relay started, by endpoint (`negotiate`, `client`,
+    /// `server`, `classic`, `other`) and cause (see [`Rejection::cause`]).
+    pub fn refusals(&self) -> &RefusalCounts {
+        &self.out.refusals
+    }
+
     /// The next output, if any. Drain after every `handle_*` call.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -299,15 +310,45 @@ impl Relay {
             }
             _ => Err(Rejection::NotFound),
         };
-        let outcome = outcome.unwrap_or_else(|r| RequestOutcome::Respond(r.into()));
+        let mut cause = "other";
+        let outcome = outcome.unwrap_or_else(|r| {
+            cause = r.cause();
+            RequestOutcome::Respond(r.into())
+        });
         if let RequestOutcome::Respond(r) = &outcome {
             if r.status >= 400 {
-                self.out.stats.requests_rejected += 1;
                 let reason = String::from_utf8_lossy(&r.body).into_owned();
-                self.refused(req, r.status, reason);
+                self.count_refusal(req, cause, r.status, reason);
             }
         }
         outcome
+    }
+
+    /// A request the adapter refused on the relay's behalf, on its headers, before reading
+    /// its body ([`RequestGate::body_limit`]): counted and reported like the relay's own.
+    pub fn refused_by_gate(&mut self, req: &HttpRequest, rejection: &Rejection) {
+        let reason = rejection.text().into_owned();
+        self.count_refusal(req, rejection.cause(), rejection.status(), reason);
+    }
+
+    fn count_refusal(
+        &mut self,
+        req: &HttpRequest,
+        cause: &'static str,
+        status: u16,
+        reason: String,
+    ) {
+        let path = req.path.trim_end_matches('/');
+        let endpoint = match path {
+            "/client/negotiate" => "negotiate",
+            "/client" => "client",
+            "/server" => "server",
+            p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => "classic",
+            _ => "other",
+        };
+        *self.out.refusals.entry((endpoint, cause)).or_default() += 1;
+        self.out.stats.requests_rejected += 1;
+        self.refused(req, status, reason);
     }
 
     /// Tells the adapter a request was refused (bounded: the path and the reason are cut).

@@ -139,6 +139,7 @@ pub(crate) struct Outputs {
     held: BTreeMap<RequestId, ConnHandle>,
     next_request: u64,
     pub(crate) stats: RelayStats,
+    pub(crate) refusals: super::RefusalCounts,
 }
 
 impl Outputs {

@@ -539,6 +539,53 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// A stable label for counting: `no_token`, `bad_token`, `wrong_audience`, `wrong_user`,
+    /// `no_app_server`, `required_server_gone`, `too_many_connections`,
+    /// `too_many_for_token`, `shutting_down`, `too_large`, `transport_not_allowed`,
+    /// `unknown_connection`, `not_found`, `method_not_allowed` or `bad_request`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NoToken => "no_token",
+            Self::BadToken(_) => "bad_token",
+            Self::WrongAudience { .. } => "wrong_audience",
+            Self::NotOwner | Self::UserChanged => "wrong_user",
+            Self::NoAppServer { .. } => "no_app_server",
+            Self::RequiredServerGone { .. } => "required_server_gone",
+            Self::TooManyConnections => "too_many_connections",
+            Self::TooManyForToken => "too_many_for_token",
+            Self::Draining => "shutting_down",
+            Self::QueryTooLong
+            | Self::PostTooLarge
+            | Self::ClassicRequest(RequestError::TooLarge { .. }) => "too_large",
+            Self::TransportNotAllowed(_) => "transport_not_allowed",
+            Self::UnknownConnection
+            | Self::NoSuchConnection
+            | Self::ConnectionGone
+            | Self::UnknownConnectionToken => "unknown_connection",
+            Self::NotFound | Self::ClassicNotFound => "not_found",
+            Self::MethodNotAllowed | Self::EndpointMethodNotAllowed | Self::PostOnWebSocket => {
+                "method_not_allowed"
+            }
+            Self::HubRequired
+            | Self::TransportChange
+            | Self::TransportTaken
+            | Self::ConnectionIdRequired
+            | Self::NoTransport
+            | Self::DeleteNotAllowed
+            | Self::Jsonp
+            | Self::ForeverFrame
+            | Self::ClassicRequest(_)
+            | Self::NotConnected
+            | Self::HubCount(_)
+            | Self::HubMismatch
+            | Self::NeedsUpgrade
+            | Self::AlreadyConnected
+            | Self::NeverConnected
+            | Self::SendNeedsData
+            | Self::BadSend(_) => "bad_request",
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
@@ -657,6 +704,12 @@ impl Rejection {
 
 impl From<Rejection> for HttpResponse {
     fn from(rejection: Rejection) -> Self {
+        Self::from(&rejection)
+    }
+}
+
+impl From<&Rejection> for HttpResponse {
+    fn from(rejection: &Rejection) -> Self {
         Self::text(rejection.status(), rejection.text().into_owned())
     }
 }

@@ -21,8 +21,8 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use signalr_relay_core::relay::{
-    ConnHandle, Event, HttpRequest, HttpResponse, Output, Relay, RelayConfig, RequestGate,
-    RequestId, RequestOutcome,
+    ConnHandle, Event, HttpRequest, HttpResponse, Output, Rejection, Relay, RelayConfig,
+    RequestGate, RequestId, RequestOutcome,
 };
 use smol_hyper::rt::FuturesIo;
 
@@ -112,6 +112,8 @@ enum DriverInput {
     Aborted(RequestId),
     /// Start the graceful shutdown.
     ShutDown,
+    /// A request refused on its headers (by the [`RequestGate`]).
+    GateRefused(HttpRequest, Rejection),
 }
 
 /// Serves the relay on `listener`, forever: accept errors are survived (see
@@ -232,6 +234,8 @@ struct Driver<R> {
     /// While shutting down: when to give up waiting for the clients to go, when the last
     /// one went (what was queued for it gets a moment to be written), and whom to tell.
     drain: Option<Drain>,
+    /// When the relay started (`/metrics` gives the uptime).
+    started: Instant,
 }
 
 struct Drain {
@@ -255,6 +259,7 @@ async fn drive<R: Runtime>(
     drained: oneshot::Sender<()>,
 ) {
     let mut drained = Some(drained);
+    let started = runtime.now();
     let mut d = Driver {
         next_sweep: runtime.now() + sweep_period(&options),
         relay,
@@ -270,6 +275,7 @@ async fn drive<R: Runtime>(
         skipped_log: RateLimited::default(),
         refused_log: RateLimited::default(),
         drain: None,
+        started,
     };
     loop {
         if let Some(drain) = &mut d.drain {
@@ -349,6 +355,23 @@ async fn yield_now() {
 }
 
 impl<R: Runtime> Driver<R> {
+    /// `GET /metrics`: the Prometheus text exposition, made now (counting costs nothing on
+    /// the hot path: the core keeps plain counters, and the connections are walked here).
+    fn metrics(&self, now: Instant) -> HttpResponse {
+        let process = super::process::read(now.saturating_duration_since(self.started));
+        let text = signalr_relay_core::relay::render_prometheus(
+            self.relay.stats(),
+            self.relay.refusals(),
+            &self.relay.snapshot(),
+            &process,
+        );
+        HttpResponse {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: Bytes::from(text),
+        }
+    }
+
     /// Whether a graceful shutdown is over: no client left (and a moment for what was
     /// queued to be written), or the drain timeout passed.
     fn drained(&mut self) -> bool {
@@ -412,6 +435,9 @@ impl<R: Runtime> Driver<R> {
     fn handle(&mut self, event: DriverInput) {
         let now = self.runtime.now();
         match event {
+            DriverInput::Request(request, reply) if request.path == "/metrics" => {
+                let _ = reply.send((RequestOutcome::Respond(self.metrics(now)), None));
+            }
             DriverInput::Request(request, reply) => {
                 let outcome = self.relay.handle_request(now, &request);
                 let response = match outcome {
@@ -482,6 +508,9 @@ impl<R: Runtime> Driver<R> {
                 if self.held.remove(&request).is_some() {
                     self.relay.handle_request_aborted(now, request);
                 }
+            }
+            DriverInput::GateRefused(request, rejection) => {
+                self.relay.refused_by_gate(&request, &rejection);
             }
             DriverInput::ShutDown => {
                 if self.drain.is_none() {
@@ -809,7 +838,10 @@ where
     let body_left;
     match settings.gate.body_limit(runtime.now(), &request) {
         Err(refusal) => {
-            let mut response = respond(refusal);
+            let mut response = respond(HttpResponse::from(&refusal));
+            // Counted and logged by the relay; under a flood of them, some may go uncounted
+            // rather than wait.
+            let _ = events.try_send(DriverInput::GateRefused(request, refusal));
             allow_origin(origin.as_ref(), &mut response);
             return Ok(closing(response));
         }

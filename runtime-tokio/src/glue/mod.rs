@@ -8,6 +8,7 @@
 //! | `driver` | the relay served: the one task that owns the [`Relay`](signalr_relay_core::relay::Relay), feeds it and carries out what it says |
 //! | `http` | hyper on `futures-io`: requests for the core, responses, CORS |
 //! | `accept` | the accept loop: accept errors survived with a pause, a cap on open connections |
+//! | `process` | what the process costs (CPU, memory, descriptors), for `/metrics` |
 //! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
 //! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
 //!
@@ -16,6 +17,7 @@
 pub mod accept;
 pub(crate) mod driver;
 pub(crate) mod http;
+pub(crate) mod process;
 pub(crate) mod queue;
 pub(crate) mod ws;
 

@@ -146,6 +146,8 @@ impl Activity {
 pub(crate) struct Link {
     pub(crate) server: ConnHandle,
     pub(crate) protocol: HubProtocol,
+    /// What carried the client when it was mapped.
+    pub(crate) transport: TransportKind,
     /// The app server's output, reassembled into whole frames.
     outbound: Reframer,
     /// Messages from multicast paths held until the handshake response has gone out, or
@@ -566,6 +568,7 @@ impl Client {
         self.link = Some(Link {
             server,
             protocol,
+            transport: opening.transport,
             outbound: Reframer::new(
                 protocol.transfer_format() == TransferFormat::Binary,
                 config.max_server_message_size,

@@ -1,0 +1,419 @@
+//! What an operator sees: a point-in-time [`Snapshot`] of the relay's connections (read at
+//! scrape time, never kept up to date on the hot path), and the Prometheus text exposition of
+//! it with the counters ([`render_prometheus`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::client::{Client, Dialect};
+use super::reason::CloseKind;
+use super::stats::{CloseCounts, RelayStats};
+use super::{ClientFamily, Relay};
+use crate::aspnetcore::negotiate::TransportKind;
+
+/// The relay's connections at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Every hub with a client or a server connection, by name.
+    pub hubs: BTreeMap<String, HubSnapshot>,
+    /// Bytes held for clients (waiting for a poll, a reconnect or a handshake).
+    pub buffered_bytes: usize,
+    /// Whether the relay is shutting down.
+    pub shutting_down: bool,
+}
+
+/// One hub's connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubSnapshot {
+    /// Clients mapped to an app server, by transport and protocol label (see
+    /// [`transport_label`]).
+    pub clients: BTreeMap<(&'static str, &'static str), u64>,
+    /// Clients negotiated or connecting, not yet mapped to an app server.
+    pub pending_clients: u64,
+    /// The app servers, by server id.
+    pub app_servers: BTreeMap<String, AppServerSnapshot>,
+}
+
+/// One app server of a hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppServerSnapshot {
+    /// Its server connections (handshake completed).
+    pub connections: u64,
+    /// The clients mapped to them.
+    pub clients: u64,
+}
+
+impl HubSnapshot {
+    /// Server connections of every app server.
+    pub fn server_connections(&self) -> u64 {
+        self.app_servers.values().map(|s| s.connections).sum()
+    }
+
+    /// Clients mapped to an app server.
+    pub fn client_count(&self) -> u64 {
+        self.clients.values().sum()
+    }
+}
+
+/// The `transport` label of a client: `websockets`, `sse` or `longpolling`, and for classic
+/// clients the same with `classic_` before.
+pub fn transport_label(family: ClientFamily, kind: TransportKind) -> &'static str {
+    match (family, kind) {
+        (ClientFamily::AspNetCore, TransportKind::WebSockets) => "websockets",
+        (ClientFamily::AspNetCore, TransportKind::ServerSentEvents) => "sse",
+        (ClientFamily::AspNetCore, TransportKind::LongPolling) => "longpolling",
+        (ClientFamily::Classic, TransportKind::WebSockets) => "classic_websockets",
+        (ClientFamily::Classic, TransportKind::ServerSentEvents) => "classic_sse",
+        (ClientFamily::Classic, TransportKind::LongPolling) => "classic_longpolling",
+    }
+}
+
+impl Relay {
+    /// The connections now: a walk over every client and server connection, for a scrape or
+    /// a status page (not for every message).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut hubs: BTreeMap<String, HubSnapshot> = BTreeMap::new();
+        for conn in self.servers.open_handles() {
+            let Some(server) = self.servers.get(conn) else {
+                continue;
+            };
+            let hub = hubs
+                .entry(self.directory.name(server.hub).to_owned())
+                .or_default();
+            let app = hub.app_servers.entry(server.server_id.clone()).or_default();
+            app.connections += 1;
+            app.clients += server.clients.len() as u64;
+        }
+        for client in self.clients.map.values() {
+            let hub = hubs
+                .entry(self.directory.name(client.hub).to_owned())
+                .or_default();
+            match labels(client) {
+                Some(key) => *hub.clients.entry(key).or_default() += 1,
+                None => hub.pending_clients += 1,
+            }
+        }
+        Snapshot {
+            hubs,
+            buffered_bytes: self.buffered_bytes().0,
+            shutting_down: self.draining,
+        }
+    }
+}
+
+/// A mapped client's transport and protocol labels.
+fn labels(client: &Client) -> Option<(&'static str, &'static str)> {
+    let link = client.link.as_ref()?;
+    let protocol = match client.dialect {
+        Dialect::AspNetCore(_) => link.protocol.name(),
+        Dialect::Classic(_) => "classic",
+    };
+    Some((transport_label(client.family(), link.transport), protocol))
+}
+
+/// What the process costs, read by the adapter (the core reads no files).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ProcessStats {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory, bytes.
+    pub resident_bytes: Option<u64>,
+    /// Open file descriptors.
+    pub open_fds: Option<u64>,
+    /// Seconds since the relay started.
+    pub uptime_seconds: f64,
+}
+
+impl ProcessStats {
+    /// Stats with only the uptime known; set the rest with the `with_*` methods.
+    pub fn new(uptime_seconds: f64) -> Self {
+        Self {
+            uptime_seconds,
+            ..Self::default()
+        }
+    }
+
+    /// With the CPU time.
+    #[must_use]
+    pub fn with_cpu_seconds(mut self, seconds: f64) -> Self {
+        self.cpu_seconds = Some(seconds);
+        self
+    }
+
+    /// With the resident memory.
+    #[must_use]
+    pub fn with_resident_bytes(mut self, bytes: u64) -> Self {
+        self.resident_bytes = Some(bytes);
+        self
+    }
+
+    /// With the open descriptors.
+    #[must_use]
+    pub fn with_open_fds(mut self, fds: u64) -> Self {
+        self.open_fds = Some(fds);
+        self
+    }
+}
+
+/// Requests the relay refused, by endpoint and cause.
+pub type RefusalCounts = BTreeMap<(&'static str, &'static str), u64>;
+
+/// The Prometheus text exposition (format 0.0.4) of the relay's counters, its connections
+/// and the process, every name prefixed `signalr_relay_`.
+pub fn render_prometheus(
+    stats: &RelayStats,
+    refusals: &RefusalCounts,
+    snapshot: &Snapshot,
+    process: &ProcessStats,
+) -> String {
+    let mut x = Exposition::default();
+    let hubs = &snapshot.hubs;
+    x.family(
+        "client_connections",
+        "gauge",
+        "Clients mapped to an app server, by hub, transport and protocol.",
+    );
+    for (hub, h) in hubs {
+        for ((transport, protocol), n) in &h.clients {
+            x.sample(
+                &[
+                    ("hub", hub),
+                    ("transport", transport),
+                    ("protocol", protocol),
+                ],
+                n,
+            );
+        }
+    }
+    x.family(
+        "pending_client_connections",
+        "gauge",
+        "Clients negotiated or connecting, not yet mapped to an app server, by hub.",
+    );
+    for (hub, h) in hubs {
+        x.sample(&[("hub", hub)], h.pending_clients);
+    }
+    x.family(
+        "server_connections",
+        "gauge",
+        "App-server connections, by hub.",
+    );
+    for (hub, h) in hubs {
+        x.sample(&[("hub", hub)], h.server_connections());
+    }
+    x.family("app_servers", "gauge", "App servers connected, by hub.");
+    for (hub, h) in hubs {
+        x.sample(&[("hub", hub)], h.app_servers.len());
+    }
+    x.family(
+        "messages_total",
+        "counter",
+        "Messages relayed, by direction.",
+    );
+    x.sample(&[("direction", "to_server")], stats.to_server.messages);
+    x.sample(&[("direction", "to_client")], stats.to_client.messages);
+    x.family("bytes_total", "counter", "Bytes relayed, by direction.");
+    x.sample(&[("direction", "to_server")], stats.to_server.bytes);
+    x.sample(&[("direction", "to_client")], stats.to_client.bytes);
+    x.family(
+        "connections_opened_total",
+        "counter",
+        "Connections opened (a client's handshake, an app server's service handshake), by kind.",
+    );
+    x.sample(&[("kind", "client")], stats.clients_opened);
+    x.sample(&[("kind", "server")], stats.servers_opened);
+    x.family(
+        "connections_closed_total",
+        "counter",
+        "Open connections that ended, by kind and reason.",
+    );
+    x.closes("client", &stats.clients_closed);
+    x.closes("server", &stats.servers_closed);
+    x.family(
+        "connections_failed_total",
+        "counter",
+        "Connections that ended before their handshake completed, by kind and reason.",
+    );
+    x.closes("client", &stats.clients_abandoned);
+    x.closes("server", &stats.servers_abandoned);
+    x.family(
+        "requests_refused_total",
+        "counter",
+        "HTTP requests refused (negotiates, connects, polls, ...), by endpoint and cause.",
+    );
+    for ((endpoint, cause), n) in refusals {
+        x.sample(&[("endpoint", endpoint), ("cause", cause)], n);
+    }
+    x.family(
+        "messages_dropped_total",
+        "counter",
+        "Messages dropped, by cause.",
+    );
+    x.sample(
+        &[("cause", "server_message_invalid")],
+        stats.server_messages_skipped,
+    );
+    x.sample(
+        &[("cause", "completion_not_owed")],
+        stats.completions_ignored,
+    );
+    x.family(
+        "clients_migrated_total",
+        "counter",
+        "Clients moved to another app server when theirs left.",
+    );
+    x.sample(&[], stats.clients_migrated);
+    x.family(
+        "buffered_bytes",
+        "gauge",
+        "Bytes held for clients (waiting for a poll, a reconnect or a handshake).",
+    );
+    x.sample(&[], snapshot.buffered_bytes);
+    x.family(
+        "shutting_down",
+        "gauge",
+        "1 while the relay shuts down (drains), else 0.",
+    );
+    x.sample(&[], u8::from(snapshot.shutting_down));
+    x.family(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the relay started.",
+    );
+    x.sample(&[], process.uptime_seconds);
+    if let Some(cpu) = process.cpu_seconds {
+        x.family(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the process, seconds.",
+        );
+        x.sample(&[], cpu);
+    }
+    if let Some(rss) = process.resident_bytes {
+        x.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process, bytes.",
+        );
+        x.sample(&[], rss);
+    }
+    if let Some(fds) = process.open_fds {
+        x.family(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors of the process.",
+        );
+        x.sample(&[], fds);
+    }
+    x.out
+}
+
+/// The text being written: a family's `HELP` and `TYPE`, then its samples.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+    /// The current family's full name.
+    name: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.name = format!("signalr_relay_{name}");
+        let _ = writeln!(self.out, "# HELP {} {help}", self.name);
+        let _ = writeln!(self.out, "# TYPE {} {kind}", self.name);
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(&self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn closes(&mut self, kind: &str, counts: &CloseCounts) {
+        for reason in CloseKind::ALL {
+            self.sample(
+                &[("kind", kind), ("reason", reason.as_str())],
+                counts.get(reason),
+            );
+        }
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_then_its_samples() {
+        let mut snapshot = Snapshot::default();
+        let mut hub = HubSnapshot::default();
+        hub.clients.insert(("websockets", "json"), 3);
+        hub.app_servers.insert(
+            "app-1".to_owned(),
+            AppServerSnapshot {
+                connections: 5,
+                clients: 3,
+            },
+        );
+        snapshot.hubs.insert("chat\"x".to_owned(), hub);
+        let mut refusals = RefusalCounts::new();
+        refusals.insert(("negotiate", "bad_token"), 2);
+        let text = render_prometheus(
+            &RelayStats::default(),
+            &refusals,
+            &snapshot,
+            &ProcessStats::new(1.5).with_open_fds(12),
+        );
+        assert!(text.contains(
+            "signalr_relay_client_connections{hub=\"chat\\\"x\",transport=\"websockets\",protocol=\"json\"} 3\n"
+        ));
+        assert!(text.contains("signalr_relay_server_connections{hub=\"chat\\\"x\"} 5\n"));
+        assert!(text.contains(
+            "signalr_relay_requests_refused_total{endpoint=\"negotiate\",cause=\"bad_token\"} 2\n"
+        ));
+        assert!(text.contains("signalr_relay_process_open_fds 12\n"));
+        assert!(!text.contains("process_cpu_seconds_total"));
+        // Each sample line comes after its family's TYPE line, and before the next family's.
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_owned();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "{line}");
+            }
+        }
+    }
+}
