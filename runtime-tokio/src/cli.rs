@@ -127,9 +127,8 @@ pub struct RelayArgs {
     )]
     pub trusted_proxies: Vec<IpRange>,
 
-    /// Log filter, e.g. `info` or `signalr_relay=debug`.
-    #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub logging: LogArgs,
 
     /// Seconds a graceful shutdown (SIGTERM or SIGINT) waits for clients to go before the
     /// relay exits; a second signal exits at once.
@@ -213,17 +212,71 @@ pub fn generate_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Sets up logging with `filter`.
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a terminal: logs that go to a file or a collector stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt()
+/// How a binary logs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives such as
+    /// `info,signalr_relay_core=debug`.
+    #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log lines as `text`, or as one JSON object each (`json`), for log shippers.
+    #[arg(long, env = "SIGNALR_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Refuses a bare word that is not a level: `tracing` would read `--log verbose` as "the
+/// target `verbose`, at every level", and log nothing else.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "{directive:?} is not a level (use off, error, warn, info, debug or trace, or target=level)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Plain text; colours only on a terminal, and never with `NO_COLOR` set.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up logging as `args` say. A filter that does not parse ends the process with a clear
+/// message (exit status 2), rather than logging at some other level.
+pub fn init_logging(args: &LogArgs) {
+    let filter = check_log_filter(&args.log).and_then(|()| {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&args.log)
+            .map_err(|e| e.to_string())
+    });
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: invalid --log filter {:?}: {e}", args.log);
+            std::process::exit(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+        .with_target(false);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Text => {
+            // Colours only for a terminal (logs that go to a file or a collector stay plain
+            // text), and not when NO_COLOR asks for none.
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            let ansi = !no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            builder.with_ansi(ansi).try_init()
+        }
+    };
 }
 
 /// The sample app server: hosts `testhub` and `chat` behind a relay.
@@ -255,9 +308,8 @@ pub struct SampleArgs {
     #[arg(long, default_value = "disabled")]
     pub server_sticky: crate::sdk::ServerSticky,
 
-    /// Log filter.
-    #[arg(long = "log", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub logging: LogArgs,
 
     /// Exit after this many seconds (a safety net for test harnesses).
     #[arg(long, hide = true)]
@@ -277,9 +329,8 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
 
-    /// Log filter.
-    #[arg(long = "log", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub logging: LogArgs,
 
     /// Exit after this many seconds (a safety net for test harnesses).
     #[arg(long, hide = true)]
@@ -399,4 +450,25 @@ pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
         eprintln!("cannot listen on {addr}: {e}");
         std::process::exit(1);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_are_levels_or_directives() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,signalr_relay_core=debug",
+            "a::b=trace",
+            "off",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "info,loud"] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -755,6 +755,7 @@ impl Relay {
                     out.event(Event::ClientOpened {
                         conn,
                         hub: self.directory.name(client.hub).to_owned(),
+                        connection_id: client.connection_id.clone(),
                         family: client.family(),
                         transport: opening.transport,
                         protocol: opening.protocol,
@@ -814,7 +815,12 @@ impl Relay {
         self.fail_owed(conn, &client.connection_id, texts::CONNECTION_DISCONNECTED);
         let out = &mut self.out;
         out.stats.clients_closed.add(reason.kind);
-        out.event(Event::ClientClosed { conn, reason });
+        out.event(Event::ClientClosed {
+            conn,
+            hub: self.directory.name(client.hub).to_owned(),
+            connection_id: client.connection_id.clone(),
+            reason,
+        });
     }
 
     /// Fails every client result a client owes, to the app servers that asked, with `why`.
@@ -1248,7 +1254,12 @@ impl Relay {
         let reason = ending.reason();
         if server.open {
             self.out.stats.servers_closed.add(reason.kind);
-            self.out.event(Event::ServerClosed { conn, reason });
+            self.out.event(Event::ServerClosed {
+                conn,
+                hub: self.directory.name(server.hub).to_owned(),
+                server_id: server.server_id.clone(),
+                reason,
+            });
         } else {
             self.out.stats.servers_abandoned.add(reason.kind);
         }

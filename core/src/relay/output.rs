@@ -67,6 +67,8 @@ pub enum Event {
         conn: ConnHandle,
         /// Its hub.
         hub: String,
+        /// Its connection id.
+        connection_id: String,
         /// Its family.
         family: ClientFamily,
         /// What carries it.
@@ -78,6 +80,10 @@ pub enum Event {
     ClientClosed {
         /// The client.
         conn: ConnHandle,
+        /// Its hub.
+        hub: String,
+        /// Its connection id.
+        connection_id: String,
         /// Who closed it, and why.
         reason: CloseReason,
     },
@@ -94,6 +100,10 @@ pub enum Event {
     ServerClosed {
         /// The server connection.
         conn: ConnHandle,
+        /// Its hub.
+        hub: String,
+        /// The app server it belonged to.
+        server_id: String,
         /// Who closed it, and why.
         reason: CloseReason,
     },

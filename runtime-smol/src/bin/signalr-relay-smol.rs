@@ -6,7 +6,7 @@ use signalr_relay_smol::{SmolListener, SmolRuntime};
 
 fn main() {
     let args = RelayArgs::parse();
-    init_logging(&args.log);
+    init_logging(&args.logging);
     signalr_relay_smol::block_on(async move {
         let listener = bound(SmolListener::bind(args.listen).await, args.listen);
         run_relay(SmolRuntime, listener, &args).await;

@@ -8,7 +8,7 @@ use signalr_relay_tokio::{sample, serve, ServeOptions, TokioListener, TokioRunti
 #[tokio::main]
 async fn main() {
     let args = DemoArgs::parse();
-    init_logging(&args.log);
+    init_logging(&args.logging);
     signalr_relay_tokio::glue::accept::raise_descriptor_limit();
     let key = generate_key();
     let mut config = RelayConfig::default();

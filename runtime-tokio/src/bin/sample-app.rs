@@ -7,7 +7,7 @@ use signalr_relay_tokio::{TokioListener, TokioRuntime};
 #[tokio::main]
 async fn main() {
     let args = SampleArgs::parse();
-    init_logging(&args.log);
+    init_logging(&args.logging);
     let listener = bound(TokioListener::bind(args.listen).await, args.listen);
     run_sample_app(TokioRuntime, listener, &args).await;
 }

@@ -681,7 +681,7 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-/// Logs what opened and closed: app-server connections at `info`, clients at `debug`.
+/// Logs what opened and closed, at `info`: app-server connections and clients.
 fn log_event(event: &Event) {
     match event {
         Event::ServerOpened {
@@ -694,8 +694,15 @@ fn log_event(event: &Event) {
             server_id,
             "app server connection opened"
         ),
-        Event::ServerClosed { conn, reason } => tracing::info!(
+        Event::ServerClosed {
+            conn,
+            hub,
+            server_id,
+            reason,
+        } => tracing::info!(
             conn = conn.0,
+            hub,
+            server_id,
             by = ?reason.initiator,
             reason = reason.kind.as_str(),
             "app server connection closed"
@@ -703,19 +710,27 @@ fn log_event(event: &Event) {
         Event::ClientOpened {
             conn,
             hub,
+            connection_id,
             family,
             transport,
             protocol,
-        } => tracing::debug!(
+        } => tracing::info!(
             conn = conn.0,
             hub,
-            ?family,
-            transport = transport.as_str(),
+            connection_id,
+            transport = signalr_relay_core::relay::transport_label(*family, *transport),
             protocol = protocol.name(),
             "client connected"
         ),
-        Event::ClientClosed { conn, reason } => tracing::debug!(
+        Event::ClientClosed {
+            conn,
+            hub,
+            connection_id,
+            reason,
+        } => tracing::info!(
             conn = conn.0,
+            hub,
+            connection_id,
             by = ?reason.initiator,
             reason = reason.kind.as_str(),
             "client disconnected"

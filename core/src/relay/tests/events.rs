@@ -13,6 +13,7 @@ fn opened_clients(sim: &Sim) -> Vec<(ConnHandle, ClientFamily, &'static str, Hub
                 transport,
                 protocol,
                 hub,
+                ..
             } => {
                 assert_eq!(hub, "chat");
                 Some((*conn, *family, transport.as_str(), *protocol))
@@ -26,7 +27,7 @@ fn closed_client(sim: &Sim, client: ConnHandle) -> Vec<CloseReason> {
     sim.events
         .iter()
         .filter_map(|e| match e {
-            Event::ClientClosed { conn, reason } if *conn == client => Some(*reason),
+            Event::ClientClosed { conn, reason, .. } if *conn == client => Some(*reason),
             _ => None,
         })
         .collect()
@@ -117,7 +118,7 @@ fn every_open_and_close_is_an_event_with_who_and_why() {
     );
     assert!(matches!(
         sim.events.last(),
-        Some(Event::ServerClosed { conn, reason: r }) if *conn == server && *r == reason(Initiator::AppServer, CloseKind::Normal)
+        Some(Event::ServerClosed { conn, reason: r, hub, server_id }) if *conn == server && *r == reason(Initiator::AppServer, CloseKind::Normal) && hub == "chat" && server_id == "app-1"
     ));
 
     let stats = *sim.relay().stats();
