@@ -130,6 +130,11 @@ pub struct RelayArgs {
     #[command(flatten)]
     pub logging: LogArgs,
 
+    /// Print a token for the status page (`/#token=…`) and `/api/status`, signed with the
+    /// first access key and valid for 30 days, then exit. In dev mode the status is open.
+    #[arg(long)]
+    pub print_status_token: bool,
+
     /// Seconds a graceful shutdown (SIGTERM or SIGINT) waits for clients to go before the
     /// relay exits; a second signal exits at once.
     #[arg(long, env = "SIGNALR_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
@@ -160,6 +165,9 @@ impl RelayArgs {
             };
             config.access_keys.push(key.clone());
             generated = Some(key);
+            // A relay on a key made for this run (or the Emulator's public one) is a
+            // developer's: its status page needs no token.
+            config.open_status = true;
         }
         config.max_client_message_size = self.max_message_size;
         config.max_server_message_size = self.max_server_message_size;
@@ -196,6 +204,29 @@ impl RelayArgs {
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         options
     }
+}
+
+/// `--print-status-token`: prints a token for the status page, or says why there is none.
+/// Returns the exit status.
+pub fn print_status_token(args: &RelayArgs) -> i32 {
+    use signalr_relay_core::auth::{sign, Algorithm, Claims};
+    let Some(key) = args.access_keys.iter().find(|k| !k.is_empty()) else {
+        eprintln!(
+            "no --access-key: a relay in dev mode shows its status to anyone, no token needed"
+        );
+        return 2;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = Claims::issued_at(now, 30 * 24 * 3600);
+    claims.aud.push(format!(
+        "http://{}{}",
+        args.listen,
+        signalr_relay_core::relay::STATUS_PATH
+    ));
+    println!("{}", sign(&claims, key.as_bytes(), Algorithm::Hs256));
+    0
 }
 
 /// The Azure SignalR Emulator's fixed development key (public: it is in the Emulator's

@@ -84,6 +84,10 @@ pub struct RelayConfig {
     /// client's address as `X-Forwarded-For`: the socket's peer, or, when that is a trusted
     /// proxy, the rightmost address in the header that is not one.
     pub trusted_proxies: Vec<IpRange>,
+    /// Whether anyone may read the status (`/api/status`) without a token (default false;
+    /// the CLI's dev modes set it). It shows no secret, but it shows the hubs and app
+    /// servers.
+    pub open_status: bool,
 }
 
 impl RelayConfig {
@@ -126,6 +130,7 @@ impl Default for RelayConfig {
             max_clients: 100_000,
             max_connections_per_token: 1000,
             trusted_proxies: Vec::new(),
+            open_status: false,
         }
     }
 }

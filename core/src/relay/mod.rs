@@ -144,6 +144,9 @@ use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
 use self::servers::{Received, Servers};
 use crate::odata::Filter;
 
+/// Where the status page reads the relay's status (the audience of its tokens).
+pub const STATUS_PATH: &str = "/api/status";
+
 /// Bad messages one read from an app server may hold before its connection is dropped.
 const MAX_SKIPPED_PER_READ: usize = 16;
 use self::timers::{TimerKind, TimerQueue};
@@ -322,6 +325,31 @@ impl Relay {
             }
         }
         outcome
+    }
+
+    /// Whether `req` may read the relay's status (`GET /api/status`, for the status page):
+    /// with [`RelayConfig::open_status`] anyone may; otherwise it needs a bearer token signed
+    /// with an access key, for the audience `<relay>/api/status`. A refusal is counted and
+    /// reported as the relay's own.
+    ///
+    /// # Errors
+    /// The refusal to answer with.
+    pub fn check_status_access(
+        &mut self,
+        now: Instant,
+        req: &HttpRequest,
+    ) -> Result<(), Rejection> {
+        if self.config.open_status {
+            return Ok(());
+        }
+        let verified = self
+            .admission
+            .verify(&self.config, now, req, STATUS_PATH, None)
+            .map(drop);
+        if let Err(rejection) = &verified {
+            self.refused_by_gate(req, rejection);
+        }
+        verified
     }
 
     /// A request the adapter refused on the relay's behalf, on its headers, before reading

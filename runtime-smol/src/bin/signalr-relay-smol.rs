@@ -1,12 +1,15 @@
 //! The relay, on smol. Same flags as `signalr-relay`.
 
 use clap::Parser;
-use signalr_relay_smol::cli::{bound, init_logging, run_relay, RelayArgs};
+use signalr_relay_smol::cli::{bound, init_logging, print_status_token, run_relay, RelayArgs};
 use signalr_relay_smol::{SmolListener, SmolRuntime};
 
 fn main() {
     let args = RelayArgs::parse();
     init_logging(&args.logging);
+    if args.print_status_token {
+        std::process::exit(print_status_token(&args));
+    }
     signalr_relay_smol::block_on(async move {
         let listener = bound(SmolListener::bind(args.listen).await, args.listen);
         run_relay(SmolRuntime, listener, &args).await;

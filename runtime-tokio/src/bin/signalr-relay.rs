@@ -1,13 +1,16 @@
 //! The relay, on tokio.
 
 use clap::Parser;
-use signalr_relay_tokio::cli::{bound, init_logging, run_relay, RelayArgs};
+use signalr_relay_tokio::cli::{bound, init_logging, print_status_token, run_relay, RelayArgs};
 use signalr_relay_tokio::{TokioListener, TokioRuntime};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = RelayArgs::parse();
     init_logging(&args.logging);
+    if args.print_status_token {
+        std::process::exit(print_status_token(&args));
+    }
     let listener = bound(TokioListener::bind(args.listen).await, args.listen);
     run_relay(TokioRuntime, listener, &args).await;
 }

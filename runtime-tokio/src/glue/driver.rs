@@ -159,12 +159,14 @@ pub async fn serve_until<R, L, S>(
     });
     let (events, queue) = mpsc::channel(4096);
     let (drained, done) = oneshot::channel();
+    let listen = listener.local_addr().ok();
     runtime.spawn(drive(
         runtime.clone(),
         relay,
         settings.options.clone(),
         queue,
         drained,
+        listen,
     ));
     let mut trigger = events.clone();
     runtime.spawn(async move {
@@ -236,7 +238,26 @@ struct Driver<R> {
     drain: Option<Drain>,
     /// When the relay started (`/metrics` gives the uptime).
     started: Instant,
+    /// Where it listens, for the status page.
+    listen: Option<SocketAddr>,
+    /// The latest closes, newest last, for the status page.
+    recent_closes: std::collections::VecDeque<RecentClose>,
 }
+
+/// A close the status page shows: no connection id, only what happened.
+struct RecentClose {
+    at_unix: u64,
+    kind: &'static str,
+    hub: String,
+    reason: &'static str,
+    by: signalr_relay_core::relay::Initiator,
+}
+
+/// How many closes the status page shows.
+const RECENT_CLOSES: usize = 20;
+
+/// The status page: self-contained, it reads `/api/status` every two seconds.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 struct Drain {
     deadline: Instant,
@@ -257,6 +278,7 @@ async fn drive<R: Runtime>(
     options: ServeOptions,
     mut queue: mpsc::Receiver<DriverInput>,
     drained: oneshot::Sender<()>,
+    listen: Option<SocketAddr>,
 ) {
     let mut drained = Some(drained);
     let started = runtime.now();
@@ -276,6 +298,8 @@ async fn drive<R: Runtime>(
         refused_log: RateLimited::default(),
         drain: None,
         started,
+        listen,
+        recent_closes: std::collections::VecDeque::new(),
     };
     loop {
         if let Some(drain) = &mut d.drain {
@@ -372,6 +396,78 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// `GET /api/status`: what the status page shows, as JSON.
+    fn status(&self, now: Instant) -> HttpResponse {
+        let snapshot = self.relay.snapshot();
+        let stats = self.relay.stats();
+        let hubs: Vec<serde_json::Value> = snapshot
+            .hubs
+            .iter()
+            .map(|(name, hub)| {
+                serde_json::json!({
+                    "name": name,
+                    "clients": hub.clients.iter().map(|((transport, protocol), count)| {
+                        serde_json::json!({ "transport": transport, "protocol": protocol, "count": count })
+                    }).collect::<Vec<_>>(),
+                    "pendingClients": hub.pending_clients,
+                    "appServers": hub.app_servers.iter().map(|(id, a)| {
+                        serde_json::json!({ "serverId": id, "connections": a.connections, "clients": a.clients })
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let closes: Vec<serde_json::Value> = self
+            .recent_closes
+            .iter()
+            .rev()
+            .map(|c| {
+                serde_json::json!({
+                    "at": c.at_unix, "kind": c.kind, "hub": c.hub, "reason": c.reason,
+                    "by": format!("{:?}", c.by).to_ascii_lowercase(),
+                })
+            })
+            .collect();
+        let status = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptimeSeconds": now.saturating_duration_since(self.started).as_secs_f64(),
+            "listen": self.listen.map(|a| a.to_string()),
+            "serviceMode": "default",
+            "shuttingDown": snapshot.shutting_down,
+            "totals": {
+                "clients": snapshot.hubs.values().map(|h| h.client_count()).sum::<u64>(),
+                "serverConnections": snapshot.hubs.values().map(|h| h.server_connections()).sum::<u64>(),
+                "messagesToServer": stats.to_server.messages,
+                "messagesToClient": stats.to_client.messages,
+                "bytesToServer": stats.to_server.bytes,
+                "bytesToClient": stats.to_client.bytes,
+            },
+            "hubs": hubs,
+            "recentCloses": closes,
+        });
+        HttpResponse::json(status.to_string().into_bytes())
+    }
+
+    /// Keeps the latest closes for the status page.
+    fn remember_close(&mut self, event: &Event) {
+        let (kind, hub, reason) = match event {
+            Event::ClientClosed { hub, reason, .. } => ("client", hub, reason),
+            Event::ServerClosed { hub, reason, .. } => ("app server connection", hub, reason),
+            _ => return,
+        };
+        if self.recent_closes.len() == RECENT_CLOSES {
+            self.recent_closes.pop_front();
+        }
+        self.recent_closes.push_back(RecentClose {
+            at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            kind,
+            hub: hub.clone(),
+            reason: reason.kind.as_str(),
+            by: reason.initiator,
+        });
+    }
+
     /// Whether a graceful shutdown is over: no client left (and a moment for what was
     /// queued to be written), or the drain timeout passed.
     fn drained(&mut self) -> bool {
@@ -437,6 +533,25 @@ impl<R: Runtime> Driver<R> {
         match event {
             DriverInput::Request(request, reply) if request.path == "/metrics" => {
                 let _ = reply.send((RequestOutcome::Respond(self.metrics(now)), None));
+            }
+            DriverInput::Request(request, reply)
+                if request.path == "/" && request.method == "GET" && !request.websocket =>
+            {
+                let page = HttpResponse {
+                    status: 200,
+                    content_type: "text/html; charset=utf-8",
+                    body: Bytes::from_static(STATUS_PAGE.as_bytes()),
+                };
+                let _ = reply.send((RequestOutcome::Respond(page), None));
+            }
+            DriverInput::Request(request, reply)
+                if request.path == signalr_relay_core::relay::STATUS_PATH =>
+            {
+                let response = match self.relay.check_status_access(now, &request) {
+                    Ok(()) => self.status(now),
+                    Err(refusal) => HttpResponse::from(&refusal),
+                };
+                let _ = reply.send((RequestOutcome::Respond(response), None));
             }
             DriverInput::Request(request, reply) => {
                 let outcome = self.relay.handle_request(now, &request);
@@ -633,6 +748,7 @@ impl<R: Runtime> Driver<R> {
                     }
                     Output::Event(event) => {
                         log_event(&event);
+                        self.remember_close(&event);
                         continue;
                     }
                 };
