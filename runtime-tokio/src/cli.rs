@@ -15,8 +15,19 @@ use crate::ServeOptions;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct RelayArgs {
+    /// A TOML file of settings: its keys are the long flag names (`max-message-size = 65536`,
+    /// `access-key = ["k1", "k2"]`). A flag wins over its environment variable, which wins
+    /// over the file.
+    #[arg(long, env = "SIGNALR_RELAY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the settings in effect (access keys masked), with where each came from, and
+    /// exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// Access key that signs app-server and client tokens. Repeat it to accept several
@@ -36,65 +47,81 @@ pub struct RelayArgs {
     pub dev: bool,
 
     /// Largest hub message a client may send, in bytes.
-    #[arg(long, default_value_t = 32 * 1024)]
+    #[arg(long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
     pub max_message_size: usize,
 
     /// Largest message an app server may send, in bytes.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "SIGNALR_RELAY_MAX_SERVER_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_server_message_size: usize,
 
     /// Seconds a client has to complete its handshake.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "SIGNALR_RELAY_HANDSHAKE_TIMEOUT", default_value_t = 15)]
     pub handshake_timeout: u64,
 
     /// Seconds between the relay's keep-alive pings to app servers.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "SIGNALR_RELAY_KEEP_ALIVE", default_value_t = 5)]
     pub keep_alive: u64,
 
     /// Seconds of silence after which a client is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "SIGNALR_RELAY_CLIENT_TIMEOUT", default_value_t = 30)]
     pub client_timeout: u64,
 
     /// Seconds of silence after which an app server's connection is dropped.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "SIGNALR_RELAY_SERVER_TIMEOUT", default_value_t = 30)]
     pub server_timeout: u64,
 
     /// When every server connection of an app server carries this many clients, ask it to
     /// open one more (0: never).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "SIGNALR_RELAY_CLIENTS_PER_SERVER_CONNECTION",
+        default_value_t = 5000
+    )]
     pub clients_per_server_connection: usize,
 
     /// Seconds without sending after which the relay pings a client.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "SIGNALR_RELAY_CLIENT_KEEP_ALIVE", default_value_t = 15)]
     pub client_keep_alive: u64,
 
     /// Seconds a long poll is held when there is nothing to send.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, env = "SIGNALR_RELAY_LONG_POLL_TIMEOUT", default_value_t = 90)]
     pub long_poll_timeout: u64,
 
     /// Bytes queued for a long-polling client before it is closed as too slow.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, env = "SIGNALR_RELAY_MAX_LONG_POLL_BUFFER", default_value_t = 1024 * 1024)]
     pub max_long_poll_buffer: usize,
 
     /// Bytes of unacknowledged messages kept per stateful-reconnect client.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "SIGNALR_RELAY_STATEFUL_RECONNECT_BUFFER",
+        default_value_t = 100_000
+    )]
     pub stateful_reconnect_buffer: usize,
 
     /// Refuse stateful reconnect (clients that ask for it get a plain connection).
-    #[arg(long)]
+    #[arg(long, env = "SIGNALR_RELAY_NO_STATEFUL_RECONNECT")]
     pub no_stateful_reconnect: bool,
 
     /// Classic clients: seconds between keep-alives on a WebSocket or event stream.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "SIGNALR_RELAY_CLASSIC_KEEP_ALIVE", default_value_t = 10)]
     pub classic_keep_alive: u64,
 
     /// Classic clients: seconds a connection without a receive channel waits for its client to
     /// reconnect or poll again before the app server is told it disconnected.
-    #[arg(long, default_value_t = 30)]
+    #[arg(
+        long,
+        env = "SIGNALR_RELAY_CLASSIC_DISCONNECT_TIMEOUT",
+        default_value_t = 30
+    )]
     pub classic_disconnect_timeout: u64,
 
     /// Classic clients: messages kept per connection for reconnects and long polls.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "SIGNALR_RELAY_CLASSIC_BUFFER_MESSAGES",
+        default_value_t = 1000
+    )]
     pub classic_buffer_messages: usize,
 
     /// Most connections open at once, of every kind; past it, new sockets are closed on
@@ -105,15 +132,15 @@ pub struct RelayArgs {
     /// Bytes that may wait to be written to one client; a client past it is closed as too
     /// slow (one larger message goes when nothing else waits). Past an eighth of it, the
     /// client is not read until it catches up.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "SIGNALR_RELAY_MAX_SEND_QUEUE", default_value_t = 4 * 1024 * 1024)]
     pub max_send_queue: usize,
 
     /// Seconds a socket may take nothing while bytes wait for it before it is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "SIGNALR_RELAY_WRITE_TIMEOUT", default_value_t = 30)]
     pub write_timeout: u64,
 
     /// Seconds a peer has to send a request body once its headers are in.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "SIGNALR_RELAY_BODY_READ_TIMEOUT", default_value_t = 15)]
     pub body_read_timeout: u64,
 
     /// A proxy in front of the relay whose `X-Forwarded-For` is believed: an address or a
@@ -204,6 +231,181 @@ impl RelayArgs {
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         options
     }
+}
+
+/// The relay's settings: the command line, the environment (`SIGNALR_RELAY_<FLAG>`) and the
+/// `--config` file, in that order of precedence. Exits with a clear message (status 2) on a
+/// bad flag, an unreadable file or an unknown key in it.
+pub fn relay_args() -> RelayArgs {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = relay_args_from(argv.clone()).and_then(|args| {
+        if args.print_config {
+            print!("{}", print_config(argv)?);
+            std::process::exit(0);
+        }
+        Ok(args)
+    });
+    match args {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Flags that a config file cannot set: they are about this run, not the relay.
+const NOT_IN_FILES: [&str; 6] = [
+    "config",
+    "print-config",
+    "print-status-token",
+    "exit-after",
+    "help",
+    "version",
+];
+
+/// [`relay_args`] from `argv`.
+///
+/// # Errors
+/// A message naming the file, and the key or flag at fault.
+pub fn relay_args_from(argv: Vec<std::ffi::OsString>) -> Result<RelayArgs, String> {
+    use clap::FromArgMatches;
+    let settings = resolve(argv)?;
+    RelayArgs::from_arg_matches(&settings.effective).map_err(|e| e.to_string())
+}
+
+/// The settings: as given (for where each came from), and in effect (the file's keys added
+/// as flags where neither a flag nor the environment set them).
+struct Settings {
+    given: clap::ArgMatches,
+    effective: clap::ArgMatches,
+    from_file: Vec<String>,
+}
+
+fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Settings, String> {
+    use clap::CommandFactory;
+    let command = RelayArgs::command();
+    let given = command
+        .clone()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| e.exit());
+    let mut from_file = Vec::new();
+    let mut injected: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(path) = given.get_one::<std::path::PathBuf>("config") {
+        let shown = path.display();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let table: toml::Table = text.parse().map_err(|e| format!("{shown}: {e}"))?;
+        for (key, value) in &table {
+            let arg = command
+                .get_arguments()
+                .find(|a| {
+                    a.get_long() == Some(key.as_str())
+                        && !a.is_hide_set()
+                        && !NOT_IN_FILES.contains(&key.as_str())
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "unknown key `{key}` in {shown} (keys are the long flag names; see --help)"
+                    )
+                })?;
+            // The command line and the environment win over the file.
+            let source = given.value_source(arg.get_id().as_str());
+            if !matches!(source, None | Some(clap::parser::ValueSource::DefaultValue)) {
+                continue;
+            }
+            let scalar = |v: &toml::Value| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(n) => Ok(n.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                _ => Err(format!(
+                    "`{key}` in {shown}: expected a string, a number or a boolean"
+                )),
+            };
+            match value {
+                toml::Value::Boolean(on)
+                    if matches!(arg.get_action(), clap::ArgAction::SetTrue) =>
+                {
+                    if *on {
+                        injected.push(format!("--{key}").into());
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for item in items {
+                        injected.push(format!("--{key}={}", scalar(item)?).into());
+                    }
+                }
+                other => injected.push(format!("--{key}={}", scalar(other)?).into()),
+            }
+            from_file.push(key.clone());
+        }
+    }
+    let mut full = argv;
+    let rest = full.split_off(1.min(full.len()));
+    full.extend(injected);
+    full.extend(rest);
+    let effective = command
+        .try_get_matches_from(&full)
+        .map_err(|e| e.to_string())?;
+    Ok(Settings {
+        given,
+        effective,
+        from_file,
+    })
+}
+
+/// `--print-config`: every setting in effect as TOML (what `--config` takes), access keys
+/// masked, each with where it came from (`flag`, `env`, `file` or `default`).
+///
+/// # Errors
+/// As [`relay_args_from`].
+pub fn print_config(argv: Vec<std::ffi::OsString>) -> Result<String, String> {
+    use clap::CommandFactory;
+    let settings = resolve(argv)?;
+    let mut out = String::new();
+    for arg in RelayArgs::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if NOT_IN_FILES.contains(&long) || arg.is_hide_set() {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let values: Vec<String> = settings
+            .effective
+            .get_raw(id)
+            .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let source = if settings.from_file.iter().any(|k| k == long) {
+            "file"
+        } else {
+            match settings.given.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => "flag",
+                Some(clap::parser::ValueSource::EnvVariable) => "env",
+                _ => "default",
+            }
+        };
+        let shown = |v: &str| {
+            if long == "access-key" {
+                let head: String = v.chars().take(4).collect();
+                format!("\"{head}… (masked)\"")
+            } else if v.parse::<f64>().is_ok() || v == "true" || v == "false" {
+                v.to_owned()
+            } else {
+                format!("{v:?}")
+            }
+        };
+        let value = match (values.as_slice(), arg.get_action()) {
+            ([], clap::ArgAction::SetTrue) => "false".to_owned(),
+            ([], _) => continue,
+            ([one], action) if !matches!(action, clap::ArgAction::Append) => shown(one),
+            (many, _) => format!(
+                "[{}]",
+                many.iter().map(|v| shown(v)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        out.push_str(&format!("{long} = {value}  # {source}\n"));
+    }
+    Ok(out)
 }
 
 /// `--print-status-token`: prints a token for the status page, or says why there is none.

@@ -1,11 +1,10 @@
 //! The relay, on smol. Same flags as `signalr-relay`.
 
-use clap::Parser;
-use signalr_relay_smol::cli::{bound, init_logging, print_status_token, run_relay, RelayArgs};
+use signalr_relay_smol::cli::{bound, init_logging, print_status_token, relay_args, run_relay};
 use signalr_relay_smol::{SmolListener, SmolRuntime};
 
 fn main() {
-    let args = RelayArgs::parse();
+    let args = relay_args();
     init_logging(&args.logging);
     if args.print_status_token {
         std::process::exit(print_status_token(&args));

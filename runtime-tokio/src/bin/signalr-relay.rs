@@ -1,12 +1,11 @@
 //! The relay, on tokio.
 
-use clap::Parser;
-use signalr_relay_tokio::cli::{bound, init_logging, print_status_token, run_relay, RelayArgs};
+use signalr_relay_tokio::cli::{bound, init_logging, print_status_token, relay_args, run_relay};
 use signalr_relay_tokio::{TokioListener, TokioRuntime};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = RelayArgs::parse();
+    let args = relay_args();
     init_logging(&args.logging);
     if args.print_status_token {
         std::process::exit(print_status_token(&args));
