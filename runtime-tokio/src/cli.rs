@@ -26,8 +26,9 @@ pub struct RelayArgs {
     #[arg(long)]
     pub print_config: bool,
 
-    /// Address to listen on.
-    #[arg(long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: `host:port` (a name is resolved) or a port alone (on
+    /// 127.0.0.1).
+    #[arg(long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
 
     /// Access key that signs app-server and client tokens. Repeat it to accept several
@@ -45,6 +46,11 @@ pub struct RelayArgs {
     /// work unchanged. Never in production: the key is public.
     #[arg(long, env = "SIGNALR_RELAY_DEV")]
     pub dev: bool,
+
+    /// Let `--dev` listen on an address other than loopback (its key is public: anyone who
+    /// can reach the relay could use it).
+    #[arg(long, env = "SIGNALR_RELAY_DEV_ON_NETWORK")]
+    pub dev_on_network: bool,
 
     /// Largest hub message a client may send, in bytes.
     #[arg(long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
@@ -521,8 +527,8 @@ pub struct SampleArgs {
     #[arg(long, env = "SIGNALR_RELAY_CONNECTION_STRING", required = true)]
     pub connection_string: Vec<String>,
 
-    /// Where to serve the negotiate endpoints (`/<hub>/negotiate`).
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// Where to serve the negotiate endpoints (`/<hub>/negotiate`): `host:port` or a port.
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = listen_address)]
     pub listen: SocketAddr,
 
     /// Server connections per hub.
@@ -554,12 +560,12 @@ pub struct SampleArgs {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct DemoArgs {
-    /// Where the relay listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where the relay listens: `host:port` or a port.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub relay_listen: SocketAddr,
 
-    /// Where the sample app serves negotiate.
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// Where the sample app serves negotiate: `host:port` or a port.
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = listen_address)]
     pub listen: SocketAddr,
 
     #[command(flatten)]
@@ -591,6 +597,12 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     crate::glue::accept::raise_descriptor_limit();
     let (config, generated) = args.relay_config();
     let addr = listener.local_addr().unwrap_or(args.listen);
+    if args.dev && generated.is_some() && !addr.ip().is_loopback() && !args.dev_on_network {
+        eprintln!(
+            "error: --dev uses the Emulator's public key, so it listens on loopback only, not {addr}; add --dev-on-network if anyone who can reach it may use it"
+        );
+        std::process::exit(2);
+    }
     match &generated {
         Some(key) if args.dev => {
             println!("DEV MODE (--dev): the Azure SignalR Emulator's public key; never use it in production.");
@@ -608,6 +620,12 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
         }
         None => {}
     }
+    if generated.is_some() {
+        println!(
+            "  clients connect (through their app server's negotiate) to: http://{addr}/client/"
+        );
+    }
+    println!("  status page: http://{addr}/  (metrics: /metrics, readiness: /ready)");
     println!("signalr-relay listening on http://{addr}");
     exit_after(&runtime, args.exit_after);
     let signalled = termination(runtime.clone());
@@ -653,8 +671,22 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     args: &SampleArgs,
 ) {
     crate::glue::accept::raise_descriptor_limit();
+    // A connection string that does not parse is said before anything listens.
+    for cs in &args.connection_string {
+        if let Err(e) = signalr_relay_core::auth::ConnectionString::parse(cs) {
+            eprintln!("error: --connection-string: {e}");
+            std::process::exit(2);
+        }
+    }
     let addr = listener.local_addr().unwrap_or(args.listen);
-    println!("sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: testhub, chat)");
+    let hubs: Vec<String> = crate::sample_app::hubs()
+        .iter()
+        .map(|h| h.name().to_owned())
+        .collect();
+    println!(
+        "sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: {})",
+        hubs.join(", ")
+    );
     exit_after(&runtime, args.exit_after);
     let mut options = crate::sdk::AppOptions {
         connections_per_hub: args.connections_per_hub,
@@ -677,17 +709,48 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     }
 }
 
-/// Binds `addr` or exits with a clear message.
+/// Binds `addr` or exits with a clear message naming the address and the flag.
 pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
     result.unwrap_or_else(|e| {
-        eprintln!("cannot listen on {addr}: {e}");
+        eprintln!("error: cannot listen on {addr} (--listen): {e}");
         std::process::exit(1);
     })
+}
+
+/// A listen address: `host:port`, where a host name is resolved (its first address), or a
+/// port alone, on 127.0.0.1.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?} is not host:port or a port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_a_port_alone_or_a_host_name() {
+        assert_eq!(
+            listen_address("8080"),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address("0.0.0.0:81"),
+            Ok("0.0.0.0:81".parse().unwrap())
+        );
+        let local = listen_address("localhost:8080").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8080);
+        assert!(listen_address("nowhere:x").is_err());
+        assert!(listen_address("70000").is_err());
+    }
 
     #[test]
     fn log_filters_are_levels_or_directives() {

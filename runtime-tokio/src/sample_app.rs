@@ -457,6 +457,13 @@ impl Endpoints {
             },
             hub => (hub, &[]),
         };
+        // As the Azure SDK: no redirect to a relay this app server is not connected to.
+        if self.app.hub_context(hub).is_some() && self.app.connected(hub) == 0 {
+            return HttpResponse::text(
+                503,
+                format!("The app server is not connected to the relay for hub '{hub}' yet; try again shortly."),
+            );
+        }
         let response = self
             .app
             .negotiate_with_query(hub, &req.query, user.as_deref(), claims);
@@ -553,6 +560,11 @@ fn classic_endpoint(app: &AppServer, req: &HttpRequest, path: &str) -> Option<Ht
             ([hub], _) if hub.eq_ignore_ascii_case(AUTHORIZED_HUB) => NegotiateReply::Error(
                 ErrorResponse::new("authorizedhub is not open to classic clients."),
             ),
+            ([hub], _) if app.hub_context(hub).is_some() && app.connected(hub) == 0 => {
+                NegotiateReply::Error(ErrorResponse::new(format!(
+                    "The app server is not connected to the relay for hub '{hub}' yet; try again shortly."
+                )))
+            }
             ([hub], user) => app.negotiate_classic(hub, user, &[]),
             (hubs, _) => NegotiateReply::Error(ErrorResponse::new(format!(
                 "connectionData must name exactly one hub; it names {}.",

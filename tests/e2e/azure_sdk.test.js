@@ -195,7 +195,10 @@ describe('the token policy (asrs.s.*) an app server writes', () => {
   async function redirect(appAddr, hub) {
     const deadline = Date.now() + 15000;
     for (;;) {
-      const r = await (await fetch(`http://${appAddr}/${hub}/negotiate?negotiateVersion=1`, { method: 'POST' })).json();
+      const answer = await fetch(`http://${appAddr}/${hub}/negotiate?negotiateVersion=1`, { method: 'POST' });
+      // 503 until the app server has its server connections.
+      if (answer.status === 503) { await sleep(100); continue; }
+      const r = await answer.json();
       const relay = await fetch(`${r.url.replace('/client/?', '/client/negotiate?')}&negotiateVersion=1`,
         { method: 'POST', headers: { Authorization: `Bearer ${r.accessToken}` } });
       if (!(await relay.json()).error) return r;
@@ -274,6 +277,7 @@ describe('a rolling restart with client migration', () => {
     const b = await stack.startApp(['--server-id', 'app-b']);
     for (;;) {
       const r = await fetch(`http://${b.addr}/testhub/negotiate`, { method: 'POST' });
+      if (r.status === 503) { await sleep(100); continue; }
       const { url, accessToken } = await r.json();
       const relay = await fetch(url.replace('/client/?', '/client/negotiate?'), { method: 'POST', headers: { Authorization: `Bearer ${accessToken}` } });
       if (relay.status === 200) break;
@@ -321,7 +325,9 @@ describe("a Blazor circuit's reconnect after a brief network drop (#18)", () => 
     stack = await Stack.start({ clientProxy: true, appArgs: ['--server-id', 'app-a'] });
     sticky = await stack.startApp(['--server-id', 'app-b', '--server-sticky', 'required']);
     for (;;) {
-      const r = await (await fetch(`http://${sticky.addr}/testhub/negotiate`, { method: 'POST' })).json();
+      const answer = await fetch(`http://${sticky.addr}/testhub/negotiate`, { method: 'POST' });
+      if (answer.status === 503) { await sleep(100); continue; }
+      const r = await answer.json();
       const relay = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=testhub`,
         { method: 'POST', headers: { Authorization: `Bearer ${r.accessToken}` } });
       if (!(await relay.json()).error) break;

@@ -78,6 +78,17 @@ test('SIGTERM: /ready turns 503, clients reconnect to the next relay process, ex
   assert.ok(firstNotReady >= 0, `no 503 from /ready: ${statuses.join()}`);
   assert.ok(!statuses.slice(firstNotReady).includes(200), statuses.join());
 
+  // Without a relay, the app server's negotiate says so (503), as the Azure SDK's does,
+  // rather than send clients to a relay that is not there.
+  let negotiate;
+  for (let i = 0; i < 100; i++) {
+    negotiate = await fetch(`http://${appAddr}/testhub/negotiate`, { method: 'POST' });
+    if (negotiate.status === 503) break;
+    await sleep(50);
+  }
+  assert.equal(negotiate.status, 503);
+  assert.match(await negotiate.text(), /not connected to the relay for hub 'testhub'/);
+
   // The next relay process, on the same address: the app server reconnects, and so does
   // every client, through negotiate, with no error reaching the app.
   relay(port);

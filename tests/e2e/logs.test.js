@@ -60,3 +60,25 @@ test('a full run at debug, in JSON: connects and disconnects logged, no secret a
   for (const secret of secrets.filter(Boolean)) assert.ok(!log.includes(secret), `the log holds a secret: ${secret.slice(0, 12)}…`);
   assert.doesNotMatch(log, /eyJ[\w-]+\.[\w-]+\.[\w-]+/, 'the log holds a JWT');
 });
+
+test('a wrong access key is explained on both sides, once on the app server', async () => {
+  const { startProcess, SUFFIX } = require('./harness');
+  const relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', 'the-right-key', '--log', 'info']);
+  const addr = await relay.ready;
+  const app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', `Endpoint=http://${addr};AccessKey=a-wrong-key;Version=1.0;`,
+    '--listen', '127.0.0.1:0', '--log', 'warn']);
+  await app.ready;
+  try {
+    for (let i = 0; i < 100 && !/check the connection string's AccessKey/.test(app.output()); i++) await sleep(50);
+    assert.match(app.output(), /the relay refused this app server's token \(401 Unauthorized: .*invalid access token signature\): check the connection string's AccessKey/);
+    assert.match(relay.output(), /refused: Unauthorized: invalid access token signature at="\/server\/" status=401/);
+    // Twenty connections (four hubs, five each) failed alike: the app server said so once.
+    await sleep(500);
+    assert.equal(app.output().match(/check the connection string's AccessKey/g).length, 1);
+    // Its negotiate says it is not connected, rather than send clients on.
+    assert.equal((await fetch(`http://${app.output().match(/listening on http:\/\/([0-9.:]+)/)[1]}/chat/negotiate`, { method: 'POST' })).status, 503);
+  } finally {
+    app.child.kill('SIGKILL');
+    relay.child.kill('SIGKILL');
+  }
+});

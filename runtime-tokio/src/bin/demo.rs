@@ -33,6 +33,8 @@ async fn main() {
         "  relay:      http://{}  (dev key generated for this run)",
         args.relay_listen
     );
+    println!("  status:     http://{}/", args.relay_listen);
+    println!("  your own app server (the Azure SDK too) attaches with: {connection_string}");
     println!("  sample app: http://{}", args.listen);
     println!(
         "  point a SignalR client at http://{}/chat or http://{}/testhub",

@@ -47,7 +47,11 @@ pub(crate) fn spawn<R: Runtime>(
         loop {
             match session(&task_runtime, &shared, &hub, endpoint, target.as_deref()).await {
                 Ok(()) => backoff.reset(),
-                Err(e) => tracing::warn!(hub = hub.hub.name(), "server connection failed: {e}"),
+                // Every connection of every hub fails the same way at once: say it once.
+                Err(e) if shared.first_time_lately(&e, task_runtime.now()) => {
+                    tracing::warn!(hub = hub.hub.name(), "server connection failed: {e}");
+                }
+                Err(e) => tracing::debug!(hub = hub.hub.name(), "server connection failed: {e}"),
             }
             if target.is_some() {
                 return;
@@ -131,7 +135,7 @@ async fn session<R: Runtime>(
         )),
     )
     .await
-    .map_err(|e| format!("WebSocket to {ws_url} failed: {e}"))?;
+    .map_err(|e| refused_why(&ws_url, e))?;
 
     let config = {
         let mut c = AppConnectionConfig::default();
@@ -238,6 +242,33 @@ async fn session<R: Runtime>(
     commands.close();
     lock(&hub.pool).retain(|(_, c)| !c.is_closed() && !c.same_receiver(&tx));
     result
+}
+
+/// Why the relay did not take a server connection, in words an operator can act on.
+fn refused_why(url: &str, e: async_tungstenite::tungstenite::Error) -> String {
+    use async_tungstenite::tungstenite::Error;
+    // Without the connection's own id, so that the same failure reads the same.
+    let url = url.split("&cid=").next().unwrap_or(url);
+    let Error::Http(response) = &e else {
+        return format!("WebSocket to {url} failed: {e}");
+    };
+    let status = response.status();
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let mut body: String = body.trim().chars().take(300).collect();
+    if body.is_empty() {
+        body = status.canonical_reason().unwrap_or("").to_owned();
+    }
+    match status.as_u16() {
+        401 | 403 => format!(
+            "the relay refused this app server's token ({status}: {body}): check the connection string's AccessKey (and Endpoint)"
+        ),
+        503 => format!("the relay is not taking app servers now ({status}: {body})"),
+        _ => format!("the relay answered {status} ({body}) at {url}"),
+    }
 }
 
 fn path_prefix(path: &str) -> String {

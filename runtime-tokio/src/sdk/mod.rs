@@ -126,6 +126,25 @@ pub(crate) struct Shared {
     pub(crate) endpoints: Vec<ConnectionString>,
     pub(crate) options: AppOptions,
     pub(crate) hubs: BTreeMap<String, Arc<HubRuntime>>,
+    /// When each connection failure was last logged (at most once a minute each).
+    pub(crate) failures_logged: Mutex<BTreeMap<String, std::time::Instant>>,
+}
+
+impl Shared {
+    /// Whether `failure` was not logged in the last minute (and now it counts as logged).
+    pub(crate) fn first_time_lately(&self, failure: &str, now: std::time::Instant) -> bool {
+        let mut logged = lock(&self.failures_logged);
+        if logged.len() > 256 {
+            logged.clear();
+        }
+        let recent = logged
+            .get(failure)
+            .is_some_and(|at| now.saturating_duration_since(*at) < Duration::from_secs(60));
+        if !recent {
+            logged.insert(failure.to_owned(), now);
+        }
+        !recent
+    }
 }
 
 /// A hub, running: its definition, its live server connections and its clients.
@@ -335,6 +354,7 @@ impl AppServer {
                 endpoints,
                 options,
                 hubs,
+                failures_logged: Mutex::new(BTreeMap::new()),
             }),
         })
     }
