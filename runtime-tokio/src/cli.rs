@@ -18,22 +18,23 @@ pub struct RelayArgs {
     /// A TOML file of settings: its keys are the long flag names (`max-message-size = 65536`,
     /// `access-key = ["k1", "k2"]`). A flag wins over its environment variable, which wins
     /// over the file.
-    #[arg(long, env = "SIGNALR_RELAY_CONFIG")]
+    #[arg(help_heading = "Listen and auth", long, env = "SIGNALR_RELAY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 
     /// Print the settings in effect (access keys masked), with where each came from, and
     /// exit.
-    #[arg(long)]
+    #[arg(help_heading = "Listen and auth", long)]
     pub print_config: bool,
 
     /// Address to listen on: `host:port` (a name is resolved) or a port alone (on
     /// 127.0.0.1).
-    #[arg(long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
+    #[arg(help_heading = "Listen and auth", long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
 
     /// Access key that signs app-server and client tokens. Repeat it to accept several
     /// (key rotation). Without one, the relay runs in dev mode with a generated key.
     #[arg(
+        help_heading = "Listen and auth",
         long = "access-key",
         env = "SIGNALR_RELAY_ACCESS_KEY",
         value_delimiter = ','
@@ -44,41 +45,66 @@ pub struct RelayArgs {
     /// Emulator's public, fixed key, and print the connection string in the Emulator's form,
     /// so that settings written for the Emulator (a Functions app's `local.settings.json`)
     /// work unchanged. Never in production: the key is public.
-    #[arg(long, env = "SIGNALR_RELAY_DEV")]
+    #[arg(help_heading = "Listen and auth", long, env = "SIGNALR_RELAY_DEV")]
     pub dev: bool,
 
     /// Let `--dev` listen on an address other than loopback (its key is public: anyone who
     /// can reach the relay could use it).
-    #[arg(long, env = "SIGNALR_RELAY_DEV_ON_NETWORK")]
+    #[arg(
+        help_heading = "Listen and auth",
+        long,
+        env = "SIGNALR_RELAY_DEV_ON_NETWORK"
+    )]
     pub dev_on_network: bool,
 
     /// Largest hub message a client may send, in bytes.
-    #[arg(long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
     pub max_message_size: usize,
 
     /// Largest message an app server may send, in bytes.
-    #[arg(long, env = "SIGNALR_RELAY_MAX_SERVER_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SERVER_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_server_message_size: usize,
 
     /// Seconds a client has to complete its handshake.
-    #[arg(long, env = "SIGNALR_RELAY_HANDSHAKE_TIMEOUT", default_value_t = 15)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_HANDSHAKE_TIMEOUT",
+        default_value_t = 15
+    )]
     pub handshake_timeout: u64,
 
     /// Seconds between the relay's keep-alive pings to app servers.
-    #[arg(long, env = "SIGNALR_RELAY_KEEP_ALIVE", default_value_t = 5)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_KEEP_ALIVE",
+        default_value_t = 5
+    )]
     pub keep_alive: u64,
 
     /// Seconds of silence after which a client is closed.
-    #[arg(long, env = "SIGNALR_RELAY_CLIENT_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_CLIENT_TIMEOUT",
+        default_value_t = 30
+    )]
     pub client_timeout: u64,
 
     /// Seconds of silence after which an app server's connection is dropped.
-    #[arg(long, env = "SIGNALR_RELAY_SERVER_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_SERVER_TIMEOUT",
+        default_value_t = 30
+    )]
     pub server_timeout: u64,
 
     /// When every server connection of an app server carries this many clients, ask it to
     /// open one more (0: never).
     #[arg(
+        help_heading = "Limits",
         long,
         env = "SIGNALR_RELAY_CLIENTS_PER_SERVER_CONNECTION",
         default_value_t = 5000
@@ -86,19 +112,30 @@ pub struct RelayArgs {
     pub clients_per_server_connection: usize,
 
     /// Seconds without sending after which the relay pings a client.
-    #[arg(long, env = "SIGNALR_RELAY_CLIENT_KEEP_ALIVE", default_value_t = 15)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_CLIENT_KEEP_ALIVE",
+        default_value_t = 15
+    )]
     pub client_keep_alive: u64,
 
     /// Seconds a long poll is held when there is nothing to send.
-    #[arg(long, env = "SIGNALR_RELAY_LONG_POLL_TIMEOUT", default_value_t = 90)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_LONG_POLL_TIMEOUT",
+        default_value_t = 90
+    )]
     pub long_poll_timeout: u64,
 
     /// Bytes queued for a long-polling client before it is closed as too slow.
-    #[arg(long, env = "SIGNALR_RELAY_MAX_LONG_POLL_BUFFER", default_value_t = 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_LONG_POLL_BUFFER", default_value_t = 1024 * 1024)]
     pub max_long_poll_buffer: usize,
 
     /// Bytes of unacknowledged messages kept per stateful-reconnect client.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "SIGNALR_RELAY_STATEFUL_RECONNECT_BUFFER",
         default_value_t = 100_000
@@ -106,16 +143,26 @@ pub struct RelayArgs {
     pub stateful_reconnect_buffer: usize,
 
     /// Refuse stateful reconnect (clients that ask for it get a plain connection).
-    #[arg(long, env = "SIGNALR_RELAY_NO_STATEFUL_RECONNECT")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "SIGNALR_RELAY_NO_STATEFUL_RECONNECT"
+    )]
     pub no_stateful_reconnect: bool,
 
     /// Classic clients: seconds between keep-alives on a WebSocket or event stream.
-    #[arg(long, env = "SIGNALR_RELAY_CLASSIC_KEEP_ALIVE", default_value_t = 10)]
+    #[arg(
+        help_heading = "Classic ASP.NET SignalR clients",
+        long,
+        env = "SIGNALR_RELAY_CLASSIC_KEEP_ALIVE",
+        default_value_t = 10
+    )]
     pub classic_keep_alive: u64,
 
     /// Classic clients: seconds a connection without a receive channel waits for its client to
     /// reconnect or poll again before the app server is told it disconnected.
     #[arg(
+        help_heading = "Classic ASP.NET SignalR clients",
         long,
         env = "SIGNALR_RELAY_CLASSIC_DISCONNECT_TIMEOUT",
         default_value_t = 30
@@ -124,6 +171,7 @@ pub struct RelayArgs {
 
     /// Classic clients: messages kept per connection for reconnects and long polls.
     #[arg(
+        help_heading = "Classic ASP.NET SignalR clients",
         long,
         env = "SIGNALR_RELAY_CLASSIC_BUFFER_MESSAGES",
         default_value_t = 1000
@@ -132,21 +180,36 @@ pub struct RelayArgs {
 
     /// Most connections open at once, of every kind; past it, new sockets are closed on
     /// accept (0: the descriptor limit less 64, after raising the soft limit to the hard one).
-    #[arg(long, env = "SIGNALR_RELAY_MAX_CONNECTIONS", default_value_t = 0)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "SIGNALR_RELAY_MAX_CONNECTIONS",
+        default_value_t = 0
+    )]
     pub max_connections: usize,
 
     /// Bytes that may wait to be written to one client; a client past it is closed as too
     /// slow (one larger message goes when nothing else waits). Past an eighth of it, the
     /// client is not read until it catches up.
-    #[arg(long, env = "SIGNALR_RELAY_MAX_SEND_QUEUE", default_value_t = 4 * 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SEND_QUEUE", default_value_t = 4 * 1024 * 1024)]
     pub max_send_queue: usize,
 
     /// Seconds a socket may take nothing while bytes wait for it before it is closed.
-    #[arg(long, env = "SIGNALR_RELAY_WRITE_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_WRITE_TIMEOUT",
+        default_value_t = 30
+    )]
     pub write_timeout: u64,
 
     /// Seconds a peer has to send a request body once its headers are in.
-    #[arg(long, env = "SIGNALR_RELAY_BODY_READ_TIMEOUT", default_value_t = 15)]
+    #[arg(
+        help_heading = "Timeouts",
+        long,
+        env = "SIGNALR_RELAY_BODY_READ_TIMEOUT",
+        default_value_t = 15
+    )]
     pub body_read_timeout: u64,
 
     /// A proxy in front of the relay whose `X-Forwarded-For` is believed: an address or a
@@ -154,6 +217,7 @@ pub struct RelayArgs {
     /// servers learn a client's address as `X-Forwarded-For`: the socket's peer, or behind
     /// trusted proxies the rightmost address they forwarded that is not one of them.
     #[arg(
+        help_heading = "Listen and auth",
         long = "trusted-proxy",
         env = "SIGNALR_RELAY_TRUSTED_PROXY",
         value_delimiter = ','
@@ -165,12 +229,17 @@ pub struct RelayArgs {
 
     /// Print a token for the status page (`/#token=…`) and `/api/status`, signed with the
     /// first access key and valid for 30 days, then exit. In dev mode the status is open.
-    #[arg(long)]
+    #[arg(help_heading = "Listen and auth", long)]
     pub print_status_token: bool,
 
     /// Seconds a graceful shutdown (SIGTERM or SIGINT) waits for clients to go before the
     /// relay exits; a second signal exits at once.
-    #[arg(long, env = "SIGNALR_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        help_heading = "Operations",
+        long,
+        env = "SIGNALR_RELAY_DRAIN_TIMEOUT",
+        default_value_t = 30
+    )]
     pub drain_timeout: u64,
 
     /// Exit after this many seconds (a safety net for test harnesses).
@@ -456,11 +525,16 @@ pub fn generate_key() -> String {
 pub struct LogArgs {
     /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives such as
     /// `info,signalr_relay_core=debug`.
-    #[arg(long = "log", env = "SIGNALR_RELAY_LOG", default_value = "info")]
+    #[arg(
+        help_heading = "Logs",
+        long = "log",
+        env = "SIGNALR_RELAY_LOG",
+        default_value = "info"
+    )]
     pub log: String,
 
     /// Log lines as `text`, or as one JSON object each (`json`), for log shippers.
-    #[arg(long, env = "SIGNALR_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logs", long, env = "SIGNALR_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -588,7 +662,8 @@ pub fn exit_after<R: crate::Runtime>(runtime: &R, secs: Option<u64>) {
 }
 
 /// Runs the relay binary of any runtime: prints where it listens (and the generated key in dev
-/// mode), then serves forever.
+/// mode), then serves until SIGTERM or SIGINT, and shuts down gracefully (see
+/// [`serve_until`](crate::serve_until)).
 pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,

@@ -31,6 +31,13 @@
 //! thread) how much of it to read: it checks the token on the headers, so that no body is read
 //! for a peer without a valid one, and bounds each endpoint's body by what it can need. Read at
 //! most that limit plus one byte, within a deadline of your own, and hand the request over.
+//! A request the gate refuses is answered at once; tell the relay
+//! ([`Relay::refused_by_gate`]) so that it is counted and logged like the relay's own.
+//!
+//! For the operator: [`Relay::snapshot`] walks the connections (for `/metrics` and a status
+//! page, with [`render_prometheus`]; [`Relay::check_status_access`] says who may read the
+//! status), and [`Relay::shut_down`] starts a graceful shutdown; the adapter ends the process
+//! once [`Relay::client_count`] is zero, or at a deadline of its own.
 //!
 //! The loop, run here against the simulation harness ([`sim`]): an app server's connection
 //! says hello, and the adapter carries out what the relay answers.
@@ -88,7 +95,8 @@
 //! | `invocations` | client results awaited, by the client that owes them and by the caller |
 //! | `command` | `HubCommand`: the one verb type every fan-out goes through |
 //! | `timers` | a small table per connection keyed by kind, and one ordered queue |
-//! | `output` | the output sink, held requests, and [`RelayStats`] |
+//! | `output` | the output sink, held requests, [`RelayStats`] and the refusal counts |
+//! | `metrics` | [`Snapshot`] of the connections, and the Prometheus text |
 //! | `reason` | [`Rejection`], [`CloseReason`], and every text a peer reads |
 
 mod admission;
