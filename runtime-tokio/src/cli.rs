@@ -366,6 +366,9 @@ fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Settings, String> {
         .unwrap_or_else(|e| e.exit());
     let mut from_file = Vec::new();
     let mut injected: Vec<std::ffi::OsString> = Vec::new();
+    let file = given
+        .get_one::<std::path::PathBuf>("config")
+        .map(|p| p.display().to_string());
     if let Some(path) = given.get_one::<std::path::PathBuf>("config") {
         let shown = path.display();
         let text =
@@ -422,7 +425,11 @@ fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Settings, String> {
     full.extend(rest);
     let effective = command
         .try_get_matches_from(&full)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match &file {
+            // A value the file gave is named with the file.
+            Some(file) if !from_file.is_empty() => format!("{e}(settings from {file})"),
+            _ => e.to_string(),
+        })?;
     Ok(Settings {
         given,
         effective,
@@ -459,14 +466,20 @@ pub fn print_config(argv: Vec<std::ffi::OsString>) -> Result<String, String> {
                 _ => "default",
             }
         };
+        if long == "access-key" {
+            // Commented out: the file this prints must not take a masked key for a key.
+            out.push_str(&format!(
+                "# access-key = <{} key(s), masked>  # {source}\n",
+                values.len()
+            ));
+            continue;
+        }
         let shown = |v: &str| {
-            if long == "access-key" {
-                let head: String = v.chars().take(4).collect();
-                format!("\"{head}… (masked)\"")
-            } else if v.parse::<f64>().is_ok() || v == "true" || v == "false" {
+            if v.parse::<f64>().is_ok() || v == "true" || v == "false" {
                 v.to_owned()
             } else {
-                format!("{v:?}")
+                // A TOML basic string: JSON's escapes are TOML's.
+                serde_json::Value::String(v.to_owned()).to_string()
             }
         };
         let value = match (values.as_slice(), arg.get_action()) {
@@ -670,8 +683,11 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     args: &RelayArgs,
 ) {
     crate::glue::accept::raise_descriptor_limit();
-    let (config, generated) = args.relay_config();
+    let (mut config, generated) = args.relay_config();
     let addr = listener.local_addr().unwrap_or(args.listen);
+    // A developer's relay (a key made for this run, or the Emulator's) shows its status to
+    // anyone only on loopback.
+    config.open_status &= addr.ip().is_loopback();
     if args.dev && generated.is_some() && !addr.ip().is_loopback() && !args.dev_on_network {
         eprintln!(
             "error: --dev uses the Emulator's public key, so it listens on loopback only, not {addr}; add --dev-on-network if anyone who can reach it may use it"
@@ -704,7 +720,13 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     println!("signalr-relay listening on http://{addr}");
     exit_after(&runtime, args.exit_after);
     let signalled = termination(runtime.clone());
-    crate::serve_until(runtime, listener, config, args.serve_options(), signalled).await;
+    if let Err(e) =
+        crate::serve_until(runtime, listener, config, args.serve_options(), signalled).await
+    {
+        tracing::error!("{e}");
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     tracing::info!("shut down");
 }
 

@@ -49,6 +49,8 @@ test('SIGTERM: /ready turns 503, clients reconnect to the next relay process, ex
       .build();
     c.errors = [];
     c.onclose((e) => c.errors.push(`closed: ${e}`));
+    // Why it reconnects: the relay's Close message, not a dropped socket.
+    c.why = new Promise((resolve) => c.onreconnecting((e) => resolve(e && e.message)));
     c.reconnected = new Promise((resolve) => c.onreconnected(resolve));
     await c.start();
     assert.equal(await c.invoke('Echo', 'before'), 'before');
@@ -91,6 +93,7 @@ test('SIGTERM: /ready turns 503, clients reconnect to the next relay process, ex
 
   // The next relay process, on the same address: the app server reconnects, and so does
   // every client, through negotiate, with no error reaching the app.
+  for (const c of clients) assert.match(await c.why, /The service is shutting down; reconnect\./);
   relay(port);
   await Promise.all(clients.map((c) => c.reconnected));
   for (const c of clients) {

@@ -20,8 +20,23 @@ test('a full run at debug, in JSON: connects and disconnects logged, no secret a
     const negotiated = await (await fetch(`${redirect.url.replace('/client/?', '/client/negotiate?')}&negotiateVersion=1`,
       { method: 'POST', headers: { Authorization: `Bearer ${redirect.accessToken}` } })).json();
     secrets.push(negotiated.connectionToken);
+    // The connection tokens the client itself gets (and sends as `id`) are secrets too.
+    class Recording extends signalR.DefaultHttpClient {
+      async send(request) {
+        const response = await super.send(request);
+        if (request.url.includes('/negotiate') && typeof response.content === 'string') {
+          const { connectionToken } = JSON.parse(response.content);
+          if (connectionToken) secrets.push(connectionToken);
+        }
+        return response;
+      }
+    }
     const c = new signalR.HubConnectionBuilder()
-      .withUrl(redirect.url, { transport: signalR.HttpTransportType[transport], accessTokenFactory: () => redirect.accessToken })
+      .withUrl(redirect.url, {
+        transport: signalR.HttpTransportType[transport],
+        accessTokenFactory: () => redirect.accessToken,
+        httpClient: new Recording(signalR.NullLogger.instance),
+      })
       .configureLogging(signalR.LogLevel.None)
       .build();
     await c.start();
@@ -56,6 +71,7 @@ test('a full run at debug, in JSON: connects and disconnects logged, no secret a
   assert.ok(events.some((e) => e.fields.message === 'app server connection opened' && e.fields.server_id));
   assert.ok(events.some((e) => e.level === 'DEBUG'), 'the run was logged at debug');
 
+  assert.ok(secrets.length >= 10, `the run handed out tokens: ${secrets.length}`);
   const log = stack.relay.output();
   for (const secret of secrets.filter(Boolean)) assert.ok(!log.includes(secret), `the log holds a secret: ${secret.slice(0, 12)}…`);
   assert.doesNotMatch(log, /eyJ[\w-]+\.[\w-]+\.[\w-]+/, 'the log holds a JWT');

@@ -65,7 +65,13 @@ test('the metrics count the clients, app servers, traffic, refusals and closes t
     const forged = jwt({ aud: 'http://127.0.0.1/client/?hub=testhub', exp: Math.floor(Date.now() / 1000) + 60 }, 'not the key');
     assert.equal((await stack.relayNegotiate('testhub', forged)).status, 401);
   }
-  const { samples, types } = await scrape();
+  // The app server's five connections may still be coming (the stack waits for the first).
+  let scraped = await scrape();
+  for (let i = 0; i < 100 && scraped.samples.get('signalr_relay_server_connections{hub="testhub"}') !== 5; i++) {
+    await sleep(50);
+    scraped = await scrape();
+  }
+  const { samples, types } = scraped;
   const get = (key) => samples.get(key);
   const delta = (key) => (samples.get(key) || 0) - (before.get(key) || 0);
   const c = (transport, protocol) => get(`signalr_relay_client_connections{hub="testhub",transport="${transport}",protocol="${protocol}"}`);

@@ -41,6 +41,12 @@ test('the page renders the hubs, updates when a client leaves, and asks for a to
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   page.on('requestfailed', (r) => { if (!r.url().includes('/api/status')) errors.push(`${r.url()} failed`); });
+  // The app server's five connections may still be coming (the stack waits for the first).
+  for (let i = 0; i < 100; i++) {
+    const s = await (await fetch(`http://${stack.relayAddr}/api/status`, { headers: { Authorization: `Bearer ${statusToken()}` } })).json();
+    if (s.hubs.find((h) => h.name === 'testhub')?.appServers[0]?.connections === 5) break;
+    await sleep(50);
+  }
   await page.goto(`http://${stack.relayAddr}/#token=${statusToken()}`);
   const cell = (transport, protocol) => `table.clients[data-hub="testhub"] td[data-transport="${transport}"][data-protocol="${protocol}"]`;
   await page.waitForSelector(cell('websockets', 'json'), { timeout: 10000 });

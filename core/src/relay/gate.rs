@@ -29,6 +29,22 @@ impl RequestGate {
         }
     }
 
+    /// Whether `req` may read the relay's status (`GET /api/status`, for a status page):
+    /// with [`RelayConfig::open_status`] anyone may; otherwise it needs a bearer token signed
+    /// with an access key, for the audience `<relay>/api/status`. Decided here, on any
+    /// thread, so that a flood of bad tokens costs the relay's own task nothing.
+    ///
+    /// # Errors
+    /// The refusal to answer with.
+    pub fn status_access(&self, now: Instant, req: &HttpRequest) -> Result<(), Rejection> {
+        if self.config.open_status {
+            return Ok(());
+        }
+        self.admission
+            .verify(&self.config, now, req, super::STATUS_PATH, None)
+            .map(drop)
+    }
+
     /// How many body bytes to read for `req` (its headers only; its body is ignored), or the
     /// refusal to answer without reading any.
     ///

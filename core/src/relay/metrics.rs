@@ -75,27 +75,31 @@ impl Relay {
     /// The connections now: a walk over every client and server connection, for a scrape or
     /// a status page (not for every message).
     pub fn snapshot(&self) -> Snapshot {
-        let mut hubs: BTreeMap<String, HubSnapshot> = BTreeMap::new();
+        // By hub id while walking (no allocation per connection), then named.
+        let mut by_id: BTreeMap<super::directory::HubId, HubSnapshot> = BTreeMap::new();
         for conn in self.servers.open_handles() {
             let Some(server) = self.servers.get(conn) else {
                 continue;
             };
-            let hub = hubs
-                .entry(self.directory.name(server.hub).to_owned())
-                .or_default();
-            let app = hub.app_servers.entry(server.server_id.clone()).or_default();
+            let hub = by_id.entry(server.hub).or_default();
+            let app = match hub.app_servers.get_mut(&server.server_id) {
+                Some(app) => app,
+                None => hub.app_servers.entry(server.server_id.clone()).or_default(),
+            };
             app.connections += 1;
             app.clients += server.clients.len() as u64;
         }
         for client in self.clients.map.values() {
-            let hub = hubs
-                .entry(self.directory.name(client.hub).to_owned())
-                .or_default();
+            let hub = by_id.entry(client.hub).or_default();
             match labels(client) {
                 Some(key) => *hub.clients.entry(key).or_default() += 1,
                 None => hub.pending_clients += 1,
             }
         }
+        let hubs = by_id
+            .into_iter()
+            .map(|(id, hub)| (self.directory.name(id).to_owned(), hub))
+            .collect();
         Snapshot {
             hubs,
             buffered_bytes: self.buffered_bytes().0,

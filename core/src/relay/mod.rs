@@ -31,11 +31,12 @@
 //! thread) how much of it to read: it checks the token on the headers, so that no body is read
 //! for a peer without a valid one, and bounds each endpoint's body by what it can need. Read at
 //! most that limit plus one byte, within a deadline of your own, and hand the request over.
-//! A request the gate refuses is answered at once; tell the relay
-//! ([`Relay::refused_by_gate`]) so that it is counted and logged like the relay's own.
+//! A request the gate refuses is answered at once, and counted beside [`Relay::refusals`]
+//! (under [`refusal_labels`]) by the adapter, off the relay's task; or handed to
+//! [`Relay::refused_by_gate`], which counts and reports it like the relay's own.
 //!
 //! For the operator: [`Relay::snapshot`] walks the connections (for `/metrics` and a status
-//! page, with [`render_prometheus`]; [`Relay::check_status_access`] says who may read the
+//! page, with [`render_prometheus`]; [`RequestGate::status_access`] says who may read the
 //! status), and [`Relay::shut_down`] starts a graceful shutdown; the adapter ends the process
 //! once [`Relay::client_count`] is zero, or at a deadline of its own.
 //!
@@ -151,6 +152,19 @@ use self::policy::Policy;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
 use self::servers::{Received, Servers};
 use crate::odata::Filter;
+
+/// The labels a refused request is counted under: its endpoint (`negotiate`, `client`,
+/// `server`, `classic` or `other`) and `cause` (see [`Rejection::cause`]).
+pub fn refusal_labels(path: &str, cause: &'static str) -> (&'static str, &'static str) {
+    let endpoint = match path.trim_end_matches('/') {
+        "/client/negotiate" => "negotiate",
+        "/client" => "client",
+        "/server" => "server",
+        p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => "classic",
+        _ => "other",
+    };
+    (endpoint, cause)
+}
 
 /// Where the status page reads the relay's status (the audience of its tokens).
 pub const STATUS_PATH: &str = "/api/status";
@@ -297,7 +311,7 @@ impl Relay {
         // What a connection keeps of its request is bounded: the query first (the classic
         // endpoints bound theirs when they parse it).
         if !classic && req.query.len() > self.config.max_query_length {
-            self.out.stats.requests_rejected += 1;
+            self.refused_by_gate(req, &Rejection::QueryTooLong);
             return RequestOutcome::Respond(Rejection::QueryTooLong.into());
         }
         let refused_while_draining = matches!(
@@ -309,6 +323,10 @@ impl Relay {
             (_, "/ready") if self.draining => Err(Rejection::Draining),
             (_, "/ready") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ready"))),
             _ if self.draining && refused_while_draining => Err(Rejection::Draining),
+            // A client with no negotiated id would be a new one (skipping negotiate).
+            (_, "/client") if self.draining && req.query_param("id").is_none() => {
+                Err(Rejection::Draining)
+            }
             ("POST", "/client/negotiate") => self.negotiate(now, req).map(RequestOutcome::Respond),
             ("GET", "/client") if req.websocket => self.connect_client(now, req),
             ("GET" | "POST" | "DELETE", "/client") => self.client_http(now, req),
@@ -335,31 +353,6 @@ impl Relay {
         outcome
     }
 
-    /// Whether `req` may read the relay's status (`GET /api/status`, for the status page):
-    /// with [`RelayConfig::open_status`] anyone may; otherwise it needs a bearer token signed
-    /// with an access key, for the audience `<relay>/api/status`. A refusal is counted and
-    /// reported as the relay's own.
-    ///
-    /// # Errors
-    /// The refusal to answer with.
-    pub fn check_status_access(
-        &mut self,
-        now: Instant,
-        req: &HttpRequest,
-    ) -> Result<(), Rejection> {
-        if self.config.open_status {
-            return Ok(());
-        }
-        let verified = self
-            .admission
-            .verify(&self.config, now, req, STATUS_PATH, None)
-            .map(drop);
-        if let Err(rejection) = &verified {
-            self.refused_by_gate(req, rejection);
-        }
-        verified
-    }
-
     /// A request the adapter refused on the relay's behalf, on its headers, before reading
     /// its body ([`RequestGate::body_limit`]): counted and reported like the relay's own.
     pub fn refused_by_gate(&mut self, req: &HttpRequest, rejection: &Rejection) {
@@ -374,15 +367,11 @@ impl Relay {
         status: u16,
         reason: String,
     ) {
-        let path = req.path.trim_end_matches('/');
-        let endpoint = match path {
-            "/client/negotiate" => "negotiate",
-            "/client" => "client",
-            "/server" => "server",
-            p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => "classic",
-            _ => "other",
-        };
-        *self.out.refusals.entry((endpoint, cause)).or_default() += 1;
+        *self
+            .out
+            .refusals
+            .entry(refusal_labels(&req.path, cause))
+            .or_default() += 1;
         self.out.stats.requests_rejected += 1;
         self.refused(req, status, reason);
     }
@@ -477,10 +466,11 @@ impl Relay {
         self.may_open(req)?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
-            Err(e) => return Ok(self.negotiate_error(req, e.to_string())),
+            Err(e) => return Ok(self.negotiate_error(req, "bad_request", e.to_string())),
         };
         let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
-            return Ok(self.negotiate_error(req, texts::no_app_server_yet(&hub)));
+            let error = texts::no_app_server_yet(&hub);
+            return Ok(self.negotiate_error(req, "no_app_server", error));
         };
         let policy = Policy::from_claims(&claims);
         let policy = policy.as_deref().unwrap_or(&Policy::NONE);
@@ -491,7 +481,7 @@ impl Relay {
                 .is_none()
             {
                 let error = texts::required_server_gone(&sticky.server, &hub);
-                return Ok(self.negotiate_error(req, error));
+                return Ok(self.negotiate_error(req, "required_server_gone", error));
             }
         }
         let version = query.resolved_version(1);
@@ -529,9 +519,16 @@ impl Relay {
     }
 
     /// A negotiate the relay answers with an error (a 200 the client reads): logged as refused.
-    fn negotiate_error(&mut self, req: &HttpRequest, error: String) -> HttpResponse {
+    /// A negotiate refused as ASP.NET Core refuses one: 200, with `error` (counted under
+    /// `cause`, and reported).
+    fn negotiate_error(
+        &mut self,
+        req: &HttpRequest,
+        cause: &'static str,
+        error: String,
+    ) -> HttpResponse {
         let response = HttpResponse::json(NegotiateResponse::Error(error.clone()).to_json());
-        self.refused(req, 0, error);
+        self.count_refusal(req, cause, 0, error);
         response
     }
 

@@ -67,7 +67,8 @@ pub struct RelayStats {
     pub to_server: Traffic,
     /// App server → client.
     pub to_client: Traffic,
-    /// HTTP requests refused, with a 4xx or 5xx status.
+    /// HTTP requests refused: with a 4xx or 5xx status, or a negotiate answered with an error
+    /// (by endpoint and cause: [`Relay::refusals`](super::Relay::refusals)).
     pub requests_rejected: u64,
     /// Client-result completions ignored: not from the client the invocation was sent to.
     pub completions_ignored: u64,

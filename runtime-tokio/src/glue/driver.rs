@@ -86,9 +86,52 @@ impl Default for ServeOptions {
 struct Settings {
     options: ServeOptions,
     gate: RequestGate,
+    /// Requests the gate refused.
+    gate_refusals: Arc<GateRefusals>,
     /// Largest WebSocket message from a client, and from an app server.
     client_frame: usize,
     server_frame: usize,
+}
+
+/// Requests the gate refused on their headers, by endpoint and cause (merged into
+/// `/metrics`), and their rate-limited log.
+#[derive(Default)]
+struct GateRefusals {
+    counts: std::sync::Mutex<signalr_relay_core::relay::RefusalCounts>,
+    log: std::sync::Mutex<RateLimited>,
+}
+
+impl GateRefusals {
+    fn add(&self, now: Instant, req: &HttpRequest, refusal: &Rejection) {
+        let key = signalr_relay_core::relay::refusal_labels(&req.path, refusal.cause());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(key).or_default() += 1;
+        drop(counts);
+        let allowed = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(now);
+        if let Some(similar_since_last) = allowed {
+            tracing::info!(
+                at = %req.path.chars().take(128).collect::<String>(),
+                status = refusal.status(),
+                similar_since_last,
+                "refused: {}",
+                refusal.text()
+            );
+        }
+    }
+
+    fn snapshot(&self) -> signalr_relay_core::relay::RefusalCounts {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// What the HTTP side hears back about a request: the outcome, and for a held request the
@@ -112,8 +155,6 @@ enum DriverInput {
     Aborted(RequestId),
     /// Start the graceful shutdown.
     ShutDown,
-    /// A request refused on its headers (by the [`RequestGate`]).
-    GateRefused(HttpRequest, Rejection),
 }
 
 /// Serves the relay on `listener`, forever: accept errors are survived (see
@@ -125,7 +166,7 @@ pub async fn serve<R: Runtime, L: Listener>(
     config: RelayConfig,
     options: ServeOptions,
 ) {
-    serve_until(runtime, listener, config, options, std::future::pending()).await;
+    let _ = serve_until(runtime, listener, config, options, std::future::pending()).await;
 }
 
 /// [`serve`], until `shut_down` completes; then shuts down gracefully and returns. From then
@@ -133,13 +174,18 @@ pub async fn serve<R: Runtime, L: Listener>(
 /// told to reconnect, and every app server that this relay's clients are gone (see
 /// [`Relay::shut_down`]). It returns once no client is left and what was queued for them
 /// is written, or after [`ServeOptions::drain_timeout`].
+///
+/// # Errors
+/// When the relay's own task ended unexpectedly (it panicked): the process should exit with
+/// an error.
 pub async fn serve_until<R, L, S>(
     runtime: R,
     listener: L,
     config: RelayConfig,
     options: ServeOptions,
     shut_down: S,
-) where
+) -> std::io::Result<()>
+where
     R: Runtime,
     L: Listener,
     S: std::future::Future<Output = ()> + Send + 'static,
@@ -155,6 +201,7 @@ pub async fn serve_until<R, L, S>(
         // server; past that the socket closes (1009).
         server_frame: relay.config().max_server_message_size.saturating_mul(4) + 1024,
         gate: relay.gate(),
+        gate_refusals: Arc::default(),
         options,
     });
     let (events, queue) = mpsc::channel(4096);
@@ -167,6 +214,7 @@ pub async fn serve_until<R, L, S>(
         queue,
         drained,
         listen,
+        settings.gate_refusals.clone(),
     ));
     let mut trigger = events.clone();
     runtime.spawn(async move {
@@ -185,7 +233,17 @@ pub async fn serve_until<R, L, S>(
         ));
     });
     // Accepting goes on while draining: late requests hear that the relay is going.
-    let _ = select(Box::pin(accepting), done).await;
+    let drained = matches!(
+        select(Box::pin(accepting), done).await,
+        Either::Right((Ok(()), _))
+    );
+    if drained {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            "the relay's state machine stopped unexpectedly",
+        ))
+    }
 }
 
 fn seed() -> [u8; 32] {
@@ -242,6 +300,8 @@ struct Driver<R> {
     listen: Option<SocketAddr>,
     /// The latest closes, newest last, for the status page.
     recent_closes: std::collections::VecDeque<RecentClose>,
+    /// What the gate refused (counted on the connections' tasks).
+    gate_refusals: Arc<GateRefusals>,
 }
 
 /// A close the status page shows: no connection id, only what happened.
@@ -279,6 +339,7 @@ async fn drive<R: Runtime>(
     mut queue: mpsc::Receiver<DriverInput>,
     drained: oneshot::Sender<()>,
     listen: Option<SocketAddr>,
+    gate_refusals: Arc<GateRefusals>,
 ) {
     let mut drained = Some(drained);
     let started = runtime.now();
@@ -300,6 +361,7 @@ async fn drive<R: Runtime>(
         started,
         listen,
         recent_closes: std::collections::VecDeque::new(),
+        gate_refusals,
     };
     loop {
         if let Some(drain) = &mut d.drain {
@@ -383,9 +445,13 @@ impl<R: Runtime> Driver<R> {
     /// the hot path: the core keeps plain counters, and the connections are walked here).
     fn metrics(&self, now: Instant) -> HttpResponse {
         let process = super::process::read(now.saturating_duration_since(self.started));
+        let mut refusals = self.gate_refusals.snapshot();
+        for (key, n) in self.relay.refusals() {
+            *refusals.entry(*key).or_default() += n;
+        }
         let text = signalr_relay_core::relay::render_prometheus(
             self.relay.stats(),
-            self.relay.refusals(),
+            &refusals,
             &self.relay.snapshot(),
             &process,
         );
@@ -473,17 +539,22 @@ impl<R: Runtime> Driver<R> {
     fn drained(&mut self) -> bool {
         let now = self.runtime.now();
         let clients = self.relay.client_count();
+        // Every client was told; what was queued for them is written before the end.
+        let unwritten = self.writers.values().any(|a| a.outbox.queued() > 0);
         let Some(drain) = &mut self.drain else {
             return false;
         };
+        let settled = clients == 0 && !unwritten;
         if now >= drain.deadline {
-            tracing::warn!(
-                clients,
-                "drain timeout: exiting with clients still connected"
-            );
+            if !settled {
+                tracing::warn!(
+                    clients,
+                    "drain timeout: exiting with clients still connected"
+                );
+            }
             return true;
         }
-        if clients > 0 {
+        if !settled {
             drain.empty_since = None;
             return false;
         }
@@ -547,11 +618,8 @@ impl<R: Runtime> Driver<R> {
             DriverInput::Request(request, reply)
                 if request.path == signalr_relay_core::relay::STATUS_PATH =>
             {
-                let response = match self.relay.check_status_access(now, &request) {
-                    Ok(()) => self.status(now),
-                    Err(refusal) => HttpResponse::from(&refusal),
-                };
-                let _ = reply.send((RequestOutcome::Respond(response), None));
+                // Its token was checked on the connection's task (the gate).
+                let _ = reply.send((RequestOutcome::Respond(self.status(now)), None));
             }
             DriverInput::Request(request, reply) => {
                 let outcome = self.relay.handle_request(now, &request);
@@ -623,9 +691,6 @@ impl<R: Runtime> Driver<R> {
                 if self.held.remove(&request).is_some() {
                     self.relay.handle_request_aborted(now, request);
                 }
-            }
-            DriverInput::GateRefused(request, rejection) => {
-                self.relay.refused_by_gate(&request, &rejection);
             }
             DriverInput::ShutDown => {
                 if self.drain.is_none() {
@@ -797,6 +862,10 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
+/// The log target of client connects and disconnects: `--log info,signalr_relay::clients=warn`
+/// keeps them out of a busy relay's log.
+const CLIENT_LOG: &str = "signalr_relay::clients";
+
 /// Logs what opened and closed, at `info`: app-server connections and clients.
 fn log_event(event: &Event) {
     match event {
@@ -831,6 +900,7 @@ fn log_event(event: &Event) {
             transport,
             protocol,
         } => tracing::info!(
+            target: CLIENT_LOG,
             conn = conn.0,
             hub,
             connection_id,
@@ -844,6 +914,7 @@ fn log_event(event: &Event) {
             connection_id,
             reason,
         } => tracing::info!(
+            target: CLIENT_LOG,
             conn = conn.0,
             hub,
             connection_id,
@@ -964,15 +1035,29 @@ where
         .map(|k| derive_accept_key(k.as_bytes()));
     let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
     let server_connection = request.path.starts_with("/server");
+    let operator_endpoint = matches!(
+        request.path.as_str(),
+        "/" | "/metrics" | signalr_relay_core::relay::STATUS_PATH
+    );
     let negotiate = request.path.trim_end_matches('/').ends_with("/negotiate");
     // Authenticate on the headers, then read no more body than the endpoint can need.
     let body_left;
-    match settings.gate.body_limit(runtime.now(), &request) {
+    let checked = if request.path == signalr_relay_core::relay::STATUS_PATH {
+        settings
+            .gate
+            .status_access(runtime.now(), &request)
+            .map(|()| 0)
+    } else {
+        settings.gate.body_limit(runtime.now(), &request)
+    };
+    match checked {
         Err(refusal) => {
             let mut response = respond(HttpResponse::from(&refusal));
-            // Counted and logged by the relay; under a flood of them, some may go uncounted
-            // rather than wait.
-            let _ = events.try_send(DriverInput::GateRefused(request, refusal));
+            // Counted and logged here, not by the driver: a flood of them costs the relay's
+            // task nothing.
+            settings
+                .gate_refusals
+                .add(runtime.now(), &request, &refusal);
             allow_origin(origin.as_ref(), &mut response);
             return Ok(closing(response));
         }
@@ -1111,7 +1196,11 @@ where
             }
         }
     };
-    allow_origin(origin.as_ref(), &mut response);
+    // The operator's endpoints are for the operator's tools and the relay's own page: no other
+    // site may read them from a visitor's browser.
+    if !operator_endpoint {
+        allow_origin(origin.as_ref(), &mut response);
+    }
     if negotiate || body_left {
         // A client's next request after negotiate is its WebSocket (a connection of its own)
         // or a poll it may open anew: an idle keep-alive connection would hold a read buffer
