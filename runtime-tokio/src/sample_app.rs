@@ -533,12 +533,7 @@ fn unix_now() -> u64 {
 
 /// 32 bytes from the OS: the sample's test-token key.
 fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    if getrandom::fill(&mut key).is_err() {
-        tracing::error!("no OS randomness: the sample's test tokens would be forgeable");
-        std::process::abort();
-    }
-    key
+    crate::glue::random_bytes("the sample's test tokens would be forgeable")
 }
 
 /// The classic endpoints under `/signalr`, or `None` for another path.

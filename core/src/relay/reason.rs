@@ -566,23 +566,8 @@ impl Rejection {
             Self::MethodNotAllowed | Self::EndpointMethodNotAllowed | Self::PostOnWebSocket => {
                 "method_not_allowed"
             }
-            Self::HubRequired
-            | Self::TransportChange
-            | Self::TransportTaken
-            | Self::ConnectionIdRequired
-            | Self::NoTransport
-            | Self::DeleteNotAllowed
-            | Self::Jsonp
-            | Self::ForeverFrame
-            | Self::ClassicRequest(_)
-            | Self::NotConnected
-            | Self::HubCount(_)
-            | Self::HubMismatch
-            | Self::NeedsUpgrade
-            | Self::AlreadyConnected
-            | Self::NeverConnected
-            | Self::SendNeedsData
-            | Self::BadSend(_) => "bad_request",
+            // The rest are requests the protocol does not allow (400, 409).
+            _ => "bad_request",
         }
     }
 

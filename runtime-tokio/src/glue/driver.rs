@@ -247,12 +247,7 @@ where
 }
 
 fn seed() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    if getrandom::fill(&mut seed).is_err() {
-        tracing::error!("no OS randomness; connection tokens would be predictable");
-        std::process::abort();
-    }
-    seed
+    super::random_bytes("connection tokens would be predictable")
 }
 
 /// A socket or event stream attached to a handle: its queue, and when it last made progress.

@@ -28,6 +28,17 @@ use std::pin::Pin;
 use std::time::Instant;
 
 pub use self::driver::{serve, serve_until, ServeOptions};
+
+/// 32 random bytes from the OS, for a secret. Without OS randomness the process stops (with
+/// `without` in its log: what would be guessable otherwise) rather than go on with one.
+pub(crate) fn random_bytes(without: &str) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        tracing::error!("no OS randomness: {without}");
+        std::process::abort();
+    }
+    bytes
+}
 pub use self::http::serve_http;
 
 /// A boxed, sendable future.
