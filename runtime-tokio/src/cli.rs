@@ -58,11 +58,11 @@ pub struct RelayArgs {
     pub dev_on_network: bool,
 
     /// Largest hub message a client may send, in bytes.
-    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value = "32KiB", value_parser = byte_size)]
     pub max_message_size: usize,
 
     /// Largest message an app server may send, in bytes.
-    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SERVER_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SERVER_MESSAGE_SIZE", default_value = "4MiB", value_parser = byte_size)]
     pub max_server_message_size: usize,
 
     /// Seconds a client has to complete its handshake.
@@ -70,7 +70,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_HANDSHAKE_TIMEOUT",
-        default_value_t = 15
+        default_value = "15s", value_parser = seconds
     )]
     pub handshake_timeout: u64,
 
@@ -79,7 +79,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_KEEP_ALIVE",
-        default_value_t = 5
+        default_value = "5s", value_parser = seconds
     )]
     pub keep_alive: u64,
 
@@ -88,7 +88,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_CLIENT_TIMEOUT",
-        default_value_t = 30
+        default_value = "30s", value_parser = seconds
     )]
     pub client_timeout: u64,
 
@@ -97,7 +97,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_SERVER_TIMEOUT",
-        default_value_t = 30
+        default_value = "30s", value_parser = seconds
     )]
     pub server_timeout: u64,
 
@@ -116,7 +116,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_CLIENT_KEEP_ALIVE",
-        default_value_t = 15
+        default_value = "15s", value_parser = seconds
     )]
     pub client_keep_alive: u64,
 
@@ -125,12 +125,12 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_LONG_POLL_TIMEOUT",
-        default_value_t = 90
+        default_value = "90s", value_parser = seconds
     )]
     pub long_poll_timeout: u64,
 
     /// Bytes queued for a long-polling client before it is closed as too slow.
-    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_LONG_POLL_BUFFER", default_value_t = 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_LONG_POLL_BUFFER", default_value = "1MiB", value_parser = byte_size)]
     pub max_long_poll_buffer: usize,
 
     /// Bytes of unacknowledged messages kept per stateful-reconnect client.
@@ -138,7 +138,7 @@ pub struct RelayArgs {
         help_heading = "Limits",
         long,
         env = "SIGNALR_RELAY_STATEFUL_RECONNECT_BUFFER",
-        default_value_t = 100_000
+        default_value = "100000B", value_parser = byte_size
     )]
     pub stateful_reconnect_buffer: usize,
 
@@ -155,7 +155,7 @@ pub struct RelayArgs {
         help_heading = "Classic ASP.NET SignalR clients",
         long,
         env = "SIGNALR_RELAY_CLASSIC_KEEP_ALIVE",
-        default_value_t = 10
+        default_value = "10s", value_parser = seconds
     )]
     pub classic_keep_alive: u64,
 
@@ -165,7 +165,7 @@ pub struct RelayArgs {
         help_heading = "Classic ASP.NET SignalR clients",
         long,
         env = "SIGNALR_RELAY_CLASSIC_DISCONNECT_TIMEOUT",
-        default_value_t = 30
+        default_value = "30s", value_parser = seconds
     )]
     pub classic_disconnect_timeout: u64,
 
@@ -191,7 +191,7 @@ pub struct RelayArgs {
     /// Bytes that may wait to be written to one client; a client past it is closed as too
     /// slow (one larger message goes when nothing else waits). Past an eighth of it, the
     /// client is not read until it catches up.
-    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SEND_QUEUE", default_value_t = 4 * 1024 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_SEND_QUEUE", default_value = "4MiB", value_parser = byte_size)]
     pub max_send_queue: usize,
 
     /// Seconds a socket may take nothing while bytes wait for it before it is closed.
@@ -199,7 +199,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_WRITE_TIMEOUT",
-        default_value_t = 30
+        default_value = "30s", value_parser = seconds
     )]
     pub write_timeout: u64,
 
@@ -208,7 +208,7 @@ pub struct RelayArgs {
         help_heading = "Timeouts",
         long,
         env = "SIGNALR_RELAY_BODY_READ_TIMEOUT",
-        default_value_t = 15
+        default_value = "15s", value_parser = seconds
     )]
     pub body_read_timeout: u64,
 
@@ -238,7 +238,7 @@ pub struct RelayArgs {
         help_heading = "Operations",
         long,
         env = "SIGNALR_RELAY_DRAIN_TIMEOUT",
-        default_value_t = 30
+        default_value = "30s", value_parser = seconds
     )]
     pub drain_timeout: u64,
 
@@ -814,6 +814,44 @@ pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
     })
 }
 
+/// A size in bytes: a number, with `B`, `KB` or `KiB`, `MB` or `MiB`, `GB` or `GiB` after it
+/// if it likes (K is 1,024 either way: these are buffer sizes).
+pub fn byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 65536, 64KiB, 4MiB)"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{text:?}: unknown unit (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A duration in whole seconds: a number, with `s`, `m` or `h` after it if it likes.
+pub fn seconds(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30, 30s, 5m, 1h)"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: unknown unit (use s, m or h)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
 /// A listen address: `host:port`, where a host name is resolved (its first address), or a
 /// port alone, on 127.0.0.1.
 pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
@@ -847,6 +885,19 @@ mod tests {
         assert!(local.ip().is_loopback() && local.port() == 8080);
         assert!(listen_address("nowhere:x").is_err());
         assert!(listen_address("70000").is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_take_units() {
+        assert_eq!(byte_size("32768"), Ok(32768));
+        assert_eq!(byte_size("32KiB"), Ok(32768));
+        assert_eq!(byte_size("4 MiB"), Ok(4 << 20));
+        assert_eq!(byte_size("100000B"), Ok(100_000));
+        assert!(byte_size("lots").is_err() && byte_size("3 parsecs").is_err());
+        assert_eq!(seconds("30"), Ok(30));
+        assert_eq!(seconds("90s"), Ok(90));
+        assert_eq!(seconds("5m"), Ok(300));
+        assert!(seconds("1 fortnight").is_err() && seconds("").is_err());
     }
 
     #[test]

@@ -37,7 +37,7 @@ test('flag over env over file over default, every setting shown with its source'
   assert.deepEqual(lines['max-message-size'], ['65536', 'file']);
   assert.deepEqual(lines['no-stateful-reconnect'], ['true', 'file']);
   assert.deepEqual(lines['trusted-proxy'], ['["10.0.0.0/8"]', 'file']);
-  assert.deepEqual(lines['handshake-timeout'], ['15', 'default']);
+  assert.deepEqual(lines['handshake-timeout'], ['"15s"', 'default']);
   assert.ok(!r.stdout.includes('secret-key-one') && !r.stdout.includes('secret-key-two'), r.stdout);
   // What it prints is a file it takes, to the same settings (the keys, masked, are a comment).
   const again = file('printed.toml', r.stdout);
