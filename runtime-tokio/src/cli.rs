@@ -817,39 +817,45 @@ pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
 /// A size in bytes: a number, with `B`, `KB` or `KiB`, `MB` or `MiB`, `GB` or `GiB` after it
 /// if it likes (K is 1,024 either way: these are buffer sizes).
 pub fn byte_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 65536, 64KiB, 4MiB)"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{text:?}: unknown unit (use B, KiB, MiB or GiB)")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    let bytes = with_unit(text, "a size (e.g. 65536, 64KiB, 4MiB)", |unit| match unit
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "b" => Some(1),
+        "k" | "kb" | "kib" => Some(1 << 10),
+        "m" | "mb" | "mib" => Some(1 << 20),
+        "g" | "gb" | "gib" => Some(1 << 30),
+        _ => None,
+    })?;
+    usize::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// A duration in whole seconds: a number, with `s`, `m` or `h` after it if it likes.
 pub fn seconds(text: &str) -> Result<u64, String> {
+    with_unit(
+        text,
+        "a duration (e.g. 30, 30s, 5m, 1h)",
+        |unit| match unit {
+            "" | "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            _ => None,
+        },
+    )
+}
+
+/// A whole number, then (after optional spaces) a unit that `scale` knows (`""` when there
+/// is none), multiplied out. `what` says what was expected, for the error.
+fn with_unit(text: &str, what: &str, scale: impl Fn(&str) -> Option<u64>) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 30, 30s, 5m, 1h)"))?;
-    let scale = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("{text:?}: unknown unit (use s, m or h)")),
-    };
+        .map_err(|_| format!("{text:?} is not {what}"))?;
+    let scale = scale(unit.trim()).ok_or_else(|| format!("{text:?}: unknown unit in {what}"))?;
     n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A listen address: `host:port`, where a host name is resolved (its first address), or a

@@ -457,12 +457,8 @@ impl Endpoints {
             },
             hub => (hub, &[]),
         };
-        // As the Azure SDK: no redirect to a relay this app server is not connected to.
-        if self.app.hub_context(hub).is_some() && self.app.connected(hub) == 0 {
-            return HttpResponse::text(
-                503,
-                format!("The app server is not connected to the relay for hub '{hub}' yet; try again shortly."),
-            );
+        if let Some(why) = not_connected(&self.app, hub) {
+            return HttpResponse::text(503, why);
         }
         let response = self
             .app
@@ -536,6 +532,17 @@ fn random_key() -> [u8; 32] {
     crate::glue::random_bytes("the sample's test tokens would be forgeable")
 }
 
+/// Why a negotiate for `hub` is refused, if it is one of this app server's hubs and the app
+/// server has no connection to the relay for it: as the Azure SDK, no client is sent to a
+/// relay that cannot reach its app server.
+fn not_connected(app: &AppServer, hub: &str) -> Option<String> {
+    (app.hub_context(hub).is_some() && app.connected(hub) == 0).then(|| {
+        format!(
+            "The app server is not connected to the relay for hub '{hub}' yet; try again shortly."
+        )
+    })
+}
+
 /// The classic endpoints under `/signalr`, or `None` for another path.
 fn classic_endpoint(app: &AppServer, req: &HttpRequest, path: &str) -> Option<HttpResponse> {
     use signalr_relay_core::classic::{
@@ -555,12 +562,10 @@ fn classic_endpoint(app: &AppServer, req: &HttpRequest, path: &str) -> Option<Ht
             ([hub], _) if hub.eq_ignore_ascii_case(AUTHORIZED_HUB) => NegotiateReply::Error(
                 ErrorResponse::new("authorizedhub is not open to classic clients."),
             ),
-            ([hub], _) if app.hub_context(hub).is_some() && app.connected(hub) == 0 => {
-                NegotiateReply::Error(ErrorResponse::new(format!(
-                    "The app server is not connected to the relay for hub '{hub}' yet; try again shortly."
-                )))
-            }
-            ([hub], user) => app.negotiate_classic(hub, user, &[]),
+            ([hub], user) => match not_connected(app, hub) {
+                Some(why) => NegotiateReply::Error(ErrorResponse::new(why)),
+                None => app.negotiate_classic(hub, user, &[]),
+            },
             (hubs, _) => NegotiateReply::Error(ErrorResponse::new(format!(
                 "connectionData must name exactly one hub; it names {}.",
                 hubs.len()

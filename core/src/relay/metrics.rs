@@ -265,53 +265,54 @@ pub fn render_prometheus(
         &[("cause", "completion_not_owed")],
         stats.completions_ignored,
     );
-    x.family(
+    x.single(
         "clients_migrated_total",
         "counter",
         "Clients moved to another app server when theirs left.",
+        stats.clients_migrated,
     );
-    x.sample(&[], stats.clients_migrated);
-    x.family(
+    x.single(
         "buffered_bytes",
         "gauge",
         "Bytes held for clients (waiting for a poll, a reconnect or a handshake).",
+        snapshot.buffered_bytes,
     );
-    x.sample(&[], snapshot.buffered_bytes);
-    x.family(
+    x.single(
         "shutting_down",
         "gauge",
         "1 while the relay shuts down (drains), else 0.",
+        u8::from(snapshot.shutting_down),
     );
-    x.sample(&[], u8::from(snapshot.shutting_down));
-    x.family(
+    x.single(
         "uptime_seconds",
         "gauge",
         "Seconds since the relay started.",
+        process.uptime_seconds,
     );
-    x.sample(&[], process.uptime_seconds);
+    // What the adapter could not read is left out, not written as zero.
     if let Some(cpu) = process.cpu_seconds {
-        x.family(
+        x.single(
             "process_cpu_seconds_total",
             "counter",
             "User and system CPU time of the process, seconds.",
+            cpu,
         );
-        x.sample(&[], cpu);
     }
     if let Some(rss) = process.resident_bytes {
-        x.family(
+        x.single(
             "process_resident_memory_bytes",
             "gauge",
             "Resident memory of the process, bytes.",
+            rss,
         );
-        x.sample(&[], rss);
     }
     if let Some(fds) = process.open_fds {
-        x.family(
+        x.single(
             "process_open_fds",
             "gauge",
             "Open file descriptors of the process.",
+            fds,
         );
-        x.sample(&[], fds);
     }
     x.out
 }
@@ -344,6 +345,12 @@ impl Exposition {
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family of one sample without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(&[], value);
     }
 
     fn closes(&mut self, kind: &str, counts: &CloseCounts) {

@@ -377,22 +377,8 @@ impl Relay {
     }
 
     /// Tells the adapter a request was refused (bounded: the path and the reason are cut).
-    fn refused(&mut self, req: &HttpRequest, status: u16, mut reason: String) {
-        truncate(&mut reason, 256);
-        let mut at = req.path.clone();
-        truncate(&mut at, 128);
-        let mut hub = req.query_param("hub");
-        if let Some(h) = &mut hub {
-            truncate(h, 128);
-        }
-        self.out.event(Event::Refused {
-            at,
-            status,
-            hub,
-            connection_id: None,
-            transport: None,
-            reason,
-        });
+    fn refused(&mut self, req: &HttpRequest, status: u16, reason: String) {
+        self.out.event(Event::refused(req, status, reason));
     }
 
     /// Bytes received on a WebSocket (the payload of one message, text or binary).

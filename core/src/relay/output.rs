@@ -133,6 +133,28 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// [`Event::Refused`] for a request refused with `status` (0 for a negotiate error)
+    /// because of `reason`: its path, hub and reason cut to bounded lengths.
+    pub fn refused(req: &super::HttpRequest, status: u16, mut reason: String) -> Self {
+        super::truncate(&mut reason, 256);
+        let mut at = req.path.clone();
+        super::truncate(&mut at, 128);
+        let mut hub = req.query_param("hub");
+        if let Some(h) = &mut hub {
+            super::truncate(h, 128);
+        }
+        Self::Refused {
+            at,
+            status,
+            hub,
+            connection_id: None,
+            transport: None,
+            reason,
+        }
+    }
+}
+
 /// Where a client's messages go: its server connection, under its connection id.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Upstream<'a> {

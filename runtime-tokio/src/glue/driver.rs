@@ -116,13 +116,8 @@ impl GateRefusals {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .allow(now);
         if let Some(similar_since_last) = allowed {
-            tracing::info!(
-                at = %req.path.chars().take(128).collect::<String>(),
-                status = refusal.status(),
-                similar_since_last,
-                "refused: {}",
-                refusal.text()
-            );
+            let event = Event::refused(req, refusal.status(), refusal.text().into_owned());
+            log_refused(&event, similar_since_last);
         }
     }
 
@@ -777,25 +772,10 @@ impl<R: Runtime> Driver<R> {
                         }
                         continue;
                     }
-                    Output::Event(Event::Refused {
-                        at,
-                        status,
-                        hub,
-                        connection_id,
-                        transport,
-                        reason,
-                    }) => {
+                    Output::Event(event @ Event::Refused { .. }) => {
                         if let Some(similar_since_last) = self.refused_log.allow(self.runtime.now())
                         {
-                            tracing::info!(
-                                at,
-                                status,
-                                hub,
-                                connection_id,
-                                transport = transport.map(|t| t.as_str()),
-                                similar_since_last,
-                                "refused: {reason}"
-                            );
+                            log_refused(&event, similar_since_last);
                         }
                         continue;
                     }
@@ -854,6 +834,30 @@ impl<R: Runtime> Driver<R> {
                 self.drop_peer(conn, "closing a connection whose peer stopped reading");
             }
         }
+    }
+}
+
+/// Logs a refused request or handshake (the caller rate-limits: `similar_since_last` says how
+/// many it held back).
+fn log_refused(event: &Event, similar_since_last: u64) {
+    if let Event::Refused {
+        at,
+        status,
+        hub,
+        connection_id,
+        transport,
+        reason,
+    } = event
+    {
+        tracing::info!(
+            at,
+            status,
+            hub,
+            connection_id,
+            transport = transport.map(|t| t.as_str()),
+            similar_since_last,
+            "refused: {reason}"
+        );
     }
 }
 
