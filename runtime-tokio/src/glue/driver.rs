@@ -527,6 +527,10 @@ impl<R: Runtime> Driver<R> {
     /// Whether a graceful shutdown is over: no client left (and a moment for what was
     /// queued to be written), or the drain timeout passed.
     fn drained(&mut self) -> bool {
+        // Asked after every batch of events: nothing to walk unless shutting down.
+        if self.drain.is_none() {
+            return false;
+        }
         let now = self.runtime.now();
         let clients = self.relay.client_count();
         // Every client was told; what was queued for them is written before the end.
