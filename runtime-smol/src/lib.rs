@@ -13,8 +13,8 @@ use std::time::Instant;
 #[doc(hidden)]
 pub use signalr_relay_tokio::{app, sample};
 pub use signalr_relay_tokio::{
-    cli, core, glue, sample_app, sdk, serve, serve_http, serve_until, BoxFuture, Listener, Runtime,
-    ServeOptions,
+    cli, core, glue, sample_app, sdk, serve, serve_http, serve_until, serve_until_with_operator,
+    BoxFuture, Listener, Runtime, ServeOptions,
 };
 
 /// The executor every task runs on: [`block_on`] runs it on the calling thread (and on one

@@ -224,6 +224,32 @@ pub struct RelayArgs {
     )]
     pub trusted_proxies: Vec<IpRange>,
 
+    /// Serve TLS (https, wss) with this certificate chain (PEM, the relay's certificate
+    /// first). Both files are read again when either changes, so a renewed certificate needs
+    /// no restart. Without it, the relay speaks plain HTTP (behind a proxy that terminates
+    /// TLS, see `--trusted-proxy`).
+    #[arg(
+        help_heading = "Listen and auth",
+        long,
+        env = "SIGNALR_RELAY_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        help_heading = "Listen and auth",
+        long,
+        env = "SIGNALR_RELAY_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Serve `/metrics`, `/health` and `/ready` on this address too (plain HTTP), and
+    /// `/metrics` there only: for operators who keep metrics off the public address.
+    #[arg(help_heading = "Operations", long, env = "SIGNALR_RELAY_METRICS_LISTEN", value_parser = listen_address)]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub logging: LogArgs,
 
@@ -305,6 +331,17 @@ impl RelayArgs {
         options.body_read_timeout = Duration::from_secs(self.body_read_timeout.max(1));
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         options
+    }
+
+    /// The TLS that `--tls-cert` and `--tls-key` describe, if given.
+    ///
+    /// # Errors
+    /// Why the certificate or key cannot be used.
+    pub fn server_tls(&self) -> Result<Option<crate::glue::tls::ServerTls>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::glue::tls::ServerTls::load(cert, key).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -634,6 +671,11 @@ pub struct SampleArgs {
     #[arg(long, default_value = "disabled")]
     pub server_sticky: crate::sdk::ServerSticky,
 
+    /// PEM certificates to trust besides the system's, for a relay at an `https` endpoint
+    /// whose certificate a private CA issued.
+    #[arg(long, env = "SIGNALR_RELAY_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub logging: LogArgs,
 
@@ -680,10 +722,21 @@ pub fn exit_after<R: crate::Runtime>(runtime: &R, secs: Option<u64>) {
 pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
     runtime: R,
     listener: L,
+    operator: Option<L>,
     args: &RelayArgs,
 ) {
     crate::glue::accept::raise_descriptor_limit();
     let (mut config, generated) = args.relay_config();
+    let mut options = args.serve_options();
+    options.tls = args.server_tls().unwrap_or_else(|e| {
+        eprintln!("error: --tls-cert/--tls-key: {e}");
+        std::process::exit(2);
+    });
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let addr = listener.local_addr().unwrap_or(args.listen);
     // A developer's relay (a key made for this run, or the Emulator's) shows its status to
     // anyone only on loopback.
@@ -698,7 +751,7 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
         Some(key) if args.dev => {
             println!("DEV MODE (--dev): the Azure SignalR Emulator's public key; never use it in production.");
             println!(
-                "  app servers connect with: Endpoint=http://{};Port={};AccessKey={key};Version=1.0;",
+                "  app servers connect with: Endpoint={scheme}://{};Port={};AccessKey={key};Version=1.0;",
                 addr.ip(),
                 addr.port()
             );
@@ -706,22 +759,31 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
         Some(key) => {
             println!("DEV MODE: no --access-key given; generated a key for this run.");
             println!(
-                "  app servers connect with: Endpoint=http://{addr};AccessKey={key};Version=1.0;"
+                "  app servers connect with: Endpoint={scheme}://{addr};AccessKey={key};Version=1.0;"
             );
         }
         None => {}
     }
     if generated.is_some() {
         println!(
-            "  clients connect (through their app server's negotiate) to: http://{addr}/client/"
+            "  clients connect (through their app server's negotiate) to: {scheme}://{addr}/client/"
         );
     }
-    println!("  status page: http://{addr}/  (metrics: /metrics, readiness: /ready)");
-    println!("signalr-relay listening on http://{addr}");
+    match operator.as_ref().and_then(|o| o.local_addr().ok()) {
+        Some(metrics) => println!(
+            "  status page: {scheme}://{addr}/  (readiness: /ready; metrics: http://{metrics}/metrics)"
+        ),
+        None => {
+            println!("  status page: {scheme}://{addr}/  (metrics: /metrics, readiness: /ready)")
+        }
+    }
+    println!("signalr-relay listening on {scheme}://{addr}");
     exit_after(&runtime, args.exit_after);
     let signalled = termination(runtime.clone());
-    if let Err(e) =
-        crate::serve_until(runtime, listener, config, args.serve_options(), signalled).await
+    if let Err(e) = crate::glue::serve_until_with_operator(
+        runtime, listener, operator, config, options, signalled,
+    )
+    .await
     {
         tracing::error!("{e}");
         eprintln!("error: {e}");
@@ -775,6 +837,16 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
             std::process::exit(2);
         }
     }
+    let https = args.connection_string.iter().any(|cs| {
+        signalr_relay_core::auth::ConnectionString::parse(cs)
+            .is_ok_and(|cs| cs.server_endpoint().starts_with("https:"))
+    });
+    if https {
+        if let Err(e) = crate::glue::tls::client_config(args.ca.as_deref()) {
+            eprintln!("error: --ca: {e}");
+            std::process::exit(2);
+        }
+    }
     let addr = listener.local_addr().unwrap_or(args.listen);
     let hubs: Vec<String> = crate::sample_app::hubs()
         .iter()
@@ -798,6 +870,7 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
     if let Some(id) = &args.server_id {
         options.server_id.clone_from(id);
     }
+    options.ca_file.clone_from(&args.ca);
     if let Err(e) =
         crate::sample_app::run(runtime, listener, &args.connection_string, options, true).await
     {
@@ -807,9 +880,9 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
 }
 
 /// Binds `addr` or exits with a clear message naming the address and the flag.
-pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr) -> L {
+pub fn bound<L>(result: std::io::Result<L>, addr: SocketAddr, flag: &str) -> L {
     result.unwrap_or_else(|e| {
-        eprintln!("error: cannot listen on {addr} (--listen): {e}");
+        eprintln!("error: cannot listen on {addr} ({flag}): {e}");
         std::process::exit(1);
     })
 }

@@ -33,7 +33,10 @@ pub mod glue;
 pub mod sample_app;
 pub mod sdk;
 
-pub use glue::{serve, serve_http, serve_until, BoxFuture, Listener, Runtime, ServeOptions};
+pub use glue::{
+    serve, serve_http, serve_until, serve_until_with_operator, BoxFuture, Listener, Runtime,
+    ServeOptions,
+};
 pub use signalr_relay_core as core;
 
 /// The sample app under its former name.

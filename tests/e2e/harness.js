@@ -29,7 +29,7 @@ function startProcess(name, args, { nofile } = {}) {
   const ready = new Promise((resolve, reject) => {
     const onData = (d) => {
       out += d;
-      const m = out.match(/listening on http:\/\/([0-9.]+:\d+)/);
+      const m = out.match(/listening on https?:\/\/([0-9.]+:\d+)/);
       if (m) resolve(m[1]);
     };
     child.stdout.on('data', onData);
@@ -87,9 +87,10 @@ function freePort(host) {
 
 /// Debian's nginx as a reverse proxy in front of the relay, as the README's deployment has
 /// it: it listens on 127.0.0.2, reaches the relay from 127.0.0.3, passes WebSockets through
-/// and appends the client's address to X-Forwarded-For. It exits by itself after
-/// SAFETY_EXIT_SECS, like every process the tests start.
-async function startNginx(relayAddr) {
+/// and appends the client's address to X-Forwarded-For. With `tls` (`{ cert, key, ca }`,
+/// PEM file paths), it terminates TLS with that certificate, as in front of a relay on plain
+/// HTTP. It exits by itself after SAFETY_EXIT_SECS, like every process the tests start.
+async function startNginx(relayAddr, { tls } = {}) {
   const fs = require('node:fs');
   const os = require('node:os');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-nginx-'));
@@ -109,7 +110,8 @@ http {
   scgi_temp_path ${dir}/scgi;
   map $http_upgrade $connection_upgrade { default upgrade; '' close; }
   server {
-    listen 127.0.0.2:${port};
+    listen 127.0.0.2:${port}${tls ? ' ssl' : ''};
+${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};` : ''}
     location / {
       proxy_pass http://${relayAddr};
       proxy_bind 127.0.0.3;
@@ -133,7 +135,15 @@ http {
   const deadline = Date.now() + 10000;
   for (;;) {
     try {
-      await fetch(`http://127.0.0.2:${port}/health`);
+      if (tls) {
+        // Node's fetch does not take a CA; any TLS answer means nginx is up.
+        await new Promise((resolve, reject) => {
+          const socket = require('node:tls').connect({ host: '127.0.0.2', port, ca: fs.readFileSync(tls.ca) }, () => { socket.end(); resolve(); });
+          socket.on('error', reject);
+        });
+      } else {
+        await fetch(`http://127.0.0.2:${port}/health`);
+      }
       break;
     } catch (e) {
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nginx did not start: ${out}`);
@@ -328,4 +338,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, Stack, Browser, startProcess, freePort, jwt, next, collect, sleep, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startNginx, freePort, jwt, next, collect, sleep, signalR };

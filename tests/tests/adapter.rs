@@ -746,3 +746,65 @@ fn the_driver_runs_on_its_runtimes_clock() {
         .recv_timeout(Duration::from_secs(120))
         .expect("the relay's hour passed on the runtime's clock");
 }
+
+/// A TLS handshake has the time a request's headers have. On tokio's paused clock, a peer
+/// that starts a handshake and stalls is closed, without an answer, once the header-read
+/// timeout (an hour here) has passed on the relay's clock. (A real client's handshake beside
+/// such peers is the end-to-end TLS test's.)
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_the_header_read_timeout() {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!(
+        "relay-adapter-tls-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let ca = signalr_relay_tests::TestCa::new().expect("a test CA");
+    ca.write_to(&dir).expect("certificates written");
+    let tls =
+        signalr_relay_tokio::glue::tls::ServerTls::load(dir.join("cert.pem"), dir.join("key.pem"))
+            .expect("the certificate loads");
+
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            let listener = TokioListener::bind("127.0.0.1:0".parse().expect("an address"))
+                .await
+                .expect("bound");
+            let addr = listener.local_addr().expect("an address");
+            let mut options = ServeOptions::default();
+            options.header_read_timeout = Duration::from_secs(3600);
+            options.tls = Some(tls);
+            tokio::spawn(signalr_relay_tokio::serve(
+                TokioRuntime,
+                listener,
+                config(),
+                options,
+            ));
+            let runtime = TokioRuntime;
+            let started = runtime.now();
+            let mut stalled = runtime.connect(addr).await.expect("connected");
+            stalled
+                .write_all(&[0x16, 0x03, 0x01])
+                .await
+                .expect("a handshake begun");
+            let mut rest = Vec::new();
+            let read = stalled.read_to_end(&mut rest).await;
+            assert!(read.is_ok_and(|n| n == 0), "closed without an answer");
+            assert!(runtime.now() - started >= Duration::from_secs(3600));
+        });
+        let _ = done.send(());
+    });
+    let result = finished.recv_timeout(Duration::from_secs(120));
+    let _ = std::fs::remove_dir_all(&dir);
+    result.expect("the stalled handshake was closed on the runtime's clock");
+}

@@ -8,7 +8,11 @@ fn main() {
     let args = SampleArgs::parse();
     init_logging(&args.logging);
     signalr_relay_smol::block_on(async move {
-        let listener = bound(SmolListener::bind(args.listen).await, args.listen);
+        let listener = bound(
+            SmolListener::bind(args.listen).await,
+            args.listen,
+            "--listen",
+        );
         run_sample_app(SmolRuntime, listener, &args).await;
     });
 }

@@ -10,7 +10,19 @@ fn main() {
         std::process::exit(print_status_token(&args));
     }
     signalr_relay_smol::block_on(async move {
-        let listener = bound(SmolListener::bind(args.listen).await, args.listen);
-        run_relay(SmolRuntime, listener, &args).await;
+        let listener = bound(
+            SmolListener::bind(args.listen).await,
+            args.listen,
+            "--listen",
+        );
+        let operator = match args.metrics_listen {
+            Some(addr) => Some(bound(
+                SmolListener::bind(addr).await,
+                addr,
+                "--metrics-listen",
+            )),
+            None => None,
+        };
+        run_relay(SmolRuntime, listener, operator, &args).await;
     });
 }

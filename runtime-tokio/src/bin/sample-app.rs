@@ -8,6 +8,10 @@ use signalr_relay_tokio::{TokioListener, TokioRuntime};
 async fn main() {
     let args = SampleArgs::parse();
     init_logging(&args.logging);
-    let listener = bound(TokioListener::bind(args.listen).await, args.listen);
+    let listener = bound(
+        TokioListener::bind(args.listen).await,
+        args.listen,
+        "--listen",
+    );
     run_sample_app(TokioRuntime, listener, &args).await;
 }

@@ -10,6 +10,18 @@ async fn main() {
     if args.print_status_token {
         std::process::exit(print_status_token(&args));
     }
-    let listener = bound(TokioListener::bind(args.listen).await, args.listen);
-    run_relay(TokioRuntime, listener, &args).await;
+    let listener = bound(
+        TokioListener::bind(args.listen).await,
+        args.listen,
+        "--listen",
+    );
+    let operator = match args.metrics_listen {
+        Some(addr) => Some(bound(
+            TokioListener::bind(addr).await,
+            addr,
+            "--metrics-listen",
+        )),
+        None => None,
+    };
+    run_relay(TokioRuntime, listener, operator, &args).await;
 }

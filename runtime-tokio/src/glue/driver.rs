@@ -31,6 +31,7 @@ use crate::glue::http::{
     allow_origin, bad_upgrade, empty, preflight, respond, text, to_core_request, Body,
 };
 use crate::glue::queue::{self, AbortSignal, Command, Outbox, Refused};
+use crate::glue::tls::{self, Accepted, ServerTls};
 use crate::glue::ws::{self, Incoming};
 use crate::glue::{Listener, Runtime};
 
@@ -65,6 +66,9 @@ pub struct ServeOptions {
     /// How long a graceful shutdown waits for the clients to go (default 30 s; see
     /// [`serve_until`]).
     pub drain_timeout: Duration,
+    /// TLS on the listener (default none: plain HTTP). The operator listener of
+    /// [`serve_until_with_operator`] stays plain.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServeOptions {
@@ -78,6 +82,7 @@ impl Default for ServeOptions {
             server_send_pause: 1024 * 1024,
             write_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -91,6 +96,17 @@ struct Settings {
     /// Largest WebSocket message from a client, and from an app server.
     client_frame: usize,
     server_frame: usize,
+    /// Whether `/metrics` is served on the operator listener only.
+    metrics_elsewhere: bool,
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The relay's: clients, app servers, and the operator's endpoints.
+    Public,
+    /// `--metrics-listen`'s: `/metrics`, `/health` and `/ready` only.
+    Operator,
 }
 
 /// Requests the gate refused on their headers, by endpoint and cause (merged into
@@ -103,13 +119,25 @@ struct GateRefusals {
 
 impl GateRefusals {
     fn add(&self, now: Instant, req: &HttpRequest, refusal: &Rejection) {
-        let key = signalr_relay_core::relay::refusal_labels(&req.path, refusal.cause());
-        let mut counts = self
+        self.count(signalr_relay_core::relay::refusal_labels(
+            &req.path,
+            refusal.cause(),
+        ));
+        self.log(now, req, refusal);
+    }
+
+    /// Counts a refusal without logging it: a connection refused before any request is one
+    /// that scanners and stray plain-HTTP clients would fill the log with.
+    fn count(&self, key: (&'static str, &'static str)) {
+        *self
             .counts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts.entry(key).or_default() += 1;
-        drop(counts);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    fn log(&self, now: Instant, req: &HttpRequest, refusal: &Rejection) {
         let allowed = self
             .log
             .lock()
@@ -185,6 +213,28 @@ where
     L: Listener,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
+    serve_until_with_operator(runtime, listener, None, config, options, shut_down).await
+}
+
+/// [`serve_until`], with an operator listener besides, if given: it serves `/metrics`,
+/// `/health` and `/ready` (404 for anything else), over plain HTTP, and `/metrics` is then
+/// served there only. For operators who keep metrics off the public address.
+///
+/// # Errors
+/// As [`serve_until`].
+pub async fn serve_until_with_operator<R, L, S>(
+    runtime: R,
+    listener: L,
+    operator: Option<L>,
+    config: RelayConfig,
+    options: ServeOptions,
+    shut_down: S,
+) -> std::io::Result<()>
+where
+    R: Runtime,
+    L: Listener,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -197,8 +247,12 @@ where
         server_frame: relay.config().max_server_message_size.saturating_mul(4) + 1024,
         gate: relay.gate(),
         gate_refusals: Arc::default(),
+        metrics_elsewhere: operator.is_some(),
         options,
     });
+    if let Some(tls) = &settings.options.tls {
+        tls.watch(&runtime);
+    }
     let (events, queue) = mpsc::channel(4096);
     let (drained, done) = oneshot::channel();
     let listen = listener.local_addr().ok();
@@ -217,16 +271,17 @@ where
         let _ = trigger.send(DriverInput::ShutDown).await;
     });
     let count = ConnectionCount::new(settings.options.max_connections);
-    let accepting = accept_loop(&runtime, listener, count, |stream, peer, admitted| {
-        runtime.spawn(serve_connection(
+    if let Some(operator) = operator {
+        runtime.spawn(accept_on(
             runtime.clone(),
-            stream,
-            peer,
+            operator,
+            count.clone(),
             events.clone(),
             settings.clone(),
-            admitted,
+            Port::Operator,
         ));
-    });
+    }
+    let accepting = accept_on(runtime, listener, count, events, settings, Port::Public);
     // Accepting goes on while draining: late requests hear that the relay is going.
     let drained = matches!(
         select(Box::pin(accepting), done).await,
@@ -239,6 +294,29 @@ where
             "the relay's state machine stopped unexpectedly",
         ))
     }
+}
+
+/// Accepts connections on `listener`, as `port`, forever.
+async fn accept_on<R: Runtime, L: Listener>(
+    runtime: R,
+    listener: L,
+    count: Arc<ConnectionCount>,
+    events: mpsc::Sender<DriverInput>,
+    settings: Arc<Settings>,
+    port: Port,
+) {
+    accept_loop(&runtime, listener, count, |stream, peer, admitted| {
+        runtime.spawn(serve_connection(
+            runtime.clone(),
+            stream,
+            peer,
+            events.clone(),
+            settings.clone(),
+            admitted,
+            port,
+        ));
+    })
+    .await;
 }
 
 fn seed() -> [u8; 32] {
@@ -936,6 +1014,46 @@ async fn serve_connection<R: Runtime, S>(
     events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     admitted: Admitted,
+    port: Port,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    match settings.options.tls.clone() {
+        Some(tls_config) if port == Port::Public => {
+            // The handshake has the time a request's headers have.
+            let deadline =
+                runtime.sleep_until(runtime.now() + settings.options.header_read_timeout);
+            let handshake = tls::accept(&tls_config, stream);
+            futures_util::pin_mut!(handshake);
+            let failed = match select(handshake, deadline).await {
+                Either::Left((Accepted::Tls(session), _)) => {
+                    serve_http(runtime, *session, peer, events, settings.clone(), port).await;
+                    None
+                }
+                Either::Left((Accepted::Plain, _)) => Some("plain_http"),
+                Either::Left((Accepted::Failed(e), _)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    Some("handshake_failed")
+                }
+                Either::Right(((), _)) => Some("handshake_timeout"),
+            };
+            if let Some(cause) = failed {
+                settings.gate_refusals.count(("tls", cause));
+            }
+        }
+        _ => serve_http(runtime, stream, peer, events, settings, port).await,
+    }
+    drop(admitted);
+}
+
+/// Serves HTTP/1.1 (and its upgrades) on one connection, plain or TLS.
+async fn serve_http<R: Runtime, S>(
+    runtime: R,
+    stream: S,
+    peer: SocketAddr,
+    events: mpsc::Sender<DriverInput>,
+    settings: Arc<Settings>,
+    port: Port,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -953,6 +1071,7 @@ async fn serve_connection<R: Runtime, S>(
                 events.clone(),
                 settings.clone(),
                 abort.clone(),
+                port,
             )
         })
     };
@@ -969,7 +1088,6 @@ async fn serve_connection<R: Runtime, S>(
         Some(Ok(())) => {}
         None => tracing::debug!("HTTP connection dropped: its event stream stalled"),
     }
-    drop(admitted);
 }
 
 /// Largest request head (request line and headers) read: Kestrel's defaults are 8 KiB for the
@@ -1022,10 +1140,19 @@ async fn handle<R: Runtime, S>(
     mut events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     abort: Arc<AbortSignal>,
+    port: Port,
 ) -> Result<Response<Body>, Infallible>
 where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
+    let path = req.uri().path();
+    let served_here = match port {
+        Port::Operator => matches!(path, "/metrics" | "/health" | "/ready"),
+        Port::Public => !(settings.metrics_elsewhere && path == "/metrics"),
+    };
+    if !served_here {
+        return Ok(text(StatusCode::NOT_FOUND, "Not found."));
+    }
     if let Some(mut response) = preflight(&req).or_else(|| bad_upgrade(&req)) {
         allow_origin(req.headers().get(ORIGIN), &mut response);
         return Ok(response);

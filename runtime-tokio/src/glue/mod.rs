@@ -9,6 +9,7 @@
 //! | `http` | hyper on `futures-io`: requests for the core, responses, CORS |
 //! | `accept` | the accept loop: accept errors survived with a pause, a cap on open connections |
 //! | `process` | what the process costs (CPU, memory, descriptors), for `/metrics` |
+//! | `tls` | TLS on both sides: the listener's certificate (reloaded when its files change) and the SDK's roots |
 //! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
 //! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
 //!
@@ -19,6 +20,7 @@ pub(crate) mod driver;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod queue;
+pub mod tls;
 pub(crate) mod ws;
 
 use std::future::Future;
@@ -27,7 +29,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
-pub use self::driver::{serve, serve_until, ServeOptions};
+pub use self::driver::{serve, serve_until, serve_until_with_operator, ServeOptions};
 
 /// 32 random bytes from the OS, for a secret. Without OS randomness the process stops (with
 /// `without` in its log: what would be guessable otherwise) rather than go on with one.

@@ -24,6 +24,7 @@ use signalr_relay_core::service::{self, AckStatus, ServiceMessage};
 use super::command::{ConnCommand, ConnTx, Job};
 use super::hub::{lock, Call, ClientEntry, Context, HubError, InvokeError, Method, UploadStream};
 use super::{HubRuntime, Shared};
+use crate::glue::tls::ClientStream;
 use crate::glue::Runtime;
 
 pub(crate) fn random_u64() -> u64 {
@@ -89,9 +90,18 @@ async fn session<R: Runtime>(
         .connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let (stream, scheme) = match &shared.tls {
+        Some(tls) if url.scheme() == signalr_relay_core::auth::Scheme::Https => (
+            ClientStream::tls(tls, url.host(), stream)
+                .await
+                .map_err(|e| tls_failed(url.host(), &e))?,
+            "wss",
+        ),
+        _ => (ClientStream::Plain(stream), "ws"),
+    };
 
     let mut ws_url = format!(
-        "ws://{}:{}{}server/?hub={hub_key}&cid={:016x}",
+        "{scheme}://{}:{}{}server/?hub={hub_key}&cid={:016x}",
         url.host(),
         url.port_or_default(),
         path_prefix(url.path()),
@@ -242,6 +252,16 @@ async fn session<R: Runtime>(
     commands.close();
     lock(&hub.pool).retain(|(_, c)| !c.is_closed() && !c.same_receiver(&tx));
     result
+}
+
+/// Why a TLS session with the relay failed, with what to do about a certificate not trusted.
+fn tls_failed(host: &str, e: &std::io::Error) -> String {
+    let hint = if e.to_string().contains("UnknownIssuer") {
+        " (if a private CA issued the relay's certificate, trust it with the CA file: --ca, AppOptions::ca_file)"
+    } else {
+        ""
+    };
+    format!("TLS with {host}: {e}{hint}")
 }
 
 /// Why the relay did not take a server connection, in words an operator can act on.

@@ -41,6 +41,7 @@ pub use self::hub::{
     UploadStream,
 };
 use crate::glue::Runtime;
+use futures_rustls::rustls;
 
 /// Settings of an [`AppServer`].
 #[derive(Debug, Clone)]
@@ -74,6 +75,35 @@ pub struct AppOptions {
     /// hub's other app servers (default false), as the Azure SDK's `GracefulShutdown.Mode =
     /// MigrateClients`; without it, they stay until they leave or the app server goes.
     pub migrate_clients_on_shutdown: bool,
+    /// PEM certificates to trust besides the platform's roots, for relays at `https`
+    /// endpoints whose certificate a private CA issued (default none).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Why an [`AppServer`] could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    /// A connection string is invalid, or none was given.
+    ConnectionString(ConnectionStringError),
+    /// The TLS settings for an `https` endpoint: [`AppOptions::ca_file`] is unreadable.
+    Tls(String),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ConnectionString(e) => e.fmt(f),
+            Self::Tls(e) => write!(f, "the CA file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+impl From<ConnectionStringError> for SetupError {
+    fn from(e: ConnectionStringError) -> Self {
+        Self::ConnectionString(e)
+    }
 }
 
 /// Whether a client goes to the app server that negotiated it: the token names this app
@@ -116,6 +146,7 @@ impl Default for AppOptions {
             server_sticky: ServerSticky::Disabled,
             allow_stateful_reconnects: false,
             migrate_clients_on_shutdown: false,
+            ca_file: None,
         }
     }
 }
@@ -124,6 +155,8 @@ impl Default for AppOptions {
 pub(crate) struct Shared {
     /// The relays (endpoints) this app server serves through; at least one.
     pub(crate) endpoints: Vec<ConnectionString>,
+    /// TLS for the `https` endpoints (none if there is none).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) options: AppOptions,
     pub(crate) hubs: BTreeMap<String, Arc<HubRuntime>>,
     /// When each connection failure was last logged (at most once a minute each).
@@ -296,7 +329,7 @@ impl AppServer {
         connection_string: &str,
         hubs: Vec<Hub>,
         options: AppOptions,
-    ) -> Result<Self, ConnectionStringError> {
+    ) -> Result<Self, SetupError> {
         Self::with_endpoints(&[connection_string], hubs, options)
     }
 
@@ -306,12 +339,13 @@ impl AppServer {
     /// message, and each message for a client it does not serve itself, to all of them.
     ///
     /// # Errors
-    /// When a connection string is invalid, or none is given.
+    /// When a connection string is invalid, or none is given; when an endpoint is `https`
+    /// and [`AppOptions::ca_file`] cannot be read.
     pub fn with_endpoints<S: AsRef<str>>(
         connection_strings: &[S],
         hubs: Vec<Hub>,
         options: AppOptions,
-    ) -> Result<Self, ConnectionStringError> {
+    ) -> Result<Self, SetupError> {
         let mut endpoints: Vec<ConnectionString> = Vec::new();
         for cs in connection_strings {
             let cs = ConnectionString::parse(cs.as_ref())?;
@@ -326,8 +360,19 @@ impl AppServer {
             endpoints.push(cs);
         }
         if endpoints.is_empty() {
-            return Err(ConnectionStringError::MissingEndpoint);
+            return Err(ConnectionStringError::MissingEndpoint.into());
         }
+        let tls = if endpoints
+            .iter()
+            .any(|e| e.server_endpoint().starts_with("https:"))
+        {
+            Some(
+                crate::glue::tls::client_config(options.ca_file.as_deref())
+                    .map_err(SetupError::Tls)?,
+            )
+        } else {
+            None
+        };
         let hubs = hubs
             .into_iter()
             .map(|hub| {
@@ -352,6 +397,7 @@ impl AppServer {
         Ok(Self {
             shared: Arc::new(Shared {
                 endpoints,
+                tls,
                 options,
                 hubs,
                 failures_logged: Mutex::new(BTreeMap::new()),

@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -12,11 +13,21 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use signalr_relay_tokio::glue::tls::ClientStream;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+type ClientConfig = signalr_relay_tokio::glue::tls::rustls::ClientConfig;
+
+/// A client's connection: plain, or TLS to a relay on `--tls-cert`.
+pub(crate) type Conn = ClientStream<Compat<TcpStream>>;
 
 /// A client WebSocket.
-pub(crate) type Ws = WebSocketStream<Compat<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<Conn>;
+
+/// The TLS settings of connections to a relay on TLS: the run's test CA (set once, before
+/// the TLS relay is started).
+pub(crate) static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 /// Errors are reported as text: a failed connection is counted, not handled.
 pub(crate) type Result<T> = std::result::Result<T, String>;
@@ -45,9 +56,27 @@ async fn tcp(addr: &str) -> Result<TcpStream> {
     Ok(stream)
 }
 
+/// A connection to `addr`, over TLS if `tls`.
+async fn connect(addr: &str, tls: bool) -> Result<Conn> {
+    let stream = tcp(addr).await?.compat();
+    if !tls {
+        return Ok(ClientStream::Plain(stream));
+    }
+    let config = TLS.get().ok_or("no TLS settings")?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    ClientStream::tls(config, host, stream)
+        .await
+        .map_err(|e| format!("TLS with {addr}: {e}"))
+}
+
 /// One HTTP/1.1 POST (a connection of its own, as a browser's negotiate often is).
-pub(crate) async fn post(addr: &str, path: &str, bearer: Option<&str>) -> Result<(u16, Bytes)> {
-    let mut sender = keep_alive(addr).await?;
+pub(crate) async fn post(
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+    tls: bool,
+) -> Result<(u16, Bytes)> {
+    let mut sender = keep_alive(addr, tls).await?;
     let mut req = request("POST", addr, path, bearer, Bytes::new())?;
     req.headers_mut().insert(
         hyper::header::CONTENT_LENGTH,
@@ -75,9 +104,10 @@ fn field(body: &[u8], name: &str) -> Result<String> {
     })
 }
 
-async fn websocket(addr: &str, path: &str, bearer: Option<&str>) -> Result<Ws> {
-    let stream = tcp(addr).await?;
-    let mut req = format!("ws://{addr}{path}")
+async fn websocket(addr: &str, path: &str, bearer: Option<&str>, tls: bool) -> Result<Ws> {
+    let stream = connect(addr, tls).await?;
+    let scheme = if tls { "wss" } else { "ws" };
+    let mut req = format!("{scheme}://{addr}{path}")
         .into_client_request()
         .map_err(|e| e.to_string())?;
     if let Some(token) = bearer {
@@ -88,7 +118,7 @@ async fn websocket(addr: &str, path: &str, bearer: Option<&str>) -> Result<Ws> {
     }
     // A small read buffer, as a client with many connections would use.
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (ws, _) = async_tungstenite::client_async_with_config(req, stream.compat(), Some(config))
+    let (ws, _) = async_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("WebSocket to {addr}: {e}"))?;
     Ok(ws)
@@ -102,26 +132,31 @@ struct Negotiated {
     token: String,
     /// The connection token: the `id` of every later request.
     id: String,
+    /// Whether the relay is at an `https` URL.
+    tls: bool,
 }
 
 /// Negotiates as the official client does: at the app server, then at the relay it was
 /// redirected to.
 async fn negotiate(app: &str, hub: &str, user: &str) -> Result<Negotiated> {
-    let (status, body) = post(app, &format!("/{hub}/negotiate?user={user}"), None).await?;
+    let (status, body) = post(app, &format!("/{hub}/negotiate?user={user}"), None, false).await?;
     if status != 200 {
         return Err(format!("app negotiate: {status}"));
     }
     let url = field(&body, "url")?;
     let token = field(&body, "accessToken")?;
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("unexpected redirect {url}"))?;
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("unexpected redirect {url}")),
+    };
     let (relay, path_and_query) = rest.split_once('/').unwrap_or((rest, ""));
     let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
     let (status, body) = post(
         relay,
         &format!("/client/negotiate?{query}&negotiateVersion=1"),
         Some(&token),
+        tls,
     )
     .await?;
     if status != 200 {
@@ -132,6 +167,7 @@ async fn negotiate(app: &str, hub: &str, user: &str) -> Result<Negotiated> {
         query: query.to_owned(),
         token,
         id: field(&body, "connectionToken")?,
+        tls,
     })
 }
 
@@ -144,7 +180,7 @@ const HANDSHAKE: &str = "{\"protocol\":\"json\",\"version\":1}\u{1e}";
 pub(crate) async fn connect_relay(app: &str, hub: &str, user: &str) -> Result<Ws> {
     let n = negotiate(app, hub, user).await?;
     let path = format!("/client/?{}&id={}", n.query, n.id);
-    let mut ws = websocket(&n.relay, &path, Some(&n.token)).await?;
+    let mut ws = websocket(&n.relay, &path, Some(&n.token), n.tls).await?;
     ws.send(Message::text(HANDSHAKE))
         .await
         .map_err(|e| e.to_string())?;
@@ -182,9 +218,12 @@ impl Drop for HttpConn {
 }
 
 /// A new HTTP/1.1 connection to `addr`.
-async fn keep_alive(addr: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tcp(addr).await?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+async fn keep_alive(
+    addr: &str,
+    tls: bool,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = connect(addr, tls).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream.compat()))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -218,10 +257,11 @@ impl HttpConn {
         send_path: String,
         bearer: Option<String>,
         transport: HttpTransport,
+        tls: bool,
     ) -> Result<Self> {
-        let sender = keep_alive(host).await?;
+        let sender = keep_alive(host, tls).await?;
         let send_host = host.to_owned();
-        let mut poller = keep_alive(host).await?;
+        let mut poller = keep_alive(host, tls).await?;
         let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
         let host = host.to_owned();
         let bearer_for_sends = bearer.clone();
@@ -365,7 +405,15 @@ pub(crate) async fn connect_relay_http(
 ) -> Result<HttpConn> {
     let n = negotiate(app, hub, user).await?;
     let path = format!("/client/?{}&id={}", n.query, n.id);
-    let mut conn = HttpConn::open(&n.relay, path.clone(), path, Some(n.token), transport).await?;
+    let mut conn = HttpConn::open(
+        &n.relay,
+        path.clone(),
+        path,
+        Some(n.token),
+        transport,
+        n.tls,
+    )
+    .await?;
     conn.send(HANDSHAKE.to_owned()).await?;
     loop {
         match tokio::time::timeout(std::time::Duration::from_secs(5), conn.incoming.recv()).await {
@@ -387,10 +435,18 @@ pub(crate) async fn connect_floor_http(
         HttpTransport::LongPolling => ("poll", format!("lp-{id}")),
     };
     let path = format!("/{path}?id={id}");
-    HttpConn::open(floor_http, path, format!("/send?id={id}"), None, transport).await
+    HttpConn::open(
+        floor_http,
+        path,
+        format!("/send?id={id}"),
+        None,
+        transport,
+        false,
+    )
+    .await
 }
 
 /// A plain WebSocket to the floor server.
 pub(crate) async fn connect_floor(floor: &str) -> Result<Ws> {
-    websocket(floor, "/", None).await
+    websocket(floor, "/", None, false).await
 }

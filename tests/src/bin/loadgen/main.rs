@@ -176,6 +176,9 @@ enum Scenario {
     SlowConsumer,
     /// Azure's step test.
     Step,
+    /// WebSocket echoes over TLS (wss), against a second relay on `--tls-cert`, with a CA
+    /// made for the run: the relay's CPU per echo against plain ws.
+    Tls,
 }
 
 #[derive(Serialize, Default)]
@@ -197,6 +200,9 @@ struct Report {
     runtime: String,
     relay: Side,
     floor: Side,
+    /// The relay on TLS (connect storm and echoes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_tls: Option<Side>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -252,6 +258,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
             Scenario::Churn,
             Scenario::SendToConnection,
             Scenario::SlowConsumer,
+            Scenario::Tls,
         ];
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
@@ -281,7 +288,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     drop(floor);
 
     eprintln!("relay ({})…", args.runtime);
-    let mut relay = start_relay(&dir, &args.runtime, limit).await?;
+    let mut relay = start_relay(&dir, &args.runtime, limit, None).await?;
     let relay_side = run_side(&relay, &args).await;
     let stalled = relay.server.output().matches("stopped reading").count();
     if stalled > 0 {
@@ -293,11 +300,30 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
             relay.server.output()
         ));
     }
+    drop(relay.app.take());
+    let relay_output = relay.server.output();
+    drop(relay);
+    let relay_tls = if args.only.is_empty() || args.only.contains(&Scenario::Tls) {
+        eprintln!("relay ({}) on TLS…", args.runtime);
+        let certs = TlsFiles::make()?;
+        let mut tls_relay = start_relay(&dir, &args.runtime, limit, Some(&certs)).await?;
+        let side = run_tls_side(&tls_relay, &args).await;
+        if tls_relay.server.exited() {
+            return Err(format!(
+                "the TLS relay exited during the run:\n{}",
+                tls_relay.server.output()
+            ));
+        }
+        Some(side)
+    } else {
+        None
+    };
     let report = Report {
         date: today(),
         runtime: args.runtime.clone(),
         relay: relay_side,
         floor: floor_side,
+        relay_tls,
     };
     print_table(&report);
     if let (Some(path), Some(relay), Some(floor)) =
@@ -311,52 +337,102 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if args.smoke {
-        if let Err(e) = smoke_check(&report.relay).and(smoke_check(&report.floor)) {
-            eprintln!("relay output:\n{}", relay.server.output());
+        let tls = report.relay_tls.as_ref().map_or(Ok(()), smoke_check);
+        if let Err(e) = smoke_check(&report.relay)
+            .and(smoke_check(&report.floor))
+            .and(tls)
+        {
+            eprintln!("relay output:\n{relay_output}");
             return Err(e);
         }
     }
     Ok(())
 }
 
+/// A CA made for the run, and a loopback certificate it issued, in a directory removed when
+/// this is dropped.
+struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    fn make() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let files = Self { dir };
+        signalr_relay_tests::TestCa::new()
+            .map_err(|e| e.to_string())?
+            .write_to(&files.dir)
+            .map_err(|e| e.to_string())?;
+        let config = signalr_relay_tokio::glue::tls::client_config(Some(&files.path("ca.pem")))?;
+        let _ = client::TLS.set(config);
+        Ok(files)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Starts the relay (pinned to core 0) and the sample app (core 1), and waits until the app
-/// is through to the relay. Both exit by themselves after `limit` seconds.
-async fn start_relay(dir: &std::path::Path, runtime: &str, limit: u64) -> Result<Target, String> {
+/// is through to the relay. Both exit by themselves after `limit` seconds. With `tls`, the
+/// relay serves TLS, and the app trusts its CA.
+async fn start_relay(
+    dir: &std::path::Path,
+    runtime: &str,
+    limit: u64,
+    tls: Option<&TlsFiles>,
+) -> Result<Target, String> {
     let suffix = if runtime == "smol" { "-smol" } else { "" };
     let limit = limit.to_string();
     let key = "bench-key-0123456789abcdef0123456789abcdef";
+    let mut relay_args: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--access-key".into(),
+        key.into(),
+        "--log".into(),
+        "warn".into(),
+        "--exit-after".into(),
+        limit.clone(),
+    ];
+    let mut app_args: Vec<String> = Vec::new();
+    if let Some(tls) = tls {
+        relay_args.extend([
+            "--tls-cert".into(),
+            tls.path("cert.pem").display().to_string(),
+            "--tls-key".into(),
+            tls.path("key.pem").display().to_string(),
+        ]);
+        app_args.extend(["--ca".into(), tls.path("ca.pem").display().to_string()]);
+    }
     let relay = Proc::start(
         &dir.join(format!("signalr-relay{suffix}")),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--access-key".into(),
-            key.into(),
-            "--log".into(),
-            "warn".into(),
-            "--exit-after".into(),
-            limit.clone(),
-        ],
+        &relay_args,
         Some(0),
     )?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let connection_string = format!(
-        "Endpoint=http://{};AccessKey={key};Version=1.0;",
+        "Endpoint={scheme}://{};AccessKey={key};Version=1.0;",
         relay.addr
     );
-    let app = Proc::start(
-        &dir.join(format!("sample-app{suffix}")),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--connection-string".into(),
-            connection_string,
-            "--log".into(),
-            "warn".into(),
-            "--exit-after".into(),
-            limit,
-        ],
-        Some(1),
-    )?;
+    app_args.extend([
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--connection-string".into(),
+        connection_string,
+        "--log".into(),
+        "warn".into(),
+        "--exit-after".into(),
+        limit,
+    ]);
+    let app = Proc::start(&dir.join(format!("sample-app{suffix}")), &app_args, Some(1))?;
     let relay = Target {
         name: "relay",
         server: relay,
@@ -371,7 +447,7 @@ async fn run_soak(args: SoakArgs) -> Result<(), String> {
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
     procs::pin_self(1);
     let dir = bin_dir(args.bin_dir.as_ref())?;
-    let mut relay = start_relay(&dir, &args.runtime, args.seconds + 600).await?;
+    let mut relay = start_relay(&dir, &args.runtime, args.seconds + 600, None).await?;
     let plan = soak::SoakPlan {
         clients: args.clients,
         duration: Duration::from_secs(args.seconds),
@@ -460,6 +536,34 @@ async fn wait_for_app(relay: &Target) -> Result<(), String> {
         app.output(),
         relay.server.output()
     ))
+}
+
+/// The relay on TLS: the connect storm (connections over https and wss) and the WebSocket
+/// echoes, as [`run_side`] runs them.
+async fn run_tls_side(target: &Target, args: &RunArgs) -> Side {
+    let secs = Duration::from_secs(args.seconds);
+    let clients = args.clients.min(100);
+    eprintln!(
+        "  {} on TLS: connect storm and idle, {clients} connections",
+        target.name
+    );
+    let (connect, mut conns) =
+        scenarios::connect_storm(target, clients, args.concurrency, secs).await;
+    let mut side = Side {
+        connect: Some(connect),
+        ..Side::default()
+    };
+    scenarios::keep_alive(target, &mut conns).await;
+    for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
+        let n = n.min(conns.len());
+        eprintln!(
+            "  {} on TLS: echo, {n} connections × {in_flight} in flight",
+            target.name
+        );
+        side.echo
+            .push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
+    }
+    side
 }
 
 async fn run_side(target: &Target, args: &RunArgs) -> Side {
@@ -767,5 +871,48 @@ fn print_table(r: &Report) {
             "| step test | verdict (p99 < 1 s, < 1% failed) | {} | {} | |",
             a.verdict_connections, b.verdict_connections
         );
+    }
+    if let Some(tls) = &r.relay_tls {
+        print_tls_table(tls, &r.relay);
+    }
+}
+
+/// The relay on TLS against the relay on plain sockets, in the same run.
+fn print_tls_table(tls: &Side, plain: &Side) {
+    println!("\nThe relay on TLS (wss) against the relay on plain ws, same run");
+    println!("| scenario | measure | wss | ws | wss/ws |");
+    println!("|---|---|---|---|---|");
+    let row = |s: &str, m: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "| {s} | {m} | {a:.1} {unit} | {b:.1} {unit} | {} |",
+            ratio(a, b)
+        );
+    };
+    if let (Some(t), Some(p)) = (&tls.connect, &plain.connect) {
+        row(
+            "idle",
+            "RSS per connection",
+            t.server_rss_per_connection_bytes / 1024.0,
+            p.server_rss_per_connection_bytes / 1024.0,
+            "KiB",
+        );
+        row(
+            "connect",
+            "connects/s",
+            t.connects_per_sec,
+            p.connects_per_sec,
+            "",
+        );
+    }
+    for (t, p) in tls.echo.iter().zip(&plain.echo) {
+        let s = format!("echo {}×{}", t.connections, t.in_flight);
+        row(
+            &s,
+            "CPU per echo",
+            t.server_cpu_us_per_echo,
+            p.server_cpu_us_per_echo,
+            "µs",
+        );
+        row(&s, "p99", t.latency.p99_ms, p.latency.p99_ms, "ms");
     }
 }

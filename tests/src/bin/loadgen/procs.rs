@@ -62,7 +62,11 @@ impl Proc {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr = line
+                        .split("listening on http://")
+                        .nth(1)
+                        .or_else(|| line.split("listening on https://").nth(1));
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
                     }
                     if let Ok(mut out) = output.lock() {
