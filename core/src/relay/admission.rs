@@ -93,6 +93,37 @@ impl Admission {
         let claims = self.verify(config, now, req, path, Some(&hub))?;
         Ok((hub, claims))
     }
+
+    /// Verifies a REST API request's bearer token: its audience must be the request's URL,
+    /// compared by path only (case-insensitively, trailing `/` trimmed), since the SDK signs
+    /// `api-version` into the audience and adds `excluded` and `reason` after signing.
+    pub(crate) fn verify_rest(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+    ) -> Result<Claims, Rejection> {
+        let token = req.bearer_token().ok_or(Rejection::NoToken)?;
+        let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
+        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
+        let claims = auth::verify(&token, &keys, self.unix_now(now), &validation)
+            .map_err(|e| Rejection::BadToken(e.to_string()))?;
+        let wanted = req.path.trim_end_matches('/');
+        let audience_ok = claims.aud.iter().any(|aud| {
+            auth::HttpUrl::parse(aud).is_ok_and(|url| {
+                url.path()
+                    .trim_end_matches('/')
+                    .eq_ignore_ascii_case(wanted)
+            })
+        });
+        if !audience_ok {
+            return Err(Rejection::WrongAudience {
+                path: "this REST API URL",
+                hub: None,
+            });
+        }
+        Ok(claims)
+    }
 }
 
 /// The `hub` query parameter, in lower case.

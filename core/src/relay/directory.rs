@@ -249,6 +249,13 @@ impl Directory {
 
     // ---------------------------------------------------------------- groups
 
+    /// The hub of the client with this connection id.
+    pub(crate) fn hub_of(&self, connection_id: &str) -> Option<HubId> {
+        self.by_connection_id
+            .get(connection_id)
+            .map(|&(_, hub)| hub)
+    }
+
     /// Puts the client with this connection id in a group of its hub. Whether it exists.
     /// Refused (`false`) for an unknown connection, and past the limits.
     pub(crate) fn join_by_id(&mut self, connection_id: &str, group: &str) -> bool {

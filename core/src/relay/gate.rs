@@ -78,6 +78,10 @@ impl RequestGate {
                 .admission
                 .verify(config, now, req, CLASSIC_BASE, None)
                 .map(|_| classic_body_limit(config)),
+            p if p.starts_with("/api/") => self
+                .admission
+                .verify_rest(config, now, req)
+                .map(|_| super::rest::MAX_BODY),
             _ => Ok(0),
         }
     }

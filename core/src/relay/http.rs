@@ -69,6 +69,8 @@ pub struct HttpResponse {
     pub content_type: &'static str,
     /// The body.
     pub body: Bytes,
+    /// Further headers (the REST API's `x-ms-error-code`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl HttpResponse {
@@ -77,6 +79,7 @@ impl HttpResponse {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
             body: Bytes::from(body.into()),
         }
     }
@@ -86,6 +89,7 @@ impl HttpResponse {
         Self {
             status: 200,
             content_type: "application/json",
+            headers: Vec::new(),
             body: Bytes::from(body),
         }
     }

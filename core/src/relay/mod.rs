@@ -115,6 +115,7 @@ mod output;
 mod policy;
 mod reason;
 mod reframe;
+mod rest;
 mod servers;
 pub mod sim;
 mod stats;
@@ -135,6 +136,7 @@ pub use self::metrics::{
 pub use self::output::{ClientFamily, Event, Output};
 pub use self::reason::texts::CONNECTION_NOT_FOUND;
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
+pub use self::rest::MAX_BODY as REST_BODY_LIMIT;
 pub use self::stats::{CloseCounts, RelayStats, Traffic};
 
 use self::admission::{hub_param, Admission};
@@ -160,6 +162,7 @@ pub fn refusal_labels(path: &str, cause: &'static str) -> (&'static str, &'stati
         "/client/negotiate" => "negotiate",
         "/client" => "client",
         "/server" => "server",
+        p if p.starts_with("/api/") => "rest",
         p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => "classic",
         _ => "other",
     };
@@ -334,6 +337,7 @@ impl Relay {
             (_, p) if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => {
                 Ok(self.classic_request(now, req))
             }
+            (_, p) if p.starts_with("/api/") => self.rest(now, req),
             (_, "/client" | "/server" | "/client/negotiate") => {
                 Err(Rejection::EndpointMethodNotAllowed)
             }
@@ -1293,6 +1297,22 @@ impl Relay {
             hub,
             ack: ack_id,
         } = origin;
+        let ok = self.carry_out(now, hub, Some(conn), command);
+        if let (Some(ack_id), Some(ok)) = (ack_id, ok) {
+            self.out.service(conn, &ack(ack_id, ok));
+        }
+    }
+
+    /// Carries out `command` in `hub`: whether it found what it was about (an existence
+    /// check's answer). `None` when it could not be carried out at all (a send with a filter
+    /// that does not parse: `from`, the server connection that asked, is told).
+    fn carry_out(
+        &mut self,
+        now: Instant,
+        hub: HubId,
+        from: Option<ConnHandle>,
+        command: HubCommand<'_>,
+    ) -> Option<bool> {
         let d = &mut self.directory;
         let ok = match command {
             HubCommand::Send {
@@ -1305,15 +1325,17 @@ impl Relay {
                     Some(Ok(filter)) => Some(filter),
                     // A filter that does not parse reaches nobody; the app server is told.
                     Some(Err(e)) => {
-                        let event = ServiceMessage::ServiceEvent(service::ServiceEvent {
-                            object_type: service::ServiceEventObjectType::ServerConnection,
-                            id: Some(format!("server-{}", conn.0)),
-                            kind: service::ServiceEventKind::Invalid,
-                            message: format!("A message was not sent: {e}."),
-                            ext: service::Ext::default(),
-                        });
-                        self.out.service(conn, &event);
-                        return;
+                        if let Some(conn) = from {
+                            let event = ServiceMessage::ServiceEvent(service::ServiceEvent {
+                                object_type: service::ServiceEventObjectType::ServerConnection,
+                                id: Some(format!("server-{}", conn.0)),
+                                kind: service::ServiceEventKind::Invalid,
+                                message: format!("A message was not sent: {e}."),
+                                ext: service::Ext::default(),
+                            });
+                            self.out.service(conn, &event);
+                        }
+                        return None;
                     }
                 };
                 self.send(now, hub, to, &Prepared::new(payloads), filter.as_ref());
@@ -1347,9 +1369,7 @@ impl Relay {
                 d.user_in_group(now, hub, user, group)
             }
         };
-        if let Some(ack_id) = ack_id {
-            self.out.service(conn, &ack(ack_id, ok));
-        }
+        Some(ok)
     }
 
     /// Delivers a multicast message to an audience: each client looked up once; a client

@@ -526,6 +526,7 @@ impl<R: Runtime> Driver<R> {
         HttpResponse {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
+            headers: Vec::new(),
             body: Bytes::from(text),
         }
     }
@@ -683,6 +684,7 @@ impl<R: Runtime> Driver<R> {
                 let page = HttpResponse {
                     status: 200,
                     content_type: "text/html; charset=utf-8",
+                    headers: Vec::new(),
                     body: Bytes::from_static(STATUS_PAGE.as_bytes()),
                 };
                 let _ = reply.send((RequestOutcome::Respond(page), None));
@@ -1023,11 +1025,20 @@ async fn serve_connection<R: Runtime, S>(
             // The handshake has the time a request's headers have.
             let deadline =
                 runtime.sleep_until(runtime.now() + settings.options.header_read_timeout);
-            let handshake = tls::accept(&tls_config, stream);
-            futures_util::pin_mut!(handshake);
+            // Boxed, as is what follows: every connection's task is as large as its largest
+            // state, and a TLS session is large; a plain connection should not pay for it.
+            let handshake = Box::pin(tls::accept(&tls_config, stream));
             let failed = match select(handshake, deadline).await {
                 Either::Left((Accepted::Tls(session), _)) => {
-                    serve_http(runtime, *session, peer, events, settings.clone(), port).await;
+                    Box::pin(serve_http(
+                        runtime,
+                        *session,
+                        peer,
+                        events,
+                        settings.clone(),
+                        port,
+                    ))
+                    .await;
                     None
                 }
                 Either::Left((Accepted::Plain, _)) => Some("plain_http"),

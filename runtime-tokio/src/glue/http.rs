@@ -105,6 +105,11 @@ pub(crate) fn respond(r: HttpResponse) -> Response<Body> {
         CACHE_CONTROL,
         HeaderValue::from_static("no-cache, no-store"),
     );
+    for (name, value) in r.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
     response
 }
 

@@ -133,6 +133,7 @@ fn json(body: impl Into<Bytes>) -> HttpResponse {
     HttpResponse {
         status: 200,
         content_type: "application/json; charset=UTF-8",
+        headers: Vec::new(),
         body: body.into(),
     }
 }

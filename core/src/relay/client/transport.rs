@@ -69,6 +69,7 @@ pub(crate) fn poll_response(body: Bytes) -> HttpResponse {
     HttpResponse {
         status: 200,
         content_type: "application/octet-stream",
+        headers: Vec::new(),
         body,
     }
 }
@@ -77,6 +78,7 @@ fn no_content() -> HttpResponse {
     HttpResponse {
         status: 204,
         content_type: "text/plain; charset=utf-8",
+        headers: Vec::new(),
         body: Bytes::new(),
     }
 }

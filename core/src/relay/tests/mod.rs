@@ -7,6 +7,7 @@ mod fanout;
 mod invocations;
 mod negotiate;
 mod policy;
+mod rest;
 mod servers;
 mod simulation;
 mod stateful;
