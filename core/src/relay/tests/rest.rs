@@ -336,3 +336,172 @@ fn bad_bodies_and_names_get_400_and_a_large_body_413() {
         404
     );
 }
+
+/// Every operation of Azure's published API, version 1 and 2022-06-01 (the facts of
+/// `docs/swagger/v1.json` and `docs/swagger/V20220601.json` in Azure/azure-signalr: method,
+/// path, and the statuses each documents), called on a relay with a client of `alice` in
+/// group `g`: each answers one of its documented statuses (`default`, in 2022-06-01, is an
+/// error response: 404 with an `x-ms-error-code`).
+#[test]
+fn every_operation_of_both_published_versions_answers_a_documented_status() {
+    const V1: &[(&str, &str, &[u16])] = &[
+        ("HEAD", "/api/v1/health", &[200]),
+        ("POST", "/api/v1/hubs/{hub}", &[202]),
+        ("POST", "/api/v1/hubs/{hub}/users/{user}", &[202]),
+        (
+            "POST",
+            "/api/v1/hubs/{hub}/connections/{connectionId}",
+            &[202],
+        ),
+        (
+            "GET",
+            "/api/v1/hubs/{hub}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        (
+            "HEAD",
+            "/api/v1/hubs/{hub}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        ("POST", "/api/v1/hubs/{hub}/groups/{group}", &[202]),
+        ("GET", "/api/v1/hubs/{hub}/groups/{group}", &[200, 404]),
+        ("HEAD", "/api/v1/hubs/{hub}/groups/{group}", &[200, 404]),
+        ("GET", "/api/v1/hubs/{hub}/users/{user}", &[200, 404]),
+        ("HEAD", "/api/v1/hubs/{hub}/users/{user}", &[200, 404]),
+        (
+            "PUT",
+            "/api/v1/hubs/{hub}/groups/{group}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        (
+            "GET",
+            "/api/v1/hubs/{hub}/groups/{group}/users/{user}",
+            &[200, 404],
+        ),
+        (
+            "HEAD",
+            "/api/v1/hubs/{hub}/groups/{group}/users/{user}",
+            &[200, 404],
+        ),
+        (
+            "PUT",
+            "/api/v1/hubs/{hub}/groups/{group}/users/{user}",
+            &[202],
+        ),
+        (
+            "DELETE",
+            "/api/v1/hubs/{hub}/groups/{group}/users/{user}",
+            &[202],
+        ),
+        (
+            "DELETE",
+            "/api/v1/hubs/{hub}/groups/{group}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        (
+            "DELETE",
+            "/api/v1/hubs/{hub}/users/{user}/groups",
+            &[200, 202],
+        ),
+        (
+            "DELETE",
+            "/api/v1/hubs/{hub}/connections/{connectionId}",
+            &[202],
+        ),
+    ];
+    const V2022: &[(&str, &str, &[u16])] = &[
+        ("HEAD", "/api/health", &[200]),
+        ("POST", "/api/hubs/{hub}/:send", &[202]),
+        (
+            "POST",
+            "/api/hubs/{hub}/connections/{connectionId}/:send",
+            &[202],
+        ),
+        (
+            "HEAD",
+            "/api/hubs/{hub}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        ("POST", "/api/hubs/{hub}/groups/{group}/:send", &[202]),
+        ("HEAD", "/api/hubs/{hub}/groups/{group}", &[200, 404]),
+        (
+            "PUT",
+            "/api/hubs/{hub}/groups/{group}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        ("HEAD", "/api/hubs/{hub}/users/{user}", &[200, 404]),
+        ("POST", "/api/hubs/{hub}/users/{user}/:send", &[202]),
+        (
+            "HEAD",
+            "/api/hubs/{hub}/users/{user}/groups/{group}",
+            &[200, 404],
+        ),
+        ("PUT", "/api/hubs/{hub}/users/{user}/groups/{group}", &[200]),
+        (
+            "DELETE",
+            "/api/hubs/{hub}/users/{user}/groups/{group}",
+            &[204],
+        ),
+        ("DELETE", "/api/hubs/{hub}/users/{user}/groups", &[204]),
+        (
+            "DELETE",
+            "/api/hubs/{hub}/groups/{group}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        (
+            "DELETE",
+            "/api/hubs/{hub}/connections/{connectionId}/groups",
+            &[200],
+        ),
+        (
+            "POST",
+            "/api/hubs/{hub}/users/{user}/:closeConnections",
+            &[204],
+        ),
+        (
+            "POST",
+            "/api/hubs/{hub}/groups/{group}/:closeConnections",
+            &[204],
+        ),
+        (
+            "DELETE",
+            "/api/hubs/{hub}/connections/{connectionId}",
+            &[200, 404],
+        ),
+        ("POST", "/api/hubs/{hub}/:closeConnections", &[204]),
+    ];
+    assert_eq!((V1.len(), V2022.len()), (19, 19));
+    let mut sim = sim();
+    sim.connect_server("chat", "app-1");
+    let (a, a_id) = sim.connect_client("chat", Some("alice"), "json");
+    sim.accept_handshake(a, &a_id);
+    let join = rest(
+        "PUT",
+        &format!("/api/hubs/chat/groups/g/connections/{a_id}"),
+        V2,
+        b"",
+    );
+    assert_eq!(status(&mut sim, &join).0, 200);
+    for (version, operations) in [("", V1), (V2, V2022)] {
+        for (method, template, documented) in operations {
+            let path = template
+                .replace("{hub}", "chat")
+                .replace("{connectionId}", &a_id)
+                .replace("{user}", "alice")
+                .replace("{group}", "g");
+            let body = if *method == "POST" && !path.ends_with(":closeConnections") {
+                body("op")
+            } else {
+                Vec::new()
+            };
+            let (got, code) = status(&mut sim, &rest(method, &path, version, &body));
+            assert!(
+                documented.contains(&got),
+                "{method} {template} ({version}): {got}"
+            );
+            assert_eq!(got == 404, code.is_some(), "{method} {template}: {code:?}");
+        }
+    }
+    // The closes came last: alice's connection is gone.
+    assert!(sim.closed.contains_key(&a));
+}
