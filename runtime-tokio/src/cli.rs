@@ -57,6 +57,13 @@ pub struct RelayArgs {
     )]
     pub dev_on_network: bool,
 
+    /// Who serves a hub's clients, as Azure's service modes: `default` (app servers),
+    /// `serverless` (no app server: the REST API, management connections and upstream; app
+    /// servers' own connections are refused), or `classic` (a hub with app servers as
+    /// default, one without as serverless).
+    #[arg(help_heading = "Serverless", long, env = "SIGNALR_RELAY_SERVICE_MODE", default_value = "default", value_parser = service_mode)]
+    pub service_mode: signalr_relay_core::relay::ServiceMode,
+
     /// Largest hub message a client may send, in bytes.
     #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value = "32KiB", value_parser = byte_size)]
     pub max_message_size: usize,
@@ -314,6 +321,7 @@ impl RelayArgs {
             Duration::from_secs(self.classic_disconnect_timeout.max(1));
         config.classic_buffer_messages = self.classic_buffer_messages.max(1);
         config.trusted_proxies = self.trusted_proxies.clone();
+        config.service_mode = self.service_mode;
         // Which relay process the app servers' clients came through (`Asrs-Instance-Id`, and
         // the `offline` ping of a shutdown): new for each run.
         config.instance_id = format!("relay-{}", &generate_key()[..12]);
@@ -929,6 +937,11 @@ fn with_unit(text: &str, what: &str, scale: impl Fn(&str) -> Option<u64>) -> Res
     let scale = scale(unit.trim()).ok_or_else(|| format!("{text:?}: unknown unit in {what}"))?;
     n.checked_mul(scale)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A service mode: `default`, `serverless` or `classic`.
+pub fn service_mode(text: &str) -> Result<signalr_relay_core::relay::ServiceMode, String> {
+    text.parse()
 }
 
 /// A listen address: `host:port`, where a host name is resolved (its first address), or a

@@ -88,6 +88,47 @@ pub struct RelayConfig {
     /// the CLI's dev modes set it). It shows no secret, but it shows the hubs and app
     /// servers.
     pub open_status: bool,
+    /// Default, serverless or classic, as Azure names its service modes (default
+    /// [`ServiceMode::Default`]).
+    pub service_mode: ServiceMode,
+}
+
+/// Who serves a hub's clients, as Azure SignalR's service modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceMode {
+    /// App servers do: a hub without one refuses clients.
+    #[default]
+    Default,
+    /// No app server: clients connect with a token the backend minted, are reached through
+    /// the REST API and management connections, and what they send goes upstream. App
+    /// servers' own connections are refused (management connections are welcome).
+    Serverless,
+    /// A hub with app servers as in Default mode; one without them as in Serverless mode.
+    Classic,
+}
+
+impl ServiceMode {
+    /// Its name, as Azure and `--service-mode` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Serverless => "serverless",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "default" => Ok(Self::Default),
+            "serverless" => Ok(Self::Serverless),
+            "classic" => Ok(Self::Classic),
+            _ => Err(format!("{s:?}: expected default, serverless or classic")),
+        }
+    }
 }
 
 impl RelayConfig {
@@ -131,6 +172,7 @@ impl Default for RelayConfig {
             max_connections_per_token: 1000,
             trusted_proxies: Vec::new(),
             open_status: false,
+            service_mode: ServiceMode::Default,
         }
     }
 }

@@ -78,7 +78,7 @@ impl Relay {
         // By hub id while walking (no allocation per connection), then named.
         let mut by_id: BTreeMap<super::directory::HubId, HubSnapshot> = BTreeMap::new();
         for conn in self.servers.open_handles() {
-            let Some(server) = self.servers.get(conn) else {
+            let Some(server) = self.servers.get(conn).filter(|s| !s.internal) else {
                 continue;
             };
             let hub = by_id.entry(server.hub).or_default();

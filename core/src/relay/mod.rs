@@ -116,6 +116,7 @@ mod policy;
 mod reason;
 mod reframe;
 mod rest;
+mod serverless;
 mod servers;
 pub mod sim;
 mod stats;
@@ -125,7 +126,7 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 
 pub use self::client::{ERROR_DATA_HEADER, STATE_HEADER};
-pub use self::config::RelayConfig;
+pub use self::config::{RelayConfig, ServiceMode};
 pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
 pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
@@ -196,6 +197,7 @@ pub struct Relay {
     directory: Directory,
     clients: Clients,
     servers: Servers,
+    serverless: serverless::Serverless,
     invocations: Invocations,
     timers: TimerQueue,
     out: Outputs,
@@ -216,6 +218,7 @@ impl Relay {
             handles: Handles::default(),
             clients: Clients::default(),
             servers: Servers::default(),
+            serverless: serverless::Serverless::default(),
             invocations: Invocations::default(),
             timers: TimerQueue::default(),
             out: Outputs::default(),
@@ -245,6 +248,7 @@ impl Relay {
             self.out
                 .service(server, &ServiceMessage::Ping(ping.clone()));
         }
+        self.serve_serverless(now);
     }
 
     /// Whether [`shut_down`](Self::shut_down) was called.
@@ -354,6 +358,7 @@ impl Relay {
                 self.count_refusal(req, cause, r.status, reason);
             }
         }
+        self.serve_serverless(now);
         outcome
     }
 
@@ -392,6 +397,7 @@ impl Relay {
         } else {
             self.client_input(now, conn, Input::Data(data));
         }
+        self.serve_serverless(now);
     }
 
     /// The WebSocket closed (or failed to upgrade), or the event stream's client went away.
@@ -402,6 +408,7 @@ impl Relay {
         } else {
             self.client_input(now, conn, Input::Closed);
         }
+        self.serve_serverless(now);
     }
 
     /// A held request went away before its [`Output::Respond`] (its client aborted it).
@@ -409,10 +416,16 @@ impl Relay {
         if let Some(conn) = self.out.abandon(request) {
             self.client_input(now, conn, Input::Aborted(request));
         }
+        self.serve_serverless(now);
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+        self.serve_serverless(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
         while let Some((conn, kind)) = self.timers.pop_due(now) {
             if !kind.is_server() {
                 self.client_input(now, conn, Input::Timer(kind));
@@ -458,7 +471,7 @@ impl Relay {
             Ok(query) => query,
             Err(e) => return Ok(self.negotiate_error(req, "bad_request", e.to_string())),
         };
-        let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
+        let Some(hub_id) = self.hub_for_clients(now, &hub) else {
             let error = texts::no_app_server_yet(&hub);
             return Ok(self.negotiate_error(req, "no_app_server", error));
         };
@@ -591,8 +604,7 @@ impl Relay {
             return Err(Rejection::TransportNotAllowed(TransportKind::WebSockets));
         }
         let hub_id = self
-            .servers
-            .available_hub(&self.directory, &hub)
+            .hub_for_clients(now, &hub)
             .ok_or(Rejection::NoAppServer { hub })?;
         let ids = self.ids.next_pair();
         let mut client = self.new_client(now, hub_id, ids, &claims, req, Client::aspnetcore(false));

@@ -172,6 +172,10 @@ pub(crate) struct Outputs {
     next_request: u64,
     pub(crate) stats: RelayStats,
     pub(crate) refusals: super::RefusalCounts,
+    /// The relay's own serverless endpoints, and what was sent to them (set aside for the
+    /// relay to answer, never given to the adapter).
+    internal: std::collections::BTreeSet<ConnHandle>,
+    to_internal: VecDeque<(ConnHandle, Bytes)>,
 }
 
 impl Outputs {
@@ -181,8 +185,22 @@ impl Outputs {
 
     /// A WebSocket message (or event-stream bytes) for `conn`.
     pub(crate) fn transmit(&mut self, conn: ConnHandle, data: Bytes, binary: bool) {
+        if self.internal.contains(&conn) {
+            self.to_internal.push_back((conn, data));
+            return;
+        }
         self.queue
             .push_back(Output::Transmit { conn, data, binary });
+    }
+
+    /// Sets aside what is sent to `conn` from now on: a serverless endpoint of the relay's.
+    pub(crate) fn set_internal(&mut self, conn: ConnHandle) {
+        self.internal.insert(conn);
+    }
+
+    /// The next thing sent to a serverless endpoint.
+    pub(crate) fn take_internal(&mut self) -> Option<(ConnHandle, Bytes)> {
+        self.to_internal.pop_front()
     }
 
     /// One service message for a server connection.

@@ -127,6 +127,8 @@ pub(crate) const REPLACED: &str = "Replaced by the client's reconnect.";
 
 /// Texts that the app server or a client reads, beside the close reasons above.
 pub(crate) mod texts {
+    /// An app server's own connection to a relay in serverless mode.
+    pub(crate) const SERVERLESS_MODE: &str = "This relay runs in serverless mode: app servers do not connect to it (clients are reached through the REST API and management connections). Run it with --service-mode default or classic to serve app servers.";
     /// Client results: the client is gone.
     pub(crate) const CONNECTION_DISCONNECTED: &str = "Connection disconnected.";
     /// A client result whose client moved to another app server before it answered.
@@ -403,6 +405,8 @@ pub(crate) enum ServerEnding {
     Silent,
     /// Bytes that do not decode as the service protocol.
     InvalidData(String),
+    /// An app server's connection to a relay in serverless mode.
+    ServerlessMode,
 }
 
 impl ServerEnding {
@@ -413,7 +417,9 @@ impl ServerEnding {
         match self {
             Self::Closed => CloseReason::new(AppServer, Normal),
             Self::HandshakeTimedOut | Self::Silent => CloseReason::new(Relay, Timeout),
-            Self::UnsupportedVersion => CloseReason::new(Relay, HandshakeFailed),
+            Self::UnsupportedVersion | Self::ServerlessMode => {
+                CloseReason::new(Relay, HandshakeFailed)
+            }
             Self::NotAHandshake | Self::InvalidData(_) => CloseReason::new(Relay, ProtocolError),
         }
     }
@@ -426,6 +432,7 @@ impl ServerEnding {
             Self::HandshakeTimedOut => "Handshake timed out.".into(),
             Self::NotAHandshake => "The first message must be a HandshakeRequest.".into(),
             Self::UnsupportedVersion => "Unsupported protocol version.".into(),
+            Self::ServerlessMode => texts::SERVERLESS_MODE.into(),
             Self::Silent => "The app server sent nothing within the server timeout.".into(),
             Self::InvalidData(error) => format!("Invalid data from the app server: {error}").into(),
         })

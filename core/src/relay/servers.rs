@@ -66,6 +66,9 @@ pub(crate) struct ServerConn {
     pub(crate) left: BTreeSet<ConnHandle>,
     last_received: Instant,
     pub(crate) timers: ServerTimers,
+    /// The relay's own hub endpoint for the hub's serverless clients (see `serverless.rs`):
+    /// no socket, no app server.
+    pub(crate) internal: bool,
 }
 
 impl ServerConn {
@@ -119,6 +122,16 @@ impl ServerConn {
             });
             out.service(conn, &response);
             return Err(ServerEnding::UnsupportedVersion);
+        }
+        if config.service_mode == super::ServiceMode::Serverless
+            && req.connection_type != service::ConnectionType::Weak
+        {
+            let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {
+                error_message: super::reason::texts::SERVERLESS_MODE.to_owned(),
+                ..service::HandshakeResponse::default()
+            });
+            out.service(conn, &response);
+            return Err(ServerEnding::ServerlessMode);
         }
         self.open = true;
         self.carries_clients = req.connection_type != service::ConnectionType::Weak;
@@ -203,11 +216,37 @@ impl Servers {
             left: BTreeSet::new(),
             last_received: now,
             timers: ServerTimers::default(),
+            internal: false,
         };
         queue
             .of(conn, &mut server.timers, now)
             .set(TimerKind::ServerHandshake, now + config.handshake_timeout);
         self.map.insert(conn, server);
+    }
+
+    /// The relay's own endpoint for `hub`'s serverless clients: open, taking clients, with no
+    /// timers (it has no socket to ping or lose).
+    pub(crate) fn add_internal(&mut self, now: Instant, conn: ConnHandle, hub: HubId) {
+        self.map.insert(
+            conn,
+            ServerConn {
+                hub,
+                server_id: super::serverless::SERVER_ID.to_owned(),
+                frames: BinaryFrameDecoder::skipping_oversize(usize::MAX),
+                open: true,
+                carries_clients: true,
+                draining: false,
+                allows_stateful: true,
+                migrates: false,
+                migrating: false,
+                fin_received: false,
+                clients: BTreeSet::new(),
+                left: BTreeSet::new(),
+                last_received: now,
+                timers: ServerTimers::default(),
+                internal: true,
+            },
+        );
     }
 
     pub(crate) fn get(&self, conn: ConnHandle) -> Option<&ServerConn> {
@@ -245,11 +284,13 @@ impl Servers {
         self.map.get(&conn).map_or("", |s| s.server_id.as_str())
     }
 
-    /// Whether a hub has a server connection that takes clients.
+    /// Whether a hub has a server connection of an app server that takes clients.
     fn available(&self, directory: &Directory, hub: HubId) -> bool {
-        directory
-            .servers(hub)
-            .any(|s| self.map.get(&s).is_some_and(ServerConn::takes_clients))
+        directory.servers(hub).any(|s| {
+            self.map
+                .get(&s)
+                .is_some_and(|s| s.takes_clients() && !s.internal)
+        })
     }
 
     /// The hub named `name`, if it has a server connection that takes clients.
@@ -379,7 +420,8 @@ impl Servers {
             .filter_map(|h| self.map.get(&h).map(|s| (h, s)))
             .filter(|(_, s)| s.takes_clients())
             .filter(|(_, s)| server_id.is_none_or(|id| s.server_id == id))
-            .min_by_key(|(h, s)| (s.clients.len(), *h))
+            // An app server before the relay's own endpoint (classic mode).
+            .min_by_key(|(h, s)| (s.internal, s.clients.len(), *h))
             .map(|(h, _)| h)
     }
 

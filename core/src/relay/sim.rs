@@ -314,11 +314,20 @@ impl Sim {
 
     fn note(&mut self, event: &Event) {
         match event {
-            Event::ClientOpened { conn, protocol, .. } => {
+            Event::ClientOpened {
+                conn,
+                protocol,
+                connection_id,
+                ..
+            } => {
                 let known = self.clients.entry(*conn).or_default();
                 if let Some((server, id)) = self.last_open.take() {
                     known.server = Some(server);
                     known.connection_id = Some(id);
+                } else {
+                    // Mapped to the relay's own serverless endpoint, which the harness does
+                    // not see.
+                    known.connection_id = Some(connection_id.clone());
                 }
                 known.protocol = Some(*protocol);
                 known.open = true;

@@ -566,7 +566,7 @@ impl<R: Runtime> Driver<R> {
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSeconds": now.saturating_duration_since(self.started).as_secs_f64(),
             "listen": self.listen.map(|a| a.to_string()),
-            "serviceMode": "default",
+            "serviceMode": self.relay.config().service_mode.name(),
             "shuttingDown": snapshot.shutting_down,
             "totals": {
                 "clients": snapshot.hubs.values().map(|h| h.client_count()).sum::<u64>(),

@@ -8,6 +8,7 @@ mod invocations;
 mod negotiate;
 mod policy;
 mod rest;
+mod serverless;
 mod servers;
 mod simulation;
 mod stateful;

@@ -1,0 +1,112 @@
+// Serverless mode (#14): no app server. A backend (here, the test) serves negotiate with
+// `{url, accessToken}` as Azure Functions' negotiate does, minting the client's token itself;
+// the official clients connect to the relay over every transport and protocol, and the
+// backend reaches them through the REST API. An app server's own connection is refused with
+// the reason.
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const http = require('node:http');
+const { SUFFIX, TRANSPORTS, startProcess, jwt, next, sleep, signalR } = require('./harness');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
+
+const key = crypto.randomBytes(16).toString('hex');
+let relay;
+let relayAddr;
+let backend;
+let backendAddr;
+
+before(async () => {
+  relay = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', key, '--service-mode', 'serverless', '--log', 'info']);
+  relayAddr = await relay.ready;
+  // The backend's negotiate: a client token for the hub, the user id in `asrs.s.uid`, as the
+  // Management SDK mints it.
+  backend = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://backend');
+    const hub = url.pathname.split('/')[1];
+    const now = Math.floor(Date.now() / 1000);
+    const clientUrl = `http://${relayAddr}/client/?hub=${hub}`;
+    const accessToken = jwt({ aud: clientUrl, iat: now, exp: now + 3600, 'asrs.s.uid': url.searchParams.get('user') }, key);
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' });
+    res.end(JSON.stringify({ url: clientUrl, accessToken }));
+  });
+  await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+  backendAddr = `127.0.0.1:${backend.address().port}`;
+});
+
+after(() => {
+  if (relay.child.exitCode === null) relay.child.kill('SIGKILL');
+  backend.close();
+});
+
+async function client(user, { transport = 'WebSockets', msgpack = false } = {}) {
+  const builder = new signalR.HubConnectionBuilder()
+    .withUrl(`http://${backendAddr}/chat?user=${user}`, signalR.HttpTransportType[transport])
+    .configureLogging(signalR.LogLevel.None);
+  if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
+  const c = builder.build();
+  c.closedWith = new Promise((resolve) => c.onclose(resolve));
+  await c.start();
+  return c;
+}
+
+/// A REST call as the Management SDK makes it (2022-06-01).
+function rest(method, path, { query = '', body } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const aud = `http://${relayAddr}${path}?api-version=2022-06-01`;
+  const headers = { Authorization: `Bearer ${jwt({ aud, iat: now, exp: now + 300 }, key)}` };
+  if (body) headers['Content-Type'] = 'application/json';
+  return fetch(`${aud}${query ? `&${query}` : ''}`, { method, headers, body: body && JSON.stringify(body) });
+}
+
+for (const [transport, protocols] of TRANSPORTS) {
+  for (const msgpack of protocols) {
+    test(`a serverless client over ${transport}${msgpack ? ' (MessagePack)' : ''} hears every kind of REST send`, async () => {
+      const user = `u-${transport}-${msgpack}`;
+      const c = await client(user, { transport, msgpack });
+      const other = await client(`${user}-other`);
+      try {
+        let got = next(c, 'news');
+        assert.equal((await rest('POST', '/api/hubs/chat/:send', { query: `excluded=${other.connectionId}`, body: { target: 'news', arguments: ['hub', 1] } })).status, 202);
+        assert.deepEqual(await got, ['hub', 1]);
+        got = next(c, 'news');
+        assert.equal((await rest('POST', `/api/hubs/chat/users/${user}/:send`, { body: { target: 'news', arguments: ['user'] } })).status, 202);
+        assert.deepEqual(await got, ['user']);
+        assert.equal((await rest('PUT', `/api/hubs/chat/groups/g/connections/${c.connectionId}`)).status, 200);
+        got = next(c, 'news');
+        assert.equal((await rest('POST', '/api/hubs/chat/groups/g/:send', { body: { target: 'news', arguments: ['group'] } })).status, 202);
+        assert.deepEqual(await got, ['group']);
+        got = next(c, 'news');
+        assert.equal((await rest('POST', `/api/hubs/chat/connections/${c.connectionId}/:send`, { body: { target: 'news', arguments: ['connection'] } })).status, 202);
+        assert.deepEqual(await got, ['connection']);
+        assert.equal((await rest('HEAD', `/api/hubs/chat/users/${user}`)).status, 200);
+        // A client's own invocation goes upstream; with none configured, it is ignored and
+        // the client stays (as Azure does).
+        await c.send('hello', 'nobody listens');
+        await sleep(100);
+        assert.equal(c.state, signalR.HubConnectionState.Connected);
+        assert.equal((await rest('DELETE', `/api/hubs/chat/connections/${c.connectionId}`, { query: 'reason=done' })).status, 200);
+        assert.match(String(await c.closedWith), /done/);
+      } finally {
+        await c.stop();
+        await other.stop();
+      }
+    });
+  }
+}
+
+test('an app server\'s own connection is refused in serverless mode, and says why', async () => {
+  const app = startProcess(`sample-app${SUFFIX}`, ['--connection-string', `Endpoint=http://${relayAddr};AccessKey=${key};Version=1.0;`,
+    '--listen', '127.0.0.1:0', '--log', 'warn', '--connections-per-hub', '1']);
+  try {
+    await app.ready;
+    const deadline = Date.now() + 10000;
+    while (!/serverless mode/.test(app.output()) && Date.now() < deadline) await sleep(50);
+    assert.match(app.output(), /serverless mode/);
+    const metrics = await (await fetch(`http://${relayAddr}/metrics`)).text();
+    assert.doesNotMatch(metrics, /signalr_relay_server_connections\{hub="chat"\} [1-9]/);
+  } finally {
+    app.child.kill('SIGKILL');
+  }
+});
