@@ -64,6 +64,21 @@ pub struct RelayArgs {
     #[arg(help_heading = "Serverless", long, env = "SIGNALR_RELAY_SERVICE_MODE", default_value = "default", value_parser = service_mode)]
     pub service_mode: signalr_relay_core::relay::ServiceMode,
 
+    /// Upstream settings for serverless clients' events, in the Azure SignalR Emulator's
+    /// `settings.json` shape (`{"UpstreamSettings":{"Templates":[{"UrlTemplate":…,
+    /// "HubPattern":…, "CategoryPattern":…, "EventPattern":…}]}}`); read again when it
+    /// changes.
+    #[arg(
+        help_heading = "Serverless",
+        long,
+        env = "SIGNALR_RELAY_UPSTREAM_CONFIG"
+    )]
+    pub upstream_config: Option<std::path::PathBuf>,
+
+    /// Seconds an upstream request may take; an invocation not answered by then fails.
+    #[arg(help_heading = "Serverless", long, env = "SIGNALR_RELAY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = seconds)]
+    pub upstream_timeout: u64,
+
     /// Largest hub message a client may send, in bytes.
     #[arg(help_heading = "Limits", long, env = "SIGNALR_RELAY_MAX_MESSAGE_SIZE", default_value = "32KiB", value_parser = byte_size)]
     pub max_message_size: usize,
@@ -322,6 +337,7 @@ impl RelayArgs {
         config.classic_buffer_messages = self.classic_buffer_messages.max(1);
         config.trusted_proxies = self.trusted_proxies.clone();
         config.service_mode = self.service_mode;
+        config.upstream_timeout = Duration::from_secs(self.upstream_timeout.max(1));
         // Which relay process the app servers' clients came through (`Asrs-Instance-Id`, and
         // the `offline` ping of a shutdown): new for each run.
         config.instance_id = format!("relay-{}", &generate_key()[..12]);
@@ -338,6 +354,7 @@ impl RelayArgs {
         options.write_timeout = Duration::from_secs(self.write_timeout.max(1));
         options.body_read_timeout = Duration::from_secs(self.body_read_timeout.max(1));
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
+        options.upstream_config.clone_from(&self.upstream_config);
         options
     }
 
@@ -740,6 +757,13 @@ pub async fn run_relay<R: crate::Runtime, L: crate::Listener>(
         eprintln!("error: --tls-cert/--tls-key: {e}");
         std::process::exit(2);
     });
+    if let Some(path) = &args.upstream_config {
+        let read = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        if let Err(e) = read.and_then(|t| signalr_relay_core::relay::UpstreamSettings::parse(&t)) {
+            eprintln!("error: --upstream-config {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
     let scheme = if options.tls.is_some() {
         "https"
     } else {

@@ -91,6 +91,14 @@ pub struct RelayConfig {
     /// Default, serverless or classic, as Azure names its service modes (default
     /// [`ServiceMode::Default`]).
     pub service_mode: ServiceMode,
+    /// How long an upstream request may take (default 60 s); past it, an invocation gets an
+    /// error completion.
+    pub upstream_timeout: std::time::Duration,
+    /// Upstream requests of one hub that may wait for their answer at once (default 1,000);
+    /// past it, new ones are dropped and counted (an invocation gets an error completion).
+    pub max_upstream_pending: usize,
+    /// Largest upstream answer read, for an invocation (default 16 MiB, as Azure's).
+    pub max_upstream_response: usize,
 }
 
 /// Who serves a hub's clients, as Azure SignalR's service modes.
@@ -173,6 +181,9 @@ impl Default for RelayConfig {
             trusted_proxies: Vec::new(),
             open_status: false,
             service_mode: ServiceMode::Default,
+            upstream_timeout: Duration::from_secs(60),
+            max_upstream_pending: 1000,
+            max_upstream_response: 16 * 1024 * 1024,
         }
     }
 }

@@ -265,6 +265,15 @@ pub fn render_prometheus(
         &[("cause", "completion_not_owed")],
         stats.completions_ignored,
     );
+    x.sample(&[("cause", "upstream_busy")], stats.upstream_dropped);
+    x.family(
+        "upstream_requests_total",
+        "counter",
+        "Upstream (webhook) requests, by outcome: sent, succeeded (2xx), failed (no answer, or another status).",
+    );
+    x.sample(&[("outcome", "sent")], stats.upstream_sent);
+    x.sample(&[("outcome", "succeeded")], stats.upstream_succeeded);
+    x.sample(&[("outcome", "failed")], stats.upstream_failed);
     x.single(
         "clients_migrated_total",
         "counter",

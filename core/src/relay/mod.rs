@@ -121,6 +121,7 @@ mod servers;
 pub mod sim;
 mod stats;
 mod timers;
+mod upstream;
 
 use std::collections::btree_map::Entry;
 use std::time::Instant;
@@ -139,6 +140,7 @@ pub use self::reason::texts::CONNECTION_NOT_FOUND;
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
 pub use self::rest::MAX_BODY as REST_BODY_LIMIT;
 pub use self::stats::{CloseCounts, RelayStats, Traffic};
+pub use self::upstream::{UpstreamFailure, UpstreamRequest, UpstreamSettings};
 
 use self::admission::{hub_param, Admission};
 use self::client::{

@@ -45,6 +45,10 @@ pub enum Output {
     },
     /// Something happened: for logs and metrics. Nothing to do.
     Event(Event),
+    /// Send this request upstream, then report its answer with
+    /// [`Relay::handle_upstream_response`](super::Relay::handle_upstream_response) (every
+    /// one, answered or not).
+    Upstream(super::upstream::UpstreamRequest),
 }
 
 /// Which SignalR family a client speaks.
@@ -227,6 +231,11 @@ impl Outputs {
             code,
             reason: truncate_reason(reason),
         });
+    }
+
+    pub(crate) fn upstream(&mut self, request: super::upstream::UpstreamRequest) {
+        self.stats.upstream_sent += 1;
+        self.queue.push_back(Output::Upstream(request));
     }
 
     pub(crate) fn event(&mut self, event: Event) {

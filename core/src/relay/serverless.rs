@@ -7,8 +7,8 @@
 //! [`Outputs`](super::output::Outputs) sets them aside, and the relay answers them here after
 //! each input. So mapping, fan-out, groups, closes, stateful reconnect and the counters are
 //! the same code for serverless clients as for everyone else. It answers the handshake, and
-//! what clients send is for the upstream (a client invoking a method with no upstream is
-//! ignored, as Azure ignores it).
+//! sends what clients do upstream (`upstream.rs`): their arrival, their invocations, their
+//! leaving. An invocation that no upstream template matches is ignored, as Azure ignores it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -16,8 +16,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::directory::HubId;
+use super::upstream::{self, Answer, Caller, UpstreamFailure, UpstreamRequest, Waiting};
 use super::{ConnHandle, Relay, ServiceMode};
-use crate::aspnetcore::HubProtocol;
+use crate::aspnetcore::{Completion, CompletionResult, HubMessage, HubProtocol};
 use crate::framing::BinaryFrameDecoder;
 use crate::service::{self, ServiceMessage};
 
@@ -31,6 +32,12 @@ pub(crate) struct Serverless {
     hubs: BTreeMap<HubId, ConnHandle>,
     /// Its clients, by connection id.
     clients: BTreeMap<String, Served>,
+    /// Where clients' events go.
+    pub(crate) settings: upstream::UpstreamSettings,
+    /// Upstream requests not answered yet.
+    pending: upstream::Pending,
+    /// How many of those each hub has.
+    pending_by_hub: BTreeMap<HubId, usize>,
 }
 
 /// One client of the endpoint.
@@ -39,6 +46,7 @@ struct Served {
     protocol: HubProtocol,
     /// Its handshake was answered.
     open: bool,
+    caller: Caller,
 }
 
 impl Relay {
@@ -94,6 +102,7 @@ impl Relay {
                     Served {
                         protocol,
                         open: false,
+                        caller: Caller::new(&open.claims, &open.query_string),
                     },
                 );
             }
@@ -105,25 +114,191 @@ impl Relay {
                     // The first data is the handshake request; the relay checked it already.
                     served.open = true;
                     let answer = ServiceMessage::ConnectionData(service::ConnectionData {
-                        connection_id: data.connection_id,
+                        connection_id: data.connection_id.clone(),
                         payload: Bytes::from_static(b"{}\x1e"),
                         ext: service::Ext::default(),
                     });
                     self.server_message(now, conn, hub, answer);
+                    let body = Bytes::from_static(br#"{"type":10}"#);
+                    let id = data.connection_id;
+                    self.send_upstream(now, hub, &id, ("connections", "connected"), body, None);
                     return;
                 }
                 let protocol = served.protocol;
                 let mut decoder = protocol.frame_decoder(usize::MAX);
                 decoder.push(&data.payload);
                 while let Ok(Some(frame)) = decoder.next_frame() {
-                    // Hub invocations are the upstream's; pings, and the rest, need nothing.
-                    let _ = protocol.parse_message(&frame);
+                    // Invocations go upstream (streaming ones too); pings, completions and
+                    // the rest need nothing.
+                    let (target, invocation_id) = match protocol.parse_message(&frame) {
+                        Ok(HubMessage::Invocation(i)) => (i.target, i.invocation_id),
+                        Ok(HubMessage::StreamInvocation(i)) => (i.target, i.invocation_id),
+                        _ => continue,
+                    };
+                    let id = &data.connection_id;
+                    let event = ("messages", target.as_str());
+                    self.send_upstream(
+                        now,
+                        hub,
+                        id,
+                        event,
+                        frame,
+                        invocation_id.map(|i| (i, protocol)),
+                    );
                 }
             }
             ServiceMessage::CloseConnection(close) => {
+                if self.serverless.clients.contains_key(&close.connection_id) {
+                    let mut body = serde_json::json!({ "Type": 11 });
+                    if !close.error_message.is_empty() {
+                        body["Error"] = close.error_message.clone().into();
+                    }
+                    let body = Bytes::from(body.to_string());
+                    let event = ("connections", "disconnected");
+                    self.send_upstream(now, hub, &close.connection_id, event, body, None);
+                }
                 self.serverless.clients.remove(&close.connection_id);
             }
             _ => {}
         }
     }
+}
+
+impl Relay {
+    /// Where serverless clients' events go from now on (the settings file was read again).
+    pub fn set_upstream(&mut self, settings: upstream::UpstreamSettings) {
+        self.serverless.settings = settings;
+    }
+
+    /// The upstream's answer to request `id` (`Ok((status, body))`), or why there is none.
+    /// An invocation's client gets its completion; any other request's answer only counts.
+    pub fn handle_upstream_response(
+        &mut self,
+        now: Instant,
+        id: u64,
+        result: Result<(u16, Bytes), UpstreamFailure>,
+    ) {
+        let Some(waiting) = self.serverless.pending.map.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.serverless.pending_by_hub.get_mut(&waiting.hub) {
+            *n = n.saturating_sub(1);
+        }
+        let ok = matches!(&result, Ok((status, _)) if (200..300).contains(status));
+        if ok {
+            self.out.stats.upstream_succeeded += 1;
+        } else {
+            self.out.stats.upstream_failed += 1;
+        }
+        if let Some((invocation_id, protocol)) = waiting.invocation {
+            let reply = match upstream::answer(result) {
+                Answer::Verbatim(body) => body,
+                Answer::Completion(error) => completion(protocol, invocation_id, error),
+            };
+            self.reply_from_endpoint(now, waiting.hub, waiting.connection_id, reply);
+        }
+        self.serve_serverless(now);
+    }
+
+    /// Bytes for a serverless client, as its endpoint sends them.
+    fn reply_from_endpoint(
+        &mut self,
+        now: Instant,
+        hub: HubId,
+        connection_id: String,
+        payload: Bytes,
+    ) {
+        let (Some(&conn), true) = (
+            self.serverless.hubs.get(&hub),
+            self.serverless.clients.contains_key(&connection_id),
+        ) else {
+            return;
+        };
+        let data = ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id,
+            payload,
+            ext: service::Ext::default(),
+        });
+        self.server_message(now, conn, hub, data);
+    }
+
+    /// Sends a client's event upstream, if a template matches it; for an invocation that
+    /// cannot be sent (too many of the hub's are waiting), the client gets an error
+    /// completion at once.
+    fn send_upstream(
+        &mut self,
+        now: Instant,
+        hub: HubId,
+        connection_id: &str,
+        (category, event): (&str, &str),
+        body: Bytes,
+        invocation: Option<(String, HubProtocol)>,
+    ) {
+        let hub_name = self.directory.name(hub).to_owned();
+        let Some(url) = self.serverless.settings.url(&hub_name, category, event) else {
+            return;
+        };
+        let Some(served) = self.serverless.clients.get(connection_id) else {
+            return;
+        };
+        let (protocol, headers) = (
+            served.protocol,
+            upstream::headers(
+                &self.config.access_keys,
+                &hub_name,
+                category,
+                event,
+                connection_id,
+                &served.caller,
+            ),
+        );
+        let waiting = self.serverless.pending_by_hub.entry(hub).or_default();
+        if *waiting >= self.config.max_upstream_pending {
+            self.out.stats.upstream_dropped += 1;
+            if let Some((invocation_id, protocol)) = invocation {
+                let busy = Some("Invocation failed, the upstream is busy.".to_owned());
+                let reply = completion(protocol, invocation_id, busy);
+                self.reply_from_endpoint(now, hub, connection_id.to_owned(), reply);
+            }
+            return;
+        }
+        *waiting += 1;
+        let content_type = match protocol {
+            _ if category == "connections" => "application/json",
+            HubProtocol::Json => "application/json",
+            HubProtocol::MessagePack | HubProtocol::BlazorPack => "application/x-msgpack",
+        };
+        let id = self.serverless.pending.next_id();
+        let attempts = if category == "connections" { 3 } else { 1 };
+        self.serverless.pending.map.insert(
+            id,
+            Waiting {
+                hub,
+                connection_id: connection_id.to_owned(),
+                invocation,
+            },
+        );
+        self.out.upstream(UpstreamRequest {
+            id,
+            url,
+            content_type,
+            headers,
+            body,
+            timeout: self.config.upstream_timeout,
+            attempts,
+            max_response: self.config.max_upstream_response,
+        });
+    }
+}
+
+/// A completion for `invocation_id`, empty or with an error, framed in `protocol`.
+fn completion(protocol: HubProtocol, invocation_id: String, error: Option<String>) -> Bytes {
+    let message = HubMessage::Completion(Completion {
+        headers: Default::default(),
+        invocation_id,
+        result: error.map_or(CompletionResult::Void, CompletionResult::Error),
+    });
+    let mut out = Vec::new();
+    let _ = protocol.write_message(&message, &mut out);
+    Bytes::from(out)
 }

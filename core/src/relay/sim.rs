@@ -200,6 +200,9 @@ pub struct Sim {
     pub to_client: BTreeMap<ConnHandle, Vec<(Bytes, bool)>>,
     /// The closes the relay asked for, per connection.
     pub closed: BTreeMap<ConnHandle, Vec<(u16, String)>>,
+    /// Upstream requests the relay asked for, in order (answer them with
+    /// [`Relay::handle_upstream_response`], through [`Sim::relay_mut`]).
+    pub upstream: Vec<super::UpstreamRequest>,
     /// Answers to held requests.
     pub responses: BTreeMap<RequestId, HttpResponse>,
     /// Every event, in order.
@@ -232,6 +235,7 @@ impl Sim {
             to_server: BTreeMap::new(),
             server_decoders: BTreeMap::new(),
             to_client: BTreeMap::new(),
+            upstream: Vec::new(),
             closed: BTreeMap::new(),
             responses: BTreeMap::new(),
             events: Vec::new(),
@@ -308,6 +312,7 @@ impl Sim {
                     self.note(&event);
                     self.events.push(event);
                 }
+                Output::Upstream(request) => self.upstream.push(request),
             }
         }
     }
@@ -526,6 +531,17 @@ impl Sim {
             }
             other => Err(HttpResponse::text(500, format!("{other:?}"))),
         }
+    }
+
+    /// Reports the upstream's answer to request `id`, and takes what follows.
+    pub fn answer_upstream(
+        &mut self,
+        id: u64,
+        result: Result<(u16, Bytes), super::UpstreamFailure>,
+    ) {
+        let now = self.now();
+        self.relay.handle_upstream_response(now, id, result);
+        self.drain();
     }
 
     /// The connection id of a client the harness saw open.

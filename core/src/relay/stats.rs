@@ -76,4 +76,12 @@ pub struct RelayStats {
     pub server_messages_skipped: u64,
     /// Clients moved to another app server when theirs left (graceful shutdown).
     pub clients_migrated: u64,
+    /// Upstream requests sent.
+    pub upstream_sent: u64,
+    /// Upstream requests answered with a 2xx status.
+    pub upstream_succeeded: u64,
+    /// Upstream requests not answered, or answered with another status.
+    pub upstream_failed: u64,
+    /// Upstream requests not sent: too many of the hub's were waiting.
+    pub upstream_dropped: u64,
 }

@@ -140,6 +140,13 @@ pub(crate) struct RateLimited {
 impl RateLimited {
     const EVERY: Duration = Duration::from_secs(1);
 
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: None,
+            held_back: 0,
+        }
+    }
+
     pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         if self
             .last

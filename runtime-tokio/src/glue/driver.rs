@@ -69,6 +69,9 @@ pub struct ServeOptions {
     /// TLS on the listener (default none: plain HTTP). The operator listener of
     /// [`serve_until_with_operator`] stays plain.
     pub tls: Option<ServerTls>,
+    /// The upstream settings file (the Emulator's `settings.json` shape), read at start and
+    /// again whenever it changes (default none: no upstream).
+    pub upstream_config: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -83,6 +86,7 @@ impl Default for ServeOptions {
             write_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             tls: None,
+            upstream_config: None,
         }
     }
 }
@@ -178,6 +182,13 @@ enum DriverInput {
     Aborted(RequestId),
     /// Start the graceful shutdown.
     ShutDown,
+    /// The answer to an upstream request.
+    Upstream(
+        u64,
+        Result<(u16, Bytes), signalr_relay_core::relay::UpstreamFailure>,
+    ),
+    /// New upstream settings (the file changed).
+    UpstreamSettings(signalr_relay_core::relay::UpstreamSettings),
 }
 
 /// Serves the relay on `listener`, forever: accept errors are survived (see
@@ -253,6 +264,7 @@ where
     if let Some(tls) = &settings.options.tls {
         tls.watch(&runtime);
     }
+
     let (events, queue) = mpsc::channel(4096);
     let (drained, done) = oneshot::channel();
     let listen = listener.local_addr().ok();
@@ -260,11 +272,14 @@ where
         runtime.clone(),
         relay,
         settings.options.clone(),
-        queue,
+        (events.clone(), queue),
         drained,
         listen,
         settings.gate_refusals.clone(),
     ));
+    if let Some(path) = settings.options.upstream_config.clone() {
+        runtime.spawn(watch_upstream(runtime.clone(), path, events.clone()));
+    }
     let mut trigger = events.clone();
     runtime.spawn(async move {
         shut_down.await;
@@ -319,6 +334,46 @@ async fn accept_on<R: Runtime, L: Listener>(
     .await;
 }
 
+/// Reads the upstream settings file at start and again whenever it changes (checked every
+/// second), for as long as the relay runs. A file that does not read or parse leaves the
+/// settings as they were, with a warning.
+async fn watch_upstream<R: Runtime>(
+    runtime: R,
+    path: std::path::PathBuf,
+    mut inputs: mpsc::Sender<DriverInput>,
+) {
+    let mut seen = None;
+    loop {
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        if stamp.is_some() && stamp != seen {
+            seen = stamp;
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| signalr_relay_core::relay::UpstreamSettings::parse(&text));
+            match parsed {
+                Ok(settings) => {
+                    tracing::info!(file = %path.display(), "upstream settings loaded");
+                    if inputs
+                        .send(DriverInput::UpstreamSettings(settings))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "upstream settings not loaded (the old ones stay): {e}")
+                }
+            }
+        }
+        runtime
+            .sleep_until(runtime.now() + Duration::from_secs(1))
+            .await;
+    }
+}
+
 fn seed() -> [u8; 32] {
     super::random_bytes("connection tokens would be predictable")
 }
@@ -370,6 +425,8 @@ struct Driver<R> {
     recent_closes: std::collections::VecDeque<RecentClose>,
     /// What the gate refused (counted on the connections' tasks).
     gate_refusals: Arc<GateRefusals>,
+    /// Where upstream answers come back.
+    inputs: mpsc::Sender<DriverInput>,
 }
 
 /// A close the status page shows: no connection id, only what happened.
@@ -404,7 +461,7 @@ async fn drive<R: Runtime>(
     runtime: R,
     relay: Relay,
     options: ServeOptions,
-    mut queue: mpsc::Receiver<DriverInput>,
+    (inputs, mut queue): (mpsc::Sender<DriverInput>, mpsc::Receiver<DriverInput>),
     drained: oneshot::Sender<()>,
     listen: Option<SocketAddr>,
     gate_refusals: Arc<GateRefusals>,
@@ -430,6 +487,7 @@ async fn drive<R: Runtime>(
         listen,
         recent_closes: std::collections::VecDeque::new(),
         gate_refusals,
+        inputs,
     };
     loop {
         if let Some(drain) = &mut d.drain {
@@ -735,6 +793,10 @@ impl<R: Runtime> Driver<R> {
                     );
                 }
             }
+            DriverInput::Upstream(id, result) => {
+                self.relay.handle_upstream_response(now, id, result);
+            }
+            DriverInput::UpstreamSettings(settings) => self.relay.set_upstream(settings),
             DriverInput::Incoming(conn, generation, Incoming::Data(data)) => {
                 if self.is_current(conn, generation) {
                     self.source = Some(conn);
@@ -873,6 +935,14 @@ impl<R: Runtime> Driver<R> {
                     Output::Event(event) => {
                         log_event(&event);
                         self.remember_close(&event);
+                        continue;
+                    }
+                    Output::Upstream(request) => {
+                        let (runtime, mut inputs) = (self.runtime.clone(), self.inputs.clone());
+                        self.runtime.spawn(async move {
+                            let result = super::upstream::send(&runtime, &request).await;
+                            let _ = inputs.send(DriverInput::Upstream(request.id, result)).await;
+                        });
                         continue;
                     }
                 };

@@ -21,6 +21,7 @@ pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod queue;
 pub mod tls;
+pub(crate) mod upstream;
 pub(crate) mod ws;
 
 use std::future::Future;

@@ -131,3 +131,175 @@ fn default_mode_still_needs_an_app_server() {
     let mut sim = sim();
     assert!(sim.negotiate("chat", None).is_err());
 }
+
+fn with_upstream(mode: ServiceMode) -> Sim {
+    let mut sim = in_mode(mode);
+    let settings = UpstreamSettings::parse(
+        r#"{"UpstreamSettings":{"Templates":[{"UrlTemplate":"http://backend/api/{hub}/{category}/{event}","EventPattern":"*"}]}}"#,
+    )
+    .expect("settings");
+    sim.relay_mut().0.set_upstream(settings);
+    sim
+}
+
+fn header<'a>(r: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_serverless_clients_arrival_invocations_and_leaving_go_upstream_signed() {
+    let mut sim = with_upstream(ServiceMode::Serverless);
+    let (c, id) = sim.connect_client("chat", Some("alice"), "json");
+    let connected = sim.upstream.remove(0);
+    assert_eq!(
+        connected.url,
+        "http://backend/api/chat/connections/connected"
+    );
+    assert_eq!(connected.body.as_ref(), br#"{"type":10}"#);
+    assert_eq!(
+        header(&connected, "X-ASRS-Connection-Id"),
+        Some(id.as_str())
+    );
+    assert_eq!(header(&connected, "X-ASRS-User-Id"), Some("alice"));
+    assert_eq!(
+        header(&connected, "X-ASRS-Signature"),
+        Some(super::super::upstream::signature(&[KEY.to_owned()], &id).as_str())
+    );
+    assert!(header(&connected, "X-ASRS-Client-Query").is_some_and(|q| q.starts_with('?')));
+    assert!(connected.attempts > 1, "connected is retried");
+    sim.answer_upstream(connected.id, Ok((200, Bytes::new())));
+
+    // An invocation: its frame without the separator; the upstream's body comes back as is.
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"7\",\"target\":\"add\",\"arguments\":[1,2]}\x1e",
+    );
+    let call = sim.upstream.remove(0);
+    assert_eq!(call.url, "http://backend/api/chat/messages/add");
+    assert_eq!(call.content_type, "application/json");
+    assert_eq!(
+        call.body.as_ref(),
+        b"{\"type\":1,\"invocationId\":\"7\",\"target\":\"add\",\"arguments\":[1,2]}"
+    );
+    assert_eq!(call.attempts, 1);
+    sim.answer_upstream(
+        call.id,
+        Ok((
+            200,
+            Bytes::from_static(b"{\"type\":3,\"invocationId\":\"7\",\"result\":3}\x1e"),
+        )),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"type\":3,\"invocationId\":\"7\",\"result\":3}\x1e"));
+    // Another status is an error completion, and so is no answer at all.
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"8\",\"target\":\"add\",\"arguments\":[]}\x1e",
+    );
+    let call = sim.upstream.remove(0);
+    sim.answer_upstream(call.id, Ok((404, Bytes::new())));
+    assert!(sim.client_text(c).ends_with(
+        "{\"type\":3,\"invocationId\":\"8\",\"error\":\"Invocation failed, status code 404\"}\x1e"
+    ));
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"9\",\"target\":\"add\",\"arguments\":[]}\x1e",
+    );
+    let call = sim.upstream.remove(0);
+    sim.answer_upstream(call.id, Err(UpstreamFailure::NoAnswer));
+    assert!(sim
+        .client_text(c)
+        .ends_with("\"error\":\"Invocation failed, status code 500\"}\x1e"));
+    // A send without an id: its answer reaches nobody.
+    let before = sim.client_text(c).len();
+    sim.data(
+        c,
+        b"{\"type\":1,\"target\":\"say\",\"arguments\":[\"hi\"]}\x1e",
+    );
+    let call = sim.upstream.remove(0);
+    sim.answer_upstream(call.id, Ok((200, Bytes::from_static(b"ignored"))));
+    assert_eq!(sim.client_text(c).len(), before);
+    assert_eq!(sim.relay().stats().upstream_failed, 2);
+
+    sim.closed_by_peer(c);
+    let left = sim.upstream.remove(0);
+    assert_eq!(left.url, "http://backend/api/chat/connections/disconnected");
+    assert_eq!(left.body.as_ref(), br#"{"Type":11}"#);
+    assert!(sim.upstream.is_empty());
+}
+
+#[test]
+fn a_messagepack_clients_invocations_go_upstream_as_messagepack() {
+    let mut sim = with_upstream(ServiceMode::Serverless);
+    let (c, _) = sim.connect_client("chat", None, "messagepack");
+    sim.upstream.clear();
+    // [1, {}, "1", "ping", []], with its length prefix.
+    let frame = b"\x95\x01\x80\xa11\xa4ping\x90";
+    let mut framed = vec![u8::try_from(frame.len()).unwrap()];
+    framed.extend_from_slice(frame);
+    sim.data(c, &framed);
+    let call = sim.upstream.remove(0);
+    assert_eq!(
+        (call.content_type, call.body.as_ref()),
+        ("application/x-msgpack", &frame[..])
+    );
+    sim.answer_upstream(call.id, Ok((204, Bytes::new())));
+    let bytes: Vec<u8> = sim.to_client[&c]
+        .iter()
+        .flat_map(|(d, _)| d.to_vec())
+        .collect();
+    // An empty completion: [3, {}, "1", 2].
+    assert!(bytes.ends_with(b"\x94\x03\x80\xa11\x02"), "{bytes:?}");
+}
+
+#[test]
+fn a_hub_with_too_many_requests_waiting_drops_new_ones_and_says_so_to_an_invoker() {
+    let mut config = RelayConfig {
+        service_mode: ServiceMode::Serverless,
+        ..RelayConfig::default()
+    };
+    config.max_upstream_pending = 2;
+    let mut sim = Sim::with_config(epoch(), config);
+    let settings = UpstreamSettings::parse(
+        r#"{"UpstreamSettings":{"Templates":[{"UrlTemplate":"http://b/{event}"}]}}"#,
+    )
+    .unwrap();
+    sim.relay_mut().0.set_upstream(settings);
+    let (c, _) = sim.connect_client("chat", None, "json");
+    // connected is one; one invocation more fills the hub's share; the next is refused.
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"slow\",\"arguments\":[]}\x1e",
+    );
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"2\",\"target\":\"slow\",\"arguments\":[]}\x1e",
+    );
+    assert_eq!(sim.upstream.len(), 2);
+    assert!(sim.client_text(c).ends_with("{\"type\":3,\"invocationId\":\"2\",\"error\":\"Invocation failed, the upstream is busy.\"}\x1e"));
+    assert_eq!(sim.relay().stats().upstream_dropped, 1);
+    // Answers make room again.
+    let first = sim.upstream.remove(0).id;
+    sim.answer_upstream(first, Ok((200, Bytes::new())));
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"3\",\"target\":\"slow\",\"arguments\":[]}\x1e",
+    );
+    assert_eq!(sim.upstream.len(), 2);
+}
+
+#[test]
+fn without_a_matching_template_nothing_goes_upstream() {
+    let mut sim = in_mode(ServiceMode::Serverless);
+    let (c, _) = sim.connect_client("chat", None, "json");
+    sim.data(
+        c,
+        b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"x\",\"arguments\":[]}\x1e",
+    );
+    assert!(sim.upstream.is_empty());
+    assert_eq!(sim.client_text(c), "{}\x1e", "ignored, as Azure ignores it");
+}
