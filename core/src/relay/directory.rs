@@ -22,7 +22,16 @@ struct Hub {
     users: BTreeMap<String, BTreeSet<ConnHandle>>,
     /// User → group memberships that outlive connections, with their expiry.
     user_groups: BTreeMap<String, BTreeMap<String, Option<Instant>>>,
+    /// Each user's memberships made without a time to live, oldest first: only the latest
+    /// [`LASTING_PER_USER`] are kept, as Azure keeps them.
+    lasting: BTreeMap<String, std::collections::VecDeque<String>>,
 }
+
+/// A user's group memberships without a time to live that are kept (Azure's: the latest 100).
+const LASTING_PER_USER: usize = 100;
+
+/// How long a membership without a time to live lasts (Azure's: at most a year).
+const LASTING: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The directory.
 #[derive(Debug)]
@@ -196,7 +205,17 @@ impl Directory {
         if groups.len() >= max_groups && !groups.contains_key(group) {
             return false;
         }
-        groups.insert(group.to_owned(), ttl.map(|t| now + t));
+        groups.insert(group.to_owned(), Some(now + ttl.unwrap_or(LASTING)));
+        let order = h.lasting.entry(user.to_owned()).or_default();
+        order.retain(|g| g != group);
+        if ttl.is_none() {
+            order.push_back(group.to_owned());
+            if order.len() > LASTING_PER_USER {
+                if let Some(oldest) = order.pop_front() {
+                    groups.remove(&oldest);
+                }
+            }
+        }
         let conns: Vec<ConnHandle> = self.user(hub, user).collect();
         for c in conns {
             self.join(hub, c, group);
@@ -212,9 +231,13 @@ impl Directory {
                 if let Some(groups) = h.user_groups.get_mut(user) {
                     groups.remove(g);
                 }
+                if let Some(order) = h.lasting.get_mut(user) {
+                    order.retain(|l| l != g);
+                }
             }
             None => {
                 h.user_groups.remove(user);
+                h.lasting.remove(user);
             }
         }
         let conns: Vec<ConnHandle> = self.user(hub, user).collect();

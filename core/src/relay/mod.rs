@@ -63,6 +63,7 @@
 //!         Output::Close { conn, code, reason } => { /* flush, then close that socket */ }
 //!         Output::Event(Event::ServerOpened { .. }) => opened = true,
 //!         Output::Event(_) => { /* log it, count it */ }
+//!         Output::Upstream(request) => { /* POST it; then relay.handle_upstream_response */ }
 //!     }
 //! }
 //! let next_wakeup = relay.poll_timeout(); // sleep until then, or until the next input
@@ -83,6 +84,11 @@
 //! - **Classic client connections** (`/aspnetclient/…`): a classic ASP.NET SignalR 2.x client.
 //!   The relay terminates the classic protocol and speaks the ASP.NET Core JSON hub protocol
 //!   to the app server on the client's behalf.
+//! - **Serverless clients** (service modes serverless and classic): clients of a hub with no
+//!   app server are mapped to the relay's own endpoint for the hub (`serverless`), which
+//!   answers their handshake and sends their events upstream ([`Output::Upstream`]).
+//! - **The REST API** (`/api/…`): Azure's data plane, versions 1 and 2022-06-01 (`rest`),
+//!   carried out by the same commands as the service protocol's.
 //!
 //! # Parts
 //!
@@ -92,6 +98,9 @@
 //! |---|---|
 //! | `directory` | hubs, groups, users, connection ids, and the indexes back from a connection |
 //! | `servers` | server connections: the service handshake, pings, load, their timers |
+//! | `serverless` | the relay's own endpoint of each hub without app servers, and its upstream requests |
+//! | `rest` | the REST API's routes, bodies and answers |
+//! | `upstream` | upstream templates, request headers and signatures, what answers mean |
 //! | `client` | client connections: the ASP.NET Core and classic dialects, transports, stateful reconnect |
 //! | `invocations` | client results awaited, by the client that owes them and by the caller |
 //! | `command` | `HubCommand`: the one verb type every fan-out goes through |

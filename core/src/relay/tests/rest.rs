@@ -505,3 +505,30 @@ fn every_operation_of_both_published_versions_answers_a_documented_status() {
     // The closes came last: alice's connection is gone.
     assert!(sim.closed.contains_key(&a));
 }
+
+/// As Azure keeps them: a user's memberships without a time to live are the latest 100;
+/// those with one are not counted among them.
+#[test]
+fn a_user_keeps_the_latest_hundred_memberships_made_without_a_ttl() {
+    let mut sim = sim();
+    let put = |group: String, query: &str| {
+        rest(
+            "PUT",
+            &format!("/api/hubs/chat/users/u/groups/{group}"),
+            query,
+            b"",
+        )
+    };
+    assert_eq!(
+        status(&mut sim, &put("timed".into(), &format!("{V2}&ttl=3600"))).0,
+        200
+    );
+    for i in 0..101 {
+        assert_eq!(status(&mut sim, &put(format!("g{i}"), V2)).0, 200);
+    }
+    let hub = sim.relay().directory.find("chat").expect("the hub");
+    let groups = sim.relay().directory.user_groups(hub, "u");
+    assert_eq!(groups.len(), 101, "100 lasting and the timed one");
+    assert!(!groups.iter().any(|g| *g == "g0"), "the oldest went");
+    assert!(groups.iter().any(|g| *g == "g100") && groups.iter().any(|g| *g == "timed"));
+}

@@ -303,3 +303,139 @@ fn without_a_matching_template_nothing_goes_upstream() {
     assert!(sim.upstream.is_empty());
     assert_eq!(sim.client_text(c), "{}\x1e", "ignored, as Azure ignores it");
 }
+
+/// The Management SDK's persistent mode: a Weak connection carries no client, in any mode,
+/// and every message that wants an ack gets one, with the answer the SDK reads (Ok: yes,
+/// NotFound: no).
+#[test]
+fn a_management_connection_gets_every_ack_and_never_a_client() {
+    for mode in [
+        ServiceMode::Default,
+        ServiceMode::Serverless,
+        ServiceMode::Classic,
+    ] {
+        let mut sim = in_mode(mode);
+        let m = management(&mut sim, "chat");
+        let app = (mode != ServiceMode::Serverless).then(|| sim.connect_server("chat", "app-1"));
+        let (c, id) = sim.connect_client("chat", Some("alice"), "json");
+        if app.is_some() {
+            sim.accept_handshake(c, &id);
+        }
+        assert!(sim.is_open(c));
+        assert_ne!(
+            sim.relay().clients.map[&c].link.as_ref().map(|l| l.server),
+            Some(m),
+            "{mode:?}"
+        );
+        let user = |user: &str, group: &str, ack_id| service::UserGroupWithAck {
+            user_id: user.into(),
+            group: Some(group.into()),
+            ack_id,
+            ext: service::Ext::default(),
+        };
+        let check = |id: &str, ack_id| service::ExistenceCheck {
+            id: id.into(),
+            ack_id,
+            ext: service::Ext::default(),
+        };
+        let close = |target: &str, ack_id| service::CloseConnectionsWithAck {
+            target: target.into(),
+            ack_id,
+            ..service::CloseConnectionsWithAck::default()
+        };
+        use service::AckStatus::{NotFound, Ok as Yes};
+        let cases: Vec<(ServiceMessage, service::AckStatus)> = vec![
+            (
+                ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                    connection_id: id.clone(),
+                    group: Some("g".into()),
+                    ack_id: 1,
+                    ext: service::Ext::default(),
+                }),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckGroupExistenceWithAck(check("g", 2)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckGroupExistenceWithAck(check("none", 3)),
+                NotFound,
+            ),
+            (
+                ServiceMessage::CheckConnectionExistenceWithAck(check(&id, 4)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckConnectionExistenceWithAck(check("none", 5)),
+                NotFound,
+            ),
+            (
+                ServiceMessage::CheckUserExistenceWithAck(check("alice", 6)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckUserExistenceWithAck(check("bob", 7)),
+                NotFound,
+            ),
+            (
+                ServiceMessage::UserJoinGroupWithAck(user("alice", "u", 8)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckUserInGroupWithAck(user("alice", "u", 9)),
+                Yes,
+            ),
+            (
+                ServiceMessage::UserLeaveGroupWithAck(user("alice", "u", 10)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CheckUserInGroupWithAck(user("alice", "u", 11)),
+                NotFound,
+            ),
+            (
+                ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+                    connection_id: id.clone(),
+                    group: Some("g".into()),
+                    ack_id: 12,
+                    ext: service::Ext::default(),
+                }),
+                Yes,
+            ),
+            (
+                ServiceMessage::CloseGroupConnectionsWithAck(close("g", 13)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CloseUserConnectionsWithAck(close("bob", 14)),
+                Yes,
+            ),
+            (
+                ServiceMessage::CloseConnectionWithAck(service::CloseConnectionWithAck {
+                    connection_id: "none".into(),
+                    ack_id: 15,
+                    ..Default::default()
+                }),
+                NotFound,
+            ),
+            (
+                ServiceMessage::CloseConnectionWithAck(service::CloseConnectionWithAck {
+                    connection_id: id.clone(),
+                    ack_id: 16,
+                    ..Default::default()
+                }),
+                Yes,
+            ),
+            (ServiceMessage::CloseConnectionsWithAck(close("", 17)), Yes),
+        ];
+        for (msg, want) in cases {
+            sim.send_service(m, &msg);
+            let Some(ServiceMessage::Ack(ack)) = sim.to_server[&m].last() else {
+                panic!("{mode:?}: no ack for {msg:?}")
+            };
+            assert_eq!(ack.status, want, "{mode:?}: {msg:?}");
+        }
+        assert!(sim.closed.contains_key(&c));
+    }
+}
