@@ -223,6 +223,29 @@ pub fn odata(data: &[u8]) {
 }
 
 /// Every target, by name, for corpus replay.
+/// The REST API's parsers: a request (method, path and query on the first three lines) and
+/// its body in both encodings, and an upstream settings file, from the same bytes.
+pub fn rest(data: &[u8]) {
+    use crate::relay::rest::{payloads, route, Route};
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.splitn(4, '\n');
+    let (method, path, query) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    if let Ok(Route::Call(call)) = route(method, path, query) {
+        let _ = (call.answer(true), call.answer(false));
+        if let Ok(p) = payloads(None, lines.next().unwrap_or_default().as_bytes()) {
+            let _ = call.command(&p);
+        }
+    }
+    for content_type in ["application/json", "application/octet-stream"] {
+        let _ = payloads(Some(content_type), data);
+    }
+    let _ = crate::relay::UpstreamSettings::parse(&text);
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("aspnetcore_json", aspnetcore_json),
     ("aspnetcore_msgpack", aspnetcore_msgpack),
@@ -233,5 +256,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("classic_envelope", classic_envelope),
     ("jwt", jwt),
     ("odata", odata),
+    ("rest", rest),
     ("relay_ops", relay_ops),
 ];

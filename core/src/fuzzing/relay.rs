@@ -131,6 +131,14 @@ pub fn relay_ops(data: &[u8]) {
         classic_buffer_messages: 8,
         clients_per_server_connection: 2,
         max_server_message_size: 1024,
+        max_upstream_pending: 4,
+        // Most inputs run in default mode; a first byte from 0xE0 picks classic, from 0xF0
+        // serverless (with an upstream), so that the relay's own endpoint is fuzzed too.
+        service_mode: match data.first() {
+            Some(0xF0..) => crate::relay::ServiceMode::Serverless,
+            Some(0xE0..) => crate::relay::ServiceMode::Classic,
+            _ => crate::relay::ServiceMode::Default,
+        },
         ..RelayConfig::default()
     };
     // What one client may hold: a poll's worth and a reconnect's worth, each overshot by at
@@ -143,10 +151,26 @@ pub fn relay_ops(data: &[u8]) {
     #[allow(clippy::disallowed_methods)]
     let epoch = Instant::now();
     let mut sim = Sim::with_config(epoch, config);
+    if let Ok(settings) = crate::relay::UpstreamSettings::parse(
+        r#"{"UpstreamSettings":{"Templates":[{"UrlTemplate":"http://up/{hub}/{category}/{event}"}]}}"#,
+    ) {
+        sim.relay_mut().0.set_upstream(settings);
+    }
     let mut world = World::default();
     let mut script = Script(data);
     while !script.0.is_empty() {
         step(&mut sim, &mut world, &mut script);
+        // The upstream answers the oldest request it was sent, or not at all.
+        if !sim.upstream.is_empty() && script.byte() % 2 == 0 {
+            let request = sim.upstream.remove(0);
+            let result = match script.byte() % 4 {
+                0 => Ok((200, script.bytes())),
+                1 => Ok((204, Bytes::new())),
+                2 => Ok((500, Bytes::new())),
+                _ => Err(crate::relay::UpstreamFailure::NoAnswer),
+            };
+            sim.answer_upstream(request.id, result);
+        }
         let relay = sim.relay();
         let (_, largest) = relay.buffered_bytes();
         assert!(largest <= per_client, "a client holds {largest} bytes");
@@ -400,14 +424,24 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 "/aspnetclient/poll",
                 "/health",
                 "/x",
+                "/api/v1/hubs/chat",
+                "/api/hubs/chat/:send",
+                "/api/hubs/chat/groups/g/:closeConnections",
+                "/api/hubs/chat/users/u/groups/g",
             ];
             let path = paths[script.below(paths.len())];
             let query = String::from_utf8_lossy(&script.bytes()).into_owned();
+            // The REST API's calls carry a token for their path.
+            let bearer = path.starts_with("/api/").then(|| {
+                let mut claims = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
+                claims.aud.push(format!("http://localhost{path}"));
+                crate::auth::sign(&claims, KEY.as_bytes(), crate::auth::Algorithm::Hs256)
+            });
             let mut req = request(
-                ["GET", "POST", "PUT"][script.below(3)],
+                ["GET", "POST", "PUT", "DELETE", "HEAD"][script.below(5)],
                 path,
                 &query,
-                None,
+                bearer.as_deref(),
                 script.byte() % 2 == 0,
             );
             req.body = script.bytes();

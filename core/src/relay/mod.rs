@@ -124,7 +124,7 @@ mod output;
 mod policy;
 mod reason;
 mod reframe;
-mod rest;
+pub(crate) mod rest;
 mod serverless;
 mod servers;
 pub mod sim;

@@ -275,8 +275,9 @@ impl Servers {
             .collect()
     }
 
+    /// Open connections of app servers (the relay's own serverless endpoints are none).
     pub(crate) fn open_count(&self) -> usize {
-        self.map.values().filter(|s| s.open).count()
+        self.map.values().filter(|s| s.open && !s.internal).count()
     }
 
     /// The app server id of a server connection (empty when it is gone).
