@@ -701,6 +701,13 @@ pub struct SampleArgs {
     #[arg(long, env = "SIGNALR_RELAY_CA")]
     pub ca: Option<std::path::PathBuf>,
 
+    /// Run the serverless sample instead: a backend with no hub server (for a relay with
+    /// `--service-mode serverless`) that serves negotiate with tokens it mints, takes the
+    /// relay's upstream requests at `/upstream/{hub}/{category}/{event}`, and answers
+    /// through the REST API.
+    #[arg(long)]
+    pub serverless: bool,
+
     #[command(flatten)]
     pub logging: LogArgs,
 
@@ -884,11 +891,27 @@ pub async fn run_sample_app<R: crate::Runtime, L: crate::Listener>(
         .iter()
         .map(|h| h.name().to_owned())
         .collect();
-    println!(
-        "sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: {})",
-        hubs.join(", ")
-    );
+    if args.serverless {
+        println!(
+            "sample-app (serverless) listening on http://{addr} (negotiate at /<hub>/negotiate; point the relay's upstream template at http://{addr}/upstream/{{hub}}/{{category}}/{{event}})"
+        );
+    } else {
+        println!(
+            "sample-app listening on http://{addr} (negotiate at /<hub>/negotiate; hubs: {})",
+            hubs.join(", ")
+        );
+    }
     exit_after(&runtime, args.exit_after);
+    if args.serverless {
+        let mut options = crate::sdk::management::ServiceOptions::default();
+        options.ca_file.clone_from(&args.ca);
+        let cs = args.connection_string.first().cloned().unwrap_or_default();
+        if let Err(e) = crate::serverless_sample::run(runtime, listener, &cs, options).await {
+            eprintln!("sample-app stopped: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut options = crate::sdk::AppOptions {
         connections_per_hub: args.connections_per_hub,
         client_result_timeout: Duration::from_secs(args.client_result_timeout),

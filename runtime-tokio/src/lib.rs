@@ -32,6 +32,7 @@ pub mod cli;
 pub mod glue;
 pub mod sample_app;
 pub mod sdk;
+pub mod serverless_sample;
 
 pub use glue::{
     serve, serve_http, serve_until, serve_until_with_operator, BoxFuture, Listener, Runtime,

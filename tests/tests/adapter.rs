@@ -808,3 +808,120 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_read_timeout() {
     let _ = std::fs::remove_dir_all(&dir);
     result.expect("the stalled handshake was closed on the runtime's clock");
 }
+
+/// The SDK's management client (`sdk::management`) against a serverless relay, on both
+/// runtimes: it mints a client's token (negotiate), and every kind of REST call it makes is
+/// answered as Azure answers, in both body encodings.
+async fn the_management_client_drives_a_serverless_relay<R: Runtime>(runtime: R, addr: SocketAddr) {
+    use signalr_relay_tokio::core::aspnetcore::negotiate::NegotiateResponse;
+    use signalr_relay_tokio::sdk::management::{BodyEncoding, Of, ServiceClient, ServiceOptions};
+    let rt = &runtime;
+    let cs = format!("Endpoint=http://{addr};AccessKey={KEY};Version=1.0;");
+    let service =
+        ServiceClient::new(runtime.clone(), &cs, ServiceOptions::default()).expect("a client");
+    let mut binary_options = ServiceOptions::default();
+    binary_options.encoding = BodyEncoding::Binary;
+    let binary = ServiceClient::new(runtime.clone(), &cs, binary_options).expect("a client");
+    let chat = service.hub("Chat");
+    assert!(within(rt, "health", service.is_healthy())
+        .await
+        .expect("healthy"));
+
+    // A client, with the token the backend mints.
+    let NegotiateResponse::Redirect {
+        url,
+        access_token: Some(token),
+    } = chat.negotiate(Some("alice"), &[])
+    else {
+        panic!("no redirect")
+    };
+    assert_eq!(url, format!("http://{addr}/client/?hub=chat"));
+    let id = negotiate_as(rt, addr, &token).await;
+    let mut client = websocket(rt, addr, &format!("/client/?hub=chat&id={id}"), &token).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
+    let ops = async {
+        assert!(chat.user_exists("alice").await.expect("answered"));
+        chat.send_to_all("news", &("json",), &[])
+            .await
+            .expect("sent");
+        binary
+            .hub("chat")
+            .send_to_user("alice", "news", &("binary",))
+            .await
+            .expect("sent");
+        assert!(!chat.user_exists("bob").await.expect("answered"));
+        chat.add_user_to_group("alice", "vip", None)
+            .await
+            .expect("added");
+        assert!(chat.user_in_group("alice", "vip").await.expect("answered"));
+        assert!(chat.group_exists("vip").await.expect("answered"));
+        chat.send_to_group("vip", "news", &("group",), &[])
+            .await
+            .expect("sent");
+        chat.remove_user_from_all_groups("alice")
+            .await
+            .expect("removed");
+        assert!(!chat.user_in_group("alice", "vip").await.expect("answered"));
+        assert!(!chat.add_to_group("nobody", "g").await.expect("answered"));
+        assert!(!chat
+            .close_connection("nobody", None)
+            .await
+            .expect("answered"));
+        chat.close_connections(Some(Of::User("bob")), &[], None)
+            .await
+            .expect("closed");
+    };
+    within(rt, "the REST calls", ops).await;
+    for want in ["json", "binary", "group"] {
+        let text = next_text(rt, &mut client).await;
+        assert!(
+            text.contains(&format!("\"news\",\"arguments\":[\"{want}\"]")),
+            "{text}"
+        );
+    }
+    // Closed by its user, with a reason.
+    within(
+        rt,
+        "a close",
+        chat.close_connections(Some(Of::User("alice")), &[], Some("bye")),
+    )
+    .await
+    .expect("closed");
+    match within(rt, "the close", client.next()).await {
+        Some(Ok(Message::Text(text))) => assert!(text.contains("bye"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!within(rt, "existence", chat.user_exists("alice"))
+        .await
+        .expect("answered"));
+}
+
+fn serverless_config() -> RelayConfig {
+    let mut config = config();
+    config.service_mode = signalr_relay_core::relay::ServiceMode::Serverless;
+    config
+}
+
+mod the_management_client_drives_a_serverless_relay {
+    #[test]
+    fn tokio() {
+        super::on_tokio(
+            super::serverless_config(),
+            super::the_management_client_drives_a_serverless_relay,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        super::on_smol(
+            super::serverless_config(),
+            super::the_management_client_drives_a_serverless_relay,
+        );
+    }
+}

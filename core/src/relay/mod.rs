@@ -149,7 +149,7 @@ pub use self::reason::texts::CONNECTION_NOT_FOUND;
 pub use self::reason::{CloseKind, CloseReason, Initiator, Rejection};
 pub use self::rest::MAX_BODY as REST_BODY_LIMIT;
 pub use self::stats::{CloseCounts, RelayStats, Traffic};
-pub use self::upstream::{UpstreamFailure, UpstreamRequest, UpstreamSettings};
+pub use self::upstream::{signature_valid, UpstreamFailure, UpstreamRequest, UpstreamSettings};
 
 use self::admission::{hub_param, Admission};
 use self::client::{

@@ -286,6 +286,17 @@ pub(crate) fn signature(keys: &[String], connection_id: &str) -> String {
         .join(",")
 }
 
+/// Whether `header` (an upstream request's `X-ASRS-Signature`) holds the signature of
+/// `connection_id` under one of `keys`, as a backend checks it (the Functions extension's
+/// way: split on `,`, hex in any case).
+pub fn signature_valid(keys: &[String], connection_id: &str, header: &str) -> bool {
+    let expected = signature(keys, connection_id);
+    let expected: Vec<&str> = expected.split(',').collect();
+    header
+        .split(',')
+        .any(|s| expected.iter().any(|e| e.eq_ignore_ascii_case(s)))
+}
+
 /// What an invocation's answer means for its client: a completion to send, in whole frames
 /// of the client's protocol, or the upstream's own body, as it came.
 pub(crate) enum Answer {

@@ -151,9 +151,13 @@ pub(crate) fn allow_origin(origin: Option<&HeaderValue>, response: &mut Response
     }
 }
 
+/// Largest request body [`serve_http`] reads (an upstream event's, for a serverless backend).
+pub(crate) const MAX_HANDLER_BODY: usize = 1024 * 1024;
+
 /// Serves plain HTTP requests with `handler` (no WebSockets), e.g. an app server's negotiate
 /// endpoint, forever: accept errors are survived, and at most `max_connections` are open at
-/// once (see [`accept_loop`]). A request body is not read: the handler gets the head, and
+/// once (see [`accept_loop`]). The handler gets the request with its body, up to
+/// 1 MiB read within 15 s (past either: 413 or 408, without the handler), and
 /// answers when its future is ready.
 pub async fn serve_http<R, L, F, Fut>(runtime: R, listener: L, max_connections: usize, handler: F)
 where
@@ -167,17 +171,34 @@ where
     accept_loop(&runtime, listener, count, |stream, peer, admitted| {
         let handler = handler.clone();
         let timer = runtime.hyper_timer();
+        let body_timer = runtime.clone();
         runtime.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let handler = handler.clone();
+                let runtime = body_timer.clone();
                 async move {
+                    let origin = req.headers().get(ORIGIN).cloned();
                     if let Some(response) = preflight(&req) {
                         let mut response = response;
-                        allow_origin(req.headers().get(ORIGIN), &mut response);
+                        allow_origin(origin.as_ref(), &mut response);
                         return Ok::<_, Infallible>(response);
                     }
-                    let mut response = respond(handler(to_core_request(&req, peer)).await);
-                    allow_origin(req.headers().get(ORIGIN), &mut response);
+                    let mut request = to_core_request(&req, peer);
+                    let deadline = runtime.sleep_until(runtime.now() + Duration::from_secs(15));
+                    let read = Box::pin(read_body(req.into_body(), MAX_HANDLER_BODY));
+                    let mut response = match futures_util::future::select(read, deadline).await {
+                        futures_util::future::Either::Left((Some(body), _)) => {
+                            request.body = body;
+                            respond(handler(request).await)
+                        }
+                        futures_util::future::Either::Left((None, _)) => {
+                            text(StatusCode::PAYLOAD_TOO_LARGE, "The body is too large.")
+                        }
+                        futures_util::future::Either::Right(_) => {
+                            text(StatusCode::REQUEST_TIMEOUT, "The body took too long.")
+                        }
+                    };
+                    allow_origin(origin.as_ref(), &mut response);
                     Ok(response)
                 }
             });
@@ -193,4 +214,18 @@ where
         });
     })
     .await;
+}
+
+/// The whole body, or `None` past `max` bytes (or when it breaks off).
+async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buf.len() + data.len() > max {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
 }

@@ -1,5 +1,5 @@
-//! Sends the relay's upstream requests (serverless mode's webhooks): hyper's HTTP/1.1 client
-//! on the runtime's sockets, TLS for `https` with the platform's roots. Each request has its
+//! Sends the relay's upstream requests (serverless mode's webhooks), and the SDK's REST calls
+//! ([`Call`]): hyper's HTTP/1.1 client on the runtime's sockets, TLS for `https`. Each request has its
 //! timeout; `connected` and `disconnected` are tried again, with a pause of 1 s then 2 s, when
 //! nothing or a 5xx answers. Runs beside the relay's task, never in it: a slow or dead upstream
 //! costs the clients nothing but their own invocations' answers.
@@ -83,76 +83,143 @@ async fn post<R: Runtime>(
     runtime: &R,
     request: &UpstreamRequest,
 ) -> Result<(u16, Bytes), (UpstreamFailure, String)> {
-    let no_answer = |why: String| (UpstreamFailure::NoAnswer, why);
-    let url = HttpUrl::parse(&request.url).map_err(|e| no_answer(e.to_string()))?;
-    let addr = resolve(url.host(), url.port_or_default())
-        .await
-        .map_err(no_answer)?;
-    let tcp = runtime
-        .connect(addr)
-        .await
-        .map_err(|e| no_answer(format!("cannot connect to {addr}: {e}")))?;
-    let stream = if url.scheme() == Scheme::Https {
-        let config = TLS
-            .get_or_init(|| client_config(None))
-            .clone()
-            .map_err(no_answer)?;
-        ClientStream::tls(&config, url.host(), tcp)
-            .await
-            .map_err(|e| no_answer(format!("TLS with {}: {e}", url.host())))?
-    } else {
-        ClientStream::Plain(tcp)
+    let mut headers = vec![("content-type", request.content_type.to_owned())];
+    headers.extend(request.headers.iter().map(|(k, v)| (*k, v.clone())));
+    let call = Call {
+        method: "POST",
+        url: &request.url,
+        headers: &headers,
+        body: request.body.clone(),
+        max_response: request.max_response,
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
-        .await
-        .map_err(|e| no_answer(e.to_string()))?;
-    runtime.spawn(async move {
-        let _ = connection.await;
-    });
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let host = match url.port() {
-        Some(port) => format!("{}:{port}", url.host()),
-        None => url.host().to_owned(),
-    };
-    let mut builder = hyper::Request::post(if path.is_empty() { "/" } else { &path })
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, request.content_type)
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("signalr-relay/", env!("CARGO_PKG_VERSION")),
-        );
-    for (name, value) in &request.headers {
-        builder = builder.header(*name, value);
+    match call.send(runtime, None).await {
+        Ok(answer) => Ok((answer.status, answer.body)),
+        Err(Failure::TooLarge(why)) => Err((UpstreamFailure::TooLarge, why)),
+        Err(Failure::NoAnswer(why)) => Err((UpstreamFailure::NoAnswer, why)),
     }
-    let req = builder
-        .body(Full::new(request.body.clone()))
-        .map_err(|e| no_answer(e.to_string()))?;
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|e| no_answer(e.to_string()))?;
-    let status = response.status().as_u16();
-    let body = read_at_most(response.into_body(), request.max_response).await?;
-    Ok((status, body))
+}
+
+/// One HTTP/1.1 request to an absolute `http` or `https` URL, on a connection of its own.
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'static str,
+    pub(crate) url: &'a str,
+    pub(crate) headers: &'a [(&'static str, String)],
+    pub(crate) body: Bytes,
+    /// The largest answer body read.
+    pub(crate) max_response: usize,
+}
+
+/// An answer: its status, its `x-ms-error-code` (the REST API's), and its body.
+#[derive(Debug)]
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
+    pub(crate) error_code: Option<String>,
+    pub(crate) body: Bytes,
+}
+
+/// Why a call has no answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    NoAnswer(String),
+    TooLarge(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAnswer(why) | Self::TooLarge(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Sends it, over TLS for `https` with `tls` (the platform's roots when `None`).
+    pub(crate) async fn send<R: Runtime>(
+        &self,
+        runtime: &R,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<HttpAnswer, Failure> {
+        let no_answer = Failure::NoAnswer;
+        let url = HttpUrl::parse(self.url).map_err(|e| no_answer(e.to_string()))?;
+        let addr = resolve(url.host(), url.port_or_default())
+            .await
+            .map_err(no_answer)?;
+        let tcp = runtime
+            .connect(addr)
+            .await
+            .map_err(|e| no_answer(format!("cannot connect to {addr}: {e}")))?;
+        let stream = if url.scheme() == Scheme::Https {
+            let config = match tls {
+                Some(config) => config.clone(),
+                None => TLS
+                    .get_or_init(|| client_config(None))
+                    .clone()
+                    .map_err(no_answer)?,
+            };
+            ClientStream::tls(&config, url.host(), tcp)
+                .await
+                .map_err(|e| no_answer(format!("TLS with {}: {e}", url.host())))?
+        } else {
+            ClientStream::Plain(tcp)
+        };
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(FuturesIo::new(stream))
+                .await
+                .map_err(|e| no_answer(e.to_string()))?;
+        runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host()),
+            None => url.host().to_owned(),
+        };
+        let method = hyper::Method::from_bytes(self.method.as_bytes())
+            .map_err(|e| no_answer(e.to_string()))?;
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(if path.is_empty() { "/" } else { &path })
+            .header(hyper::header::HOST, host)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("signalr-relay/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in self.headers {
+            builder = builder.header(*name, value);
+        }
+        let req = builder
+            .body(Full::new(self.body.clone()))
+            .map_err(|e| no_answer(e.to_string()))?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| no_answer(e.to_string()))?;
+        let status = response.status().as_u16();
+        let error_code = response
+            .headers()
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_at_most(response.into_body(), self.max_response).await?;
+        Ok(HttpAnswer {
+            status,
+            error_code,
+            body,
+        })
+    }
 }
 
 /// The whole body, unless it is longer than `max`.
-async fn read_at_most(
-    mut body: hyper::body::Incoming,
-    max: usize,
-) -> Result<Bytes, (UpstreamFailure, String)> {
+async fn read_at_most(mut body: hyper::body::Incoming, max: usize) -> Result<Bytes, Failure> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| (UpstreamFailure::NoAnswer, e.to_string()))?;
+        let frame = frame.map_err(|e| Failure::NoAnswer(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
-                return Err((
-                    UpstreamFailure::TooLarge,
-                    format!("an answer over {max} bytes"),
-                ));
+                return Err(Failure::TooLarge(format!("an answer over {max} bytes")));
             }
             buf.extend_from_slice(&data);
         }

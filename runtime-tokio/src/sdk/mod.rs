@@ -20,6 +20,7 @@ mod codec;
 mod command;
 mod connection;
 mod hub;
+pub mod management;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
