@@ -217,6 +217,13 @@ impl Drop for HttpConn {
     }
 }
 
+/// A new plain HTTP/1.1 connection to `addr`, kept alive for several requests.
+pub(crate) async fn keep_alive_plain(
+    addr: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    keep_alive(addr, false).await
+}
+
 /// A new HTTP/1.1 connection to `addr`.
 async fn keep_alive(
     addr: &str,

@@ -179,6 +179,9 @@ enum Scenario {
     /// WebSocket echoes over TLS (wss), against a second relay on `--tls-cert`, with a CA
     /// made for the run: the relay's CPU per echo against plain ws.
     Tls,
+    /// The REST API (relay only): a broadcast to every connection, against the WebSocket
+    /// broadcast; and sends to single connections, requests a second.
+    Rest,
 }
 
 #[derive(Serialize, Default)]
@@ -192,6 +195,10 @@ struct Side {
     send_to_connection: Option<BroadcastResult>,
     slow_consumer: Option<SlowConsumerResult>,
     step: Option<StepResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rest_broadcast: Option<BroadcastResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rest_sends: Option<scenarios::RestSendResult>,
 }
 
 #[derive(Serialize)]
@@ -259,6 +266,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
             Scenario::SendToConnection,
             Scenario::SlowConsumer,
             Scenario::Tls,
+            Scenario::Rest,
         ];
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
@@ -391,7 +399,7 @@ async fn start_relay(
 ) -> Result<Target, String> {
     let suffix = if runtime == "smol" { "-smol" } else { "" };
     let limit = limit.to_string();
-    let key = "bench-key-0123456789abcdef0123456789abcdef";
+    let key = scenarios::KEY;
     let mut relay_args: Vec<String> = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
@@ -491,9 +499,17 @@ fn smoke_check(side: &Side) -> Result<(), String> {
     {
         problems.push("an echo scenario echoed nothing");
     }
+    if side
+        .rest_sends
+        .as_ref()
+        .is_some_and(|r| r.requests == 0 || r.failed > 0)
+    {
+        problems.push("REST sends failed");
+    }
     let fan_out = side
         .broadcast
         .iter()
+        .chain(&side.rest_broadcast)
         .chain(&side.groups)
         .chain(&side.churn)
         .chain(&side.send_to_connection);
@@ -637,6 +653,17 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
         );
         side.send_to_connection =
             Some(scenarios::send_to_connection(target, &mut conns, 10, 2048, secs).await);
+    }
+    if wanted(Scenario::Rest) && target.is_relay() {
+        scenarios::keep_alive(target, &mut conns).await;
+        eprintln!(
+            "  {}: REST broadcast to {}, 2 KB",
+            target.name,
+            conns.len().saturating_sub(1)
+        );
+        side.rest_broadcast = scenarios::rest_broadcast(target, &mut conns, rate, 2048, secs).await;
+        eprintln!("  {}: REST sends to single users, 8 at a time", target.name);
+        side.rest_sends = scenarios::rest_sends(target, &mut conns, 8, secs).await;
     }
     if wanted(Scenario::SlowConsumer) {
         scenarios::keep_alive(target, &mut conns).await;
@@ -874,6 +901,43 @@ fn print_table(r: &Report) {
     }
     if let Some(tls) = &r.relay_tls {
         print_tls_table(tls, &r.relay);
+    }
+    print_rest_table(&r.relay);
+}
+
+/// The REST API's figures, against the WebSocket broadcast of the same run.
+fn print_rest_table(relay: &Side) {
+    let (Some(rest), Some(ws)) = (&relay.rest_broadcast, &relay.broadcast) else {
+        return;
+    };
+    println!("\nThe REST API (relay only), against the WebSocket broadcast of the same run");
+    println!("| scenario | measure | REST | WebSocket | REST/WebSocket |");
+    println!("|---|---|---|---|---|");
+    let s = format!("broadcast ({} receivers) × 2 KB", rest.receivers);
+    println!(
+        "| {s} | CPU per delivery | {:.1} µs | {:.1} µs | {} |",
+        rest.server_cpu_us_per_delivery,
+        ws.server_cpu_us_per_delivery,
+        ratio(
+            rest.server_cpu_us_per_delivery,
+            ws.server_cpu_us_per_delivery
+        )
+    );
+    println!(
+        "| {s} | p99 | {:.1} ms | {:.1} ms | {} |",
+        rest.latency.p99_ms,
+        ws.latency.p99_ms,
+        ratio(rest.latency.p99_ms, ws.latency.p99_ms)
+    );
+    if let Some(sends) = &relay.rest_sends {
+        println!(
+            "| sends to one user, {} at a time | requests/s | {:.0} | | |",
+            sends.concurrency, sends.requests_per_sec
+        );
+        println!(
+            "| sends to one user, {} at a time | relay CPU per request | {:.1} µs | | |",
+            sends.concurrency, sends.server_cpu_us_per_request
+        );
     }
 }
 

@@ -41,7 +41,7 @@ impl Target {
         }
     }
 
-    fn is_relay(&self) -> bool {
+    pub(crate) fn is_relay(&self) -> bool {
         self.app.is_some()
     }
 
@@ -1062,5 +1062,178 @@ pub(crate) async fn slow_consumer(
         server_rss_before_bytes: rss_before,
         server_rss_after_bytes: rss_after,
         slow_dropped,
+    })
+}
+
+/// The access key of the relays the generator starts.
+pub(crate) const KEY: &str = "bench-key-0123456789abcdef0123456789abcdef";
+
+/// A REST call's bearer token for `path` on `relay`, as the Management SDK signs it.
+fn rest_token(relay: &str, path: &str) -> String {
+    use signalr_relay_core::auth::{sign, Algorithm, Claims};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = Claims::issued_at(now, 3600);
+    claims
+        .aud
+        .push(format!("http://{relay}{path}?api-version=2022-06-01"));
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+/// One REST `POST` of `{"target", "arguments": [payload]}` on a kept-alive connection: whether
+/// the relay took it (202).
+async fn rest_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    relay: &str,
+    path: &str,
+    token: &str,
+    payload: &str,
+) -> bool {
+    let body = serde_json::json!({ "target": "rest", "arguments": [payload] }).to_string();
+    let Ok(req) = hyper::Request::post(format!("{path}?api-version=2022-06-01"))
+        .header("host", relay)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+    else {
+        return false;
+    };
+    if sender.ready().await.is_err() {
+        return false;
+    }
+    match sender.send_request(req).await {
+        Ok(res) => {
+            let ok = res.status() == 202;
+            let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// A broadcast through the REST API: `rate` a second of `payload` bytes to the hub, which
+/// every connection but the first receives (the first stays idle, so that the receivers are
+/// the WebSocket broadcast's). Relay only.
+pub(crate) async fn rest_broadcast(
+    target: &Target,
+    conns: &mut [Ws],
+    rate: u32,
+    payload: usize,
+    duration: Duration,
+) -> Option<BroadcastResult> {
+    let relay = target.server.addr.clone();
+    let path = "/api/hubs/bench/:send";
+    let token = rest_token(&relay, path);
+    let mut sender = client::keep_alive_plain(&relay).await.ok()?;
+    let tally = Tally::default();
+    let sending = AtomicBool::new(true);
+    let receivers: Vec<&mut Ws> = conns.iter_mut().skip(1).collect();
+    let receiver_count = receivers.len();
+    let meter = Meter::start(target);
+    let start = meter.start;
+    let send = async {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut tick = tokio::time::interval(interval);
+        while start.elapsed() < duration {
+            tick.tick().await;
+            if !rest_send(&mut sender, &relay, path, &token, &stamped(payload)).await {
+                break;
+            }
+            tally.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        sending.store(false, Ordering::Relaxed);
+    };
+    let receive = receivers.into_iter().map(|ws| {
+        let (tally, sending) = (&tally, &sending);
+        async move {
+            let mut last_heard = Instant::now();
+            let mut last_ping = Instant::now();
+            loop {
+                target.keep_alive(ws, &mut last_ping).await;
+                match tokio::time::timeout(QUIET, ws.next()).await {
+                    Ok(next) => {
+                        if tally.heard(next, &mut last_heard).is_none() {
+                            return;
+                        }
+                    }
+                    Err(_) if !sending.load(Ordering::Relaxed) && last_heard.elapsed() >= QUIET => {
+                        return
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+    futures_util::future::join(send, futures_util::future::join_all(receive)).await;
+    let group = receiver_count + 1;
+    Some(tally.result(target, &meter, group, receiver_count, rate, payload))
+}
+
+/// REST sends to single connections (by their users), closed-loop on `concurrency` kept-alive
+/// connections for `duration`. Relay only.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RestSendResult {
+    pub(crate) concurrency: usize,
+    pub(crate) requests: u64,
+    pub(crate) requests_per_sec: f64,
+    pub(crate) failed: u64,
+    pub(crate) server_cpu_us_per_request: f64,
+}
+
+pub(crate) async fn rest_sends(
+    target: &Target,
+    conns: &mut [Ws],
+    concurrency: usize,
+    duration: Duration,
+) -> Option<RestSendResult> {
+    let relay = target.server.addr.clone();
+    let users = conns.len().max(1);
+    let done = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let meter = Meter::start(target);
+    let workers = (0..concurrency).map(|w| {
+        let (relay, done, failed) = (&relay, &done, &failed);
+        async move {
+            let Ok(mut sender) = client::keep_alive_plain(relay).await else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut n = w;
+            while meter.start.elapsed() < duration {
+                let path = format!("/api/hubs/bench/users/u{}/:send", n % users);
+                let token = rest_token(relay, &path);
+                if rest_send(&mut sender, relay, &path, &token, "x").await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                n += concurrency;
+            }
+        }
+    });
+    // The clients read what they are sent meanwhile, so that nothing backs up.
+    let reading = AtomicBool::new(true);
+    let readers = conns.iter_mut().map(|ws| {
+        let reading = &reading;
+        async move {
+            while reading.load(Ordering::Relaxed) {
+                let _ = tokio::time::timeout(QUIET, ws.next()).await;
+            }
+        }
+    });
+    let work = async {
+        futures_util::future::join_all(workers).await;
+        reading.store(false, Ordering::Relaxed);
+    };
+    futures_util::future::join(work, futures_util::future::join_all(readers)).await;
+    let (secs, cpu) = meter.stop(target, Duration::ZERO);
+    let requests = done.load(Ordering::Relaxed);
+    Some(RestSendResult {
+        concurrency,
+        requests,
+        requests_per_sec: requests as f64 / secs,
+        failed: failed.load(Ordering::Relaxed),
+        server_cpu_us_per_request: cpu * 1e6 / requests.max(1) as f64,
     })
 }
