@@ -110,3 +110,37 @@ test('an app server\'s own connection is refused in serverless mode, and says wh
     app.child.kill('SIGKILL');
   }
 });
+
+test('serverless clients hear version 1 sends, the binary body, and a group their user joined before connecting', async () => {
+  const { encode } = require('@msgpack/msgpack');
+  const v1 = (method, urlPath, body, contentType = 'application/json') => {
+    const now = Math.floor(Date.now() / 1000);
+    const url = `http://${relayAddr}${urlPath}`;
+    const headers = { Authorization: `Bearer ${jwt({ aud: url, iat: now, exp: now + 300 }, key)}`, 'Content-Type': contentType };
+    return fetch(url, { method, headers, body });
+  };
+  // The membership comes first; the user connects after.
+  assert.equal((await v1('PUT', '/api/v1/hubs/chat/groups/early/users/late-comer')).status, 202);
+  const json = await client('late-comer');
+  const mp = await client('mp-user', { msgpack: true });
+  try {
+    let got = next(json, 'early');
+    assert.equal((await v1('POST', '/api/v1/hubs/chat/groups/early', JSON.stringify({ Target: 'early', Arguments: ['in'] }))).status, 202);
+    assert.deepEqual(await got, ['in']);
+    got = next(mp, 'v1');
+    assert.equal((await v1('POST', '/api/v1/hubs/chat/users/mp-user', JSON.stringify({ target: 'v1', arguments: [7] }))).status, 202);
+    assert.deepEqual(await got, [7]);
+    // The Management SDK's binary body: each client gets the frame of its protocol.
+    const frame = (protocol, text) => {
+      const m = protocol.writeMessage({ type: signalR.MessageType.Invocation, target: 'bin', arguments: [text], headers: {} });
+      return typeof m === 'string' ? new TextEncoder().encode(m) : new Uint8Array(m);
+    };
+    const body = encode({ json: frame(new signalR.JsonHubProtocol(), 'as json'), messagepack: frame(new MessagePackHubProtocol(), 'as msgpack') });
+    const both = [next(json, 'bin'), next(mp, 'bin')];
+    assert.equal((await v1('POST', '/api/v1/hubs/chat', body, 'application/octet-stream')).status, 202);
+    assert.deepEqual(await Promise.all(both), [['as json'], ['as msgpack']]);
+  } finally {
+    await json.stop();
+    await mp.stop();
+  }
+});
