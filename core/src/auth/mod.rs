@@ -54,7 +54,7 @@ pub use jwt::{
     sign, verify, verify_signature, Algorithm, Validation, DEFAULT_LEEWAY_SECS,
     DEFAULT_MAX_TOKEN_LEN,
 };
-pub use url::{HttpUrl, Scheme, UrlError};
+pub use url::{percent_encode, HttpUrl, Scheme, UrlError};
 
 /// Longest excerpt of an offending value quoted in an error message, in characters.
 const MAX_QUOTED_CHARS: usize = 40;

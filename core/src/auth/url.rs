@@ -220,6 +220,20 @@ pub(crate) fn parse_port_number(text: &str) -> Option<u16> {
 }
 
 /// Splits `scheme://rest` and resolves the scheme.
+/// Percent-encodes everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`),
+/// for a path segment or a query value.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn split_scheme(input: &str) -> Result<(Scheme, &str), UrlError> {
     let (name, rest) = input.split_once(':').ok_or(UrlError::NotAbsolute)?;
     let rest = rest.strip_prefix("//").ok_or(UrlError::NotAbsolute)?;

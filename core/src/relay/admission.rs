@@ -58,11 +58,7 @@ impl Admission {
         path: &'static str,
         hub: Option<&str>,
     ) -> Result<Claims, Rejection> {
-        let token = req.bearer_token().ok_or(Rejection::NoToken)?;
-        let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
-        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
-        let claims = auth::verify(&token, &keys, self.unix_now(now), &validation)
-            .map_err(|e| Rejection::BadToken(e.to_string()))?;
+        let claims = self.signed_claims(config, now, req)?;
         let audience_ok = claims.aud.iter().any(|aud| {
             Audience::parse(aud).is_ok_and(|a| {
                 let expected = Audience::new(a.scheme(), a.host(), path, hub);
@@ -94,6 +90,20 @@ impl Admission {
         Ok((hub, claims))
     }
 
+    /// The claims of a request's bearer token, signed with an access key and in date.
+    fn signed_claims(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+    ) -> Result<Claims, Rejection> {
+        let token = req.bearer_token().ok_or(Rejection::NoToken)?;
+        let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
+        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
+        auth::verify(&token, &keys, self.unix_now(now), &validation)
+            .map_err(|e| Rejection::BadToken(e.to_string()))
+    }
+
     /// Verifies a REST API request's bearer token: its audience must be the request's URL,
     /// compared by path only (case-insensitively, trailing `/` trimmed), since the SDK signs
     /// `api-version` into the audience and adds `excluded` and `reason` after signing.
@@ -103,11 +113,7 @@ impl Admission {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<Claims, Rejection> {
-        let token = req.bearer_token().ok_or(Rejection::NoToken)?;
-        let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
-        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
-        let claims = auth::verify(&token, &keys, self.unix_now(now), &validation)
-            .map_err(|e| Rejection::BadToken(e.to_string()))?;
+        let claims = self.signed_claims(config, now, req)?;
         let wanted = req.path.trim_end_matches('/');
         let audience_ok = claims.aud.iter().any(|aud| {
             auth::HttpUrl::parse(aud).is_ok_and(|url| {

@@ -72,6 +72,27 @@ pub(crate) struct ServerConn {
 }
 
 impl ServerConn {
+    /// A connection of `server_id` to `hub`, before its handshake.
+    fn new(hub: HubId, server_id: String, max_message: usize, now: Instant) -> Self {
+        Self {
+            hub,
+            server_id,
+            frames: BinaryFrameDecoder::skipping_oversize(max_message),
+            open: false,
+            carries_clients: false,
+            draining: false,
+            allows_stateful: false,
+            migrates: false,
+            migrating: false,
+            fin_received: false,
+            clients: BTreeSet::new(),
+            left: BTreeSet::new(),
+            last_received: now,
+            timers: ServerTimers::default(),
+            internal: false,
+        }
+    }
+
     fn takes_clients(&self) -> bool {
         self.open && self.carries_clients && !self.draining
     }
@@ -201,23 +222,7 @@ impl Servers {
         config: &RelayConfig,
         queue: &mut TimerQueue,
     ) {
-        let mut server = ServerConn {
-            hub,
-            server_id,
-            frames: BinaryFrameDecoder::skipping_oversize(config.max_server_message_size),
-            open: false,
-            carries_clients: false,
-            draining: false,
-            allows_stateful: false,
-            migrates: false,
-            migrating: false,
-            fin_received: false,
-            clients: BTreeSet::new(),
-            left: BTreeSet::new(),
-            last_received: now,
-            timers: ServerTimers::default(),
-            internal: false,
-        };
+        let mut server = ServerConn::new(hub, server_id, config.max_server_message_size, now);
         queue
             .of(conn, &mut server.timers, now)
             .set(TimerKind::ServerHandshake, now + config.handshake_timeout);
@@ -227,26 +232,13 @@ impl Servers {
     /// The relay's own endpoint for `hub`'s serverless clients: open, taking clients, with no
     /// timers (it has no socket to ping or lose).
     pub(crate) fn add_internal(&mut self, now: Instant, conn: ConnHandle, hub: HubId) {
-        self.map.insert(
-            conn,
-            ServerConn {
-                hub,
-                server_id: super::serverless::SERVER_ID.to_owned(),
-                frames: BinaryFrameDecoder::skipping_oversize(usize::MAX),
-                open: true,
-                carries_clients: true,
-                draining: false,
-                allows_stateful: true,
-                migrates: false,
-                migrating: false,
-                fin_received: false,
-                clients: BTreeSet::new(),
-                left: BTreeSet::new(),
-                last_received: now,
-                timers: ServerTimers::default(),
-                internal: true,
-            },
-        );
+        let server_id = super::serverless::SERVER_ID.to_owned();
+        let mut server = ServerConn::new(hub, server_id, usize::MAX, now);
+        server.open = true;
+        server.carries_clients = true;
+        server.allows_stateful = true;
+        server.internal = true;
+        self.map.insert(conn, server);
     }
 
     pub(crate) fn get(&self, conn: ConnHandle) -> Option<&ServerConn> {

@@ -166,18 +166,7 @@ fn expand(template: &str, hub: &str, category: &str, event: &str) -> String {
         .replace("{event}", &escape(event))
 }
 
-/// Percent-encodes all but `A-Z a-z 0-9 - _ . ~` (RFC 3986 unreserved).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use crate::auth::percent_encode as escape;
 
 /// One request for the adapter to send: `POST url` with these headers and body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::Serialize;
 use signalr_relay_core::aspnetcore::negotiate::NegotiateResponse;
-use signalr_relay_core::auth::{sign, Algorithm, Claims, ConnectionString};
+use signalr_relay_core::auth::{
+    percent_encode as escape, sign, Algorithm, Claims, ConnectionString,
+};
 
 use super::codec::invocation_payloads;
 use super::SetupError;
@@ -577,17 +579,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Percent-encodes a path segment or query value.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
