@@ -439,3 +439,21 @@ fn a_management_connection_gets_every_ack_and_never_a_client() {
         assert!(sim.closed.contains_key(&c));
     }
 }
+
+/// Streaming invocations go upstream too (Azure's do not): the upstream's body, a stream's
+/// items and its completion, reaches the client as it came.
+#[test]
+fn a_streaming_invocation_goes_upstream_and_its_items_come_back() {
+    let mut sim = with_upstream(ServiceMode::Serverless);
+    let (c, _) = sim.connect_client("chat", None, "json");
+    sim.upstream.clear();
+    sim.data(
+        c,
+        b"{\"type\":4,\"invocationId\":\"s1\",\"target\":\"count\",\"arguments\":[2]}\x1e",
+    );
+    let call = sim.upstream.remove(0);
+    assert_eq!(call.url, "http://backend/api/chat/messages/count");
+    let answer = "{\"type\":2,\"invocationId\":\"s1\",\"item\":1}\x1e{\"type\":2,\"invocationId\":\"s1\",\"item\":2}\x1e{\"type\":3,\"invocationId\":\"s1\"}\x1e";
+    sim.answer_upstream(call.id, Ok((200, Bytes::from(answer))));
+    assert!(sim.client_text(c).ends_with(answer));
+}
