@@ -229,9 +229,8 @@ for (const app of APPS) {
       return connect(url, accessToken, { msgpack: i % 2 === 1 });
     }));
     try {
-      const heard = connections.map((c) => new Promise((resolve) => c.on(method, (m) => { if (m === msg) resolve(); })));
       const got = connections.map(() => false);
-      heard.forEach((h, i) => h.then(() => { got[i] = true; }));
+      const heard = connections.map((c, i) => new Promise((resolve) => c.on(method, (m) => { if (m === msg) { got[i] = true; resolve(); } })));
       await ctx.sendAll(method, [msg], [connections[0].connectionId]);
       await Promise.all(heard.slice(1));
       await settle();
