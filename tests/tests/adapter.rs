@@ -203,6 +203,11 @@ struct AppServer<R: Runtime> {
 
 impl<R: Runtime> AppServer<R> {
     async fn connect(runtime: &R, addr: SocketAddr) -> Self {
+        Self::connect_as(runtime, addr, service::ConnectionType::Default).await
+    }
+
+    /// A server connection whose handshake says `kind` (Weak: a management connection).
+    async fn connect_as(runtime: &R, addr: SocketAddr, kind: service::ConnectionType) -> Self {
         let ws = websocket(
             runtime,
             addr,
@@ -216,7 +221,10 @@ impl<R: Runtime> AppServer<R> {
         };
         server
             .send(&ServiceMessage::HandshakeRequest(
-                service::HandshakeRequest::default(),
+                service::HandshakeRequest {
+                    connection_type: kind,
+                    ..service::HandshakeRequest::default()
+                },
             ))
             .await;
         let response = server.next(runtime).await;
@@ -922,6 +930,169 @@ mod the_management_client_drives_a_serverless_relay {
         super::on_smol(
             super::serverless_config(),
             super::the_management_client_drives_a_serverless_relay,
+        );
+    }
+}
+
+/// The Management SDK's persistent mode over a real socket, on both runtimes: a Weak
+/// connection to a serverless relay reaches a serverless client with the messages the SDK
+/// sends (as its ServiceHubContextE2EFacts do in their Persistent form: broadcast, user and
+/// group sends, group membership, existence checks, close), and every ack comes back.
+async fn a_management_connection_drives_serverless_clients<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    use service::AckStatus;
+    let rt = &runtime;
+    let mut management = AppServer::connect_as(rt, addr, service::ConnectionType::Weak).await;
+    // A serverless client, answered by the relay itself.
+    let bearer = token("/client/", Some("alice"));
+    let id = negotiate_as(rt, addr, &bearer).await;
+    let mut client = websocket(rt, addr, &format!("/client/?hub=chat&id={id}"), &bearer).await;
+    client
+        .send(Message::Text(
+            std::str::from_utf8(HANDSHAKE).expect("text").into(),
+        ))
+        .await
+        .expect("sent");
+    assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
+    let payloads = |target: &str| {
+        service::Payloads(vec![(
+            "json".to_owned(),
+            Bytes::from(format!(
+                "{{\"type\":1,\"target\":\"{target}\",\"arguments\":[]}}\x1e"
+            )),
+        )])
+    };
+    // The relay's id of the client: through the user, which the ack confirms.
+    management
+        .send(&ServiceMessage::CheckUserExistenceWithAck(
+            service::ExistenceCheck {
+                id: "alice".into(),
+                ack_id: 1,
+                ..service::ExistenceCheck::default()
+            },
+        ))
+        .await;
+    let ack = management.next(rt).await;
+    assert!(
+        matches!(&ack, ServiceMessage::Ack(a) if a.ack_id == 1 && a.status == AckStatus::Ok),
+        "{ack:?}"
+    );
+    management
+        .send(&ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: payloads("all"),
+            ..service::BroadcastData::default()
+        }))
+        .await;
+    assert!(next_text(rt, &mut client).await.contains("\"all\""));
+    management
+        .send(&ServiceMessage::UserData(service::UserData {
+            user_id: "alice".into(),
+            payloads: payloads("user"),
+            ext: service::Ext::default(),
+        }))
+        .await;
+    assert!(next_text(rt, &mut client).await.contains("\"user\""));
+    management
+        .send(&ServiceMessage::UserJoinGroupWithAck(
+            service::UserGroupWithAck {
+                user_id: "alice".into(),
+                group: Some("g".into()),
+                ack_id: 2,
+                ext: service::Ext {
+                    ttl: Some(60),
+                    ..service::Ext::default()
+                },
+            },
+        ))
+        .await;
+    let ack = management.next(rt).await;
+    assert!(
+        matches!(&ack, ServiceMessage::Ack(a) if a.ack_id == 2 && a.status == AckStatus::Ok),
+        "{ack:?}"
+    );
+    for (ack_id, check, want) in [
+        (
+            3,
+            ServiceMessage::CheckGroupExistenceWithAck(service::ExistenceCheck {
+                id: "g".into(),
+                ack_id: 3,
+                ..Default::default()
+            }),
+            AckStatus::Ok,
+        ),
+        (
+            4,
+            ServiceMessage::CheckUserInGroupWithAck(service::UserGroupWithAck {
+                user_id: "alice".into(),
+                group: Some("g".into()),
+                ack_id: 4,
+                ext: service::Ext::default(),
+            }),
+            AckStatus::Ok,
+        ),
+        (
+            5,
+            ServiceMessage::CheckUserExistenceWithAck(service::ExistenceCheck {
+                id: "bob".into(),
+                ack_id: 5,
+                ..Default::default()
+            }),
+            AckStatus::NotFound,
+        ),
+    ] {
+        management.send(&check).await;
+        let ack = management.next(rt).await;
+        assert!(
+            matches!(&ack, ServiceMessage::Ack(a) if a.ack_id == ack_id && a.status == want),
+            "{ack:?}"
+        );
+    }
+    management
+        .send(&ServiceMessage::GroupBroadcastData(
+            service::GroupBroadcastData {
+                group: "g".into(),
+                payloads: payloads("group"),
+                ..service::GroupBroadcastData::default()
+            },
+        ))
+        .await;
+    assert!(next_text(rt, &mut client).await.contains("\"group\""));
+    management
+        .send(&ServiceMessage::CloseUserConnectionsWithAck(
+            service::CloseConnectionsWithAck {
+                target: "alice".into(),
+                reason: Some("done".into()),
+                ack_id: 6,
+                ..service::CloseConnectionsWithAck::default()
+            },
+        ))
+        .await;
+    let ack = management.next(rt).await;
+    assert!(
+        matches!(&ack, ServiceMessage::Ack(a) if a.ack_id == 6 && a.status == AckStatus::Ok),
+        "{ack:?}"
+    );
+    assert!(next_text(rt, &mut client).await.contains("done"));
+    // It never carried the client: it saw no OpenConnection.
+    assert!(management.try_next().is_none());
+}
+
+mod a_management_connection_drives_serverless_clients {
+    #[test]
+    fn tokio() {
+        super::on_tokio(
+            super::serverless_config(),
+            super::a_management_connection_drives_serverless_clients,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        super::on_smol(
+            super::serverless_config(),
+            super::a_management_connection_drives_serverless_clients,
         );
     }
 }
