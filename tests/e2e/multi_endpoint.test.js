@@ -7,7 +7,8 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
-const { SUFFIX, startProcess, jwt, sleep, signalR } = require('./harness');
+const { SUFFIX, startProcess, jwt, sleep } = require('./harness');
+const { relayClient, relayLoss } = require('./relays');
 
 const key = crypto.randomBytes(16).toString('hex');
 const procs = [];
@@ -43,30 +44,8 @@ after(() => {
   for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
 });
 
-/// An HTTP client that remembers which relay the client last negotiated with.
-class RecordingClient extends signalR.DefaultHttpClient {
-  constructor() { super(signalR.NullLogger.instance); this.relay = null; }
-  send(request) {
-    const url = new URL(request.url);
-    if (relays.includes(url.host)) this.relay = url.host;
-    return super.send(request);
-  }
-}
-
-async function client(i, hub = 'chat') {
-  const http = new RecordingClient();
-  const c = new signalR.HubConnectionBuilder()
-    .withUrl(`http://${apps[i % 2]}/${hub}?user=user-${i}`, { httpClient: http })
-    .withAutomaticReconnect([0, 100, 200, 500, 1000, 1000, 1000, 1000, 1000, 1000])
-    .configureLogging(signalR.LogLevel.None)
-    .build();
-  c.http = http;
-  c.user = `user-${i}`;
-  c.numbers = [];
-  c.on('broadcast', (m) => { if (typeof m === 'number') c.numbers.push(m); });
-  c.reconnected = new Promise((resolve) => c.onreconnected(resolve));
-  await c.start();
-  return c;
+function client(i, hub = 'chat') {
+  return relayClient(relays, `http://${apps[i % 2]}/${hub}?user=user-${i}`, `user-${i}`);
 }
 
 test("client results through every relay: a client of the other app server, on either relay", async () => {
@@ -98,53 +77,7 @@ test("client results through every relay: a client of the other app server, on e
 test('two relays, two app servers: spread, fan-out to both, and a relay lost mid-run', async () => {
   const clients = await Promise.all(Array.from({ length: 16 }, (_, i) => client(i)));
   try {
-    const [doomed, survivor] = relays;
-    const on = (relay) => clients.filter((c) => c.http.relay === relay);
-    // Negotiate spreads clients over both relays (16 clients, both sides: all but certain).
-    assert.ok(on(doomed).length > 0 && on(survivor).length > 0, `spread: ${on(doomed).length}/${on(survivor).length}`);
-    assert.equal(on(doomed).length + on(survivor).length, clients.length);
-
-    // A group, a user and a broadcast reach clients on both relays, from either app server.
-    await Promise.all(clients.map((c) => c.invoke('JoinGroup', 'everyone')));
-    const groupSeen = clients.map((c) => new Promise((resolve) => c.on('groupMessage', (g, m) => { if (m === 'to the group') resolve(); })));
-    await on(survivor)[0].invoke('SendToGroup', 'everyone', 'to the group');
-    await Promise.all(groupSeen);
-    const far = on(doomed)[0];
-    const direct = new Promise((resolve) => far.on('userMessage', resolve));
-    await on(survivor)[0].invoke('SendToUser', far.user, 'across relays');
-    assert.equal(await direct, 'across relays');
-
-    // A client on the surviving relay broadcasts numbers while the other relay dies.
-    const sender = on(survivor)[0];
-    const stayers = on(survivor);
-    const movers = on(doomed);
-    let n = 0;
-    let sending = true;
-    const pump = (async () => {
-      while (sending) {
-        n += 1;
-        await sender.invoke('Broadcast', n);
-        await sleep(10);
-      }
-    })();
-    await sleep(300);
-    procs[0].child.kill('SIGKILL');
-    // The doomed relay's clients reconnect through negotiate, to the surviving relay.
-    await Promise.all(movers.map((c) => c.reconnected));
-    for (const c of movers) assert.equal(c.http.relay, survivor);
-    await sleep(300);
-    sending = false;
-    await pump;
-    const last = n;
-    await sleep(300);
-    // Nothing lost, nothing twice, in order, for every client that stayed.
-    const all = Array.from({ length: last }, (_, i) => i + 1);
-    for (const c of stayers) assert.deepEqual(c.numbers, all);
-    // The movers hear the broadcasts sent after they came back.
-    for (const c of movers) assert.equal(c.numbers[c.numbers.length - 1], last);
-    const final = clients.map((c) => new Promise((resolve) => c.on('broadcast', (m) => { if (m === 'final') resolve(); })));
-    await movers[0].invoke('Broadcast', 'final');
-    await Promise.all(final);
+    await relayLoss(clients, relays, () => procs[0].child.kill('SIGKILL'));
   } finally {
     await Promise.all(clients.map((c) => c.stop()));
   }
