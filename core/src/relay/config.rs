@@ -97,7 +97,10 @@ pub struct RelayConfig {
     /// Upstream requests of one hub that may wait for their answer at once (default 1,000);
     /// past it, new ones are dropped and counted (an invocation gets an error completion).
     pub max_upstream_pending: usize,
-    /// Largest upstream answer read, for an invocation (default 16 MiB, as Azure's).
+    /// Largest upstream answer read, for an invocation (default 4 MiB, the largest message an
+    /// app server may send: Azure reads 16 MiB, but a client's send queue holds 4 MiB, and up
+    /// to `max_upstream_pending` answers of a hub may be read at once). Past it, the
+    /// invocation fails with `Invocation failed, response too large.`
     pub max_upstream_response: usize,
 }
 
@@ -183,7 +186,7 @@ impl Default for RelayConfig {
             service_mode: ServiceMode::Default,
             upstream_timeout: Duration::from_secs(60),
             max_upstream_pending: 1000,
-            max_upstream_response: 16 * 1024 * 1024,
+            max_upstream_response: 4 * 1024 * 1024,
         }
     }
 }
