@@ -404,12 +404,7 @@ impl AppConnection {
 
     fn client_data(&mut self, now: Instant, connection_id: &str, payload: &[u8]) {
         if let Some(open) = self.pending_opens.remove(connection_id) {
-            let protocol = open
-                .ext
-                .protocol
-                .as_deref()
-                .and_then(HubProtocol::from_name)
-                .unwrap_or(HubProtocol::Json);
+            let protocol = open.hub_protocol();
             let migrated_in = open
                 .headers
                 .iter()

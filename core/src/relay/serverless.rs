@@ -91,20 +91,25 @@ impl Relay {
         };
         match msg {
             ServiceMessage::OpenConnection(open) => {
-                let protocol = open
-                    .ext
-                    .protocol
-                    .as_deref()
-                    .and_then(HubProtocol::from_name)
-                    .unwrap_or(HubProtocol::Json);
-                self.serverless.clients.insert(
-                    open.connection_id,
-                    Served {
-                        protocol,
-                        open: false,
-                        caller: Caller::new(&open.claims, &open.query_string),
-                    },
+                // The user as the relay took it from the client's token.
+                let user = self
+                    .directory
+                    .connection(&open.connection_id)
+                    .and_then(|c| self.clients.map.get(&c))
+                    .and_then(|c| c.user_id.clone());
+                let caller = Caller::new(
+                    &self.config.access_keys,
+                    &open.connection_id,
+                    user,
+                    &open.claims,
+                    &open.query_string,
                 );
+                let served = Served {
+                    protocol: open.hub_protocol(),
+                    open: false,
+                    caller,
+                };
+                self.serverless.clients.insert(open.connection_id, served);
             }
             ServiceMessage::ConnectionData(data) => {
                 let Some(served) = self.serverless.clients.get_mut(&data.connection_id) else {
@@ -243,14 +248,7 @@ impl Relay {
         };
         let (protocol, headers) = (
             served.protocol,
-            upstream::headers(
-                &self.config.access_keys,
-                &hub_name,
-                category,
-                event,
-                connection_id,
-                &served.caller,
-            ),
+            upstream::headers(&hub_name, category, event, connection_id, &served.caller),
         );
         let waiting = self.serverless.pending_by_hub.entry(hub).or_default();
         if *waiting >= self.config.max_upstream_pending {

@@ -190,7 +190,8 @@ pub struct UpstreamRequest {
     pub max_response: usize,
 }
 
-/// Who a connection is, for its upstream requests.
+/// Who a connection is, for its upstream requests: the headers that are the same for each
+/// of them, made once.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
     pub(crate) user: Option<String>,
@@ -198,20 +199,20 @@ pub(crate) struct Caller {
     pub(crate) claims: String,
     /// The client's query, with its `?` (empty if none).
     pub(crate) query: String,
+    /// `X-ASRS-Signature` (empty without access keys).
+    pub(crate) signature: String,
 }
 
 impl Caller {
-    pub(crate) fn new(claims: &[(String, String)], query: &str) -> Self {
-        let user = claims
-            .iter()
-            .find(|(k, _)| k == crate::auth::claim_names::USER_ID)
-            .or_else(|| {
-                claims.iter().find(|(k, _)| {
-                    k == "nameid"
-                        || k == "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier"
-                })
-            })
-            .map(|(_, v)| v.clone());
+    /// The caller `connection_id`, of `user` (as the relay knows it), with the claims and
+    /// query its app server would be told, signed with `keys`.
+    pub(crate) fn new(
+        keys: &[String],
+        connection_id: &str,
+        user: Option<String>,
+        claims: &[(String, String)],
+        query: &str,
+    ) -> Self {
         let claims = claims
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))
@@ -226,13 +227,13 @@ impl Caller {
             user,
             claims,
             query,
+            signature: signature(keys, connection_id),
         }
     }
 }
 
 /// The headers of a request about `connection_id`.
 pub(crate) fn headers(
-    keys: &[String],
     hub: &str,
     category: &str,
     event: &str,
@@ -254,8 +255,8 @@ pub(crate) fn headers(
     if !caller.query.is_empty() {
         h.push(("X-ASRS-Client-Query", caller.query.clone()));
     }
-    if !keys.is_empty() {
-        h.push(("X-ASRS-Signature", signature(keys, connection_id)));
+    if !caller.signature.is_empty() {
+        h.push(("X-ASRS-Signature", caller.signature.clone()));
     }
     h
 }
@@ -431,15 +432,27 @@ mod tests {
 
     #[test]
     fn a_caller_is_told_by_its_claims_and_query() {
+        let keys = ["key".to_owned()];
         let c = Caller::new(
+            &keys,
+            "c1",
+            Some("alice".to_owned()),
             &[
                 ("asrs.s.uid".into(), "alice".into()),
                 ("role".into(), "admin".into()),
             ],
             "hub=chat&x=1",
         );
-        assert_eq!(c.user.as_deref(), Some("alice"));
         assert_eq!(c.claims, "asrs.s.uid: alice, role: admin");
         assert_eq!(c.query, "?hub=chat&x=1");
+        assert_eq!(c.signature, signature(&keys, "c1"));
+        let h = headers("chat", "messages", "send", "c1", &c);
+        assert!(h.contains(&("X-ASRS-User-Id", "alice".to_owned())));
+        assert!(h.contains(&("X-ASRS-Signature", c.signature.clone())));
+        let unsigned = Caller::new(&[], "c1", None, &[], "");
+        let h = headers("chat", "messages", "send", "c1", &unsigned);
+        assert!(h
+            .iter()
+            .all(|(k, _)| *k != "X-ASRS-Signature" && *k != "X-ASRS-User-Id"));
     }
 }

@@ -268,6 +268,18 @@ pub struct OpenConnection {
     pub ext: Ext,
 }
 
+impl OpenConnection {
+    /// The client's hub protocol, from the `protocol` extension (JSON when it names none,
+    /// or one unknown).
+    pub fn hub_protocol(&self) -> crate::aspnetcore::HubProtocol {
+        self.ext
+            .protocol
+            .as_deref()
+            .and_then(crate::aspnetcore::HubProtocol::from_name)
+            .unwrap_or(crate::aspnetcore::HubProtocol::Json)
+    }
+}
+
 /// Type 5, both ways: a client connection ended, or must end.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CloseConnection {

@@ -940,7 +940,7 @@ impl<R: Runtime> Driver<R> {
                     Output::Upstream(request) => {
                         let (runtime, mut inputs) = (self.runtime.clone(), self.inputs.clone());
                         self.runtime.spawn(async move {
-                            let result = super::upstream::send(&runtime, &request).await;
+                            let result = super::client::send(&runtime, &request).await;
                             let _ = inputs.send(DriverInput::Upstream(request.id, result)).await;
                         });
                         continue;

@@ -10,18 +10,19 @@
 //! | `accept` | the accept loop: accept errors survived with a pause, a cap on open connections |
 //! | `process` | what the process costs (CPU, memory, descriptors), for `/metrics` |
 //! | `tls` | TLS on both sides: the listener's certificate (reloaded when its files change) and the SDK's roots |
+//! | `client` | outgoing: name lookups off the runtime's threads, HTTP requests (the SDK's REST calls, the relay's upstream requests) |
 //! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
 //! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
 //!
 //! An adapter says only how its runtime spawns, sleeps, tells the time, connects and accepts.
 
 pub mod accept;
+pub(crate) mod client;
 pub(crate) mod driver;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod queue;
 pub mod tls;
-pub(crate) mod upstream;
 pub(crate) mod ws;
 
 use std::future::Future;

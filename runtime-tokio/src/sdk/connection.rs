@@ -2,7 +2,6 @@
 //! reconnect with backoff.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,15 +62,6 @@ pub(crate) fn spawn<R: Runtime>(
     });
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host}"))
-}
-
 /// One connection, from connect to drop. `Ok` if it got as far as a handshake.
 async fn session<R: Runtime>(
     runtime: &R,
@@ -85,7 +75,7 @@ async fn session<R: Runtime>(
     let url = signalr_relay_core::auth::HttpUrl::parse(server_endpoint.trim_end_matches('/'))
         .map_err(|e| e.to_string())?;
     let hub_key = hub.hub.name().to_ascii_lowercase();
-    let addr = resolve(url.host(), url.port_or_default())?;
+    let addr = crate::glue::client::resolve(url.host(), url.port_or_default()).await?;
     let stream = runtime
         .connect(addr)
         .await

@@ -31,8 +31,8 @@ use signalr_relay_core::auth::{
 
 use super::codec::invocation_payloads;
 use super::SetupError;
+use crate::glue::client::Call;
 use crate::glue::tls::{client_config, rustls::ClientConfig};
-use crate::glue::upstream::Call;
 use crate::glue::Runtime;
 
 /// How sends carry their message.

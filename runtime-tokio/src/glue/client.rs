@@ -1,8 +1,10 @@
-//! Sends the relay's upstream requests (serverless mode's webhooks), and the SDK's REST calls
-//! ([`Call`]): hyper's HTTP/1.1 client on the runtime's sockets, TLS for `https`. Each request has its
-//! timeout; `connected` and `disconnected` are tried again, with a pause of 1 s then 2 s, when
-//! nothing or a 5xx answers. Runs beside the relay's task, never in it: a slow or dead upstream
-//! costs the clients nothing but their own invocations' answers.
+//! The glue's outgoing side: name lookups off the runtime's threads ([`resolve`], for the
+//! SDK's server connections too), and HTTP requests ([`Call`]: hyper's HTTP/1.1 client on the
+//! runtime's sockets, TLS for `https`), for the SDK's REST calls and the relay's upstream
+//! requests ([`send`]). Each upstream request has its timeout; `connected` and
+//! `disconnected` are tried again, with a pause of 1 s then 2 s, when nothing or a 5xx
+//! answers. They run beside the relay's task, never in it: a slow or dead upstream costs the
+//! clients nothing but their own invocations' answers.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -229,7 +231,7 @@ async fn read_at_most(mut body: hyper::body::Incoming, max: usize) -> Result<Byt
 
 /// The address of `host`: an IP address as it is, a name looked up on a thread of its own
 /// (the lookup blocks, and the runtime's threads must not).
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
