@@ -231,15 +231,7 @@ class Stack {
   /// An official client connected through the app's negotiate, started.
   async connect(hub, { user, msgpack = false, transport = 'WebSockets', stateful = false, log = signalR.LogLevel.None } = {}) {
     const url = `http://${this.appAddr}/${hub}${user ? `?user=${encodeURIComponent(user)}` : ''}`;
-    const builder = new signalR.HubConnectionBuilder()
-      .withUrl(url, signalR.HttpTransportType[transport])
-      .configureLogging(log);
-    if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
-    if (stateful) builder.withStatefulReconnect();
-    const c = builder.build();
-    c.closedWith = new Promise((resolve) => c.onclose((e) => resolve(e)));
-    await c.start();
-    return c;
+    return startClient(url, signalR.HttpTransportType[transport], { msgpack, stateful, log });
   }
 
   /// The relay's resident memory (bytes) and open descriptors, from /proc.
@@ -265,6 +257,29 @@ class Stack {
     }
     if (this.proxy) this.proxy.close();
     if (this.nginx) this.nginx.stop();
+  }
+}
+
+/// An official client of `url` (a negotiate to follow), started. `options` are `withUrl`'s (a
+/// transport, or `{ transport, accessTokenFactory, … }`); `c.closedWith` resolves with the
+/// error it closes with.
+async function startClient(url, options = {}, { msgpack = false, stateful = false, log = signalR.LogLevel.None } = {}) {
+  const builder = new signalR.HubConnectionBuilder().withUrl(url, options).configureLogging(log);
+  if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
+  if (stateful) builder.withStatefulReconnect();
+  const c = builder.build();
+  c.closedWith = new Promise((resolve) => c.onclose((e) => resolve(e)));
+  await c.start();
+  return c;
+}
+
+/// Waits until `check()` (sync or async) is true, checking every 50 ms; fails with `what`
+/// after `ms`.
+async function until(check, what, ms = 15000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(what);
+    await sleep(50);
   }
 }
 
@@ -338,4 +353,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startNginx, freePort, jwt, next, collect, sleep, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startClient, startNginx, freePort, jwt, next, collect, sleep, until, signalR };

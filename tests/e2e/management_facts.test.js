@@ -35,8 +35,7 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const os = require('node:os');
-const { SUFFIX, startProcess, jwt, sleep, signalR } = require('./harness');
-const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
+const { SUFFIX, startProcess, startClient, jwt, sleep, signalR } = require('./harness');
 
 const HUB = 'ManagemnetTestHub'; // sic, as the facts spell it
 const METHOD = 'SendMessage';
@@ -163,15 +162,9 @@ class HubContext {
 }
 
 /// The facts' CreateHubConnection: an official client on `url` with `accessToken`, started.
-async function connect(url, accessToken, { msgpack = false } = {}) {
-  const builder = new signalR.HubConnectionBuilder()
-    .withUrl(url, { transport: signalR.HttpTransportType.WebSockets, accessTokenFactory: () => accessToken })
-    .configureLogging(signalR.LogLevel.None);
-  if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
-  const c = builder.build();
-  c.closedWith = new Promise((resolve) => c.onclose(resolve));
-  await c.start();
-  return c;
+function connect(url, accessToken, { msgpack = false } = {}) {
+  const options = { transport: signalR.HttpTransportType.WebSockets, accessTokenFactory: () => accessToken };
+  return startClient(url, options, { msgpack });
 }
 
 /// RunTestCore: a client per token (JSON and MessagePack in turn), `core` run, then each

@@ -8,7 +8,7 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const http = require('node:http');
-const { SUFFIX, TRANSPORTS, startProcess, jwt, next, sleep, signalR } = require('./harness');
+const { SUFFIX, TRANSPORTS, startProcess, startClient, jwt, next, sleep, until, signalR } = require('./harness');
 const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
 
 const key = crypto.randomBytes(16).toString('hex');
@@ -40,15 +40,8 @@ after(() => {
   backend.close();
 });
 
-async function client(user, { transport = 'WebSockets', msgpack = false } = {}) {
-  const builder = new signalR.HubConnectionBuilder()
-    .withUrl(`http://${backendAddr}/chat?user=${user}`, signalR.HttpTransportType[transport])
-    .configureLogging(signalR.LogLevel.None);
-  if (msgpack) builder.withHubProtocol(new MessagePackHubProtocol());
-  const c = builder.build();
-  c.closedWith = new Promise((resolve) => c.onclose(resolve));
-  await c.start();
-  return c;
+function client(user, { transport = 'WebSockets', msgpack = false } = {}) {
+  return startClient(`http://${backendAddr}/chat?user=${user}`, signalR.HttpTransportType[transport], { msgpack });
 }
 
 /// A REST call as the Management SDK makes it (2022-06-01).
@@ -101,9 +94,7 @@ test('an app server\'s own connection is refused in serverless mode, and says wh
     '--listen', '127.0.0.1:0', '--log', 'warn', '--connections-per-hub', '1']);
   try {
     await app.ready;
-    const deadline = Date.now() + 10000;
-    while (!/serverless mode/.test(app.output()) && Date.now() < deadline) await sleep(50);
-    assert.match(app.output(), /serverless mode/);
+    await until(() => /serverless mode/.test(app.output()), `the app server did not say why: ${app.output()}`, 10000);
     const metrics = await (await fetch(`http://${relayAddr}/metrics`)).text();
     assert.doesNotMatch(metrics, /signalr_relay_server_connections\{hub="chat"\} [1-9]/);
   } finally {

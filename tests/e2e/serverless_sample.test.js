@@ -8,9 +8,7 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { SUFFIX, startProcess, freePort, next, signalR } = require('./harness');
-
-const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
+const { SUFFIX, startProcess, startClient, freePort, next } = require('./harness');
 
 const key = crypto.randomBytes(16).toString('hex');
 const procs = [];
@@ -38,21 +36,15 @@ after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-async function client(user, protocol) {
-  const builder = new signalR.HubConnectionBuilder()
-    .withUrl(`http://${appAddr}/chat?user=${user}`)
-    .configureLogging(signalR.LogLevel.None);
-  if (protocol) builder.withHubProtocol(protocol);
-  const c = builder.build();
-  await c.start();
-  return c;
+function client(user, msgpack = false) {
+  return startClient(`http://${appAddr}/chat?user=${user}`, {}, { msgpack });
 }
 
 test('echo, broadcast, groups and presence, through upstream and the REST API, in JSON and MessagePack', async () => {
   const a = await client('alice');
   const joined = [];
   a.on('joined', (id) => joined.push(id));
-  const b = await client('bob', new MessagePackHubProtocol());
+  const b = await client('bob', true);
   try {
     assert.ok(b.connectionId, 'bob has a connection id');
     for (let i = 0; i < 100 && !joined.includes(b.connectionId); i++) await new Promise((r) => setTimeout(r, 20));

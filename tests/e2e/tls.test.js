@@ -12,7 +12,7 @@ const os = require('node:os');
 const path = require('node:path');
 const tls = require('node:tls');
 const { execFileSync, spawn } = require('node:child_process');
-const { SUFFIX, BIN_DIR, startProcess, startNginx, sleep } = require('./harness');
+const { SUFFIX, BIN_DIR, startProcess, startNginx, until } = require('./harness');
 
 const key = crypto.randomBytes(16).toString('hex');
 const procs = [];
@@ -47,14 +47,6 @@ after(() => {
   for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
-
-async function until(check, what, ms = 15000) {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(what);
-    await sleep(50);
-  }
-}
 
 /// One sample of a `signalr_relay_<name>` family, from the operator listener at `addr`, whose
 /// labels include `labels`; 0 when there is none.

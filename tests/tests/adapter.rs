@@ -328,14 +328,8 @@ async fn next_text<R: Runtime>(runtime: &R, ws: &mut Ws<R>) -> String {
 
 const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
 
-/// A client of `bearer`, negotiated and connected by WebSocket, its handshake answered by
-/// `server`: the client's socket and its connection id.
-async fn connected_client<R: Runtime>(
-    runtime: &R,
-    addr: SocketAddr,
-    server: &mut AppServer<R>,
-    bearer: &str,
-) -> (Ws<R>, String) {
+/// A client of `bearer`, negotiated and connected by WebSocket, its JSON handshake sent.
+async fn handshaken<R: Runtime>(runtime: &R, addr: SocketAddr, bearer: &str) -> Ws<R> {
     let id = negotiate_as(runtime, addr, bearer).await;
     let path = format!("/client/?hub=chat&id={id}");
     let mut client = websocket(runtime, addr, &path, bearer).await;
@@ -345,6 +339,18 @@ async fn connected_client<R: Runtime>(
         ))
         .await
         .expect("sent");
+    client
+}
+
+/// A client of `bearer`, negotiated and connected by WebSocket, its handshake answered by
+/// `server`: the client's socket and its connection id.
+async fn connected_client<R: Runtime>(
+    runtime: &R,
+    addr: SocketAddr,
+    server: &mut AppServer<R>,
+    bearer: &str,
+) -> (Ws<R>, String) {
+    let mut client = handshaken(runtime, addr, bearer).await;
     let connection_id = server.opened(runtime).await;
     server.data(&connection_id, b"{}\x1e").await;
     assert_eq!(next_text(runtime, &mut client).await, "{}\x1e");
@@ -844,14 +850,7 @@ async fn the_management_client_drives_a_serverless_relay<R: Runtime>(runtime: R,
         panic!("no redirect")
     };
     assert_eq!(url, format!("http://{addr}/client/?hub=chat"));
-    let id = negotiate_as(rt, addr, &token).await;
-    let mut client = websocket(rt, addr, &format!("/client/?hub=chat&id={id}"), &token).await;
-    client
-        .send(Message::Text(
-            std::str::from_utf8(HANDSHAKE).expect("text").into(),
-        ))
-        .await
-        .expect("sent");
+    let mut client = handshaken(rt, addr, &token).await;
     assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
     let ops = async {
         assert!(chat.user_exists("alice").await.expect("answered"));
@@ -947,14 +946,7 @@ async fn a_management_connection_drives_serverless_clients<R: Runtime>(
     let mut management = AppServer::connect_as(rt, addr, service::ConnectionType::Weak).await;
     // A serverless client, answered by the relay itself.
     let bearer = token("/client/", Some("alice"));
-    let id = negotiate_as(rt, addr, &bearer).await;
-    let mut client = websocket(rt, addr, &format!("/client/?hub=chat&id={id}"), &bearer).await;
-    client
-        .send(Message::Text(
-            std::str::from_utf8(HANDSHAKE).expect("text").into(),
-        ))
-        .await
-        .expect("sent");
+    let mut client = handshaken(rt, addr, &bearer).await;
     assert_eq!(next_text(rt, &mut client).await, "{}\x1e");
     let payloads = |target: &str| {
         service::Payloads(vec![(
