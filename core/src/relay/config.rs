@@ -102,6 +102,8 @@ pub struct RelayConfig {
     /// to `max_upstream_pending` answers of a hub may be read at once). Past it, the
     /// invocation fails with `Invocation failed, response too large.`
     pub max_upstream_response: usize,
+    /// This relay as a node of a cluster sharing a backplane (default none: a single relay).
+    pub cluster: Option<super::ClusterConfig>,
 }
 
 /// Who serves a hub's clients, as Azure SignalR's service modes.
@@ -187,6 +189,7 @@ impl Default for RelayConfig {
             upstream_timeout: Duration::from_secs(60),
             max_upstream_pending: 1000,
             max_upstream_response: 4 * 1024 * 1024,
+            cluster: None,
         }
     }
 }

@@ -33,9 +33,22 @@ const LASTING_PER_USER: usize = 100;
 /// How long a membership without a time to live lasts (Azure's: at most a year).
 const LASTING: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A set whose emptiness a backplane subscription follows: a hub's clients, a group's
+/// members, a user's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Hub(HubId),
+    Group(HubId, String),
+    User(HubId, String),
+}
+
 /// The directory.
 #[derive(Debug)]
 pub(crate) struct Directory {
+    /// Whether to note the sets that became empty or stopped being (a cluster node's
+    /// subscriptions follow them).
+    pub(crate) watch: bool,
+    touched: Vec<Scope>,
     /// Most groups one connection, or one user, may be in.
     max_groups: usize,
     /// Longest group name, in bytes.
@@ -59,6 +72,8 @@ impl Directory {
     /// names of at most `max_group_name` bytes.
     pub(crate) fn new(max_groups: usize, max_group_name: usize) -> Self {
         Self {
+            watch: false,
+            touched: Vec::new(),
             max_groups,
             max_group_name,
             hubs: Vec::new(),
@@ -104,6 +119,22 @@ impl Directory {
         &self.hub(id).name
     }
 
+    /// Every hub's name.
+    pub(crate) fn hub_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.hubs.iter().map(|h| h.name.as_str())
+    }
+
+    /// The sets that became empty or stopped being since the last call (when watching).
+    pub(crate) fn take_touched(&mut self) -> Vec<Scope> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn touch(&mut self, scope: impl FnOnce() -> Scope) {
+        if self.watch {
+            self.touched.push(scope());
+        }
+    }
+
     // ---------------------------------------------------------------- connections
 
     pub(crate) fn add_server(&mut self, hub: HubId, conn: ConnHandle) {
@@ -120,7 +151,11 @@ impl Directory {
     }
 
     pub(crate) fn add_client(&mut self, hub: HubId, conn: ConnHandle, connection_id: &str) {
-        self.hub_mut(hub).clients.insert(conn);
+        let clients = &mut self.hub_mut(hub).clients;
+        clients.insert(conn);
+        if clients.len() == 1 {
+            self.touch(|| Scope::Hub(hub));
+        }
         self.by_connection_id
             .insert(connection_id.to_owned(), (conn, hub));
     }
@@ -137,11 +172,23 @@ impl Directory {
         let groups = self.groups_of.remove(&conn).unwrap_or_default();
         let h = self.hub_mut(hub);
         h.clients.remove(&conn);
-        for g in &groups {
-            remove_member(&mut h.groups, g, conn);
+        let no_clients = h.clients.is_empty();
+        let mut emptied = Vec::new();
+        for g in groups {
+            if remove_member(&mut h.groups, &g, conn) {
+                emptied.push(Scope::Group(hub, g));
+            }
         }
         if let Some(user) = user {
-            remove_member(&mut h.users, user, conn);
+            if remove_member(&mut h.users, user, conn) {
+                emptied.push(Scope::User(hub, user.to_owned()));
+            }
+        }
+        if no_clients {
+            emptied.push(Scope::Hub(hub));
+        }
+        if self.watch {
+            self.touched.extend(emptied);
         }
     }
 
@@ -164,7 +211,12 @@ impl Directory {
     /// Indexes an open client under its user, and puts it in the user's groups.
     pub(crate) fn attach_user(&mut self, now: Instant, hub: HubId, conn: ConnHandle, user: &str) {
         let h = self.hub_mut(hub);
-        h.users.entry(user.to_owned()).or_default().insert(conn);
+        let conns = h.users.entry(user.to_owned()).or_default();
+        conns.insert(conn);
+        if conns.len() == 1 {
+            self.touch(|| Scope::User(hub, user.to_owned()));
+        }
+        let h = self.hub_mut(hub);
         let groups: Vec<String> = h
             .user_groups
             .get(user)
@@ -313,11 +365,15 @@ impl Directory {
             .entry(conn)
             .or_default()
             .insert(group.to_owned());
-        self.hub_mut(hub)
+        let members = self
+            .hub_mut(hub)
             .groups
             .entry(group.to_owned())
-            .or_default()
-            .insert(conn);
+            .or_default();
+        members.insert(conn);
+        if members.len() == 1 {
+            self.touch(|| Scope::Group(hub, group.to_owned()));
+        }
     }
 
     fn leave(&mut self, hub: HubId, conn: ConnHandle, group: &str) {
@@ -327,14 +383,17 @@ impl Directory {
                 self.groups_of.remove(&conn);
             }
         }
-        remove_member(&mut self.hub_mut(hub).groups, group, conn);
+        if remove_member(&mut self.hub_mut(hub).groups, group, conn) {
+            self.touch(|| Scope::Group(hub, group.to_owned()));
+        }
     }
 
     fn leave_all(&mut self, hub: HubId, conn: ConnHandle) {
         let groups = self.groups_of.remove(&conn).unwrap_or_default();
-        let h = self.hub_mut(hub);
-        for g in &groups {
-            remove_member(&mut h.groups, g, conn);
+        for g in groups {
+            if remove_member(&mut self.hub_mut(hub).groups, &g, conn) {
+                self.touch(|| Scope::Group(hub, g));
+            }
         }
     }
 
@@ -360,14 +419,21 @@ impl Directory {
     }
 }
 
-/// Takes `conn` out of the set under `key`, dropping the set once empty.
-fn remove_member(sets: &mut BTreeMap<String, BTreeSet<ConnHandle>>, key: &str, conn: ConnHandle) {
+/// Takes `conn` out of the set under `key`, dropping the set once empty: whether it was
+/// dropped.
+fn remove_member(
+    sets: &mut BTreeMap<String, BTreeSet<ConnHandle>>,
+    key: &str,
+    conn: ConnHandle,
+) -> bool {
     if let Some(members) = sets.get_mut(key) {
         members.remove(&conn);
         if members.is_empty() {
             sets.remove(key);
+            return true;
         }
     }
+    false
 }
 
 #[cfg(test)]

@@ -24,11 +24,23 @@ impl Handles {
 pub(crate) struct IdGenerator {
     seed: [u8; 32],
     counter: u64,
+    /// Starts every id and token: a cluster node's id and a dot (`n1.`), else nothing.
+    prefix: String,
 }
 
 impl IdGenerator {
     pub(crate) fn new(seed: [u8; 32]) -> Self {
-        Self { seed, counter: 0 }
+        Self {
+            seed,
+            counter: 0,
+            prefix: String::new(),
+        }
+    }
+
+    /// Ids and tokens that name this cluster node: `node.…`.
+    pub(crate) fn naming(mut self, node: &str) -> Self {
+        self.prefix = format!("{node}.");
+        self
     }
 
     /// A fresh (public id, secret token) pair: 16 bytes each, base64url (22 characters, safe
@@ -41,7 +53,11 @@ impl IdGenerator {
         mac.update(&self.counter.to_be_bytes());
         let bytes = mac.finalize().into_bytes();
         let (id, token) = bytes.split_at(16);
-        (URL_SAFE_NO_PAD.encode(id), URL_SAFE_NO_PAD.encode(token))
+        let p = &self.prefix;
+        (
+            format!("{p}{}", URL_SAFE_NO_PAD.encode(id)),
+            format!("{p}{}", URL_SAFE_NO_PAD.encode(token)),
+        )
     }
 
     fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -65,11 +81,17 @@ impl IdGenerator {
         token.extend_from_slice(&self.tag(&[b"classic", &n])[..12]);
         let bound = self.tag(&[b"bearer", &n, bearer.as_ref().map_or(&[][..], |b| &b[..])]);
         token.extend_from_slice(&bound[..8]);
-        (id, URL_SAFE_NO_PAD.encode(token))
+        (
+            id,
+            format!("{}{}", self.prefix, URL_SAFE_NO_PAD.encode(token)),
+        )
     }
 
     /// What a classic connection token is, for a request bearing `bearer`.
     pub(crate) fn check_classic(&self, token: &str, bearer: Option<[u8; 32]>) -> TokenCheck {
+        let Some(token) = token.strip_prefix(self.prefix.as_str()) else {
+            return TokenCheck::Forged;
+        };
         let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
             return TokenCheck::Forged;
         };

@@ -64,6 +64,8 @@
 //!         Output::Event(Event::ServerOpened { .. }) => opened = true,
 //!         Output::Event(_) => { /* log it, count it */ }
 //!         Output::Upstream(request) => { /* POST it; then relay.handle_upstream_response */ }
+//!         Output::Publish { .. } | Output::Subscribe { .. } | Output::Unsubscribe { .. }
+//!         | Output::ResetBackplane => { /* a cluster node's backplane: see ClusterConfig */ }
 //!     }
 //! }
 //! let next_wakeup = relay.poll_timeout(); // sleep until then, or until the next input
@@ -89,6 +91,11 @@
 //!   answers their handshake and sends their events upstream ([`Output::Upstream`]).
 //! - **The REST API** (`/api/…`): Azure's data plane, versions 1 and 2022-06-01 (`rest`),
 //!   carried out by the same commands as the service protocol's.
+//! - **Other nodes** (with [`RelayConfig::cluster`]): several relays as one service over a
+//!   pub/sub backplane (`cluster`, `backplane`). Each node holds its own clients and their app
+//!   servers' traffic; what a hub or the REST API addresses beyond them is published once on
+//!   the channel that reaches the nodes concerned ([`Output::Publish`], fed back with
+//!   [`Relay::handle_backplane`]).
 //!
 //! # Parts
 //!
@@ -100,6 +107,8 @@
 //! | `servers` | server connections: the service handshake, pings, load, their timers |
 //! | `serverless` | the relay's own endpoint of each hub without app servers, and its upstream requests |
 //! | `rest` | the REST API's routes, bodies and answers |
+//! | `cluster` | the other nodes: heartbeats, subscriptions, commands spread and answered, client results across nodes |
+//! | `backplane` | the channels' names and the messages between nodes |
 //! | `upstream` | upstream templates, request headers and signatures, what answers mean |
 //! | `client` | client connections: the ASP.NET Core and classic dialects, transports, stateful reconnect |
 //! | `invocations` | client results awaited, by the client that owes them and by the caller |
@@ -110,7 +119,9 @@
 //! | `reason` | [`Rejection`], [`CloseReason`], and every text a peer reads |
 
 mod admission;
+mod backplane;
 mod client;
+mod cluster;
 mod command;
 mod config;
 mod directory;
@@ -135,7 +146,9 @@ mod upstream;
 use std::collections::btree_map::Entry;
 use std::time::Instant;
 
+pub use self::backplane::{node_of, valid_node_id, ClusterConfig};
 pub use self::client::{ERROR_DATA_HEADER, STATE_HEADER};
+pub use self::cluster::{BackplaneStats, BackplaneStatus};
 pub use self::config::{RelayConfig, ServiceMode};
 pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
@@ -198,6 +211,10 @@ use crate::service::{self, ServiceMessage, ServiceProtocolError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnHandle(pub u64);
 
+/// No connection: the owner of a held request that belongs to none (a negotiate waiting
+/// for a server connection). Handles start at 1.
+const NO_CONN: ConnHandle = ConnHandle(0);
+
 /// The relay state machine. See the [module documentation](self) for the run loop.
 #[derive(Debug)]
 pub struct Relay {
@@ -212,6 +229,8 @@ pub struct Relay {
     invocations: Invocations,
     timers: TimerQueue,
     out: Outputs,
+    /// This relay's part in a cluster of nodes, if it is one.
+    cluster: Option<Box<cluster::Cluster>>,
     /// Shutting down ([`shut_down`](Self::shut_down)): no new connections.
     draining: bool,
 }
@@ -220,12 +239,23 @@ impl Relay {
     /// A relay whose clock reads `now` (monotonic) and `now_unix_secs` (wall clock, for token
     /// expiry) at the same moment. `seed` must be random: connection ids and tokens derive
     /// from it.
-    pub fn new(config: RelayConfig, now: Instant, now_unix_secs: u64, seed: [u8; 32]) -> Self {
+    pub fn new(mut config: RelayConfig, now: Instant, now_unix_secs: u64, seed: [u8; 32]) -> Self {
+        let mut directory = Directory::new(config.max_groups_per_connection, config.max_group_name);
+        let mut ids = IdGenerator::new(seed);
+        let cluster = config.cluster.clone().map(|c| {
+            // A node is the `target` of the server connections it asks for, and names its
+            // connections.
+            config.instance_id.clone_from(&c.node_id);
+            ids = IdGenerator::new(seed).naming(&c.node_id);
+            directory.watch = true;
+            Box::new(cluster::Cluster::new(c, now))
+        });
         Self {
-            directory: Directory::new(config.max_groups_per_connection, config.max_group_name),
+            directory,
             config,
             admission: Admission::new(now, now_unix_secs),
-            ids: IdGenerator::new(seed),
+            ids,
+            cluster,
             handles: Handles::default(),
             clients: Clients::default(),
             servers: Servers::default(),
@@ -248,6 +278,7 @@ impl Relay {
             return;
         }
         self.draining = true;
+        self.cluster_bye();
         let conns: Vec<ConnHandle> = self.clients.map.keys().copied().collect();
         for conn in conns {
             if let Some(client) = self.clients.map.remove(&conn) {
@@ -259,7 +290,7 @@ impl Relay {
             self.out
                 .service(server, &ServiceMessage::Ping(ping.clone()));
         }
-        self.serve_serverless(now);
+        self.settle(now);
     }
 
     /// Whether [`shut_down`](Self::shut_down) was called.
@@ -319,7 +350,17 @@ impl Relay {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        let cluster = self.cluster.as_deref().map(cluster::Cluster::next_timeout);
+        match (self.timers.next(), cluster) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// After every input: the serverless endpoints answer, and the cluster catches up.
+    fn settle(&mut self, now: Instant) {
+        self.serve_serverless(now);
+        self.cluster_flush();
     }
 
     /// Routes one HTTP request.
@@ -339,13 +380,20 @@ impl Relay {
         let outcome = match (req.method.as_str(), path) {
             (_, "/health") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ok"))),
             (_, "/ready") if self.draining => Err(Rejection::Draining),
-            (_, "/ready") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ready"))),
+            (_, "/ready") => Ok(RequestOutcome::Respond(HttpResponse::text(
+                200,
+                match self.cluster.as_deref().map(cluster::Cluster::is_up) {
+                    None => "ready",
+                    Some(true) => "ready\nbackplane: up",
+                    Some(false) => "ready\nbackplane: down",
+                },
+            ))),
             _ if self.draining && refused_while_draining => Err(Rejection::Draining),
             // A client with no negotiated id would be a new one (skipping negotiate).
             (_, "/client") if self.draining && req.query_param("id").is_none() => {
                 Err(Rejection::Draining)
             }
-            ("POST", "/client/negotiate") => self.negotiate(now, req).map(RequestOutcome::Respond),
+            ("POST", "/client/negotiate") => self.negotiate_or_wait(now, req),
             ("GET", "/client") if req.websocket => self.connect_client(now, req),
             ("GET" | "POST" | "DELETE", "/client") => self.client_http(now, req),
             ("GET", "/server") if req.websocket => self.accept_server(now, req),
@@ -369,7 +417,7 @@ impl Relay {
                 self.count_refusal(req, cause, r.status, reason);
             }
         }
-        self.serve_serverless(now);
+        self.settle(now);
         outcome
     }
 
@@ -408,7 +456,7 @@ impl Relay {
         } else {
             self.client_input(now, conn, Input::Data(data));
         }
-        self.serve_serverless(now);
+        self.settle(now);
     }
 
     /// The WebSocket closed (or failed to upgrade), or the event stream's client went away.
@@ -419,21 +467,26 @@ impl Relay {
         } else {
             self.client_input(now, conn, Input::Closed);
         }
-        self.serve_serverless(now);
+        self.settle(now);
     }
 
     /// A held request went away before its [`Output::Respond`] (its client aborted it).
     pub fn handle_request_aborted(&mut self, now: Instant, request: RequestId) {
         if let Some(conn) = self.out.abandon(request) {
-            self.client_input(now, conn, Input::Aborted(request));
+            if conn == NO_CONN {
+                self.abandon_parked(request);
+            } else {
+                self.client_input(now, conn, Input::Aborted(request));
+            }
         }
-        self.serve_serverless(now);
+        self.settle(now);
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
-        self.serve_serverless(now);
+        self.cluster_tick(now);
+        self.settle(now);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -471,6 +524,26 @@ impl Relay {
     }
 
     // ---------------------------------------------------------------- admission
+
+    /// A negotiate, or, on a cluster node without a server connection of the hub that
+    /// another node serves, a wait for one.
+    fn negotiate_or_wait(
+        &mut self,
+        now: Instant,
+        req: &HttpRequest,
+    ) -> Result<RequestOutcome, Rejection> {
+        if self.cluster.is_some() && self.config.service_mode == ServiceMode::Default {
+            let (hub, _) = self
+                .admission
+                .verify_for_hub(&self.config, now, req, "/client/")?;
+            if self.servers.available_hub(&self.directory, &hub).is_none() {
+                if let Some(waiting) = self.park_negotiate(now, req, &hub) {
+                    return Ok(waiting);
+                }
+            }
+        }
+        self.negotiate(now, req).map(RequestOutcome::Respond)
+    }
 
     /// `POST /client/negotiate`: a new ASP.NET Core connection, waiting for its transport.
     fn negotiate(&mut self, now: Instant, req: &HttpRequest) -> Result<HttpResponse, Rejection> {
@@ -933,6 +1006,7 @@ impl Relay {
                         hub: self.directory.name(hub).to_owned(),
                         server_id,
                     });
+                    self.unpark(now, Some(hub));
                 }
                 Err(ending) => return self.remove_server(now, conn, ending),
             }
@@ -1221,6 +1295,9 @@ impl Relay {
             })
         };
         let Some(conn) = self.directory.connection(&m.connection_id) else {
+            if self.invoke_elsewhere(caller, &m) {
+                return;
+            }
             return self
                 .out
                 .service(caller, &fail(m, texts::CONNECTION_NOT_FOUND));
@@ -1230,6 +1307,7 @@ impl Relay {
                 .out
                 .service(caller, &fail(m, texts::TOO_MANY_INVOCATIONS));
         }
+        let caller_elsewhere = self.is_peer(caller);
         let Entry::Occupied(mut entry) = self.clients.map.entry(conn) else {
             return self
                 .out
@@ -1243,7 +1321,13 @@ impl Relay {
             caller,
         };
         self.invocations.insert(m.invocation_id.clone(), pending);
-        if !self.servers.same_app_server(router, caller) {
+        // A caller on another node is known by its app server's id.
+        let same = if caller_elsewhere {
+            self.servers.server_id(router) == m.caller_server_id
+        } else {
+            self.servers.same_app_server(router, caller)
+        };
+        if !same {
             // The router server registers the invocation, so that it routes the client's
             // completion back through the relay.
             self.out
@@ -1270,6 +1354,7 @@ impl Relay {
         // Nobody awaits what it asked any more: forget that first, so that its own clients'
         // ends do not answer it.
         self.invocations.forget_asked_by(conn);
+        self.forget_remote_calls(conn);
         for client in &server.clients {
             if let Some(client) = self.clients.map.remove(client) {
                 self.end_client(now, client, Ending::ServerOffline);
@@ -1320,9 +1405,19 @@ impl Relay {
             hub,
             ack: ack_id,
         } = origin;
-        let ok = self.carry_out(now, hub, Some(conn), command);
-        if let (Some(ack_id), Some(ok)) = (ack_id, ok) {
-            self.out.service(conn, &ack(ack_id, ok));
+        if self.cluster.is_none() {
+            let ok = self.carry_out(now, hub, Some(conn), command);
+            if let (Some(ack_id), Some(ok)) = (ack_id, ok) {
+                self.out.service(conn, &ack(ack_id, ok));
+            }
+            return;
+        }
+        let waiter = ack_id.map(|ack_id| cluster::Waiter::Ack { conn, ack_id });
+        let name = self.directory.name(hub).to_owned();
+        if let (cluster::Ran::Done(Some(ok)), Some(waiter)) =
+            self.run(now, &name, Some(conn), command, waiter)
+        {
+            self.tell(waiter, ok);
         }
     }
 

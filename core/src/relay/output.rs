@@ -49,6 +49,32 @@ pub enum Output {
     /// [`Relay::handle_upstream_response`](super::Relay::handle_upstream_response) (every
     /// one, answered or not).
     Upstream(super::upstream::UpstreamRequest),
+    /// Publish `data` on a backplane channel (a cluster node's: see
+    /// [`ClusterConfig`](super::ClusterConfig)). Drop it rather than wait when the engine is
+    /// slow: the relay never waits for the backplane.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The message.
+        data: Bytes,
+    },
+    /// Subscribe to a backplane channel, and report what arrives on it with
+    /// [`Relay::handle_backplane`](super::Relay::handle_backplane). After a reconnect, the
+    /// relay asks again for every channel it needs.
+    Subscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Unsubscribe from a backplane channel.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// The backplane's subscription is dead (this node no longer hears its own heartbeats):
+    /// drop the engine's connection and connect again, reporting
+    /// [`Relay::handle_backplane_down`](super::Relay::handle_backplane_down) and then
+    /// [`Relay::handle_backplane_up`](super::Relay::handle_backplane_up).
+    ResetBackplane,
 }
 
 /// Which SignalR family a client speaks.
@@ -180,6 +206,10 @@ pub(crate) struct Outputs {
     /// relay to answer, never given to the adapter).
     internal: std::collections::BTreeSet<ConnHandle>,
     to_internal: VecDeque<(ConnHandle, Bytes)>,
+    /// Handles that stand for other nodes of a cluster, and what was sent to them (client
+    /// results' answers, published by the cluster part).
+    peers: std::collections::BTreeSet<ConnHandle>,
+    to_peers: VecDeque<(ConnHandle, Bytes)>,
 }
 
 impl Outputs {
@@ -189,8 +219,12 @@ impl Outputs {
 
     /// A WebSocket message (or event-stream bytes) for `conn`.
     pub(crate) fn transmit(&mut self, conn: ConnHandle, data: Bytes, binary: bool) {
-        if self.internal.contains(&conn) {
+        if !self.internal.is_empty() && self.internal.contains(&conn) {
             self.to_internal.push_back((conn, data));
+            return;
+        }
+        if !self.peers.is_empty() && self.peers.contains(&conn) {
+            self.to_peers.push_back((conn, data));
             return;
         }
         self.queue
@@ -200,6 +234,27 @@ impl Outputs {
     /// Sets aside what is sent to `conn` from now on: a serverless endpoint of the relay's.
     pub(crate) fn set_internal(&mut self, conn: ConnHandle) {
         self.internal.insert(conn);
+    }
+
+    /// Sets aside what is sent to `conn` from now on: it stands for another node.
+    pub(crate) fn set_peer(&mut self, conn: ConnHandle) {
+        self.peers.insert(conn);
+    }
+
+    /// `conn` no longer stands for a node.
+    pub(crate) fn unset_peer(&mut self, conn: ConnHandle) {
+        self.peers.remove(&conn);
+        self.to_peers.retain(|(c, _)| *c != conn);
+    }
+
+    /// The next thing sent to another node.
+    pub(crate) fn take_for_peer(&mut self) -> Option<(ConnHandle, Bytes)> {
+        self.to_peers.pop_front()
+    }
+
+    /// An output from another part (the cluster's).
+    pub(crate) fn push(&mut self, output: Output) {
+        self.queue.push_back(output);
     }
 
     /// The next thing sent to a serverless endpoint.

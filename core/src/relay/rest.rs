@@ -550,33 +550,44 @@ impl super::Relay {
         } else {
             Payloads(Vec::new())
         };
-        // A membership of a user is kept for connections to come, in a hub that may have none
-        // yet; everything else is about what is there.
-        let hub = match call.op {
-            Op::AddUser { .. } => Some(self.directory.intern(&call.hub)),
-            _ => self.directory.find(&call.hub),
+        // A connection of another hub is not found.
+        let foreign = match &call.op {
+            Op::Send(Scope::Connection(c))
+            | Op::Close(Scope::Connection(c))
+            | Op::Exists(Scope::Connection(c))
+            | Op::AddConnection { connection: c, .. }
+            | Op::RemoveConnection { connection: c, .. } => self
+                .directory
+                .hub_of(c)
+                .is_some_and(|h| self.directory.name(h) != call.hub),
+            _ => false,
         };
-        let ok = match hub {
-            None => false,
-            Some(hub) => {
-                let foreign = match &call.op {
-                    Op::Send(Scope::Connection(c))
-                    | Op::Close(Scope::Connection(c))
-                    | Op::Exists(Scope::Connection(c))
-                    | Op::AddConnection { connection: c, .. }
-                    | Op::RemoveConnection { connection: c, .. } => {
-                        self.directory.hub_of(c) != Some(hub)
-                    }
-                    _ => false,
-                };
-                !foreign
-                    && self
-                        .carry_out(now, hub, None, call.command(&payloads))
-                        .unwrap_or(false)
-            }
+        let answer = |ok| {
+            let (status, code) = call.answer(ok);
+            respond(status, code, code.map_or("", not_found_text))
         };
-        let (status, code) = call.answer(ok);
-        Ok(respond(status, code, code.map_or("", not_found_text)))
+        if foreign {
+            return Ok(answer(false));
+        }
+        let response = |ok| match answer(ok) {
+            super::RequestOutcome::Respond(r) => r,
+            _ => unreachable!("an answer is a response"),
+        };
+        let waiter = super::cluster::Waiter::Rest {
+            request: None,
+            found: response(true),
+            missing: response(false),
+        };
+        let command = call.command(&payloads);
+        Ok(
+            match self.run(now, &call.hub, None, command, Some(waiter)) {
+                (super::cluster::Ran::Asked(Some(request)), _) => {
+                    super::RequestOutcome::Pending(request)
+                }
+                (super::cluster::Ran::Done(ok), _) => answer(ok.unwrap_or(false)),
+                (super::cluster::Ran::Asked(None), _) => answer(false),
+            },
+        )
     }
 }
 

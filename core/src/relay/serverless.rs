@@ -202,7 +202,7 @@ impl Relay {
             };
             self.reply_from_endpoint(now, waiting.hub, waiting.connection_id, reply);
         }
-        self.serve_serverless(now);
+        self.settle(now);
     }
 
     /// Bytes for a serverless client, as its endpoint sends them.

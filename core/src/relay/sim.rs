@@ -203,6 +203,9 @@ pub struct Sim {
     /// Upstream requests the relay asked for, in order (answer them with
     /// [`Relay::handle_upstream_response`], through [`Sim::relay_mut`]).
     pub upstream: Vec<super::UpstreamRequest>,
+    /// What the relay asked of its backplane ([`Output::Publish`], [`Output::Subscribe`],
+    /// [`Output::Unsubscribe`], [`Output::ResetBackplane`]), in order, until taken.
+    pub backplane: Vec<Output>,
     /// Answers to held requests.
     pub responses: BTreeMap<RequestId, HttpResponse>,
     /// Every event, in order.
@@ -236,6 +239,7 @@ impl Sim {
             server_decoders: BTreeMap::new(),
             to_client: BTreeMap::new(),
             upstream: Vec::new(),
+            backplane: Vec::new(),
             closed: BTreeMap::new(),
             responses: BTreeMap::new(),
             events: Vec::new(),
@@ -313,6 +317,10 @@ impl Sim {
                     self.events.push(event);
                 }
                 Output::Upstream(request) => self.upstream.push(request),
+                o @ (Output::Publish { .. }
+                | Output::Subscribe { .. }
+                | Output::Unsubscribe { .. }
+                | Output::ResetBackplane) => self.backplane.push(o),
             }
         }
     }

@@ -2,6 +2,7 @@
 //! One file per seam; the helpers here are shared.
 
 mod classic;
+mod cluster;
 mod events;
 mod fanout;
 mod invocations;

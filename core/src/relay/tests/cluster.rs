@@ -1,0 +1,502 @@
+//! Several nodes as one service: three relays on one virtual clock, over a simulated pub/sub
+//! backplane that delivers only to subscribers, and can lose messages, cut a node off, or
+//! kill its subscription silently.
+
+use super::*;
+
+/// A simulated pub/sub engine and the nodes on it.
+struct Net {
+    nodes: Vec<Sim>,
+    /// Each node's subscriptions, as its engine connection holds them.
+    subs: Vec<BTreeSet<String>>,
+    /// Nodes whose engine connection is up.
+    connected: Vec<bool>,
+    /// Nodes cut off: what they publish and what is published to them is lost, while their
+    /// engine says it is connected (a silently dead subscription).
+    cut: BTreeSet<usize>,
+    /// Drop every message published while set.
+    lose_all: bool,
+    /// Messages delivered, per channel kind (`h`, `g`, `u`, `node`, `control`).
+    delivered: BTreeMap<String, usize>,
+    /// ResetBackplane asked, per node.
+    resets: Vec<usize>,
+}
+
+fn node_config(id: &str) -> RelayConfig {
+    RelayConfig {
+        cluster: Some(ClusterConfig::new(id).expect("a node id")),
+        ..RelayConfig::default()
+    }
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        let epoch = epoch();
+        let nodes = (0..n)
+            .map(|i| Sim::with_config(epoch, node_config(&format!("n{i}"))))
+            .collect();
+        let mut net = Self {
+            nodes,
+            subs: vec![BTreeSet::new(); n],
+            connected: vec![false; n],
+            cut: BTreeSet::new(),
+            lose_all: false,
+            delivered: BTreeMap::new(),
+            resets: vec![0; n],
+        };
+        for i in 0..n {
+            net.up(i);
+        }
+        net.advance(Duration::from_secs(2));
+        net
+    }
+
+    fn up(&mut self, i: usize) {
+        self.connected[i] = true;
+        self.subs[i].clear();
+        let (relay, now) = self.nodes[i].relay_mut();
+        relay.handle_backplane_up(now);
+        self.nodes[i].drain();
+        self.pump();
+    }
+
+    fn down(&mut self, i: usize) {
+        self.connected[i] = false;
+        self.subs[i].clear();
+        let (relay, now) = self.nodes[i].relay_mut();
+        relay.handle_backplane_down(now);
+        self.nodes[i].drain();
+        self.pump();
+    }
+
+    /// Carries out what every node asked of the backplane until nothing is left.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                let asked = std::mem::take(&mut self.nodes[i].backplane);
+                for o in asked {
+                    moved = true;
+                    match o {
+                        Output::Subscribe { channel } if self.connected[i] => {
+                            self.subs[i].insert(channel);
+                        }
+                        Output::Unsubscribe { channel } => {
+                            self.subs[i].remove(&channel);
+                        }
+                        Output::ResetBackplane => self.resets[i] += 1,
+                        Output::Publish { channel, data } if self.connected[i] => {
+                            if self.lose_all || self.cut.contains(&i) {
+                                continue;
+                            }
+                            let kind = channel.split(':').nth(1).unwrap_or("").to_owned();
+                            for j in 0..self.nodes.len() {
+                                if self.connected[j]
+                                    && !self.cut.contains(&j)
+                                    && self.subs[j].contains(&channel)
+                                {
+                                    *self.delivered.entry(kind.clone()).or_default() += 1;
+                                    let (relay, now) = self.nodes[j].relay_mut();
+                                    relay.handle_backplane(now, &channel, &data);
+                                    self.nodes[j].drain();
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Lets time pass on every node, in steps of 100 ms.
+    fn advance(&mut self, by: Duration) {
+        let step = Duration::from_millis(100);
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            for node in &mut self.nodes {
+                node.advance(d);
+            }
+            self.pump();
+            left -= d;
+        }
+    }
+
+    /// An app-server message on node `i`'s server connection, and everything that follows.
+    fn send(&mut self, i: usize, server: ConnHandle, msg: &ServiceMessage) {
+        self.nodes[i].send_service(server, msg);
+        self.pump();
+    }
+
+    fn acks(&self, i: usize, server: ConnHandle) -> Vec<(i32, service::AckStatus)> {
+        self.nodes[i].to_server[&server]
+            .iter()
+            .filter_map(|m| match m {
+                ServiceMessage::Ack(a) => Some((a.ack_id, a.status)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn invocation(target: &str) -> service::Payloads {
+    json_payloads(&format!(
+        "{{\"type\":1,\"target\":\"{target}\",\"arguments\":[]}}"
+    ))
+}
+
+/// Three nodes, each with an app server's connection for `chat` and one client: ann on n0,
+/// bob on n1, and ann again on n2.
+struct Three {
+    net: Net,
+    servers: Vec<ConnHandle>,
+    clients: Vec<(ConnHandle, String)>,
+}
+
+fn three() -> Three {
+    let mut net = Net::new(3);
+    let servers: Vec<ConnHandle> = (0..3)
+        .map(|i| net.nodes[i].connect_server("chat", "app-1"))
+        .collect();
+    let users = ["ann", "bob", "ann"];
+    let clients: Vec<(ConnHandle, String)> = (0..3)
+        .map(|i| {
+            let (c, id) = net.nodes[i].connect_client("chat", Some(users[i]), "json");
+            net.nodes[i].accept_handshake(c, &id);
+            (c, id)
+        })
+        .collect();
+    net.pump();
+    net.advance(Duration::from_secs(1));
+    Three {
+        net,
+        servers,
+        clients,
+    }
+}
+
+impl Three {
+    fn got(&self, i: usize, target: &str) -> bool {
+        self.net.nodes[i]
+            .client_text(self.clients[i].0)
+            .contains(&format!("\"target\":\"{target}\""))
+    }
+
+    fn who_got(&self, target: &str) -> Vec<usize> {
+        (0..3).filter(|&i| self.got(i, target)).collect()
+    }
+}
+
+#[test]
+fn nodes_find_each_other_and_ids_name_their_node() {
+    let t = three();
+    for (i, (_, id)) in t.clients.iter().enumerate() {
+        assert!(id.starts_with(&format!("n{i}.")), "{id}");
+        let token = t.net.nodes[i].token_of(t.clients[i].0);
+        assert_eq!(node_of(token), Some(format!("n{i}").as_str()));
+        let status = t.net.nodes[i].relay().backplane_status().expect("a node");
+        assert!(status.up);
+        assert_eq!(status.nodes.len(), 2, "{status:?}");
+    }
+}
+
+#[test]
+fn broadcasts_users_groups_and_connections_cross_nodes_once() {
+    let mut t = three();
+    let (s0, s1) = (t.servers[0], t.servers[1]);
+    let bob = t.clients[1].1.clone();
+    let ann2 = t.clients[2].1.clone();
+
+    // A broadcast from n0 excluding ann's connection on n2.
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: vec![ann2.clone()],
+            payloads: invocation("all"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.who_got("all"), vec![0, 1]);
+
+    // A user send from n1 reaches ann on n0 and n2.
+    t.net.send(
+        1,
+        s1,
+        &ServiceMessage::UserData(service::UserData {
+            user_id: "ann".into(),
+            payloads: invocation("to-ann"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.who_got("to-ann"), vec![0, 2]);
+
+    // n0's app server puts bob (on n1) and ann (on n2) in a group: n1 and n2 acknowledge.
+    for (ack_id, id) in [(1, &bob), (2, &ann2)] {
+        t.net.send(
+            0,
+            s0,
+            &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                connection_id: id.clone(),
+                group: Some("g".into()),
+                ack_id,
+                ext: service::Ext::default(),
+            }),
+        );
+    }
+    assert_eq!(
+        t.net.acks(0, s0),
+        vec![(1, service::AckStatus::Ok), (2, service::AckStatus::Ok)]
+    );
+    // A group send from n0, which holds no member: each member's node hears it once.
+    let before = t.net.delivered.get("g").copied().unwrap_or(0);
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+            group: "g".into(),
+            excluded_connection_ids: Vec::new(),
+            excluded_user_ids: Vec::new(),
+            caller_user_id: None,
+            payloads: invocation("to-g"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.who_got("to-g"), vec![1, 2]);
+    assert_eq!(
+        t.net.delivered["g"] - before,
+        2,
+        "one message per member node"
+    );
+
+    // A connection send to bob only.
+    t.net.send(
+        2,
+        t.servers[2],
+        &ServiceMessage::MultiConnectionData(service::MultiConnectionData {
+            connection_ids: vec![bob.clone()],
+            payloads: invocation("to-bob"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.who_got("to-bob"), vec![1]);
+
+    // bob leaves; the group then reaches ann on n2 alone, and n1 no longer subscribes.
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: bob,
+            group: Some("g".into()),
+            ack_id: 3,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.net.acks(0, s0).last(), Some(&(3, service::AckStatus::Ok)));
+    assert!(!t.net.subs[1].iter().any(|c| c.ends_with(":g:chat:g")));
+    assert!(t.net.subs[2].iter().any(|c| c.ends_with(":g:chat:g")));
+}
+
+#[test]
+fn existence_checks_and_joins_ask_the_node_that_holds_the_connection() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bob = t.clients[1].1.clone();
+    let check = |id: &str, ack_id| {
+        ServiceMessage::CheckConnectionExistenceWithAck(service::ExistenceCheck {
+            id: id.to_owned(),
+            ack_id,
+            ext: service::Ext::default(),
+        })
+    };
+    t.net.send(0, s0, &check(&bob, 1));
+    // Never heard of, on a node that exists and on one that does not: no at once.
+    t.net.send(0, s0, &check("n1.nope", 2));
+    t.net.send(0, s0, &check("n9.nope", 3));
+    let user = |id: &str, ack_id| {
+        ServiceMessage::CheckUserExistenceWithAck(service::ExistenceCheck {
+            id: id.to_owned(),
+            ack_id,
+            ext: service::Ext::default(),
+        })
+    };
+    t.net.send(0, s0, &user("bob", 4));
+    t.net.send(0, s0, &user("zed", 5));
+    use service::AckStatus::{NotFound, Ok as Found};
+    assert_eq!(
+        t.net.acks(0, s0),
+        vec![
+            (1, Found),
+            (2, NotFound),
+            (3, NotFound),
+            (4, Found),
+            (5, NotFound)
+        ]
+    );
+}
+
+#[test]
+fn a_dead_node_is_forgotten_and_its_connections_stop_existing() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bob = t.clients[1].1.clone();
+    // n1 goes silent (killed): nothing it says arrives.
+    t.net.cut.insert(1);
+    t.net.advance(Duration::from_secs(7));
+    let status = t.net.nodes[0].relay().backplane_status().expect("a node");
+    assert_eq!(status.nodes, vec!["n2".to_owned()], "forgotten within 10 s");
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::CheckConnectionExistenceWithAck(service::ExistenceCheck {
+            id: bob,
+            ack_id: 9,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.net.acks(0, s0), vec![(9, service::AckStatus::NotFound)]);
+    // n1 itself hears nothing back, not even its own heartbeats: its subscription is
+    // judged dead, and it asks for a reset.
+    assert!(t.net.resets[1] >= 1);
+    assert!(
+        !t.net.nodes[1]
+            .relay()
+            .backplane_status()
+            .expect("a node")
+            .up
+    );
+    // Traffic between the others goes on.
+    t.net.send(
+        2,
+        t.servers[2],
+        &ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: Vec::new(),
+            payloads: invocation("after"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(t.who_got("after"), vec![0, 2]);
+}
+
+#[test]
+fn lost_messages_cost_only_themselves_and_a_reconnect_resubscribes() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bcast = |target: &str| {
+        ServiceMessage::BroadcastData(service::BroadcastData {
+            excluded_connection_ids: Vec::new(),
+            payloads: invocation(target),
+            ext: service::Ext::default(),
+        })
+    };
+    t.net.lose_all = true;
+    t.net.send(0, s0, &bcast("lost"));
+    assert_eq!(t.who_got("lost"), vec![0], "local delivery never waits");
+    t.net.lose_all = false;
+    // The engine of n1 drops and comes back: it subscribes again to what it needs.
+    t.net.down(1);
+    t.net.send(0, s0, &bcast("while-down"));
+    assert_eq!(t.who_got("while-down"), vec![0, 2]);
+    t.net.up(1);
+    assert!(t.net.subs[1].iter().any(|c| c.ends_with(":h:chat")));
+    t.net.send(0, s0, &bcast("back"));
+    assert_eq!(t.who_got("back"), vec![0, 1, 2]);
+    // While down, n1's own sends were counted as dropped, not queued.
+    t.net.down(1);
+    t.net.send(1, t.servers[1], &bcast("from-n1"));
+    assert_eq!(t.who_got("from-n1"), vec![1]);
+    let stats = t.net.nodes[1]
+        .relay()
+        .backplane_status()
+        .expect("a node")
+        .stats;
+    assert!(stats.dropped >= 1, "{stats:?}");
+}
+
+#[test]
+fn client_results_cross_nodes_and_come_back() {
+    let mut t = three();
+    let (s0, s1) = (t.servers[0], t.servers[1]);
+    let (bob, bob_id) = t.clients[1].clone();
+    // app-2 serves n1's clients here: the invocation must be routed back through the relay.
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: "inv-1".into(),
+            connection_id: bob_id.clone(),
+            caller_server_id: "app-0".into(),
+            payloads: invocation("ask"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(t.got(1, "ask"));
+    // n1's app server (a different server id) was told to route the answer.
+    assert!(t.net.nodes[1].to_server[&s1]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::ClientInvocation(i) if i.invocation_id == "inv-1")));
+    let _ = bob;
+    t.net.send(
+        1,
+        s1,
+        &ServiceMessage::ClientCompletion(service::ClientCompletion {
+            invocation_id: "inv-1".into(),
+            connection_id: bob_id,
+            caller_server_id: "app-0".into(),
+            payload: Bytes::from_static(b"{\"type\":3}\x1e"),
+            protocol: "json".into(),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(t.net.nodes[0].to_server[&s0]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::ClientCompletion(c) if c.invocation_id == "inv-1")));
+}
+
+#[test]
+fn a_node_without_an_app_server_asks_for_one_and_a_negotiate_waits_for_it() {
+    let mut net = Net::new(2);
+    let s0 = net.nodes[0].connect_server("chat", "app-1");
+    net.advance(Duration::from_secs(2));
+    // n0's heartbeat says it serves chat: n1 asks it, and n0 pings its app server with n1 as
+    // the target.
+    assert!(net.nodes[0].to_server[&s0].iter().any(|m| matches!(
+        m,
+        ServiceMessage::Ping(p) if p.get("target") == Some("n1")
+    )));
+    // A negotiate at n1 meanwhile waits, and goes through once the app server connects.
+    let req = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=1",
+        Some(&token("/client/", "chat", None, 3600, KEY)),
+        false,
+    );
+    let RequestOutcome::Pending(waiting) = net.nodes[1].handle(&req) else {
+        panic!("the negotiate should wait")
+    };
+    net.nodes[1].connect_server("chat", "app-1");
+    let answer = &net.nodes[1].responses[&waiting];
+    assert!(
+        std::str::from_utf8(&answer.body)
+            .expect("utf-8")
+            .contains("\"connectionToken\":\"n1."),
+        "{answer:?}"
+    );
+    // Without an app server anywhere, it does not wait.
+    let other = request(
+        "POST",
+        "/client/negotiate",
+        "hub=other&negotiateVersion=1",
+        Some(&token("/client/", "other", None, 3600, KEY)),
+        false,
+    );
+    assert!(matches!(
+        net.nodes[1].handle(&other),
+        RequestOutcome::Respond(_)
+    ));
+}
