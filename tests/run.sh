@@ -37,6 +37,23 @@ if [ ! -x "${NGINX:-/usr/sbin/nginx}" ]; then
         exit 1
     fi
 fi
+if [ ! -x "${REDIS_SERVER:-/usr/bin/redis-server}" ]; then
+    # Debian's redis-server, for the scale-out tests (the tests start their own instances on
+    # loopback; the package's service is kept from starting).
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        our_policy=
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            our_policy=1
+        fi
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+        [ -z "$our_policy" ] || rm -f /usr/sbin/policy-rc.d
+    else
+        echo "the scale-out tests need redis-server at /usr/bin/redis-server (Debian: apt-get install redis-server)" >&2
+        exit 1
+    fi
+fi
 # The Python clients (signalrcore, signalr-client-threads), pinned; reinstalled when the pins change.
 if ! cmp -s tests/e2e/python/requirements.txt tests/.venv/installed-requirements.txt; then
     [ -x tests/.venv/bin/python ] || python3 -m venv tests/.venv

@@ -272,6 +272,34 @@ pub struct RelayArgs {
     #[arg(help_heading = "Operations", long, env = "SIGNALR_RELAY_METRICS_LISTEN", value_parser = listen_address)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Run as one node of several sharing this Redis (or Valkey) for their backplane:
+    /// `redis://[user:password@]host[:port][/db]`. Every node has the same access keys and
+    /// a load balancer in front (README: "Running several nodes").
+    #[arg(help_heading = "Several nodes", long, env = "SIGNALR_RELAY_REDIS")]
+    pub redis: Option<String>,
+
+    /// This node's id, unique among the nodes: 1 to 32 of `A-Z a-z 0-9 - _`. It starts
+    /// every connection id and token the node issues, so that the load balancer routes a
+    /// client's requests to its node, and app servers' on-demand connections name it
+    /// (`&target=`). Default: a random one.
+    #[arg(help_heading = "Several nodes", long, env = "SIGNALR_RELAY_NODE_ID", value_parser = node_id)]
+    pub node_id: Option<String>,
+
+    /// Where clients and app servers reach this node directly (shown to the operator on
+    /// the other nodes' status pages).
+    #[arg(help_heading = "Several nodes", long, env = "SIGNALR_RELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Start of the backplane's channel names: nodes with the same prefix are one service
+    /// (several services may share one Redis).
+    #[arg(
+        help_heading = "Several nodes",
+        long,
+        env = "SIGNALR_RELAY_REDIS_PREFIX",
+        default_value = "signalr-relay"
+    )]
+    pub redis_prefix: String,
+
     #[command(flatten)]
     pub logging: LogArgs,
 
@@ -341,6 +369,22 @@ impl RelayArgs {
         // Which relay process the app servers' clients came through (`Asrs-Instance-Id`, and
         // the `offline` ping of a shutdown): new for each run.
         config.instance_id = format!("relay-{}", &generate_key()[..12]);
+        if self.redis.is_some() {
+            let id = self.node_id.clone().unwrap_or_else(|| {
+                let random: String = generate_key()
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .take(8)
+                    .collect();
+                format!("node-{random}")
+            });
+            // Checked by the flag's parser; a random one is valid.
+            if let Ok(mut cluster) = signalr_relay_core::relay::ClusterConfig::new(&id) {
+                cluster.prefix.clone_from(&self.redis_prefix);
+                cluster.public_url.clone_from(&self.public_url);
+                config.cluster = Some(cluster);
+            }
+        }
         (config, generated)
     }
 
@@ -355,6 +399,7 @@ impl RelayArgs {
         options.body_read_timeout = Duration::from_secs(self.body_read_timeout.max(1));
         options.drain_timeout = Duration::from_secs(self.drain_timeout);
         options.upstream_config.clone_from(&self.upstream_config);
+        options.redis.clone_from(&self.redis);
         options
     }
 
@@ -735,6 +780,10 @@ pub struct DemoArgs {
     /// Exit after this many seconds (a safety net for test harnesses).
     #[arg(long, hide = true)]
     pub exit_after: Option<u64>,
+}
+
+fn node_id(s: &str) -> Result<String, String> {
+    signalr_relay_core::relay::ClusterConfig::new(s).map(|c| c.node_id)
 }
 
 /// Exits the process after `secs` seconds, if set (the `--exit-after` safety net).

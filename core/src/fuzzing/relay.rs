@@ -271,10 +271,10 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             else {
                 return;
             };
-            if script.byte() % 8 != 0 {
+            if !script.byte().is_multiple_of(8) {
                 let flags = script.byte();
                 let hello = service::HandshakeRequest {
-                    version: i32::from(flags % 8 != 0),
+                    version: i32::from(!flags.is_multiple_of(8)),
                     // Some take part in migration, some allow stateful reconnect.
                     migration_level: service::MigrationLevel::from(i32::from(flags >> 6)),
                     allow_stateful_reconnects: flags & 8 != 0,
@@ -289,7 +289,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             let query = format!(
                 "hub={hub}&negotiateVersion={}&useStatefulReconnect={}",
                 script.byte() % 2,
-                script.byte() % 2 == 0
+                script.byte().is_multiple_of(2)
             );
             let bearer = policy_token(hub, script.byte());
             let req = request("POST", "/client/negotiate", &query, Some(&bearer), false);
@@ -306,13 +306,13 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
         // A client opens a WebSocket: on a negotiated connection, or without negotiating.
         2 => {
             let (id, hub, bearer) = match script.pick(&world.tokens) {
-                Some((id, hub, bearer)) if script.byte() % 4 != 0 => {
+                Some((id, hub, bearer)) if !script.byte().is_multiple_of(4) => {
                     (Some(id.as_str()), *hub, bearer.clone())
                 }
                 _ => (None, hub, policy_token(hub, script.byte())),
             };
             // Mostly with the token it negotiated with; sometimes another's.
-            let outcome = if script.byte() % 8 == 0 {
+            let outcome = if script.byte().is_multiple_of(8) {
                 sim.handle(&websocket_request(hub, id, Some("mallory")))
             } else {
                 let query = match id {
@@ -332,7 +332,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 return;
             }
             let data = match script.pick(CLIENT_FRAMES) {
-                Some(frame) if script.byte() % 4 != 0 => Bytes::from_static(frame),
+                Some(frame) if !script.byte().is_multiple_of(4) => Bytes::from_static(frame),
                 _ => script.bytes(),
             };
             sim.data(conn, &data);
@@ -345,7 +345,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             if sim.is_done(server) {
                 return;
             }
-            if script.byte() % 8 == 0 {
+            if script.byte().is_multiple_of(8) {
                 let garbage = script.bytes();
                 sim.data(server, &garbage);
                 return;
@@ -357,7 +357,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
         // Time passes; the app servers keep their connections alive, mostly.
         5 => {
             sim.advance(Duration::from_millis(u64::from(script.byte()) * 200));
-            if script.byte() % 4 != 0 {
+            if !script.byte().is_multiple_of(4) {
                 for server in world.servers.clone() {
                     send_service(sim, server, &ServiceMessage::Ping(service::Ping::default()));
                 }
@@ -383,7 +383,10 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 return;
             };
             let method = ["GET", "GET", "POST", "DELETE"][script.below(4)];
-            let accept = (script.byte() % 2 == 0).then_some("text/event-stream");
+            let accept = script
+                .byte()
+                .is_multiple_of(2)
+                .then_some("text/event-stream");
             let body = match method {
                 "POST" => match script.pick(CLIENT_FRAMES) {
                     Some(frame) => Bytes::from_static(frame),
@@ -442,7 +445,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 path,
                 &query,
                 bearer.as_deref(),
-                script.byte() % 2 == 0,
+                script.byte().is_multiple_of(2),
             );
             req.body = script.bytes();
             let outcome = sim.handle(&req);
@@ -507,7 +510,7 @@ fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
         .cloned()
         .unwrap_or_else(|| "nobody".to_owned());
     let payload = match script.pick(SERVER_FRAMES) {
-        Some(frame) if script.byte() % 4 != 0 => Bytes::from_static(frame),
+        Some(frame) if !script.byte().is_multiple_of(4) => Bytes::from_static(frame),
         _ => script.bytes(),
     };
     let payloads = service::Payloads(vec![
@@ -601,7 +604,7 @@ fn server_message(script: &mut Script<'_>, ids: &[String]) -> ServiceMessage {
                 group,
                 ack_id,
                 max: i32::from(script.byte() % 4),
-                continuation_token: (script.byte() % 2 == 0).then_some(id),
+                continuation_token: script.byte().is_multiple_of(2).then_some(id),
             }),
             // A newer request (RefreshAuth), and one of a type nobody knows.
             1 => ServiceMessage::Unknown {

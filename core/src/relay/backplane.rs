@@ -44,6 +44,9 @@ pub struct ClusterConfig {
     /// A node not heard from for this long is forgotten (default 5 s): its connections no
     /// longer exist for the others.
     pub node_timeout: Duration,
+    /// Where clients and app servers reach this node directly (its heartbeats tell the
+    /// others, for their operators).
+    pub public_url: Option<String>,
     /// How long a question to other nodes (does this connection exist, did this join work)
     /// waits for its answers (default 3 s); no answer is "no".
     pub answer_timeout: Duration,
@@ -61,6 +64,7 @@ impl ClusterConfig {
         Ok(Self {
             node_id: node_id.to_owned(),
             prefix: "signalr-relay".to_owned(),
+            public_url: None,
             heartbeat_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(3),
@@ -128,8 +132,11 @@ pub(crate) struct Envelope {
 /// What a message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Body {
-    /// Alive, with the hubs it has app-server connections for.
-    Heartbeat { hubs: Vec<String> },
+    /// Alive, with where it is reached, and the hubs it has app-server connections for.
+    Heartbeat {
+        url: Option<String>,
+        hubs: Vec<String>,
+    },
     /// Leaving (a graceful shutdown): forget it now.
     Bye,
     /// Carry out this command in `hub`; with `ask`, answer the sender whether it found what
@@ -359,8 +366,9 @@ pub(crate) fn encode(from: &str, body: &Body) -> Bytes {
         w.uint(kind.into());
     };
     match body {
-        Body::Heartbeat { hubs } => {
-            head(&mut w, 1, HEARTBEAT);
+        Body::Heartbeat { url, hubs } => {
+            head(&mut w, 2, HEARTBEAT);
+            w.opt_str(url.as_deref());
             w.str_array(hubs);
         }
         Body::Bye => head(&mut w, 0, BYE),
@@ -502,9 +510,10 @@ pub(crate) fn decode(data: &[u8]) -> Result<Envelope, DecodeError> {
     };
     let body = match u8::try_from(kind).unwrap_or(u8::MAX) {
         HEARTBEAT => {
-            expect(1)?;
+            expect(2)?;
+            let url = opt_string(&mut r)?;
             let hubs = read_str_array(&mut r)?;
-            Body::Heartbeat { hubs }
+            Body::Heartbeat { url, hubs }
         }
         BYE => {
             expect(0)?;
@@ -666,6 +675,7 @@ mod tests {
             except_users: vec!["ann".into()],
         };
         roundtrip(Body::Heartbeat {
+            url: Some("http://10.0.0.1:8080".into()),
             hubs: vec!["chat".into(), "x:y".into()],
         });
         roundtrip(Body::Bye);

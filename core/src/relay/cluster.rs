@@ -54,6 +54,8 @@ struct Peer {
     /// Stands for the node where a client result's caller is expected ([`Pending::caller`]).
     handle: ConnHandle,
     seen: Instant,
+    /// Where it is reached, as it says.
+    url: Option<String>,
     /// Hubs it has app servers for.
     hubs: BTreeSet<String>,
 }
@@ -114,8 +116,8 @@ pub struct BackplaneStatus {
     pub node_id: String,
     /// Connected, and hearing its own heartbeats.
     pub up: bool,
-    /// The other nodes alive.
-    pub nodes: Vec<String>,
+    /// The other nodes alive, with where they are reached (if they say).
+    pub nodes: Vec<(String, Option<String>)>,
     /// Channels subscribed.
     pub channels: usize,
     /// The counters.
@@ -216,7 +218,11 @@ impl Cluster {
         BackplaneStatus {
             node_id: self.config.node_id.clone(),
             up: self.is_up(),
-            nodes: self.peers.keys().cloned().collect(),
+            nodes: self
+                .peers
+                .iter()
+                .map(|(n, p)| (n.clone(), p.url.clone()))
+                .collect(),
             channels: self.subscribed.len(),
             stats: self.stats,
         }
@@ -316,7 +322,7 @@ impl Relay {
         }
         c.stats.received += 1;
         match body {
-            Body::Heartbeat { hubs } => self.peer_alive(now, from, hubs),
+            Body::Heartbeat { url, hubs } => self.peer_alive(now, from, url, hubs),
             Body::Bye => self.forget_peer(now, &from),
             Body::Command { hub, ask, command } => {
                 self.remote_command(now, &from, &hub, ask, &command)
@@ -385,9 +391,10 @@ impl Relay {
         } else {
             self.hubs_served()
         };
-        if let Some(c) = self.cluster.as_deref_mut() {
+        if let Some(c) = self.cluster.as_deref_mut().filter(|c| c.connected) {
             let control = c.config.control_channel();
-            c.publish(control, &Body::Heartbeat { hubs });
+            let url = c.config.public_url.clone();
+            c.publish(control, &Body::Heartbeat { url, hubs });
         }
     }
 
@@ -401,7 +408,7 @@ impl Relay {
             .collect()
     }
 
-    fn peer_alive(&mut self, now: Instant, node: String, hubs: Vec<String>) {
+    fn peer_alive(&mut self, now: Instant, node: String, url: Option<String>, hubs: Vec<String>) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -417,6 +424,7 @@ impl Relay {
                 Peer {
                     handle,
                     seen: now,
+                    url: None,
                     hubs: BTreeSet::new(),
                 },
             );
@@ -427,6 +435,7 @@ impl Relay {
             .collect();
         if let Some(p) = c.peers.get_mut(&node) {
             p.seen = now;
+            p.url = url.filter(|u| u.len() <= 512);
             p.hubs.clone_from(&hubs);
         }
         if self.draining {

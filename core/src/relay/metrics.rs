@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub buffered_bytes: usize,
     /// Whether the relay is shutting down.
     pub shutting_down: bool,
+    /// The backplane, on a cluster node.
+    pub backplane: Option<super::BackplaneStatus>,
 }
 
 /// One hub's connections.
@@ -104,6 +106,7 @@ impl Relay {
             hubs,
             buffered_bytes: self.buffered_bytes().0,
             shutting_down: self.draining,
+            backplane: self.backplane_status(),
         }
     }
 }
@@ -292,6 +295,47 @@ pub fn render_prometheus(
         "1 while the relay shuts down (drains), else 0.",
         u8::from(snapshot.shutting_down),
     );
+    if let Some(b) = &snapshot.backplane {
+        x.single(
+            "backplane_up",
+            "gauge",
+            "1 while the backplane is connected and this node hears its own heartbeats, else 0.",
+            u8::from(b.up),
+        );
+        x.single(
+            "backplane_nodes",
+            "gauge",
+            "Other nodes alive, as the heartbeats say.",
+            b.nodes.len(),
+        );
+        x.single(
+            "backplane_channels",
+            "gauge",
+            "Backplane channels subscribed.",
+            b.channels,
+        );
+        x.family(
+            "backplane_messages_total",
+            "counter",
+            "Backplane messages, by outcome: published, received (from other nodes), dropped (the backplane down, or its queue full), undecodable.",
+        );
+        x.sample(&[("outcome", "published")], b.stats.published);
+        x.sample(&[("outcome", "received")], b.stats.received);
+        x.sample(&[("outcome", "dropped")], b.stats.dropped);
+        x.sample(&[("outcome", "undecodable")], b.stats.undecodable);
+        x.single(
+            "backplane_unanswered_total",
+            "counter",
+            "Questions to other nodes (existence, joins, closes) answered no because no answer came in time.",
+            b.stats.unanswered,
+        );
+        x.single(
+            "backplane_stale_total",
+            "counter",
+            "Times the subscription was found dead (own heartbeats no longer heard) and reset.",
+            b.stats.stale,
+        );
+    }
     x.single(
         "uptime_seconds",
         "gauge",

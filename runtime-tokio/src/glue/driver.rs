@@ -72,6 +72,12 @@ pub struct ServeOptions {
     /// The upstream settings file (the Emulator's `settings.json` shape), read at start and
     /// again whenever it changes (default none: no upstream).
     pub upstream_config: Option<std::path::PathBuf>,
+    /// The backplane of a cluster node (the relay's [`RelayConfig::cluster`]): a Redis URL
+    /// (default none).
+    pub redis: Option<String>,
+    /// Bytes that may wait to be published on the backplane (default 16 MiB); past it,
+    /// cross-node messages are dropped and counted.
+    pub backplane_queue: usize,
 }
 
 impl Default for ServeOptions {
@@ -87,6 +93,8 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(30),
             tls: None,
             upstream_config: None,
+            redis: None,
+            backplane_queue: 16 * 1024 * 1024,
         }
     }
 }
@@ -189,6 +197,14 @@ enum DriverInput {
     ),
     /// New upstream settings (the file changed).
     UpstreamSettings(signalr_relay_core::relay::UpstreamSettings),
+    /// The backplane's engine reports.
+    Backplane(super::backplane::Report),
+}
+
+impl From<super::backplane::Report> for DriverInput {
+    fn from(report: super::backplane::Report) -> Self {
+        Self::Backplane(report)
+    }
 }
 
 /// Serves the relay on `listener`, forever: accept errors are survived (see
@@ -268,14 +284,30 @@ where
     let (events, queue) = mpsc::channel(4096);
     let (drained, done) = oneshot::channel();
     let listen = listener.local_addr().ok();
+    let backplane = match (&settings.options.redis, relay.config().cluster.is_some()) {
+        (Some(url), true) => {
+            let engine = super::backplane::Redis::new(url).map_err(std::io::Error::other)?;
+            let limit = settings.options.backplane_queue;
+            Some(super::backplane::start(
+                &runtime,
+                engine,
+                limit,
+                events.clone(),
+            ))
+        }
+        _ => None,
+    };
     runtime.spawn(drive(
         runtime.clone(),
         relay,
         settings.options.clone(),
         (events.clone(), queue),
         drained,
-        listen,
-        settings.gate_refusals.clone(),
+        Wiring {
+            listen,
+            gate_refusals: settings.gate_refusals.clone(),
+            backplane,
+        },
     ));
     if let Some(path) = settings.options.upstream_config.clone() {
         runtime.spawn(watch_upstream(runtime.clone(), path, events.clone()));
@@ -427,6 +459,8 @@ struct Driver<R> {
     gate_refusals: Arc<GateRefusals>,
     /// Where upstream answers come back.
     inputs: mpsc::Sender<DriverInput>,
+    /// The backplane's engine, on a cluster node.
+    backplane: Option<super::backplane::Link>,
 }
 
 /// A close the status page shows: no connection id, only what happened.
@@ -457,14 +491,27 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Bytes one batch of events may queue before the writers get a turn.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// What the driver is wired to besides its queue.
+struct Wiring {
+    /// Where the relay listens, for the status page.
+    listen: Option<SocketAddr>,
+    /// What the gate refused.
+    gate_refusals: Arc<GateRefusals>,
+    /// The backplane's engine, on a cluster node.
+    backplane: Option<super::backplane::Link>,
+}
+
 async fn drive<R: Runtime>(
     runtime: R,
     relay: Relay,
     options: ServeOptions,
     (inputs, mut queue): (mpsc::Sender<DriverInput>, mpsc::Receiver<DriverInput>),
     drained: oneshot::Sender<()>,
-    listen: Option<SocketAddr>,
-    gate_refusals: Arc<GateRefusals>,
+    Wiring {
+        listen,
+        gate_refusals,
+        backplane,
+    }: Wiring,
 ) {
     let mut drained = Some(drained);
     let started = runtime.now();
@@ -488,6 +535,7 @@ async fn drive<R: Runtime>(
         recent_closes: std::collections::VecDeque::new(),
         gate_refusals,
         inputs,
+        backplane,
     };
     loop {
         if let Some(drain) = &mut d.drain {
@@ -575,10 +623,14 @@ impl<R: Runtime> Driver<R> {
         for (key, n) in self.relay.refusals() {
             *refusals.entry(*key).or_default() += n;
         }
+        let mut snapshot = self.relay.snapshot();
+        if let (Some(b), Some(link)) = (&mut snapshot.backplane, &self.backplane) {
+            b.stats.dropped += link.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        }
         let text = signalr_relay_core::relay::render_prometheus(
             self.relay.stats(),
             &refusals,
-            &self.relay.snapshot(),
+            &snapshot,
             &process,
         );
         HttpResponse {
@@ -625,6 +677,10 @@ impl<R: Runtime> Driver<R> {
             "uptimeSeconds": now.saturating_duration_since(self.started).as_secs_f64(),
             "listen": self.listen.map(|a| a.to_string()),
             "serviceMode": self.relay.config().service_mode.name(),
+            "backplane": snapshot.backplane.as_ref().map(|b| serde_json::json!({
+                "node": b.node_id, "up": b.up, "channels": b.channels,
+                "nodes": b.nodes.iter().map(|(id, url)| serde_json::json!({ "id": id, "url": url })).collect::<Vec<_>>(),
+            })),
             "shuttingDown": snapshot.shutting_down,
             "totals": {
                 "clients": snapshot.hubs.values().map(|h| h.client_count()).sum::<u64>(),
@@ -797,6 +853,13 @@ impl<R: Runtime> Driver<R> {
                 self.relay.handle_upstream_response(now, id, result);
             }
             DriverInput::UpstreamSettings(settings) => self.relay.set_upstream(settings),
+            DriverInput::Backplane(report) => match report {
+                super::backplane::Report::Up => self.relay.handle_backplane_up(now),
+                super::backplane::Report::Down => self.relay.handle_backplane_down(now),
+                super::backplane::Report::Message(channel, data) => {
+                    self.relay.handle_backplane(now, &channel, &data);
+                }
+            },
             DriverInput::Incoming(conn, generation, Incoming::Data(data)) => {
                 if self.is_current(conn, generation) {
                     self.source = Some(conn);
@@ -902,6 +965,12 @@ impl<R: Runtime> Driver<R> {
         self.relay.handle_closed(self.runtime.now(), conn);
     }
 
+    fn to_backplane(&self, request: super::backplane::Request) {
+        if let Some(link) = &self.backplane {
+            link.send(request);
+        }
+    }
+
     /// Carries out everything the relay asked for.
     fn flush(&mut self) {
         loop {
@@ -935,6 +1004,22 @@ impl<R: Runtime> Driver<R> {
                     Output::Event(event) => {
                         log_event(&event);
                         self.remember_close(&event);
+                        continue;
+                    }
+                    Output::Publish { channel, data } => {
+                        self.to_backplane(super::backplane::Request::Publish(channel, data));
+                        continue;
+                    }
+                    Output::Subscribe { channel } => {
+                        self.to_backplane(super::backplane::Request::Subscribe(channel));
+                        continue;
+                    }
+                    Output::Unsubscribe { channel } => {
+                        self.to_backplane(super::backplane::Request::Unsubscribe(channel));
+                        continue;
+                    }
+                    Output::ResetBackplane => {
+                        self.to_backplane(super::backplane::Request::Reset);
                         continue;
                     }
                     Output::Upstream(request) => {

@@ -10,6 +10,7 @@
 //! | `accept` | the accept loop: accept errors survived with a pause, a cap on open connections |
 //! | `process` | what the process costs (CPU, memory, descriptors), for `/metrics` |
 //! | `tls` | TLS on both sides: the listener's certificate (reloaded when its files change) and the SDK's roots |
+//! | `backplane` | the cluster's pub/sub engine (Redis): one connection kept up, the relay's publishes bounded in bytes |
 //! | `client` | outgoing: name lookups off the runtime's threads, HTTP requests (the SDK's REST calls, the relay's upstream requests) |
 //! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
 //! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
@@ -17,6 +18,7 @@
 //! An adapter says only how its runtime spawns, sleeps, tells the time, connects and accepts.
 
 pub mod accept;
+pub mod backplane;
 pub(crate) mod client;
 pub(crate) mod driver;
 pub(crate) mod http;

@@ -348,7 +348,11 @@ fn a_dead_node_is_forgotten_and_its_connections_stop_existing() {
     t.net.cut.insert(1);
     t.net.advance(Duration::from_secs(7));
     let status = t.net.nodes[0].relay().backplane_status().expect("a node");
-    assert_eq!(status.nodes, vec!["n2".to_owned()], "forgotten within 10 s");
+    assert_eq!(
+        status.nodes,
+        vec![("n2".to_owned(), None)],
+        "forgotten within 10 s"
+    );
     t.net.send(
         0,
         s0,

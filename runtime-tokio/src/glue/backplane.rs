@@ -1,0 +1,345 @@
+//! The backplane's engine: the connection to a pub/sub service that the relay's cluster
+//! messages travel on (the decisions are the core's; see `signalr_relay_core::relay`'s
+//! `ClusterConfig`).
+//!
+//! An [`Engine`] connects and hands back a writer (publish, subscribe, unsubscribe) and a
+//! reader (messages as they come). [`Redis`] is the one shipped; another engine (NATS) is
+//! another implementation of these three traits, and nothing else changes.
+//!
+//! [`run`] keeps one connection up for as long as the relay runs: it reconnects with a
+//! backoff, reports up and down to the driver, and carries out the relay's commands in order.
+//! Each operation has a time limit: a Redis that stops answering is treated as lost. What
+//! waits to be published is bounded in bytes ([`Link`]); past the bound, publishes are
+//! dropped and counted, and the relay's local traffic never waits for the backplane.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::{mpsc, oneshot};
+use futures_util::future::{select, Either};
+use futures_util::{SinkExt, StreamExt};
+
+use super::Runtime;
+
+/// A pub/sub service.
+pub trait Engine: Send + Sync + 'static {
+    /// What publishes and subscribes.
+    type Writer: EngineWriter;
+    /// What reads the messages of the channels subscribed.
+    type Reader: EngineReader;
+
+    /// Connects.
+    fn connect(&self) -> impl Future<Output = Result<(Self::Writer, Self::Reader), String>> + Send;
+}
+
+/// One connection's publishing side.
+pub trait EngineWriter: Send + 'static {
+    /// Publishes `data` on `channel`.
+    fn publish(
+        &mut self,
+        channel: &str,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Subscribes to `channel`.
+    fn subscribe(&mut self, channel: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Unsubscribes from `channel`.
+    fn unsubscribe(&mut self, channel: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// One connection's reading side.
+pub trait EngineReader: Send + 'static {
+    /// The next message: its channel and payload. `None` once the connection is lost.
+    fn next(&mut self) -> impl Future<Output = Option<(String, Bytes)>> + Send;
+}
+
+/// Redis (or Valkey) pub/sub: one connection publishes, another subscribes.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+}
+
+impl Redis {
+    /// The Redis at `url` (`redis://[user:password@]host[:port][/db]`).
+    ///
+    /// # Errors
+    /// When the URL does not parse.
+    pub fn new(url: &str) -> Result<Self, String> {
+        redis::Client::open(url)
+            .map(|client| Self { client })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.write_str("Redis")
+    }
+}
+
+/// [`Redis`]'s writer.
+pub struct RedisWriter {
+    publisher: redis::aio::MultiplexedConnection,
+    sink: redis::aio::PubSubSink,
+}
+
+/// [`Redis`]'s reader.
+pub struct RedisReader(redis::aio::PubSubStream);
+
+impl Engine for Redis {
+    type Writer = RedisWriter;
+    type Reader = RedisReader;
+
+    async fn connect(&self) -> Result<(RedisWriter, RedisReader), String> {
+        let publisher = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sink, stream) = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?
+            .split();
+        Ok((RedisWriter { publisher, sink }, RedisReader(stream)))
+    }
+}
+
+impl EngineWriter for RedisWriter {
+    async fn publish(&mut self, channel: &str, data: Bytes) -> Result<(), String> {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(&data[..])
+            .query_async::<i64>(&mut self.publisher)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        self.sink
+            .subscribe(channel)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+        self.sink
+            .unsubscribe(channel)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl EngineReader for RedisReader {
+    async fn next(&mut self) -> Option<(String, Bytes)> {
+        let msg = self.0.next().await?;
+        Some((
+            msg.get_channel_name().to_owned(),
+            Bytes::copy_from_slice(msg.get_payload_bytes()),
+        ))
+    }
+}
+
+/// What the relay asks of the engine.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Publish(String, Bytes),
+    Subscribe(String),
+    Unsubscribe(String),
+    /// Drop the connection and connect again (the subscription looks dead).
+    Reset,
+}
+
+/// What the engine tells the relay.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Up,
+    Down,
+    Message(String, Bytes),
+}
+
+/// The driver's end: requests go in without waiting, bounded in bytes.
+#[derive(Clone)]
+pub(crate) struct Link {
+    requests: mpsc::UnboundedSender<Request>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    /// Publishes dropped because the queue was full.
+    pub(crate) dropped: Arc<AtomicU64>,
+    /// Whether a connection is up.
+    pub(crate) up: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// Asks the engine for `request`. A publish past the byte bound is dropped and counted;
+    /// the other requests are small and always go (they are the subscription's state).
+    pub(crate) fn send(&self, request: Request) {
+        if let Request::Publish(channel, data) = &request {
+            let size = channel.len() + data.len();
+            if self.queued.load(Ordering::Relaxed) + size > self.limit {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.queued.fetch_add(size, Ordering::Relaxed);
+        }
+        let _ = self.requests.unbounded_send(request);
+    }
+}
+
+/// How long one operation may take before the connection counts as lost.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits between connection attempts: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(4));
+
+/// Starts the engine's task: it keeps a connection to `engine` and reports to `reports`.
+/// `limit` bounds the bytes waiting to be published.
+pub(crate) fn start<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
+    runtime: &R,
+    engine: E,
+    limit: usize,
+    reports: mpsc::Sender<T>,
+) -> Link {
+    let (tx, rx) = mpsc::unbounded();
+    let link = Link {
+        requests: tx,
+        queued: Arc::default(),
+        limit,
+        dropped: Arc::default(),
+        up: Arc::default(),
+    };
+    runtime.spawn(run(runtime.clone(), engine, rx, link.clone(), reports));
+    link
+}
+
+/// Keeps a connection up, for as long as the relay holds its [`Link`].
+async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
+    runtime: R,
+    engine: E,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    link: Link,
+    mut reports: mpsc::Sender<T>,
+) {
+    let mut backoff = BACKOFF.0;
+    loop {
+        let connected = with_timeout(&runtime, engine.connect()).await;
+        let (mut writer, mut reader) = match connected {
+            Some(Ok(pair)) => pair,
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e,
+                    _ => "timed out".to_owned(),
+                };
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "backplane: cannot connect: {why}"
+                );
+                // Requests made meanwhile are the relay's, for a connection that is not
+                // there: publishes are lost (the relay counts them once it hears down).
+                if !drain_while_down(&runtime, &mut requests, &link, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+                continue;
+            }
+        };
+        backoff = BACKOFF.0;
+        tracing::info!("backplane: connected");
+        link.up.store(true, Ordering::Relaxed);
+        if reports.send(Report::Up.into()).await.is_err() {
+            return;
+        }
+        // The reader runs beside; it stops when told, or when the connection is lost.
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (lost_tx, mut lost) = oneshot::channel::<()>();
+        let mut to_relay = reports.clone();
+        runtime.spawn(async move {
+            let mut stopped = stopped;
+            loop {
+                let next = std::pin::pin!(reader.next());
+                match select(next, &mut stopped).await {
+                    Either::Left((Some((channel, data)), _)) => {
+                        if to_relay
+                            .send(Report::Message(channel, data).into())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let _ = lost_tx.send(());
+        });
+        let why = loop {
+            let request = match select(requests.next(), &mut lost).await {
+                Either::Left((Some(r), _)) => r,
+                Either::Left((None, _)) => return,
+                Either::Right(_) => break "the subscription ended".to_owned(),
+            };
+            let done = match request {
+                Request::Publish(channel, data) => {
+                    link.queued
+                        .fetch_sub(channel.len() + data.len(), Ordering::Relaxed);
+                    with_timeout(&runtime, writer.publish(&channel, data)).await
+                }
+                Request::Subscribe(channel) => {
+                    with_timeout(&runtime, writer.subscribe(&channel)).await
+                }
+                Request::Unsubscribe(channel) => {
+                    with_timeout(&runtime, writer.unsubscribe(&channel)).await
+                }
+                Request::Reset => break "the relay no longer hears its own heartbeats".to_owned(),
+            };
+            match done {
+                Some(Ok(())) => {}
+                Some(Err(e)) => break e,
+                None => break "an operation timed out".to_owned(),
+            }
+        };
+        tracing::warn!("backplane: connection lost: {why}");
+        let _ = stop.send(());
+        drop(writer);
+        link.up.store(false, Ordering::Relaxed);
+        if reports.send(Report::Down.into()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits `pause` while down, taking the requests made meanwhile (publishes dropped,
+/// subscription changes moot: the relay asks again for what it needs once up). `false` when
+/// the relay is gone.
+async fn drain_while_down<R: Runtime>(
+    runtime: &R,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    link: &Link,
+    pause: Duration,
+) -> bool {
+    let deadline = runtime.now() + pause;
+    loop {
+        let sleep = runtime.sleep_until(deadline);
+        match select(requests.next(), sleep).await {
+            Either::Left((Some(Request::Publish(channel, data)), _)) => {
+                link.queued
+                    .fetch_sub(channel.len() + data.len(), Ordering::Relaxed);
+            }
+            Either::Left((Some(_), _)) => {}
+            Either::Left((None, _)) => return false,
+            Either::Right(_) => return true,
+        }
+    }
+}
+
+async fn with_timeout<R: Runtime, T>(runtime: &R, f: impl Future<Output = T>) -> Option<T> {
+    let deadline = runtime.sleep_until(runtime.now() + OPERATION_TIMEOUT);
+    match select(std::pin::pin!(f), deadline).await {
+        Either::Left((t, _)) => Some(t),
+        Either::Right(_) => None,
+    }
+}

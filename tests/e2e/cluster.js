@@ -1,0 +1,137 @@
+// Several relay nodes as one service (#15): Debian's redis-server and nginx, started on
+// loopback for the tests, three nodes on the backplane, and the repository's own nginx
+// configuration (deploy/nginx) in front of them.
+'use strict';
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { SUFFIX, startProcess, freePort, jwt, sleep } = require('./harness');
+
+// Every process started here exits by itself after this long.
+const SAFETY_EXIT_SECS = 300;
+
+/// A redis-server of its own on 127.0.0.1 (nothing saved to disk). `stop()` ends it;
+/// `start()` starts it again on the same port.
+async function startRedis() {
+  const port = await freePort('127.0.0.1');
+  const bin = process.env.REDIS_SERVER || '/usr/bin/redis-server';
+  const redis = { url: `redis://127.0.0.1:${port}`, child: null };
+  redis.start = async () => {
+    const child = spawn('timeout', ['-s', 'KILL', String(SAFETY_EXIT_SECS), bin, '--port', String(port), '--bind', '127.0.0.1',
+      '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { out += d; });
+    redis.child = child;
+    const deadline = Date.now() + 10000;
+    while (!/Ready to accept connections/.test(out)) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start: ${out}`);
+      await sleep(20);
+    }
+  };
+  // `timeout` passes SIGTERM on to redis-server, which exits at once (it saves nothing).
+  redis.stop = async () => {
+    const child = redis.child;
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  };
+  await redis.start();
+  return redis;
+}
+
+/// A relay node on the backplane at `redisUrl`.
+async function startNode(id, redisUrl, key, extra = []) {
+  const p = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', key, '--log', 'warn',
+    '--redis', redisUrl, '--node-id', id, ...extra]);
+  p.id = id;
+  p.addr = await p.ready;
+  return p;
+}
+
+/// nginx with deploy/nginx/signalr-relay.conf as shipped (only its `listen` moved to
+/// loopback), and a nodes.conf for `nodes` (`[{ id, addr }]`) written as the shipped example
+/// shows. Listens on 127.0.0.2.
+async function startClusterNginx(nodes) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-lb-'));
+  const port = await freePort('127.0.0.2');
+  const shipped = fs.readFileSync(path.resolve(__dirname, '../../deploy/nginx/signalr-relay.conf'), 'utf8');
+  if (!/^\s*listen 80;$/m.test(shipped)) throw new Error('deploy/nginx/signalr-relay.conf: no `listen 80;` to move');
+  fs.writeFileSync(path.join(dir, 'signalr-relay.conf'), shipped.replace(/^(\s*)listen 80;$/m, `$1listen 127.0.0.2:${port};`));
+  const upstreams = [
+    `upstream relay_any {\n${nodes.map((n) => `    server ${n.addr} max_fails=1 fail_timeout=5s;`).join('\n')}\n}`,
+    ...nodes.map((n) => `upstream relay_node_${n.id} { server ${n.addr}; }`),
+  ];
+  fs.writeFileSync(path.join(dir, 'nodes.conf'), `${upstreams.join('\n')}\n`);
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), `
+daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  include ${dir}/nodes.conf;
+  include ${dir}/signalr-relay.conf;
+}
+`);
+  const child = spawn('timeout', [String(SAFETY_EXIT_SECS), process.env.NGINX || '/usr/sbin/nginx', '-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    try {
+      await fetch(`http://127.0.0.2:${port}/health`);
+      break;
+    } catch {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nginx did not start: ${out}`);
+      await sleep(50);
+    }
+  }
+  return {
+    addr: `127.0.0.2:${port}`,
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/// A node's metrics, as name → value (labels kept in the name).
+async function metrics(addr) {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  const out = {};
+  for (const line of text.split('\n')) {
+    const m = line.match(/^(signalr_relay_\S+) (\S+)$/);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+/// Waits until `check()` (async) is true, or throws naming `what`.
+async function eventually(check, what, ms = 15000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await sleep(100);
+  }
+}
+
+/// Whether `addr` takes negotiates for `hub` (an app server is connected there).
+async function serves(addr, hub, key) {
+  const now = Math.floor(Date.now() / 1000);
+  const token = jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, exp: now + 60 }, key);
+  const r = await fetch(`http://${addr}/client/negotiate?hub=${hub}&negotiateVersion=1`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  return r.status === 200 && !(await r.json()).error;
+}
+
+module.exports = { startRedis, startNode, startClusterNginx, metrics, eventually, serves };
