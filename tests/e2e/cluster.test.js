@@ -8,7 +8,7 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const WebSocket = require('ws');
 const { encode, decode } = require('@msgpack/msgpack');
-const { SUFFIX, startProcess, startClient, jwt, next, sleep, signalR } = require('./harness');
+const { SUFFIX, Browser, startProcess, startClient, jwt, next, collect, sleep, signalR } = require('./harness');
 const { startRedis, startNode, startClusterNginx, metrics, eventually, serves } = require('./cluster');
 
 const key = crypto.randomBytes(16).toString('hex');
@@ -241,34 +241,72 @@ test('an app server that speaks the SDK\'s wire follows a target ping through ng
   }
 });
 
-test('a classic jQuery-protocol client joins in: it hears broadcasts from ASP.NET Core clients on other nodes', async () => {
-  // The classic wire, as the jQuery client speaks it (its own test, classic.test.js, runs it
-  // in Chromium): negotiate through the app, then long polling through nginx.
-  const n = await (await fetch(`http://${app.addr}/signalr/negotiate?clientProtocol=2.1&connectionData=${encodeURIComponent('[{"name":"chat"}]')}`)).json();
-  assert.ok(n.RedirectUrl, JSON.stringify(n));
-  const redirect = new URL(n.RedirectUrl);
-  const base = `${redirect.origin}${redirect.pathname}`;
-  const hubq = redirect.search.slice(1);
-  const auth = { Authorization: `Bearer ${n.AccessToken}` };
-  const data = encodeURIComponent('[{"name":"chat"}]');
-  const neg = await (await fetch(`${base}/negotiate?clientProtocol=2.1&${hubq}&connectionData=${data}`, { headers: auth })).json();
-  const token = encodeURIComponent(neg.ConnectionToken);
-  assert.ok(neg.ConnectionToken.startsWith(`${neg.ConnectionId.split('.')[0]}.`), neg.ConnectionToken);
-  const q = `transport=longPolling&clientProtocol=2.1&${hubq}&connectionToken=${token}&connectionData=${data}`;
-  const connect = await (await fetch(`${base}/connect?${q}`, { method: 'POST', headers: auth })).json();
-  assert.equal((await (await fetch(`${base}/start?${q}`, { headers: auth })).json()).Response, 'started');
-  const cs = await spread('classic-peer');
-  const sender = cs.find((c) => nodeOf(c) !== neg.ConnectionId.split('.')[0]);
-  await sender.invoke('Broadcast', 'to classic too');
-  let cursor = connect.C;
-  let heard = false;
-  for (let i = 0; i < 10 && !heard; i += 1) {
-    const poll = await (await fetch(`${base}/poll?${q}&messageId=${encodeURIComponent(cursor)}`, { headers: auth, method: 'POST' })).json();
-    cursor = poll.C || cursor;
-    heard = JSON.stringify(poll.M || []).includes('to classic too');
+for (const transport of ['webSockets', 'longPolling']) {
+  test(`the classic jQuery client in Chromium (${transport}) shares a group and broadcasts with ASP.NET Core clients on other nodes`, async () => {
+    const path = require('node:path');
+    const browser = await Browser.start({
+      '/classic.html': path.join(__dirname, 'browser/classic.html'),
+      '/jquery.min.js': require.resolve('jquery/dist/jquery.min.js'),
+      '/jquery.signalR.js': require.resolve('signalr/jquery.signalR.js'),
+    });
+    try {
+      const cs = await spread(`mixed-${transport}`);
+      await Promise.all(cs.map((c) => c.invoke('JoinGroup', 'mixed')));
+      const groups = cs.map((c) => collect(c, 'groupMessage'));
+      const broadcasts = cs.map((c) => collect(c, 'broadcast'));
+      const { page, errors } = await browser.open('/classic.html', { app: `http://${app.addr}`, transport, mode: 'mixed' });
+      await page.waitForFunction(() => window.__mixed_ready || window.__result, null, { timeout: 20000 });
+      // The node that holds the classic client, from the nodes' own counts.
+      let classicNode;
+      for (const n of nodes) {
+        const m = await metrics(n.addr);
+        if (Object.keys(m).some((k) => k.startsWith('signalr_relay_client_connections{hub="chat",transport="classic_') && m[k] > 0)) classicNode = n.id;
+      }
+      assert.ok(classicNode, 'a node holds the classic client');
+      // An ASP.NET Core client on another node writes to the group.
+      await cs.find((c) => nodeOf(c) !== classicNode).invoke('SendToGroup', 'mixed', 'from core');
+      await page.waitForFunction(() => window.__result, null, { timeout: 20000 });
+      const result = await page.evaluate(() => window.__result);
+      const log = await page.evaluate(() => document.getElementById('log').textContent);
+      assert.equal(result, 'ok', `${result}\n${log}\n${errors.join('\n')}`);
+      await sleep(300);
+      // Every ASP.NET Core client, on every node, heard the classic client's group message and
+      // broadcast.
+      for (const g of groups) assert.deepEqual(g, [['mixed', 'from core'], ['mixed', 'from classic']]);
+      for (const b of broadcasts) assert.deepEqual(b, [['classic to all']]);
+      await page.close();
+    } finally {
+      await browser.close();
+    }
+  });
+}
+
+test('garbage published on the backplane is counted and skipped; clients on every node notice nothing', async () => {
+  const { execFileSync } = require('node:child_process');
+  const port = new URL(redis.url).port;
+  const publish = (channel, message) => execFileSync(process.env.REDIS_CLI || '/usr/bin/redis-cli', ['-p', port, '-x', 'PUBLISH', channel], { input: message });
+  const cs = await spread('garbage');
+  const before = await Promise.all(nodes.map(async (n) => (await metrics(n.addr))['signalr_relay_backplane_messages_total{outcome="undecodable"}']));
+  const junk = [
+    Buffer.from([0xff, 0x00, 0x13]),
+    Buffer.from(encode([1, 'n9', 2, 'chat', null, [0, 0, [], [], [], null, { json: 5 }]])),
+    Buffer.from(encode([99, 'n9', 0, null, []])),
+    Buffer.alloc(1024 * 1024, 0x91),
+  ];
+  for (const n of nodes) {
+    for (const j of junk) {
+      publish('signalr-relay:control', j);
+      publish(`signalr-relay:node:${n.id}`, j);
+      publish('signalr-relay:h:chat', j);
+    }
   }
-  assert.ok(heard, 'the classic client heard the broadcast');
-  await fetch(`${base}/abort?${q}`, { method: 'POST', headers: auth });
+  await eventually(async () => {
+    const after = await Promise.all(nodes.map(async (n) => (await metrics(n.addr))['signalr_relay_backplane_messages_total{outcome="undecodable"}']));
+    return after.every((x, i) => x >= before[i] + junk.length * 3);
+  }, 'every node counted the garbage');
+  const got = cs.map((c) => next(c, 'broadcast'));
+  await cs[0].invoke('Broadcast', 'unharmed');
+  for (const g of got) assert.deepEqual(await g, ['unharmed']);
 });
 
 // ---------------------------------------------------------------- faults

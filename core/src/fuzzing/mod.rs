@@ -246,7 +246,22 @@ pub fn rest(data: &[u8]) {
     let _ = crate::relay::UpstreamSettings::parse(&text);
 }
 
+/// The backplane's messages: whatever decodes re-encodes to the same message, and its
+/// command reads back the same through its borrowed form.
+pub fn backplane(data: &[u8]) {
+    use crate::relay::backplane::{decode, encode, Body, Command};
+    let Ok(envelope) = decode(data) else {
+        return;
+    };
+    let again = decode(&encode(&envelope.from, &envelope.body)).expect("re-encoded decodes");
+    assert_eq!(again, envelope);
+    if let Body::Command { command, .. } = &envelope.body {
+        assert_eq!(&Command::of(&command.borrow()), command);
+    }
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
+    ("backplane", backplane),
     ("aspnetcore_json", aspnetcore_json),
     ("aspnetcore_msgpack", aspnetcore_msgpack),
     ("handshake", handshake),

@@ -5,6 +5,12 @@
 //! At the end, two hours pass in silence, and then nothing may be left: no client, no server
 //! connection, no timer, no unanswered request; and the events and counters must balance
 //! (every connection that opened closed exactly once).
+//!
+//! A first byte in `0xD0..0xE0` makes the relay a node of a cluster: the script then also
+//! plays another node's backplane messages (well-formed and not), the engine going down and
+//! up, and this node's own heartbeats coming back or not. At the end, the node must be left
+//! with nothing but its heartbeat: no question awaiting an answer, no waiting negotiate, no
+//! client result routed elsewhere, and only its two standing subscriptions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -139,8 +145,12 @@ pub fn relay_ops(data: &[u8]) {
             Some(0xE0..) => crate::relay::ServiceMode::Classic,
             _ => crate::relay::ServiceMode::Default,
         },
+        cluster: matches!(data.first(), Some(0xD0..0xE0))
+            .then(|| crate::relay::ClusterConfig::new("n1"))
+            .and_then(Result::ok),
         ..RelayConfig::default()
     };
+    let clustered = config.cluster.is_some();
     // What one client may hold: a poll's worth and a reconnect's worth, each overshot by at
     // most one message, and the messages held for its handshake.
     let per_client = config.max_long_poll_buffer
@@ -158,8 +168,16 @@ pub fn relay_ops(data: &[u8]) {
     }
     let mut world = World::default();
     let mut script = Script(data);
+    if clustered {
+        let (relay, now) = sim.relay_mut();
+        relay.handle_backplane_up(now);
+        sim.drain();
+    }
     while !script.0.is_empty() {
         step(&mut sim, &mut world, &mut script);
+        if clustered {
+            backplane_step(&mut sim, &mut script);
+        }
         // The upstream answers the oldest request it was sent, or not at all.
         if !sim.upstream.is_empty() && script.byte() % 2 == 0 {
             let request = sim.upstream.remove(0);
@@ -229,14 +247,41 @@ pub fn relay_ops(data: &[u8]) {
     for _ in 0..(2 * 3600 / 30) {
         sim.advance(Duration::from_secs(30));
     }
+    if clustered {
+        // The engine comes back, if it was down, and the node hears itself.
+        let (relay, now) = sim.relay_mut();
+        relay.handle_backplane_up(now);
+        sim.drain();
+        echo_own(&mut sim, true);
+        for _ in 0..10 {
+            sim.advance(Duration::from_secs(1));
+            echo_own(&mut sim, true);
+        }
+    }
     let relay = sim.relay();
     assert_eq!(relay.client_count(), 0, "a client outlived its timeouts");
     assert_eq!(relay.server_connection_count(), 0);
-    assert_eq!(
-        relay.poll_timeout(),
-        None,
-        "a timer outlived its connection"
-    );
+    if clustered {
+        assert_eq!(
+            relay.cluster_pending(),
+            (0, 0, 0),
+            "asks, parked, remote calls"
+        );
+        let status = relay.backplane_status().expect("a node");
+        assert_eq!(
+            status.channels, 2,
+            "only the control and own channels: {status:?}"
+        );
+        assert!(status.up);
+        let heartbeat = relay.poll_timeout().expect("the heartbeat");
+        assert!(heartbeat <= sim.now() + Duration::from_secs(1));
+    } else {
+        assert_eq!(
+            relay.poll_timeout(),
+            None,
+            "a timer outlived its connection"
+        );
+    }
     for (request, abandoned) in &world.held {
         assert!(
             *abandoned || sim.responses.contains_key(request),
@@ -452,6 +497,90 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
             world.note(outcome);
         }
     }
+}
+
+/// Feeds the node's own publishes on the control channel back to it (its heartbeats, as the
+/// engine echoes them), when `echo`; forgets the rest of what it asked of the backplane.
+fn echo_own(sim: &mut Sim, echo: bool) {
+    let asked = std::mem::take(&mut sim.backplane);
+    for o in asked {
+        if let crate::relay::Output::Publish { channel, data } = o {
+            if echo && channel.ends_with(":control") {
+                let (relay, now) = sim.relay_mut();
+                relay.handle_backplane(now, &channel, &data);
+                sim.drain();
+            }
+        }
+    }
+}
+
+/// Another node (`n2`) speaks, the engine drops or comes back, or garbage arrives.
+fn backplane_step(sim: &mut Sim, script: &mut Script<'_>) {
+    use crate::relay::backplane::{encode, Body, Command};
+    use crate::relay::command::HubCommand;
+    let echo = !script.byte().is_multiple_of(4);
+    echo_own(sim, echo);
+    let body = match script.byte() % 10 {
+        0 => Body::Heartbeat {
+            url: None,
+            hubs: HUBS[..script.below(3)]
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
+        },
+        1 => Body::Bye,
+        2 | 3 => {
+            let ids = connection_ids(sim);
+            let msg = server_message(script, &ids);
+            let Some((command, ack)) = HubCommand::from_service(&msg) else {
+                return;
+            };
+            Body::Command {
+                hub: HUBS[script.below(2)].to_owned(),
+                ask: ack.map(|a| a.unsigned_abs().into()),
+                command: Command::of(&command),
+            }
+        }
+        4 => Body::Answer {
+            ask: script.below(8) as u64,
+            found: script.byte().is_multiple_of(2),
+        },
+        5 => {
+            let ids = connection_ids(sim);
+            let msg = server_message(script, &ids);
+            let mut frame = Vec::new();
+            if msg.write(&mut frame).is_err() {
+                return;
+            }
+            Body::Invocation {
+                message: frame.into(),
+            }
+        }
+        6 => Body::NeedServer {
+            hub: HUBS[script.below(2)].to_owned(),
+        },
+        7 => {
+            let (relay, now) = sim.relay_mut();
+            if script.byte().is_multiple_of(2) {
+                relay.handle_backplane_down(now);
+            } else {
+                relay.handle_backplane_up(now);
+            }
+            sim.drain();
+            return;
+        }
+        _ => {
+            let garbage = script.bytes();
+            let (relay, now) = sim.relay_mut();
+            relay.handle_backplane(now, "signalr-relay:control", &garbage);
+            sim.drain();
+            return;
+        }
+    };
+    let data = encode("n2", &body);
+    let (relay, now) = sim.relay_mut();
+    relay.handle_backplane(now, "signalr-relay:node:n1", &data);
+    sim.drain();
 }
 
 fn classic(sim: &mut Sim, world: &mut World, script: &mut Script<'_>, hub: &str) {

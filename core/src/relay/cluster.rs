@@ -334,6 +334,15 @@ impl Relay {
         self.settle(now);
     }
 
+    /// What the node awaits: questions asked of other nodes, negotiates waiting for a server
+    /// connection, client results asked elsewhere (for the fuzzer's end-of-run check).
+    #[cfg(any(test, feature = "__fuzz"))]
+    pub(crate) fn cluster_pending(&self) -> (usize, usize, usize) {
+        self.cluster.as_deref().map_or((0, 0, 0), |c| {
+            (c.asks.len(), c.parked.len(), c.remote_calls.len())
+        })
+    }
+
     /// The backplane's status, when this relay is a node of a cluster.
     pub fn backplane_status(&self) -> Option<BackplaneStatus> {
         self.cluster.as_deref().map(Cluster::status)

@@ -119,10 +119,10 @@
 //! | `reason` | [`Rejection`], [`CloseReason`], and every text a peer reads |
 
 mod admission;
-mod backplane;
+pub(crate) mod backplane;
 mod client;
 mod cluster;
-mod command;
+pub(crate) mod command;
 mod config;
 mod directory;
 mod forwarded;

@@ -346,7 +346,10 @@ fn a_dead_node_is_forgotten_and_its_connections_stop_existing() {
     let bob = t.clients[1].1.clone();
     // n1 goes silent (killed): nothing it says arrives.
     t.net.cut.insert(1);
-    t.net.advance(Duration::from_secs(7));
+    t.net.advance(Duration::from_secs(3));
+    let status = t.net.nodes[0].relay().backplane_status().expect("a node");
+    assert_eq!(status.nodes.len(), 2, "not before the node timeout");
+    t.net.advance(Duration::from_secs(4));
     let status = t.net.nodes[0].relay().backplane_status().expect("a node");
     assert_eq!(
         status.nodes,
