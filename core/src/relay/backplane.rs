@@ -566,9 +566,14 @@ fn read_audience(r: &mut Reader<'_>) -> Result<OwnedAudience, DecodeError> {
     if kind > u64::from(TO_GROUPS) {
         return Err(DecodeError::Kind(kind));
     }
+    let names = read_str_array(r)?;
+    // A hub-wide audience names nobody.
+    if kind == u64::from(TO_HUB) && !names.is_empty() {
+        return Err(DecodeError::Kind(kind));
+    }
     Ok(OwnedAudience {
         kind: kind as u8,
-        names: read_str_array(r)?,
+        names,
         except: read_str_array(r)?,
         except_users: read_str_array(r)?,
     })

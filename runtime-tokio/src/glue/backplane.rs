@@ -3,7 +3,8 @@
 //! `ClusterConfig`).
 //!
 //! An [`Engine`] connects and hands back a writer (publish, subscribe, unsubscribe) and a
-//! reader (messages as they come). [`Redis`] is the one shipped; another engine (NATS) is
+//! reader (messages as they come). `Redis` is the one shipped (with the `tokio` or
+//! `smol-redis` feature, which pick the redis crate's runtime); another engine (NATS) is
 //! another implementation of these three traits, and nothing else changes.
 //!
 //! [`run`] keeps one connection up for as long as the relay runs: it reconnects with a
@@ -12,8 +13,11 @@
 //! waits to be published is bounded in bytes ([`Link`]); past the bound, publishes are
 //! dropped and counted, and the relay's local traffic never waits for the backplane.
 
+// Without an engine built in (neither `tokio` nor `smol-redis`), nothing starts one.
+#![cfg_attr(not(any(feature = "tokio", feature = "smol-redis")), allow(dead_code))]
+
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +59,14 @@ pub trait EngineReader: Send + 'static {
     fn next(&mut self) -> impl Future<Output = Option<(String, Bytes)>> + Send;
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 /// Redis (or Valkey) pub/sub: one connection publishes, another subscribes.
 #[derive(Clone)]
 pub struct Redis {
     client: redis::Client,
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 impl Redis {
     /// The Redis at `url` (`redis://[user:password@]host[:port][/db]`).
     ///
@@ -73,6 +79,7 @@ impl Redis {
     }
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password.
@@ -80,15 +87,18 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 /// [`Redis`]'s writer.
 pub struct RedisWriter {
     publisher: redis::aio::MultiplexedConnection,
     sink: redis::aio::PubSubSink,
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 /// [`Redis`]'s reader.
 pub struct RedisReader(redis::aio::PubSubStream);
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 impl Engine for Redis {
     type Writer = RedisWriter;
     type Reader = RedisReader;
@@ -109,6 +119,7 @@ impl Engine for Redis {
     }
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 impl EngineWriter for RedisWriter {
     async fn publish(&mut self, channel: &str, data: Bytes) -> Result<(), String> {
         redis::cmd("PUBLISH")
@@ -135,6 +146,7 @@ impl EngineWriter for RedisWriter {
     }
 }
 
+#[cfg(any(feature = "tokio", feature = "smol-redis"))]
 impl EngineReader for RedisReader {
     async fn next(&mut self) -> Option<(String, Bytes)> {
         let msg = self.0.next().await?;
@@ -171,8 +183,6 @@ pub(crate) struct Link {
     limit: usize,
     /// Publishes dropped because the queue was full.
     pub(crate) dropped: Arc<AtomicU64>,
-    /// Whether a connection is up.
-    pub(crate) up: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -210,7 +220,6 @@ pub(crate) fn start<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
         queued: Arc::default(),
         limit,
         dropped: Arc::default(),
-        up: Arc::default(),
     };
     runtime.spawn(run(runtime.clone(), engine, rx, link.clone(), reports));
     link
@@ -249,7 +258,6 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
         };
         backoff = BACKOFF.0;
         tracing::info!("backplane: connected");
-        link.up.store(true, Ordering::Relaxed);
         if reports.send(Report::Up.into()).await.is_err() {
             return;
         }
@@ -305,7 +313,6 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
         tracing::warn!("backplane: connection lost: {why}");
         let _ = stop.send(());
         drop(writer);
-        link.up.store(false, Ordering::Relaxed);
         if reports.send(Report::Down.into()).await.is_err() {
             return;
         }

@@ -285,6 +285,13 @@ where
     let (drained, done) = oneshot::channel();
     let listen = listener.local_addr().ok();
     let backplane = match (&settings.options.redis, relay.config().cluster.is_some()) {
+        #[cfg(not(any(feature = "tokio", feature = "smol-redis")))]
+        (Some(_), true) => {
+            return Err(std::io::Error::other(
+                "this build has no Redis engine (features tokio or smol-redis)",
+            ))
+        }
+        #[cfg(any(feature = "tokio", feature = "smol-redis"))]
         (Some(url), true) => {
             let engine = super::backplane::Redis::new(url).map_err(std::io::Error::other)?;
             let limit = settings.options.backplane_queue;

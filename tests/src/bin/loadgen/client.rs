@@ -93,6 +93,21 @@ pub(crate) async fn post(
     Ok((status, body))
 }
 
+/// One HTTP/1.1 GET: the status and the body.
+pub(crate) async fn get(addr: &str, path: &str) -> Result<(u16, Bytes)> {
+    let mut sender = keep_alive(addr, false).await?;
+    let req = request("GET", addr, path, None, Bytes::new())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
 fn field(body: &[u8], name: &str) -> Result<String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("bad negotiate body: {e}"))?;

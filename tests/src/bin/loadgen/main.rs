@@ -21,6 +21,7 @@
 
 mod chart;
 mod client;
+mod cluster;
 mod floor;
 mod procs;
 mod scenarios;
@@ -182,6 +183,10 @@ enum Scenario {
     /// The REST API (relay only): a broadcast to every connection, against the WebSocket
     /// broadcast; and sends to single connections, requests a second.
     Rest,
+    /// Three nodes on Redis behind nginx (needs redis-server and nginx): the broadcast and
+    /// group sends with the clients spread over the nodes (CPU per delivery summed over the
+    /// nodes and Redis, and per node, against the single relay's), and the step test.
+    Cluster,
 }
 
 #[derive(Serialize, Default)]
@@ -210,6 +215,24 @@ struct Report {
     /// The relay on TLS (connect storm and echoes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     relay_tls: Option<Side>,
+    /// Several nodes on Redis behind nginx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterSide>,
+}
+
+/// The cluster scenario's results.
+#[derive(Serialize, Default)]
+struct ClusterSide {
+    nodes: usize,
+    connect: Option<ConnectResult>,
+    broadcast: Option<BroadcastResult>,
+    /// During the broadcast: each node's CPU per message it delivered, and Redis's per
+    /// delivery in all (µs).
+    broadcast_per_process: Vec<(String, f64)>,
+    /// How the clients were spread over the nodes (deliveries per node in the broadcast).
+    broadcast_deliveries_per_node: Vec<u64>,
+    groups: Vec<BroadcastResult>,
+    step: Option<StepResult>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -267,6 +290,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
             Scenario::SlowConsumer,
             Scenario::Tls,
             Scenario::Rest,
+            Scenario::Cluster,
         ];
     }
     client::SOURCES.store(args.sources.max(1), std::sync::atomic::Ordering::Relaxed);
@@ -291,6 +315,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         server,
         app: None,
         http,
+        others: Vec::new(),
     };
     let floor_side = run_side(&floor, &args).await;
     drop(floor);
@@ -326,12 +351,27 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     } else {
         None
     };
+    let cluster = if args.only.is_empty() || args.only.contains(&Scenario::Cluster) {
+        eprintln!("three nodes ({}) on Redis behind nginx…", args.runtime);
+        let mut c = cluster::start(&dir, &args.runtime, limit, 3).await?;
+        let side = run_cluster_side(&c, &args).await;
+        if c.target.server.exited() {
+            return Err(format!(
+                "a node exited during the run:\n{}",
+                c.target.server.output()
+            ));
+        }
+        Some(side)
+    } else {
+        None
+    };
     let report = Report {
         date: today(),
         runtime: args.runtime.clone(),
         relay: relay_side,
         floor: floor_side,
         relay_tls,
+        cluster,
     };
     print_table(&report);
     if let (Some(path), Some(relay), Some(floor)) =
@@ -346,6 +386,20 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     }
     if args.smoke {
         let tls = report.relay_tls.as_ref().map_or(Ok(()), smoke_check);
+        let tls =
+            tls.and(
+                report
+                    .cluster
+                    .as_ref()
+                    .map_or(Ok(()), |c| match (&c.connect, &c.broadcast) {
+                        (Some(connect), Some(b))
+                            if connect.failed_percent == 0.0 && b.deliveries > 0 =>
+                        {
+                            Ok(())
+                        }
+                        _ => Err("the cluster scenario connected or delivered nothing".to_owned()),
+                    }),
+            );
         if let Err(e) = smoke_check(&report.relay)
             .and(smoke_check(&report.floor))
             .and(tls)
@@ -446,6 +500,7 @@ async fn start_relay(
         server: relay,
         app: Some(app),
         http: None,
+        others: Vec::new(),
     };
     wait_for_app(&relay).await?;
     Ok(relay)
@@ -696,6 +751,78 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     side
 }
 
+/// The cluster scenario: the connect storm through nginx, the broadcast (with each node's
+/// part), group sends, and the step test, as [`run_side`] runs them.
+async fn run_cluster_side(c: &cluster::Cluster, args: &RunArgs) -> ClusterSide {
+    let target = &c.target;
+    let secs = Duration::from_secs(args.seconds);
+    let mut side = ClusterSide {
+        nodes: c.nodes.len(),
+        ..ClusterSide::default()
+    };
+    eprintln!(
+        "  cluster: connect storm through nginx, {} connections",
+        args.clients
+    );
+    let (connect, mut conns) =
+        scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
+    side.connect = Some(connect);
+    scenarios::keep_alive(target, &mut conns).await;
+    eprintln!("  cluster: broadcast to {}, 2 KB", conns.len());
+    let procs: Vec<&Proc> = std::iter::once(&target.server)
+        .chain(&target.others)
+        .collect();
+    let cpu0: Vec<f64> = procs.iter().map(|p| p.cpu_secs()).collect();
+    let delivered0 = cluster::delivered(&c.nodes).await;
+    let broadcast = scenarios::broadcast(target, &mut conns, args.broadcast_rate, 2048, secs).await;
+    let cpu: Vec<f64> = procs
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| p.cpu_secs() - c0)
+        .collect();
+    let delivered: Vec<u64> = cluster::delivered(&c.nodes)
+        .await
+        .iter()
+        .zip(&delivered0)
+        .map(|(a, b)| a - b)
+        .collect();
+    for (i, n) in delivered.iter().enumerate() {
+        side.broadcast_per_process
+            .push((format!("n{}", i + 1), cpu[i] * 1e6 / (*n).max(1) as f64));
+    }
+    if let Some(redis) = cpu.get(c.nodes.len()) {
+        let all: u64 = delivered.iter().sum();
+        side.broadcast_per_process
+            .push(("redis".to_owned(), redis * 1e6 / all.max(1) as f64));
+    }
+    side.broadcast_deliveries_per_node = delivered;
+    side.broadcast = Some(broadcast);
+    scenarios::keep_alive(target, &mut conns).await;
+    for size in [10, (conns.len() / 10).max(2)] {
+        eprintln!("  cluster: group sends, groups of {size}, 2 KB");
+        let result = scenarios::group_send(
+            target,
+            &mut conns,
+            "s",
+            size,
+            args.broadcast_rate,
+            2048,
+            secs,
+            None,
+        )
+        .await;
+        side.groups.push(result);
+    }
+    drop(conns);
+    if !args.no_steps {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let hold = secs.max(Duration::from_secs(if args.smoke { 1 } else { 5 }));
+        side.step =
+            Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await);
+    }
+    side
+}
+
 fn today() -> String {
     std::process::Command::new("date")
         .arg("+%Y-%m-%d")
@@ -903,6 +1030,81 @@ fn print_table(r: &Report) {
         print_tls_table(tls, &r.relay);
     }
     print_rest_table(&r.relay);
+    if let Some(c) = &r.cluster {
+        print_cluster_table(c, &r.relay);
+    }
+}
+
+/// Several nodes against the single relay of the same run.
+fn print_cluster_table(c: &ClusterSide, single: &Side) {
+    println!(
+        "\n{} nodes on Redis behind nginx, against the single relay of the same run (CPU summed over the nodes and Redis)",
+        c.nodes
+    );
+    println!(
+        "| scenario | measure | {} nodes | one relay | nodes/one |",
+        c.nodes
+    );
+    println!("|---|---|---|---|---|");
+    if let (Some(b), Some(one)) = (&c.broadcast, &single.broadcast) {
+        let s = format!("broadcast ({} receivers) × 2 KB", b.receivers);
+        println!(
+            "| {s} | CPU per delivery | {:.1} µs | {:.1} µs | {} |",
+            b.server_cpu_us_per_delivery,
+            one.server_cpu_us_per_delivery,
+            ratio(b.server_cpu_us_per_delivery, one.server_cpu_us_per_delivery)
+        );
+        println!(
+            "| {s} | p99 | {:.1} ms | {:.1} ms | {} |",
+            b.latency.p99_ms,
+            one.latency.p99_ms,
+            ratio(b.latency.p99_ms, one.latency.p99_ms)
+        );
+        for (name, us) in &c.broadcast_per_process {
+            println!(
+                "| {s} | {name}'s CPU per delivery{} | {us:.1} µs | {:.1} µs | {} |",
+                if name == "redis" {
+                    " (all)"
+                } else {
+                    " (its own)"
+                },
+                one.server_cpu_us_per_delivery,
+                ratio(*us, one.server_cpu_us_per_delivery)
+            );
+        }
+        println!(
+            "| {s} | deliveries per node | {:?} | | |",
+            c.broadcast_deliveries_per_node
+        );
+    }
+    for (g, one) in c.groups.iter().zip(&single.groups) {
+        let s = format!("groups of {} × 2 KB", g.group_size);
+        println!(
+            "| {s} | CPU per delivery | {:.1} µs | {:.1} µs | {} |",
+            g.server_cpu_us_per_delivery,
+            one.server_cpu_us_per_delivery,
+            ratio(g.server_cpu_us_per_delivery, one.server_cpu_us_per_delivery)
+        );
+        println!(
+            "| {s} | p99 | {:.1} ms | {:.1} ms | {} |",
+            g.latency.p99_ms,
+            one.latency.p99_ms,
+            ratio(g.latency.p99_ms, one.latency.p99_ms)
+        );
+    }
+    if let Some(step) = &c.step {
+        for s in &step.steps {
+            println!(
+                "| step test {} connections | p99, failed, CPU (all nodes) | {:.0} ms, {:.2}%, {:.0}% | | |",
+                s.connections, s.latency.p99_ms, s.failed_percent, s.server_cpu_percent
+            );
+        }
+        let one = single.step.as_ref().map_or(0, |s| s.verdict_connections);
+        println!(
+            "| step test | largest step with p99 < 1 s and < 1% failed | {} | {} | |",
+            step.verdict_connections, one
+        );
+    }
 }
 
 /// The REST API's figures, against the WebSocket broadcast of the same run.

@@ -17,6 +17,8 @@ pub(crate) struct Proc {
     pub(crate) addr: String,
     /// Everything it printed, for error reports.
     output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Started under `timeout`: what is measured is its child.
+    pub(crate) wrapped: bool,
 }
 
 impl Proc {
@@ -26,6 +28,27 @@ impl Proc {
         program: &Path,
         args: &[String],
         core: Option<usize>,
+    ) -> Result<Self, String> {
+        Self::start_until(
+            program,
+            args,
+            core,
+            Some(|line| {
+                line.split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1))
+                    .map(|addr| addr.split_whitespace().next().unwrap_or("").to_owned())
+            }),
+        )
+    }
+
+    /// [`Proc::start`], ready at the first line `ready` reads an address from (without
+    /// `ready`: at once, at `""`; the caller checks).
+    pub(crate) fn start_until(
+        program: &Path,
+        args: &[String],
+        core: Option<usize>,
+        ready: Option<fn(&str) -> Option<String>>,
     ) -> Result<Self, String> {
         let mut command = match core.filter(|_| has_taskset()) {
             Some(core) => {
@@ -62,12 +85,8 @@ impl Proc {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let addr = line
-                        .split("listening on http://")
-                        .nth(1)
-                        .or_else(|| line.split("listening on https://").nth(1));
-                    if let Some(addr) = addr {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    if let Some(addr) = ready.and_then(|ready| ready(&line)) {
+                        let _ = tx.send(addr);
                     }
                     if let Ok(mut out) = output.lock() {
                         out.push_str(&line);
@@ -80,7 +99,11 @@ impl Proc {
             child,
             addr: String::new(),
             output,
+            wrapped: program.file_name().is_some_and(|n| n == "timeout"),
         };
+        if ready.is_none() {
+            return Ok(proc);
+        }
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => {
                 proc.addr = addr;
@@ -94,9 +117,15 @@ impl Proc {
         }
     }
 
-    /// Its process id.
+    /// Its process id: of the program itself, when it was started under a wrapper
+    /// (`timeout`), as its wrapper's only child.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        let id = self.child.id();
+        std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .filter(|_| self.wrapped)
+            .unwrap_or(id)
     }
 
     /// What it printed so far.

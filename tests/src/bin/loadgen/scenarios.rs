@@ -21,6 +21,9 @@ pub(crate) struct Target {
     pub(crate) app: Option<Proc>,
     /// The floor's HTTP (event stream and long polling) address.
     pub(crate) http: Option<String>,
+    /// More processes whose CPU counts with the server's: the other nodes of a cluster, and
+    /// its Redis.
+    pub(crate) others: Vec<Proc>,
 }
 
 impl Target {
@@ -43,6 +46,11 @@ impl Target {
 
     pub(crate) fn is_relay(&self) -> bool {
         self.app.is_some()
+    }
+
+    /// CPU seconds of the server and the processes that count with it.
+    pub(crate) fn cpu_secs(&self) -> f64 {
+        self.server.cpu_secs() + self.others.iter().map(Proc::cpu_secs).sum::<f64>()
     }
 
     /// A request: for the relay the hub invocation `target(args…)` (awaiting a completion
@@ -248,7 +256,7 @@ struct Meter {
 impl Meter {
     fn start(target: &Target) -> Self {
         Self {
-            cpu0: target.server.cpu_secs(),
+            cpu0: target.cpu_secs(),
             start: Instant::now(),
         }
     }
@@ -257,7 +265,7 @@ impl Meter {
     /// CPU seconds since the start.
     fn stop(&self, target: &Target, idle_tail: Duration) -> (f64, f64) {
         let secs = (self.start.elapsed() - idle_tail.min(self.start.elapsed())).as_secs_f64();
-        (secs.max(0.001), target.server.cpu_secs() - self.cpu0)
+        (secs.max(0.001), target.cpu_secs() - self.cpu0)
     }
 }
 
