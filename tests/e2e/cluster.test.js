@@ -80,6 +80,19 @@ function rest(addr, method, path, body) {
   return fetch(`http://${addr}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
+test('each node\'s status lists the others, and /ready says the backplane is up', async () => {
+  const token = jwt({ aud: 'http://127.0.0.1/api/status', exp: Math.floor(Date.now() / 1000) + 600 }, key);
+  for (const n of nodes) {
+    await eventually(async () => {
+      const s = await (await fetch(`http://${n.addr}/api/status`, { headers: { Authorization: `Bearer ${token}` } })).json();
+      return s.backplane && s.backplane.node === n.id && s.backplane.up && s.backplane.nodes.length === 2;
+    }, `${n.id}'s status`);
+    const s = await (await fetch(`http://${n.addr}/api/status`, { headers: { Authorization: `Bearer ${token}` } })).json();
+    assert.deepEqual(s.backplane.nodes.map((x) => x.id).sort(), nodes.filter((m) => m !== n).map((m) => m.id).sort());
+    assert.equal(await (await fetch(`http://${n.addr}/ready`)).text(), 'ready\nbackplane: up');
+  }
+});
+
 test('clients on different nodes hear each other: groups, users and broadcasts, JSON and MessagePack', async () => {
   const cs = await spread('fan');
   await Promise.all(cs.map((c) => c.invoke('JoinGroup', 'everyone')));

@@ -522,6 +522,7 @@ fn backplane_step(sim: &mut Sim, script: &mut Script<'_>) {
     echo_own(sim, echo);
     let body = match script.byte() % 10 {
         0 => Body::Heartbeat {
+            incarnation: u64::from(script.byte() % 2),
             url: None,
             hubs: HUBS[..script.below(3)]
                 .iter()

@@ -133,7 +133,10 @@ pub(crate) struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Body {
     /// Alive, with where it is reached, and the hubs it has app-server connections for.
+    /// `incarnation` is new each time the node starts: a node that restarted under the same
+    /// id, or two nodes given one id, tell apart by it.
     Heartbeat {
+        incarnation: u64,
         url: Option<String>,
         hubs: Vec<String>,
     },
@@ -366,8 +369,13 @@ pub(crate) fn encode(from: &str, body: &Body) -> Bytes {
         w.uint(kind.into());
     };
     match body {
-        Body::Heartbeat { url, hubs } => {
-            head(&mut w, 2, HEARTBEAT);
+        Body::Heartbeat {
+            incarnation,
+            url,
+            hubs,
+        } => {
+            head(&mut w, 3, HEARTBEAT);
+            w.uint(*incarnation);
             w.opt_str(url.as_deref());
             w.str_array(hubs);
         }
@@ -510,10 +518,15 @@ pub(crate) fn decode(data: &[u8]) -> Result<Envelope, DecodeError> {
     };
     let body = match u8::try_from(kind).unwrap_or(u8::MAX) {
         HEARTBEAT => {
-            expect(2)?;
+            expect(3)?;
+            let incarnation = r.integer()?;
             let url = opt_string(&mut r)?;
             let hubs = read_str_array(&mut r)?;
-            Body::Heartbeat { url, hubs }
+            Body::Heartbeat {
+                incarnation,
+                url,
+                hubs,
+            }
         }
         BYE => {
             expect(0)?;
@@ -680,6 +693,7 @@ mod tests {
             except_users: vec!["ann".into()],
         };
         roundtrip(Body::Heartbeat {
+            incarnation: u64::MAX,
             url: Some("http://10.0.0.1:8080".into()),
             hubs: vec!["chat".into(), "x:y".into()],
         });

@@ -54,6 +54,8 @@ struct Peer {
     /// Stands for the node where a client result's caller is expected ([`Pending::caller`]).
     handle: ConnHandle,
     seen: Instant,
+    /// Which start of the node this is.
+    incarnation: u64,
     /// Where it is reached, as it says.
     url: Option<String>,
     /// Hubs it has app servers for.
@@ -106,6 +108,9 @@ pub struct BackplaneStats {
     pub unanswered: u64,
     /// Times the subscription was found dead (own heartbeats no longer heard).
     pub stale: u64,
+    /// Heartbeats with this node's id from another process: two nodes share an id, which
+    /// breaks routing to both (fix their `--node-id`).
+    pub id_conflicts: u64,
 }
 
 /// The backplane, as the operator sees it.
@@ -128,6 +133,8 @@ pub struct BackplaneStatus {
 #[derive(Debug)]
 pub(crate) struct Cluster {
     pub(crate) config: ClusterConfig,
+    /// This start of the node (from the relay's seed).
+    incarnation: u64,
     /// The engine is connected (the adapter says).
     connected: bool,
     /// Own heartbeats stopped coming back while connected.
@@ -151,9 +158,10 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn new(config: ClusterConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: ClusterConfig, now: Instant, incarnation: u64) -> Self {
         Self {
             config,
+            incarnation,
             connected: false,
             stale: false,
             heard_self: None,
@@ -303,9 +311,9 @@ impl Relay {
         self.settle(now);
     }
 
-    /// A message arrived on a backplane channel.
-    pub fn handle_backplane(&mut self, now: Instant, channel: &str, data: &[u8]) {
-        let _ = channel;
+    /// A message arrived on a backplane channel. The message says what it is for; the
+    /// channel it came on is only how it got here (it may be logged).
+    pub fn handle_backplane(&mut self, now: Instant, _channel: &str, data: &[u8]) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -314,20 +322,28 @@ impl Relay {
             return;
         };
         if c.is_me(&from) {
-            if matches!(body, Body::Heartbeat { .. }) {
-                c.heard_self = Some(now);
-                c.stale = false;
+            match body {
+                Body::Heartbeat { incarnation, .. } if incarnation == c.incarnation => {
+                    c.heard_self = Some(now);
+                    c.stale = false;
+                }
+                Body::Heartbeat { .. } => c.stats.id_conflicts += 1,
+                _ => {}
             }
             return;
         }
         c.stats.received += 1;
         match body {
-            Body::Heartbeat { url, hubs } => self.peer_alive(now, from, url, hubs),
-            Body::Bye => self.forget_peer(now, &from),
+            Body::Heartbeat {
+                incarnation,
+                url,
+                hubs,
+            } => self.peer_alive(now, from, incarnation, url, hubs),
+            Body::Bye => self.forget_peer(&from),
             Body::Command { hub, ask, command } => {
                 self.remote_command(now, &from, &hub, ask, &command)
             }
-            Body::Answer { ask, found } => self.answer(now, ask, Some(found)),
+            Body::Answer { ask, found } => self.answer(ask, Some(found)),
             Body::Invocation { message } => self.remote_invocation(now, &from, &message),
             Body::NeedServer { hub } => self.lend_server(&from, &hub),
         }
@@ -363,7 +379,7 @@ impl Relay {
             .collect();
         c.stats.unanswered += late.len() as u64;
         for ask in late {
-            self.answer(now, ask, None);
+            self.answer(ask, None);
         }
         self.unpark(now, None);
         let Some(c) = self.cluster.as_deref_mut() else {
@@ -393,17 +409,21 @@ impl Relay {
             .map(|(n, _)| n.clone())
             .collect();
         for node in gone {
-            self.forget_peer(now, &node);
+            self.forget_peer(&node);
         }
-        let hubs = if self.draining {
-            Vec::new()
-        } else {
-            self.hubs_served()
-        };
+        // A node shutting down said goodbye, and is quiet from then on.
+        if self.draining {
+            return;
+        }
+        let hubs = self.hubs_served();
         if let Some(c) = self.cluster.as_deref_mut().filter(|c| c.connected) {
             let control = c.config.control_channel();
-            let url = c.config.public_url.clone();
-            c.publish(control, &Body::Heartbeat { url, hubs });
+            let body = Body::Heartbeat {
+                incarnation: c.incarnation,
+                url: c.config.public_url.clone(),
+                hubs,
+            };
+            c.publish(control, &body);
         }
     }
 
@@ -417,7 +437,23 @@ impl Relay {
             .collect()
     }
 
-    fn peer_alive(&mut self, now: Instant, node: String, url: Option<String>, hubs: Vec<String>) {
+    fn peer_alive(
+        &mut self,
+        now: Instant,
+        node: String,
+        incarnation: u64,
+        url: Option<String>,
+        hubs: Vec<String>,
+    ) {
+        // A node that started again under the same id held none of what it held before.
+        let restarted = self
+            .cluster
+            .as_deref()
+            .and_then(|c| c.peers.get(&node))
+            .is_some_and(|p| p.incarnation != incarnation);
+        if restarted {
+            self.forget_peer(&node);
+        }
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -433,6 +469,7 @@ impl Relay {
                 Peer {
                     handle,
                     seen: now,
+                    incarnation,
                     url: None,
                     hubs: BTreeSet::new(),
                 },
@@ -480,7 +517,7 @@ impl Relay {
     }
 
     /// A node is gone: what it held no longer exists here, and what it owed is failed.
-    fn forget_peer(&mut self, now: Instant, node: &str) {
+    fn forget_peer(&mut self, node: &str) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -512,7 +549,6 @@ impl Relay {
             });
             self.out.service(caller, &failed);
         }
-        let _ = now;
     }
 
     // ---------------------------------------------------------------- commands
@@ -709,7 +745,7 @@ impl Relay {
     }
 
     /// An answer came (`None`: it did not come in time).
-    fn answer(&mut self, _now: Instant, ask: u64, found: Option<bool>) {
+    fn answer(&mut self, ask: u64, found: Option<bool>) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };

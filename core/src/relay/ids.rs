@@ -60,7 +60,8 @@ impl IdGenerator {
         )
     }
 
-    fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+    /// HMAC-SHA256 of `parts` under the seed.
+    pub(crate) fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.seed) else {
             unreachable!("HMAC takes keys of any length")
         };

@@ -330,6 +330,12 @@ pub fn render_prometheus(
             b.stats.unanswered,
         );
         x.single(
+            "backplane_node_id_conflicts_total",
+            "counter",
+            "Heartbeats with this node's id from another process: two nodes share an id (fix their --node-id).",
+            b.stats.id_conflicts,
+        );
+        x.single(
             "backplane_stale_total",
             "counter",
             "Times the subscription was found dead (own heartbeats no longer heard) and reset.",

@@ -248,7 +248,12 @@ impl Relay {
             config.instance_id.clone_from(&c.node_id);
             ids = IdGenerator::new(seed).naming(&c.node_id);
             directory.watch = true;
-            Box::new(cluster::Cluster::new(c, now))
+            let incarnation = u64::from_be_bytes(
+                ids.tag(&[b"incarnation"])[..8]
+                    .try_into()
+                    .unwrap_or_default(),
+            );
+            Box::new(cluster::Cluster::new(c, now, incarnation))
         });
         Self {
             directory,

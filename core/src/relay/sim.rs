@@ -228,12 +228,17 @@ impl Sim {
     }
 
     /// A relay with `config` (and [`KEY`] among its keys).
-    pub fn with_config(epoch: Instant, mut config: RelayConfig) -> Self {
+    pub fn with_config(epoch: Instant, config: RelayConfig) -> Self {
+        Self::with_seed(epoch, config, [42; 32])
+    }
+
+    /// [`Sim::with_config`], with the relay's random seed given (another process).
+    pub fn with_seed(epoch: Instant, mut config: RelayConfig, seed: [u8; 32]) -> Self {
         if !config.access_keys.iter().any(|k| k == KEY) {
             config.access_keys.push(KEY.to_owned());
         }
         Self {
-            relay: Relay::new(config, epoch, T0, [42; 32]),
+            relay: Relay::new(config, epoch, T0, seed),
             now: epoch,
             to_server: BTreeMap::new(),
             server_decoders: BTreeMap::new(),

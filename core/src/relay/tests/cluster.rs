@@ -425,6 +425,63 @@ fn lost_messages_cost_only_themselves_and_a_reconnect_resubscribes() {
 }
 
 #[test]
+fn a_node_that_restarts_under_its_id_owes_nothing_and_a_shared_id_is_counted() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bob_id = t.clients[1].1.clone();
+    // n0's app server awaits bob's answer on n1; n1 restarts (a new process, same id)
+    // before answering.
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::ClientInvocation(service::ClientInvocation {
+            invocation_id: "inv-r".into(),
+            connection_id: bob_id,
+            caller_server_id: "app-0".into(),
+            payloads: invocation("ask"),
+            ext: service::Ext::default(),
+        }),
+    );
+    let epoch = t.net.nodes[1].now();
+    t.net.nodes[1] = Sim::with_seed(epoch, node_config("n1"), [7; 32]);
+    t.net.up(1);
+    t.net.advance(Duration::from_secs(2));
+    // The caller hears at once (not after the node timeout) that the answer will not come.
+    assert!(t.net.nodes[0].to_server[&s0].iter().any(|m| matches!(
+        m,
+        ServiceMessage::ErrorCompletion(e) if e.invocation_id == "inv-r"
+    )));
+    assert_eq!(
+        t.net.nodes[0]
+            .relay()
+            .backplane_status()
+            .expect("a node")
+            .nodes
+            .len(),
+        2,
+        "the restarted node is known again"
+    );
+    // A second process given n2's id: both count the conflict.
+    let epoch = t.net.nodes[2].now();
+    t.net
+        .nodes
+        .push(Sim::with_seed(epoch, node_config("n2"), [9; 32]));
+    t.net.subs.push(BTreeSet::new());
+    t.net.connected.push(false);
+    t.net.resets.push(0);
+    t.net.up(3);
+    t.net.advance(Duration::from_secs(2));
+    for i in [2, 3] {
+        let stats = t.net.nodes[i]
+            .relay()
+            .backplane_status()
+            .expect("a node")
+            .stats;
+        assert!(stats.id_conflicts > 0, "{i}: {stats:?}");
+    }
+}
+
+#[test]
 fn client_results_cross_nodes_and_come_back() {
     let mut t = three();
     let (s0, s1) = (t.servers[0], t.servers[1]);
