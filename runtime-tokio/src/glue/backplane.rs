@@ -47,10 +47,27 @@ pub trait EngineWriter: Send + 'static {
         channel: &str,
         data: Bytes,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Subscribes to `channel`.
-    fn subscribe(&mut self, channel: &str) -> impl Future<Output = Result<(), String>> + Send;
-    /// Unsubscribes from `channel`.
-    fn unsubscribe(&mut self, channel: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Publishes each message of `batch`, in order: one round trip where the engine allows
+    /// (by default, one publish after another).
+    fn publish_all(
+        &mut self,
+        batch: Vec<(String, Bytes)>,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async move {
+            for (channel, data) in batch {
+                self.publish(&channel, data).await?;
+            }
+            Ok(())
+        }
+    }
+    /// Subscribes to `channels`.
+    fn subscribe(&mut self, channels: &[String])
+        -> impl Future<Output = Result<(), String>> + Send;
+    /// Unsubscribes from `channels`.
+    fn unsubscribe(
+        &mut self,
+        channels: &[String],
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// One connection's reading side.
@@ -131,16 +148,27 @@ impl EngineWriter for RedisWriter {
             .map_err(|e| e.to_string())
     }
 
-    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
-        self.sink
-            .subscribe(channel)
+    async fn publish_all(&mut self, batch: Vec<(String, Bytes)>) -> Result<(), String> {
+        // One pipeline: every PUBLISH written at once, their answers read together.
+        let mut pipe = redis::pipe();
+        for (channel, data) in &batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(&data[..]).ignore();
+        }
+        pipe.query_async::<()>(&mut self.publisher)
             .await
             .map_err(|e| e.to_string())
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
         self.sink
-            .unsubscribe(channel)
+            .subscribe(channels)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String> {
+        self.sink
+            .unsubscribe(channels)
             .await
             .map_err(|e| e.to_string())
     }
@@ -200,6 +228,10 @@ impl Link {
         let _ = self.requests.unbounded_send(request);
     }
 }
+
+/// Most publishes in one batch, and their bytes (past either, the next batch follows).
+const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How long one operation may take before the connection counts as lost.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -284,23 +316,52 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
             }
             let _ = lost_tx.send(());
         });
+        let mut next = None;
         let why = loop {
-            let request = match select(requests.next(), &mut lost).await {
-                Either::Left((Some(r), _)) => r,
-                Either::Left((None, _)) => return,
-                Either::Right(_) => break "the subscription ended".to_owned(),
+            let request = match next.take() {
+                Some(r) => r,
+                None => match select(requests.next(), &mut lost).await {
+                    Either::Left((Some(r), _)) => r,
+                    Either::Left((None, _)) => return,
+                    Either::Right(_) => break "the subscription ended".to_owned(),
+                },
             };
             let done = match request {
                 Request::Publish(channel, data) => {
-                    link.queued
-                        .fetch_sub(channel.len() + data.len(), Ordering::Relaxed);
-                    with_timeout(&runtime, writer.publish(&channel, data)).await
+                    // Everything queued behind it that is a publish goes in the same batch
+                    // (one round trip), up to a bound; the next request of another kind
+                    // waits for the batch.
+                    let mut size = channel.len() + data.len();
+                    let mut batch = vec![(channel, data)];
+                    while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
+                        match requests.try_recv() {
+                            Ok(Request::Publish(c, d)) => {
+                                size += c.len() + d.len();
+                                batch.push((c, d));
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    link.queued.fetch_sub(size, Ordering::Relaxed);
+                    with_timeout(&runtime, writer.publish_all(batch)).await
                 }
                 Request::Subscribe(channel) => {
-                    with_timeout(&runtime, writer.subscribe(&channel)).await
+                    let channels = same_kind(channel, &mut requests, &mut next, |r| match r {
+                        Request::Subscribe(c) => Ok(c),
+                        other => Err(other),
+                    });
+                    with_timeout(&runtime, writer.subscribe(&channels)).await
                 }
                 Request::Unsubscribe(channel) => {
-                    with_timeout(&runtime, writer.unsubscribe(&channel)).await
+                    let channels = same_kind(channel, &mut requests, &mut next, |r| match r {
+                        Request::Unsubscribe(c) => Ok(c),
+                        other => Err(other),
+                    });
+                    with_timeout(&runtime, writer.unsubscribe(&channels)).await
                 }
                 Request::Reset => break "the relay no longer hears its own heartbeats".to_owned(),
             };
@@ -317,6 +378,28 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
             return;
         }
     }
+}
+
+/// `first`, and the channels of the requests of the same kind queued right behind it (up to
+/// [`MAX_BATCH`]); a request of another kind is left in `next`.
+fn same_kind(
+    first: String,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    next: &mut Option<Request>,
+    channel_of: fn(Request) -> Result<String, Request>,
+) -> Vec<String> {
+    let mut channels = vec![first];
+    while channels.len() < MAX_BATCH {
+        match requests.try_recv().map(channel_of) {
+            Ok(Ok(c)) => channels.push(c),
+            Ok(Err(other)) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    channels
 }
 
 /// Waits `pause` while down, taking the requests made meanwhile (publishes dropped,

@@ -106,7 +106,8 @@ pub(crate) async fn start(
     )
     .map_err(|e| format!("deploy/nginx/signalr-relay.conf: {e}"))?;
     let lb_port = free_port("127.0.0.1")?;
-    let listen = format!("listen 127.0.0.1:{lb_port} backlog=4096;");
+    // Each worker its own listening socket (the kernel spreads connections over them).
+    let listen = format!("listen 127.0.0.1:{lb_port} backlog=4096 reuseport;");
     if !shipped.contains("listen 80;") {
         return Err("deploy/nginx/signalr-relay.conf: no `listen 80;` to move".into());
     }
@@ -128,10 +129,10 @@ pub(crate) async fn start(
     }
     std::fs::write(dir.join("nodes.conf"), upstreams).map_err(|e| e.to_string())?;
     let d = dir.display();
-    // Two workers: each is a process of its own, with its own descriptors (a proxied
-    // connection holds two).
+    // Four workers: each is a process of its own, with its own descriptors (a proxied
+    // connection holds two), so that nginx is not what caps the step test.
     let conf = format!(
-        "daemon off;\nworker_processes 2;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
+        "daemon off;\nworker_processes 4;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
          events {{ worker_connections 9900; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/nodes.conf;\n  include {d}/signalr-relay.conf;\n}}\n"
     );

@@ -355,6 +355,17 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         eprintln!("three nodes ({}) on Redis behind nginx…", args.runtime);
         let mut c = cluster::start(&dir, &args.runtime, limit, 3).await?;
         let side = run_cluster_side(&c, &args).await;
+        // What the nodes warned of (the backplane's connection, slow peers), for the record.
+        for node in std::iter::once(&c.target.server).chain(&c.target.others) {
+            for line in node
+                .output()
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .take(10)
+            {
+                eprintln!("  {}: {line}", node.addr);
+            }
+        }
         if c.target.server.exited() {
             return Err(format!(
                 "a node exited during the run:\n{}",
