@@ -573,6 +573,12 @@ pub fn print_config(argv: Vec<std::ffi::OsString>) -> Result<String, String> {
                 _ => "default",
             }
         };
+        if long == "redis" && values.iter().any(|v| v.contains('@')) {
+            // A password in the URL is masked, and the line commented out, as keys are.
+            let masked: Vec<String> = values.iter().map(|v| mask_url_password(v)).collect();
+            out.push_str(&format!("# redis = {:?}  # {source}\n", masked.join(",")));
+            continue;
+        }
         if long == "access-key" {
             // Commented out: the file this prints must not take a masked key for a key.
             out.push_str(&format!(
@@ -780,6 +786,18 @@ pub struct DemoArgs {
     /// Exit after this many seconds (a safety net for test harnesses).
     #[arg(long, hide = true)]
     pub exit_after: Option<u64>,
+}
+
+/// `scheme://user:password@host…` with the password masked.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+    format!("{scheme}://{user}:<masked>@{host}")
 }
 
 fn node_id(s: &str) -> Result<String, String> {
@@ -1086,6 +1104,44 @@ mod tests {
         assert_eq!(seconds("90s"), Ok(90));
         assert_eq!(seconds("5m"), Ok(300));
         assert!(seconds("1 fortnight").is_err() && seconds("").is_err());
+    }
+
+    #[test]
+    fn cluster_flags_make_a_node_and_hide_the_redis_password() {
+        let args = |extra: &[&str]| {
+            let mut argv: Vec<std::ffi::OsString> = vec!["signalr-relay".into()];
+            argv.extend(extra.iter().map(Into::into));
+            relay_args_from(argv)
+        };
+        let a = args(&[
+            "--redis",
+            "redis://:s3cret@10.0.0.9:6379",
+            "--node-id",
+            "n1",
+        ])
+        .expect("valid flags");
+        let cluster = a.relay_config().0.cluster.expect("a node");
+        assert_eq!(cluster.node_id, "n1");
+        assert_eq!(cluster.prefix, "signalr-relay");
+        assert!(node_id("not/valid").is_err() && node_id(&"x".repeat(33)).is_err());
+        // A random id, when none is given; and no cluster without Redis.
+        let random = args(&["--redis", "redis://x"]).expect("valid flags");
+        let id = random.relay_config().0.cluster.expect("a node").node_id;
+        assert!(id.starts_with("node-") && signalr_relay_core::relay::valid_node_id(&id));
+        assert!(args(&[]).expect("valid").relay_config().0.cluster.is_none());
+        assert_eq!(
+            mask_url_password("redis://user:pw@h:1/0"),
+            "redis://user:<masked>@h:1/0"
+        );
+        assert_eq!(mask_url_password("redis://:pw@h"), "redis://:<masked>@h");
+        let printed = print_config(vec![
+            "signalr-relay".into(),
+            "--redis".into(),
+            "redis://:s3cret@10.0.0.9:6379".into(),
+        ])
+        .expect("prints");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("<masked>"), "{printed}");
     }
 
     #[test]
