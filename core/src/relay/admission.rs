@@ -132,6 +132,9 @@ impl Admission {
     }
 }
 
+/// Longest hub key: a hub name (128) behind an application name (128) and `_`.
+pub(crate) const MAX_HUB_NAME: usize = 257;
+
 /// The `hub` query parameter, in lower case.
 pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
     let hub = req

@@ -41,6 +41,8 @@ const MAX_PEERS: usize = 256;
 const MAX_ASKS: usize = 65_536;
 /// Most client results awaited from other nodes.
 const MAX_REMOTE_CALLS: usize = 65_536;
+/// Most hubs this node makes for other nodes' user memberships (beyond those it knows).
+const MAX_REMOTE_HUBS: usize = 10_000;
 /// Most negotiates waiting for a server connection.
 const MAX_PARKED: usize = 1000;
 /// Heartbeats missed before the subscription counts as dead.
@@ -78,10 +80,25 @@ pub(crate) enum Waiter {
 #[derive(Debug)]
 struct Ask {
     waiter: Waiter,
-    expected: usize,
-    answered: usize,
+    /// The nodes asked that have not answered: one answer from each counts.
+    waiting_for: BTreeSet<String>,
     deadline: Instant,
 }
+
+/// A client result asked of a client on another node.
+#[derive(Debug)]
+struct RemoteCall {
+    /// The server connection that asked.
+    caller: ConnHandle,
+    /// The node that holds the client.
+    node: String,
+    /// When it is failed if no answer came.
+    deadline: Instant,
+}
+
+/// How long a client result asked of another node's client is awaited (the SDK's own
+/// timeout is usually shorter; this bounds what a lost answer costs).
+const REMOTE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A negotiate waiting for a server connection of its hub.
 #[derive(Debug)]
@@ -147,9 +164,9 @@ pub(crate) struct Cluster {
     subscribed: BTreeSet<String>,
     asks: BTreeMap<u64, Ask>,
     next_ask: u64,
-    /// Client results asked by this node's app servers of clients elsewhere: invocation id →
-    /// (the asking server connection, the client's node).
-    remote_calls: BTreeMap<String, (ConnHandle, String)>,
+    /// Client results asked by this node's app servers of clients elsewhere, by invocation
+    /// id.
+    remote_calls: BTreeMap<String, RemoteCall>,
     /// When this node last asked each node for a server connection of each hub.
     asked_server: BTreeMap<(String, String), Instant>,
     parked: VecDeque<Parked>,
@@ -170,7 +187,9 @@ impl Cluster {
             peer_of: BTreeMap::new(),
             subscribed: BTreeSet::new(),
             asks: BTreeMap::new(),
-            next_ask: 0,
+            // Question ids differ from one start of the node to the next, so that a late
+            // answer to the previous process's question is not taken for one of this one's.
+            next_ask: incarnation >> 16,
             remote_calls: BTreeMap::new(),
             asked_server: BTreeMap::new(),
             parked: VecDeque::new(),
@@ -239,8 +258,9 @@ impl Cluster {
     /// When the cluster's own timer is due.
     pub(crate) fn next_timeout(&self) -> Instant {
         let mut next = self.next_beat;
-        if let Some(a) = self.asks.values().map(|a| a.deadline).min() {
-            next = next.min(a);
+        // Deadlines follow the ids (the answer timeout is one for all).
+        if let Some(a) = self.asks.values().next() {
+            next = next.min(a.deadline);
         }
         if let Some(p) = self.parked.front() {
             next = next.min(p.deadline);
@@ -252,22 +272,19 @@ impl Cluster {
         self.out.pop_front()
     }
 
-    fn new_ask(&mut self, now: Instant, waiter: Waiter, expected: usize) -> Option<u64> {
-        if self.asks.len() >= MAX_ASKS {
-            return None;
-        }
+    /// Records a question to `nodes`: its id.
+    fn new_ask(&mut self, now: Instant, waiter: Waiter, nodes: &[String]) -> u64 {
         self.next_ask += 1;
         let ask = self.next_ask;
         self.asks.insert(
             ask,
             Ask {
                 waiter,
-                expected,
-                answered: 0,
+                waiting_for: nodes.iter().cloned().collect(),
                 deadline: now + self.config.answer_timeout,
             },
         );
-        Some(ask)
+        ask
     }
 }
 
@@ -343,7 +360,7 @@ impl Relay {
             Body::Command { hub, ask, command } => {
                 self.remote_command(now, &from, &hub, ask, &command)
             }
-            Body::Answer { ask, found } => self.answer(ask, Some(found)),
+            Body::Answer { ask, found } => self.answer(ask, Some((&from, found))),
             Body::Invocation { message } => self.remote_invocation(now, &from, &message),
             Body::NeedServer { hub } => self.lend_server(&from, &hub),
         }
@@ -389,9 +406,22 @@ impl Relay {
             return;
         }
         c.next_beat = now + c.config.heartbeat_interval;
+        c.asked_server
+            .retain(|_, t| now.saturating_duration_since(*t) < ASK_SERVER_EVERY);
+        // Client results awaited from other nodes for too long are failed: the invocation or
+        // its answer was lost.
+        let overdue: Vec<(String, ConnHandle)> = c
+            .remote_calls
+            .iter()
+            .filter(|(_, call)| call.deadline <= now)
+            .map(|(id, call)| (id.clone(), call.caller))
+            .collect();
+        for (id, _) in &overdue {
+            c.remote_calls.remove(id);
+        }
         // The liveness probe: a connected engine whose subscription no longer hears this
-        // node's own heartbeats is reset.
-        if c.connected && !c.stale {
+        // node's own heartbeats is reset (not while shutting down: it beats no more).
+        if c.connected && !c.stale && !self.draining {
             let silent = c.config.heartbeat_interval * MISSED_BEATS;
             if c.heard_self
                 .is_some_and(|t| now.saturating_duration_since(t) > silent)
@@ -410,6 +440,9 @@ impl Relay {
             .collect();
         for node in gone {
             self.forget_peer(&node);
+        }
+        for (invocation_id, caller) in overdue {
+            self.fail_remote_call(invocation_id, caller);
         }
         // A node shutting down said goodbye, and is quiet from then on.
         if self.draining {
@@ -529,8 +562,8 @@ impl Relay {
         let owed: Vec<(String, ConnHandle)> = c
             .remote_calls
             .iter()
-            .filter(|(_, (_, n))| n == node)
-            .map(|(id, (caller, _))| (id.clone(), *caller))
+            .filter(|(_, call)| call.node == node)
+            .map(|(id, call)| (id.clone(), call.caller))
             .collect();
         for (id, _) in &owed {
             c.remote_calls.remove(id);
@@ -540,15 +573,24 @@ impl Relay {
         self.invocations.forget_asked_by(peer.handle);
         // Client results this node's app servers asked of its clients fail.
         for (invocation_id, caller) in owed {
-            let failed = ServiceMessage::ErrorCompletion(service::ErrorCompletion {
-                invocation_id,
-                connection_id: String::new(),
-                caller_server_id: self.servers.server_id(caller).to_owned(),
-                error: Some(texts::CONNECTION_DISCONNECTED.to_owned()),
-                ext: service::Ext::default(),
-            });
-            self.out.service(caller, &failed);
+            self.fail_remote_call(invocation_id, caller);
         }
+    }
+
+    /// A client result asked of another node's client will not be answered: its caller is
+    /// told.
+    fn fail_remote_call(&mut self, invocation_id: String, caller: ConnHandle) {
+        if !self.servers.contains(caller) {
+            return;
+        }
+        let failed = ServiceMessage::ErrorCompletion(service::ErrorCompletion {
+            invocation_id,
+            connection_id: String::new(),
+            caller_server_id: self.servers.server_id(caller).to_owned(),
+            error: Some(texts::CONNECTION_DISCONNECTED.to_owned()),
+            ext: service::Ext::default(),
+        });
+        self.out.service(caller, &failed);
     }
 
     // ---------------------------------------------------------------- commands
@@ -709,6 +751,14 @@ impl Relay {
             }
             return (Ran::Done(Some(false)), Some(waiter));
         }
+        // Too many questions already: this one is "no", answered by the caller.
+        if self
+            .cluster
+            .as_deref()
+            .is_none_or(|c| c.asks.len() >= MAX_ASKS)
+        {
+            return (Ran::Done(Some(false)), Some(waiter));
+        }
         let (waiter, held) = match waiter {
             Waiter::Rest {
                 request: None,
@@ -728,9 +778,7 @@ impl Relay {
         let Some(c) = self.cluster.as_deref_mut() else {
             return (Ran::Done(Some(false)), None);
         };
-        let Some(ask) = c.new_ask(now, waiter, nodes.len()) else {
-            return (Ran::Done(Some(false)), None);
-        };
+        let ask = c.new_ask(now, waiter, nodes);
         if let Body::Command { ask: a, .. } = &mut body {
             *a = Some(ask);
         }
@@ -744,19 +792,20 @@ impl Relay {
         (Ran::Asked(held), None)
     }
 
-    /// An answer came (`None`: it did not come in time).
-    fn answer(&mut self, ask: u64, found: Option<bool>) {
+    /// `from`'s answer came (`None`: no answer came in time).
+    fn answer(&mut self, ask: u64, answer: Option<(&str, bool)>) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
         let Some(a) = c.asks.get_mut(&ask) else {
             return;
         };
-        a.answered += 1;
-        let done = match found {
-            Some(true) => Some(true),
-            Some(false) if a.answered >= a.expected => Some(false),
-            Some(false) => None,
+        let done = match answer {
+            // Only from a node asked, once.
+            Some((from, _)) if !a.waiting_for.remove(from) => return,
+            Some((_, true)) => Some(true),
+            Some((_, false)) if a.waiting_for.is_empty() => Some(false),
+            Some((_, false)) => None,
             None => Some(false),
         };
         let Some(found) = done else {
@@ -797,12 +846,39 @@ impl Relay {
     ) {
         let command = command.borrow();
         let hub_id = match command {
-            HubCommand::UserJoin { .. } => Some(self.directory.intern(hub)),
+            // A user's membership is kept for connections to come, in a hub that may have
+            // none here yet (hubs made so are bounded, and named as hubs may be).
+            HubCommand::UserJoin { .. }
+                if self.directory.find(hub).is_some()
+                    || (self.directory.hub_count() < MAX_REMOTE_HUBS
+                        && hub.len() <= super::admission::MAX_HUB_NAME) =>
+            {
+                Some(self.directory.intern(hub))
+            }
             _ => self.directory.find(hub),
         };
-        let found = hub_id
-            .and_then(|h| self.carry_out(now, h, None, command))
-            .unwrap_or(false);
+        // A connection of another hub is not found, as at the node that asked.
+        let foreign = |d: &super::directory::Directory, id: &str| {
+            d.hub_of(id).is_some_and(|h| Some(h) != hub_id)
+        };
+        let found = match command {
+            HubCommand::Join { connection, .. }
+            | HubCommand::Leave { connection, .. }
+            | HubCommand::Exists(super::command::Existence::Connection(connection))
+                if foreign(&self.directory, connection) =>
+            {
+                false
+            }
+            HubCommand::Close { to, .. } if matches!(to.to, Target::Connections([id]) if foreign(&self.directory, id)) => {
+                false
+            }
+            _ => hub_id
+                .and_then(|h| self.carry_out(now, h, None, command))
+                .unwrap_or(false),
+        };
+        // Subscriptions first: a member this made hears the group's next message, which the
+        // asker may send as soon as it has the answer.
+        self.sync_subscriptions();
         if let (Some(ask), Some(c)) = (ask, self.cluster.as_deref_mut()) {
             c.send_to(from, &Body::Answer { ask, found });
         }
@@ -814,6 +890,7 @@ impl Relay {
     /// there, and its completion comes back. `false` when the client is nowhere.
     pub(crate) fn invoke_elsewhere(
         &mut self,
+        now: Instant,
         caller: ConnHandle,
         m: &service::ClientInvocation,
     ) -> bool {
@@ -834,8 +911,15 @@ impl Relay {
         {
             return false;
         }
-        c.remote_calls
-            .insert(m.invocation_id.clone(), (caller, node.clone()));
+        let deadline = now + REMOTE_CALL_TIMEOUT;
+        c.remote_calls.insert(
+            m.invocation_id.clone(),
+            RemoteCall {
+                caller,
+                node: node.clone(),
+                deadline,
+            },
+        );
         c.send_to(
             &node,
             &Body::Invocation {
@@ -874,12 +958,12 @@ impl Relay {
                     return;
                 };
                 // Only from the node the invocation went to.
-                if c.remote_calls.get(id).is_none_or(|(_, node)| node != from) {
+                if c.remote_calls.get(id).is_none_or(|call| call.node != from) {
                     return;
                 }
-                if let Some((caller, _)) = c.remote_calls.remove(id) {
-                    if self.servers.contains(caller) {
-                        self.out.service(caller, &answer);
+                if let Some(call) = c.remote_calls.remove(id) {
+                    if self.servers.contains(call.caller) {
+                        self.out.service(call.caller, &answer);
                     }
                 }
             }
@@ -897,7 +981,7 @@ impl Relay {
     /// A server connection is gone: the results it awaited from other nodes are forgotten.
     pub(crate) fn forget_remote_calls(&mut self, caller: ConnHandle) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.remote_calls.retain(|_, (conn, _)| *conn != caller);
+            c.remote_calls.retain(|_, call| call.caller != caller);
         }
     }
 
@@ -966,7 +1050,12 @@ impl Relay {
             .partition(|p| p.deadline <= now || name.as_deref() == Some(p.hub.as_str()));
         c.parked = waiting;
         for p in ready {
-            let response = match self.negotiate(now, &p.req) {
+            let negotiated = if self.draining {
+                Err(super::Rejection::Draining)
+            } else {
+                self.negotiate(now, &p.req)
+            };
+            let response = match negotiated {
                 Ok(r) => r,
                 Err(r) => {
                     self.refused_by_gate(&p.req, &r);
@@ -989,6 +1078,23 @@ impl Relay {
     /// Subscriptions follow the directory; what this node's clients owe to callers on other
     /// nodes is sent there; the cluster's outputs join the relay's.
     pub(crate) fn cluster_flush(&mut self) {
+        self.sync_subscriptions();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        while let Some((handle, frame)) = self.out.take_for_peer() {
+            if let Some(node) = c.peer_of.get(&handle).cloned() {
+                c.send_to(&node, &Body::Invocation { message: frame });
+            }
+        }
+        while let Some(o) = c.pop() {
+            self.out.push(o);
+        }
+    }
+
+    /// Subscriptions follow the directory: a channel is subscribed while its set has a
+    /// member here.
+    fn sync_subscriptions(&mut self) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -1012,14 +1118,6 @@ impl Relay {
             } else {
                 c.unsubscribe(&channel);
             }
-        }
-        while let Some((handle, frame)) = self.out.take_for_peer() {
-            if let Some(node) = c.peer_of.get(&handle).cloned() {
-                c.send_to(&node, &Body::Invocation { message: frame });
-            }
-        }
-        while let Some(o) = c.pop() {
-            self.out.push(o);
         }
     }
 

@@ -119,6 +119,11 @@ impl Directory {
         &self.hub(id).name
     }
 
+    /// How many hubs were ever used.
+    pub(crate) fn hub_count(&self) -> usize {
+        self.hubs.len()
+    }
+
     /// Every hub's name.
     pub(crate) fn hub_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.hubs.iter().map(|h| h.name.as_str())
@@ -257,10 +262,13 @@ impl Directory {
         if groups.len() >= max_groups && !groups.contains_key(group) {
             return false;
         }
-        groups.insert(group.to_owned(), Some(now + ttl.unwrap_or(LASTING)));
+        // At most a year, whatever is asked (and never past what the clock can hold).
+        let lasting = ttl.is_none();
+        let ttl = ttl.map_or(LASTING, |t| t.min(LASTING));
+        groups.insert(group.to_owned(), now.checked_add(ttl));
         let order = h.lasting.entry(user.to_owned()).or_default();
         order.retain(|g| g != group);
-        if ttl.is_none() {
+        if lasting {
             order.push_back(group.to_owned());
             if order.len() > LASTING_PER_USER {
                 if let Some(oldest) = order.pop_front() {

@@ -1300,7 +1300,7 @@ impl Relay {
             })
         };
         let Some(conn) = self.directory.connection(&m.connection_id) else {
-            if self.invoke_elsewhere(caller, &m) {
+            if self.invoke_elsewhere(now, caller, &m) {
                 return;
             }
             return self

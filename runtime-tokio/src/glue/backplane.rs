@@ -215,11 +215,21 @@ pub(crate) struct Link {
 
 impl Link {
     /// Asks the engine for `request`. A publish past the byte bound is dropped and counted;
-    /// the other requests are small and always go (they are the subscription's state).
+    /// the other requests are small and always go (they are the subscription's state). A
+    /// small publish on the control channel or a node's own (heartbeats, answers, goodbyes)
+    /// has a reserve beyond the bound, so that a backlog of sends does not silence the
+    /// node.
     pub(crate) fn send(&self, request: Request) {
         if let Request::Publish(channel, data) = &request {
             let size = channel.len() + data.len();
-            if self.queued.load(Ordering::Relaxed) + size > self.limit {
+            let essential = size <= ESSENTIAL_SIZE
+                && (channel.ends_with(":control") || channel.contains(":node:"));
+            let limit = if essential {
+                self.limit + ESSENTIAL_RESERVE
+            } else {
+                self.limit
+            };
+            if self.queued.load(Ordering::Relaxed) + size > limit {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -228,6 +238,26 @@ impl Link {
         let _ = self.requests.unbounded_send(request);
     }
 }
+
+/// What the engine's task shares with the driver's [`Link`], without the sender: the task
+/// ends once the driver is gone.
+struct Shared {
+    queued: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    /// A request leaves the queue.
+    fn taken(&self, request: &Request) {
+        if let Request::Publish(channel, data) = request {
+            self.queued
+                .fetch_sub(channel.len() + data.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Largest publish that counts as essential, and the reserve such publishes have.
+const ESSENTIAL_SIZE: usize = 4096;
+const ESSENTIAL_RESERVE: usize = 1024 * 1024;
 
 /// Most publishes in one batch, and their bytes (past either, the next batch follows).
 const MAX_BATCH: usize = 512;
@@ -253,20 +283,40 @@ pub(crate) fn start<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
         limit,
         dropped: Arc::default(),
     };
-    runtime.spawn(run(runtime.clone(), engine, rx, link.clone(), reports));
+    let shared = Shared {
+        queued: link.queued.clone(),
+    };
+    runtime.spawn(run(runtime.clone(), engine, rx, shared, reports));
     link
 }
+
+/// A connection that lasted this long was healthy: the next one starts from the first wait.
+const HEALTHY: Duration = Duration::from_secs(10);
 
 /// Keeps a connection up, for as long as the relay holds its [`Link`].
 async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
     runtime: R,
     engine: E,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    link: Link,
+    link: Shared,
     mut reports: mpsc::Sender<T>,
 ) {
     let mut backoff = BACKOFF.0;
+    let mut lost_after: Option<Duration> = None;
     loop {
+        // After a lost connection, a wait before the next (none after a healthy one's loss,
+        // the full backoff after one that failed at once: a Redis that refuses what the node
+        // asks does not make it spin).
+        if let Some(lasted) = lost_after.take() {
+            if lasted >= HEALTHY {
+                backoff = BACKOFF.0;
+            } else {
+                if !drain_while_down(&runtime, &mut requests, &link, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
         let connected = with_timeout(&runtime, engine.connect()).await;
         let (mut writer, mut reader) = match connected {
             Some(Ok(pair)) => pair,
@@ -288,7 +338,7 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
                 continue;
             }
         };
-        backoff = BACKOFF.0;
+        let since = runtime.now();
         tracing::info!("backplane: connected");
         if reports.send(Report::Up.into()).await.is_err() {
             return;
@@ -372,8 +422,13 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
             }
         };
         tracing::warn!("backplane: connection lost: {why}");
+        // A request taken but not carried out leaves the queue too.
+        if let Some(r) = next.take() {
+            link.taken(&r);
+        }
         let _ = stop.send(());
         drop(writer);
+        lost_after = Some(runtime.now().saturating_duration_since(since));
         if reports.send(Report::Down.into()).await.is_err() {
             return;
         }
@@ -408,18 +463,14 @@ fn same_kind(
 async fn drain_while_down<R: Runtime>(
     runtime: &R,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-    link: &Link,
+    link: &Shared,
     pause: Duration,
 ) -> bool {
     let deadline = runtime.now() + pause;
     loop {
         let sleep = runtime.sleep_until(deadline);
         match select(requests.next(), sleep).await {
-            Either::Left((Some(Request::Publish(channel, data)), _)) => {
-                link.queued
-                    .fetch_sub(channel.len() + data.len(), Ordering::Relaxed);
-            }
-            Either::Left((Some(_), _)) => {}
+            Either::Left((Some(r), _)) => link.taken(&r),
             Either::Left((None, _)) => return false,
             Either::Right(_) => return true,
         }

@@ -20,6 +20,8 @@ struct Net {
     delivered: BTreeMap<String, usize>,
     /// ResetBackplane asked, per node.
     resets: Vec<usize>,
+    /// Every message published: by which node, on which channel.
+    published: Vec<(usize, String, Bytes)>,
 }
 
 fn node_config(id: &str) -> RelayConfig {
@@ -43,6 +45,7 @@ impl Net {
             lose_all: false,
             delivered: BTreeMap::new(),
             resets: vec![0; n],
+            published: Vec::new(),
         };
         for i in 0..n {
             net.up(i);
@@ -86,6 +89,7 @@ impl Net {
                         }
                         Output::ResetBackplane => self.resets[i] += 1,
                         Output::Publish { channel, data } if self.connected[i] => {
+                            self.published.push((i, channel.clone(), data.clone()));
                             if self.lose_all || self.cut.contains(&i) {
                                 continue;
                             }
@@ -337,6 +341,47 @@ fn existence_checks_and_joins_ask_the_node_that_holds_the_connection() {
             (5, NotFound)
         ]
     );
+}
+
+#[test]
+fn only_the_nodes_asked_answer_and_only_once() {
+    use crate::relay::backplane::{decode, encode, Body};
+    let mut t = three();
+    let s0 = t.servers[0];
+    // n1 and n2 hear nothing more: n0's question about a user goes unanswered by them.
+    t.net.cut.extend([1, 2]);
+    t.net.send(
+        0,
+        s0,
+        &ServiceMessage::CheckUserExistenceWithAck(service::ExistenceCheck {
+            id: "zed".into(),
+            ack_id: 5,
+            ext: service::Ext::default(),
+        }),
+    );
+    let ask = t
+        .net
+        .published
+        .iter()
+        .rev()
+        .find_map(|(i, _, data)| match decode(data).ok()?.body {
+            Body::Command { ask: Some(a), .. } if *i == 0 => Some(a),
+            _ => None,
+        })
+        .expect("n0 asked");
+    let forge = |from: &str, found| encode(from, &Body::Answer { ask, found });
+    let (relay, now) = t.net.nodes[0].relay_mut();
+    // A yes from a node that was not asked counts for nothing; nor does a second answer
+    // from one that was.
+    relay.handle_backplane(now, "signalr-relay:node:n0", &forge("n9", true));
+    relay.handle_backplane(now, "signalr-relay:node:n0", &forge("n1", false));
+    relay.handle_backplane(now, "signalr-relay:node:n0", &forge("n1", true));
+    t.net.nodes[0].drain();
+    assert_eq!(t.net.acks(0, s0), vec![], "n2 has not answered");
+    let (relay, now) = t.net.nodes[0].relay_mut();
+    relay.handle_backplane(now, "signalr-relay:node:n0", &forge("n2", false));
+    t.net.nodes[0].drain();
+    assert_eq!(t.net.acks(0, s0), vec![(5, service::AckStatus::NotFound)]);
 }
 
 #[test]

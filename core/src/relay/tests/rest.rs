@@ -201,6 +201,11 @@ fn a_user_added_to_a_group_before_connecting_is_in_it_on_arrival_until_the_ttl()
     };
     assert_eq!(status(&mut sim, &put("carol", "")).0, 202);
     assert_eq!(status(&mut sim, &put("dave", "ttl=10")).0, 202);
+    // A ttl past what a clock can hold is a year, not a crash (found in review).
+    assert_eq!(
+        status(&mut sim, &put("erin", &format!("ttl={}", u64::MAX))).0,
+        202
+    );
     sim.advance(Duration::from_secs(11));
     let (c, c_id) = sim.connect_client("chat", Some("carol"), "json");
     let (d, d_id) = sim.connect_client("chat", Some("dave"), "json");
