@@ -133,7 +133,7 @@ pub(crate) async fn start(
     // connection holds two), so that nginx is not what caps the step test.
     let conf = format!(
         "daemon off;\nworker_processes 4;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
-         events {{ worker_connections 9900; }}\n\
+         events {{ worker_connections 19500; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/nodes.conf;\n  include {d}/signalr-relay.conf;\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;

@@ -26,6 +26,7 @@ mod floor;
 mod procs;
 mod scenarios;
 mod soak;
+mod workers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,21 @@ enum Cmd {
     /// Hold many connections for a long time, with churn, echoes and broadcasts, and sample
     /// the relay's memory and descriptors (no floor).
     Soak(SoakArgs),
+    /// Hold part of a step test's connections (started by `run`, told what to do on stdin).
+    StepWorker {
+        /// The sample app whose negotiate the connections go through.
+        #[arg(long)]
+        app: String,
+        /// The first connection's number (its user is `u<number>`).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+        /// Connections opened at a time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Source addresses 127.0.0.1 … 127.0.0.N for client sockets.
+        #[arg(long, default_value_t = 4)]
+        sources: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +157,14 @@ struct RunArgs {
     /// Skip the step test.
     #[arg(long)]
     no_steps: bool,
+    /// Connection counts of the cluster's step test, held by worker processes (up to 15,000
+    /// each) so that it may pass one process's descriptor cap.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "5000,10000,15000,20000,25000,30000"
+    )]
+    cluster_steps: Vec<usize>,
     /// Run only these scenarios (the connect storm always runs: it opens the connections).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -250,6 +274,12 @@ fn main() -> std::process::ExitCode {
             .map_err(|e| e.to_string()),
         Cmd::Run(run) => runtime.block_on(run_all(run)),
         Cmd::Soak(args) => runtime.block_on(run_soak(args)),
+        Cmd::StepWorker {
+            app,
+            first,
+            concurrency,
+            sources,
+        } => runtime.block_on(workers::serve(&app, first, concurrency, sources)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -277,6 +307,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         args.concurrency = args.concurrency.min(8);
         args.seconds = 1;
         args.steps = vec![5, 10];
+        args.cluster_steps = vec![5, 10];
         args.http_clients = args.http_clients.min(5);
     }
     if args.no_steps && args.only.is_empty() {
@@ -828,11 +859,30 @@ async fn run_cluster_side(c: &cluster::Cluster, args: &RunArgs) -> ClusterSide {
     if !args.no_steps {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let hold = secs.max(Duration::from_secs(if args.smoke { 1 } else { 5 }));
-        side.step =
-            Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await);
+        // Past one process's descriptors: the connections are held by worker processes.
+        let step = match std::env::current_exe() {
+            Ok(exe) => workers::step_test(
+                target,
+                &exe,
+                &args.cluster_steps,
+                args.concurrency,
+                2048,
+                hold,
+                STEP_WORKER_CONNECTIONS,
+            )
+            .await
+            .map_err(|e| eprintln!("  cluster: the step test failed: {e}"))
+            .ok(),
+            Err(_) => None,
+        };
+        side.step = step;
     }
     side
 }
+
+/// Connections one step-test worker process holds, at most (under this machine's 20,000
+/// descriptors per process).
+const STEP_WORKER_CONNECTIONS: usize = 15_000;
 
 fn today() -> String {
     std::process::Command::new("date")

@@ -76,12 +76,7 @@ impl Target {
         if !self.is_relay() {
             return floor();
         }
-        let id = id.map_or(String::new(), |i| format!("\"invocationId\":\"{i}\","));
-        let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
-        format!(
-            "{{\"type\":1,{id}\"target\":\"{target}\",\"arguments\":[{}]}}\u{1e}",
-            args.join(",")
-        )
+        invocation_text(id, target, args)
     }
 
     /// One echo request carrying `payload`.
@@ -158,6 +153,22 @@ impl Target {
     }
 }
 
+/// A hub invocation `target(args…)` in the JSON protocol, awaiting a completion when it has
+/// an `id`.
+fn invocation_text(id: Option<&str>, target: &str, args: &[&str]) -> String {
+    let id = id.map_or(String::new(), |i| format!("\"invocationId\":\"{i}\","));
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "{{\"type\":1,{id}\"target\":\"{target}\",\"arguments\":[{}]}}\u{1e}",
+        args.join(",")
+    )
+}
+
+/// An echo through the relay (the sample app's `Echo`), as a step-test worker sends it.
+pub(crate) fn relay_echo(id: u64, payload: &str) -> Message {
+    Message::text(invocation_text(Some(&id.to_string()), "Echo", &[payload]))
+}
+
 /// How often a connection that sends nothing else sends a keep-alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -207,18 +218,18 @@ impl Latencies {
         n
     }
 
-    fn record(&self, micros: u64) {
+    pub(crate) fn record(&self, micros: u64) {
         if let Ok(mut v) = self.0.lock() {
             v.push(micros);
         }
     }
 
     /// Every latency recorded.
-    fn samples(&self) -> Vec<u64> {
+    pub(crate) fn samples(&self) -> Vec<u64> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    fn percentiles(&self) -> Percentiles {
+    pub(crate) fn percentiles(&self) -> Percentiles {
         let mut v = self.samples();
         v.sort_unstable();
         let at = |q: f64| {
@@ -248,13 +259,13 @@ pub(crate) struct Percentiles {
 }
 
 /// The server's CPU time and the clock at the start of a measured stretch.
-struct Meter {
+pub(crate) struct Meter {
     cpu0: f64,
     start: Instant,
 }
 
 impl Meter {
-    fn start(target: &Target) -> Self {
+    pub(crate) fn start(target: &Target) -> Self {
         Self {
             cpu0: target.cpu_secs(),
             start: Instant::now(),
@@ -263,7 +274,7 @@ impl Meter {
 
     /// Seconds since the start, less the `idle_tail` that ended the stretch, and the server's
     /// CPU seconds since the start.
-    fn stop(&self, target: &Target, idle_tail: Duration) -> (f64, f64) {
+    pub(crate) fn stop(&self, target: &Target, idle_tail: Duration) -> (f64, f64) {
         let secs = (self.start.elapsed() - idle_tail.min(self.start.elapsed())).as_secs_f64();
         (secs.max(0.001), target.cpu_secs() - self.cpu0)
     }
@@ -949,49 +960,12 @@ pub(crate) async fn step_test(
         .await;
         failed_connects += failed;
         conns.extend(opened);
-        // Every connection sends once a second, spread over the second.
-        let latencies = Arc::new(Latencies::default());
-        let broken = Arc::new(AtomicU64::new(0));
-        let total = conns.len().max(1);
         let meter = Meter::start(target);
-        let t0 = meter.start;
-        let senders = conns.iter_mut().enumerate().map(|(i, ws)| {
-            let (latencies, broken) = (latencies.clone(), broken.clone());
-            async move {
-                let offset = Duration::from_secs(1).mul_f64(i as f64 / total as f64);
-                let mut at = tokio::time::Instant::from_std(t0) + offset;
-                let end = tokio::time::Instant::from_std(t0) + hold;
-                let mut id = 0u64;
-                while at < end {
-                    tokio::time::sleep_until(at).await;
-                    at += Duration::from_secs(1);
-                    id += 1;
-                    if ws.send(target.echo(id, &stamped(payload))).await.is_err() {
-                        broken.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    // The answer, skipping anything else (keep-alives).
-                    loop {
-                        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                            Ok(Some(Ok(Message::Text(text)))) => {
-                                if latencies.record_stamps(&text) > 0 {
-                                    break;
-                                }
-                            }
-                            Ok(Some(Ok(_))) => {}
-                            _ => {
-                                broken.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        futures_util::future::join_all(senders).await;
+        let (latencies, broken) =
+            hold_echoes(&mut conns, |id, p| target.echo(id, p), payload, hold).await;
         let (secs, cpu) = meter.stop(target, Duration::ZERO);
         let cpu = cpu / secs * 100.0;
-        let failed = broken.load(Ordering::Relaxed) as usize + failed_connects;
+        let failed = broken as usize + failed_connects;
         results.push(Step {
             connections: count,
             latency: latencies.percentiles(),
@@ -1004,7 +978,12 @@ pub(crate) async fn step_test(
             break;
         }
     }
-    let verdict_connections = results
+    step_verdict(payload, results)
+}
+
+/// The step test's result: the largest step with p99 under 1 s and fewer than 1% failed.
+pub(crate) fn step_verdict(payload: usize, steps: Vec<Step>) -> StepResult {
+    let verdict_connections = steps
         .iter()
         .filter(|s| s.latency.p99_ms < 1000.0 && s.failed_percent < 1.0)
         .map(|s| s.connections)
@@ -1012,9 +991,60 @@ pub(crate) async fn step_test(
         .unwrap_or(0);
     StepResult {
         payload_bytes: payload,
-        steps: results,
+        steps,
         verdict_connections,
     }
+}
+
+/// The step test's hold: every connection sends one `payload`-byte echo a second (spread over
+/// the second) for `hold`, and awaits its answer. The latencies, and how many connections
+/// broke.
+pub(crate) async fn hold_echoes(
+    conns: &mut [Ws],
+    echo: impl Fn(u64, &str) -> Message,
+    payload: usize,
+    hold: Duration,
+) -> (Latencies, u64) {
+    let latencies = Latencies::default();
+    let broken = AtomicU64::new(0);
+    let total = conns.len().max(1);
+    let t0 = Instant::now();
+    let senders = conns.iter_mut().enumerate().map(|(i, ws)| {
+        let (latencies, broken, echo) = (&latencies, &broken, &echo);
+        async move {
+            let offset = Duration::from_secs(1).mul_f64(i as f64 / total as f64);
+            let mut at = tokio::time::Instant::from_std(t0) + offset;
+            let end = tokio::time::Instant::from_std(t0) + hold;
+            let mut id = 0u64;
+            while at < end {
+                tokio::time::sleep_until(at).await;
+                at += Duration::from_secs(1);
+                id += 1;
+                if ws.send(echo(id, &stamped(payload))).await.is_err() {
+                    broken.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The answer, skipping anything else (keep-alives).
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            if latencies.record_stamps(&text) > 0 {
+                                break;
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => {
+                            broken.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(senders).await;
+    let broken = broken.load(Ordering::Relaxed);
+    (latencies, broken)
 }
 
 /// A slow consumer: a fast broadcast to `readers`, alternately alone and with one more
