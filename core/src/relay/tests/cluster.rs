@@ -306,6 +306,50 @@ fn broadcasts_users_groups_and_connections_cross_nodes_once() {
 }
 
 #[test]
+fn closes_reach_the_nodes_that_hold_the_connections() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bob_id = t.clients[1].1.clone();
+    let close_one = |id: &str, ack_id| {
+        ServiceMessage::CloseConnectionWithAck(service::CloseConnectionWithAck {
+            connection_id: id.to_owned(),
+            reason: Some("bye".into()),
+            ack_id,
+            ext: service::Ext::default(),
+        })
+    };
+    // bob, on n1, closed from n0: n1 says it found him; a second close finds nobody.
+    t.net.send(0, s0, &close_one(&bob_id, 1));
+    assert!(!t.net.nodes[1].is_open(t.clients[1].0), "bob is closed");
+    t.net.send(0, s0, &close_one(&bob_id, 2));
+    assert_eq!(
+        t.net.acks(0, s0),
+        vec![
+            (1, service::AckStatus::Ok),
+            (2, service::AckStatus::NotFound)
+        ]
+    );
+    // ann's connections, on n0 and n2, closed by user from n1's app server.
+    t.net.send(
+        1,
+        t.servers[1],
+        &ServiceMessage::CloseUserConnectionsWithAck(service::CloseConnectionsWithAck {
+            target: "ann".into(),
+            excluded: Vec::new(),
+            reason: None,
+            ack_id: 3,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(!t.net.nodes[0].is_open(t.clients[0].0));
+    assert!(!t.net.nodes[2].is_open(t.clients[2].0));
+    assert_eq!(
+        t.net.acks(1, t.servers[1]),
+        vec![(3, service::AckStatus::Ok)]
+    );
+}
+
+#[test]
 fn existence_checks_and_joins_ask_the_node_that_holds_the_connection() {
     let mut t = three();
     let s0 = t.servers[0];
