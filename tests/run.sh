@@ -20,40 +20,27 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
         exit 1
     fi
 fi
-if [ ! -x "${NGINX:-/usr/sbin/nginx}" ]; then
-    # Debian's nginx, for the reverse-proxy deployment test; the tests run their own instance on
-    # loopback, so the package's service is kept from starting (policy-rc.d).
+# Debian's packages for servers the tests start themselves, on loopback: the package's own
+# service is kept from starting (policy-rc.d).
+install_server() { # <package> <binary path> <what needs it>
+    [ -x "$2" ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        our_policy=
+        local our_policy=
         if [ ! -e /usr/sbin/policy-rc.d ]; then
             printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
             chmod +x /usr/sbin/policy-rc.d
             our_policy=1
         fi
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"
         [ -z "$our_policy" ] || rm -f /usr/sbin/policy-rc.d
     else
-        echo "the proxy tests need nginx at /usr/sbin/nginx (Debian: apt-get install nginx)" >&2
+        echo "$3 need $1 at $2 (Debian: apt-get install $1)" >&2
         exit 1
     fi
-fi
-if [ ! -x "${REDIS_SERVER:-/usr/bin/redis-server}" ]; then
-    # Debian's redis-server, for the scale-out tests (the tests start their own instances on
-    # loopback; the package's service is kept from starting).
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        our_policy=
-        if [ ! -e /usr/sbin/policy-rc.d ]; then
-            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-            chmod +x /usr/sbin/policy-rc.d
-            our_policy=1
-        fi
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
-        [ -z "$our_policy" ] || rm -f /usr/sbin/policy-rc.d
-    else
-        echo "the scale-out tests need redis-server at /usr/bin/redis-server (Debian: apt-get install redis-server)" >&2
-        exit 1
-    fi
-fi
+}
+# nginx, for the reverse-proxy and load-balancer tests; redis-server, for the scale-out tests.
+install_server nginx "${NGINX:-/usr/sbin/nginx}" "the proxy tests"
+install_server redis-server "${REDIS_SERVER:-/usr/bin/redis-server}" "the scale-out tests"
 # The Python clients (signalrcore, signalr-client-threads), pinned; reinstalled when the pins change.
 if ! cmp -s tests/e2e/python/requirements.txt tests/.venv/installed-requirements.txt; then
     [ -x tests/.venv/bin/python ] || python3 -m venv tests/.venv

@@ -4,9 +4,8 @@
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const { SUFFIX, startProcess, freePort, jwt, sleep } = require('./harness');
+const { SUFFIX, startProcess, runNginx, freePort, jwt, sleep } = require('./harness');
 
 // Every process started here exits by itself after this long.
 const SAFETY_EXIT_SECS = 300;
@@ -54,55 +53,18 @@ async function startNode(id, redisUrl, key, extra = []) {
 /// nginx with deploy/nginx/signalr-relay.conf as shipped (only its `listen` moved to
 /// loopback), and a nodes.conf for `nodes` (`[{ id, addr }]`) written as the shipped example
 /// shows. Listens on 127.0.0.2.
-async function startClusterNginx(nodes) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-lb-'));
-  const port = await freePort('127.0.0.2');
+function startClusterNginx(nodes) {
   const shipped = fs.readFileSync(path.resolve(__dirname, '../../deploy/nginx/signalr-relay.conf'), 'utf8');
   if (!/^\s*listen 80;$/m.test(shipped)) throw new Error('deploy/nginx/signalr-relay.conf: no `listen 80;` to move');
-  fs.writeFileSync(path.join(dir, 'signalr-relay.conf'), shipped.replace(/^(\s*)listen 80;$/m, `$1listen 127.0.0.2:${port};`));
   const upstreams = [
     `upstream relay_any {\n${nodes.map((n) => `    server ${n.addr} max_fails=1 fail_timeout=5s;`).join('\n')}\n}`,
     ...nodes.map((n) => `upstream relay_node_${n.id} { server ${n.addr}; }`),
   ];
-  fs.writeFileSync(path.join(dir, 'nodes.conf'), `${upstreams.join('\n')}\n`);
-  fs.writeFileSync(path.join(dir, 'nginx.conf'), `
-daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  include ${dir}/nodes.conf;
-  include ${dir}/signalr-relay.conf;
-}
-`);
-  const child = spawn('timeout', [String(SAFETY_EXIT_SECS), process.env.NGINX || '/usr/sbin/nginx', '-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    try {
-      await fetch(`http://127.0.0.2:${port}/health`);
-      break;
-    } catch {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nginx did not start: ${out}`);
-      await sleep(50);
-    }
-  }
-  return {
-    addr: `127.0.0.2:${port}`,
-    stop: () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  return runNginx((dir, port) => {
+    fs.writeFileSync(path.join(dir, 'signalr-relay.conf'), shipped.replace(/^(\s*)listen 80;$/m, `$1listen 127.0.0.2:${port};`));
+    fs.writeFileSync(path.join(dir, 'nodes.conf'), `${upstreams.join('\n')}\n`);
+    return `  include ${dir}/nodes.conf;\n  include ${dir}/signalr-relay.conf;`;
+  }, { workerConnections: 4096 });
 }
 
 /// A node's metrics, as name → value (labels kept in the name).

@@ -85,12 +85,10 @@ function freePort(host) {
   });
 }
 
-/// Debian's nginx as a reverse proxy in front of the relay, as the README's deployment has
-/// it: it listens on 127.0.0.2, reaches the relay from 127.0.0.3, passes WebSockets through
-/// and appends the client's address to X-Forwarded-For. With `tls` (`{ cert, key, ca }`,
-/// PEM file paths), it terminates TLS with that certificate, as in front of a relay on plain
-/// HTTP. It exits by itself after SAFETY_EXIT_SECS, like every process the tests start.
-async function startNginx(relayAddr, { tls } = {}) {
+/// Debian's nginx on 127.0.0.2, run in a directory of its own with `http` as its `http`
+/// block's content (written by `http(dir, port)`), ready once it answers (over TLS with `tls`).
+/// It exits by itself after SAFETY_EXIT_SECS, like every process the tests start.
+async function runNginx(http, { tls, workerConnections = 1024 } = {}) {
   const fs = require('node:fs');
   const os = require('node:os');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-nginx-'));
@@ -100,7 +98,7 @@ daemon off;
 worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections ${workerConnections}; }
 http {
   access_log off;
   client_body_temp_path ${dir}/body;
@@ -108,22 +106,7 @@ http {
   fastcgi_temp_path ${dir}/fastcgi;
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
-  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
-  server {
-    listen 127.0.0.2:${port}${tls ? ' ssl' : ''};
-${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};` : ''}
-    location / {
-      proxy_pass http://${relayAddr};
-      proxy_bind 127.0.0.3;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_buffering off;
-      proxy_read_timeout 300s;
-    }
-  }
+${http(dir, port)}
 }
 `;
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
@@ -157,6 +140,31 @@ ${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};` 
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/// Debian's nginx as a reverse proxy in front of the relay, as the README's deployment has
+/// it: it listens on 127.0.0.2, reaches the relay from 127.0.0.3, passes WebSockets through
+/// and appends the client's address to X-Forwarded-For. With `tls` (`{ cert, key, ca }`,
+/// PEM file paths), it terminates TLS with that certificate, as in front of a relay on plain
+/// HTTP.
+function startNginx(relayAddr, { tls } = {}) {
+  return runNginx((_dir, port) => `
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  server {
+    listen 127.0.0.2:${port}${tls ? ' ssl' : ''};
+${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};` : ''}
+    location / {
+      proxy_pass http://${relayAddr};
+      proxy_bind 127.0.0.3;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }
+  }`, { tls });
 }
 
 class Stack {
@@ -353,4 +361,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startClient, startNginx, freePort, jwt, next, collect, sleep, until, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startClient, startNginx, runNginx, freePort, jwt, next, collect, sleep, until, signalR };

@@ -50,9 +50,22 @@ async function relayLoss(clients, [doomed, survivor], kill) {
   await on(survivor)[0].invoke('SendToUser', far.user, 'across relays');
   assert.equal(await direct, 'across relays');
 
-  const sender = on(survivor)[0];
   const stayers = on(survivor);
   const movers = on(doomed);
+  await broadcastAcrossLoss(stayers[0], stayers, movers, kill, async () => {
+    for (const c of movers) assert.equal(c.http.relay, survivor);
+  });
+  const final = clients.map((c) => new Promise((resolve) => c.on('broadcast', (m) => { if (m === 'final') resolve(); })));
+  await movers[0].invoke('Broadcast', 'final');
+  await Promise.all(final);
+}
+
+/// `sender` broadcasts numbers while `kill()` ends what the `movers` were connected to; once
+/// they are back (and `back()` has checked them), the sends stop. Nothing lost, nothing twice,
+/// in order, for every client that stayed; the movers hear the broadcasts sent after they came
+/// back. Each client collects the numbers it hears in `c.numbers`; `settle` is how long the
+/// last ones get to arrive.
+async function broadcastAcrossLoss(sender, stayers, movers, kill, back, settle = 300) {
   let n = 0;
   let sending = true;
   const pump = (async () => {
@@ -65,20 +78,15 @@ async function relayLoss(clients, [doomed, survivor], kill) {
   await sleep(300);
   kill();
   await Promise.all(movers.map((c) => c.reconnected));
-  for (const c of movers) assert.equal(c.http.relay, survivor);
+  await back();
   await sleep(300);
   sending = false;
   await pump;
   const last = n;
-  await sleep(300);
-  // Nothing lost, nothing twice, in order, for every client that stayed.
+  await sleep(settle);
   const all = Array.from({ length: last }, (_, i) => i + 1);
   for (const c of stayers) assert.deepEqual(c.numbers, all);
-  // The movers hear the broadcasts sent after they came back.
   for (const c of movers) assert.equal(c.numbers[c.numbers.length - 1], last);
-  const final = clients.map((c) => new Promise((resolve) => c.on('broadcast', (m) => { if (m === 'final') resolve(); })));
-  await movers[0].invoke('Broadcast', 'final');
-  await Promise.all(final);
 }
 
-module.exports = { relayClient, relayLoss };
+module.exports = { relayClient, relayLoss, broadcastAcrossLoss };

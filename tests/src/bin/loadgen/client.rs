@@ -76,27 +76,22 @@ pub(crate) async fn post(
     bearer: Option<&str>,
     tls: bool,
 ) -> Result<(u16, Bytes)> {
-    let mut sender = keep_alive(addr, tls).await?;
     let mut req = request("POST", addr, path, bearer, Bytes::new())?;
     req.headers_mut().insert(
         hyper::header::CONTENT_LENGTH,
         hyper::header::HeaderValue::from_static("0"),
     );
-    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    exchange(addr, tls, req).await
 }
 
 /// One HTTP/1.1 GET: the status and the body.
 pub(crate) async fn get(addr: &str, path: &str) -> Result<(u16, Bytes)> {
-    let mut sender = keep_alive(addr, false).await?;
-    let req = request("GET", addr, path, None, Bytes::new())?;
+    exchange(addr, false, request("GET", addr, path, None, Bytes::new())?).await
+}
+
+/// `req` on a connection of its own: the status and the body.
+async fn exchange(addr: &str, tls: bool, req: hyper::Request<Full<Bytes>>) -> Result<(u16, Bytes)> {
+    let mut sender = keep_alive(addr, tls).await?;
     let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
     let body = res

@@ -359,6 +359,21 @@ async fn open_many(
     concurrency: usize,
     latencies: &Latencies,
 ) -> (Vec<Ws>, usize) {
+    open_with(|n| target.connect(n), first, count, concurrency, latencies).await
+}
+
+/// [`open_many`], each connection opened by `connect(its number)`.
+pub(crate) async fn open_with<F, Fut>(
+    connect: F,
+    first: usize,
+    count: usize,
+    concurrency: usize,
+    latencies: &Latencies,
+) -> (Vec<Ws>, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = client::Result<Ws>>,
+{
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     let opened = Mutex::new(Vec::with_capacity(count));
@@ -369,7 +384,7 @@ async fn open_many(
                 return;
             }
             let t0 = Instant::now();
-            match target.connect(first + i).await {
+            match connect(first + i).await {
                 Ok(ws) => {
                     latencies.record(t0.elapsed().as_micros() as u64);
                     if let Ok(mut o) = opened.lock() {

@@ -8,8 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::client::{self, Ws};
@@ -210,7 +209,12 @@ pub(crate) async fn serve(
         let reply = match words.as_slice() {
             ["open", n] => {
                 let n: usize = n.parse().map_err(|_| format!("bad command {line:?}"))?;
-                let (opened, failed) = open(app, next, n, concurrency).await;
+                let connect = |i: usize| async move {
+                    client::connect_relay(app, "bench", &format!("u{i}")).await
+                };
+                let (opened, failed) =
+                    scenarios::open_with(connect, next, n, concurrency, &Latencies::default())
+                        .await;
                 next += n;
                 let ok = opened.len();
                 conns.extend(opened);
@@ -231,35 +235,4 @@ pub(crate) async fn serve(
             .and_then(|()| out.flush())
             .map_err(|e| e.to_string())?;
     }
-}
-
-/// Opens `count` connections through the app's negotiate (users `u<first>…`), `concurrency`
-/// at a time.
-async fn open(app: &str, first: usize, count: usize, concurrency: usize) -> (Vec<Ws>, usize) {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
-    let opened = Mutex::new(Vec::with_capacity(count));
-    let workers = (0..concurrency.max(1)).map(|_| async {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= count {
-                return;
-            }
-            match client::connect_relay(app, "bench", &format!("u{}", first + i)).await {
-                Ok(ws) => {
-                    if let Ok(mut o) = opened.lock() {
-                        o.push(ws);
-                    }
-                }
-                Err(_) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    });
-    futures_util::future::join_all(workers).await;
-    (
-        opened.into_inner().unwrap_or_default(),
-        failed.load(Ordering::Relaxed),
-    )
 }
