@@ -415,6 +415,40 @@ impl Writer<'_> {
         self.0.extend_from_slice(bytes);
     }
 
+    /// A JSON value as MessagePack, as the .NET MessagePack hub protocol would write the same
+    /// object: integers in their smallest form, other numbers as float64. (serde_json's parser
+    /// bounds the nesting, and with it this recursion.)
+    pub(crate) fn json(&mut self, value: &serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Null => self.nil(),
+            Value::Bool(b) => self.bool(*b),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    self.uint(u);
+                } else if let Some(i) = n.as_i64() {
+                    self.sint(i);
+                } else {
+                    let _ = rmp::encode::write_f64(self.0, n.as_f64().unwrap_or_default());
+                }
+            }
+            Value::String(s) => self.str(s),
+            Value::Array(items) => {
+                self.array_len(items.len());
+                for item in items {
+                    self.json(item);
+                }
+            }
+            Value::Object(map) => {
+                self.map_len(map.len());
+                for (k, v) in map {
+                    self.str(k);
+                    self.json(v);
+                }
+            }
+        }
+    }
+
     pub(crate) fn str_array<S: AsRef<str>>(&mut self, items: &[S]) {
         self.array_len(items.len());
         for s in items {

@@ -7,7 +7,8 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const WebSocket = require('ws');
-const { encode, decode } = require('@msgpack/msgpack');
+const { encode } = require('@msgpack/msgpack');
+const { frame, frames } = require('./service_wire');
 const { SUFFIX, Browser, startProcess, startClient, jwt, next, collect, sleep, signalR } = require('./harness');
 const { startRedis, startNode, startClusterNginx, metrics, eventually, serves } = require('./cluster');
 const { broadcastAcrossLoss } = require('./relays');
@@ -168,38 +169,6 @@ test('a client result crosses nodes: the invocation goes to the client\'s node, 
 });
 
 // ---------------------------------------------------------------- a raw app server
-
-/// Service-protocol frames: a varint length, then a MessagePack array.
-function frame(message) {
-  const body = encode(message);
-  const head = [];
-  let n = body.length;
-  do {
-    let b = n & 0x7f;
-    n >>= 7;
-    if (n) b |= 0x80;
-    head.push(b);
-  } while (n);
-  return Buffer.concat([Buffer.from(head), Buffer.from(body)]);
-}
-
-function frames(buf) {
-  const out = [];
-  let i = 0;
-  while (i < buf.length) {
-    let len = 0;
-    let shift = 0;
-    for (;;) {
-      const b = buf[i++];
-      len |= (b & 0x7f) << shift;
-      shift += 7;
-      if (!(b & 0x80)) break;
-    }
-    out.push(decode(buf.subarray(i, i + len)));
-    i += len;
-  }
-  return out;
-}
 
 /// A server connection as the Azure SDK opens one (ServiceConnection, ConnectionFactory in
 /// Azure/azure-signalr): `/server/?hub=…` with `&target=<instance>` for an on-demand one, a

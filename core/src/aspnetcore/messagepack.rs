@@ -251,6 +251,31 @@ pub fn write_message(message: &HubMessage, out: &mut Vec<u8>) -> Result<(), HubE
     Ok(())
 }
 
+/// JSON hub-protocol frames (each ending in `0x1E`) re-encoded as MessagePack frames, for
+/// invocations only: what the service does for a MessagePack client when an app server or a
+/// management connection wrote a message's JSON payload alone. `None` when a frame is not an
+/// invocation, is not valid, or the last one is unterminated.
+pub fn invocations_from_json(json: &[u8]) -> Option<Vec<u8>> {
+    let (last, frames) = json.split_last()?;
+    if *last != crate::framing::RECORD_SEPARATOR {
+        return None;
+    }
+    let mut out = Vec::with_capacity(json.len());
+    for frame in frames.split(|&b| b == crate::framing::RECORD_SEPARATOR) {
+        let HubMessage::Invocation(mut invocation) = super::json::parse_message(frame).ok()? else {
+            return None;
+        };
+        for argument in &mut invocation.arguments {
+            let value: serde_json::Value = serde_json::from_slice(argument.as_bytes()).ok()?;
+            let mut encoded = Vec::new();
+            Writer(&mut encoded).json(&value);
+            *argument = RawValue::new(encoded);
+        }
+        write_message(&HubMessage::Invocation(invocation), &mut out).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +283,62 @@ mod tests {
 
     fn rv(b: &[u8]) -> RawValue {
         RawValue::new(b.to_vec())
+    }
+
+    #[test]
+    fn json_invocations_become_messagepack_frames() {
+        // What the Management SDK's persistent mode writes by default: JSON alone.
+        let json = b"{\"type\":1,\"target\":\"SendMessage\",\"arguments\":[\"hi\",42,-1,1.5,null,true,[1],{\"a\":\"b\"}]}\x1e\
+                     {\"type\":1,\"target\":\"t\",\"arguments\":[]}\x1e";
+        let out = invocations_from_json(json).unwrap();
+        let mut frames = BinaryFrameDecoder::new(1 << 20);
+        frames.push(&out);
+        let HubMessage::Invocation(first) =
+            parse_message(&frames.next_frame().unwrap().unwrap()).unwrap()
+        else {
+            panic!("not an invocation");
+        };
+        assert_eq!(first.target, "SendMessage");
+        assert!(first.invocation_id.is_none());
+        let mut want: Vec<Vec<u8>> = Vec::new();
+        for v in [
+            serde_json::json!("hi"),
+            serde_json::json!(42),
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::Value::Null,
+            serde_json::json!(true),
+            serde_json::json!([1]),
+            serde_json::json!({"a": "b"}),
+        ] {
+            let mut b = Vec::new();
+            Writer(&mut b).json(&v);
+            want.push(b);
+        }
+        let got: Vec<Vec<u8>> = first
+            .arguments
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
+        assert_eq!(got, want);
+        // Small integers in their smallest form, as MessagePack-CSharp writes them.
+        assert_eq!(got[1], [42]);
+        assert_eq!(got[2], [0xff]);
+        let HubMessage::Invocation(second) =
+            parse_message(&frames.next_frame().unwrap().unwrap()).unwrap()
+        else {
+            panic!("not an invocation");
+        };
+        assert_eq!(second.target, "t");
+        assert!(second.arguments.is_empty());
+        assert!(frames.next_frame().unwrap().is_none());
+        // Anything else is left alone: another message type, broken JSON, no terminator.
+        assert!(invocations_from_json(b"{\"type\":6}\x1e").is_none());
+        assert!(
+            invocations_from_json(b"{\"type\":1,\"target\":\"t\",\"arguments\":[}\x1e").is_none()
+        );
+        assert!(invocations_from_json(b"{\"type\":1,\"target\":\"t\",\"arguments\":[]}").is_none());
+        assert!(invocations_from_json(b"").is_none());
     }
 
     fn body(framed: &[u8]) -> Vec<u8> {

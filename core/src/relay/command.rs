@@ -72,12 +72,14 @@ pub(crate) enum Target<'a> {
     Connections(&'a [String]),
     /// Every connection of these users.
     Users(&'a [String]),
-    /// Every connection in these groups.
+    /// Every connection in these groups. A send reaches a connection once per group it is in
+    /// (as ASP.NET Core's `SendGroupsAsync` does, and the Management SDK's facts expect); a
+    /// close closes it once.
     Groups(&'a [String]),
 }
 
 impl<'a> Target<'a> {
-    fn only(self) -> Audience<'a> {
+    pub(crate) fn only(self) -> Audience<'a> {
         self.except(&[])
     }
 

@@ -1126,6 +1126,26 @@ impl Relay {
         if let Some((command, ack)) = HubCommand::from_service(&msg) {
             return self.apply(now, Origin::Server { conn, hub, ack }, command);
         }
+        // A management (Weak) connection carries no client: its CloseConnection is the
+        // Management SDK's ClientManager.CloseConnectionAsync, for any client of the hub, with
+        // the reason as its error and no ack (WebSocketsHubLifetimeManager).
+        if let ServiceMessage::CloseConnection(m) = &msg {
+            if self.servers.get(conn).is_some_and(|s| !s.carries_clients()) {
+                let command = HubCommand::Close {
+                    to: Target::Connections(std::slice::from_ref(&m.connection_id)).only(),
+                    reason: Some(m.error_message.as_str()).filter(|r| !r.is_empty()),
+                };
+                return self.apply(
+                    now,
+                    Origin::Server {
+                        conn,
+                        hub,
+                        ack: None,
+                    },
+                    command,
+                );
+            }
+        }
         match msg {
             ServiceMessage::Ping(ping) => {
                 let ticks = self.admission.dotnet_ticks(now);
@@ -1542,10 +1562,12 @@ impl Relay {
                 .filter_map(|id| d.connection(id))
                 .for_each(&mut deliver),
             Target::Users([user]) => d.user(hub, user).for_each(&mut deliver),
-            Target::Groups([group]) => d.group(hub, group).for_each(&mut deliver),
-            Target::Users(_) | Target::Groups(_) => {
-                to.to.union(d, hub).into_iter().for_each(&mut deliver)
-            }
+            Target::Users(_) => to.to.union(d, hub).into_iter().for_each(&mut deliver),
+            // Once per group a connection is in; a connection ended on the way is skipped.
+            Target::Groups(groups) => groups
+                .iter()
+                .flat_map(|g| d.group(hub, g))
+                .for_each(&mut deliver),
         }
         for (client, ending) in ended {
             self.end_client(now, client, ending);

@@ -439,7 +439,7 @@ pub(crate) fn payloads(content_type: Option<&str>, body: &[u8]) -> Result<Payloa
     aspnetcore::messagepack::write_message(
         &invocation(&|a| {
             let mut out = Vec::new();
-            json_to_msgpack(a, &mut Writer(&mut out));
+            Writer(&mut out).json(a);
             out
         }),
         &mut messagepack,
@@ -475,39 +475,6 @@ fn binary_payloads(body: &[u8]) -> Result<Payloads, BodyError> {
         return Err(bad("no payload"));
     }
     Ok(Payloads(payloads))
-}
-
-/// Writes a JSON value as MessagePack, as the .NET MessagePack hub protocol would write the
-/// same object: integers in their smallest form, other numbers as float64.
-fn json_to_msgpack(value: &serde_json::Value, w: &mut Writer<'_>) {
-    use serde_json::Value;
-    match value {
-        Value::Null => w.nil(),
-        Value::Bool(b) => w.bool(*b),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                w.uint(u);
-            } else if let Some(i) = n.as_i64() {
-                w.sint(i);
-            } else {
-                let _ = rmp::encode::write_f64(w.0, n.as_f64().unwrap_or_default());
-            }
-        }
-        Value::String(s) => w.str(s),
-        Value::Array(items) => {
-            w.array_len(items.len());
-            for item in items {
-                json_to_msgpack(item, w);
-            }
-        }
-        Value::Object(map) => {
-            w.map_len(map.len());
-            for (k, v) in map {
-                w.str(k);
-                json_to_msgpack(v, w);
-            }
-        }
-    }
 }
 
 /// Azure's `ErrorDetail` body for an error code, as JSON.

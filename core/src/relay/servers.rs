@@ -97,6 +97,11 @@ impl ServerConn {
         self.open && self.carries_clients && !self.draining
     }
 
+    /// Whether it may carry clients: not a management (`Weak`) connection.
+    pub(crate) fn carries_clients(&self) -> bool {
+        self.carries_clients
+    }
+
     /// Bytes from the app server; take what they hold with [`next`](Self::next).
     pub(crate) fn push(&mut self, now: Instant, data: &[u8]) {
         self.last_received = now;

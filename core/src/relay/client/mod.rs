@@ -868,6 +868,8 @@ pub(crate) struct Prepared<'a> {
     messagepack: Option<&'a Bytes>,
     blazorpack: Option<&'a Bytes>,
     classic: OnceCell<Option<(String, Vec<RawJson>)>>,
+    /// The JSON payload's invocations in MessagePack, when no MessagePack payload came.
+    from_json: OnceCell<Option<Bytes>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -877,17 +879,29 @@ impl<'a> Prepared<'a> {
             messagepack: payloads.get(HubProtocol::MessagePack.name()),
             blazorpack: payloads.get(HubProtocol::BlazorPack.name()),
             classic: OnceCell::new(),
+            from_json: OnceCell::new(),
         }
     }
 
     /// The payload for a client of `protocol`. MessagePack and Blazor's `blazorpack` are one
     /// encoding, so either payload serves both when the app server wrote only one of them.
-    fn get(&self, protocol: HubProtocol) -> Option<&'a Bytes> {
-        match protocol {
-            HubProtocol::Json => self.json,
+    /// When it wrote JSON alone (the Management SDK's default, in both its transports), the
+    /// JSON's invocations are converted once per fan-out, as the service converts REST
+    /// payloads for MessagePack clients.
+    fn get(&self, protocol: HubProtocol) -> Option<&Bytes> {
+        let binary = match protocol {
+            HubProtocol::Json => return self.json,
             HubProtocol::MessagePack => self.messagepack.or(self.blazorpack),
             HubProtocol::BlazorPack => self.blazorpack.or(self.messagepack),
-        }
+        };
+        binary.or_else(|| {
+            self.from_json
+                .get_or_init(|| {
+                    crate::aspnetcore::messagepack::invocations_from_json(self.json?)
+                        .map(Bytes::from)
+                })
+                .as_ref()
+        })
     }
 
     /// The messages a classic client puts in `M` for this payload, when it holds only pushes

@@ -440,6 +440,124 @@ fn a_management_connection_gets_every_ack_and_never_a_client() {
     }
 }
 
+/// The Management SDK's persistent mode as its facts use it: a plain CloseConnection closes
+/// any client of the hub with the reason (an app server's own closes only its own clients);
+/// its payloads, JSON alone by default, reach MessagePack clients converted; and a send to
+/// several groups reaches a connection once per group it is in.
+#[test]
+fn a_management_connection_closes_any_client_and_its_json_reaches_messagepack_clients() {
+    let mut sim = in_mode(ServiceMode::Classic);
+    let m = management(&mut sim, "chat");
+    let app = sim.connect_server("chat", "app-1");
+    let (served, served_id) = sim.connect_client("chat", Some("carol"), "json");
+    sim.accept_handshake(served, &served_id);
+    // An app server's CloseConnection of a client it does not carry is ignored.
+    let other = sim.connect_server("chat", "app-2");
+    if sim.server_of(served) != other {
+        sim.send_service(
+            other,
+            &ServiceMessage::CloseConnection(service::CloseConnection {
+                connection_id: served_id.clone(),
+                error_message: "not yours".into(),
+                ..service::CloseConnection::default()
+            }),
+        );
+        assert!(sim.is_open(served));
+    }
+    let _ = app;
+    // The management connection's close: the client is told the reason.
+    sim.send_service(
+        m,
+        &ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: served_id.clone(),
+            error_message: "This is a test reason.".into(),
+            ..service::CloseConnection::default()
+        }),
+    );
+    assert!(!sim.is_open(served));
+    assert!(sim.client_text(served).contains("This is a test reason."));
+    // An unknown id: nothing happens, and no ack is sent.
+    let acks = sim.to_server[&m].len();
+    sim.send_service(
+        m,
+        &ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: "nobody".into(),
+            ..service::CloseConnection::default()
+        }),
+    );
+    assert_eq!(sim.to_server[&m].len(), acks);
+
+    let mut sim = in_mode(ServiceMode::Serverless);
+    let m = management(&mut sim, "chat");
+    let (json, json_id) = sim.connect_client("chat", Some("alice"), "json");
+    let (mp, mp_id) = sim.connect_client("chat", Some("bob"), "messagepack");
+    let before = sim.to_client[&mp].len();
+    sim.send_service(
+        m,
+        &ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: json_payloads(
+                "{\"type\":1,\"target\":\"SendMessage\",\"arguments\":[\"hi\",7]}",
+            ),
+            ..service::BroadcastData::default()
+        }),
+    );
+    assert!(sim.client_text(json).contains("SendMessage"));
+    let got: Vec<u8> = sim.to_client[&mp][before..]
+        .iter()
+        .flat_map(|(d, _)| d.to_vec())
+        .collect();
+    let mut want = Vec::new();
+    crate::aspnetcore::messagepack::write_message(
+        &crate::aspnetcore::HubMessage::Invocation(crate::aspnetcore::Invocation {
+            headers: Default::default(),
+            invocation_id: None,
+            target: "SendMessage".into(),
+            arguments: vec![
+                crate::aspnetcore::RawValue::new(&b"\xa2hi"[..]),
+                crate::aspnetcore::RawValue::new(&b"\x07"[..]),
+            ],
+            stream_ids: Vec::new(),
+        }),
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(
+        got, want,
+        "the MessagePack client got the JSON's invocation, converted"
+    );
+    // Both clients in both groups; one send to the two groups reaches each twice.
+    for (ack_id, (id, group)) in [
+        (&json_id, "a"),
+        (&json_id, "b"),
+        (&mp_id, "a"),
+        (&mp_id, "b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sim.send_service(
+            m,
+            &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                connection_id: id.clone(),
+                group: Some(group.into()),
+                ack_id: ack_id as i32,
+                ext: service::Ext::default(),
+            }),
+        );
+    }
+    let before = sim.to_client[&mp].len();
+    sim.send_service(
+        m,
+        &ServiceMessage::MultiGroupBroadcastData(service::MultiGroupBroadcastData {
+            groups: vec!["a".into(), "b".into(), "none".into()],
+            payloads: json_payloads("{\"type\":1,\"target\":\"twice\",\"arguments\":[]}"),
+            ..service::MultiGroupBroadcastData::default()
+        }),
+    );
+    assert_eq!(sim.client_text(json).matches("twice").count(), 2);
+    assert_eq!(sim.to_client[&mp][before..].len(), 2);
+}
+
 /// Streaming invocations go upstream too (Azure's do not): the upstream's body, a stream's
 /// items and its completion, reaches the client as it came.
 #[test]
