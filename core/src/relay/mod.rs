@@ -177,7 +177,7 @@ use self::invocations::{Invocations, Pending};
 use self::output::Outputs;
 use self::policy::Policy;
 use self::reason::{texts, Ending, ServerEnding, SERVER_CLOSE_CODE};
-use self::servers::{Received, Servers};
+use self::servers::{AspNetRole, Received, Servers};
 use crate::odata::Filter;
 
 /// The labels a refused request is counted under: its endpoint (`negotiate`, `client`,
@@ -186,7 +186,7 @@ pub fn refusal_labels(path: &str, cause: &'static str) -> (&'static str, &'stati
     let endpoint = match path.trim_end_matches('/') {
         "/client/negotiate" => "negotiate",
         "/client" => "client",
-        "/server" => "server",
+        "/server" | "/aspnetserver" => "server",
         p if p.starts_with("/api/") => "rest",
         p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => "classic",
         _ => "other",
@@ -380,7 +380,7 @@ impl Relay {
         }
         let refused_while_draining = matches!(
             path,
-            "/client/negotiate" | "/server" | "/aspnetclient/negotiate"
+            "/client/negotiate" | "/server" | "/aspnetserver" | "/aspnetclient/negotiate"
         );
         let outcome = match (req.method.as_str(), path) {
             (_, "/health") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ok"))),
@@ -401,12 +401,13 @@ impl Relay {
             ("POST", "/client/negotiate") => self.negotiate_or_wait(now, req),
             ("GET", "/client") if req.websocket => self.connect_client(now, req),
             ("GET" | "POST" | "DELETE", "/client") => self.client_http(now, req),
-            ("GET", "/server") if req.websocket => self.accept_server(now, req),
+            ("GET", "/server") if req.websocket => self.accept_server(now, req, false),
+            ("GET", "/aspnetserver") if req.websocket => self.accept_server(now, req, true),
             (_, p) if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => {
                 Ok(self.classic_request(now, req))
             }
             (_, p) if p.starts_with("/api/") => self.rest(now, req),
-            (_, "/client" | "/server" | "/client/negotiate") => {
+            (_, "/client" | "/server" | "/aspnetserver" | "/client/negotiate") => {
                 Err(Rejection::EndpointMethodNotAllowed)
             }
             _ => Err(Rejection::NotFound),
@@ -738,16 +739,19 @@ impl Relay {
             .ok_or(Rejection::UnknownConnection)
     }
 
-    /// A WebSocket on `/server/`: an app server's connection, which must say hello within the
-    /// handshake timeout.
+    /// A WebSocket on `/server/` (or `/aspnetserver/`, from the classic ASP.NET SDK): an app
+    /// server's connection, which must say hello within the handshake timeout.
     fn accept_server(
         &mut self,
         now: Instant,
         req: &HttpRequest,
+        aspnet: bool,
     ) -> Result<RequestOutcome, Rejection> {
+        let path = if aspnet { "/aspnetserver/" } else { "/server/" };
         let (hub, claims) = self
             .admission
-            .verify_for_hub(&self.config, now, req, "/server/")?;
+            .verify_for_hub(&self.config, now, req, path)?;
+        let aspnet = aspnet.then(|| AspNetRole::of(&hub));
         let server_id = req
             .header("x-asrs-server-id")
             .map(str::to_owned)
@@ -758,7 +762,7 @@ impl Relay {
         self.directory.add_server(hub, conn);
         let (config, timers) = (&self.config, &mut self.timers);
         self.servers
-            .accept(now, conn, hub, server_id, config, timers);
+            .accept(now, conn, hub, server_id, aspnet, config, timers);
         Ok(RequestOutcome::AcceptWebSocket(conn))
     }
 
@@ -777,15 +781,25 @@ impl Relay {
             Err(r) => return respond(r),
         };
         if kind == crate::classic::RequestKind::Negotiate {
-            let (hub_name, hub) = match classic_negotiate_hub(&params) {
+            let (hub_name, mut hub) = match classic_negotiate_hub(&params) {
                 Ok(hub) => hub,
                 Err(r) => return respond(r),
             };
-            // The token must name this hub: the app authorized the client for it alone.
-            if let Err(r) = self
-                .admission
-                .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
+            let app = claims
+                .get_str(crate::auth::claim_names::APP_NAME)
+                .filter(|a| !a.is_empty());
+            if let Some(app) = app {
+                // A token of Azure's classic ASP.NET SDK (NegotiateMiddleware.cs): it names the
+                // application (`asrs.s.apn`) and no hub; its audience is `/aspnetclient`, checked
+                // above. The hub is the application's, as the SDK's connections name it
+                // (ServiceEndpointProvider.cs: `<app>_<hub>`, lower case).
+                hub = format!("{}_{hub}", app.to_lowercase());
+            } else if let Err(r) =
+                self.admission
+                    .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
             {
+                // Otherwise the token must name this hub: the app authorized the client for it
+                // alone.
                 return respond(r);
             }
             if let Err(r) = self.may_open(req) {
@@ -869,8 +883,12 @@ impl Relay {
                         continue;
                     };
                     let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
-                    let migrates = self.servers.get(server).is_some_and(|s| s.migrates);
-                    client.open(now, (server, migrates), &mut opening, config, out, timers);
+                    let (migrates, classic_sdk) = self
+                        .servers
+                        .get(server)
+                        .map_or((false, false), |s| (s.migrates, s.aspnet.is_some()));
+                    let link = (server, migrates, classic_sdk);
+                    client.open(now, link, &mut opening, config, out, timers);
                     self.servers.attach(server, conn, config, out);
                     if let Some(user) = &client.user_id {
                         self.directory.attach_user(now, client.hub, conn, user);
@@ -1031,6 +1049,107 @@ impl Relay {
         })
     }
 
+    /// Whether `conn` is the classic ASP.NET SDK's application connection of the app server
+    /// that carries `client`, in one of the application's hubs: it may write to the client
+    /// too (the SDK writes a client's messages on the connection that carries it when it can,
+    /// else on the application's; ServiceConnectionContainerBase.cs).
+    fn aspnet_app_reaches(&self, conn: ConnHandle, client: ConnHandle) -> bool {
+        let Some(AspNetRole::App(app)) = self.servers.get(conn).and_then(|s| s.aspnet.as_ref())
+        else {
+            return false;
+        };
+        self.clients.map.get(&client).is_some_and(|c| {
+            let of_app = self
+                .directory
+                .name(c.hub)
+                .strip_prefix(app.as_str())
+                .is_some_and(|rest| rest.starts_with('_'));
+            of_app
+                && c.link
+                    .as_ref()
+                    .is_some_and(|l| self.servers.same_app_server(l.server, conn))
+        })
+    }
+
+    /// The hub and the group a classic group name is about: the SDK names a group of hub `H`
+    /// `hg-H.group` (classic SignalR's message-bus key, SignalRMessageParser.cs), and its hub
+    /// connections `<app>_<h>` (lower case). Hub names may hold dots, so the hub is the
+    /// longest prefix that is one of the application's hubs here, else the part before the
+    /// first dot. `None` for a name without the prefix.
+    fn aspnet_group<'g>(&self, app: &str, group: &'g str) -> Option<(String, &'g str)> {
+        let rest = group.strip_prefix("hg-")?;
+        let hub_of = |i: usize| format!("{app}_{}", rest[..i].to_lowercase());
+        let dots = || rest.match_indices('.').map(|(i, _)| i);
+        let known = dots()
+            .filter(|&i| self.directory.find(&hub_of(i)).is_some())
+            .last();
+        let i = known.or_else(|| dots().next())?;
+        Some((hub_of(i), &rest[i + 1..]))
+    }
+
+    /// A message on the classic ASP.NET SDK's application connection: group joins and leaves
+    /// of the application's clients, and group sends to the application's hubs, with the
+    /// groups named as classic SignalR names them (`hg-<Hub>.<group>`). Inside the hub, the
+    /// group is the plain name: the one the REST API and the hub's other clients use.
+    /// Whether it was one of those.
+    fn aspnet_app_message(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        hub: HubId,
+        app: &str,
+        msg: &ServiceMessage,
+    ) -> bool {
+        match msg {
+            ServiceMessage::JoinGroupWithAck(m) | ServiceMessage::LeaveGroupWithAck(m) => {
+                let join = matches!(msg, ServiceMessage::JoinGroupWithAck(_));
+                let group = m.group.as_deref().map(|g| match self.aspnet_group(app, g) {
+                    Some((_, plain)) => plain,
+                    None => g,
+                });
+                let connection = m.connection_id.as_str();
+                let command = if join {
+                    HubCommand::Join { connection, group }
+                } else {
+                    HubCommand::Leave { connection, group }
+                };
+                let ack = Some(m.ack_id);
+                self.apply(now, Origin::Server { conn, hub, ack }, command);
+                true
+            }
+            ServiceMessage::GroupBroadcastData(m) => {
+                let Some((target, group)) = self.aspnet_group(app, &m.group) else {
+                    return false;
+                };
+                // A hub this node has never seen has no clients here; with other nodes, it
+                // may have some there.
+                let target = match self.directory.find(&target) {
+                    Some(hub) => hub,
+                    None if self.cluster.is_some() => self.directory.intern(&target),
+                    None => return true,
+                };
+                let groups = [group.to_owned()];
+                let command = HubCommand::Send {
+                    to: Audience {
+                        to: Target::Groups(&groups),
+                        except: &m.excluded_connection_ids,
+                        except_users: &m.excluded_user_ids,
+                    },
+                    payloads: &m.payloads,
+                    filter: m.ext.filter.as_deref(),
+                };
+                let origin = Origin::Server {
+                    conn,
+                    hub: target,
+                    ack: None,
+                };
+                self.apply(now, origin, command);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `conn` is the server connection `client` was migrated from: it may still
     /// answer what it owes (but not close the client).
     fn served(&self, conn: ConnHandle, client: ConnHandle) -> bool {
@@ -1123,6 +1242,14 @@ impl Relay {
 
     /// One service message from an open server connection of `hub`.
     fn server_message(&mut self, now: Instant, conn: ConnHandle, hub: HubId, msg: ServiceMessage) {
+        if let Some(app) = self.servers.get(conn).and_then(|s| match &s.aspnet {
+            Some(AspNetRole::App(app)) => Some(app.clone()),
+            _ => None,
+        }) {
+            if self.aspnet_app_message(now, conn, hub, &app, &msg) {
+                return;
+            }
+        }
         if let Some((command, ack)) = HubCommand::from_service(&msg) {
             return self.apply(now, Origin::Server { conn, hub, ack }, command);
         }
@@ -1159,7 +1286,10 @@ impl Relay {
                 let Some(client) = self.directory.connection(&m.connection_id) else {
                     return;
                 };
-                if !self.serves(conn, hub, client) && !self.served(conn, client) {
+                if !self.serves(conn, hub, client)
+                    && !self.served(conn, client)
+                    && !self.aspnet_app_reaches(conn, client)
+                {
                     return;
                 }
                 let Entry::Occupied(mut entry) = self.clients.map.entry(client) else {

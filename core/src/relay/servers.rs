@@ -69,6 +69,39 @@ pub(crate) struct ServerConn {
     /// The relay's own hub endpoint for the hub's serverless clients (see `serverless.rs`):
     /// no socket, no app server.
     pub(crate) internal: bool,
+    /// A connection of Azure's classic ASP.NET SDK (`/aspnetserver/`), and which kind.
+    pub(crate) aspnet: Option<AspNetRole>,
+}
+
+/// What a connection of the classic ASP.NET SDK is for (Azure/azure-signalr,
+/// `src/Microsoft.Azure.SignalR.AspNet/ServerConnections/ServiceConnectionManager.cs`: one set
+/// of connections per hub, `hub=<app>_<hub>`, and one for the application, `hub=<app>_<app>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AspNetRole {
+    /// One of a hub's connections: it carries the hub's classic clients, and their app
+    /// writes its broadcasts and user sends on it.
+    Hub,
+    /// The application's connection, for the application (lower case): group joins and
+    /// group sends, and messages for clients that another of its connections carries.
+    App(String),
+}
+
+impl AspNetRole {
+    /// The role of a connection to hub `key`: the application's when the key is
+    /// `<app>_<app>` (the SDK refuses a hub named like its application).
+    pub(crate) fn of(key: &str) -> Self {
+        let half = key.len() / 2;
+        match (
+            key.get(..half),
+            key.get(half..half + 1),
+            key.get(half + 1..),
+        ) {
+            (Some(a), Some("_"), Some(b)) if key.len() % 2 == 1 && a == b && !a.is_empty() => {
+                Self::App(a.to_owned())
+            }
+            _ => Self::Hub,
+        }
+    }
 }
 
 impl ServerConn {
@@ -90,6 +123,7 @@ impl ServerConn {
             last_received: now,
             timers: ServerTimers::default(),
             internal: false,
+            aspnet: None,
         }
     }
 
@@ -224,10 +258,12 @@ impl Servers {
         conn: ConnHandle,
         hub: HubId,
         server_id: String,
+        aspnet: Option<AspNetRole>,
         config: &RelayConfig,
         queue: &mut TimerQueue,
     ) {
         let mut server = ServerConn::new(hub, server_id, config.max_server_message_size, now);
+        server.aspnet = aspnet;
         queue
             .of(conn, &mut server.timers, now)
             .set(TimerKind::ServerHandshake, now + config.handshake_timeout);

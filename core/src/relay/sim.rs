@@ -445,7 +445,13 @@ impl Sim {
         );
         req.headers
             .push(("X-ASRS-Server-Id".into(), server_id.into()));
-        let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
+        self.accept_server_request(&req)
+    }
+
+    /// An app server's WebSocket request (on `/server/` or `/aspnetserver/`), accepted: its
+    /// handle, or `None` when the relay refuses it.
+    pub fn accept_server_request(&mut self, req: &HttpRequest) -> Option<ConnHandle> {
+        let RequestOutcome::AcceptWebSocket(h) = self.handle(req) else {
             return None;
         };
         self.server_decoders.insert(h, ServiceDecoder::default());

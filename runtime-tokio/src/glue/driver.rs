@@ -1337,7 +1337,8 @@ where
         .get(SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()));
     let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
-    let server_connection = request.path.starts_with("/server");
+    let server_connection =
+        request.path.starts_with("/server") || request.path.starts_with("/aspnetserver");
     let operator_endpoint = matches!(
         request.path.as_str(),
         "/" | "/metrics" | signalr_relay_core::relay::STATUS_PATH

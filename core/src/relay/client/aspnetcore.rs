@@ -173,6 +173,7 @@ impl AspNetCore {
             protocol,
             handshake,
             headers: None,
+            query: None,
             transport: self.transport.kind().unwrap_or(TransportKind::WebSockets),
             then: Then::Frames { rest, stateful },
         }))

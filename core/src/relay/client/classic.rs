@@ -33,7 +33,7 @@ use crate::aspnetcore::{
 };
 use crate::classic::{
     ClientMessage, ErrorResponse, HubProgress, HubResult, Limits, NegotiateReply,
-    NegotiateResponse, PersistentResponse, RawJson, RequestKind, RequestParams,
+    NegotiateResponse, PersistentResponse, RawJson, ReceiveMessage, RequestKind, RequestParams,
     ServerHubInvocation, ServerHubMessage, Transport as ClassicTransport, KEEP_ALIVE,
     PING_RESPONSE, START_RESPONSE,
 };
@@ -74,6 +74,10 @@ pub(crate) struct Classic {
     sends: BTreeMap<String, RequestId>,
     /// The app server's handshake response has not come yet.
     handshake_pending: bool,
+    /// The app server is the classic ASP.NET SDK's: it speaks the classic protocol itself,
+    /// so the client's frames pass through as they are, and what it writes comes as the
+    /// SDK's wrapped frames (see [`unwrap_sdk_frames`]).
+    passthrough: bool,
     /// When the next keep-alive is due on a WebSocket or event stream (the `KeepAlive` timer
     /// is armed for it, lazily).
     next_keep_alive: Instant,
@@ -272,8 +276,15 @@ impl Classic {
             last_id: 0,
             sends: BTreeMap::new(),
             handshake_pending: true,
+            passthrough: false,
             next_keep_alive: now,
         }
+    }
+
+    /// Mapped to a classic ASP.NET SDK connection: no handshake, frames as they are.
+    pub(crate) fn pass_through(&mut self) {
+        self.passthrough = true;
+        self.handshake_pending = false;
     }
 
     fn cursor(&self) -> String {
@@ -323,6 +334,11 @@ impl Classic {
     ) -> Handled {
         let outcome = match kind {
             RequestKind::Connect | RequestKind::Reconnect => {
+                if let (RequestKind::Reconnect, true, Some(up)) = (kind, self.passthrough, up) {
+                    // The SDK's signal for the hub's OnReconnected (ServiceConnection.cs,
+                    // `ReconnectMessage`).
+                    cx.out.forward(up, SDK_RECONNECT);
+                }
                 return self.receive(cx, kind, params, req, up.is_some());
             }
             RequestKind::Poll => self.poll(cx, message_id(params)),
@@ -379,6 +395,10 @@ impl Classic {
                         protocol: HubProtocol::Json,
                         handshake,
                         headers: Some(headers),
+                        // The connect request's query, as Azure forwards it: the classic SDK
+                        // needs its `connectionToken` and `connectionData`
+                        // (ClientConnectionManager.cs).
+                        query: Some(crate::relay::forwarded::query(&req.query)),
                         transport: Self::transport_kind(attach),
                         then: Then::Classic(attach),
                     }),
@@ -549,6 +569,13 @@ impl Classic {
                 None => Err(error),
             };
         }
+        if self.passthrough {
+            // The classic SDK reads the client's frame itself (HubRequestParser).
+            out.forward(up, data);
+            return Ok(invocation
+                .id
+                .map_or(Incoming::Forwarded, Incoming::AwaitsResult));
+        }
         // Always there, `{}` when the client sent none: the app server also learns from it
         // that the caller is a classic client (it may send an error's data, `D`).
         let mut headers = Headers::new();
@@ -580,6 +607,27 @@ impl Classic {
         data: &Bytes,
         up: Upstream<'_>,
     ) -> Result<(), Ending> {
+        if self.passthrough && data.first() != Some(&b'{') {
+            for inner in unwrap_sdk_frames(data) {
+                match ReceiveMessage::decode(&inner) {
+                    Ok(ReceiveMessage::Persistent(response)) => {
+                        for message in response.messages {
+                            self.push(cx, message);
+                        }
+                    }
+                    Ok(ReceiveMessage::HubResult(result)) => {
+                        let id = result.id.clone();
+                        self.result(cx, &id, result);
+                    }
+                    Ok(ReceiveMessage::Progress(progress)) => {
+                        self.push(cx, ServerHubMessage::Progress(progress).to_raw());
+                    }
+                    // Keep-alives are the relay's to send; what does not parse is dropped.
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
         for frame in data.split(|&b| b == crate::framing::RECORD_SEPARATOR) {
             if frame.is_empty() {
                 continue;
@@ -661,6 +709,17 @@ impl Classic {
     /// made only of invocations without id, as it names its hub; `None` for any other
     /// payload, which [`emit`](Self::emit) takes frame by frame.
     pub(crate) fn pushes(&self, data: &Bytes) -> Option<Vec<RawJson>> {
+        if data.first() != Some(&b'{') {
+            // The classic SDK's wrapped frames, of persistent responses only.
+            let mut pushes = Vec::new();
+            for inner in unwrap_sdk_frames(data) {
+                match ReceiveMessage::decode(&inner) {
+                    Ok(ReceiveMessage::Persistent(r)) => pushes.extend(r.messages),
+                    _ => return None,
+                }
+            }
+            return Some(pushes);
+        }
         data.split(|&b| b == crate::framing::RECORD_SEPARATOR)
             .filter(|frame| !frame.is_empty())
             .map(|frame| match HubProtocol::Json.parse_message(frame) {
@@ -822,6 +881,29 @@ impl Classic {
             }
         }
     }
+}
+
+/// What the classic SDK sends for the hub's OnReconnected when a client reconnects
+/// (Azure/azure-signalr, `src/Microsoft.Azure.SignalR.AspNet/ServerConnections/ServiceConnection.cs`).
+const SDK_RECONNECT: &[u8] = b"asrs:reconnect";
+
+/// The classic JSON texts in what the classic SDK writes for clients: each is a whole
+/// service-protocol ConnectionData message with an empty connection id, length-prefixed, whose
+/// payload is the JSON (`SignalRMessageParser.cs` and `AzureTransport.cs` in
+/// Azure/azure-signalr `src/Microsoft.Azure.SignalR.AspNet/HubHost` and `Transports`).
+/// Anything else in `data` is skipped.
+pub(crate) fn unwrap_sdk_frames(data: &[u8]) -> Vec<Bytes> {
+    let mut frames = crate::framing::BinaryFrameDecoder::new(data.len());
+    frames.push(data);
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = frames.next_frame() {
+        if let Ok(crate::service::ServiceMessage::ConnectionData(d)) =
+            crate::service::ServiceMessage::parse(&frame)
+        {
+            out.push(d.payload);
+        }
+    }
+    out
 }
 
 /// An invocation without id, as a classic client's push (`{"H":…,"M":…,"A":[…]}`).

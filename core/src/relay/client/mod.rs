@@ -8,7 +8,7 @@
 //! with the [`Ending`] the client earned.
 
 mod aspnetcore;
-mod classic;
+pub(crate) mod classic;
 mod stateful;
 mod transport;
 
@@ -211,6 +211,8 @@ pub(crate) struct Opening {
     pub(crate) handshake: Vec<u8>,
     /// The request headers the app server gets, when they come with the opening.
     pub(crate) headers: Option<Vec<(String, Vec<String>)>>,
+    /// The query the app server gets, when it comes with the opening.
+    pub(crate) query: Option<String>,
     /// What carries the client.
     pub(crate) transport: TransportKind,
     pub(crate) then: Then,
@@ -528,16 +530,28 @@ impl Client {
 
     /// Maps the client to `server`: OpenConnection with what the app server is told once,
     /// then the handshake as the client's first data, in one message.
+    ///
+    /// `classic_sdk`: the server connection is the classic ASP.NET SDK's, which speaks the
+    /// classic protocol itself. A classic client's frames then pass through as they are, and
+    /// no ASP.NET Core handshake is sent.
     pub(crate) fn open(
         &mut self,
         now: Instant,
-        (server, migrates): (ConnHandle, bool),
+        (server, migrates, classic_sdk): (ConnHandle, bool, bool),
         opening: &mut Opening,
         config: &RelayConfig,
         out: &mut Outputs,
         queue: &mut TimerQueue,
     ) {
         let intro = self.intro.take().map(|i| *i).unwrap_or_default();
+        let passthrough = match &mut self.dialect {
+            Dialect::Classic(c) if classic_sdk => {
+                c.pass_through();
+                opening.handshake.clear();
+                true
+            }
+            _ => false,
+        };
         let mut headers = opening.headers.take().unwrap_or(intro.headers);
         if self.policy.as_ref().is_some_and(|p| p.diagnostic) {
             // As Azure marks a client whose token says `asrs.s.dc`.
@@ -551,7 +565,7 @@ impl Client {
             connection_id: self.connection_id.clone(),
             claims: intro.claims,
             headers,
-            query_string: intro.query,
+            query_string: opening.query.take().unwrap_or(intro.query),
             ext: service::Ext {
                 protocol: Some(protocol.name().to_owned()),
                 ..service::Ext::default()
@@ -565,14 +579,21 @@ impl Client {
         // next one would not have. What is kept to tell the next app server is bounded; a
         // client with a larger introduction stays where it is.
         let keep = migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && size <= MAX_REPLAY;
+        let outbound = if passthrough {
+            // What the SDK writes for a client: whole service-protocol ConnectionData frames
+            // (length-prefixed), each holding classic JSON; no handshake response.
+            Reframer::new(true, config.max_server_message_size).after_handshake()
+        } else {
+            Reframer::new(
+                protocol.transfer_format() == TransferFormat::Binary,
+                config.max_server_message_size,
+            )
+        };
         self.link = Some(Link {
             server,
             protocol,
             transport: opening.transport,
-            outbound: Reframer::new(
-                protocol.transfer_format() == TransferFormat::Binary,
-                config.max_server_message_size,
-            ),
+            outbound,
             pending: VecDeque::new(),
             migration: keep.then(|| {
                 Box::new(Replay {
@@ -923,6 +944,8 @@ impl<'a> Prepared<'a> {
 fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     let _ = service::ServiceMessage::OpenConnection(open.clone()).write(&mut data);
-    let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
+    if !handshake.is_empty() {
+        let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
+    }
     data
 }

@@ -1,6 +1,7 @@
 //! Deterministic tests of the relay on a virtual clock ([`Sim`]): no sockets, no sleeping.
 //! One file per seam; the helpers here are shared.
 
+mod aspnet;
 mod classic;
 mod cluster;
 mod events;

@@ -1,0 +1,333 @@
+//! Classic ASP.NET app servers on Azure's SDK (`Microsoft.Azure.SignalR.AspNet`): their
+//! connections at `/aspnetserver/`, one set per hub and one for the application, and classic
+//! clients passed through to them. The byte strings are the SDK's frames, written from its
+//! layouts (Azure/azure-signalr `src/Microsoft.Azure.SignalR.Protocols/ServiceProtocol.cs`,
+//! `src/Microsoft.Azure.SignalR.AspNet/HubHost/SignalRMessageParser.cs`) and checked here
+//! against this crate's codec.
+
+use super::*;
+
+const APP: &str = "AzureSignalRTest";
+const HUB_KEY: &str = "azuresignalrtest_chat";
+const APP_KEY: &str = "azuresignalrtest_azuresignalrtest";
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A connection of the SDK to `key`, past its handshake: `[1, 1, 0, "", 0, {}]`, as the
+/// SDK writes it (ServiceConnectionBase.cs).
+fn aspnet_server(sim: &mut Sim, key: &str) -> ConnHandle {
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims
+        .aud
+        .push(format!("http://localhost/aspnetserver/?hub={key}"));
+    claims.nameid = Some("web1_0123".into());
+    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
+    let mut req = request(
+        "GET",
+        "/aspnetserver/",
+        &format!("hub={key}&cid=1"),
+        Some(&bearer),
+        true,
+    );
+    req.headers
+        .push(("X-ASRS-Server-Id".into(), "web1_0123".into()));
+    let h = sim.accept_server_request(&req).expect("refused");
+    sim.data(h, &hex("0796010100a00080"));
+    assert!(
+        matches!(&sim.to_server[&h][0], ServiceMessage::HandshakeResponse(r) if r.error_message.is_empty()),
+        "{:?}",
+        sim.to_server[&h]
+    );
+    h
+}
+
+/// The SDK's client token (NegotiateMiddleware.cs): audience `/aspnetclient`, no hub, the
+/// application's name as configured, the user.
+fn sdk_client_token(user: &str) -> String {
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims.aud.push("http://localhost/aspnetclient".into());
+    claims.insert("asrs.s.apn", APP);
+    claims.insert("asrs.s.vn", "1.25.1.0");
+    claims.insert("asrs.s.uid", user);
+    sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
+}
+
+/// A classic client on WebSockets for hub `Chat` with an SDK token: its handle and id.
+fn sdk_client(sim: &mut Sim, user: &str) -> (ConnHandle, String) {
+    let token = sdk_client_token(user);
+    let data = "connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D";
+    let mut negotiate = request(
+        "GET",
+        "/aspnetclient/negotiate",
+        &format!("clientProtocol=2.1&{data}"),
+        Some(&token),
+        false,
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
+    let connection_token = body["ConnectionToken"].as_str().expect("negotiated");
+    negotiate.path = "/aspnetclient/connect".into();
+    negotiate.websocket = true;
+    negotiate.query = format!(
+        "transport=webSockets&clientProtocol=2.1&connectionToken={}&{data}&tid=3",
+        form_urlencoded::byte_serialize(connection_token.as_bytes()).collect::<String>()
+    );
+    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&negotiate) else {
+        panic!("not connected")
+    };
+    (c, body["ConnectionId"].as_str().unwrap().to_owned())
+}
+
+/// The payload the SDK writes for a client: ConnectionData with an empty id, length-prefixed,
+/// holding `inner`.
+fn wrapped(inner: &str) -> Bytes {
+    let mut out = Vec::new();
+    service::write_connection_data("", inner.as_bytes(), &mut out).unwrap();
+    Bytes::from(out)
+}
+
+#[test]
+fn the_sdks_frames_are_read_and_written_as_the_sdk_does() {
+    // Golden frames of the SDK's messages on this path, encoded by this crate's codec.
+    let frame = |m: &ServiceMessage| {
+        let mut out = Vec::new();
+        m.write(&mut out).unwrap();
+        out
+    };
+    let join = ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+        connection_id: "conn1".into(),
+        group: Some("hg-chat.group1".into()),
+        ack_id: 1,
+        ext: service::Ext::default(),
+    });
+    assert_eq!(
+        frame(&join),
+        hex("199512a5636f6e6e31ae68672d636861742e67726f7570310180")
+    );
+    assert_eq!(
+        ServiceMessage::parse(&Bytes::from(
+            hex("199513a5636f6e6e31ae68672d636861742e67726f7570310280")[1..].to_vec()
+        ))
+        .unwrap(),
+        ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: "conn1".into(),
+            group: Some("hg-chat.group1".into()),
+            ack_id: 2,
+            ext: service::Ext::default(),
+        })
+    );
+    let ok = ServiceMessage::Ack(service::Ack {
+        ack_id: 1,
+        status: service::AckStatus::Ok,
+        message: String::new(),
+        ext: service::Ext::default(),
+        payload: None,
+    });
+    // The SDK writes an Ack in five elements; this crate writes the current six (a nil
+    // payload last), which the SDK's reader takes (it reads what it knows of the array).
+    assert_eq!(
+        ServiceMessage::parse(&Bytes::from(hex("0695140101a080")[1..].to_vec())).unwrap(),
+        ok
+    );
+    assert_eq!(frame(&ok), hex("0796140101a080c0"));
+    // The SDK's wrapped payload of `{"C":"0","M":["hello"]}`, and of a hub result.
+    assert_eq!(
+        &wrapped("{\"C\":\"0\",\"M\":[\"hello\"]}")[..],
+        &hex("1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d80")[..]
+    );
+    assert_eq!(
+        &wrapped("{\"I\":\"1\"}")[..],
+        &hex("0f9406a0c4097b2249223a2231227d80")[..]
+    );
+    let unwrapped = crate::relay::client::classic::unwrap_sdk_frames(&hex(
+        "1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d800f9406a0c4097b2249223a2231227d80",
+    ));
+    assert_eq!(
+        unwrapped,
+        [
+            Bytes::from_static(b"{\"C\":\"0\",\"M\":[\"hello\"]}"),
+            Bytes::from_static(b"{\"I\":\"1\"}")
+        ]
+    );
+}
+
+#[test]
+fn a_classic_client_passes_through_to_an_aspnet_app_server() {
+    let mut sim = sim();
+    let hub = aspnet_server(&mut sim, HUB_KEY);
+    let app = aspnet_server(&mut sim, APP_KEY);
+    let (c, id) = sdk_client(&mut sim, "user1");
+    assert_eq!(sim.client_text(c), "{\"C\":\"0\",\"S\":1,\"M\":[]}");
+    // OpenConnection on the hub's connection, with the connect request's query (the SDK
+    // needs its connectionToken and connectionData), and no ASP.NET Core handshake after it.
+    let open: Vec<_> = sim.to_server[&hub]
+        .iter()
+        .filter_map(|m| match m {
+            ServiceMessage::OpenConnection(o) => Some(o.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].connection_id, id);
+    assert!(open[0]
+        .query_string
+        .starts_with("?transport=webSockets&clientProtocol=2.1&connectionToken="));
+    assert!(open[0]
+        .query_string
+        .contains("connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D"));
+    assert!(!open[0].query_string.contains("access_token"));
+    assert!(!sim.to_server[&hub]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::ConnectionData(_))));
+    // The client's frame reaches the app as the client wrote it (HubRequestParser reads it).
+    let invocation = "{\"H\":\"Chat\",\"M\":\"JoinGroup\",\"A\":[\"user1\",\"group1\"],\"I\":1}";
+    sim.data(c, invocation.as_bytes());
+    assert!(matches!(
+        sim.to_server[&hub].last(),
+        Some(ServiceMessage::ConnectionData(d)) if d.connection_id == id && d.payload == invocation.as_bytes()
+    ));
+    // The join, on the application's connection, named as classic SignalR names groups.
+    sim.send_service(
+        app,
+        &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: id.clone(),
+            group: Some("hg-Chat.group1".into()),
+            ack_id: 7,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(matches!(
+        sim.to_server[&app].last(),
+        Some(ServiceMessage::Ack(a)) if a.ack_id == 7 && a.status == service::AckStatus::Ok
+    ));
+    // Inside the hub the group is the plain name, as the REST API names it.
+    let hub_id = sim.relay().directory.find(HUB_KEY).unwrap();
+    assert!(sim.relay().directory.group_exists(hub_id, "group1"));
+    // A group send on the application's connection reaches the member, in `M`.
+    let echo = "{\"C\":\"0\",\"M\":[{\"H\":\"Chat\",\"M\":\"echo\",\"A\":[\"joined\"]}]}";
+    sim.send_service(
+        app,
+        &ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+            group: "hg-Chat.group1".into(),
+            payloads: service::Payloads(vec![("json".into(), wrapped(echo))]),
+            ..service::GroupBroadcastData::default()
+        }),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"1\",\"M\":[{\"H\":\"Chat\",\"M\":\"echo\",\"A\":[\"joined\"]}]}"));
+    // The hub result, on the client's own connection: top-level, as the SDK wrote it.
+    sim.send_service(
+        hub,
+        &ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: id.clone(),
+            payload: wrapped("{\"R\":42,\"I\":\"1\"}"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(sim.client_text(c).ends_with("{\"I\":\"1\",\"R\":42}"));
+    // A message for the client written on the application's connection (a `hc-` key).
+    sim.send_service(
+        app,
+        &ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: id.clone(),
+            payload: Bytes::from(hex(
+                "1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d80",
+            )),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"2\",\"M\":[\"hello\"]}"));
+    // A broadcast and a user send on the hub's connection: the SDK's exact frames.
+    sim.data(
+        hub,
+        &hex("2a940a9081a46a736f6ec41e1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d8080"),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"3\",\"M\":[\"hello\"]}"));
+    sim.data(
+        hub,
+        &hex("2f9408a5757365723181a46a736f6ec41e1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d8080"),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"4\",\"M\":[\"hello\"]}"));
+    // Another app server's application connection reaches no client of this one.
+    let before = sim.client_text(c).len();
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims
+        .aud
+        .push(format!("http://localhost/aspnetserver/?hub={APP_KEY}"));
+    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
+    let mut req = request(
+        "GET",
+        "/aspnetserver/",
+        &format!("hub={APP_KEY}"),
+        Some(&bearer),
+        true,
+    );
+    req.headers.push(("X-ASRS-Server-Id".into(), "web2".into()));
+    let other = sim.accept_server_request(&req).expect("refused");
+    sim.data(other, &hex("0796010100a00080"));
+    sim.send_service(
+        other,
+        &ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: id.clone(),
+            payload: wrapped("{\"C\":\"0\",\"M\":[\"not yours\"]}"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(sim.client_text(c).len(), before);
+    // The leave; the group is gone, and its sends reach nobody.
+    sim.send_service(
+        app,
+        &ServiceMessage::LeaveGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: id.clone(),
+            group: Some("hg-Chat.group1".into()),
+            ack_id: 8,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(!sim.relay().directory.group_exists(hub_id, "group1"));
+    // Its socket drops and it reconnects: the app hears the SDK's reconnect signal, for the
+    // hub's OnReconnected.
+    sim.closed_by_peer(c);
+    let mut reconnect = request(
+        "GET",
+        "/aspnetclient/reconnect",
+        &open[0]
+            .query_string
+            .trim_start_matches('?')
+            .replace("tid=3", "messageId=4"),
+        Some(&sdk_client_token("user1")),
+        true,
+    );
+    reconnect.websocket = true;
+    let RequestOutcome::AcceptWebSocket(back) = sim.handle(&reconnect) else {
+        panic!("no reconnect")
+    };
+    assert_eq!(back, c);
+    assert!(matches!(
+        sim.to_server[&hub].last(),
+        Some(ServiceMessage::ConnectionData(d)) if d.payload == "asrs:reconnect".as_bytes()
+    ));
+    // It goes for good: after the disconnect timeout the app hears CloseConnection.
+    sim.closed_by_peer(c);
+    for _ in 0..7 {
+        // The SDK's keep-alive, `[3]`, keeps its connection (ServiceConnectionBase.cs).
+        sim.data(hub, &hex("029103"));
+        sim.advance(Duration::from_secs(5));
+    }
+    assert!(!sim.is_open(c));
+    assert!(sim.to_server[&hub]
+        .iter()
+        .any(|m| matches!(m, ServiceMessage::CloseConnection(m) if m.connection_id == id)));
+}
