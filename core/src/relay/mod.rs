@@ -762,7 +762,7 @@ impl Relay {
         self.directory.add_server(hub, conn);
         let (config, timers) = (&self.config, &mut self.timers);
         self.servers
-            .accept(now, conn, hub, server_id, aspnet, config, timers);
+            .accept(now, conn, hub, (server_id, aspnet), config, timers);
         Ok(RequestOutcome::AcceptWebSocket(conn))
     }
 
@@ -1081,8 +1081,8 @@ impl Relay {
         let hub_of = |i: usize| format!("{app}_{}", rest[..i].to_lowercase());
         let dots = || rest.match_indices('.').map(|(i, _)| i);
         let known = dots()
-            .filter(|&i| self.directory.find(&hub_of(i)).is_some())
-            .last();
+            .rev()
+            .find(|&i| self.directory.find(&hub_of(i)).is_some());
         let i = known.or_else(|| dots().next())?;
         Some((hub_of(i), &rest[i + 1..]))
     }

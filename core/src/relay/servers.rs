@@ -257,8 +257,7 @@ impl Servers {
         now: Instant,
         conn: ConnHandle,
         hub: HubId,
-        server_id: String,
-        aspnet: Option<AspNetRole>,
+        (server_id, aspnet): (String, Option<AspNetRole>),
         config: &RelayConfig,
         queue: &mut TimerQueue,
     ) {
