@@ -311,9 +311,16 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
     match script.byte() % 12 {
         // An app server connects; most say hello.
         0 => {
-            // Refused once the harness's tokens expire on the virtual clock.
-            let Some(server) = sim.try_accept_server(hub, ["app-1", "app-2"][script.below(2)])
-            else {
+            // Refused once the harness's tokens expire on the virtual clock. Some are the
+            // classic ASP.NET SDK's: a hub's (its classic clients pass through) or the
+            // application's (`<app>_<app>`).
+            let server_id = ["app-1", "app-2"][script.below(2)];
+            let accepted = match script.byte() % 8 {
+                0 => sim.try_accept_server_at("/aspnetserver/", hub, server_id),
+                1 => sim.try_accept_server_at("/aspnetserver/", &format!("{hub}_{hub}"), server_id),
+                _ => sim.try_accept_server(hub, server_id),
+            };
+            let Some(server) = accepted else {
                 return;
             };
             if !script.byte().is_multiple_of(8) {
@@ -469,6 +476,7 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 "/client/negotiate",
                 "/client/",
                 "/server/",
+                "/aspnetserver/",
                 "/aspnetclient/poll",
                 "/health",
                 "/x",

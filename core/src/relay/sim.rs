@@ -436,11 +436,22 @@ impl Sim {
     /// hour: its handle, or `None` when the relay refuses it (the token has expired on the
     /// virtual clock).
     pub fn try_accept_server(&mut self, hub: &str, server_id: &str) -> Option<ConnHandle> {
+        self.try_accept_server_at("/server/", hub, server_id)
+    }
+
+    /// As [`try_accept_server`](Self::try_accept_server), at `path`: `/server/`, or
+    /// `/aspnetserver/` for a connection of the classic ASP.NET SDK.
+    pub fn try_accept_server_at(
+        &mut self,
+        path: &'static str,
+        hub: &str,
+        server_id: &str,
+    ) -> Option<ConnHandle> {
         let mut req = request(
             "GET",
-            "/server/",
+            path,
             &format!("hub={hub}"),
-            Some(&token("/server/", hub, Some(server_id), 3600, KEY)),
+            Some(&token(path, hub, Some(server_id), 3600, KEY)),
             true,
         );
         req.headers
