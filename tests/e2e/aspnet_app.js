@@ -239,6 +239,7 @@ class Slot {
     ws.on('message', (data) => {
       if (ws !== this.ws) return;
       this.lastReceived = Date.now();
+      this.lastHeard = this.lastReceived; // only ever set by an inbound frame (for the tests)
       // A keep-alive ping only when something came in (ServiceConnectionBase.cs:527-530,617-643).
       if (this.connected && Date.now() - this.lastPing > KEEP_ALIVE_MS) {
         this.lastPing = Date.now();
@@ -400,12 +401,16 @@ class Container {
 }
 
 class AspNetApp {
-  constructor({ relayAddr, key, app, hubs, connectionsPerHub, reconnectDelayMs }) {
+  constructor({ relayAddr, clientEndpoint, key, app, hubs, connectionsPerHub, reconnectDelayMs }) {
     // ASPNET/ServerConnections/ServiceConnectionManager.cs:35-38 (ordinal, case-sensitive).
     if (hubs.includes(app)) throw new Error('App name should not be the same as hub name.');
     if (!app) throw new Error('applicationName is required'); // ASPNET/OwinExtensions.cs:181-184
     this.relayAddr = relayAddr;
     this.relayHost = relayAddr.replace(/:\d+$/, '');
+    // Where clients are sent: the connection string's ClientEndpoint, else its Endpoint
+    // (ServiceEndpointProvider.cs:46; COMMON/Endpoints/ServiceEndpoint.cs:45-52). Token audiences
+    // always come from the Endpoint, without the port.
+    this.clientEndpoint = clientEndpoint || `http://${relayAddr}/`;
     this.key = key;
     this.appName = app;
     this.hubNames = hubs;
@@ -826,7 +831,7 @@ class AspNetApp {
     // timestamp's 8 bytes.
     const stamp = Buffer.alloc(8);
     stamp.writeBigUInt64LE(process.hrtime.bigint());
-    const redirect = redirectUrl(`http://${this.relayAddr}/`, localPath, query, stamp.toString('base64'));
+    const redirect = redirectUrl(this.clientEndpoint, localPath, query, stamp.toString('base64'));
     if (param('callback')) { end(400, 'JSONP is no longer supported.'); return; }
     // The client token (NegotiateMiddleware.cs:222-236; ServiceEndpointProvider.cs:55-60):
     // audience without port, the app name as configured, the SDK version, the user id if any.
@@ -912,7 +917,9 @@ function stateChanges(initial, current) {
 }
 
 /// Starts the raw classic app: its server connections to the relay at `relayAddr` (signed with
-/// `key`) and its negotiate endpoint. Resolves once every server connection is handshaken.
+/// `key`) and its negotiate endpoint, which sends clients to `clientEndpoint` (a base URL ending
+/// in '/', like the connection string's ClientEndpoint; default the relay). Resolves once every
+/// server connection is handshaken.
 ///
 /// Returns the app with:
 ///   addr                 its HTTP address (`host:port`); the classic clients' URL is `http://${addr}/signalr`
@@ -926,8 +933,8 @@ function stateChanges(initial, current) {
 ///   events               { event: connected|reconnected|disconnected, id, why }
 ///   closes, refused, ignored, acks, sentLog, log()   what went over the wire, and the app's log
 ///   ready()              resolves when every socket is handshaken again
-async function startAspNetApp({ relayAddr, key, app = 'AzureSignalRTest', hubs = ['Chat'], connectionsPerHub = 2, reconnectDelayMs = 200 }) {
-  const a = new AspNetApp({ relayAddr, key, app, hubs, connectionsPerHub, reconnectDelayMs });
+async function startAspNetApp({ relayAddr, clientEndpoint, key, app = 'AzureSignalRTest', hubs = ['Chat'], connectionsPerHub = 2, reconnectDelayMs = 200 }) {
+  const a = new AspNetApp({ relayAddr, clientEndpoint, key, app, hubs, connectionsPerHub, reconnectDelayMs });
   a.server = http.createServer((req, res) => {
     try {
       a.handle(req, res);

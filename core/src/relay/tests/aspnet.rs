@@ -260,6 +260,17 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
     assert!(sim
         .client_text(c)
         .ends_with("{\"C\":\"4\",\"M\":[\"hello\"]}"));
+    // The REST API reaches the classic client in the hub's plain group, translated to a push.
+    let path = format!("/api/v1/hubs/{HUB_KEY}/groups/group1");
+    let mut claims = Claims::issued_at(T0, 3600);
+    claims.aud.push(format!("http://localhost{path}"));
+    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
+    let mut rest = request("POST", &path, "", Some(&bearer), false);
+    rest.body = Bytes::from_static(b"{\"target\":\"fromRest\",\"arguments\":[1]}");
+    assert_eq!(respond(sim.handle(&rest)).status, 202);
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"5\",\"M\":[{\"H\":\"Chat\",\"M\":\"fromRest\",\"A\":[1]}]}"));
     // Another app server's application connection reaches no client of this one.
     let before = sim.client_text(c).len();
     let mut claims = Claims::issued_at(T0, 3600);
@@ -306,7 +317,7 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
         &open[0]
             .query_string
             .trim_start_matches('?')
-            .replace("tid=3", "messageId=4"),
+            .replace("tid=3", "messageId=5"),
         Some(&sdk_client_token("user1")),
         true,
     );
