@@ -13,18 +13,16 @@
 const { test, before, after, describe } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
-const net = require('node:net');
 const path = require('node:path');
 const WebSocket = require('ws');
-const { SUFFIX, Browser, startProcess, jwt, sleep, until } = require('./harness');
+const { SUFFIX, CLASSIC_FILES, Browser, startProcess, startProxy, jwt, sleep, until } = require('./harness');
 const { frame, frames } = require('./service_wire');
 const { startAspNetApp, redirectUrl, wrap, persistentResponse, clientInvocation, hubResponse } = require('./aspnet_app');
 
 const TRANSPORTS = ['webSockets', 'serverSentEvents', 'longPolling'];
 const FILES = {
   '/aspnet.html': path.join(__dirname, 'browser/aspnet.html'),
-  '/jquery.min.js': require.resolve('jquery/dist/jquery.min.js'),
-  '/jquery.signalR.js': require.resolve('signalr/jquery.signalR.js'),
+  ...CLASSIC_FILES,
 };
 const APP = 'AzureSignalRTest';
 const HUB = 'Chat';
@@ -156,25 +154,6 @@ async function pageFlag({ page }, flag, timeout = 30000, diagnostics = () => '')
 
 const tail = (text, n = 40) => text.split('\n').slice(-n).join('\n');
 
-/// A TCP proxy in front of the relay for the browser's connections, whose sockets a test can cut
-/// (as the harness's, which it does not export).
-function clientProxy(targetPort) {
-  const pairs = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, '127.0.0.1');
-    const pair = { client, upstream };
-    pairs.add(pair);
-    client.pipe(upstream);
-    upstream.pipe(client);
-    const close = () => { client.destroy(); upstream.destroy(); pairs.delete(pair); };
-    for (const s of [client, upstream]) { s.on('error', close); s.on('close', close); }
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
-    port: server.address().port,
-    cutAll: () => { let n = 0; for (const p of [...pairs]) { p.client.destroy(); p.upstream.destroy(); n += 1; } return n; },
-    close: () => { for (const p of pairs) { p.client.destroy(); p.upstream.destroy(); } server.close(); },
-  })));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Against the relay.
@@ -444,7 +423,7 @@ describe('a classic client of the raw SDK app whose own sockets are cut', () => 
     const relayAddr = await relay.ready;
     // Clients reach the relay through the proxy (the connection string's ClientEndpoint); the
     // app's server connections go straight to it.
-    proxy = await clientProxy(Number(relayAddr.split(':')[1]));
+    proxy = await startProxy(Number(relayAddr.split(':')[1]));
     app = await startAspNetApp({ relayAddr, clientEndpoint: `http://127.0.0.1:${proxy.port}/`, key, app: APP, hubs: [HUB] });
     browser = await Browser.start(FILES);
   });

@@ -5,13 +5,12 @@
 const { test, before, after, describe } = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { Stack, Browser, collect, sleep } = require('./harness');
+const { CLASSIC_FILES, Stack, Browser, collect, sleep } = require('./harness');
 
 const CLASSIC_TRANSPORTS = ['webSockets', 'serverSentEvents', 'longPolling'];
 const FILES = {
   '/classic.html': path.join(__dirname, 'browser/classic.html'),
-  '/jquery.min.js': require.resolve('jquery/dist/jquery.min.js'),
-  '/jquery.signalR.js': require.resolve('signalr/jquery.signalR.js'),
+  ...CLASSIC_FILES,
 };
 
 let browser;

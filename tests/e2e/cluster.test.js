@@ -9,7 +9,7 @@ const crypto = require('node:crypto');
 const WebSocket = require('ws');
 const { encode } = require('@msgpack/msgpack');
 const { frame, frames } = require('./service_wire');
-const { SUFFIX, Browser, startProcess, startClient, jwt, next, collect, sleep, signalR } = require('./harness');
+const { SUFFIX, CLASSIC_FILES, Browser, startProcess, startClient, jwt, next, collect, sleep, signalR } = require('./harness');
 const { startRedis, startNode, startClusterNginx, metrics, eventually, serves } = require('./cluster');
 const { broadcastAcrossLoss } = require('./relays');
 
@@ -229,8 +229,7 @@ for (const transport of ['webSockets', 'longPolling']) {
     const path = require('node:path');
     const browser = await Browser.start({
       '/classic.html': path.join(__dirname, 'browser/classic.html'),
-      '/jquery.min.js': require.resolve('jquery/dist/jquery.min.js'),
-      '/jquery.signalR.js': require.resolve('signalr/jquery.signalR.js'),
+      ...CLASSIC_FILES,
     });
     try {
       const cs = await spread(`mixed-${transport}`);

@@ -57,6 +57,12 @@ function startProxy(targetPort) {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
     port: server.address().port,
     connections: () => [...sockets],
+    /// Cuts every connection through it; how many there were.
+    cutAll: () => {
+      const all = [...sockets];
+      for (const p of all) { p.client.destroy(); p.upstream.destroy(); }
+      return all.length;
+    },
     close: () => { for (const p of sockets) { p.client.destroy(); p.upstream.destroy(); } server.close(); },
   })));
 }
@@ -320,6 +326,14 @@ const TRANSPORTS = [
 /// Headless Chromium (Debian's package, driven by playwright-core) plus a tiny server for the
 /// test pages, on their own origin so that every page talks to the app and the relay
 /// cross-origin. `files` maps URL paths to files.
+/// What every classic jQuery page needs from `Browser.start`: jQuery, jquery.signalR and the
+/// pages' shared helpers (`browser/page.js`).
+const CLASSIC_FILES = {
+  '/jquery.min.js': require.resolve('jquery/dist/jquery.min.js'),
+  '/jquery.signalR.js': require.resolve('signalr/jquery.signalR.js'),
+  '/page.js': path.join(__dirname, 'browser/page.js'),
+};
+
 class Browser {
   static async start(files) {
     const fs = require('node:fs');
@@ -361,4 +375,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, Stack, Browser, startProcess, startClient, startNginx, runNginx, freePort, jwt, next, collect, sleep, until, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, CLASSIC_FILES, Stack, Browser, startProcess, startProxy, startClient, startNginx, runNginx, freePort, jwt, next, collect, sleep, until, signalR };
