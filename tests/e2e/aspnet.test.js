@@ -15,7 +15,7 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const path = require('node:path');
 const WebSocket = require('ws');
-const { SUFFIX, CLASSIC_FILES, Browser, startProcess, startProxy, jwt, sleep, until } = require('./harness');
+const { SUFFIX, CLASSIC_FILES, Browser, pageVerdict, startProcess, startProxy, jwt, sleep, until } = require('./harness');
 const { frame, frames } = require('./service_wire');
 const { startAspNetApp, redirectUrl, wrap, persistentResponse, clientInvocation, hubResponse } = require('./aspnet_app');
 
@@ -127,23 +127,6 @@ test('golden vectors: the app\'s RedirectUrl is the SDK\'s for each negotiate of
   }
 });
 
-/// Waits for the page's verdict, closes the tab, fails with the page's log (and `diagnostics()`)
-/// unless 'ok'; returns the page's connection ids (`ids`, and `after` for the drop).
-async function pageVerdict({ page, errors }, timeout, diagnostics) {
-  let result;
-  try {
-    await page.waitForFunction(() => window.__result, null, { timeout });
-    result = await page.evaluate(() => window.__result);
-  } catch (e) {
-    result = `no result: ${e.message}`;
-  }
-  const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
-  const ids = await page.evaluate(() => window.__ids || []).catch(() => []);
-  const afterIds = await page.evaluate(() => window.__after || []).catch(() => []);
-  await page.close();
-  assert.equal(result, 'ok', `${result}\n${log}\n${errors.join('\n')}\n${diagnostics()}`);
-  return { ids, after: afterIds };
-}
 
 /// Waits until `flag` is set on the page, or the page gave up with a result.
 async function pageFlag({ page }, flag, timeout = 30000, diagnostics = () => '') {

@@ -5,7 +5,7 @@
 const { test, before, after, describe } = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { CLASSIC_FILES, Stack, Browser, collect, sleep } = require('./harness');
+const { CLASSIC_FILES, Stack, Browser, pageVerdict, collect, sleep } = require('./harness');
 
 const CLASSIC_TRANSPORTS = ['webSockets', 'serverSentEvents', 'longPolling'];
 const FILES = {
@@ -23,18 +23,7 @@ function open(stack, transport, mode) {
 }
 
 /// Waits for the page's verdict, closes the tab and fails the test with the page's log unless 'ok'.
-async function verdict({ page, errors }, timeout) {
-  let result;
-  try {
-    await page.waitForFunction(() => window.__result, null, { timeout });
-    result = await page.evaluate(() => window.__result);
-  } catch (e) {
-    result = `no result: ${e.message}`;
-  }
-  const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
-  await page.close();
-  assert.equal(result, 'ok', `${result}\n${log}\n${errors.join('\n')}`);
-}
+const verdict = (tab, timeout) => pageVerdict(tab, timeout);
 
 /// Waits until `flag` is set on the page, or the page gave up with a result.
 async function waitForFlag({ page }, flag, timeout = 20000) {

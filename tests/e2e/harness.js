@@ -3,6 +3,7 @@
 const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const net = require('node:net');
+const assert = require('node:assert/strict');
 const path = require('node:path');
 const signalR = require('@microsoft/signalr');
 const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
@@ -326,6 +327,24 @@ const TRANSPORTS = [
 /// Headless Chromium (Debian's package, driven by playwright-core) plus a tiny server for the
 /// test pages, on their own origin so that every page talks to the app and the relay
 /// cross-origin. `files` maps URL paths to files.
+/// Waits for the page's verdict, closes the tab, fails with the page's log (and `diagnostics()`)
+/// unless 'ok'; returns the page's connection ids (`ids`, and `after` for the drop).
+async function pageVerdict({ page, errors }, timeout, diagnostics = () => '') {
+  let result;
+  try {
+    await page.waitForFunction(() => window.__result, null, { timeout });
+    result = await page.evaluate(() => window.__result);
+  } catch (e) {
+    result = `no result: ${e.message}`;
+  }
+  const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
+  const ids = await page.evaluate(() => window.__ids || []).catch(() => []);
+  const afterIds = await page.evaluate(() => window.__after || []).catch(() => []);
+  await page.close();
+  assert.equal(result, 'ok', `${result}\n${log}\n${errors.join('\n')}\n${diagnostics()}`);
+  return { ids, after: afterIds };
+}
+
 /// What every classic jQuery page needs from `Browser.start`: jQuery, jquery.signalR and the
 /// pages' shared helpers (`browser/page.js`).
 const CLASSIC_FILES = {
@@ -375,4 +394,4 @@ class Browser {
   }
 }
 
-module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, CLASSIC_FILES, Stack, Browser, startProcess, startProxy, startClient, startNginx, runNginx, freePort, jwt, next, collect, sleep, until, signalR };
+module.exports = { TRANSPORTS, RUNTIME, SUFFIX, SAMPLE_HUBS, BIN_DIR, CLASSIC_FILES, Stack, Browser, pageVerdict, startProcess, startProxy, startClient, startNginx, runNginx, freePort, jwt, next, collect, sleep, until, signalR };
