@@ -105,7 +105,10 @@ impl Audience<'_> {
         let except = self.excluded(d, hub);
         let all: Vec<ConnHandle> = match self.to {
             Target::Hub => d.clients(hub).collect(),
-            Target::Connections(ids) => ids.iter().filter_map(|id| d.connection(id)).collect(),
+            Target::Connections(ids) => ids
+                .iter()
+                .filter_map(|id| d.connection_in(id, hub))
+                .collect(),
             Target::Users(_) | Target::Groups(_) => self.to.union(d, hub).into_iter().collect(),
         };
         all.into_iter().filter(|c| !except.contains(c)).collect()

@@ -333,6 +333,14 @@ impl Directory {
     // ---------------------------------------------------------------- groups
 
     /// The hub of the client with this connection id.
+    /// The client with this connection id, if it is one of `hub`'s.
+    pub(crate) fn connection_in(&self, connection_id: &str, hub: HubId) -> Option<ConnHandle> {
+        match self.by_connection_id.get(connection_id) {
+            Some(&(conn, h)) if h == hub => Some(conn),
+            _ => None,
+        }
+    }
+
     pub(crate) fn hub_of(&self, connection_id: &str) -> Option<HubId> {
         self.by_connection_id
             .get(connection_id)

@@ -144,6 +144,7 @@ mod timers;
 mod upstream;
 
 use std::collections::btree_map::Entry;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 pub use self::backplane::{node_of, valid_node_id, ClusterConfig};
@@ -793,7 +794,7 @@ impl Relay {
                 // application (`asrs.s.apn`) and no hub; its audience is `/aspnetclient`, checked
                 // above. The hub is the application's, as the SDK's connections name it
                 // (ServiceEndpointProvider.cs: `<app>_<hub>`, lower case).
-                hub = format!("{}_{hub}", app.to_lowercase());
+                hub = format!("{}_{}", app.to_lowercase(), hub_name.to_lowercase());
             } else if let Err(r) =
                 self.admission
                     .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
@@ -868,6 +869,11 @@ impl Relay {
                     let client = entry.get_mut();
                     let sticky = client.policy.as_ref().and_then(|p| p.sticky.as_ref());
                     let picked = self.servers.pick_for(&self.directory, client.hub, sticky);
+                    // The classic SDK's connections take classic clients only.
+                    let picked = picked.filter(|&s| {
+                        matches!(client.dialect, Dialect::Classic(_))
+                            || self.servers.get(s).is_none_or(|s| s.aspnet.is_none())
+                    });
                     let Some(server) = picked else {
                         let hub = self.directory.name(client.hub).to_owned();
                         let rejection = match sticky.filter(|s| s.required) {
@@ -1049,10 +1055,10 @@ impl Relay {
         })
     }
 
-    /// Whether `conn` is the classic ASP.NET SDK's application connection of the app server
-    /// that carries `client`, in one of the application's hubs: it may write to the client
-    /// too (the SDK writes a client's messages on the connection that carries it when it can,
-    /// else on the application's; ServiceConnectionContainerBase.cs).
+    /// Whether `conn` is the classic ASP.NET SDK's application connection of the application
+    /// that `client` is a client of (in one of its hubs): it may write to the client too (the
+    /// SDK writes a client's messages on the connection that carries it when it can, else on
+    /// the application's; ServiceConnectionContainerBase.cs).
     fn aspnet_app_reaches(&self, conn: ConnHandle, client: ConnHandle) -> bool {
         let Some(AspNetRole::App(app)) = self.servers.get(conn).and_then(|s| s.aspnet.as_ref())
         else {
@@ -1064,10 +1070,10 @@ impl Relay {
                 .name(c.hub)
                 .strip_prefix(app.as_str())
                 .is_some_and(|rest| rest.starts_with('_'));
-            of_app
-                && c.link
-                    .as_ref()
-                    .is_some_and(|l| self.servers.same_app_server(l.server, conn))
+            // Any of the application's app servers: the SDK writes `Clients.Client(id)` for a
+            // client that another of them carries on its application connection
+            // (ServiceMessageBus.cs).
+            of_app && c.link.is_some()
         })
     }
 
@@ -1078,12 +1084,21 @@ impl Relay {
     /// first dot. `None` for a name without the prefix.
     fn aspnet_group<'g>(&self, app: &str, group: &'g str) -> Option<(String, &'g str)> {
         let rest = group.strip_prefix("hg-")?;
+        // A hub's name is bounded, so only a dot within that bound can end one: the work per
+        // message is bounded too, whatever the group's length.
+        let bound = admission::MAX_HUB_NAME.saturating_sub(app.len() + 1);
+        let dots: Vec<usize> = rest
+            .match_indices('.')
+            .map(|(i, _)| i)
+            .take_while(|&i| i <= bound)
+            .collect();
         let hub_of = |i: usize| format!("{app}_{}", rest[..i].to_lowercase());
-        let dots = || rest.match_indices('.').map(|(i, _)| i);
-        let known = dots()
+        let i = dots
+            .iter()
             .rev()
-            .find(|&i| self.directory.find(&hub_of(i)).is_some());
-        let i = known.or_else(|| dots().next())?;
+            .copied()
+            .find(|&i| self.directory.find(&hub_of(i)).is_some())
+            .or_else(|| dots.first().copied())?;
         Some((hub_of(i), &rest[i + 1..]))
     }
 
@@ -1100,33 +1115,38 @@ impl Relay {
         app: &str,
         msg: &ServiceMessage,
     ) -> bool {
+        // The command runs in the hub the group names (on every node, with several), so a
+        // connection of another hub, or of another application, is not found.
+        let run = |relay: &mut Self, target: &str, command, ack_id: Option<i32>| {
+            let waiter = ack_id.map(|ack_id| cluster::Waiter::Ack { conn, ack_id });
+            if let (cluster::Ran::Done(Some(ok)), Some(waiter)) =
+                relay.run(now, target, Some(conn), command, waiter)
+            {
+                relay.tell(waiter, ok);
+            }
+        };
         match msg {
             ServiceMessage::JoinGroupWithAck(m) | ServiceMessage::LeaveGroupWithAck(m) => {
                 let join = matches!(msg, ServiceMessage::JoinGroupWithAck(_));
-                let group = m.group.as_deref().map(|g| match self.aspnet_group(app, g) {
-                    Some((_, plain)) => plain,
-                    None => g,
-                });
                 let connection = m.connection_id.as_str();
+                let (target, group) = match m.group.as_deref() {
+                    Some(g) => match self.aspnet_group(app, g) {
+                        Some((target, plain)) => (target, Some(plain)),
+                        None => (self.directory.name(hub).to_owned(), Some(g)),
+                    },
+                    None => (self.directory.name(hub).to_owned(), None),
+                };
                 let command = if join {
                     HubCommand::Join { connection, group }
                 } else {
                     HubCommand::Leave { connection, group }
                 };
-                let ack = Some(m.ack_id);
-                self.apply(now, Origin::Server { conn, hub, ack }, command);
+                run(self, &target, command, Some(m.ack_id));
                 true
             }
             ServiceMessage::GroupBroadcastData(m) => {
                 let Some((target, group)) = self.aspnet_group(app, &m.group) else {
                     return false;
-                };
-                // A hub this node has never seen has no clients here; with other nodes, it
-                // may have some there.
-                let target = match self.directory.find(&target) {
-                    Some(hub) => hub,
-                    None if self.cluster.is_some() => self.directory.intern(&target),
-                    None => return true,
                 };
                 let groups = [group.to_owned()];
                 let command = HubCommand::Send {
@@ -1138,12 +1158,7 @@ impl Relay {
                     payloads: &m.payloads,
                     filter: m.ext.filter.as_deref(),
                 };
-                let origin = Origin::Server {
-                    conn,
-                    hub: target,
-                    ack: None,
-                };
-                self.apply(now, origin, command);
+                run(self, &target, command, None);
                 true
             }
             _ => false,
@@ -1614,6 +1629,14 @@ impl Relay {
                 self.send(now, hub, to, &Prepared::new(payloads), filter.as_ref());
                 true
             }
+            // A connection of another hub is not found.
+            HubCommand::Join { connection, .. }
+            | HubCommand::Leave { connection, .. }
+            | HubCommand::Exists(Existence::Connection(connection))
+                if d.hub_of(connection) != Some(hub) =>
+            {
+                false
+            }
             HubCommand::Join { connection, group } => {
                 group.is_some_and(|group| d.join_by_id(connection, group))
             }
@@ -1689,15 +1712,20 @@ impl Relay {
             Target::Hub => d.clients(hub).for_each(&mut deliver),
             Target::Connections(ids) => ids
                 .iter()
-                .filter_map(|id| d.connection(id))
+                .filter_map(|id| d.connection_in(id, hub))
                 .for_each(&mut deliver),
             Target::Users([user]) => d.user(hub, user).for_each(&mut deliver),
             Target::Users(_) => to.to.union(d, hub).into_iter().for_each(&mut deliver),
-            // Once per group a connection is in; a connection ended on the way is skipped.
-            Target::Groups(groups) => groups
-                .iter()
-                .flat_map(|g| d.group(hub, g))
-                .for_each(&mut deliver),
+            // Once per group a connection is in (each group named once); a connection ended on
+            // the way is skipped.
+            Target::Groups(groups) => {
+                let mut named = BTreeSet::new();
+                groups
+                    .iter()
+                    .filter(|g| named.insert(g.as_str()))
+                    .flat_map(|g| d.group(hub, g))
+                    .for_each(&mut deliver);
+            }
         }
         for (client, ending) in ended {
             self.end_client(now, client, ending);

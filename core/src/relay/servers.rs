@@ -194,7 +194,10 @@ impl ServerConn {
             return Err(ServerEnding::ServerlessMode);
         }
         self.open = true;
-        self.carries_clients = req.connection_type != service::ConnectionType::Weak;
+        // The classic SDK's application connection carries no client: its clients are on
+        // their hubs' connections.
+        self.carries_clients = req.connection_type != service::ConnectionType::Weak
+            && !matches!(self.aspnet, Some(AspNetRole::App(_)));
         self.allows_stateful = req.allow_stateful_reconnects;
         self.migrates = i32::from(req.migration_level) >= 1;
         let response = ServiceMessage::HandshakeResponse(service::HandshakeResponse {

@@ -334,12 +334,19 @@ impl Classic {
     ) -> Handled {
         let outcome = match kind {
             RequestKind::Connect | RequestKind::Reconnect => {
+                let handled = self.receive(cx, kind, params, req, up.is_some());
                 if let (RequestKind::Reconnect, true, Some(up)) = (kind, self.passthrough, up) {
-                    // The SDK's signal for the hub's OnReconnected (ServiceConnection.cs,
-                    // `ReconnectMessage`).
-                    cx.out.forward(up, SDK_RECONNECT);
+                    let attached = match &handled.outcome {
+                        Some(RequestOutcome::Respond(r)) => r.status < 400,
+                        outcome => outcome.is_some(),
+                    };
+                    if attached {
+                        // Attached again: the SDK's signal for the hub's OnReconnected
+                        // (ServiceConnection.cs, `ReconnectMessage`).
+                        cx.out.forward(up, SDK_RECONNECT);
+                    }
                 }
-                return self.receive(cx, kind, params, req, up.is_some());
+                return handled;
             }
             RequestKind::Poll => self.poll(cx, message_id(params)),
             RequestKind::Start => respond(match up {
@@ -382,6 +389,14 @@ impl Classic {
                 Handled::stay(Some(respond(Rejection::NeverConnected)))
             }
             (RequestKind::Connect, false) => {
+                // The app server reads the hubs from this request (the classic SDK does):
+                // they must be the one negotiated.
+                let hubs = params.hub_names();
+                if !hubs.is_empty()
+                    && !matches!(hubs, [h] if h.eq_ignore_ascii_case(&self.hub_name))
+                {
+                    return Handled::stay(Some(respond(Rejection::HubMismatch)));
+                }
                 let mut handshake = Vec::new();
                 HandshakeRequest {
                     protocol: "json".to_owned(),
@@ -607,8 +622,8 @@ impl Classic {
         data: &Bytes,
         up: Upstream<'_>,
     ) -> Result<(), Ending> {
-        if self.passthrough && data.first() != Some(&b'{') {
-            for inner in unwrap_sdk_frames(data) {
+        if let Some(inners) = self.passthrough.then(|| unwrap_sdk_frames(data)).flatten() {
+            for inner in inners {
                 match ReceiveMessage::decode(&inner) {
                     Ok(ReceiveMessage::Persistent(response)) => {
                         for message in response.messages {
@@ -709,10 +724,10 @@ impl Classic {
     /// made only of invocations without id, as it names its hub; `None` for any other
     /// payload, which [`emit`](Self::emit) takes frame by frame.
     pub(crate) fn pushes(&self, data: &Bytes) -> Option<Vec<RawJson>> {
-        if data.first() != Some(&b'{') {
+        if let Some(inners) = unwrap_sdk_frames(data) {
             // The classic SDK's wrapped frames, of persistent responses only.
             let mut pushes = Vec::new();
-            for inner in unwrap_sdk_frames(data) {
+            for inner in inners {
                 match ReceiveMessage::decode(&inner) {
                     Ok(ReceiveMessage::Persistent(r)) => pushes.extend(r.messages),
                     _ => return None,
@@ -890,20 +905,23 @@ const SDK_RECONNECT: &[u8] = b"asrs:reconnect";
 /// The classic JSON texts in what the classic SDK writes for clients: each is a whole
 /// service-protocol ConnectionData message with an empty connection id, length-prefixed, whose
 /// payload is the JSON (`SignalRMessageParser.cs` and `AzureTransport.cs` in
-/// Azure/azure-signalr `src/Microsoft.Azure.SignalR.AspNet/HubHost` and `Transports`).
-/// Anything else in `data` is skipped.
-pub(crate) fn unwrap_sdk_frames(data: &[u8]) -> Vec<Bytes> {
+/// Azure/azure-signalr `src/Microsoft.Azure.SignalR.AspNet/HubHost` and `Transports`). `None`
+/// unless `data` is made of such messages and nothing else (ASP.NET Core JSON, say, which may
+/// begin with the same byte as a length).
+pub(crate) fn unwrap_sdk_frames(data: &[u8]) -> Option<Vec<Bytes>> {
     let mut frames = crate::framing::BinaryFrameDecoder::new(data.len());
     frames.push(data);
     let mut out = Vec::new();
-    while let Ok(Some(frame)) = frames.next_frame() {
-        if let Ok(crate::service::ServiceMessage::ConnectionData(d)) =
-            crate::service::ServiceMessage::parse(&frame)
-        {
-            out.push(d.payload);
+    loop {
+        match frames.next_frame() {
+            Ok(Some(frame)) => match crate::service::ServiceMessage::parse(&frame) {
+                Ok(crate::service::ServiceMessage::ConnectionData(d)) => out.push(d.payload),
+                _ => return None,
+            },
+            Ok(None) if frames.buffered() == 0 && !out.is_empty() => return Some(out),
+            _ => return None,
         }
     }
-    out
 }
 
 /// An invocation without id, as a classic client's push (`{"H":…,"M":…,"A":[…]}`).

@@ -882,6 +882,10 @@ fn send(
     }
 }
 
+/// The largest JSON payload converted for MessagePack clients (larger ones reach only JSON
+/// clients).
+const MAX_CONVERTED: usize = 1 << 20;
+
 /// A multicast message, resolved once per fan-out: the payload of each protocol, and what
 /// classic clients get of it, translated once.
 pub(crate) struct Prepared<'a> {
@@ -918,8 +922,9 @@ impl<'a> Prepared<'a> {
         binary.or_else(|| {
             self.from_json
                 .get_or_init(|| {
-                    crate::aspnetcore::messagepack::invocations_from_json(self.json?)
-                        .map(Bytes::from)
+                    // Converting holds the JSON's values for a moment: a few times its size.
+                    let json = self.json.filter(|j| j.len() <= MAX_CONVERTED)?;
+                    crate::aspnetcore::messagepack::invocations_from_json(json).map(Bytes::from)
                 })
                 .as_ref()
         })

@@ -148,12 +148,21 @@ fn the_sdks_frames_are_read_and_written_as_the_sdk_does() {
         "1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d800f9406a0c4097b2249223a2231227d80",
     ));
     assert_eq!(
-        unwrapped,
-        [
-            Bytes::from_static(b"{\"C\":\"0\",\"M\":[\"hello\"]}"),
-            Bytes::from_static(b"{\"I\":\"1\"}")
-        ]
+        unwrapped.as_deref(),
+        Some(
+            &[
+                Bytes::from_static(b"{\"C\":\"0\",\"M\":[\"hello\"]}"),
+                Bytes::from_static(b"{\"I\":\"1\"}")
+            ][..]
+        )
     );
+    // ASP.NET Core JSON, or a ConnectionData cut short, is not the SDK's.
+    let unwrap = crate::relay::client::classic::unwrap_sdk_frames;
+    assert!(unwrap(b"{\"type\":1,\"target\":\"t\",\"arguments\":[]}\x1e").is_none());
+    assert!(unwrap(&hex(
+        "1d9406a0c4177b2243223a2230222c224d223a5b2268656c6c6f225d7d"
+    ))
+    .is_none());
 }
 
 #[test]
@@ -271,32 +280,96 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
     assert!(sim
         .client_text(c)
         .ends_with("{\"C\":\"5\",\"M\":[{\"H\":\"Chat\",\"M\":\"fromRest\",\"A\":[1]}]}"));
-    // Another app server's application connection reaches no client of this one.
+    // Another app server of the application writes to the client on its own application
+    // connection (the SDK's `Clients.Client(id)` for a client it does not carry); another
+    // application's connection reaches no client of this one.
+    let server_of = |sim: &mut Sim, key: &str, server_id: &str| {
+        let mut claims = Claims::issued_at(T0, 3600);
+        claims
+            .aud
+            .push(format!("http://localhost/aspnetserver/?hub={key}"));
+        let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
+        let mut req = request(
+            "GET",
+            "/aspnetserver/",
+            &format!("hub={key}"),
+            Some(&bearer),
+            true,
+        );
+        req.headers
+            .push(("X-ASRS-Server-Id".into(), server_id.into()));
+        let h = sim.accept_server_request(&req).expect("refused");
+        sim.data(h, &hex("0796010100a00080"));
+        h
+    };
+    let to_client = |sim: &mut Sim, from: ConnHandle, text: &str| {
+        sim.send_service(
+            from,
+            &ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: id.clone(),
+                payload: wrapped(text),
+                ext: service::Ext::default(),
+            }),
+        );
+    };
+    let web2 = server_of(&mut sim, APP_KEY, "web2");
+    to_client(&mut sim, web2, "{\"C\":\"0\",\"M\":[\"from web2\"]}");
+    assert!(sim
+        .client_text(c)
+        .ends_with("{\"C\":\"6\",\"M\":[\"from web2\"]}"));
+    let other = server_of(&mut sim, "other_other", "web3");
     let before = sim.client_text(c).len();
-    let mut claims = Claims::issued_at(T0, 3600);
-    claims
-        .aud
-        .push(format!("http://localhost/aspnetserver/?hub={APP_KEY}"));
-    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
-    let mut req = request(
-        "GET",
-        "/aspnetserver/",
-        &format!("hub={APP_KEY}"),
-        Some(&bearer),
-        true,
-    );
-    req.headers.push(("X-ASRS-Server-Id".into(), "web2".into()));
-    let other = sim.accept_server_request(&req).expect("refused");
-    sim.data(other, &hex("0796010100a00080"));
+    to_client(&mut sim, other, "{\"C\":\"0\",\"M\":[\"not yours\"]}");
+    assert_eq!(sim.client_text(c).len(), before);
+    // Nor can it put the client in a group, nor can a group of another hub take it.
+    for (from, group, ack_id) in [(other, "hg-Chat.g", 20), (app, "hg-Other.vip", 21)] {
+        sim.send_service(
+            from,
+            &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+                connection_id: id.clone(),
+                group: Some(group.into()),
+                ack_id,
+                ext: service::Ext::default(),
+            }),
+        );
+        assert!(
+            matches!(sim.to_server[&from].last(), Some(ServiceMessage::Ack(a)) if a.ack_id == ack_id && a.status == service::AckStatus::NotFound),
+            "{group}"
+        );
+    }
+    assert!(!sim.relay().directory.group_exists(hub_id, "g"));
+    assert!(!sim.relay().directory.group_exists(hub_id, "vip"));
+    // A group name of a million dots costs a bounded look (and finds no hub).
+    let dots = format!("hg-{}", ".".repeat(1 << 20));
     sim.send_service(
-        other,
-        &ServiceMessage::ConnectionData(service::ConnectionData {
-            connection_id: id.clone(),
-            payload: wrapped("{\"C\":\"0\",\"M\":[\"not yours\"]}"),
-            ext: service::Ext::default(),
+        app,
+        &ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+            group: dots,
+            payloads: service::Payloads(vec![("json".into(), wrapped("{}"))]),
+            ..service::GroupBroadcastData::default()
         }),
     );
-    assert_eq!(sim.client_text(c).len(), before);
+    // A frame of 123 bytes begins with `{` (its length), like JSON: it is still the SDK's.
+    let inner = format!("{{\"C\":\"0\",\"M\":[\"{}\"]}}", "x".repeat(99));
+    assert_eq!(wrapped(&inner)[0], b'{');
+    sim.send_service(
+        hub,
+        &ServiceMessage::BroadcastData(service::BroadcastData {
+            payloads: service::Payloads(vec![("json".into(), wrapped(&inner))]),
+            ..service::BroadcastData::default()
+        }),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with(&format!("\"M\":[\"{}\"]}}", "x".repeat(99))));
+    to_client(
+        &mut sim,
+        hub,
+        &format!("{{\"I\":\"2\",\"R\":\"{}\"}}", "y".repeat(101)),
+    );
+    assert!(sim
+        .client_text(c)
+        .ends_with(&format!("{{\"I\":\"2\",\"R\":\"{}\"}}", "y".repeat(101))));
     // The leave; the group is gone, and its sends reach nobody.
     sim.send_service(
         app,
@@ -317,7 +390,7 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
         &open[0]
             .query_string
             .trim_start_matches('?')
-            .replace("tid=3", "messageId=5"),
+            .replace("tid=3", "messageId=7"),
         Some(&sdk_client_token("user1")),
         true,
     );
@@ -341,4 +414,69 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
     assert!(sim.to_server[&hub]
         .iter()
         .any(|m| matches!(m, ServiceMessage::CloseConnection(m) if m.connection_id == id)));
+}
+
+#[test]
+fn the_classic_sdks_connections_take_only_their_own_classic_clients() {
+    let mut sim = sim();
+    let _hub = aspnet_server(&mut sim, HUB_KEY);
+    let _app = aspnet_server(&mut sim, APP_KEY);
+    // An ASP.NET Core client of the same hub is not handed to a classic app server.
+    let token = token("/client/", HUB_KEY, None, 3600, KEY);
+    let mut negotiate = request(
+        "POST",
+        "/client/negotiate",
+        &format!("hub={HUB_KEY}&negotiateVersion=1"),
+        Some(&token),
+        false,
+    );
+    negotiate.body = Bytes::new();
+    let body: serde_json::Value =
+        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
+    // Refused at negotiate, or at its handshake.
+    if let Some(id) = body["connectionToken"].as_str() {
+        let ws = websocket_request(HUB_KEY, Some(id), None);
+        let mut ws = ws;
+        ws.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+        ws.query.push_str(&format!("&access_token={token}"));
+        let RequestOutcome::AcceptWebSocket(c) = sim.handle(&ws) else {
+            panic!()
+        };
+        sim.data(c, b"{\"protocol\":\"json\",\"version\":1}\x1e");
+        assert!(
+            sim.client_text(c).contains("\"error\""),
+            "{}",
+            sim.client_text(c)
+        );
+    } else {
+        assert!(body["error"].is_string(), "{body}");
+    }
+    // A classic client whose connect names another hub than it negotiated is refused.
+    let token = sdk_client_token("u");
+    let data = "connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D";
+    let negotiate = request(
+        "GET",
+        "/aspnetclient/negotiate",
+        &format!("clientProtocol=2.1&{data}"),
+        Some(&token),
+        false,
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
+    let connection_token = body["ConnectionToken"].as_str().expect("negotiated");
+    let mut connect = request(
+        "GET",
+        "/aspnetclient/connect",
+        &format!(
+            "transport=longPolling&clientProtocol=2.1&connectionToken={}&connectionData=%5B%7B%22name%22%3A%22Admin%22%7D%5D",
+            form_urlencoded::byte_serialize(connection_token.as_bytes()).collect::<String>()
+        ),
+        Some(&token),
+        false,
+    );
+    assert_eq!(respond(sim.handle(&connect)).status, 400);
+    // Named right, it connects.
+    connect.query = connect.query.replace("Admin", "Chat");
+    assert_eq!(respond(sim.handle(&connect)).status, 200);
 }

@@ -556,6 +556,29 @@ fn a_management_connection_closes_any_client_and_its_json_reaches_messagepack_cl
     );
     assert_eq!(sim.client_text(json).matches("twice").count(), 2);
     assert_eq!(sim.to_client[&mp][before..].len(), 2);
+    // A management connection of another hub closes nothing here, nor joins.
+    let other = management(&mut sim, "other");
+    sim.send_service(
+        other,
+        &ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: json_id.clone(),
+            ..service::CloseConnection::default()
+        }),
+    );
+    sim.send_service(
+        other,
+        &ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+            connection_id: json_id.clone(),
+            group: Some("c".into()),
+            ack_id: 9,
+            ext: service::Ext::default(),
+        }),
+    );
+    assert!(sim.is_open(json));
+    assert!(matches!(
+        sim.to_server[&other].last(),
+        Some(ServiceMessage::Ack(a)) if a.ack_id == 9 && a.status == service::AckStatus::NotFound
+    ));
 }
 
 /// Streaming invocations go upstream too (Azure's do not): the upstream's body, a stream's
