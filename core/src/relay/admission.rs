@@ -141,7 +141,7 @@ pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
         .query_param("hub")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if hub.is_empty() || hub.len() > 128 {
+    if hub.is_empty() || hub.len() > MAX_HUB_NAME {
         return Err(Rejection::HubRequired);
     }
     Ok(hub)
