@@ -1257,10 +1257,20 @@ impl Relay {
 
     /// One service message from an open server connection of `hub`.
     fn server_message(&mut self, now: Instant, conn: ConnHandle, hub: HubId, msg: ServiceMessage) {
-        if let Some(app) = self.servers.get(conn).and_then(|s| match &s.aspnet {
-            Some(AspNetRole::App(app)) => Some(app.clone()),
-            _ => None,
-        }) {
+        // Only these name the classic SDK's groups; other messages are not held up.
+        let grouped = matches!(
+            msg,
+            ServiceMessage::JoinGroupWithAck(_)
+                | ServiceMessage::LeaveGroupWithAck(_)
+                | ServiceMessage::GroupBroadcastData(_)
+        );
+        let app = grouped
+            .then(|| match &self.servers.get(conn)?.aspnet {
+                Some(AspNetRole::App(app)) => Some(app.clone()),
+                _ => None,
+            })
+            .flatten();
+        if let Some(app) = app {
             if self.aspnet_app_message(now, conn, hub, &app, &msg) {
                 return;
             }

@@ -18,25 +18,12 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A connection of the SDK to `key`, past its handshake: `[1, 1, 0, "", 0, {}]`, as the
-/// SDK writes it (ServiceConnectionBase.cs).
-fn aspnet_server(sim: &mut Sim, key: &str) -> ConnHandle {
-    let mut claims = Claims::issued_at(T0, 3600);
-    claims
-        .aud
-        .push(format!("http://localhost/aspnetserver/?hub={key}"));
-    claims.nameid = Some("web1_0123".into());
-    let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
-    let mut req = request(
-        "GET",
-        "/aspnetserver/",
-        &format!("hub={key}&cid=1"),
-        Some(&bearer),
-        true,
-    );
-    req.headers
-        .push(("X-ASRS-Server-Id".into(), "web1_0123".into()));
-    let h = sim.accept_server_request(&req).expect("refused");
+/// A connection of the SDK's app server `server_id` to `key`, past its handshake:
+/// `[1, 1, 0, "", 0, {}]`, as the SDK writes it (ServiceConnectionBase.cs).
+fn aspnet_server(sim: &mut Sim, key: &str, server_id: &str) -> ConnHandle {
+    let h = sim
+        .try_accept_server_at("/aspnetserver/", key, server_id)
+        .expect("refused");
     sim.data(h, &hex("0796010100a00080"));
     assert!(
         matches!(&sim.to_server[&h][0], ServiceMessage::HandshakeResponse(r) if r.error_message.is_empty()),
@@ -58,29 +45,43 @@ fn sdk_client_token(user: &str) -> String {
 }
 
 /// A classic client on WebSockets for hub `Chat` with an SDK token: its handle and id.
-fn sdk_client(sim: &mut Sim, user: &str) -> (ConnHandle, String) {
+/// `connectionData` naming hub `Chat`.
+const CHAT: &str = "connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D";
+
+/// A classic negotiate for hub `Chat` with an SDK token for `user`: the token, the connection
+/// token (form-encoded, for a query) and the connection id.
+fn sdk_negotiate(sim: &mut Sim, user: &str) -> (String, String, String) {
     let token = sdk_client_token(user);
-    let data = "connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D";
-    let mut negotiate = request(
+    let negotiate = request(
         "GET",
         "/aspnetclient/negotiate",
-        &format!("clientProtocol=2.1&{data}"),
+        &format!("clientProtocol=2.1&{CHAT}"),
         Some(&token),
         false,
     );
     let body: serde_json::Value =
         serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
     let connection_token = body["ConnectionToken"].as_str().expect("negotiated");
-    negotiate.path = "/aspnetclient/connect".into();
-    negotiate.websocket = true;
-    negotiate.query = format!(
-        "transport=webSockets&clientProtocol=2.1&connectionToken={}&{data}&tid=3",
-        form_urlencoded::byte_serialize(connection_token.as_bytes()).collect::<String>()
+    let connection_token =
+        form_urlencoded::byte_serialize(connection_token.as_bytes()).collect::<String>();
+    let id = body["ConnectionId"].as_str().unwrap().to_owned();
+    (token, connection_token, id)
+}
+
+/// A classic client on WebSockets for hub `Chat` with an SDK token: its handle and id.
+fn sdk_client(sim: &mut Sim, user: &str) -> (ConnHandle, String) {
+    let (token, connection_token, id) = sdk_negotiate(sim, user);
+    let connect = request(
+        "GET",
+        "/aspnetclient/connect",
+        &format!("transport=webSockets&clientProtocol=2.1&connectionToken={connection_token}&{CHAT}&tid=3"),
+        Some(&token),
+        true,
     );
-    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&negotiate) else {
+    let RequestOutcome::AcceptWebSocket(c) = sim.handle(&connect) else {
         panic!("not connected")
     };
-    (c, body["ConnectionId"].as_str().unwrap().to_owned())
+    (c, id)
 }
 
 /// The payload the SDK writes for a client: ConnectionData with an empty id, length-prefixed,
@@ -168,8 +169,8 @@ fn the_sdks_frames_are_read_and_written_as_the_sdk_does() {
 #[test]
 fn a_classic_client_passes_through_to_an_aspnet_app_server() {
     let mut sim = sim();
-    let hub = aspnet_server(&mut sim, HUB_KEY);
-    let app = aspnet_server(&mut sim, APP_KEY);
+    let hub = aspnet_server(&mut sim, HUB_KEY, "web1");
+    let app = aspnet_server(&mut sim, APP_KEY, "web1");
     let (c, id) = sdk_client(&mut sim, "user1");
     assert_eq!(sim.client_text(c), "{\"C\":\"0\",\"S\":1,\"M\":[]}");
     // OpenConnection on the hub's connection, with the connect request's query (the SDK
@@ -283,25 +284,6 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
     // Another app server of the application writes to the client on its own application
     // connection (the SDK's `Clients.Client(id)` for a client it does not carry); another
     // application's connection reaches no client of this one.
-    let server_of = |sim: &mut Sim, key: &str, server_id: &str| {
-        let mut claims = Claims::issued_at(T0, 3600);
-        claims
-            .aud
-            .push(format!("http://localhost/aspnetserver/?hub={key}"));
-        let bearer = sign(&claims, KEY.as_bytes(), Algorithm::Hs256);
-        let mut req = request(
-            "GET",
-            "/aspnetserver/",
-            &format!("hub={key}"),
-            Some(&bearer),
-            true,
-        );
-        req.headers
-            .push(("X-ASRS-Server-Id".into(), server_id.into()));
-        let h = sim.accept_server_request(&req).expect("refused");
-        sim.data(h, &hex("0796010100a00080"));
-        h
-    };
     let to_client = |sim: &mut Sim, from: ConnHandle, text: &str| {
         sim.send_service(
             from,
@@ -312,12 +294,12 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
             }),
         );
     };
-    let web2 = server_of(&mut sim, APP_KEY, "web2");
+    let web2 = aspnet_server(&mut sim, APP_KEY, "web2");
     to_client(&mut sim, web2, "{\"C\":\"0\",\"M\":[\"from web2\"]}");
     assert!(sim
         .client_text(c)
         .ends_with("{\"C\":\"6\",\"M\":[\"from web2\"]}"));
-    let other = server_of(&mut sim, "other_other", "web3");
+    let other = aspnet_server(&mut sim, "other_other", "web3");
     let before = sim.client_text(c).len();
     to_client(&mut sim, other, "{\"C\":\"0\",\"M\":[\"not yours\"]}");
     assert_eq!(sim.client_text(c).len(), before);
@@ -419,8 +401,8 @@ fn a_classic_client_passes_through_to_an_aspnet_app_server() {
 #[test]
 fn the_classic_sdks_connections_take_only_their_own_classic_clients() {
     let mut sim = sim();
-    let _hub = aspnet_server(&mut sim, HUB_KEY);
-    let _app = aspnet_server(&mut sim, APP_KEY);
+    let _hub = aspnet_server(&mut sim, HUB_KEY, "web1");
+    let _app = aspnet_server(&mut sim, APP_KEY, "web1");
     // An ASP.NET Core client of the same hub is not handed to a classic app server.
     let token = token("/client/", HUB_KEY, None, 3600, KEY);
     let mut negotiate = request(
@@ -453,24 +435,12 @@ fn the_classic_sdks_connections_take_only_their_own_classic_clients() {
         assert!(body["error"].is_string(), "{body}");
     }
     // A classic client whose connect names another hub than it negotiated is refused.
-    let token = sdk_client_token("u");
-    let data = "connectionData=%5B%7B%22name%22%3A%22Chat%22%7D%5D";
-    let negotiate = request(
-        "GET",
-        "/aspnetclient/negotiate",
-        &format!("clientProtocol=2.1&{data}"),
-        Some(&token),
-        false,
-    );
-    let body: serde_json::Value =
-        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
-    let connection_token = body["ConnectionToken"].as_str().expect("negotiated");
+    let (token, connection_token, _) = sdk_negotiate(&mut sim, "u");
     let mut connect = request(
         "GET",
         "/aspnetclient/connect",
         &format!(
-            "transport=longPolling&clientProtocol=2.1&connectionToken={}&connectionData=%5B%7B%22name%22%3A%22Admin%22%7D%5D",
-            form_urlencoded::byte_serialize(connection_token.as_bytes()).collect::<String>()
+            "transport=longPolling&clientProtocol=2.1&connectionToken={connection_token}&connectionData=%5B%7B%22name%22%3A%22Admin%22%7D%5D"
         ),
         Some(&token),
         false,
