@@ -50,4 +50,4 @@ pub use sdk as app;
 #[cfg(feature = "tokio")]
 mod tokio_adapter;
 #[cfg(feature = "tokio")]
-pub use tokio_adapter::{TokioListener, TokioRuntime};
+pub use tokio_adapter::{TokioListener, TokioRuntime, TokioStream};

@@ -3,9 +3,11 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 
 use crate::glue::{BoxFuture, Listener, Runtime};
 
@@ -33,12 +35,12 @@ impl Runtime for TokioRuntime {
         hyper_util::rt::TokioTimer::new()
     }
 
-    type Stream = Compat<tokio::net::TcpStream>;
+    type Stream = TokioStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Stream> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(stream.compat())
+        Ok(TokioStream(stream))
     }
 }
 
@@ -57,16 +59,62 @@ impl TokioListener {
 }
 
 impl Listener for TokioListener {
-    type Stream = Compat<tokio::net::TcpStream>;
+    type Stream = TokioStream;
 
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
         let (stream, addr) = self.0.accept().await?;
         // Only a latency setting: a socket that refuses it is served anyway.
         let _ = stream.set_nodelay(true);
-        Ok((stream.compat(), addr))
+        Ok((TokioStream(stream), addr))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
+    }
+}
+
+/// A tokio TCP stream as `futures-io` sees one, with vectored writes (`writev`: a WebSocket's
+/// queued frames in one system call).
+#[derive(Debug)]
+pub struct TokioStream(pub tokio::net::TcpStream);
+
+impl futures_io::AsyncRead for TokioStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut self.0).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_io::AsyncWrite for TokioStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

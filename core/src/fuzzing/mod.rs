@@ -121,6 +121,28 @@ fn msgpack_round_trip(body: &[u8]) {
     }
 }
 
+/// A client's WebSocket frames: the same messages whatever the chunking, until the same
+/// error; and nothing held once the stream ends on a frame's boundary.
+pub fn websocket(data: &[u8]) {
+    use crate::websocket::Decoder;
+    let (chunk, stream) = split(data);
+    let run = |chunk: usize| {
+        let mut decoder = Decoder::new(MAX_FRAME);
+        let mut got = Vec::new();
+        for piece in stream.chunks(chunk) {
+            if let Err(e) = decoder.decode(piece, &mut |r| got.push(r)) {
+                return (got, Some(e), false);
+            }
+        }
+        (got, None, decoder.is_idle())
+    };
+    let whole = run(stream.len().max(1));
+    let pieces = run(chunk);
+    assert_eq!(whole.0, pieces.0);
+    assert_eq!(whole.1, pieces.1);
+    assert_eq!(whole.2, pieces.2);
+}
+
 /// The hub-protocol handshake, both directions.
 pub fn handshake(data: &[u8]) {
     if let Ok(request) = HandshakeRequest::parse(data) {
@@ -273,4 +295,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("odata", odata),
     ("rest", rest),
     ("relay_ops", relay_ops),
+    ("websocket", websocket),
 ];

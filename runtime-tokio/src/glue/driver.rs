@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
@@ -1424,7 +1422,6 @@ where
             let side = if server_connection {
                 Side {
                     max_message: settings.server_frame,
-                    read_buffer: ws::SERVER_READ_BUFFER,
                     queue: options.server_send_queue,
                     pause_at: options.server_send_pause,
                     server: true,
@@ -1432,7 +1429,6 @@ where
             } else {
                 Side {
                     max_message: settings.client_frame,
-                    read_buffer: ws::CLIENT_READ_BUFFER,
                     queue: options.client_send_queue,
                     pause_at: options.client_send_queue / 8,
                     server: false,
@@ -1517,7 +1513,6 @@ where
 /// How one side's WebSockets are set up: the client's limits, or the app server's.
 struct Side {
     max_message: usize,
-    read_buffer: usize,
     queue: usize,
     pause_at: usize,
     server: bool,
@@ -1545,13 +1540,6 @@ async fn upgrade<S>(
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
     let early = read_buf.to_vec();
     drop(read_buf);
-    let ws = WebSocketStream::from_partially_read(
-        io.into_inner(),
-        early,
-        Role::Server,
-        Some(ws::config(side.max_message, side.read_buffer)),
-    )
-    .await;
     let generation = next_generation();
     let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, Arc::default());
     if events
@@ -1561,8 +1549,13 @@ async fn upgrade<S>(
     {
         return;
     }
-    ws::pump(ws, inbox, events, move |incoming| {
-        DriverInput::Incoming(conn, generation, incoming)
-    })
+    ws::pump(
+        io.into_inner(),
+        early,
+        side.max_message,
+        inbox,
+        events,
+        move |incoming| DriverInput::Incoming(conn, generation, incoming),
+    )
     .await;
 }

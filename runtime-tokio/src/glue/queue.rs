@@ -219,7 +219,14 @@ impl Inbox {
         self.rx.next().await
     }
 
+    /// The next command, if one is queued; otherwise wakes `cx` when one is (`None`: the
+    /// driver let go of this queue).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Command>> {
+        self.rx.poll_next_unpin(cx)
+    }
+
     /// The next command, if one is queued.
+    #[cfg(test)]
     pub(crate) fn try_next(&mut self) -> Option<Command> {
         self.rx.try_recv().ok()
     }
@@ -251,21 +258,18 @@ impl Signals {
         self.0.abort.poll_aborted(cx)
     }
 
-    /// Pending while the driver wants the socket left unread.
-    pub(crate) async fn unpaused(&self) {
+    /// Pending (waking `cx` on resume) while the driver wants the socket left unread.
+    pub(crate) fn poll_unpaused(&self, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.0;
-        std::future::poll_fn(|cx| {
-            if !shared.paused.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            shared.read_waker.register(cx.waker());
-            if shared.paused.load(Ordering::Acquire) {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
+        if !shared.paused.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        shared.read_waker.register(cx.waker());
+        if shared.paused.load(Ordering::Acquire) {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 }
 

@@ -1,23 +1,31 @@
-//! One WebSocket of the relay, pumped: a reader that forwards every message into a channel,
-//! and a writer that drains the connection's byte-bounded queue, batching whatever is queued
-//! into one flush.
+//! One WebSocket of the relay, pumped: one task that reads the socket into the driver's
+//! channel and writes the connection's byte-bounded queue to the socket.
+//!
+//! Framing is `core`'s ([`signalr_relay_core::websocket`]), so that an idle connection holds
+//! no buffer:
+//! - **reads** go into a scratch buffer shared by the connections of a thread; only an
+//!   unfinished frame is copied into the connection's decoder, and released once complete;
+//! - **writes** take everything queued, and write it with vectored writes of each frame's
+//!   header and payload as they are (no copy, no write buffer), then flush once.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use async_tungstenite::WebSocketStream;
-use bytes::Bytes;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use bytes::{Buf, Bytes};
 use futures_channel::mpsc;
+use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::task::AtomicWaker;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::SinkExt;
+use signalr_relay_core::websocket::{self, Decoder, Opcode, Received, MAX_HEADER};
 
 pub(crate) use super::queue::Command;
-use super::queue::Inbox;
+use super::queue::{Inbox, Signals};
 
 /// A waker that notes it was called before waking the task (see [`pump`]).
 struct Woken {
@@ -36,20 +44,11 @@ impl Wake for Woken {
     }
 }
 
-/// Read buffer of a client connection: most are idle, and a message larger than this only
-/// costs another read.
-pub(crate) const CLIENT_READ_BUFFER: usize = 1024;
-
-/// Read buffer of a server connection (few, and busy).
-pub(crate) const SERVER_READ_BUFFER: usize = 16 * 1024;
-
-/// WebSocket settings: bounded messages, a read buffer of `read_buffer` bytes, and no write
-/// buffering beyond the batch being flushed.
-pub(crate) fn config(max_message_size: usize, read_buffer: usize) -> WebSocketConfig {
+/// The SDK's WebSocket settings (its client side runs on tungstenite): bounded messages, a
+/// read buffer for a busy connection, and writes buffered until each flush.
+pub(crate) fn sdk_config(max_message_size: usize) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = read_buffer;
-    config.write_buffer_size = 0;
-    config.max_write_buffer_size = usize::MAX;
+    config.read_buffer_size = 16 * 1024;
     config.max_message_size = Some(max_message_size);
     config.max_frame_size = Some(max_message_size);
     config
@@ -66,141 +65,351 @@ pub(crate) enum Incoming {
     Drained,
 }
 
-fn to_message(data: Bytes, binary: bool) -> Option<Message> {
-    if binary {
-        Some(Message::Binary(data))
-    } else {
-        Utf8Bytes::try_from(data).ok().map(Message::Text)
+/// The scratch buffer a thread's sockets are read into.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Frames written per vectored write (two slices each).
+const FRAMES_PER_WRITE: usize = 64;
+
+/// One frame on its way out: the header, and the payload as it was queued.
+struct Frame {
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    /// Of the header, already written.
+    header_sent: u8,
+    payload: Bytes,
+}
+
+impl Frame {
+    fn new(opcode: Opcode, payload: Bytes) -> Self {
+        let (header, len) = websocket::header(opcode, payload.len());
+        Self {
+            header,
+            header_len: len as u8,
+            header_sent: 0,
+            payload,
+        }
+    }
+
+    fn close(code: u16, reason: &str) -> Self {
+        Self::new(
+            Opcode::Close,
+            Bytes::from(websocket::close_payload(code, reason)),
+        )
+    }
+
+    /// Marks up to `n` bytes written; returns what was left of `n`.
+    fn advance(&mut self, mut n: usize) -> usize {
+        let header_left = usize::from(self.header_len - self.header_sent);
+        let took = header_left.min(n);
+        self.header_sent += took as u8;
+        n -= took;
+        let took = self.payload.len().min(n);
+        self.payload.advance(took);
+        n - took
+    }
+
+    fn done(&self) -> bool {
+        self.header_sent == self.header_len && self.payload.is_empty()
     }
 }
 
-/// Why the reader stopped.
-enum ReadEnd {
-    /// The peer closed, or the driver is gone.
-    Done,
-    /// The peer broke the WebSocket protocol: answer with this close frame (RFC 6455 §7.4.1).
-    Violation(CloseCode, &'static str),
+/// How the pump ends.
+#[derive(PartialEq, Eq)]
+enum Ending {
+    /// Still running.
+    No,
+    /// Write what is queued (a close frame last), shut the socket down, and stop.
+    AfterWrites,
+    /// Try once to write what is queued (a close frame saying why), without waiting for a
+    /// peer that does not read, and stop.
+    Soon,
+    /// Stop now.
+    Now,
 }
 
-fn violation(e: &WsError) -> ReadEnd {
-    match e {
-        WsError::Capacity(_) => ReadEnd::Violation(CloseCode::Size, "Message too big."),
-        WsError::Utf8(_) => {
-            ReadEnd::Violation(CloseCode::Invalid, "Invalid UTF-8 in a text frame.")
-        }
-        WsError::Protocol(_) => {
-            ReadEnd::Violation(CloseCode::Protocol, "WebSocket protocol error.")
-        }
-        _ => ReadEnd::Done,
-    }
-}
-
-/// Runs `ws` until either side ends it, or the queue's abort signal fires (then the socket is
-/// dropped at once). Every incoming data message goes to `incoming` (awaiting, so a slow
-/// consumer applies backpressure to the socket), and none is read while the driver has the
-/// queue paused; `Incoming::Drained` reports a congested queue that drained;
-/// `Incoming::Closed` is sent exactly once at the end.
-pub(crate) async fn pump<S, E, F>(
-    ws: WebSocketStream<S>,
-    mut inbox: Inbox,
-    mut incoming: mpsc::Sender<E>,
+/// Everything the pump holds. Its collections are empty, and hold no allocation, while the
+/// connection is idle.
+struct Pump<S, E, F> {
+    io: S,
+    decoder: Decoder,
+    inbox: Inbox,
+    signals: Signals,
+    incoming: mpsc::Sender<E>,
     wrap: F,
-) where
-    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    /// Read and not yet taken by the driver's channel.
+    received: VecDeque<E>,
+    /// A drained queue to report.
+    report_drained: bool,
+    /// Frames to write.
+    out: VecDeque<Frame>,
+    /// Queue bytes of the frames in `out`, reported to the queue once written.
+    out_queued: usize,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The socket may have bytes (it has not said otherwise since its waker fired).
+    readable: bool,
+    ending: Ending,
+}
+
+impl<S, E, F> Pump<S, E, F>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Incoming) -> E,
 {
-    let (mut sink, mut stream) = ws.split();
-    let mut drained = incoming.clone();
-    let signals = inbox.signals();
-    let end = {
-        let writer = async {
-            while let Some(command) = inbox.next().await {
-                let mut next = Some(command);
-                let mut batch = 0;
-                // Batch: feed everything already queued, then flush once.
-                while let Some(command) = next.take() {
-                    batch += command.size();
+    /// Takes what is queued, as frames.
+    fn take_queued(&mut self, cx: &mut Context<'_>) {
+        while self.ending == Ending::No {
+            match self.inbox.poll_next(cx) {
+                Poll::Ready(Some(command)) => {
+                    self.out_queued += command.size();
                     match command {
                         Command::Send { data, binary } => {
-                            if let Some(message) = to_message(data, binary) {
-                                if sink.feed(message).await.is_err() {
-                                    return;
-                                }
+                            // Text must be UTF-8 to the peer, whatever the app server wrote.
+                            if binary {
+                                self.out.push_back(Frame::new(Opcode::Binary, data));
+                            } else if std::str::from_utf8(&data).is_ok() {
+                                self.out.push_back(Frame::new(Opcode::Text, data));
                             }
                         }
                         Command::Close { code, reason } => {
-                            let frame = CloseFrame {
-                                code: CloseCode::from(code),
-                                reason: reason.into(),
-                            };
-                            let _ = sink.flush().await;
-                            let _ = sink.close(Some(frame)).await;
-                            return;
+                            self.out.push_back(Frame::close(code, &reason));
+                            self.ending = Ending::AfterWrites;
                         }
                     }
-                    next = inbox.try_next();
                 }
-                if sink.flush().await.is_err() {
-                    return;
+                Poll::Ready(None) => {
+                    // The driver let go of this connection.
+                    self.out.push_back(Frame::new(Opcode::Close, Bytes::new()));
+                    self.ending = Ending::AfterWrites;
                 }
-                if inbox.taken(batch) {
-                    let _ = drained.send(wrap(Incoming::Drained)).await;
-                }
+                Poll::Pending => break,
             }
-            let _ = sink.close(None).await;
-        };
-        let mut forward = incoming.clone();
-        let reader = async {
-            loop {
-                signals.unpaused().await;
-                let data = match stream.next().await {
-                    Some(Ok(Message::Text(text))) => Bytes::from(text),
-                    Some(Ok(Message::Binary(data))) => data,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => return ReadEnd::Done,
-                    Some(Err(e)) => return violation(&e),
-                };
-                if forward.send(wrap(Incoming::Data(data))).await.is_err() {
-                    return ReadEnd::Done;
-                }
-            }
-        };
-        // Until either ends. The reader is polled only when its own waker fired: polled each
-        // time a message is queued for the writer, it would try the socket for nothing (a
-        // failed read syscall per message on runtimes that do not cache readiness).
-        let woken = Arc::new(Woken {
-            flag: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let reader_waker = Waker::from(woken.clone());
-        futures_util::pin_mut!(writer, reader);
-        std::future::poll_fn(|cx| {
-            if signals.poll_aborted(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            if writer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(ReadEnd::Done));
-            }
-            woken.task.register(cx.waker());
-            if woken.flag.swap(false, Ordering::AcqRel) {
-                if let Poll::Ready(end) = reader
-                    .as_mut()
-                    .poll(&mut Context::from_waker(&reader_waker))
-                {
-                    return Poll::Ready(Some(end));
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    };
-    if let Some(ReadEnd::Violation(code, reason)) = end {
-        // Say why, if the socket takes it now; a peer that does not read gets no wait.
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).now_or_never();
+        }
     }
+
+    /// Writes what it can of `out`. `Err` when the socket failed.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<(), ()> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut used = 0;
+            for frame in self.out.iter().take(FRAMES_PER_WRITE) {
+                let header =
+                    &frame.header[usize::from(frame.header_sent)..usize::from(frame.header_len)];
+                for part in [header, &frame.payload[..]] {
+                    if !part.is_empty() {
+                        slices[used] = IoSlice::new(part);
+                        used += 1;
+                    }
+                }
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+                Poll::Ready(Ok(mut n)) => {
+                    self.unflushed = true;
+                    while n > 0 || self.out.front().is_some_and(Frame::done) {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        n = front.advance(n);
+                        if front.done() {
+                            self.out.pop_front();
+                        }
+                    }
+                }
+                Poll::Pending => return Ok(()),
+            }
+        }
+        // Written: let the memory go, and tell the queue.
+        self.out = VecDeque::new();
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if self.out_queued > 0 {
+            if self.inbox.taken(self.out_queued) {
+                self.report_drained = true;
+            }
+            self.out_queued = 0;
+        }
+        Ok(())
+    }
+
+    /// Hands what was read to the driver, as far as its channel takes it. `Err` when the
+    /// driver is gone.
+    fn forward(&mut self, cx: &mut Context<'_>) -> Result<(), ()> {
+        while self.report_drained || !self.received.is_empty() {
+            match self.incoming.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => return Ok(()),
+            }
+            let incoming = if self.report_drained {
+                self.report_drained = false;
+                (self.wrap)(Incoming::Drained)
+            } else if let Some(message) = self.received.pop_front() {
+                message
+            } else {
+                break;
+            };
+            if self.incoming.start_send(incoming).is_err() {
+                return Err(());
+            }
+        }
+        self.received = VecDeque::new();
+        Ok(())
+    }
+
+    /// Reads once, if the driver wants more and the socket may have some. Returns whether it
+    /// read anything; `Err` when the socket ended.
+    fn read(&mut self, cx: &mut Context<'_>, reader: &Waker) -> Result<bool, ()> {
+        if !self.readable || !self.received.is_empty() || self.ending != Ending::No {
+            return Ok(false);
+        }
+        if self.signals.poll_unpaused(cx).is_pending() {
+            return Ok(false);
+        }
+        SCRATCH_BUFFER.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut self.io).poll_read(&mut Context::from_waker(reader), &mut scratch) {
+                Poll::Pending => {
+                    self.readable = false;
+                    Ok(false)
+                }
+                Poll::Ready(Ok(0) | Err(_)) => Err(()),
+                Poll::Ready(Ok(n)) => {
+                    self.decoded(&scratch[..n]);
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    /// Acts on bytes read: messages go to the driver (straight into its channel while it has
+    /// room), pings are answered, a close is answered and ends the pump, and a protocol
+    /// violation is answered with its close code and ends it.
+    fn decoded(&mut self, bytes: &[u8]) {
+        let Self {
+            decoder,
+            received,
+            out,
+            ending,
+            incoming,
+            wrap,
+            ..
+        } = self;
+        let result = decoder.decode(bytes, &mut |r| match r {
+            Received::Message(data) => {
+                let message = wrap(Incoming::Data(data));
+                if !received.is_empty() {
+                    received.push_back(message);
+                } else if let Err(e) = incoming.try_send(message) {
+                    // Full: wait for room. Disconnected: the driver is gone, and the pump
+                    // finds out when it forwards.
+                    received.push_back(e.into_inner());
+                }
+            }
+            Received::Ping(payload) => out.push_back(Frame::new(Opcode::Pong, payload)),
+            Received::Close(code) => {
+                let payload = code.map_or_else(Vec::new, |c| c.to_be_bytes().to_vec());
+                out.push_back(Frame::new(Opcode::Close, Bytes::from(payload)));
+                *ending = Ending::AfterWrites;
+            }
+        });
+        if let Err(e) = result {
+            // Say why (RFC 6455 §7.4.1), if the socket takes it now.
+            out.push_back(Frame::close(e.close_code(), e.reason()));
+            *ending = Ending::Soon;
+        }
+    }
+}
+
+/// Runs a WebSocket (`early`: bytes already read past the upgrade request) until either side
+/// ends it, or the queue's abort signal fires (then the socket is dropped at once). Every
+/// incoming data message goes to `incoming` (a full channel stops reading, so a slow consumer
+/// applies backpressure to the socket), and none is read while the driver has the queue
+/// paused; `Incoming::Drained` reports a congested queue that drained; `Incoming::Closed` is
+/// sent exactly once at the end.
+pub(crate) async fn pump<S, E, F>(
+    io: S,
+    early: Vec<u8>,
+    max_message: usize,
+    inbox: Inbox,
+    incoming: mpsc::Sender<E>,
+    wrap: F,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Incoming) -> E,
+{
+    let signals = inbox.signals();
+    let mut pump = Pump {
+        io,
+        decoder: Decoder::new(max_message),
+        inbox,
+        signals,
+        incoming: incoming.clone(),
+        wrap,
+        received: VecDeque::new(),
+        report_drained: false,
+        out: VecDeque::new(),
+        out_queued: 0,
+        unflushed: false,
+        readable: true,
+        ending: Ending::No,
+    };
+    if !early.is_empty() {
+        pump.decoded(&early);
+    }
+    drop(early);
+    // The socket is read only when its own waker fired (or it has not yet said it has nothing):
+    // tried each time something is queued for writing, it would cost a failed read system call
+    // per message on runtimes that do not cache readiness.
+    let woken = Arc::new(Woken {
+        flag: AtomicBool::new(false),
+        task: AtomicWaker::new(),
+    });
+    let reader = Waker::from(woken.clone());
+    std::future::poll_fn(|cx| {
+        if pump.signals.poll_aborted(cx).is_ready() || pump.ending == Ending::Now {
+            return Poll::Ready(());
+        }
+        woken.task.register(cx.waker());
+        if woken.flag.swap(false, Ordering::AcqRel) {
+            pump.readable = true;
+        }
+        loop {
+            pump.take_queued(cx);
+            if pump.write(cx).is_err() {
+                return Poll::Ready(());
+            }
+            match pump.ending {
+                Ending::Soon => return Poll::Ready(()),
+                Ending::AfterWrites if pump.out.is_empty() && !pump.unflushed => {
+                    let _ = Pin::new(&mut pump.io).poll_close(cx);
+                    return Poll::Ready(());
+                }
+                _ => {}
+            }
+            if pump.forward(cx).is_err() {
+                return Poll::Ready(());
+            }
+            match pump.read(cx, &reader) {
+                Err(()) => return Poll::Ready(()),
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let Pump {
+        mut incoming, wrap, ..
+    } = pump;
     let _ = incoming.send(wrap(Incoming::Closed)).await;
 }

@@ -129,10 +129,7 @@ async fn session<R: Runtime>(
     let (ws, _) = async_tungstenite::client_async_with_config(
         request,
         stream,
-        Some(crate::glue::ws::config(
-            16 * 1024 * 1024,
-            crate::glue::ws::SERVER_READ_BUFFER,
-        )),
+        Some(crate::glue::ws::sdk_config(16 * 1024 * 1024)),
     )
     .await
     .map_err(|e| refused_why(&ws_url, e))?;
