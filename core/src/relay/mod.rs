@@ -332,7 +332,7 @@ impl Relay {
         self.clients
             .map
             .values()
-            .map(Client::buffered)
+            .map(|c| c.buffered())
             .fold((0, 0), |(total, largest), b| (total + b, largest.max(b)))
     }
 
@@ -918,7 +918,7 @@ impl Relay {
 
     /// Forgets a client: it is told why (if it can still hear), its transport ends, its app
     /// server is told, and what it owed is answered.
-    fn end_client(&mut self, now: Instant, mut client: Client, ending: Ending) {
+    fn end_client(&mut self, now: Instant, mut client: Box<Client>, ending: Ending) {
         let conn = client.conn;
         if let Some(error) = ending.handshake_error() {
             let mut reason = error.to_owned();

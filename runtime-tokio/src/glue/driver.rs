@@ -182,7 +182,8 @@ fn next_generation() -> Generation {
 }
 
 enum DriverInput {
-    Request(HttpRequest, oneshot::Sender<Reply>),
+    /// Boxed: every message to the driver is as large as its largest kind.
+    Request(Box<HttpRequest>, oneshot::Sender<Reply>),
     Attach(ConnHandle, Generation, Outbox),
     Incoming(ConnHandle, Generation, Incoming),
     Aborted(RequestId),
@@ -1392,7 +1393,7 @@ where
     }
     let (reply, outcome) = oneshot::channel();
     if events
-        .send(DriverInput::Request(request, reply))
+        .send(DriverInput::Request(Box::new(request), reply))
         .await
         .is_err()
     {
@@ -1434,7 +1435,13 @@ where
                     server: false,
                 }
             };
-            runtime.spawn(upgrade::<S>(on_upgrade, conn, events, side));
+            runtime.spawn(upgrade::<R, S>(
+                runtime.clone(),
+                on_upgrade,
+                conn,
+                events,
+                side,
+            ));
             let mut response = Response::new(empty());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = response.headers_mut();
@@ -1520,7 +1527,8 @@ struct Side {
 
 /// Completes a WebSocket upgrade on the raw stream (recovered from hyper, with any bytes it
 /// already read), then pumps it.
-async fn upgrade<S>(
+async fn upgrade<R: Runtime, S>(
+    runtime: R,
     on_upgrade: hyper::upgrade::OnUpgrade,
     conn: ConnHandle,
     mut events: mpsc::Sender<DriverInput>,
@@ -1549,13 +1557,14 @@ async fn upgrade<S>(
     {
         return;
     }
-    ws::pump(
+    // The pump gets a task of its own, the size of its own state: this one's (hyper's
+    // upgrade, the attach) is not held for the connection's life.
+    runtime.spawn(ws::pump(
         io.into_inner(),
         early,
         side.max_message,
         inbox,
         events,
         move |incoming| DriverInput::Incoming(conn, generation, incoming),
-    )
-    .await;
+    ));
 }

@@ -21,7 +21,6 @@ use bytes::{Buf, Bytes};
 use futures_channel::mpsc;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::task::AtomicWaker;
-use futures_util::SinkExt;
 use signalr_relay_core::websocket::{self, Decoder, Opcode, Received, MAX_HEADER};
 
 pub(crate) use super::queue::Command;
@@ -354,7 +353,7 @@ pub(crate) async fn pump<S, E, F>(
         decoder: Decoder::new(max_message),
         inbox,
         signals,
-        incoming: incoming.clone(),
+        incoming,
         wrap,
         received: VecDeque::new(),
         report_drained: false,
@@ -408,8 +407,14 @@ pub(crate) async fn pump<S, E, F>(
         }
     })
     .await;
+    // The message is made once the channel has room, so that no future holds one.
     let Pump {
         mut incoming, wrap, ..
     } = pump;
-    let _ = incoming.send(wrap(Incoming::Closed)).await;
+    if std::future::poll_fn(|cx| incoming.poll_ready(cx))
+        .await
+        .is_ok()
+    {
+        let _ = incoming.start_send(wrap(Incoming::Closed));
+    }
 }

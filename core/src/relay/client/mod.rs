@@ -47,7 +47,9 @@ use crate::service;
 /// Every client connection.
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
-    pub(crate) map: BTreeMap<ConnHandle, Client>,
+    /// Boxed: the map's nodes hold a pointer per client, not a client (whose size would be
+    /// paid for each of a node's empty slots too).
+    pub(crate) map: BTreeMap<ConnHandle, Box<Client>>,
     by_token: BTreeMap<String, ConnHandle>,
     /// Connections per access token (digested), negotiated or connected.
     per_bearer: BTreeMap<[u8; 32], usize>,
@@ -62,7 +64,7 @@ impl Clients {
         if let Some(bearer) = client.bearer {
             *self.per_bearer.entry(bearer).or_default() += 1;
         }
-        self.map.entry(client.conn).or_insert(client)
+        self.map.entry(client.conn).or_insert(Box::new(client))
     }
 
     /// How many connections bear this access token.
@@ -153,9 +155,10 @@ pub(crate) struct Link {
     /// Messages from multicast paths held until the handshake response has gone out, or
     /// while a partial frame is being reassembled.
     pending: VecDeque<Bytes>,
-    /// What the app server was told at the opening, kept when its app server may ask for
-    /// its clients to be migrated: it is told again to the next one.
-    migration: Option<Box<Replay>>,
+    /// What the app server was told at the opening (OpenConnection and the handshake, as
+    /// sent: one buffer, shared with the message that carried it), kept when its app server
+    /// may ask for its clients to be migrated: it is told again to the next one.
+    migration: Option<Bytes>,
     /// The server connection the client was migrated from, with its output reassembled
     /// apart: the answers it still owes the client (invocations under way when the client
     /// moved) reach it, whole frames between the new app server's.
@@ -164,13 +167,6 @@ pub(crate) struct Link {
 
 /// The largest introduction (OpenConnection and handshake) kept for a migration.
 const MAX_REPLAY: usize = 8 * 1024;
-
-/// The OpenConnection and the handshake a client's app server got, to tell another one.
-#[derive(Debug)]
-struct Replay {
-    open: service::OpenConnection,
-    handshake: Vec<u8>,
-}
 
 impl Link {
     /// The app server has answered the handshake.
@@ -571,10 +567,10 @@ impl Client {
                 ..service::Ext::default()
             },
         };
-        let data = introduction(&open, &opening.handshake);
+        let data = Bytes::from(introduction(&open, &opening.handshake));
         let size = data.len();
         out.stats.to_server.add(opening.handshake.len());
-        out.transmit(server, data.into(), true);
+        out.transmit(server, data.clone(), true);
         // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
         // next one would not have. What is kept to tell the next app server is bounded; a
         // client with a larger introduction stays where it is.
@@ -595,12 +591,7 @@ impl Client {
             transport: opening.transport,
             outbound,
             pending: VecDeque::new(),
-            migration: keep.then(|| {
-                Box::new(Replay {
-                    open,
-                    handshake: opening.handshake.clone(),
-                })
-            }),
+            migration: keep.then_some(data),
             previous: None,
         });
         let mut cx = Ctx::new(
@@ -638,7 +629,7 @@ impl Client {
         if link.previous.as_ref().is_some_and(|p| !p.1.is_idle()) {
             return None;
         }
-        let replay = link.migration.as_ref()?;
+        let (mut open, handshake) = replayed(link.migration.as_ref()?)?;
         let close = service::ServiceMessage::CloseConnection(service::CloseConnection {
             connection_id: self.connection_id.clone(),
             headers: vec![("Asrs-Migrate-To".to_owned(), vec![to_id.to_owned()])],
@@ -646,10 +637,9 @@ impl Client {
         });
         let mut farewell = Vec::new();
         let _ = close.write(&mut farewell);
-        let mut open = replay.open.clone();
         open.headers
             .push(("Asrs-Migrate-From".to_owned(), vec![from_id.to_owned()]));
-        let welcome = introduction(&open, &replay.handshake);
+        let welcome = introduction(&open, &handshake);
         let from = std::mem::replace(&mut link.server, to);
         link.previous = Some(Box::new((from, link.outbound.after_handshake())));
         Some((farewell.into(), welcome.into()))
@@ -945,6 +935,20 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// The OpenConnection and the handshake of an [`introduction`], read back.
+fn replayed(intro: &[u8]) -> Option<(service::OpenConnection, Bytes)> {
+    let mut frames = service::ServiceDecoder::new(MAX_REPLAY);
+    frames.push(intro);
+    let Ok(Some(service::ServiceMessage::OpenConnection(open))) = frames.next_message() else {
+        return None;
+    };
+    let handshake = match frames.next_message() {
+        Ok(Some(service::ServiceMessage::ConnectionData(data))) => data.payload,
+        _ => Bytes::new(),
+    };
+    Some((open, handshake))
+}
+
 /// OpenConnection, then the handshake as the client's first data, in one message.
 fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
@@ -952,5 +956,7 @@ fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
     if !handshake.is_empty() {
         let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
     }
+    // It may be kept (for a migration): no spare capacity.
+    data.shrink_to_fit();
     data
 }

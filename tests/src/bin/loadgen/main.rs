@@ -180,6 +180,11 @@ struct RunArgs {
     /// A few connections for a second each: checks that the generator works (CI).
     #[arg(long)]
     smoke: bool,
+    /// Count the server's system calls and context switches per echo with `perf stat`
+    /// (where the machine lets it). Off by default: counting costs the server a little per
+    /// call, so its CPU figures are best taken without.
+    #[arg(long)]
+    syscalls: bool,
 }
 
 /// The scenarios `--only` picks from.
@@ -302,6 +307,7 @@ fn bin_dir(dir: Option<&PathBuf>) -> Result<PathBuf, String> {
 }
 
 async fn run_all(mut args: RunArgs) -> Result<(), String> {
+    procs::COUNT_SYSCALLS.store(args.syscalls, std::sync::atomic::Ordering::Relaxed);
     if args.smoke {
         args.clients = args.clients.min(20);
         args.concurrency = args.concurrency.min(8);
@@ -932,6 +938,13 @@ fn print_table(r: &Report) {
         );
         row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
         row(
+            &c,
+            "CPU per connect",
+            rc.server_cpu_us_per_connect,
+            fc.server_cpu_us_per_connect,
+            "µs",
+        );
+        row(
             "idle",
             "RSS per connection",
             rc.server_rss_per_connection_bytes / 1024.0,
@@ -979,6 +992,10 @@ fn print_table(r: &Report) {
             b.server_cpu_us_per_echo,
             "µs",
         );
+        if let (Some(x), Some(y)) = (a.server_syscalls_per_echo, b.server_syscalls_per_echo) {
+            row(&s, "system calls per echo", x.0, y.0, "");
+            row(&s, "context switches per echo", x.1, y.1, "");
+        }
         row(&s, "echoes/s", a.echoes_per_sec, b.echoes_per_sec, "");
         row(&s, "p50", a.latency.p50_ms, b.latency.p50_ms, "ms");
         row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");

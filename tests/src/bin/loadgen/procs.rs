@@ -222,3 +222,62 @@ pub(crate) fn rss_bytes(pid: u32) -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Whether the run counts system calls (`--syscalls`): `perf stat` on the server for each
+/// echo stretch. Off by default, since counting costs the server a little per call.
+pub(crate) static COUNT_SYSCALLS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A process's system calls and context switches over a stretch, counted by `perf stat`
+/// (`None` where the machine does not let it, or the run did not ask).
+pub(crate) struct SyscallCount(Option<Child>);
+
+/// What [`SyscallCount`] counted.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct Syscalls {
+    pub(crate) syscalls: u64,
+    pub(crate) context_switches: u64,
+}
+
+impl SyscallCount {
+    pub(crate) fn start(pid: u32) -> Self {
+        if !COUNT_SYSCALLS.load(std::sync::atomic::Ordering::Relaxed) {
+            return Self(None);
+        }
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches",
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok();
+        // Attached before the stretch starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Self(child)
+    }
+
+    pub(crate) fn stop(self) -> Option<Syscalls> {
+        let child = self.0?;
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().ok()?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let count = |event: &str| {
+            text.lines()
+                .find(|l| l.split(',').nth(2) == Some(event))
+                .and_then(|l| l.split(',').next()?.parse::<u64>().ok())
+        };
+        Some(Syscalls {
+            syscalls: count("raw_syscalls:sys_enter")?,
+            context_switches: count("context-switches")?,
+        })
+    }
+}

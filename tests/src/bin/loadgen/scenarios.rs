@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::client::{self, HttpConn, HttpTransport, Ws};
-use crate::procs::Proc;
+use crate::procs::{Proc, SyscallCount};
 
 /// What is being measured: the relay (clients negotiate at the sample app, then connect to
 /// the relay) or the floor (clients connect straight to it).
@@ -348,6 +348,8 @@ pub(crate) struct ConnectResult {
     pub(crate) failed_percent: f64,
     pub(crate) server_rss_per_connection_bytes: f64,
     pub(crate) idle_server_cpu_percent: f64,
+    /// The server's CPU over the storm, per connection opened (µs).
+    pub(crate) server_cpu_us_per_connect: f64,
 }
 
 /// Opens `count` connections (numbered from `first`), `concurrency` at a time, recording each
@@ -415,9 +417,9 @@ pub(crate) async fn connect_storm(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = target.server.rss_bytes();
     let latencies = Latencies::default();
-    let start = Instant::now();
+    let storm = Meter::start(target);
     let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
-    let elapsed = start.elapsed().as_secs_f64();
+    let (elapsed, storm_cpu) = storm.stop(target, Duration::ZERO);
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -465,6 +467,7 @@ pub(crate) async fn connect_storm(
         failed_percent: failed as f64 * 100.0 / n.max(1) as f64,
         server_rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / ok,
         idle_server_cpu_percent: idle_cpu,
+        server_cpu_us_per_connect: storm_cpu * 1e6 / ok,
     };
     (result, held)
 }
@@ -478,6 +481,9 @@ pub(crate) struct EchoResult {
     pub(crate) echoes_per_sec: f64,
     pub(crate) latency: Percentiles,
     pub(crate) server_cpu_us_per_echo: f64,
+    /// The server's system calls and context switches per echo (`--syscalls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_syscalls_per_echo: Option<(f64, f64)>,
 }
 
 impl EchoResult {
@@ -491,8 +497,13 @@ impl EchoResult {
         payload: usize,
         echoes: u64,
         latencies: &Latencies,
+        syscalls: SyscallCount,
     ) -> Self {
         let (secs, cpu) = meter.stop(target, Duration::ZERO);
+        let per = |n: u64| n as f64 / echoes.max(1) as f64;
+        let syscalls = syscalls
+            .stop()
+            .map(|c| (per(c.syscalls), per(c.context_switches)));
         Self {
             connections,
             in_flight,
@@ -500,6 +511,7 @@ impl EchoResult {
             echoes_per_sec: echoes as f64 / secs,
             latency: latencies.percentiles(),
             server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
+            server_syscalls_per_echo: syscalls,
         }
     }
 }
@@ -513,6 +525,7 @@ pub(crate) async fn echo(
 ) -> EchoResult {
     let latencies = Latencies::default();
     let done = AtomicU64::new(0);
+    let syscalls = SyscallCount::start(target.server.pid());
     let meter = Meter::start(target);
     let deadline = meter.start + duration;
     let tasks = conns.iter_mut().map(|ws| {
@@ -558,6 +571,7 @@ pub(crate) async fn echo(
         payload,
         echoes,
         &latencies,
+        syscalls,
     )
 }
 
@@ -892,6 +906,7 @@ pub(crate) async fn http_echo(
     let mut conns: Vec<HttpConn> = opened.into_iter().filter_map(Result::ok).collect();
     let latencies = Latencies::default();
     let done = AtomicU64::new(0);
+    let syscalls = SyscallCount::start(target.server.pid());
     let meter = Meter::start(target);
     let tasks = conns.iter_mut().map(|conn| {
         let (latencies, done, start) = (&latencies, &done, meter.start);
@@ -920,7 +935,7 @@ pub(crate) async fn http_echo(
     });
     futures_util::future::join_all(tasks).await;
     let echoes = done.load(Ordering::Relaxed);
-    let echo = EchoResult::measured(target, &meter, n, 1, payload, echoes, &latencies);
+    let echo = EchoResult::measured(target, &meter, n, 1, payload, echoes, &latencies, syscalls);
     futures_util::future::join_all(conns.into_iter().map(HttpConn::close)).await;
     HttpEchoResult {
         transport,
