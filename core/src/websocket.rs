@@ -24,6 +24,8 @@
 //! assert_eq!(&bytes[..len], &[0x82, 126, 1, 44]);
 //! ```
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 
 /// The longest header of a server's frame (no mask): 2 bytes, and 8 of extended length.
@@ -167,43 +169,74 @@ impl Decoder {
     /// # Errors
     /// On the first frame RFC 6455 refuses; the connection must then be failed.
     pub fn decode(&mut self, input: &[u8], out: &mut impl FnMut(Received)) -> Result<(), WsError> {
+        self.decode_until(input, &mut |r| {
+            out(r);
+            ControlFlow::Continue(())
+        })
+        .map(|_| ())
+    }
+
+    /// [`Self::decode`], stopping after any frame for which `out` says
+    /// [`ControlFlow::Break`]: the bytes after it are kept (with `input`'s, at most one read
+    /// and one frame), and decoded by the next call, which may be given no new bytes. Returns
+    /// whether it stopped so (then whole frames may be waiting).
+    ///
+    /// # Errors
+    /// On the first frame RFC 6455 refuses; the connection must then be failed.
+    pub fn decode_until(
+        &mut self,
+        input: &[u8],
+        out: &mut impl FnMut(Received) -> ControlFlow<()>,
+    ) -> Result<bool, WsError> {
         if self.closed {
-            return Ok(());
+            return Ok(false);
         }
         if self.partial.is_empty() {
-            let used = self.frames(input, out)?;
+            let (used, stopped) = self.frames(input, out)?;
             if used < input.len() && !self.closed {
                 self.partial = input[used..].to_vec();
             }
-            return Ok(());
+            return Ok(stopped);
         }
         let mut partial = std::mem::take(&mut self.partial);
         partial.extend_from_slice(input);
-        let used = self.frames(&partial, out)?;
+        let (used, stopped) = self.frames(&partial, out)?;
         if used < partial.len() && !self.closed {
             if used > 0 {
                 partial.drain(..used);
             }
             self.partial = partial;
         }
-        Ok(())
+        Ok(stopped)
     }
 
-    /// Decodes the whole frames at the start of `buf`; returns how many bytes they took.
-    fn frames(&mut self, buf: &[u8], out: &mut impl FnMut(Received)) -> Result<usize, WsError> {
+    /// Decodes the whole frames at the start of `buf`; returns how many bytes they took, and
+    /// whether `out` stopped it.
+    fn frames(
+        &mut self,
+        buf: &[u8],
+        out: &mut impl FnMut(Received) -> ControlFlow<()>,
+    ) -> Result<(usize, bool), WsError> {
         let mut at = 0;
         while !self.closed {
             let Some(header) = self.header(&buf[at..])? else {
                 break;
             };
             let start = at + header.size;
-            let Some(payload) = buf.get(start..start + header.len) else {
+            let Some(payload) = start
+                .checked_add(header.len)
+                .and_then(|end| buf.get(start..end))
+            else {
                 break;
             };
-            self.frame(&header, payload, out)?;
             at = start + header.len;
+            if let Some(received) = self.frame(&header, payload)? {
+                if out(received).is_break() {
+                    return Ok((at, !self.closed));
+                }
+            }
         }
-        Ok(at)
+        Ok((at, false))
     }
 
     /// Parses and checks a header, if `buf` holds all of it.
@@ -228,7 +261,11 @@ impl Decoder {
                 Some(bytes) => {
                     let mut be = [0; 8];
                     be.copy_from_slice(bytes);
-                    (u64::from_be_bytes(be), 10)
+                    let len = u64::from_be_bytes(be);
+                    if len >> 63 != 0 {
+                        return Err(WsError::Protocol("a length with its top bit set"));
+                    }
+                    (len, 10)
                 }
                 None => return Ok(None),
             },
@@ -265,24 +302,17 @@ impl Decoder {
         }))
     }
 
-    /// Acts on one whole frame.
-    fn frame(
-        &mut self,
-        header: &Header,
-        masked: &[u8],
-        out: &mut impl FnMut(Received),
-    ) -> Result<(), WsError> {
-        match header.opcode {
+    /// Acts on one whole frame: what it gives the caller, if anything.
+    fn frame(&mut self, header: &Header, masked: &[u8]) -> Result<Option<Received>, WsError> {
+        Ok(Some(match header.opcode {
             Opcode::Text | Opcode::Binary if header.fin => {
                 let text = header.opcode == Opcode::Text;
-                out(Received::Message(finish(
-                    text,
-                    unmask(masked, header.mask),
-                )?));
+                Received::Message(finish(text, unmask(masked, header.mask))?)
             }
             Opcode::Text | Opcode::Binary => {
                 let text = header.opcode == Opcode::Text;
                 self.assembling = Some((text, unmask(masked, header.mask)));
+                return Ok(None);
             }
             Opcode::Continuation => {
                 let Some((text, bytes)) = &mut self.assembling else {
@@ -291,15 +321,17 @@ impl Decoder {
                 let start = bytes.len();
                 bytes.extend_from_slice(masked);
                 apply_mask(&mut bytes[start..], header.mask);
-                if header.fin {
-                    let text = *text;
-                    if let Some((_, bytes)) = self.assembling.take() {
-                        out(Received::Message(finish(text, bytes)?));
-                    }
+                if !header.fin {
+                    return Ok(None);
+                }
+                let text = *text;
+                match self.assembling.take() {
+                    Some((_, bytes)) => Received::Message(finish(text, bytes)?),
+                    None => return Ok(None),
                 }
             }
-            Opcode::Ping => out(Received::Ping(unmask(masked, header.mask).into())),
-            Opcode::Pong => {}
+            Opcode::Ping => Received::Ping(unmask(masked, header.mask).into()),
+            Opcode::Pong => return Ok(None),
             Opcode::Close => {
                 let payload = unmask(masked, header.mask);
                 let code = match payload.as_slice() {
@@ -317,10 +349,9 @@ impl Decoder {
                 self.closed = true;
                 self.partial = Vec::new();
                 self.assembling = None;
-                out(Received::Close(code));
+                Received::Close(code)
             }
-        }
-        Ok(())
+        }))
     }
 }
 
@@ -504,12 +535,52 @@ mod tests {
             (frame(0x88, &[0x03, 0xe8 + 5]), 1002),
             (frame(0x88, &[0x03, 0xe8, 0xff]), 1007),
             (vec![0x82, 0x01, b'x'], 1002),
+            (
+                vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+                1002,
+            ),
         ];
         for (input, code) in cases {
             let mut decoder = Decoder::new(1000);
             let got = decode_all(&mut decoder, input).expect_err("refused");
             assert_eq!(got.close_code(), *code, "{input:?}: {got}");
         }
+    }
+
+    #[test]
+    fn a_stopped_decode_goes_on_from_where_it_stopped() {
+        let mut stream = Vec::new();
+        for i in 0..10u8 {
+            stream.extend(frame(0x82, &[i; 3]));
+        }
+        stream.extend(&frame(0x82, b"unfinished")[..5]);
+        let mut decoder = Decoder::new(1000);
+        let mut got = Vec::new();
+        let mut take_three = |got: &mut Vec<Received>, r| {
+            got.push(r);
+            if got.len() % 3 == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let mut input: &[u8] = &stream;
+        let mut calls = 0;
+        while decoder
+            .decode_until(input, &mut |r| take_three(&mut got, r))
+            .expect("valid")
+        {
+            input = &[];
+            calls += 1;
+        }
+        assert_eq!(calls, 3, "stopped after 3, 6 and 9");
+        let want: Vec<_> = (0..10u8).map(|i| msg(&[i; 3])).collect();
+        assert_eq!(got, want);
+        assert!(!decoder.is_idle(), "the unfinished frame is kept");
+        let rest = &frame(0x82, b"unfinished")[5..];
+        decoder.decode(rest, &mut |r| got.push(r)).expect("valid");
+        assert_eq!(got.last(), Some(&msg(b"unfinished")));
+        assert!(decoder.is_idle());
     }
 
     #[test]

@@ -319,6 +319,39 @@ test('slow readers: a WebSocket client that never reads is closed for real', { t
   }
 });
 
+test('a ping flood from clients that never read: one pong waits for each, memory stays bounded', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const flooders = [];
+    for (let i = 0; i < 4; i++) flooders.push(await openedClient(stack));
+    const before = stack.relayResources().rss;
+    // Empty masked pings, 10,000 to a write: every one asks for a pong, and no pong is read.
+    const pings = Buffer.alloc(6 * 10000);
+    for (let i = 0; i < 10000; i++) pings.set([0x89, 0x80, 0, 0, 0, 0], i * 6);
+    const until = Date.now() + 4000;
+    let sent = 0;
+    await Promise.all(flooders.map(async (c) => {
+      c.ws._socket.pause();
+      while (Date.now() < until && !c.ws._socket.destroyed) {
+        if (!c.ws._socket.write(pings)) await new Promise((resolve) => c.ws._socket.once('drain', resolve));
+        sent += 10000;
+      }
+    }));
+    const growth = stack.relayResources().rss - before;
+    console.log(`# ${sent} pings from 4 clients that never read: relay RSS grew ${(growth / MB).toFixed(1)} MB`);
+    // Before the fix, each ping queued a pong (48 bytes for 6 on the wire): hundreds of MB.
+    assert.ok(sent > 1000000, `the flood was sent (${sent})`);
+    assert.ok(growth < 20 * MB, `RSS grew ${growth} bytes`);
+    for (const c of flooders) c.ws.terminate();
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
 test('a flood from 8 clients pauses them; their server connection and its other clients are unharmed', { timeout: 180000 }, async () => {
   // One server connection per hub: the flooders and the bystander share it, so a dropped
   // server connection would close the bystander too.

@@ -1235,8 +1235,11 @@ async fn serve_http<R: Runtime, S>(
     let abort = Arc::new(AbortSignal::default());
     let service = {
         let abort = abort.clone();
+        // Boxed: hyper keeps a place for the service's future as long as the connection
+        // lives (an event stream's, a kept-alive long poll's), so it should be a pointer, and
+        // the request's state exist only while a request does.
         hyper::service::service_fn(move |req| {
-            handle::<R, S>(
+            Box::pin(handle::<R, S>(
                 runtime.clone(),
                 req,
                 peer,
@@ -1244,7 +1247,7 @@ async fn serve_http<R: Runtime, S>(
                 settings.clone(),
                 abort.clone(),
                 port,
-            )
+            ))
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();

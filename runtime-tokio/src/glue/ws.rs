@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,7 +81,11 @@ struct Frame {
     header_len: u8,
     /// Of the header, already written.
     header_sent: u8,
+    /// A pong (at most one is queued at a time).
+    pong: bool,
     payload: Bytes,
+    /// What it counts for in the connection's queue, reported once it is written.
+    queued: usize,
 }
 
 impl Frame {
@@ -90,8 +95,15 @@ impl Frame {
             header,
             header_len: len as u8,
             header_sent: 0,
+            pong: opcode == Opcode::Pong,
             payload,
+            queued: 0,
         }
+    }
+
+    fn queued(mut self, size: usize) -> Self {
+        self.queued = size;
+        self
     }
 
     fn close(code: u16, reason: &str) -> Self {
@@ -127,9 +139,11 @@ enum Ending {
     /// Try once to write what is queued (a close frame saying why), without waiting for a
     /// peer that does not read, and stop.
     Soon,
-    /// Stop now.
-    Now,
 }
+
+/// Messages read and waiting for room in the driver's channel, at most: past this the decoder
+/// keeps the rest of what was read, and the socket is not read.
+const MAX_RECEIVED: usize = 128;
 
 /// Everything the pump holds. Its collections are empty, and hold no allocation, while the
 /// connection is idle.
@@ -146,8 +160,12 @@ struct Pump<S, E, F> {
     report_drained: bool,
     /// Frames to write.
     out: VecDeque<Frame>,
-    /// Queue bytes of the frames in `out`, reported to the queue once written.
-    out_queued: usize,
+    /// The latest ping not yet answered (one pong at a time is queued, for the latest:
+    /// RFC 6455 §5.5.3), and whether a pong is in `out`.
+    ping: Option<Bytes>,
+    pong_queued: bool,
+    /// The decoder stopped with whole frames left (the channel was full).
+    backlog: bool,
     /// Written since the last flush.
     unflushed: bool,
     /// The socket may have bytes (it has not said otherwise since its waker fired).
@@ -160,23 +178,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Incoming) -> E,
 {
-    /// Takes what is queued, as frames.
+    /// Takes what is queued, as frames, and the pong owed.
     fn take_queued(&mut self, cx: &mut Context<'_>) {
+        if !self.pong_queued {
+            if let Some(payload) = self.ping.take() {
+                self.out.push_back(Frame::new(Opcode::Pong, payload));
+                self.pong_queued = true;
+            }
+        }
         while self.ending == Ending::No {
             match self.inbox.poll_next(cx) {
                 Poll::Ready(Some(command)) => {
-                    self.out_queued += command.size();
+                    let size = command.size();
                     match command {
                         Command::Send { data, binary } => {
                             // Text must be UTF-8 to the peer, whatever the app server wrote.
                             if binary {
-                                self.out.push_back(Frame::new(Opcode::Binary, data));
+                                self.out
+                                    .push_back(Frame::new(Opcode::Binary, data).queued(size));
                             } else if std::str::from_utf8(&data).is_ok() {
-                                self.out.push_back(Frame::new(Opcode::Text, data));
+                                self.out
+                                    .push_back(Frame::new(Opcode::Text, data).queued(size));
+                            } else if self.inbox.taken(size) {
+                                self.report_drained = true;
                             }
                         }
                         Command::Close { code, reason } => {
-                            self.out.push_back(Frame::close(code, &reason));
+                            self.out.push_back(Frame::close(code, &reason).queued(size));
                             self.ending = Ending::AfterWrites;
                         }
                     }
@@ -210,20 +238,27 @@ where
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
                 Poll::Ready(Ok(mut n)) => {
                     self.unflushed = true;
+                    // What the socket took is reported as soon as it took it.
+                    let mut written = 0;
                     while n > 0 || self.out.front().is_some_and(Frame::done) {
                         let Some(front) = self.out.front_mut() else {
                             break;
                         };
                         n = front.advance(n);
                         if front.done() {
+                            written += front.queued;
+                            self.pong_queued &= !front.pong;
                             self.out.pop_front();
                         }
+                    }
+                    if written > 0 && self.inbox.taken(written) {
+                        self.report_drained = true;
                     }
                 }
                 Poll::Pending => return Ok(()),
             }
         }
-        // Written: let the memory go, and tell the queue.
+        // Written: let the memory go.
         self.out = VecDeque::new();
         if self.unflushed {
             match Pin::new(&mut self.io).poll_flush(cx) {
@@ -231,12 +266,6 @@ where
                 Poll::Ready(Err(_)) => return Err(()),
                 Poll::Pending => return Ok(()),
             }
-        }
-        if self.out_queued > 0 {
-            if self.inbox.taken(self.out_queued) {
-                self.report_drained = true;
-            }
-            self.out_queued = 0;
         }
         Ok(())
     }
@@ -269,10 +298,18 @@ where
     /// Reads once, if the driver wants more and the socket may have some. Returns whether it
     /// read anything; `Err` when the socket ended.
     fn read(&mut self, cx: &mut Context<'_>, reader: &Waker) -> Result<bool, ()> {
-        if !self.readable || !self.received.is_empty() || self.ending != Ending::No {
+        if !self.received.is_empty() || self.ending != Ending::No {
             return Ok(false);
         }
         if self.signals.poll_unpaused(cx).is_pending() {
+            return Ok(false);
+        }
+        if self.backlog {
+            // Frames already read, before more.
+            self.decoded(&[]);
+            return Ok(true);
+        }
+        if !self.readable {
             return Ok(false);
         }
         SCRATCH_BUFFER.with(|scratch| {
@@ -291,41 +328,53 @@ where
         })
     }
 
-    /// Acts on bytes read: messages go to the driver (straight into its channel while it has
-    /// room), pings are answered, a close is answered and ends the pump, and a protocol
-    /// violation is answered with its close code and ends it.
+    /// Acts on bytes read (or on the decoder's backlog, given none): messages go to the
+    /// driver (straight into its channel while it has room; past [`MAX_RECEIVED`] waiting,
+    /// the decoder keeps the rest), pings are answered, a close is answered and ends the
+    /// pump, and a protocol violation is answered with its close code and ends it.
     fn decoded(&mut self, bytes: &[u8]) {
         let Self {
             decoder,
             received,
             out,
+            ping,
             ending,
             incoming,
             wrap,
             ..
         } = self;
-        let result = decoder.decode(bytes, &mut |r| match r {
-            Received::Message(data) => {
-                let message = wrap(Incoming::Data(data));
-                if !received.is_empty() {
-                    received.push_back(message);
-                } else if let Err(e) = incoming.try_send(message) {
-                    // Full: wait for room. Disconnected: the driver is gone, and the pump
-                    // finds out when it forwards.
-                    received.push_back(e.into_inner());
+        let result = decoder.decode_until(bytes, &mut |r| {
+            match r {
+                Received::Message(data) => {
+                    let message = wrap(Incoming::Data(data));
+                    if !received.is_empty() {
+                        received.push_back(message);
+                    } else if let Err(e) = incoming.try_send(message) {
+                        // Full: wait for room. Disconnected: the driver is gone, and the
+                        // pump finds out when it forwards.
+                        received.push_back(e.into_inner());
+                    }
+                }
+                Received::Ping(payload) => *ping = Some(payload),
+                Received::Close(code) => {
+                    let payload = code.map_or_else(Vec::new, |c| c.to_be_bytes().to_vec());
+                    out.push_back(Frame::new(Opcode::Close, Bytes::from(payload)));
+                    *ending = Ending::AfterWrites;
                 }
             }
-            Received::Ping(payload) => out.push_back(Frame::new(Opcode::Pong, payload)),
-            Received::Close(code) => {
-                let payload = code.map_or_else(Vec::new, |c| c.to_be_bytes().to_vec());
-                out.push_back(Frame::new(Opcode::Close, Bytes::from(payload)));
-                *ending = Ending::AfterWrites;
+            if received.len() >= MAX_RECEIVED {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         });
-        if let Err(e) = result {
-            // Say why (RFC 6455 §7.4.1), if the socket takes it now.
-            out.push_back(Frame::close(e.close_code(), e.reason()));
-            *ending = Ending::Soon;
+        match result {
+            Ok(stopped) => self.backlog = stopped,
+            Err(e) => {
+                // Say why (RFC 6455 §7.4.1), if the socket takes it now.
+                out.push_back(Frame::close(e.close_code(), e.reason()));
+                *ending = Ending::Soon;
+            }
         }
     }
 }
@@ -358,7 +407,9 @@ pub(crate) async fn pump<S, E, F>(
         received: VecDeque::new(),
         report_drained: false,
         out: VecDeque::new(),
-        out_queued: 0,
+        ping: None,
+        pong_queued: false,
+        backlog: false,
         unflushed: false,
         readable: true,
         ending: Ending::No,
@@ -375,9 +426,9 @@ pub(crate) async fn pump<S, E, F>(
         task: AtomicWaker::new(),
     });
     let reader = Waker::from(woken.clone());
-    std::future::poll_fn(|cx| {
-        if pump.signals.poll_aborted(cx).is_ready() || pump.ending == Ending::Now {
-            return Poll::Ready(());
+    let aborted = std::future::poll_fn(|cx| {
+        if pump.signals.poll_aborted(cx).is_ready() {
+            return Poll::Ready(true);
         }
         woken.task.register(cx.waker());
         if woken.flag.swap(false, Ordering::AcqRel) {
@@ -386,35 +437,44 @@ pub(crate) async fn pump<S, E, F>(
         loop {
             pump.take_queued(cx);
             if pump.write(cx).is_err() {
-                return Poll::Ready(());
+                return Poll::Ready(false);
             }
             match pump.ending {
-                Ending::Soon => return Poll::Ready(()),
+                Ending::Soon => return Poll::Ready(false),
                 Ending::AfterWrites if pump.out.is_empty() && !pump.unflushed => {
                     let _ = Pin::new(&mut pump.io).poll_close(cx);
-                    return Poll::Ready(());
+                    return Poll::Ready(false);
                 }
                 _ => {}
             }
             if pump.forward(cx).is_err() {
-                return Poll::Ready(());
+                return Poll::Ready(false);
             }
             match pump.read(cx, &reader) {
-                Err(()) => return Poll::Ready(()),
+                Err(()) => return Poll::Ready(false),
                 Ok(true) => {}
                 Ok(false) => return Poll::Pending,
             }
         }
     })
     .await;
-    // The message is made once the channel has room, so that no future holds one.
+    // What was read before the end (a last message, then the close) still reaches the
+    // driver, unless the connection was aborted; then that it ended. A message is made once
+    // the channel has room, so that no future holds one.
     let Pump {
-        mut incoming, wrap, ..
+        mut incoming,
+        wrap,
+        received,
+        ..
     } = pump;
-    if std::future::poll_fn(|cx| incoming.poll_ready(cx))
-        .await
-        .is_ok()
-    {
-        let _ = incoming.start_send(wrap(Incoming::Closed));
+    let last = (!aborted).then_some(received).into_iter().flatten();
+    for message in last.chain(std::iter::once_with(|| wrap(Incoming::Closed))) {
+        if std::future::poll_fn(|cx| incoming.poll_ready(cx))
+            .await
+            .is_err()
+            || incoming.start_send(message).is_err()
+        {
+            return;
+        }
     }
 }
