@@ -556,9 +556,9 @@ mod tests {
         stream.extend(&frame(0x82, b"unfinished")[..5]);
         let mut decoder = Decoder::new(1000);
         let mut got = Vec::new();
-        let mut take_three = |got: &mut Vec<Received>, r| {
+        let take_three = |got: &mut Vec<Received>, r| {
             got.push(r);
-            if got.len() % 3 == 0 {
+            if got.len().is_multiple_of(3) {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())

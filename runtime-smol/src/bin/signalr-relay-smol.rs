@@ -3,11 +3,6 @@
 use signalr_relay_smol::cli::{bound, init_logging, print_status_token, relay_args, run_relay};
 use signalr_relay_smol::{SmolListener, SmolRuntime};
 
-/// mimalloc: glibc's malloc cost the connect path a sixth of its CPU (see the README's
-/// Performance section).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = relay_args();
     init_logging(&args.logging);

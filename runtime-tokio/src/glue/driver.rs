@@ -1251,10 +1251,14 @@ async fn serve_http<R: Runtime, S>(
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // Vectored writes (every stream here has them): a response's body chunks (an event
+    // stream's messages) are written as they are, not copied into a write buffer that then
+    // stays as large as the largest for the connection's life.
     builder
         .timer(timer)
         .header_read_timeout(header_read_timeout)
-        .max_buf_size(MAX_REQUEST_HEAD);
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .writev(true);
     let connection = builder
         .serve_connection(FuturesIo::new(stream), service)
         .with_upgrades();

@@ -5,6 +5,7 @@
 //! target/release/loadgen run                      # every scenario, release binaries
 //! target/release/loadgen run --clients 5000 --json bench.json
 //! target/release/loadgen run --only broadcast,slow-consumer --seconds 10
+//! target/release/loadgen run --only echo,http-echo --syscalls  # + system calls per echo
 //! target/debug/loadgen run --smoke                # a few connections each; what CI runs
 //! target/release/loadgen soak                     # 10,000 connections with churn, 10 minutes
 //! ```

@@ -495,8 +495,7 @@ impl EchoResult {
         connections: usize,
         in_flight: usize,
         payload: usize,
-        echoes: u64,
-        latencies: &Latencies,
+        (echoes, latencies): (u64, &Latencies),
         syscalls: SyscallCount,
     ) -> Self {
         let (secs, cpu) = meter.stop(target, Duration::ZERO);
@@ -569,8 +568,7 @@ pub(crate) async fn echo(
         conns.len(),
         in_flight,
         payload,
-        echoes,
-        &latencies,
+        (echoes, &latencies),
         syscalls,
     )
 }
@@ -935,7 +933,15 @@ pub(crate) async fn http_echo(
     });
     futures_util::future::join_all(tasks).await;
     let echoes = done.load(Ordering::Relaxed);
-    let echo = EchoResult::measured(target, &meter, n, 1, payload, echoes, &latencies, syscalls);
+    let echo = EchoResult::measured(
+        target,
+        &meter,
+        n,
+        1,
+        payload,
+        (echoes, &latencies),
+        syscalls,
+    );
     futures_util::future::join_all(conns.into_iter().map(HttpConn::close)).await;
     HttpEchoResult {
         transport,
