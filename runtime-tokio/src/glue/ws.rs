@@ -357,8 +357,11 @@ where
                 }
                 Received::Ping(payload) => *ping = Some(payload),
                 Received::Close(code) => {
-                    let payload = code.map_or_else(Vec::new, |c| c.to_be_bytes().to_vec());
-                    out.push_back(Frame::new(Opcode::Close, Bytes::from(payload)));
+                    // Its code echoed, or none if it gave none.
+                    out.push_back(code.map_or_else(
+                        || Frame::new(Opcode::Close, Bytes::new()),
+                        |c| Frame::close(c, ""),
+                    ));
                     *ending = Ending::AfterWrites;
                 }
             }

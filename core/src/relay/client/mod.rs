@@ -567,14 +567,19 @@ impl Client {
                 ..service::Ext::default()
             },
         };
-        let data = Bytes::from(introduction(&open, &opening.handshake));
-        let size = data.len();
-        out.stats.to_server.add(opening.handshake.len());
-        out.transmit(server, data.clone(), true);
+        let mut data = introduction(&open, &opening.handshake);
         // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
         // next one would not have. What is kept to tell the next app server is bounded; a
         // client with a larger introduction stays where it is.
-        let keep = migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && size <= MAX_REPLAY;
+        let keep =
+            migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && data.len() <= MAX_REPLAY;
+        if keep {
+            // Kept for the connection's life: no spare capacity.
+            data.shrink_to_fit();
+        }
+        let data = Bytes::from(data);
+        out.stats.to_server.add(opening.handshake.len());
+        out.transmit(server, data.clone(), true);
         let outbound = if passthrough {
             // What the SDK writes for a client: whole service-protocol ConnectionData frames
             // (length-prefixed), each holding classic JSON; no handshake response.
@@ -956,7 +961,5 @@ fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
     if !handshake.is_empty() {
         let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
     }
-    // It may be kept (for a migration): no spare capacity.
-    data.shrink_to_fit();
     data
 }
