@@ -18,13 +18,65 @@ struct Hub {
     name: String,
     servers: BTreeSet<ConnHandle>,
     clients: BTreeSet<ConnHandle>,
-    groups: BTreeMap<String, BTreeSet<ConnHandle>>,
-    users: BTreeMap<String, BTreeSet<ConnHandle>>,
+    groups: BTreeMap<String, Members>,
+    users: BTreeMap<String, Members>,
     /// User → group memberships that outlive connections, with their expiry.
     user_groups: BTreeMap<String, BTreeMap<String, Option<Instant>>>,
     /// Each user's memberships made without a time to live, oldest first: only the latest
     /// [`LASTING_PER_USER`] are kept, as Azure keeps them.
     lasting: BTreeMap<String, std::collections::VecDeque<String>>,
+}
+
+/// The connections of a user, or the members of a group: most users have one connection, held
+/// in place (a set would allocate a node of eleven for it).
+#[derive(Debug)]
+enum Members {
+    One(ConnHandle),
+    Many(BTreeSet<ConnHandle>),
+}
+
+impl Members {
+    fn insert(&mut self, conn: ConnHandle) {
+        match self {
+            Self::One(one) if *one == conn => {}
+            Self::One(one) => *self = Self::Many(BTreeSet::from([*one, conn])),
+            Self::Many(many) => {
+                many.insert(conn);
+            }
+        }
+    }
+
+    /// Takes `conn` out: whether none is left.
+    fn remove(&mut self, conn: ConnHandle) -> bool {
+        match self {
+            Self::One(one) => *one == conn,
+            Self::Many(many) => {
+                many.remove(&conn);
+                if many.len() <= 1 {
+                    let Some(&last) = many.first() else {
+                        return true;
+                    };
+                    *self = Self::One(last);
+                }
+                false
+            }
+        }
+    }
+
+    fn contains(&self, conn: ConnHandle) -> bool {
+        match self {
+            Self::One(one) => *one == conn,
+            Self::Many(many) => many.contains(&conn),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ConnHandle> + '_ {
+        let (one, many) = match self {
+            Self::One(one) => (Some(*one), None),
+            Self::Many(many) => (None, Some(many.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// A user's group memberships without a time to live that are kept (Azure's: the latest 100).
@@ -216,9 +268,17 @@ impl Directory {
     /// Indexes an open client under its user, and puts it in the user's groups.
     pub(crate) fn attach_user(&mut self, now: Instant, hub: HubId, conn: ConnHandle, user: &str) {
         let h = self.hub_mut(hub);
-        let conns = h.users.entry(user.to_owned()).or_default();
-        conns.insert(conn);
-        if conns.len() == 1 {
+        let first = match h.users.get_mut(user) {
+            Some(conns) => {
+                conns.insert(conn);
+                false
+            }
+            None => {
+                h.users.insert(user.to_owned(), Members::One(conn));
+                true
+            }
+        };
+        if first {
             self.touch(|| Scope::User(hub, user.to_owned()));
         }
         let h = self.hub_mut(hub);
@@ -239,7 +299,11 @@ impl Directory {
 
     /// The open connections of a user.
     pub(crate) fn user(&self, hub: HubId, user: &str) -> impl Iterator<Item = ConnHandle> + '_ {
-        self.hub(hub).users.get(user).into_iter().flatten().copied()
+        self.hub(hub)
+            .users
+            .get(user)
+            .into_iter()
+            .flat_map(Members::iter)
     }
 
     /// Puts a user in a group, for `ttl` if given: their connections now and later.
@@ -314,7 +378,7 @@ impl Directory {
         let h = self.hub(hub);
         let members = h.groups.get(group);
         self.user(hub, user)
-            .any(|c| members.is_some_and(|m| m.contains(&c)))
+            .any(|c| members.is_some_and(|m| m.contains(c)))
             || h.user_groups
                 .get(user)
                 .is_some_and(|g| g.get(group).is_some_and(|exp| exp.is_none_or(|e| e > now)))
@@ -381,13 +445,18 @@ impl Directory {
             .entry(conn)
             .or_default()
             .insert(group.to_owned());
-        let members = self
-            .hub_mut(hub)
-            .groups
-            .entry(group.to_owned())
-            .or_default();
-        members.insert(conn);
-        if members.len() == 1 {
+        let groups = &mut self.hub_mut(hub).groups;
+        let first = match groups.get_mut(group) {
+            Some(members) => {
+                members.insert(conn);
+                false
+            }
+            None => {
+                groups.insert(group.to_owned(), Members::One(conn));
+                true
+            }
+        };
+        if first {
             self.touch(|| Scope::Group(hub, group.to_owned()));
         }
     }
@@ -426,8 +495,7 @@ impl Directory {
             .groups
             .get(group)
             .into_iter()
-            .flatten()
-            .copied()
+            .flat_map(Members::iter)
     }
 
     pub(crate) fn group_exists(&self, hub: HubId, group: &str) -> bool {
@@ -437,14 +505,9 @@ impl Directory {
 
 /// Takes `conn` out of the set under `key`, dropping the set once empty: whether it was
 /// dropped.
-fn remove_member(
-    sets: &mut BTreeMap<String, BTreeSet<ConnHandle>>,
-    key: &str,
-    conn: ConnHandle,
-) -> bool {
+fn remove_member(sets: &mut BTreeMap<String, Members>, key: &str, conn: ConnHandle) -> bool {
     if let Some(members) = sets.get_mut(key) {
-        members.remove(&conn);
-        if members.is_empty() {
+        if members.remove(conn) {
             sets.remove(key);
             return true;
         }
@@ -479,5 +542,48 @@ mod tests {
         assert!(d.groups_of.is_empty());
         // The user's own membership outlives the connection.
         assert!(d.user_in_group(now, hub, "ann", "g2"));
+    }
+
+    #[test]
+    fn a_users_connections_and_a_groups_members_grow_and_shrink_in_any_order() {
+        let mut d = Directory {
+            watch: true,
+            ..Directory::default()
+        };
+        let hub = d.intern("chat");
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let conns = [ConnHandle(3), ConnHandle(1), ConnHandle(2)];
+        for (i, &c) in conns.iter().enumerate() {
+            d.add_client(hub, c, &format!("id-{i}"));
+            d.attach_user(now, hub, c, "ann");
+            d.attach_user(now, hub, c, "ann");
+            assert!(d.join_by_id(&format!("id-{i}"), "g"));
+        }
+        let sorted = vec![ConnHandle(1), ConnHandle(2), ConnHandle(3)];
+        assert_eq!(d.user(hub, "ann").collect::<Vec<_>>(), sorted);
+        assert_eq!(d.group(hub, "g").collect::<Vec<_>>(), sorted);
+        let user = Scope::User(hub, "ann".into());
+        let group = Scope::Group(hub, "g".into());
+        // Each set was noted once, when it stopped being empty.
+        let touched = std::mem::take(&mut d.touched);
+        assert_eq!(touched.iter().filter(|s| **s == user).count(), 1);
+        assert_eq!(touched.iter().filter(|s| **s == group).count(), 1);
+        d.remove_client(hub, ConnHandle(1), "id-1", Some("ann"));
+        assert_eq!(
+            d.user(hub, "ann").collect::<Vec<_>>(),
+            vec![ConnHandle(2), ConnHandle(3)]
+        );
+        d.remove_client(hub, ConnHandle(3), "id-0", Some("ann"));
+        assert_eq!(d.user(hub, "ann").collect::<Vec<_>>(), vec![ConnHandle(2)]);
+        assert_eq!(d.group(hub, "g").collect::<Vec<_>>(), vec![ConnHandle(2)]);
+        assert!(!d.touched.contains(&user));
+        // Someone else's connection is not one of theirs: nothing changes.
+        d.remove_client(hub, ConnHandle(9), "id-9", Some("ann"));
+        assert_eq!(d.user(hub, "ann").count(), 1);
+        d.remove_client(hub, ConnHandle(2), "id-2", Some("ann"));
+        assert_eq!(d.user(hub, "ann").count(), 0);
+        assert!(!d.group_exists(hub, "g"));
+        assert!(d.touched.contains(&user) && d.touched.contains(&group));
     }
 }

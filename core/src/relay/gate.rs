@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::admission::{hub_param, Admission};
 use super::client::{classic_body_limit, CLASSIC_BASE};
 use super::config::RelayConfig;
-use super::http::HttpRequest;
+use super::http::{HttpRequest, VerifiedToken};
 use super::reason::Rejection;
 
 /// Largest body read for a negotiate: clients send none.
@@ -60,29 +60,46 @@ impl RequestGate {
     /// ([`Relay::refused_by_gate`](super::Relay::refused_by_gate)), so that it counts and
     /// reports it like its own.
     pub fn body_limit(&self, now: Instant, req: &HttpRequest) -> Result<usize, Rejection> {
+        self.check(now, req).map(|(limit, _)| limit)
+    }
+
+    /// [`body_limit`](Self::body_limit), and the token it verified: set it as the request's
+    /// [`verified`](HttpRequest::verified), so that the relay does not verify it again.
+    ///
+    /// # Errors
+    /// As [`body_limit`](Self::body_limit).
+    pub fn check(
+        &self,
+        now: Instant,
+        req: &HttpRequest,
+    ) -> Result<(usize, Option<VerifiedToken>), Rejection> {
         if req.method != "POST" {
-            return Ok(0);
+            return Ok((0, None));
         }
         let config = &self.config;
         let path = req.path.trim_end_matches('/');
-        let verify_client = || -> Result<(), Rejection> {
+        let verify_client = || {
             let hub = hub_param(req)?;
             self.admission
                 .verify(config, now, req, "/client/", Some(&hub))
-                .map(drop)
         };
-        match path {
-            "/client/negotiate" => verify_client().map(|()| NEGOTIATE_BODY_LIMIT),
-            "/client" => verify_client().map(|()| config.max_client_payload()),
-            p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => self
-                .admission
-                .verify(config, now, req, CLASSIC_BASE, None)
-                .map(|_| classic_body_limit(config)),
-            p if p.starts_with("/api/") => self
-                .admission
-                .verify_rest(config, now, req)
-                .map(|_| super::rest::MAX_BODY),
-            _ => Ok(0),
-        }
+        let (limit, claims) = match path {
+            "/client/negotiate" => (NEGOTIATE_BODY_LIMIT, verify_client()?),
+            "/client" => (config.max_client_payload(), verify_client()?),
+            p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => (
+                classic_body_limit(config),
+                self.admission
+                    .verify(config, now, req, CLASSIC_BASE, None)?,
+            ),
+            p if p.starts_with("/api/") => (
+                super::rest::MAX_BODY,
+                self.admission.verify_rest(config, now, req)?,
+            ),
+            _ => return Ok((0, None)),
+        };
+        let verified = req
+            .bearer_token()
+            .map(|token| VerifiedToken { token, claims });
+        Ok((limit, verified))
     }
 }

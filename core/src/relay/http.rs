@@ -22,6 +22,20 @@ pub struct HttpRequest {
     /// The address of the socket's peer, when the adapter knows it: the client's address,
     /// or a proxy's (see [`RelayConfig::trusted_proxies`](super::RelayConfig)).
     pub peer: Option<std::net::IpAddr>,
+    /// The bearer token, as the relay's [`RequestGate`](super::RequestGate) verified it before
+    /// the body was read ([`RequestGate::check`](super::RequestGate::check)), if it did.
+    pub verified: Option<VerifiedToken>,
+}
+
+/// A bearer token whose signature a [`RequestGate`](super::RequestGate) checked, and its
+/// claims. Handed to the relay with its request, it spares the relay checking the signature
+/// and decoding the claims a second time: the relay takes it only for the very token the
+/// request bears, and checks the times (expiry, not-before) again at its own `now`, and the
+/// audience for its endpoint. Only a gate makes one.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub(super) token: String,
+    pub(super) claims: crate::auth::Claims,
 }
 
 impl HttpRequest {

@@ -153,7 +153,7 @@ pub use self::cluster::{BackplaneStats, BackplaneStatus};
 pub use self::config::{RelayConfig, ServiceMode};
 pub use self::forwarded::{strip_query_params, InvalidIpRange, IpRange};
 pub use self::gate::{RequestGate, NEGOTIATE_BODY_LIMIT};
-pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome};
+pub use self::http::{HttpRequest, HttpResponse, RequestId, RequestOutcome, VerifiedToken};
 pub use self::metrics::{
     render_prometheus, transport_label, AppServerSnapshot, HubSnapshot, ProcessStats,
     RefusalCounts, Snapshot,

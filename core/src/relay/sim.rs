@@ -90,6 +90,7 @@ pub fn request(
         websocket,
         body: Bytes::new(),
         peer: None,
+        verified: None,
     }
 }
 

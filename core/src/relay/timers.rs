@@ -7,7 +7,7 @@
 //! they fire, so that traffic never touches the queue.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ConnHandle;
 
@@ -81,9 +81,18 @@ const SERVER_KINDS: [TimerKind; 3] = [
     TimerKind::ServerSilence,
 ];
 
-/// One connection's armed timers, one slot per kind.
+/// One connection's armed timers, one slot per kind: each a [`Tick`] of its queue
+/// ([`DISARMED`] when not armed), half the size of an `Option<Instant>`.
 #[derive(Debug)]
-pub(crate) struct TimerTable<const N: usize>([Option<Instant>; N]);
+pub(crate) struct TimerTable<const N: usize>([Tick; N]);
+
+/// A time, as nanoseconds from its queue's origin (the first time it was given), saturating
+/// about 292 years either side. The table and the queue hold the same ticks, so that an entry
+/// is always found again, however far a time was.
+type Tick = i64;
+
+/// A slot with no timer.
+const DISARMED: Tick = Tick::MIN;
 
 const CLIENT_SLOTS: usize = CLIENT_KINDS.len();
 const SERVER_SLOTS: usize = SERVER_KINDS.len();
@@ -97,7 +106,7 @@ pub(crate) type ClientTimersMut<'a> = Timers<'a, CLIENT_SLOTS>;
 
 impl<const N: usize> Default for TimerTable<N> {
     fn default() -> Self {
-        Self([None; N])
+        Self([DISARMED; N])
     }
 }
 
@@ -111,9 +120,33 @@ impl<const N: usize> TimerTable<N> {
 
 /// Every armed timer, in the order they fall due.
 #[derive(Debug, Default)]
-pub(crate) struct TimerQueue(BTreeSet<(Instant, ConnHandle, TimerKind)>);
+pub(crate) struct TimerQueue {
+    armed: BTreeSet<(Tick, ConnHandle, TimerKind)>,
+    /// What ticks count from: the first time given.
+    origin: Option<Instant>,
+}
 
 impl TimerQueue {
+    fn tick(origin: Instant, at: Instant) -> Tick {
+        let nanos = |d: Duration| Tick::try_from(d.as_nanos()).unwrap_or(Tick::MAX);
+        match at.checked_duration_since(origin) {
+            Some(after) => nanos(after),
+            // Never `DISARMED`.
+            None => -nanos(origin.duration_since(at)),
+        }
+    }
+
+    fn instant(&self, tick: Tick) -> Option<Instant> {
+        let origin = self.origin?;
+        if tick == DISARMED {
+            None
+        } else if tick >= 0 {
+            origin.checked_add(Duration::from_nanos(tick.unsigned_abs()))
+        } else {
+            origin.checked_sub(Duration::from_nanos(tick.unsigned_abs()))
+        }
+    }
+
     /// The timers of one connection, to set and clear while handling an input at `now`.
     pub(crate) fn of<'a, const N: usize>(
         &'a mut self,
@@ -121,6 +154,7 @@ impl TimerQueue {
         table: &'a mut TimerTable<N>,
         now: Instant,
     ) -> Timers<'a, N> {
+        self.origin.get_or_insert(now);
         Timers {
             queue: self,
             table,
@@ -131,23 +165,26 @@ impl TimerQueue {
 
     /// The earliest armed timer.
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.0.first().map(|(at, _, _)| *at)
+        self.armed
+            .first()
+            .and_then(|&(tick, _, _)| self.instant(tick))
     }
 
     /// Takes the earliest timer due at `now`. The connection's part must then be told, with
     /// [`Timers::fired`].
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(ConnHandle, TimerKind)> {
-        if self.next()? > now {
+        let &(first, _, _) = self.armed.first()?;
+        if first > Self::tick(self.origin?, now) {
             return None;
         }
-        self.0.pop_first().map(|(_, conn, kind)| (conn, kind))
+        self.armed.pop_first().map(|(_, conn, kind)| (conn, kind))
     }
 
     /// Disarms every timer of a connection that is gone.
     pub(crate) fn forget<const N: usize>(&mut self, conn: ConnHandle, table: &TimerTable<N>) {
-        for (at, kind) in table.0.iter().zip(TimerTable::<N>::KINDS) {
-            if let Some(at) = at {
-                self.0.remove(&(*at, conn, *kind));
+        for (&tick, &kind) in table.0.iter().zip(TimerTable::<N>::KINDS) {
+            if tick != DISARMED {
+                self.armed.remove(&(tick, conn, kind));
             }
         }
     }
@@ -164,23 +201,33 @@ pub(crate) struct Timers<'a, const N: usize> {
 }
 
 impl<const N: usize> Timers<'_, N> {
-    fn slot(&mut self, kind: TimerKind) -> &mut Option<Instant> {
+    fn slot(&mut self, kind: TimerKind) -> &mut Tick {
         debug_assert_eq!(kind.is_server(), N == SERVER_SLOTS, "{kind:?}");
         &mut self.table.0[kind.slot()]
+    }
+
+    /// Takes `kind`'s tick, leaving it disarmed.
+    fn take(&mut self, kind: TimerKind) -> Option<Tick> {
+        let old = std::mem::replace(self.slot(kind), DISARMED);
+        (old != DISARMED).then_some(old)
     }
 
     /// Arms `kind` for `at` (or now, if `at` has passed), in place of when it was armed for.
     pub(crate) fn set(&mut self, kind: TimerKind, at: Instant) {
         let at = at.max(self.now);
         let conn = self.conn;
-        let slot = self.slot(kind);
-        if *slot == Some(at) {
+        let tick = self
+            .queue
+            .origin
+            .map_or(0, |origin| TimerQueue::tick(origin, at));
+        if *self.slot(kind) == tick {
             return;
         }
-        if let Some(old) = slot.replace(at) {
-            self.queue.0.remove(&(old, conn, kind));
+        if let Some(old) = self.take(kind) {
+            self.queue.armed.remove(&(old, conn, kind));
         }
-        self.queue.0.insert((at, conn, kind));
+        *self.slot(kind) = tick;
+        self.queue.armed.insert((tick, conn, kind));
     }
 
     /// Arms `kind` for `at`, unless it is armed for earlier.
@@ -194,19 +241,19 @@ impl<const N: usize> Timers<'_, N> {
     /// Disarms `kind`.
     pub(crate) fn clear(&mut self, kind: TimerKind) {
         let conn = self.conn;
-        if let Some(old) = self.slot(kind).take() {
-            self.queue.0.remove(&(old, conn, kind));
+        if let Some(old) = self.take(kind) {
+            self.queue.armed.remove(&(old, conn, kind));
         }
     }
 
     /// When `kind` is armed for.
     pub(crate) fn get(&self, kind: TimerKind) -> Option<Instant> {
-        self.table.0[kind.slot()]
+        self.queue.instant(self.table.0[kind.slot()])
     }
 
     /// Notes that `kind` fired: [`TimerQueue::pop_due`] already took it from the queue.
     pub(crate) fn fired(&mut self, kind: TimerKind) {
-        *self.slot(kind) = None;
+        self.take(kind);
     }
 }
 
@@ -255,5 +302,32 @@ mod tests {
         let later = t0 + 10 * s;
         queue.of(cb, &mut b, later).set(TimerKind::Ack, t0);
         assert_eq!(queue.next(), Some(later));
+    }
+
+    #[test]
+    fn times_before_the_origin_and_far_off_are_found_again() {
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let mut queue = TimerQueue::default();
+        let mut a = ClientTimers::default();
+        let c = ConnHandle(1);
+        queue
+            .of(c, &mut a, t0)
+            .set(TimerKind::KeepAlive, t0 + Duration::from_nanos(7));
+        // An input whose time is before the first one: its timers still order and round-trip.
+        let early = t0 - Duration::from_secs(500);
+        queue.of(c, &mut a, early).set(TimerKind::Handshake, early);
+        assert_eq!(queue.next(), Some(early));
+        assert_eq!(
+            queue.of(c, &mut a, t0).get(TimerKind::KeepAlive),
+            Some(t0 + Duration::from_nanos(7))
+        );
+        // Past what a tick holds: it saturates, and is still cleared by its table.
+        let far = t0 + Duration::from_secs(400 * 365 * 24 * 3600);
+        queue.of(c, &mut a, t0).set(TimerKind::AuthExpired, far);
+        assert_eq!(queue.pop_due(early), Some((c, TimerKind::Handshake)));
+        queue.of(c, &mut a, t0).fired(TimerKind::Handshake);
+        queue.forget(c, &a);
+        assert_eq!(queue.next(), None);
     }
 }

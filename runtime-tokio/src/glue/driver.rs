@@ -1358,7 +1358,13 @@ where
             .status_access(runtime.now(), &request)
             .map(|()| 0)
     } else {
-        settings.gate.body_limit(runtime.now(), &request)
+        settings
+            .gate
+            .check(runtime.now(), &request)
+            .map(|(limit, verified)| {
+                request.verified = verified;
+                limit
+            })
     };
     match checked {
         Err(refusal) => {
@@ -1460,7 +1466,7 @@ where
         RequestOutcome::EventStream(conn) => {
             let generation = next_generation();
             let (outbox, inbox) =
-                queue::channel(options.client_send_queue, usize::MAX, false, abort);
+                queue::channel(options.client_send_queue, usize::MAX, false, Some(abort));
             let _ = events
                 .send(DriverInput::Attach(conn, generation, outbox))
                 .await;
@@ -1550,13 +1556,11 @@ async fn upgrade<R: Runtime, S>(
             .await;
         return;
     };
-    // The bytes hyper read past the request live in its whole 8 KiB read buffer: copy them
-    // out and let the buffer go, rather than hold it for the life of the connection.
+    // The bytes hyper read past the request live in its whole 8 KiB read buffer: the pump
+    // decodes them before it starts, and the buffer goes.
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-    let early = read_buf.to_vec();
-    drop(read_buf);
     let generation = next_generation();
-    let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, Arc::default());
+    let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, None);
     if events
         .send(DriverInput::Attach(conn, generation, outbox))
         .await
@@ -1568,7 +1572,7 @@ async fn upgrade<R: Runtime, S>(
     // upgrade, the attach) is not held for the connection's life.
     runtime.spawn(ws::pump(
         io.into_inner(),
-        early,
+        &read_buf,
         side.max_message,
         inbox,
         events,

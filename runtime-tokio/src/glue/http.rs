@@ -46,6 +46,7 @@ pub(crate) fn to_core_request<B>(req: &Request<B>, peer: SocketAddr) -> HttpRequ
             .collect(),
         websocket: is_websocket_upgrade(req),
         body: Bytes::new(),
+        verified: None,
     }
 }
 

@@ -14,15 +14,14 @@
 //! - **pause**: the driver stops reading from a client while the server connection it feeds
 //!   is congested, and the writer of that server connection says when it drained.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake};
 
 use bytes::Bytes;
-use futures_channel::mpsc;
 use futures_util::task::AtomicWaker;
-use futures_util::StreamExt;
 
 /// What to do on a socket.
 #[derive(Debug)]
@@ -83,13 +82,51 @@ impl AbortSignal {
     }
 }
 
+/// The commands themselves, and whether either end let go.
+#[derive(Debug, Default)]
+struct Commands {
+    /// Empty, with no allocation, once the writer took everything.
+    waiting: VecDeque<Command>,
+    /// The driver let go of the queue: the writer ends once it took what waits.
+    driver_gone: bool,
+    /// The writer ended: pushes fail.
+    writer_gone: bool,
+}
+
+/// A queue's abort signal: its own (a WebSocket's), or one shared with the task serving the
+/// peer's HTTP connection.
+#[derive(Debug)]
+enum Abort {
+    Own(AbortSignal),
+    Shared(Arc<AbortSignal>),
+}
+
+impl std::ops::Deref for Abort {
+    type Target = AbortSignal;
+
+    fn deref(&self) -> &AbortSignal {
+        match self {
+            Self::Own(own) => own,
+            Self::Shared(shared) => shared,
+        }
+    }
+}
+
+/// Everything both ends share: one allocation per peer.
 #[derive(Debug)]
 struct Shared {
+    commands: Mutex<Commands>,
+    /// The writer, waiting for a command.
+    writer: AtomicWaker,
+    /// The socket's own readiness: set by [`Inbox::socket_waker`] when it fires.
+    socket_ready: AtomicBool,
+    /// The task serving the socket, woken when the socket's readiness fires.
+    socket_task: AtomicWaker,
     /// Bytes pushed and not yet taken by the socket.
     queued: AtomicUsize,
     /// Bytes the socket has taken, ever.
     written: AtomicU64,
-    abort: Arc<AbortSignal>,
+    abort: Abort,
     /// Set while the driver holds clients paused on this queue.
     congested: AtomicBool,
     /// Set while the driver wants this peer's socket left unread.
@@ -100,7 +137,6 @@ struct Shared {
 /// The driver's end: bounded pushes, and the signals.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     limit: usize,
     pause_at: usize,
@@ -110,7 +146,6 @@ pub(crate) struct Outbox {
 /// The writer's end.
 #[derive(Debug)]
 pub(crate) struct Inbox {
-    rx: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
     /// Below this many queued bytes a congested queue counts as drained.
     low_water: usize,
@@ -125,7 +160,8 @@ pub(crate) enum Refused {
     Gone,
 }
 
-/// A queue of at most `limit` bytes, whose socket stops when `abort` fires. `pause_at` is
+/// A queue of at most `limit` bytes, whose socket stops when `abort` fires (given none, the
+/// queue has its own, fired by [`Outbox::abort`]). `pause_at` is
 /// where the driver starts pausing reads: of the clients that feed it, for a `server`
 /// connection's queue; of the peer itself, for a client's. It counts as drained below half
 /// of that.
@@ -133,27 +169,28 @@ pub(crate) fn channel(
     limit: usize,
     pause_at: usize,
     server: bool,
-    abort: Arc<AbortSignal>,
+    abort: Option<Arc<AbortSignal>>,
 ) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::unbounded();
     let shared = Arc::new(Shared {
+        commands: Mutex::default(),
+        writer: AtomicWaker::new(),
+        socket_ready: AtomicBool::new(false),
+        socket_task: AtomicWaker::new(),
         queued: AtomicUsize::new(0),
         written: AtomicU64::new(0),
-        abort,
+        abort: abort.map_or_else(|| Abort::Own(AbortSignal::default()), Abort::Shared),
         congested: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         read_waker: AtomicWaker::new(),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
             limit,
             pause_at,
             server,
         },
         Inbox {
-            rx,
             shared,
             low_water: pause_at / 2,
         },
@@ -169,8 +206,16 @@ impl Outbox {
         if !is_close && queued > 0 && queued.saturating_add(size) > self.limit {
             return Err(Refused::Full);
         }
-        self.shared.queued.fetch_add(size, Ordering::AcqRel);
-        self.tx.unbounded_send(command).map_err(|_| Refused::Gone)
+        {
+            let mut commands = self.shared.lock();
+            if commands.writer_gone {
+                return Err(Refused::Gone);
+            }
+            self.shared.queued.fetch_add(size, Ordering::AcqRel);
+            commands.waiting.push_back(command);
+        }
+        self.shared.writer.wake();
+        Ok(())
     }
 
     /// Bytes waiting.
@@ -216,19 +261,52 @@ impl Outbox {
 impl Inbox {
     /// The next command, waiting for one.
     pub(crate) async fn next(&mut self) -> Option<Command> {
-        self.rx.next().await
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// The next command, if one is queued; otherwise wakes `cx` when one is (`None`: the
-    /// driver let go of this queue).
+    /// driver let go of this queue, and everything it queued was taken).
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Command>> {
-        self.rx.poll_next_unpin(cx)
+        if let Some(next) = self.take() {
+            return next;
+        }
+        self.shared.writer.register(cx.waker());
+        self.take().unwrap_or(Poll::Pending)
+    }
+
+    fn take(&self) -> Option<Poll<Option<Command>>> {
+        let mut commands = self.shared.lock();
+        match commands.waiting.pop_front() {
+            Some(command) => {
+                if commands.waiting.is_empty() {
+                    // Idle again: let the memory go.
+                    commands.waiting = VecDeque::new();
+                }
+                Some(Poll::Ready(Some(command)))
+            }
+            None if commands.driver_gone => Some(Poll::Ready(None)),
+            None => None,
+        }
     }
 
     /// The next command, if one is queued.
     #[cfg(test)]
     pub(crate) fn try_next(&mut self) -> Option<Command> {
-        self.rx.try_recv().ok()
+        self.shared.lock().waiting.pop_front()
+    }
+
+    /// A waker for the socket's readiness: it marks the socket ready (see
+    /// [`Inbox::socket_ready`]) and wakes the task last given to that. It lives in this queue's
+    /// allocation, so that a connection needs no other.
+    pub(crate) fn socket_waker(&self) -> std::task::Waker {
+        std::task::Waker::from(self.shared.clone())
+    }
+
+    /// Whether the socket's waker fired since the last call; registers `cx` to be woken when
+    /// it does.
+    pub(crate) fn socket_ready(&self, cx: &mut Context<'_>) -> bool {
+        self.shared.socket_task.register(cx.waker());
+        self.shared.socket_ready.swap(false, Ordering::AcqRel)
     }
 
     /// The socket took `bytes` of what was queued. Returns `true` when this drains a queue
@@ -242,25 +320,14 @@ impl Inbox {
             && self.shared.congested.swap(false, Ordering::AcqRel)
     }
 
-    /// The reader's view of this queue: the pause and abort signals.
-    pub(crate) fn signals(&self) -> Signals {
-        Signals(self.shared.clone())
-    }
-}
-
-/// What a socket's reader watches: whether to stop reading for now, and whether to stop.
-#[derive(Debug, Clone)]
-pub(crate) struct Signals(Arc<Shared>);
-
-impl Signals {
     /// Ready once the socket must be dropped.
     pub(crate) fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.abort.poll_aborted(cx)
+        self.shared.abort.poll_aborted(cx)
     }
 
     /// Pending (waking `cx` on resume) while the driver wants the socket left unread.
     pub(crate) fn poll_unpaused(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let shared = &self.0;
+        let shared = &self.shared;
         if !shared.paused.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -270,6 +337,42 @@ impl Signals {
         } else {
             Poll::Ready(())
         }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Commands> {
+        // Nothing panics while holding it; were it poisoned, the queue is still consistent.
+        self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.socket_ready.store(true, Ordering::Release);
+        self.socket_task.wake();
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.lock().driver_gone = true;
+        self.shared.writer.wake();
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut commands = self.shared.lock();
+            commands.writer_gone = true;
+            std::mem::take(&mut commands.waiting)
+        };
+        drop(dropped);
     }
 }
 
@@ -286,7 +389,7 @@ mod tests {
 
     #[test]
     fn bounded_in_bytes_not_messages() {
-        let (out, mut inbox) = channel(100, usize::MAX, false, Arc::default());
+        let (out, mut inbox) = channel(100, usize::MAX, false, None);
         out.push(send(60)).expect("fits");
         out.push(send(40)).expect("fits exactly");
         assert!(out.push(send(1)).is_err(), "one byte past the bound");
@@ -299,7 +402,7 @@ mod tests {
 
     #[test]
     fn one_oversized_message_fits_an_empty_queue_and_a_close_always_fits() {
-        let (out, _inbox) = channel(100, usize::MAX, false, Arc::default());
+        let (out, _inbox) = channel(100, usize::MAX, false, None);
         out.push(send(500)).expect("alone, it goes");
         assert!(out.push(send(1)).is_err());
         out.push(Command::Close {
@@ -311,7 +414,7 @@ mod tests {
 
     #[test]
     fn drained_is_reported_once_per_congestion() {
-        let (out, mut inbox) = channel(1000, 100, true, Arc::default());
+        let (out, mut inbox) = channel(1000, 100, true, None);
         for _ in 0..3 {
             out.push(send(40)).expect("fits");
         }
@@ -325,8 +428,37 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_takes_what_waits_then_sees_the_driver_gone() {
+        let (out, mut inbox) = channel(100, usize::MAX, false, None);
+        out.push(send(3)).expect("fits");
+        drop(out);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(inbox.poll_next(&mut cx), Poll::Ready(Some(_))));
+        assert!(matches!(inbox.poll_next(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_push_wakes_the_writer() {
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let (out, mut inbox) = channel(100, usize::MAX, false, None);
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        assert!(inbox
+            .poll_next(&mut Context::from_waker(&waker))
+            .is_pending());
+        out.push(send(1)).expect("fits");
+        assert!(flag.0.load(Ordering::Acquire));
+    }
+
+    #[test]
     fn a_push_to_a_gone_writer_fails() {
-        let (out, inbox) = channel(100, usize::MAX, false, Arc::default());
+        let (out, inbox) = channel(100, usize::MAX, false, None);
         drop(inbox);
         assert_eq!(out.push(send(1)), Err(Refused::Gone));
     }

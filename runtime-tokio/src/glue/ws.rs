@@ -10,39 +10,20 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use bytes::{Buf, Bytes};
 use futures_channel::mpsc;
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_util::task::AtomicWaker;
 use signalr_relay_core::websocket::{self, Decoder, Opcode, Received, MAX_HEADER};
 
 pub(crate) use super::queue::Command;
-use super::queue::{Inbox, Signals};
-
-/// A waker that notes it was called before waking the task (see [`pump`]).
-struct Woken {
-    flag: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Woken {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.flag.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
+use super::queue::Inbox;
 
 /// The SDK's WebSocket settings (its client side runs on tungstenite): bounded messages, a
 /// read buffer for a busy connection, and writes buffered until each flush.
@@ -130,7 +111,7 @@ impl Frame {
 }
 
 /// How the pump ends.
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq, Eq, Clone, Copy)]
 enum Ending {
     /// Still running.
     No,
@@ -139,19 +120,22 @@ enum Ending {
     /// Try once to write what is queued (a close frame saying why), without waiting for a
     /// peer that does not read, and stop.
     Soon,
+    /// The socket is done with: what was read (unless `aborted`), then `Incoming::Closed`,
+    /// go to the driver.
+    Ended { aborted: bool },
 }
 
 /// Messages read and waiting for room in the driver's channel, at most: past this the decoder
 /// keeps the rest of what was read, and the socket is not read.
 const MAX_RECEIVED: usize = 128;
 
-/// Everything the pump holds. Its collections are empty, and hold no allocation, while the
-/// connection is idle.
-struct Pump<S, E, F> {
+/// Everything the pump holds, and the future that runs it (written by hand: an `async fn`
+/// would hold its arguments and its state apart, twice the size, for every connection's
+/// life). Its collections are empty, and hold no allocation, while the connection is idle.
+pub(crate) struct Pump<S, E, F> {
     io: S,
     decoder: Decoder,
     inbox: Inbox,
-    signals: Signals,
     incoming: mpsc::Sender<E>,
     wrap: F,
     /// Read and not yet taken by the driver's channel.
@@ -170,6 +154,11 @@ struct Pump<S, E, F> {
     unflushed: bool,
     /// The socket may have bytes (it has not said otherwise since its waker fired).
     readable: bool,
+    /// The waker the socket is read with: it marks the socket readable (see
+    /// [`Inbox::socket_waker`]). The socket is read only when it fired (or has not yet said
+    /// it has nothing): tried each time something is queued for writing, it would cost a
+    /// failed read system call per message on runtimes that do not cache readiness.
+    reader: Waker,
     ending: Ending,
 }
 
@@ -297,11 +286,11 @@ where
 
     /// Reads once, if the driver wants more and the socket may have some. Returns whether it
     /// read anything; `Err` when the socket ended.
-    fn read(&mut self, cx: &mut Context<'_>, reader: &Waker) -> Result<bool, ()> {
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
         if !self.received.is_empty() || self.ending != Ending::No {
             return Ok(false);
         }
-        if self.signals.poll_unpaused(cx).is_pending() {
+        if self.inbox.poll_unpaused(cx).is_pending() {
             return Ok(false);
         }
         if self.backlog {
@@ -314,7 +303,8 @@ where
         }
         SCRATCH_BUFFER.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            match Pin::new(&mut self.io).poll_read(&mut Context::from_waker(reader), &mut scratch) {
+            let mut reading = Context::from_waker(&self.reader);
+            match Pin::new(&mut self.io).poll_read(&mut reading, &mut scratch) {
                 Poll::Pending => {
                     self.readable = false;
                     Ok(false)
@@ -380,6 +370,82 @@ where
             }
         }
     }
+
+    /// Runs the connection until it ends: `Ready(aborted)`.
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.inbox.poll_aborted(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if self.inbox.socket_ready(cx) {
+            self.readable = true;
+        }
+        loop {
+            self.take_queued(cx);
+            if self.write(cx).is_err() {
+                return Poll::Ready(false);
+            }
+            match self.ending {
+                Ending::Soon => return Poll::Ready(false),
+                Ending::AfterWrites if self.out.is_empty() && !self.unflushed => {
+                    let _ = Pin::new(&mut self.io).poll_close(cx);
+                    return Poll::Ready(false);
+                }
+                _ => {}
+            }
+            if self.forward(cx).is_err() {
+                return Poll::Ready(false);
+            }
+            match self.read(cx) {
+                Err(()) => return Poll::Ready(false),
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+            }
+        }
+    }
+
+    /// What was read before the end (a last message, then the close) still reaches the
+    /// driver, unless the connection was aborted; then that it ended. A message is made once
+    /// the channel has room, so that no future holds one.
+    fn finish(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.incoming.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let (message, last) = match self.received.pop_front() {
+                Some(message) => (message, false),
+                None => ((self.wrap)(Incoming::Closed), true),
+            };
+            if self.incoming.start_send(message).is_err() || last {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+impl<S, E, F> Future for Pump<S, E, F>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: Unpin,
+    F: Fn(Incoming) -> E + Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let pump = self.get_mut();
+        if !matches!(pump.ending, Ending::Ended { .. }) {
+            let Poll::Ready(aborted) = pump.run(cx) else {
+                return Poll::Pending;
+            };
+            pump.ending = Ending::Ended { aborted };
+            pump.out = VecDeque::new();
+            if aborted {
+                pump.received = VecDeque::new();
+            }
+        }
+        pump.finish(cx)
+    }
 }
 
 /// Runs a WebSocket (`early`: bytes already read past the upgrade request) until either side
@@ -388,23 +454,23 @@ where
 /// applies backpressure to the socket), and none is read while the driver has the queue
 /// paused; `Incoming::Drained` reports a congested queue that drained; `Incoming::Closed` is
 /// sent exactly once at the end.
-pub(crate) async fn pump<S, E, F>(
+pub(crate) fn pump<S, E, F>(
     io: S,
-    early: Vec<u8>,
+    early: &[u8],
     max_message: usize,
     inbox: Inbox,
     incoming: mpsc::Sender<E>,
     wrap: F,
-) where
+) -> Pump<S, E, F>
+where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Incoming) -> E,
 {
-    let signals = inbox.signals();
+    let reader = inbox.socket_waker();
     let mut pump = Pump {
         io,
         decoder: Decoder::new(max_message),
         inbox,
-        signals,
         incoming,
         wrap,
         received: VecDeque::new(),
@@ -415,69 +481,11 @@ pub(crate) async fn pump<S, E, F>(
         backlog: false,
         unflushed: false,
         readable: true,
+        reader,
         ending: Ending::No,
     };
     if !early.is_empty() {
-        pump.decoded(&early);
+        pump.decoded(early);
     }
-    drop(early);
-    // The socket is read only when its own waker fired (or it has not yet said it has nothing):
-    // tried each time something is queued for writing, it would cost a failed read system call
-    // per message on runtimes that do not cache readiness.
-    let woken = Arc::new(Woken {
-        flag: AtomicBool::new(false),
-        task: AtomicWaker::new(),
-    });
-    let reader = Waker::from(woken.clone());
-    let aborted = std::future::poll_fn(|cx| {
-        if pump.signals.poll_aborted(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        woken.task.register(cx.waker());
-        if woken.flag.swap(false, Ordering::AcqRel) {
-            pump.readable = true;
-        }
-        loop {
-            pump.take_queued(cx);
-            if pump.write(cx).is_err() {
-                return Poll::Ready(false);
-            }
-            match pump.ending {
-                Ending::Soon => return Poll::Ready(false),
-                Ending::AfterWrites if pump.out.is_empty() && !pump.unflushed => {
-                    let _ = Pin::new(&mut pump.io).poll_close(cx);
-                    return Poll::Ready(false);
-                }
-                _ => {}
-            }
-            if pump.forward(cx).is_err() {
-                return Poll::Ready(false);
-            }
-            match pump.read(cx, &reader) {
-                Err(()) => return Poll::Ready(false),
-                Ok(true) => {}
-                Ok(false) => return Poll::Pending,
-            }
-        }
-    })
-    .await;
-    // What was read before the end (a last message, then the close) still reaches the
-    // driver, unless the connection was aborted; then that it ended. A message is made once
-    // the channel has room, so that no future holds one.
-    let Pump {
-        mut incoming,
-        wrap,
-        received,
-        ..
-    } = pump;
-    let last = (!aborted).then_some(received).into_iter().flatten();
-    for message in last.chain(std::iter::once_with(|| wrap(Incoming::Closed))) {
-        if std::future::poll_fn(|cx| incoming.poll_ready(cx))
-            .await
-            .is_err()
-            || incoming.start_send(message).is_err()
-        {
-            return;
-        }
-    }
+    pump
 }

@@ -39,6 +39,51 @@ fn negotiate_checks_the_token() {
 }
 
 #[test]
+fn a_token_the_gate_verified_is_taken_only_for_itself_and_only_in_date() {
+    let mut sim = sim();
+    sim.connect_server("chat", "app-1");
+    let gate = sim.relay().gate();
+    let negotiate = |bearer: &str| {
+        request(
+            "POST",
+            "/client/negotiate",
+            "hub=chat&negotiateVersion=1",
+            Some(bearer),
+            false,
+        )
+    };
+    let status = |sim: &mut Sim, req: &HttpRequest| match sim.handle(req) {
+        RequestOutcome::Respond(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+        other => panic!("{other:?}"),
+    };
+    // The gate verifies a good token once, and the relay takes its word for it.
+    let good = token("/client/", "chat", None, 60, KEY);
+    let mut req = negotiate(&good);
+    let (limit, verified) = gate.check(sim.now(), &req).expect("a good token");
+    assert_eq!(limit, NEGOTIATE_BODY_LIMIT);
+    let verified = verified.expect("the token it verified");
+    req.verified = Some(verified.clone());
+    assert_eq!(status(&mut sim, &req).0, 200);
+    // Handed over with a request that bears another token, it counts for nothing: that
+    // token is verified as ever.
+    let mut forged = negotiate(&token("/client/", "chat", None, 60, "wrong-key"));
+    forged.verified = Some(verified.clone());
+    let (code, body) = status(&mut sim, &forged);
+    assert_eq!((code, body.contains("signature")), (401, true), "{body}");
+    // Its times are the relay's to check again: once the token expired, it is refused.
+    sim.advance(Duration::from_secs(3600));
+    let (code, body) = status(&mut sim, &req);
+    assert_eq!((code, body.contains("expired")), (401, true), "{body}");
+    // And the gate refuses what the relay would.
+    assert!(gate
+        .check(
+            sim.now(),
+            &negotiate(&token("/client/", "chat", None, 60, "x"))
+        )
+        .is_err());
+}
+
+#[test]
 fn negotiate_without_an_app_server_is_a_clear_error() {
     let mut sim = sim();
     let err = sim.negotiate("lonely", None).unwrap_err();
