@@ -91,5 +91,8 @@ pub fn block_on<F: Future<Output = ()> + Send + 'static>(main: F) {
     for _ in 1..threads {
         std::thread::spawn(|| smol::block_on(EXECUTOR.run(std::future::pending::<()>())));
     }
-    smol::block_on(EXECUTOR.run(main));
+    // `main` is a task of its own, polled when it is woken: run as the executor's own future,
+    // it would be polled (and its listener tried, a failed `accept` and a re-arm of the
+    // reactor) every time the executor woke up for any task.
+    smol::block_on(EXECUTOR.run(EXECUTOR.spawn(main)));
 }

@@ -543,6 +543,7 @@ async fn drive<R: Runtime>(
         inputs,
         backplane,
     };
+    let mut timer: Option<(Instant, crate::BoxFuture<()>)> = None;
     loop {
         if let Some(drain) = &mut d.drain {
             if drain.done.is_none() {
@@ -567,12 +568,21 @@ async fn drive<R: Runtime>(
             ),
             None => deadline,
         };
-        let event = match select(queue.next(), d.runtime.sleep_until(deadline)).await {
-            Either::Left((event, _)) => event,
-            Either::Right(((), _)) => {
-                d.tick();
-                continue;
-            }
+        // One timer, kept while the deadline holds: made anew for every event, it would cost
+        // an allocation and a registration with the runtime's timers (on smol, a wake-up of
+        // its reactor) for every batch.
+        if timer.as_ref().is_some_and(|(at, _)| *at != deadline) {
+            timer = None;
+        }
+        let (_, sleep) = timer.get_or_insert_with(|| (deadline, d.runtime.sleep_until(deadline)));
+        let event = match select(queue.next(), sleep).await {
+            Either::Left((event, _)) => Some(event),
+            Either::Right(((), _)) => None,
+        };
+        let Some(event) = event else {
+            timer = None;
+            d.tick();
+            continue;
         };
         let Some(event) = event else { return };
         // Handle a batch of events before writing, bounded in events (so that timers still
