@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{
     HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT,
@@ -1298,6 +1298,46 @@ impl Drop for DropNotice {
     }
 }
 
+/// An event stream's body: what the driver queues for it, as it comes. It ends when the driver
+/// closes it or lets go of its queue; then, or when the response is dropped, the driver hears
+/// that the stream ended.
+struct EventStreamBody {
+    inbox: Option<queue::Inbox>,
+    notice: Option<DropNotice>,
+}
+
+impl hyper::body::Body for EventStreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let Some(inbox) = this.inbox.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match std::task::ready!(inbox.poll_next(cx)) {
+            Some(command @ Command::Send { .. }) => {
+                inbox.taken(command.size());
+                if let Command::Send { data, .. } = command {
+                    return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
+            Some(Command::Close { .. }) | None => {}
+        }
+        // The end: the driver hears it now, not when hyper lets go of the body.
+        this.inbox = None;
+        this.notice = None;
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inbox.is_none()
+    }
+}
+
 /// Reads at most `max` bytes of `body`: a longer body is cut there, and the rest is never
 /// read (the connection is closed after the response).
 async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<(Bytes, bool), ()> {
@@ -1484,20 +1524,11 @@ where
                 event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
                 events,
             };
-            let body =
-                futures_util::stream::unfold((inbox, notice), |(mut inbox, notice)| async move {
-                    match inbox.next().await {
-                        Some(command @ Command::Send { .. }) => {
-                            inbox.taken(command.size());
-                            let Command::Send { data, .. } = command else {
-                                return None;
-                            };
-                            Some((Ok::<_, Infallible>(Frame::data(data)), (inbox, notice)))
-                        }
-                        Some(Command::Close { .. }) | None => None,
-                    }
-                });
-            let mut response = Response::new(BodyExt::boxed(StreamBody::new(body)));
+            let body = EventStreamBody {
+                inbox: Some(inbox),
+                notice: Some(notice),
+            };
+            let mut response = Response::new(BodyExt::boxed(body));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(
@@ -1566,9 +1597,11 @@ async fn upgrade<R: Runtime, S>(
             .await;
         return;
     };
-    // The bytes hyper read past the request live in its whole 8 KiB read buffer: the pump
-    // decodes them before it starts, and the buffer goes.
+    // The bytes hyper read past the request live in its whole 8 KiB read buffer: copy them
+    // out (usually none) and let the buffer go, rather than hold it while the driver is busy.
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let early = read_buf.to_vec();
+    drop(read_buf);
     let generation = next_generation();
     let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, None);
     if events
@@ -1580,9 +1613,11 @@ async fn upgrade<R: Runtime, S>(
     }
     // The pump gets a task of its own, the size of its own state: this one's (hyper's
     // upgrade, the attach) is not held for the connection's life.
+    // Made only now: it hands what `early` holds to the driver at once, which must come
+    // after the attach.
     runtime.spawn(ws::pump(
         io.into_inner(),
-        &read_buf,
+        &early,
         side.max_message,
         inbox,
         events,

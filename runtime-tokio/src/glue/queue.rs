@@ -259,11 +259,6 @@ impl Outbox {
 }
 
 impl Inbox {
-    /// The next command, waiting for one.
-    pub(crate) async fn next(&mut self) -> Option<Command> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
-    }
-
     /// The next command, if one is queued; otherwise wakes `cx` when one is (`None`: the
     /// driver let go of this queue, and everything it queued was taken).
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Command>> {
