@@ -267,18 +267,7 @@ impl Directory {
 
     /// Indexes an open client under its user, and puts it in the user's groups.
     pub(crate) fn attach_user(&mut self, now: Instant, hub: HubId, conn: ConnHandle, user: &str) {
-        let h = self.hub_mut(hub);
-        let first = match h.users.get_mut(user) {
-            Some(conns) => {
-                conns.insert(conn);
-                false
-            }
-            None => {
-                h.users.insert(user.to_owned(), Members::One(conn));
-                true
-            }
-        };
-        if first {
+        if add_member(&mut self.hub_mut(hub).users, user, conn) {
             self.touch(|| Scope::User(hub, user.to_owned()));
         }
         let h = self.hub_mut(hub);
@@ -445,18 +434,7 @@ impl Directory {
             .entry(conn)
             .or_default()
             .insert(group.to_owned());
-        let groups = &mut self.hub_mut(hub).groups;
-        let first = match groups.get_mut(group) {
-            Some(members) => {
-                members.insert(conn);
-                false
-            }
-            None => {
-                groups.insert(group.to_owned(), Members::One(conn));
-                true
-            }
-        };
-        if first {
+        if add_member(&mut self.hub_mut(hub).groups, group, conn) {
             self.touch(|| Scope::Group(hub, group.to_owned()));
         }
     }
@@ -500,6 +478,20 @@ impl Directory {
 
     pub(crate) fn group_exists(&self, hub: HubId, group: &str) -> bool {
         self.hub(hub).groups.contains_key(group)
+    }
+}
+
+/// Puts `conn` in the set under `key`, making the set if there is none: whether it was made.
+fn add_member(sets: &mut BTreeMap<String, Members>, key: &str, conn: ConnHandle) -> bool {
+    match sets.get_mut(key) {
+        Some(members) => {
+            members.insert(conn);
+            false
+        }
+        None => {
+            sets.insert(key.to_owned(), Members::One(conn));
+            true
+        }
     }
 }
 
