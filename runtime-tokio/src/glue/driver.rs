@@ -1301,10 +1301,7 @@ impl Drop for DropNotice {
 /// An event stream's body: what the driver queues for it, as it comes. It ends when the driver
 /// closes it or lets go of its queue; then, or when the response is dropped, the driver hears
 /// that the stream ended.
-struct EventStreamBody {
-    inbox: Option<queue::Inbox>,
-    notice: Option<DropNotice>,
-}
+struct EventStreamBody(Option<(queue::Inbox, DropNotice)>);
 
 impl hyper::body::Body for EventStreamBody {
     type Data = Bytes;
@@ -1315,26 +1312,25 @@ impl hyper::body::Body for EventStreamBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        let Some(inbox) = this.inbox.as_mut() else {
+        let Some((inbox, _)) = this.0.as_mut() else {
             return std::task::Poll::Ready(None);
         };
-        match std::task::ready!(inbox.poll_next(cx)) {
-            Some(command @ Command::Send { .. }) => {
-                inbox.taken(command.size());
-                if let Command::Send { data, .. } = command {
-                    return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
-                }
+        let next = std::task::ready!(inbox.poll_next(cx));
+        if let Some(command) = next {
+            let size = command.size();
+            if let Command::Send { data, .. } = command {
+                inbox.taken(size);
+                return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            Some(Command::Close { .. }) | None => {}
         }
-        // The end: the driver hears it now, not when hyper lets go of the body.
-        this.inbox = None;
-        this.notice = None;
+        // A close, or the driver let go: the end, which the driver hears now (the notice
+        // goes), not when hyper lets go of the body.
+        this.0 = None;
         std::task::Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inbox.is_none()
+        self.0.is_none()
     }
 }
 
@@ -1524,10 +1520,7 @@ where
                 event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
                 events,
             };
-            let body = EventStreamBody {
-                inbox: Some(inbox),
-                notice: Some(notice),
-            };
+            let body = EventStreamBody(Some((inbox, notice)));
             let mut response = Response::new(BodyExt::boxed(body));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -111,7 +111,7 @@ impl Frame {
 }
 
 /// How the pump ends.
-#[derive(PartialEq, Eq, Clone, Copy)]
+#[derive(PartialEq, Eq)]
 enum Ending {
     /// Still running.
     No,
@@ -120,9 +120,9 @@ enum Ending {
     /// Try once to write what is queued (a close frame saying why), without waiting for a
     /// peer that does not read, and stop.
     Soon,
-    /// The socket is done with: what was read (unless `aborted`), then `Incoming::Closed`,
-    /// go to the driver.
-    Ended { aborted: bool },
+    /// The socket is done with: what was read (unless the connection was aborted), then
+    /// `Incoming::Closed`, go to the driver.
+    Ended,
 }
 
 /// Messages read and waiting for room in the driver's channel, at most: past this the decoder
@@ -434,11 +434,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let pump = self.get_mut();
-        if !matches!(pump.ending, Ending::Ended { .. }) {
+        if pump.ending != Ending::Ended {
             let Poll::Ready(aborted) = pump.run(cx) else {
                 return Poll::Pending;
             };
-            pump.ending = Ending::Ended { aborted };
+            pump.ending = Ending::Ended;
             pump.out = VecDeque::new();
             if aborted {
                 pump.received = VecDeque::new();
