@@ -605,7 +605,7 @@ async fn drive<R: Runtime>(
         if budget == 0 {
             // More is queued: let the writers this batch fed run before taking it, rather than
             // fill their queues from a backlog.
-            yield_now().await;
+            super::yield_now().await;
         }
     }
 }
@@ -613,21 +613,6 @@ async fn drive<R: Runtime>(
 /// How often queues are checked for progress: a few times per write timeout.
 fn sweep_period(options: &ServeOptions) -> Duration {
     (options.write_timeout / 4).max(Duration::from_millis(250))
-}
-
-/// Gives every other ready task a turn (runtime-agnostic).
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 impl<R: Runtime> Driver<R> {

@@ -86,3 +86,18 @@ pub trait Listener: Send + 'static {
     /// The address it listens on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
+
+/// Gives every other ready task a turn (runtime-agnostic).
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

@@ -151,6 +151,8 @@ async fn session<R: Runtime>(
     let (mut sink, mut incoming) = ws.split();
     let mut acks: BTreeMap<i32, oneshot::Sender<AckStatus>> = BTreeMap::new();
     let mut ready = false;
+    // Messages read in a row without the socket running dry.
+    let mut streak = 0usize;
     let result = loop {
         while let Some(bytes) = conn.poll_transmit() {
             if sink.feed(Message::Binary(bytes)).await.is_err() {
@@ -212,12 +214,29 @@ async fn session<R: Runtime>(
                 Err("the relay closed the connection during the handshake".to_owned())
             };
         }
+        if streak >= READ_TURN {
+            // The relay keeps this socket busy: give the hub's tasks a turn, then write the
+            // answers they queued, rather than read on while they wait (smol's executor,
+            // unlike tokio's, never makes a busy socket yield).
+            streak = 0;
+            crate::glue::yield_now().await;
+            let now = runtime.now();
+            while let Ok(command) = commands.try_recv() {
+                apply(&mut conn, now, command, &mut acks);
+            }
+            continue;
+        }
         let deadline = conn
             .poll_timeout()
             .unwrap_or_else(|| runtime.now() + Duration::from_secs(60));
         let sleep = runtime.sleep_until(deadline);
         let next = select(incoming.next(), select(commands.next(), sleep)).await;
         let now = runtime.now();
+        if matches!(next, Either::Left(_)) {
+            streak += 1;
+        } else {
+            streak = 0;
+        }
         match next {
             Either::Left((Some(Ok(Message::Binary(data))), _)) => conn.handle_data(now, &data),
             Either::Left((Some(Ok(Message::Text(text))), _)) => {
@@ -240,6 +259,10 @@ async fn session<R: Runtime>(
     lock(&hub.pool).retain(|(_, c)| !c.is_closed() && !c.same_receiver(&tx));
     result
 }
+
+/// Messages a server connection reads in a row before the answers queued meanwhile are
+/// written.
+const READ_TURN: usize = 32;
 
 /// Why a TLS session with the relay failed, with what to do about a certificate not trusted.
 fn tls_failed(host: &str, e: &std::io::Error) -> String {
