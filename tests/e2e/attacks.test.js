@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const net = require('node:net');
 const WebSocket = require('ws');
-const { Stack, sleep } = require('./harness');
+const { Stack, next, sleep } = require('./harness');
 
 const MB = 1024 * 1024;
 
@@ -231,6 +231,85 @@ test('request bodies: none is read without a valid token, none past its endpoint
     assert.equal((await fetch(url, { headers })).status, 200, 'first poll');
     const big = await fetch(url, { method: 'POST', headers, body: chunk }).catch((e) => e);
     if (!(big instanceof Error)) assert.equal(big.status, 413);
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+// hyper is told not to read a connection while its request is held (it would allocate its
+// whole read buffer for every held poll and open event stream to do so); the relay's own
+// stream watches instead. With keep-alives and poll holds far off, only that watch can see
+// these clients go.
+test('an event stream, and a held long poll, whose client vanishes: the app server hears it leave', { timeout: 90000 }, async () => {
+  const stack = await Stack.start({ relayArgs: ['--client-keep-alive', '600', '--long-poll-timeout', '600'] });
+  try {
+    const watcher = await stack.connect('chat');
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const token = stack.clientToken('chat');
+    const headers = { Authorization: `Bearer ${token}` };
+    const [host, port] = stack.relayAddr.split(':');
+    const handshake = (url) => fetch(url, { method: 'POST', headers, body: '{"protocol":"json","version":1}\x1e' });
+
+    // An event stream: its socket is destroyed without a DELETE.
+    let { connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+    let url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`;
+    const socket = net.connect(Number(port), host);
+    socket.on('error', () => {});
+    await new Promise((resolve) => socket.on('connect', resolve));
+    socket.write(`GET /client/?hub=chat&id=${connectionToken} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    await new Promise((resolve) => socket.once('data', resolve));
+    assert.equal((await handshake(url)).status, 200);
+    let left = next(watcher, 'left', 30000);
+    socket.destroy();
+    assert.deepEqual(await left, [connectionId], 'the event stream\'s client left');
+
+    // A long-polling client: its held poll's socket is destroyed; with no poll after it, the
+    // relay closes it once the negotiate timeout passes.
+    ({ connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json());
+    url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`;
+    assert.equal((await fetch(url, { headers })).status, 200, 'first poll');
+    assert.equal((await handshake(url)).status, 200);
+    let got = await (await fetch(url, { headers })).text();
+    assert.match(got, /^\{\}\x1e/, 'the handshake response');
+    // The chat hub welcomes each client: once that is read, the next poll is held.
+    if (!got.includes('"welcome"')) got = await (await fetch(url, { headers })).text();
+    assert.match(got, /"welcome"/);
+    const held = new AbortController();
+    const poll = fetch(url, { headers, signal: held.signal }).catch(() => 'aborted');
+    await sleep(200);
+    left = next(watcher, 'left', 60000);
+    held.abort();
+    assert.equal(await poll, 'aborted');
+    assert.deepEqual(await left, [connectionId], 'the long-polling client left');
+
+    await loop.stop();
+    await bystander.stop();
+    await watcher.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('bytes sent on an open event stream are bounded: the relay holds what a request head may be, no more', { timeout: 60000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const before = stack.relayResources().rss;
+    const streams = [];
+    for (let i = 0; i < 20; i++) streams.push(await stalledEventStream(stack));
+    // 2 MB each behind their request, 40 MB in all: the relay reads each stream's socket only
+    // to see it end, and keeps at most a request head's worth of what came early.
+    const junk = Buffer.alloc(2 * MB, 'x');
+    for (const s of streams) { s.socket.resume(); s.socket.write(junk); }
+    await sleep(1000);
+    const grown = stack.relayResources().rss - before;
+    console.log(`# 20 event streams sent 2 MB each: relay RSS grew ${(grown / MB).toFixed(1)} MB`);
+    assert.ok(grown < 8 * MB, `RSS grew ${grown} bytes`);
+    for (const s of streams) s.socket.destroy();
     await loop.stop();
     await bystander.stop();
   } finally {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::watched::{Watch, WatchedIo};
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
@@ -22,7 +23,6 @@ use signalr_relay_core::relay::{
     ConnHandle, Event, HttpRequest, HttpResponse, Output, Rejection, Relay, RelayConfig,
     RequestGate, RequestId, RequestOutcome,
 };
-use smol_hyper::rt::FuturesIo;
 
 use crate::glue::accept::{accept_loop, Admitted, ConnectionCount, RateLimited};
 use crate::glue::http::{
@@ -1249,13 +1249,16 @@ async fn serve_http<R: Runtime, S>(
     // Vectored writes (every stream here has them): a response's body chunks (an event
     // stream's messages) are written as they are, not copied into a write buffer that then
     // stays as large as the largest for the connection's life.
+    // `half_close`: hyper does not read a connection mid-message (to see it end, into a read
+    // buffer it allocates for each held request); the stream watches instead.
     builder
         .timer(timer)
         .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_REQUEST_HEAD)
-        .writev(true);
+        .writev(true)
+        .half_close(true);
     let connection = builder
-        .serve_connection(FuturesIo::new(stream), service)
+        .serve_connection(WatchedIo::new(stream, abort.clone()), service)
         .with_upgrades();
     match abort.guard(connection).await {
         Some(Err(e)) => tracing::debug!("HTTP connection ended: {e}"),
@@ -1266,7 +1269,7 @@ async fn serve_http<R: Runtime, S>(
 
 /// Largest request head (request line and headers) read: Kestrel's defaults are 8 KiB for the
 /// request line and 32 KiB for the headers.
-const MAX_REQUEST_HEAD: usize = 40 * 1024;
+const MAX_REQUEST_HEAD: usize = super::watched::MAX_EARLY;
 
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.
@@ -1286,7 +1289,7 @@ impl Drop for DropNotice {
 /// An event stream's body: what the driver queues for it, as it comes. It ends when the driver
 /// closes it or lets go of its queue; then, or when the response is dropped, the driver hears
 /// that the stream ended.
-struct EventStreamBody(Option<(queue::Inbox, DropNotice)>);
+struct EventStreamBody(Option<(queue::Inbox, DropNotice, Watch)>);
 
 impl hyper::body::Body for EventStreamBody {
     type Data = Bytes;
@@ -1297,7 +1300,7 @@ impl hyper::body::Body for EventStreamBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        let Some((inbox, _)) = this.0.as_mut() else {
+        let Some((inbox, ..)) = this.0.as_mut() else {
             return std::task::Poll::Ready(None);
         };
         let next = std::task::ready!(inbox.poll_next(cx));
@@ -1496,6 +1499,7 @@ where
         }
         RequestOutcome::EventStream(conn) => {
             let generation = next_generation();
+            let watch = Watch::start(&abort);
             let (outbox, inbox) =
                 queue::channel(options.client_send_queue, usize::MAX, false, Some(abort));
             let _ = events
@@ -1505,7 +1509,7 @@ where
                 event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
                 events,
             };
-            let body = EventStreamBody(Some((inbox, notice)));
+            let body = EventStreamBody(Some((inbox, notice, watch)));
             let mut response = Response::new(BodyExt::boxed(body));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -1522,7 +1526,10 @@ where
                 events,
             };
             let answer = match held {
-                Some(rx) => rx.await.ok(),
+                Some(rx) => {
+                    let _watch = Watch::start(&abort);
+                    rx.await.ok()
+                }
                 None => None,
             };
             notice.event = None;
@@ -1568,7 +1575,7 @@ async fn upgrade<R: Runtime, S>(
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<FuturesIo<S>>()) else {
+    let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<WatchedIo<S>>()) else {
         tracing::debug!("WebSocket upgrade failed");
         let _ = events
             .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
@@ -1578,7 +1585,9 @@ async fn upgrade<R: Runtime, S>(
     // The bytes hyper read past the request live in its whole 8 KiB read buffer: copy them
     // out (usually none) and let the buffer go, rather than hold it while the driver is busy.
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-    let early = read_buf.to_vec();
+    let (io, unread) = io.into_parts();
+    let mut early = read_buf.to_vec();
+    early.extend_from_slice(&unread);
     drop(read_buf);
     let generation = next_generation();
     let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, None);
@@ -1594,7 +1603,7 @@ async fn upgrade<R: Runtime, S>(
     // Made only now: it hands what `early` holds to the driver at once, which must come
     // after the attach.
     runtime.spawn(ws::pump(
-        io.into_inner(),
+        io,
         &early,
         side.max_message,
         inbox,

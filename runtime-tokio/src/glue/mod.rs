@@ -25,6 +25,7 @@ pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod queue;
 pub mod tls;
+pub(crate) mod watched;
 pub(crate) mod ws;
 
 use std::future::Future;

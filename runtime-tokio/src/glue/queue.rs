@@ -46,10 +46,21 @@ impl Command {
 #[derive(Debug, Default)]
 pub(crate) struct AbortSignal {
     aborted: AtomicBool,
+    /// An HTTP connection's: set while one of its requests is held, so that its stream
+    /// watches for the peer's end ([`super::watched`]).
+    watched: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl AbortSignal {
+    pub(crate) fn watched(&self) -> bool {
+        self.watched.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_watched(&self, on: bool) {
+        self.watched.store(on, Ordering::Relaxed);
+    }
+
     pub(crate) fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
         self.waker.wake();

@@ -53,6 +53,12 @@ thread_local! {
     static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
+/// Runs `f` on this thread's scratch buffer (what a socket is read into before its bytes go
+/// where they belong).
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH_BUFFER.with(|scratch| f(&mut scratch.borrow_mut()))
+}
+
 /// Frames written per vectored write (two slices each).
 const FRAMES_PER_WRITE: usize = 64;
 
@@ -301,10 +307,9 @@ where
         if !self.readable {
             return Ok(false);
         }
-        SCRATCH_BUFFER.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
+        with_scratch(|scratch| {
             let mut reading = Context::from_waker(&self.reader);
-            match Pin::new(&mut self.io).poll_read(&mut reading, &mut scratch) {
+            match Pin::new(&mut self.io).poll_read(&mut reading, scratch) {
                 Poll::Pending => {
                     self.readable = false;
                     Ok(false)

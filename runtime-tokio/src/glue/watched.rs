@@ -1,0 +1,151 @@
+//! A connection's stream as hyper sees it, which watches for the peer's end while one of its
+//! requests is held (a long poll waiting for data, an event stream open).
+//!
+//! Left to itself, hyper watches a connection mid-message by reading it into its whole read
+//! buffer, which it allocates (8 KiB) for every held request. Told not to (`half_close`), it
+//! would notice a peer that went away only when a write failed, up to a keep-alive later.
+//! Instead, while the connection's [`AbortSignal`] says a request is held, each of hyper's
+//! flushes reads the socket into a few bytes on the stack:
+//! - the end of the stream (or an error) fails the flush: hyper closes the connection, and
+//!   the held request's drop notice tells the driver;
+//! - bytes the peer sent early are kept, in order, for hyper's next reads (bounded: past
+//!   [`MAX_EARLY`] the socket is no longer read until hyper takes them).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use futures_io::{AsyncRead, AsyncWrite};
+use hyper::rt::ReadBufCursor;
+
+use super::queue::AbortSignal;
+
+/// Bytes kept for hyper at most: its own limit for a request head.
+pub(crate) const MAX_EARLY: usize = 40 * 1024;
+
+/// What is read at a time while watching.
+const WATCH_READ: usize = 256;
+
+/// A futures-io stream for hyper (see the module).
+pub(crate) struct WatchedIo<S> {
+    io: S,
+    signal: Arc<AbortSignal>,
+    /// Read while watching, not yet taken by hyper.
+    early: Vec<u8>,
+}
+
+impl<S> WatchedIo<S> {
+    pub(crate) fn new(io: S, signal: Arc<AbortSignal>) -> Self {
+        Self {
+            io,
+            signal,
+            early: Vec::new(),
+        }
+    }
+
+    /// The stream, and what was read from it that hyper has not taken (to come first).
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.early)
+    }
+}
+
+impl<S: AsyncRead + Unpin> WatchedIo<S> {
+    /// Reads what the peer sent while a request is held: `Ready(Err)` once it is gone.
+    fn watch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; WATCH_READ];
+        while self.early.len() < MAX_EARLY {
+            let room = (MAX_EARLY - self.early.len()).min(WATCH_READ);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut scratch[..room])) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the peer closed the connection while its request was held",
+                    )))
+                }
+                Ok(n) => self.early.extend_from_slice(&scratch[..n]),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> hyper::rt::Read for WatchedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.drain(..n);
+            if this.early.is_empty() {
+                this.early = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        // Read through the thread's scratch buffer: hyper's is uninitialised, and zeroing
+        // all of it (8 KiB and more) for every read costs more than copying what came.
+        super::ws::with_scratch(|scratch| {
+            let len = scratch.len().min(buf.remaining());
+            let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut scratch[..len]))?;
+            buf.put_slice(&scratch[..n]);
+            Poll::Ready(Ok(()))
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for WatchedIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.signal.watched() {
+            if let Poll::Ready(Err(e)) = this.watch(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_close(cx)
+    }
+}
+
+/// Turns the watch on for as long as it lives (a held request, an open event stream).
+pub(crate) struct Watch(Arc<AbortSignal>);
+
+impl Watch {
+    pub(crate) fn start(signal: &Arc<AbortSignal>) -> Self {
+        signal.set_watched(true);
+        Self(signal.clone())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.set_watched(false);
+    }
+}
