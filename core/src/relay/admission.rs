@@ -1,5 +1,7 @@
 //! Who may in: bearer tokens checked against the access keys, the clock and the endpoint.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::config::RelayConfig;
@@ -13,6 +15,8 @@ use crate::auth::{self, Audience, Claims, Validation};
 pub(crate) struct Admission {
     start: Instant,
     start_unix: u64,
+    /// Shared by the clones (the relay's, the gate's).
+    verified: Arc<Mutex<Verified>>,
 }
 
 impl Admission {
@@ -20,7 +24,15 @@ impl Admission {
         Self {
             start: now,
             start_unix: now_unix_secs,
+            verified: Arc::default(),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Verified> {
+        // Poisoned only by a panic while it was held, which leaves it consistent.
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn unix_now(&self, now: Instant) -> u64 {
@@ -106,8 +118,14 @@ impl Admission {
             validation.validate(&verified.claims, now).map_err(bad)?;
             return Ok(verified.claims.clone());
         }
+        if let Some(claims) = self.cache().get(&token) {
+            validation.validate(&claims, now).map_err(bad)?;
+            return Ok(claims);
+        }
         let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
-        auth::verify(&token, &keys, now, &validation).map_err(bad)
+        let claims = auth::verify(&token, &keys, now, &validation).map_err(bad)?;
+        self.cache().insert(token, &claims);
+        Ok(claims)
     }
 
     /// Verifies a REST API request's bearer token: its audience must be the request's URL,
@@ -138,6 +156,55 @@ impl Admission {
     }
 }
 
+/// Tokens whose signature was verified, by their exact text, with their claims.
+///
+/// A client sends and polls with the same token each time, and the relay sees that token again
+/// at its WebSocket after its negotiate: checking the signature and decoding the claims was a
+/// sixth of an event-stream echo's cost. Only a token that passed the whole check is kept,
+/// and a token found here is still checked for its times (here) and its audience (by the
+/// caller), as a new one is. Bounded: two generations, each of at most [`VERIFIED_TOKENS`]
+/// tokens and [`VERIFIED_BYTES`] of their text; when the newer is full it becomes the older,
+/// and a token found in the older moves to the newer.
+#[derive(Debug, Default)]
+struct Verified {
+    newer: BTreeMap<String, Claims>,
+    newer_bytes: usize,
+    older: BTreeMap<String, Claims>,
+}
+
+/// Tokens in a generation of [`Verified`], at most.
+const VERIFIED_TOKENS: usize = 4096;
+
+/// Bytes of token text in a generation of [`Verified`], at most (a token's claims are decoded
+/// from it, and take about as much again).
+const VERIFIED_BYTES: usize = 1024 * 1024;
+
+/// Longer tokens are verified each time, not kept.
+const VERIFIED_MAX_TOKEN: usize = 4096;
+
+impl Verified {
+    fn get(&mut self, token: &str) -> Option<Claims> {
+        if let Some(claims) = self.newer.get(token) {
+            return Some(claims.clone());
+        }
+        let (token, claims) = self.older.remove_entry(token)?;
+        self.insert(token, &claims);
+        Some(claims)
+    }
+
+    fn insert(&mut self, token: String, claims: &Claims) {
+        if token.len() > VERIFIED_MAX_TOKEN {
+            return;
+        }
+        if self.newer.len() >= VERIFIED_TOKENS || self.newer_bytes + token.len() > VERIFIED_BYTES {
+            self.older = std::mem::take(&mut self.newer);
+            self.newer_bytes = 0;
+        }
+        self.newer_bytes += token.len();
+        self.newer.insert(token, claims.clone());
+    }
+}
+
 /// Longest hub key: a hub name (128) behind an application name (128) and `_`.
 pub(crate) const MAX_HUB_NAME: usize = 257;
 
@@ -151,4 +218,93 @@ pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
         return Err(Rejection::HubRequired);
     }
     Ok(hub)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::relay::sim::{request, token, KEY, T0};
+
+    fn setup() -> (Admission, RelayConfig, Instant) {
+        // The test's epoch: any moment will do, the clock is the test's own after it.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let mut config = RelayConfig::default();
+        config.access_keys.push(KEY.to_owned());
+        (Admission::new(now, T0), config, now)
+    }
+
+    fn negotiate(bearer: &str) -> HttpRequest {
+        request("POST", "/client/negotiate", "hub=chat", Some(bearer), false)
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_still_checked_for_its_times_and_audience() {
+        let (admission, config, t0) = setup();
+        let good = token("/client/", "chat", None, 60, KEY);
+        let verify = |now, req: &HttpRequest, hub| {
+            admission.verify(&config, now, req, "/client/", Some(hub))
+        };
+        assert!(verify(t0, &negotiate(&good), "chat").is_ok());
+        assert!(admission.cache().newer.contains_key(&good));
+        // Remembered, it is found again, for its own hub only.
+        assert!(verify(t0, &negotiate(&good), "chat").is_ok());
+        assert!(matches!(
+            verify(t0, &negotiate(&good), "other"),
+            Err(Rejection::WrongAudience { .. })
+        ));
+        // A token signed with another key is refused, and not remembered.
+        let forged = token("/client/", "chat", None, 60, "wrong-key");
+        assert!(matches!(
+            verify(t0, &negotiate(&forged), "chat"),
+            Err(Rejection::BadToken(_))
+        ));
+        assert!(!admission.cache().newer.contains_key(&forged));
+        // Its expiry still counts.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(matches!(
+            verify(later, &negotiate(&good), "chat"),
+            Err(Rejection::BadToken(e)) if e.contains("expired")
+        ));
+        // The gate's clone shares what the relay's verified.
+        let clone = admission.clone();
+        assert!(clone.cache().newer.contains_key(&good));
+    }
+
+    #[test]
+    fn the_remembered_tokens_are_bounded() {
+        let (admission, config, t0) = setup();
+        let keep = token("/client/", "chat", Some("keep"), 60, KEY);
+        assert!(admission
+            .signed_claims(&config, t0, &negotiate(&keep))
+            .is_ok());
+        for i in 0..3 * VERIFIED_TOKENS {
+            let t = token("/client/", "chat", Some(&format!("user-{i}")), 60, KEY);
+            assert!(admission.signed_claims(&config, t0, &negotiate(&t)).is_ok());
+            if i % 1000 == 0 {
+                // A token in use now and then is still remembered at the end.
+                assert!(admission
+                    .signed_claims(&config, t0, &negotiate(&keep))
+                    .is_ok());
+            }
+        }
+        let cache = admission.cache();
+        assert!(cache.newer.len() <= VERIFIED_TOKENS && cache.older.len() <= VERIFIED_TOKENS);
+        assert!(cache.newer_bytes <= VERIFIED_BYTES);
+        assert!(cache.newer.contains_key(&keep) || cache.older.contains_key(&keep));
+        // A token longer than is kept is verified, and not remembered.
+        let mut long = Claims::issued_at(T0, 60);
+        long.aud.push("http://localhost/client/?hub=chat".into());
+        long.extra
+            .insert("pad".into(), "x".repeat(VERIFIED_MAX_TOKEN).into());
+        let long = auth::sign(&long, KEY.as_bytes(), auth::Algorithm::Hs256);
+        drop(cache);
+        assert!(admission
+            .signed_claims(&config, t0, &negotiate(&long))
+            .is_ok());
+        let cache = admission.cache();
+        assert!(!cache.newer.contains_key(&long) && !cache.older.contains_key(&long));
+    }
 }
