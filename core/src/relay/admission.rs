@@ -118,13 +118,20 @@ impl Admission {
             validation.validate(&verified.claims, now).map_err(bad)?;
             return Ok(verified.claims.clone());
         }
-        if let Some(claims) = self.cache().get(&token) {
+        let digest = digest(&token);
+        if let Some(claims) = self.cache().get(&digest) {
             validation.validate(&claims, now).map_err(bad)?;
             return Ok(claims);
         }
         let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
         let claims = auth::verify(&token, &keys, now, &validation).map_err(bad)?;
-        self.cache().insert(token, &claims);
+        // Only tokens that come back: a WebSocket client's comes twice (its negotiate, its
+        // upgrade) and never again, and remembered, it would cost each idle client a third of
+        // its memory. A long-polling or event-stream client's comes with every send or poll.
+        let once = req.websocket || req.path.trim_end_matches('/').ends_with("/negotiate");
+        if !once {
+            self.cache().insert(digest, token.len(), &claims);
+        }
         Ok(claims)
     }
 
@@ -156,52 +163,59 @@ impl Admission {
     }
 }
 
-/// Tokens whose signature was verified, by their exact text, with their claims.
+/// Tokens whose signature was verified, by the SHA-256 of their exact text (a lookup compares
+/// digests, never a secret signature byte by byte), with their claims.
 ///
-/// A client sends and polls with the same token each time, and the relay sees that token again
-/// at its WebSocket after its negotiate: checking the signature and decoding the claims was a
-/// sixth of an event-stream echo's cost. Only a token that passed the whole check is kept,
+/// A long-polling or event-stream client sends (and polls) with the same token each time:
+/// checking the signature and decoding the claims was a sixth of an event-stream echo's cost. Only a token that passed the whole check is kept,
 /// and a token found here is still checked for its times (here) and its audience (by the
 /// caller), as a new one is. Bounded: two generations, each of at most [`VERIFIED_TOKENS`]
 /// tokens and [`VERIFIED_BYTES`] of their text; when the newer is full it becomes the older,
 /// and a token found in the older moves to the newer.
 #[derive(Debug, Default)]
 struct Verified {
-    newer: BTreeMap<String, Claims>,
+    /// Each token's claims, and its length.
+    newer: BTreeMap<[u8; 32], (Claims, usize)>,
+    /// The length of the newer generation's tokens, summed.
     newer_bytes: usize,
-    older: BTreeMap<String, Claims>,
+    older: BTreeMap<[u8; 32], (Claims, usize)>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Tokens in a generation of [`Verified`], at most.
 const VERIFIED_TOKENS: usize = 4096;
 
-/// Bytes of token text in a generation of [`Verified`], at most (a token's claims are decoded
-/// from it, and take about as much again).
+/// Bytes of token text in a generation of [`Verified`], at most (a token's claims, decoded
+/// from it, take about as much).
 const VERIFIED_BYTES: usize = 1024 * 1024;
 
 /// Longer tokens are verified each time, not kept.
 const VERIFIED_MAX_TOKEN: usize = 4096;
 
 impl Verified {
-    fn get(&mut self, token: &str) -> Option<Claims> {
-        if let Some(claims) = self.newer.get(token) {
+    fn get(&mut self, digest: &[u8; 32]) -> Option<Claims> {
+        if let Some((claims, _)) = self.newer.get(digest) {
             return Some(claims.clone());
         }
-        let (token, claims) = self.older.remove_entry(token)?;
-        self.insert(token, &claims);
+        let (claims, len) = self.older.remove(digest)?;
+        self.insert(*digest, len, &claims);
         Some(claims)
     }
 
-    fn insert(&mut self, token: String, claims: &Claims) {
-        if token.len() > VERIFIED_MAX_TOKEN {
+    fn insert(&mut self, digest: [u8; 32], len: usize, claims: &Claims) {
+        if len > VERIFIED_MAX_TOKEN {
             return;
         }
-        if self.newer.len() >= VERIFIED_TOKENS || self.newer_bytes + token.len() > VERIFIED_BYTES {
+        if self.newer.len() >= VERIFIED_TOKENS || self.newer_bytes + len > VERIFIED_BYTES {
             self.older = std::mem::take(&mut self.newer);
             self.newer_bytes = 0;
         }
-        self.newer_bytes += token.len();
-        self.newer.insert(token, claims.clone());
+        self.newer_bytes += len;
+        self.newer.insert(digest, (claims.clone(), len));
     }
 }
 
@@ -236,8 +250,9 @@ mod tests {
         (Admission::new(now, T0), config, now)
     }
 
-    fn negotiate(bearer: &str) -> HttpRequest {
-        request("POST", "/client/negotiate", "hub=chat", Some(bearer), false)
+    /// A long-polling client's send.
+    fn send(bearer: &str) -> HttpRequest {
+        request("POST", "/client/", "hub=chat&id=abc", Some(bearer), false)
     }
 
     #[test]
@@ -247,53 +262,61 @@ mod tests {
         let verify = |now, req: &HttpRequest, hub| {
             admission.verify(&config, now, req, "/client/", Some(hub))
         };
-        assert!(verify(t0, &negotiate(&good), "chat").is_ok());
-        assert!(admission.cache().newer.contains_key(&good));
+        assert!(verify(t0, &send(&good), "chat").is_ok());
+        assert!(admission.cache().newer.contains_key(&digest(&good)));
         // Remembered, it is found again, for its own hub only.
-        assert!(verify(t0, &negotiate(&good), "chat").is_ok());
+        assert!(verify(t0, &send(&good), "chat").is_ok());
         assert!(matches!(
-            verify(t0, &negotiate(&good), "other"),
+            verify(t0, &send(&good), "other"),
             Err(Rejection::WrongAudience { .. })
         ));
         // A token signed with another key is refused, and not remembered.
         let forged = token("/client/", "chat", None, 60, "wrong-key");
         assert!(matches!(
-            verify(t0, &negotiate(&forged), "chat"),
+            verify(t0, &send(&forged), "chat"),
             Err(Rejection::BadToken(_))
         ));
-        assert!(!admission.cache().newer.contains_key(&forged));
+        assert!(!admission.cache().newer.contains_key(&digest(&forged)));
         // Its expiry still counts.
         let later = t0 + Duration::from_secs(3600);
         assert!(matches!(
-            verify(later, &negotiate(&good), "chat"),
+            verify(later, &send(&good), "chat"),
             Err(Rejection::BadToken(e)) if e.contains("expired")
         ));
         // The gate's clone shares what the relay's verified.
         let clone = admission.clone();
-        assert!(clone.cache().newer.contains_key(&good));
+        assert!(clone.cache().newer.contains_key(&digest(&good)));
+        // A token seen at a negotiate or a WebSocket upgrade is not seen again: not kept.
+        for (method, path, websocket) in [
+            ("POST", "/client/negotiate", false),
+            ("GET", "/client/", true),
+        ] {
+            let once = token("/client/", "chat", Some(path), 60, KEY);
+            let req = request(method, path, "hub=chat&id=abc", Some(&once), websocket);
+            assert!(verify(t0, &req, "chat").is_ok());
+            assert!(!admission.cache().newer.contains_key(&digest(&once)));
+        }
     }
 
     #[test]
     fn the_remembered_tokens_are_bounded() {
         let (admission, config, t0) = setup();
         let keep = token("/client/", "chat", Some("keep"), 60, KEY);
-        assert!(admission
-            .signed_claims(&config, t0, &negotiate(&keep))
-            .is_ok());
+        assert!(admission.signed_claims(&config, t0, &send(&keep)).is_ok());
         for i in 0..3 * VERIFIED_TOKENS {
             let t = token("/client/", "chat", Some(&format!("user-{i}")), 60, KEY);
-            assert!(admission.signed_claims(&config, t0, &negotiate(&t)).is_ok());
+            assert!(admission.signed_claims(&config, t0, &send(&t)).is_ok());
             if i % 1000 == 0 {
                 // A token in use now and then is still remembered at the end.
-                assert!(admission
-                    .signed_claims(&config, t0, &negotiate(&keep))
-                    .is_ok());
+                assert!(admission.signed_claims(&config, t0, &send(&keep)).is_ok());
             }
         }
         let cache = admission.cache();
         assert!(cache.newer.len() <= VERIFIED_TOKENS && cache.older.len() <= VERIFIED_TOKENS);
         assert!(cache.newer_bytes <= VERIFIED_BYTES);
-        assert!(cache.newer.contains_key(&keep) || cache.older.contains_key(&keep));
+        assert!(
+            cache.newer.contains_key(&digest(&keep)) || cache.older.contains_key(&digest(&keep))
+        );
         // A token longer than is kept is verified, and not remembered.
         let mut long = Claims::issued_at(T0, 60);
         long.aud.push("http://localhost/client/?hub=chat".into());
@@ -301,10 +324,10 @@ mod tests {
             .insert("pad".into(), "x".repeat(VERIFIED_MAX_TOKEN).into());
         let long = auth::sign(&long, KEY.as_bytes(), auth::Algorithm::Hs256);
         drop(cache);
-        assert!(admission
-            .signed_claims(&config, t0, &negotiate(&long))
-            .is_ok());
+        assert!(admission.signed_claims(&config, t0, &send(&long)).is_ok());
         let cache = admission.cache();
-        assert!(!cache.newer.contains_key(&long) && !cache.older.contains_key(&long));
+        assert!(
+            !cache.newer.contains_key(&digest(&long)) && !cache.older.contains_key(&digest(&long))
+        );
     }
 }

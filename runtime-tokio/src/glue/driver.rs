@@ -1269,7 +1269,7 @@ async fn serve_http<R: Runtime, S>(
 
 /// Largest request head (request line and headers) read: Kestrel's defaults are 8 KiB for the
 /// request line and 32 KiB for the headers.
-const MAX_REQUEST_HEAD: usize = super::watched::MAX_EARLY;
+const MAX_REQUEST_HEAD: usize = 40 * 1024;
 
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.

@@ -8,8 +8,9 @@
 //! flushes reads the socket into a few bytes on the stack:
 //! - the end of the stream (or an error) fails the flush: hyper closes the connection, and
 //!   the held request's drop notice tells the driver;
-//! - bytes the peer sent early are kept, in order, for hyper's next reads (bounded: past
-//!   [`MAX_EARLY`] the socket is no longer read until hyper takes them).
+//! - bytes the peer sent early (a pipelined request, which real clients do not send behind a
+//!   held one) are kept, in order, for hyper's next reads; past [`MAX_EARLY`] the peer is
+//!   sending what no request head needs, and that fails the flush too.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -21,8 +22,8 @@ use hyper::rt::ReadBufCursor;
 
 use super::queue::AbortSignal;
 
-/// Bytes kept for hyper at most: its own limit for a request head.
-pub(crate) const MAX_EARLY: usize = 40 * 1024;
+/// Bytes kept for hyper at most, read behind a held request.
+pub(crate) const MAX_EARLY: usize = 8 * 1024;
 
 /// What is read at a time while watching.
 const WATCH_READ: usize = 256;
@@ -51,23 +52,27 @@ impl<S> WatchedIo<S> {
 }
 
 impl<S: AsyncRead + Unpin> WatchedIo<S> {
-    /// Reads what the peer sent while a request is held: `Ready(Err)` once it is gone.
+    /// Reads what the peer sent while a request is held, until there is no more (`Pending`,
+    /// woken when there is): `Ready(Err)` once it is gone, or sent too much.
     fn watch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut scratch = [0u8; WATCH_READ];
-        while self.early.len() < MAX_EARLY {
-            let room = (MAX_EARLY - self.early.len()).min(WATCH_READ);
-            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut scratch[..room])) {
-                Ok(0) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the peer closed the connection while its request was held",
-                    )))
-                }
-                Ok(n) => self.early.extend_from_slice(&scratch[..n]),
-                Err(e) => return Poll::Ready(Err(e)),
+        loop {
+            let n = ready!(Pin::new(&mut self.io).poll_read(cx, &mut scratch))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer closed the connection while its request was held",
+                )));
             }
+            if self.early.len() + n > MAX_EARLY {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the peer sent more than a request head while its request was held",
+                )));
+            }
+            self.early.reserve_exact(n);
+            self.early.extend_from_slice(&scratch[..n]);
         }
-        Poll::Pending
     }
 }
 

@@ -151,7 +151,7 @@ async fn session<R: Runtime>(
     let (mut sink, mut incoming) = ws.split();
     let mut acks: BTreeMap<i32, oneshot::Sender<AckStatus>> = BTreeMap::new();
     let mut ready = false;
-    // Messages read in a row without the socket running dry.
+    // Messages read in a row (each time the socket had one ready).
     let mut streak = 0usize;
     let result = loop {
         while let Some(bytes) = conn.poll_transmit() {
@@ -223,6 +223,10 @@ async fn session<R: Runtime>(
             let now = runtime.now();
             while let Ok(command) = commands.try_recv() {
                 apply(&mut conn, now, command, &mut acks);
+            }
+            // Nor would its timers run (the sleep below is tried after the socket).
+            if conn.poll_timeout().is_some_and(|at| at <= now) {
+                conn.handle_timeout(now);
             }
             continue;
         }
