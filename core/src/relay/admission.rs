@@ -167,11 +167,13 @@ impl Admission {
 /// digests, never a secret signature byte by byte), with their claims.
 ///
 /// A long-polling or event-stream client sends (and polls) with the same token each time:
-/// checking the signature and decoding the claims was a sixth of an event-stream echo's cost. Only a token that passed the whole check is kept,
-/// and a token found here is still checked for its times (here) and its audience (by the
-/// caller), as a new one is. Bounded: two generations, each of at most [`VERIFIED_TOKENS`]
-/// tokens and [`VERIFIED_BYTES`] of their text; when the newer is full it becomes the older,
-/// and a token found in the older moves to the newer.
+/// checking the signature and decoding the claims was a sixth of an event-stream echo's cost.
+/// Only a token that passed the whole check is kept, and a token found here is still checked
+/// for its times (here) and its audience (by the caller), as a new one is.
+///
+/// Bounded: two generations, each of at most [`VERIFIED_TOKENS`] tokens and [`VERIFIED_BYTES`]
+/// of their text; when the newer is full it becomes the older, and a token found in the older
+/// moves to the newer.
 #[derive(Debug, Default)]
 struct Verified {
     /// Each token's claims, and its length.

@@ -45,7 +45,8 @@ impl<S> WatchedIo<S> {
         }
     }
 
-    /// The stream, and what was read from it that hyper has not taken (to come first).
+    /// The stream, and what was read from it that hyper has not taken (it comes after all that
+    /// hyper read, and before what the stream has yet to give).
     pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
         (self.io, self.early)
     }
