@@ -250,28 +250,20 @@ test('an event stream, and a held long poll, whose client vanishes: the app serv
     const loop = bystanderLoop(bystander);
     const token = stack.clientToken('chat');
     const headers = { Authorization: `Bearer ${token}` };
-    const [host, port] = stack.relayAddr.split(':');
-    const handshake = (url) => fetch(url, { method: 'POST', headers, body: '{"protocol":"json","version":1}\x1e' });
 
     // An event stream: its socket is destroyed without a DELETE.
-    let { connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
-    let url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`;
-    const socket = net.connect(Number(port), host);
-    socket.on('error', () => {});
-    await new Promise((resolve) => socket.on('connect', resolve));
-    socket.write(`GET /client/?hub=chat&id=${connectionToken} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer ${token}\r\n\r\n`);
-    await new Promise((resolve) => socket.once('data', resolve));
-    assert.equal((await handshake(url)).status, 200);
+    const stream = await stalledEventStream(stack);
     let left = next(watcher, 'left', 30000);
-    socket.destroy();
-    assert.deepEqual(await left, [connectionId], 'the event stream\'s client left');
+    stream.socket.destroy();
+    assert.deepEqual(await left, [stream.connectionId], 'the event stream\'s client left');
 
     // A long-polling client: its held poll's socket is destroyed; with no poll after it, the
     // relay closes it once the negotiate timeout passes.
-    ({ connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json());
-    url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`;
+    const { connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+    const url = `http://${stack.relayAddr}/client/?hub=chat&id=${connectionToken}`;
     assert.equal((await fetch(url, { headers })).status, 200, 'first poll');
-    assert.equal((await handshake(url)).status, 200);
+    const hs = await fetch(url, { method: 'POST', headers, body: '{"protocol":"json","version":1}\x1e' });
+    assert.equal(hs.status, 200);
     let got = await (await fetch(url, { headers })).text();
     assert.match(got, /^\{\}\x1e/, 'the handshake response');
     // The chat hub welcomes each client: once that is read, the next poll is held.
@@ -320,7 +312,7 @@ test('bytes sent on an open event stream: past 8 KiB (no request head needs more
 /// An event-stream client that negotiates, completes its handshake, then never reads.
 async function stalledEventStream(stack) {
   const token = stack.clientToken('chat');
-  const { connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
+  const { connectionId, connectionToken } = await (await stack.relayNegotiate('chat', token)).json();
   const [host, port] = stack.relayAddr.split(':');
   const socket = net.connect(Number(port), host);
   socket.on('error', () => {});
@@ -333,7 +325,7 @@ async function stalledEventStream(stack) {
   });
   assert.equal(hs.status, 200);
   socket.pause();
-  return { socket, closed };
+  return { socket, closed, connectionId };
 }
 
 test('slow readers: event streams that never read are closed for real, and their memory freed', { timeout: 120000 }, async () => {

@@ -221,9 +221,7 @@ async fn session<R: Runtime>(
             streak = 0;
             crate::glue::yield_now().await;
             let now = runtime.now();
-            while let Ok(command) = commands.try_recv() {
-                apply(&mut conn, now, command, &mut acks);
-            }
+            apply_queued(&mut conn, now, &mut commands, &mut acks);
             // Nor would its timers run (the sleep below is tried after the socket).
             if conn.poll_timeout().is_some_and(|at| at <= now) {
                 conn.handle_timeout(now);
@@ -251,9 +249,7 @@ async fn session<R: Runtime>(
             Either::Right((Either::Left((Some(command), _)), _)) => {
                 apply(&mut conn, now, command, &mut acks);
                 // Apply whatever else is queued before writing.
-                while let Ok(command) = commands.try_recv() {
-                    apply(&mut conn, now, command, &mut acks);
-                }
+                apply_queued(&mut conn, now, &mut commands, &mut acks);
             }
             Either::Right((Either::Left((None, _)), _)) => {}
             Either::Right((Either::Right(((), _)), _)) => conn.handle_timeout(now),
@@ -312,6 +308,18 @@ fn path_prefix(path: &str) -> String {
 
 fn form_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Applies every command queued now.
+fn apply_queued(
+    conn: &mut AppConnection,
+    now: Instant,
+    commands: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    acks: &mut BTreeMap<i32, oneshot::Sender<AckStatus>>,
+) {
+    while let Ok(command) = commands.try_recv() {
+        apply(conn, now, command, acks);
+    }
 }
 
 fn apply(
