@@ -149,12 +149,18 @@ pub struct BinaryFrameDecoder {
     buf: BytesMut,
     max_frame_len: usize,
     error: Option<FrameError>,
-    /// Frames over the limit are skipped rather than fatal.
-    skips_oversize: bool,
+    /// Frames over the limit are skipped rather than fatal when this is set: boxed, as few
+    /// decoders skip, and every client's decoder would otherwise carry it.
+    skip: Option<Box<Skip>>,
+}
+
+/// Where a decoder that skips oversize frames is.
+#[derive(Debug, Default)]
+struct Skip {
     /// Bytes of a skipped frame still to come, dropped as they arrive.
-    skipping: usize,
+    remaining: usize,
     /// The first bytes of the frame skipped last, for the caller to see what it was.
-    skipped_head: Bytes,
+    head: Bytes,
 }
 
 impl BinaryFrameDecoder {
@@ -164,9 +170,7 @@ impl BinaryFrameDecoder {
             buf: BytesMut::new(),
             max_frame_len,
             error: None,
-            skips_oversize: false,
-            skipping: 0,
-            skipped_head: Bytes::new(),
+            skip: None,
         }
     }
 
@@ -175,7 +179,7 @@ impl BinaryFrameDecoder {
     /// held), and decoding goes on after it. Only a malformed prefix is fatal.
     pub fn skipping_oversize(max_frame_len: usize) -> Self {
         Self {
-            skips_oversize: true,
+            skip: Some(Box::default()),
             ..Self::new(max_frame_len)
         }
     }
@@ -186,9 +190,9 @@ impl BinaryFrameDecoder {
         if self.error.is_some() {
             return;
         }
-        if self.skipping > 0 {
-            let dropped = self.skipping.min(data.len());
-            self.skipping -= dropped;
+        if let Some(skip) = self.skip.as_deref_mut() {
+            let dropped = skip.remaining.min(data.len());
+            skip.remaining -= dropped;
             data = &data[dropped..];
         }
         self.buf.extend_from_slice(data);
@@ -217,7 +221,7 @@ impl BinaryFrameDecoder {
                 len,
                 max: self.max_frame_len,
             };
-            if !self.skips_oversize {
+            if self.skip.is_none() {
                 return Err(self.fail(error));
             }
             // Its first bytes say what it was: wait for them (a bounded wait), then drop what
@@ -229,8 +233,10 @@ impl BinaryFrameDecoder {
             let mut dropped = self.buf.split_to(prefix + here);
             let _ = dropped.split_to(prefix);
             dropped.truncate(SKIPPED_HEAD);
-            self.skipped_head = dropped.freeze();
-            self.skipping = len - here;
+            if let Some(skip) = self.skip.as_deref_mut() {
+                skip.head = dropped.freeze();
+                skip.remaining = len - here;
+            }
             return Err(error);
         }
         if self.buf.len() < prefix + len {
@@ -250,13 +256,19 @@ impl BinaryFrameDecoder {
     /// The first bytes (at most 64) of the frame skipped last, as far as they had arrived:
     /// enough to tell what it was.
     pub fn take_skipped_head(&mut self) -> Bytes {
-        std::mem::take(&mut self.skipped_head)
+        self.skip
+            .as_deref_mut()
+            .map(|skip| std::mem::take(&mut skip.head))
+            .unwrap_or_default()
     }
 
     /// Whether `data` is exactly whole frames, each within the limit and with a minimal
     /// length prefix, with nothing buffered (and no error) before it.
     pub fn holds_whole_frames(&self, mut data: &[u8]) -> bool {
-        if !self.buf.is_empty() || self.error.is_some() || self.skipping > 0 {
+        if !self.buf.is_empty()
+            || self.error.is_some()
+            || self.skip.as_ref().is_some_and(|s| s.remaining > 0)
+        {
             return false;
         }
         while !data.is_empty() {

@@ -812,7 +812,7 @@ impl Relay {
             let ids = self.ids.next_classic(req.bearer_fingerprint());
             let dialect = Client::classic(hub_name, now);
             let client = self.new_client(now, hub_id, ids, &claims, req, dialect);
-            let (token, id) = (client.token.clone(), client.connection_id.clone());
+            let (token, id) = (client.token.to_string(), client.connection_id.to_string());
             self.clients.insert(client);
             return RequestOutcome::Respond(classic_negotiated(token, id, &params, &self.config));
         }
@@ -903,7 +903,7 @@ impl Relay {
                     out.event(Event::ClientOpened {
                         conn,
                         hub: self.directory.name(client.hub).to_owned(),
-                        connection_id: client.connection_id.clone(),
+                        connection_id: client.connection_id.to_string(),
                         family: client.family(),
                         transport: opening.transport,
                         protocol: opening.protocol,
@@ -927,7 +927,7 @@ impl Relay {
                 at: "handshake".to_owned(),
                 status: 0,
                 hub: Some(self.directory.name(client.hub).to_owned()),
-                connection_id: Some(client.connection_id.clone()),
+                connection_id: Some(client.connection_id.to_string()),
                 transport: client.transport_kind(),
                 reason,
             });
@@ -955,7 +955,7 @@ impl Relay {
         // Not to a server connection that is itself gone.
         if ending.notifies_server() && self.servers.contains(link.server) {
             let close = ServiceMessage::CloseConnection(service::CloseConnection {
-                connection_id: client.connection_id.clone(),
+                connection_id: client.connection_id.to_string(),
                 ..service::CloseConnection::default()
             });
             out.service(link.server, &close);
@@ -966,7 +966,7 @@ impl Relay {
         out.event(Event::ClientClosed {
             conn,
             hub: self.directory.name(client.hub).to_owned(),
-            connection_id: client.connection_id.clone(),
+            connection_id: client.connection_id.to_string(),
             reason,
         });
     }
@@ -1421,7 +1421,7 @@ impl Relay {
             .directory
             .group(hub, &query.group)
             .filter_map(|c| self.clients.map.get(&c))
-            .map(|c| (c.connection_id.as_str(), c.user_id.as_deref()))
+            .map(|c| (&*c.connection_id, c.user_id.as_deref()))
             .filter(|(id, _)| after.is_none_or(|after| *id > after))
             .collect();
         members.sort_unstable();

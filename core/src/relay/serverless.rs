@@ -96,7 +96,7 @@ impl Relay {
                     .directory
                     .connection(&open.connection_id)
                     .and_then(|c| self.clients.map.get(&c))
-                    .and_then(|c| c.user_id.clone());
+                    .and_then(|c| c.user_id.as_deref().map(str::to_owned));
                 let caller = Caller::new(
                     &self.config.access_keys,
                     &open.connection_id,

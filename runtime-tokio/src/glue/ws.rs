@@ -152,7 +152,8 @@ pub(crate) struct Pump<S, E, F> {
     out: VecDeque<Frame>,
     /// The latest ping not yet answered (one pong at a time is queued, for the latest:
     /// RFC 6455 §5.5.3), and whether a pong is in `out`.
-    ping: Option<Bytes>,
+    /// Boxed: pings are rare, and every WebSocket's task would carry the room for one.
+    ping: Option<Box<Bytes>>,
     pong_queued: bool,
     /// The decoder stopped with whole frames left (the channel was full).
     backlog: bool,
@@ -177,7 +178,7 @@ where
     fn take_queued(&mut self, cx: &mut Context<'_>) {
         if !self.pong_queued {
             if let Some(payload) = self.ping.take() {
-                self.out.push_back(Frame::new(Opcode::Pong, payload));
+                self.out.push_back(Frame::new(Opcode::Pong, *payload));
                 self.pong_queued = true;
             }
         }
@@ -350,7 +351,7 @@ where
                         received.push_back(e.into_inner());
                     }
                 }
-                Received::Ping(payload) => *ping = Some(payload),
+                Received::Ping(payload) => *ping = Some(Box::new(payload)),
                 Received::Close(code) => {
                     // Its code echoed, or none if it gave none.
                     out.push_back(code.map_or_else(

@@ -50,7 +50,7 @@ pub(crate) struct Clients {
     /// Boxed: the map's nodes hold a pointer per client, not a client (whose size would be
     /// paid for each of a node's empty slots too).
     pub(crate) map: BTreeMap<ConnHandle, Box<Client>>,
-    by_token: BTreeMap<String, ConnHandle>,
+    by_token: BTreeMap<Box<str>, ConnHandle>,
     /// Connections per access token (digested), negotiated or connected.
     per_bearer: BTreeMap<[u8; 32], usize>,
     /// Closed long-polling connections, for their last poll.
@@ -158,7 +158,7 @@ pub(crate) struct Link {
     /// What the app server was told at the opening (OpenConnection and the handshake, as
     /// sent: one buffer, shared with the message that carried it), kept when its app server
     /// may ask for its clients to be migrated: it is told again to the next one.
-    migration: Option<Bytes>,
+    migration: Option<Box<[u8]>>,
     /// The server connection the client was migrated from, with its output reassembled
     /// apart: the answers it still owes the client (invocations under way when the client
     /// moved) reach it, whole frames between the new app server's.
@@ -297,9 +297,10 @@ pub(crate) enum Input<'a> {
 pub(crate) struct Client {
     pub(crate) conn: ConnHandle,
     pub(crate) hub: HubId,
-    pub(crate) connection_id: String,
-    pub(crate) token: String,
-    pub(crate) user_id: Option<String>,
+    /// Boxed strings (no spare capacity, a word less each): a client keeps them for its life.
+    pub(crate) connection_id: Box<str>,
+    pub(crate) token: Box<str>,
+    pub(crate) user_id: Option<Box<str>>,
     /// The token it negotiated with (digested): every later request must bear the same.
     pub(crate) bearer: Option<[u8; 32]>,
     /// What the app server is told once, with OpenConnection.
@@ -339,9 +340,9 @@ impl Client {
         Self {
             conn,
             hub,
-            connection_id,
-            token,
-            user_id,
+            connection_id: connection_id.into(),
+            token: token.into(),
+            user_id: user_id.map(Into::into),
             bearer: None,
             intro: Some(Box::new(intro)),
             link: None,
@@ -558,7 +559,7 @@ impl Client {
         }
         let protocol = opening.protocol;
         let open = service::OpenConnection {
-            connection_id: self.connection_id.clone(),
+            connection_id: self.connection_id.to_string(),
             claims: intro.claims,
             headers,
             query_string: opening.query.take().unwrap_or(intro.query),
@@ -567,19 +568,17 @@ impl Client {
                 ..service::Ext::default()
             },
         };
-        let mut data = introduction(&open, &opening.handshake);
+        let data = introduction(&open, &opening.handshake);
         // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
         // next one would not have. What is kept to tell the next app server is bounded; a
         // client with a larger introduction stays where it is.
         let keep =
             migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && data.len() <= MAX_REPLAY;
-        if keep {
-            // Kept for the connection's life: no spare capacity.
-            data.shrink_to_fit();
-        }
-        let data = Bytes::from(data);
+        // Kept for the connection's life as a copy of its own, of exactly its length: sharing
+        // the buffer sent would cost a `Bytes` and its shared header besides.
+        let migration = keep.then(|| Box::from(data.as_slice()));
         out.stats.to_server.add(opening.handshake.len());
-        out.transmit(server, data.clone(), true);
+        out.transmit(server, Bytes::from(data), true);
         let outbound = if passthrough {
             // What the SDK writes for a client: whole service-protocol ConnectionData frames
             // (length-prefixed), each holding classic JSON; no handshake response.
@@ -596,7 +595,7 @@ impl Client {
             transport: opening.transport,
             outbound,
             pending: VecDeque::new(),
-            migration: keep.then_some(data),
+            migration,
             previous: None,
         });
         let mut cx = Ctx::new(
@@ -636,7 +635,7 @@ impl Client {
         }
         let (mut open, handshake) = replayed(link.migration.as_ref()?)?;
         let close = service::ServiceMessage::CloseConnection(service::CloseConnection {
-            connection_id: self.connection_id.clone(),
+            connection_id: self.connection_id.to_string(),
             headers: vec![("Asrs-Migrate-To".to_owned(), vec![to_id.to_owned()])],
             ..service::CloseConnection::default()
         });
@@ -962,4 +961,14 @@ fn introduction(open: &service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
         let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
     }
     data
+}
+
+/// Every connected client holds one `Client` for its life: what it costs each idle client is
+/// budgeted (#19), so that a field added inline is a choice, not an accident.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod size {
+    #[test]
+    fn a_client_stays_within_its_budget() {
+        assert!(std::mem::size_of::<super::Client>() <= 448);
+    }
 }

@@ -30,7 +30,8 @@ pub(crate) enum Transport {
     /// A Server-Sent Events stream (receive) plus POSTs (send).
     ServerSentEvents,
     /// Held GETs (receive) plus POSTs (send).
-    LongPolling(LongPoll),
+    /// Boxed: the other transports hold nothing, and every client holds a `Transport`.
+    LongPolling(Box<LongPoll>),
 }
 
 /// A long-polling client's queue and held poll.
@@ -114,7 +115,7 @@ impl Transport {
     pub(crate) fn long_polling(cx: &mut Ctx<'_>) -> Self {
         cx.timers
             .set(TimerKind::Disconnect, cx.now + poll_interval(cx));
-        Self::LongPolling(LongPoll::default())
+        Self::LongPolling(Box::default())
     }
 
     /// Sends bytes to the client.
