@@ -7,8 +7,13 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
+
+use async_io::Async;
+use smol::io::{AsyncRead, AsyncWrite};
 
 #[doc(hidden)]
 pub use signalr_relay_tokio::{app, sample};
@@ -46,18 +51,86 @@ impl Runtime for SmolRuntime {
         smol_hyper::rt::SmolTimer::new()
     }
 
-    type Stream = smol::net::TcpStream;
+    type Stream = SmolStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Stream> {
-        let stream = smol::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        let stream = Async::<TcpStream>::connect(addr).await?;
+        stream.get_ref().set_nodelay(true)?;
+        Ok(SmolStream::new(stream))
+    }
+}
+
+/// A TCP stream on smol's reactor that, as tokio's does, takes a read that did not fill its
+/// buffer to mean the socket is empty: the next read waits for the reactor's word instead of
+/// paying a system call to hear that nothing came (a third of the reads a relayed message
+/// cost). The socket is held directly, without `smol::net`'s shared handle.
+#[derive(Debug)]
+pub struct SmolStream {
+    io: Async<TcpStream>,
+    /// The last read did not fill its buffer.
+    drained: bool,
+}
+
+impl SmolStream {
+    fn new(io: Async<TcpStream>) -> Self {
+        Self { io, drained: false }
+    }
+}
+
+impl AsyncRead for SmolStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.drained {
+            // Registers interest (as a read that found nothing would) until data comes. Epoll
+            // is re-armed level-triggered, so bytes that came meanwhile wake it at once.
+            ready!(this.io.poll_readable(cx))?;
+            this.drained = false;
+        }
+        let n = ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if n > 0 && n < buf.len() {
+            this.drained = true;
+            // The readiness that brought these bytes may still be on record: spend it now, so
+            // that the next read waits for news. Pending has registered interest already.
+            let _ = this.io.poll_readable(cx);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for SmolStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    /// Ends the sending side (a FIN), as `smol::net` does; the socket closes when dropped.
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 
 /// A smol TCP listener.
 #[derive(Debug)]
-pub struct SmolListener(pub smol::net::TcpListener);
+pub struct SmolListener(pub Async<TcpListener>);
 
 impl SmolListener {
     /// Binds `addr`.
@@ -65,22 +138,22 @@ impl SmolListener {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Ok(Self(smol::net::TcpListener::bind(addr).await?))
+        Ok(Self(Async::<TcpListener>::bind(addr)?))
     }
 }
 
 impl Listener for SmolListener {
-    type Stream = smol::net::TcpStream;
+    type Stream = SmolStream;
 
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
         let (stream, addr) = self.0.accept().await?;
         // Only a latency setting: a socket that refuses it is served anyway.
-        let _ = stream.set_nodelay(true);
-        Ok((stream, addr))
+        let _ = stream.get_ref().set_nodelay(true);
+        Ok((SmolStream::new(stream), addr))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.0.get_ref().local_addr()
     }
 }
 
@@ -95,4 +168,64 @@ pub fn block_on<F: Future<Output = ()> + Send + 'static>(main: F) {
     // it would be polled (and its listener tried, a failed `accept` and a re-arm of the
     // reactor) every time the executor woke up for any task.
     smol::block_on(EXECUTOR.run(EXECUTOR.spawn(main)));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Fails the test instead of hanging it when a read is never woken.
+    async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+        let hang = async {
+            async_io::Timer::after(Duration::from_secs(30)).await;
+            panic!("{what}: never woken");
+        };
+        smol::future::or(f, hang).await
+    }
+
+    #[test]
+    fn a_read_after_a_short_read_waits_for_data_and_misses_none() {
+        smol::block_on(async {
+            let mut listener = SmolListener::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = SmolRuntime.connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+
+            client.write_all(b"hello").await.unwrap();
+            assert_eq!(within("first", server.read(&mut buf)).await.unwrap(), 5);
+            assert!(server.drained);
+            // Nothing more has come: the read waits (without asking the socket again).
+            assert!(smol::future::poll_once(server.read(&mut buf))
+                .await
+                .is_none());
+            client.write_all(b"abc").await.unwrap();
+            assert_eq!(within("second", server.read(&mut buf)).await.unwrap(), 3);
+            assert_eq!(&buf[..3], b"abc");
+
+            // Bytes that arrive between a short read and the next are read, not missed.
+            client.write_all(b"xy").await.unwrap();
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            assert_eq!(within("third", server.read(&mut buf)).await.unwrap(), 2);
+            client.write_all(b"z").await.unwrap();
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            assert_eq!(within("fourth", server.read(&mut buf)).await.unwrap(), 1);
+            assert_eq!(buf[0], b'z');
+
+            // A read that fills its buffer reads again at once; the end reads as 0.
+            client.write_all(&[7u8; 100]).await.unwrap();
+            client.close().await.unwrap();
+            let mut got = Vec::new();
+            within("to the end", server.read_to_end(&mut got))
+                .await
+                .unwrap();
+            assert_eq!(got, [7u8; 100]);
+        });
+    }
 }
