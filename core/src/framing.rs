@@ -221,9 +221,9 @@ impl BinaryFrameDecoder {
                 len,
                 max: self.max_frame_len,
             };
-            if self.skip.is_none() {
+            let Some(skip) = self.skip.as_deref_mut() else {
                 return Err(self.fail(error));
-            }
+            };
             // Its first bytes say what it was: wait for them (a bounded wait), then drop what
             // is here of it, and the rest as it comes.
             if self.buf.len() - prefix < len.min(SKIPPED_HEAD) {
@@ -233,10 +233,8 @@ impl BinaryFrameDecoder {
             let mut dropped = self.buf.split_to(prefix + here);
             let _ = dropped.split_to(prefix);
             dropped.truncate(SKIPPED_HEAD);
-            if let Some(skip) = self.skip.as_deref_mut() {
-                skip.head = dropped.freeze();
-                skip.remaining = len - here;
-            }
+            skip.head = dropped.freeze();
+            skip.remaining = len - here;
             return Err(error);
         }
         if self.buf.len() < prefix + len {
