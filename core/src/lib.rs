@@ -40,6 +40,7 @@ pub mod aspnetcore;
 pub mod auth;
 pub mod classic;
 pub mod framing;
+pub mod http1;
 pub(crate) mod msgpack;
 pub mod odata;
 pub mod relay;

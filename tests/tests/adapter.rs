@@ -706,6 +706,64 @@ async fn plain_requests_are_answered<R: Runtime>(runtime: R, addr: SocketAddr) {
 }
 on_both_runtimes!(plain_requests_are_answered);
 
+/// Sends `raw` on a connection of its own and reads until the relay closes it.
+async fn raw_exchange<R: Runtime>(runtime: &R, addr: SocketAddr, raw: &[u8]) -> String {
+    let mut conn = runtime.connect(addr).await.expect("connected");
+    futures_util::AsyncWriteExt::write_all(&mut conn, raw)
+        .await
+        .expect("written");
+    let mut answer = Vec::new();
+    let _ = within(
+        runtime,
+        "the relay to close the connection",
+        futures_util::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client's transport requests are served on the relay's lean path (no `Date` field), and
+/// the first other request hands the connection to hyper (which adds one) for the rest of its
+/// life: on one kept-alive connection, pipelined requests each get their answer, in order.
+/// A head that is not HTTP gets 400, one too large 431, each closing its connection.
+async fn one_connection_carries_lean_and_general_requests<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    let rt = &runtime;
+    let bearer = token("/client/", None);
+    let poll = |last: &str| {
+        format!(
+            "GET /client/?hub=chat&id=nobody HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {bearer}\r\n{last}\r\n"
+        )
+    };
+    let health = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let raw = format!(
+        "{}{}{health}{}",
+        poll(""),
+        poll(""),
+        poll("Connection: close\r\n")
+    );
+    let answer = raw_exchange(rt, addr, raw.as_bytes()).await;
+    let responses: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    let statuses: Vec<&str> = responses.iter().map(|r| &r[..3]).collect();
+    assert_eq!(statuses, ["404", "404", "200", "404"], "{answer}");
+    let dated: Vec<bool> = responses
+        .iter()
+        .map(|r| r.to_ascii_lowercase().contains("\r\ndate: "))
+        .collect();
+    assert_eq!(dated, [false, false, true, true], "{answer}");
+    let answer = raw_exchange(rt, addr, b"GET /client/ HTTP/1.1\r\n\x01\x02\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let mut huge = b"GET /client/ HTTP/1.1\r\nX-Pad: ".to_vec();
+    // Exactly what the relay reads of a head: none is left unread to reset the connection.
+    huge.resize(40 * 1024, b'a');
+    let answer = raw_exchange(rt, addr, &huge).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+}
+on_both_runtimes!(one_connection_carries_lean_and_general_requests);
+
 /// The glue reads the time from its runtime. On tokio's paused clock, a relay whose handshake
 /// timeout is an hour closes a client that never sends its handshake, and an app server that
 /// never says hello, at once: an hour of the relay's time passes in no time (the app server

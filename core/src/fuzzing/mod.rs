@@ -163,6 +163,37 @@ pub fn handshake(data: &[u8]) {
     }
 }
 
+/// HTTP/1.1 request heads: parsed in one piece or byte by byte alike, a whole head's length
+/// within the input, and response heads that no field can break.
+pub fn http1(data: &[u8]) {
+    use crate::http1::{end_head, field, parse_request, start_response, BodyLength, Parsed};
+    let whole = parse_request(data);
+    if let Parsed::Complete(head, len) = &whole {
+        assert!(*len <= data.len());
+        // The same head, cut just before its end, is not yet whole (or already bad).
+        assert!(!matches!(
+            parse_request(&data[..len - 1]),
+            Parsed::Complete(..)
+        ));
+        let lean = head.lean();
+        let websocket = head.websocket_key.is_some();
+        let request = head.clone().into_request(None);
+        assert_eq!(request.websocket, websocket);
+        if lean {
+            assert!(request.path.starts_with("/client"));
+        }
+        // Every field's name and value, written back into a response head, keeps it one head.
+        let mut out = Vec::new();
+        start_response(&mut out, 200);
+        for (name, value) in &head.headers {
+            field(&mut out, name, value);
+        }
+        end_head(&mut out, BodyLength::Fixed(0), false);
+        let blank = out.windows(4).position(|w| w == b"\r\n\r\n");
+        assert_eq!(blank, Some(out.len() - 4));
+    }
+}
+
 /// Negotiate responses and queries.
 pub fn negotiate(data: &[u8]) {
     if let Ok(response) = NegotiateResponse::parse(data) {
@@ -287,6 +318,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("aspnetcore_json", aspnetcore_json),
     ("aspnetcore_msgpack", aspnetcore_msgpack),
     ("handshake", handshake),
+    ("http1", http1),
     ("negotiate", negotiate),
     ("service", service),
     ("classic_query", classic_query),

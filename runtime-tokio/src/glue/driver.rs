@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod lean;
+
 use super::watched::{Watch, WatchedIo};
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::{Bytes, BytesMut};
@@ -14,10 +16,7 @@ use futures_util::future::{select, Either};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, UPGRADE,
-};
+use hyper::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use signalr_relay_core::relay::{
     ConnHandle, Event, HttpRequest, HttpResponse, Output, Rejection, Relay, RelayConfig,
@@ -1213,7 +1212,9 @@ async fn serve_connection<R: Runtime, S>(
     drop(admitted);
 }
 
-/// Serves HTTP/1.1 (and its upgrades) on one connection, plain or TLS.
+/// Serves HTTP/1.1 (and its upgrades) on one connection, plain or TLS. Clients' transport
+/// requests are served on the lean path ([`lean`]); from the first request that it leaves to
+/// a general server on, hyper serves the connection.
 async fn serve_http<R: Runtime, S>(
     runtime: R,
     stream: S,
@@ -1224,10 +1225,47 @@ async fn serve_http<R: Runtime, S>(
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
-    let timer = runtime.hyper_timer();
-    let header_read_timeout = settings.options.header_read_timeout;
     // Dropping the connection is how a stalled event stream is closed for real.
     let abort = Arc::new(AbortSignal::default());
+    let (stream, early) = match port {
+        Port::Public => {
+            let lean = std::pin::pin!(lean::serve(
+                &runtime, stream, peer, &events, &settings, &abort
+            ));
+            match abort.guard(lean).await {
+                Some(Some(handed_over)) => handed_over,
+                Some(None) => return,
+                None => {
+                    tracing::debug!("HTTP connection dropped: its event stream stalled");
+                    return;
+                }
+            }
+        }
+        Port::Operator => (stream, Vec::new()),
+    };
+    // Boxed: a connection the lean path serves does not carry room for hyper's state.
+    Box::pin(serve_hyper(
+        runtime, stream, early, peer, events, settings, port, abort,
+    ))
+    .await;
+}
+
+/// Serves the rest of a connection with hyper (`early`: bytes already read from `stream`).
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<R: Runtime, S>(
+    runtime: R,
+    stream: S,
+    early: Vec<u8>,
+    peer: SocketAddr,
+    events: mpsc::Sender<DriverInput>,
+    settings: Arc<Settings>,
+    port: Port,
+    abort: Arc<AbortSignal>,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timer = runtime.hyper_timer();
+    let header_read_timeout = settings.options.header_read_timeout;
     let service = {
         let abort = abort.clone();
         // Boxed: hyper keeps a place for the service's future as long as the connection
@@ -1258,9 +1296,9 @@ async fn serve_http<R: Runtime, S>(
         .writev(true)
         .half_close(true);
     let connection = builder
-        .serve_connection(WatchedIo::new(stream, abort.clone()), service)
+        .serve_connection(WatchedIo::with_early(stream, abort.clone(), early), service)
         .with_upgrades();
-    match abort.guard(connection).await {
+    match abort.guard(std::pin::pin!(connection)).await {
         Some(Err(e)) => tracing::debug!("HTTP connection ended: {e}"),
         Some(Ok(())) => {}
         None => tracing::debug!("HTTP connection dropped: its event stream stalled"),
@@ -1276,6 +1314,13 @@ const MAX_REQUEST_HEAD: usize = 40 * 1024;
 struct DropNotice {
     event: Option<DriverInput>,
     events: mpsc::Sender<DriverInput>,
+}
+
+impl DropNotice {
+    /// The relay ended it: nothing to tell.
+    fn disarm(&mut self) {
+        self.event = None;
+    }
 }
 
 impl Drop for DropNotice {
@@ -1346,46 +1391,87 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
-async fn handle<R: Runtime, S>(
-    runtime: R,
-    mut req: Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+/// What a request gets, whichever server read it.
+struct Answer {
+    kind: Answered,
+    /// The origin the response may be read from (CORS), if any.
+    cors: Option<String>,
+    /// Whether the connection closes after the response.
+    close: bool,
+}
+
+enum Answered {
+    Respond(HttpResponse),
+    /// Switch to a WebSocket: the `Sec-WebSocket-Accept`, and how its side is set up.
+    WebSocket(ConnHandle, String, Side),
+    /// A `200` event stream, whose body is what comes on the queue.
+    EventStream(queue::Inbox, DropNotice),
+    /// A held request, answered on the channel (none: when the relay shuts down).
+    Held(Option<oneshot::Receiver<HttpResponse>>, DropNotice),
+}
+
+impl Answer {
+    fn new(kind: Answered, cors: Option<String>, close: bool) -> Self {
+        Self { kind, cors, close }
+    }
+
+    fn shutting_down(cors: Option<String>) -> Self {
+        let response = HttpResponse::text(503, "The relay is shutting down.");
+        Self::new(Answered::Respond(response), cors, false)
+    }
+}
+
+/// A held request's response: the driver's, or 503 when it went away first.
+fn held_response(answer: Option<HttpResponse>) -> HttpResponse {
+    answer.unwrap_or_else(|| HttpResponse::text(503, "The relay is shutting down."))
+}
+
+/// Answers a request from its head and, as far as its endpoint needs one, its body (`body`
+/// reads at most the bytes it is given, within the body timeout; `has_body`: whether there is
+/// one to read). The request is authenticated on its head before any of its body is read.
+#[allow(clippy::too_many_arguments)]
+async fn answer<R, B, F>(
+    runtime: &R,
+    mut request: HttpRequest,
+    has_body: bool,
+    body: B,
     mut events: mpsc::Sender<DriverInput>,
-    settings: Arc<Settings>,
-    abort: Arc<AbortSignal>,
-    port: Port,
-) -> Result<Response<Body>, Infallible>
+    settings: &Settings,
+    abort: &Arc<AbortSignal>,
+) -> Answer
 where
-    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+    R: Runtime,
+    B: FnOnce(usize) -> F,
+    F: std::future::Future<Output = Result<(Bytes, bool), ()>>,
 {
-    let path = req.uri().path();
-    let served_here = match port {
-        Port::Operator => matches!(path, "/metrics" | "/health" | "/ready"),
-        Port::Public => !(settings.metrics_elsewhere && path == "/metrics"),
+    let field = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     };
-    if !served_here {
-        return Ok(text(StatusCode::NOT_FOUND, "Not found."));
-    }
-    if let Some(mut response) = preflight(&req).or_else(|| bad_upgrade(&req)) {
-        allow_origin(req.headers().get(ORIGIN), &mut response);
-        return Ok(response);
-    }
-    let mut request = to_core_request(&req, peer);
-    let origin = req.headers().get(ORIGIN).cloned();
-    let key = req
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()));
-    let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
+    let origin = field("origin");
+    let accept = request
+        .websocket
+        .then(|| field("sec-websocket-key"))
+        .flatten()
+        .map(|key| derive_accept_key(key.trim().as_bytes()));
     let server_connection =
         request.path.starts_with("/server") || request.path.starts_with("/aspnetserver");
+    // The operator's endpoints are for the operator's tools and the relay's own page: no other
+    // site may read them from a visitor's browser.
     let operator_endpoint = matches!(
         request.path.as_str(),
         "/" | "/metrics" | signalr_relay_core::relay::STATUS_PATH
     );
+    let cors = if operator_endpoint {
+        None
+    } else {
+        origin.clone()
+    };
     let negotiate = request.path.trim_end_matches('/').ends_with("/negotiate");
     // Authenticate on the headers, then read no more body than the endpoint can need.
-    let body_left;
     let checked = if request.path == signalr_relay_core::relay::STATUS_PATH {
         settings
             .gate
@@ -1400,72 +1486,63 @@ where
                 limit
             })
     };
-    match checked {
+    let body_left = match checked {
         Err(refusal) => {
-            let mut response = respond(HttpResponse::from(&refusal));
             // Counted and logged here, not by the driver: a flood of them costs the relay's
             // task nothing.
             settings
                 .gate_refusals
                 .add(runtime.now(), &request, &refusal);
-            allow_origin(origin.as_ref(), &mut response);
-            return Ok(closing(response));
+            let response = HttpResponse::from(&refusal);
+            return Answer::new(Answered::Respond(response), origin, true);
         }
-        Ok(0) => body_left = req.method() == Method::POST,
+        Ok(0) => has_body,
         Ok(limit) => {
             let deadline = runtime.sleep_until(runtime.now() + settings.options.body_read_timeout);
-            let read = read_body(req.into_body(), limit.saturating_add(1));
+            let read = body(limit.saturating_add(1));
             futures_util::pin_mut!(read);
-            match select(read, deadline).await {
+            let refusal = match select(read, deadline).await {
                 Either::Left((Ok((body, complete)), _)) => {
                     request.body = body;
-                    body_left = !complete;
+                    Ok(!complete)
                 }
-                Either::Left((Err(()), _)) => {
-                    return Ok(closing(text(
-                        StatusCode::BAD_REQUEST,
-                        "The request body could not be read.",
-                    )));
-                }
+                Either::Left((Err(()), _)) => Err(HttpResponse::text(
+                    400,
+                    "The request body could not be read.",
+                )),
                 Either::Right(((), _)) => {
-                    let mut response = text(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "The request body took too long.",
-                    );
-                    allow_origin(origin.as_ref(), &mut response);
-                    return Ok(closing(response));
+                    Err(HttpResponse::text(408, "The request body took too long."))
+                }
+            };
+            match refusal {
+                Ok(left) => left,
+                Err(response) => {
+                    return Answer::new(Answered::Respond(response), origin, true);
                 }
             }
         }
-    }
+    };
     let (reply, outcome) = oneshot::channel();
     if events
         .send(DriverInput::Request(Box::new(request), reply))
         .await
         .is_err()
     {
-        return Ok(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The relay is shutting down.",
-        ));
+        return Answer::shutting_down(cors);
     }
     let Ok((outcome, held)) = outcome.await else {
-        return Ok(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The relay is shutting down.",
-        ));
+        return Answer::shutting_down(cors);
     };
     let options = &settings.options;
-    let mut response = match outcome {
-        RequestOutcome::Respond(r) => respond(r),
+    let kind = match outcome {
+        RequestOutcome::Respond(r) => Answered::Respond(r),
         RequestOutcome::AcceptWebSocket(conn) => {
-            let (Some(accept), Some(on_upgrade)) =
-                (key.and_then(|k| HeaderValue::from_str(&k).ok()), on_upgrade)
-            else {
+            let Some(accept) = accept else {
                 let _ = events
                     .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
                     .await;
-                return Ok(text(StatusCode::BAD_REQUEST, "Bad WebSocket request."));
+                let response = HttpResponse::text(400, "Bad WebSocket request.");
+                return Answer::new(Answered::Respond(response), cors, true);
             };
             let side = if server_connection {
                 Side {
@@ -1482,6 +1559,92 @@ where
                     server: false,
                 }
             };
+            Answered::WebSocket(conn, accept, side)
+        }
+        RequestOutcome::EventStream(conn) => {
+            let generation = next_generation();
+            let (outbox, inbox) = queue::channel(
+                options.client_send_queue,
+                usize::MAX,
+                false,
+                Some(abort.clone()),
+            );
+            let _ = events
+                .send(DriverInput::Attach(conn, generation, outbox))
+                .await;
+            let notice = DropNotice {
+                event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
+                events,
+            };
+            Answered::EventStream(inbox, notice)
+        }
+        RequestOutcome::Pending(request) => {
+            let notice = DropNotice {
+                event: Some(DriverInput::Aborted(request)),
+                events,
+            };
+            Answered::Held(held, notice)
+        }
+    };
+    // A client's next request after negotiate is its WebSocket (a connection of its own) or a
+    // poll it may open anew: an idle keep-alive connection would hold a read buffer for
+    // nothing. A body left unread cannot be followed by another request.
+    Answer::new(kind, cors, negotiate || body_left)
+}
+
+/// Whether `port` serves `path`.
+fn served_here(settings: &Settings, port: Port, path: &str) -> bool {
+    match port {
+        Port::Operator => matches!(path, "/metrics" | "/health" | "/ready"),
+        Port::Public => !(settings.metrics_elsewhere && path == "/metrics"),
+    }
+}
+
+/// A request as hyper read it: answered by [`answer`], and the answer made hyper's.
+async fn handle<R: Runtime, S>(
+    runtime: R,
+    mut req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    events: mpsc::Sender<DriverInput>,
+    settings: Arc<Settings>,
+    abort: Arc<AbortSignal>,
+    port: Port,
+) -> Result<Response<Body>, Infallible>
+where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    if !served_here(&settings, port, req.uri().path()) {
+        return Ok(text(StatusCode::NOT_FOUND, "Not found."));
+    }
+    if let Some(mut response) = preflight(&req).or_else(|| bad_upgrade(&req)) {
+        allow_origin(req.headers().get(ORIGIN), &mut response);
+        return Ok(response);
+    }
+    let request = to_core_request(&req, peer);
+    let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
+    let has_body = req.method() == Method::POST;
+    let body = |limit| read_body(req.into_body(), limit);
+    let answer = answer(
+        &runtime,
+        request,
+        has_body,
+        body,
+        events.clone(),
+        &settings,
+        &abort,
+    )
+    .await;
+    let mut response = match answer.kind {
+        Answered::Respond(r) => respond(r),
+        Answered::WebSocket(conn, accept, side) => {
+            let (Ok(accept), Some(on_upgrade)) = (HeaderValue::from_str(&accept), on_upgrade)
+            else {
+                let _ = events
+                    .clone()
+                    .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
+                    .await;
+                return Ok(text(StatusCode::BAD_REQUEST, "Bad WebSocket request."));
+            };
             runtime.spawn(upgrade::<R, S>(
                 runtime.clone(),
                 on_upgrade,
@@ -1497,34 +1660,16 @@ where
             headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
             response
         }
-        RequestOutcome::EventStream(conn) => {
-            let generation = next_generation();
-            let watch = Watch::start(&abort);
-            let (outbox, inbox) =
-                queue::channel(options.client_send_queue, usize::MAX, false, Some(abort));
-            let _ = events
-                .send(DriverInput::Attach(conn, generation, outbox))
-                .await;
-            let notice = DropNotice {
-                event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
-                events,
-            };
-            let body = EventStreamBody(Some((inbox, notice, watch)));
+        Answered::EventStream(inbox, notice) => {
+            let body = EventStreamBody(Some((inbox, notice, Watch::start(&abort))));
             let mut response = Response::new(BodyExt::boxed(body));
             let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            headers.insert(
-                CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, no-store"),
-            );
-            headers.insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+            for (name, value) in EVENT_STREAM_FIELDS {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
             response
         }
-        RequestOutcome::Pending(request) => {
-            let mut notice = DropNotice {
-                event: Some(DriverInput::Aborted(request)),
-                events,
-            };
+        Answered::Held(held, mut notice) => {
             let answer = match held {
                 Some(rx) => {
                     let _watch = Watch::start(&abort);
@@ -1532,29 +1677,24 @@ where
                 }
                 None => None,
             };
-            notice.event = None;
-            match answer {
-                Some(r) => respond(r),
-                None => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The relay is shutting down.",
-                ),
-            }
+            notice.disarm();
+            respond(held_response(answer))
         }
     };
-    // The operator's endpoints are for the operator's tools and the relay's own page: no other
-    // site may read them from a visitor's browser.
-    if !operator_endpoint {
-        allow_origin(origin.as_ref(), &mut response);
-    }
-    if negotiate || body_left {
-        // A client's next request after negotiate is its WebSocket (a connection of its own)
-        // or a poll it may open anew: an idle keep-alive connection would hold a read buffer
-        // for nothing. A body left unread cannot be followed by another request.
+    let origin = answer.cors.and_then(|o| HeaderValue::from_str(&o).ok());
+    allow_origin(origin.as_ref(), &mut response);
+    if answer.close {
         response = closing(response);
     }
     Ok(response)
 }
+
+/// The header fields of an event stream's response.
+const EVENT_STREAM_FIELDS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache, no-store"),
+    ("x-accel-buffering", "no"),
+];
 
 /// How one side's WebSockets are set up: the client's limits, or the app server's.
 struct Side {
@@ -1589,6 +1729,21 @@ async fn upgrade<R: Runtime, S>(
     let mut early = read_buf.to_vec();
     early.extend_from_slice(&unread);
     drop(read_buf);
+    run_websocket(&runtime, io, &early, conn, events, side).await;
+}
+
+/// Attaches a WebSocket to its handle, and pumps it on a task of its own (`early`: bytes
+/// already read past the upgrade request).
+async fn run_websocket<R: Runtime, S>(
+    runtime: &R,
+    io: S,
+    early: &[u8],
+    conn: ConnHandle,
+    mut events: mpsc::Sender<DriverInput>,
+    side: Side,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
     let generation = next_generation();
     let (outbox, inbox) = queue::channel(side.queue, side.pause_at, side.server, None);
     if events
@@ -1604,7 +1759,7 @@ async fn upgrade<R: Runtime, S>(
     // after the attach.
     runtime.spawn(ws::pump(
         io,
-        &early,
+        early,
         side.max_message,
         inbox,
         events,

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake};
@@ -79,10 +80,10 @@ impl AbortSignal {
         }
     }
 
-    /// Runs `future` until it completes (`Some`) or the signal fires (`None`, and `future` is
-    /// dropped).
-    pub(crate) async fn guard<F: Future>(&self, future: F) -> Option<F::Output> {
-        futures_util::pin_mut!(future);
+    /// Runs `future` until it completes (`Some`) or the signal fires (`None`; the caller then
+    /// drops `future`). Pinned by the caller: a future taken by value would be held twice in
+    /// this one's state, as the argument and as the pinned local.
+    pub(crate) async fn guard<F: Future>(&self, mut future: Pin<&mut F>) -> Option<F::Output> {
         std::future::poll_fn(|cx| {
             if self.poll_aborted(cx).is_ready() {
                 return Poll::Ready(None);

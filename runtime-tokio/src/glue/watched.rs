@@ -37,12 +37,9 @@ pub(crate) struct WatchedIo<S> {
 }
 
 impl<S> WatchedIo<S> {
-    pub(crate) fn new(io: S, signal: Arc<AbortSignal>) -> Self {
-        Self {
-            io,
-            signal,
-            early: Vec::new(),
-        }
+    /// `early`: bytes already read from `io`, which hyper reads first.
+    pub(crate) fn with_early(io: S, signal: Arc<AbortSignal>, early: Vec<u8>) -> Self {
+        Self { io, signal, early }
     }
 
     /// The stream, and what was read from it that hyper has not taken (it comes after all that

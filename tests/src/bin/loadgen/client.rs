@@ -201,7 +201,7 @@ pub(crate) async fn connect_relay(app: &str, hub: &str, user: &str) -> Result<Ws
 }
 
 /// An HTTP transport: Server-Sent Events or long polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 pub(crate) enum HttpTransport {
     ServerSentEvents,
     LongPolling,

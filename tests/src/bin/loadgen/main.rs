@@ -172,6 +172,15 @@ struct RunArgs {
     /// Connections of the Server-Sent Events and long-polling echo scenarios.
     #[arg(long, default_value_t = 100)]
     http_clients: usize,
+    /// The HTTP transports of the echo scenarios, in order. Run one alone for its idle memory:
+    /// the second one run in the same relay reuses the memory that the first one freed.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "server-sent-events,long-polling"
+    )]
+    http_transports: Vec<HttpTransport>,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -711,7 +720,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     }
     if wanted(Scenario::HttpEcho) {
         scenarios::keep_alive(target, &mut conns).await;
-        for transport in [HttpTransport::ServerSentEvents, HttpTransport::LongPolling] {
+        for &transport in &args.http_transports {
             let n = args.http_clients;
             eprintln!(
                 "  {}: echo over {transport:?}, {n} connections",

@@ -1,0 +1,434 @@
+//! The lean path: ASP.NET Core clients' transport requests (negotiate, the WebSocket
+//! upgrade, an event stream, long polls and sends), served on the socket itself.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for every connection, for as
+//! long as it lives; an event-stream client holds two connections (its stream, and the one
+//! its sends are kept alive on), a long-polling client two as well. Here a connection keeps
+//! nothing between requests: a request head is read into a buffer as large as what came,
+//! which goes once the request is parsed, and a response is written straight from its parts.
+//!
+//! Only requests that [`RequestHead::lean`] takes are served here (the core draws that line);
+//! at the first other one, the connection goes to hyper with the bytes read so far, for the
+//! rest of its life. The answer itself is [`answer`]'s, whichever server read the request.
+//!
+//! As under hyper: a head has the header timeout to arrive whole (an idle kept-alive
+//! connection too), a body the body timeout; a held request and an event stream watch the
+//! socket for the peer's end, and keep at most [`MAX_EARLY`] bytes that it sends meanwhile.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::future::{select, Either};
+use futures_util::{AsyncWriteExt, FutureExt};
+use signalr_relay_core::http1::{self, BodyLength, Parsed, RequestHead};
+use signalr_relay_core::relay::HttpResponse;
+
+use super::{
+    answer, held_response, run_websocket, AbortSignal, Answered, Command, ConnHandle, DriverInput,
+    Settings, Side, EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
+};
+use crate::glue::queue::Inbox;
+use crate::glue::watched::MAX_EARLY;
+use crate::glue::ws::with_scratch;
+use crate::glue::Runtime;
+
+/// Serves `io`'s requests while the lean path takes them. `None`: the connection is done;
+/// otherwise the stream and what was read from it, for hyper.
+pub(super) async fn serve<R: Runtime, S>(
+    runtime: &R,
+    mut io: S,
+    peer: SocketAddr,
+    events: &mpsc::Sender<DriverInput>,
+    settings: &Arc<Settings>,
+    abort: &Arc<AbortSignal>,
+) -> Option<(S, Vec<u8>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Read, and not yet used: at most a request head, or what a body still needs.
+    let mut buf = Vec::new();
+    loop {
+        // An idle connection's task holds only this wait, and each exchange's state is boxed:
+        // the task stays as small as the wait.
+        let head = match read_head(runtime, &mut io, &mut buf, settings).await {
+            Ok(head) => head,
+            Err(None) => return None,
+            Err(Some((status, text))) => {
+                let refusal = HttpResponse::text(status, text);
+                let _ = Box::pin(write_response(&mut io, &refusal, None, true)).await;
+                return None;
+            }
+        };
+        if !head.0.lean() {
+            return Some((io, buf));
+        }
+        let exchange = exchange(
+            runtime, &mut io, &mut buf, head, peer, events, settings, abort,
+        );
+        match Box::pin(exchange).await {
+            After::KeepAlive => {}
+            After::Close => {
+                let _ = io.close().await;
+                return None;
+            }
+            After::Done => return None,
+            After::WebSocket(conn, side) => {
+                let websocket = run_websocket(runtime, io, &buf, conn, events.clone(), side);
+                Box::pin(websocket).await;
+                return None;
+            }
+        }
+        if buf.is_empty() {
+            // Idle: let the memory go.
+            buf = Vec::new();
+        }
+    }
+}
+
+/// What follows an exchange on its connection.
+enum After {
+    /// The next request.
+    KeepAlive,
+    /// Closing it.
+    Close,
+    /// Nothing: it is gone.
+    Done,
+    /// The WebSocket it was switched to (the `101` is written).
+    WebSocket(ConnHandle, Side),
+}
+
+/// One request and its response, from its parsed head on.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<R: Runtime, S>(
+    runtime: &R,
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    head: Box<(RequestHead, usize)>,
+    peer: SocketAddr,
+    events: &mpsc::Sender<DriverInput>,
+    settings: &Settings,
+    abort: &Arc<AbortSignal>,
+) -> After
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (head, len) = *head;
+    buf.drain(..len);
+    if buf.is_empty() {
+        // What comes next (a body, or a held request's wait) needs none of it.
+        *buf = Vec::new();
+    }
+    let asked_to_close = head.close;
+    let length = head.content_length.unwrap_or(0);
+    let request = head.into_request(Some(peer.ip()));
+    let from = (&mut *io, &mut *buf);
+    let body = move |limit: usize| {
+        let (io, buf) = from;
+        read_body(io, buf, length, limit)
+    };
+    let answer = Box::pin(answer(
+        runtime,
+        request,
+        length > 0,
+        body,
+        events.clone(),
+        settings,
+        abort,
+    ))
+    .await;
+    let close = answer.close || asked_to_close;
+    let cors = answer.cors.as_deref();
+    let written = match answer.kind {
+        Answered::WebSocket(conn, accept, side) => {
+            let mut head = Vec::with_capacity(256);
+            http1::start_response(&mut head, 101);
+            http1::field(&mut head, "connection", "upgrade");
+            http1::field(&mut head, "upgrade", "websocket");
+            http1::field(&mut head, "sec-websocket-accept", &accept);
+            cors_fields(&mut head, cors);
+            http1::end_head(&mut head, BodyLength::None, false);
+            if write_all(io, &mut [IoSlice::new(&head)]).await.is_err() {
+                let closed = DriverInput::Incoming(conn, 0, super::Incoming::Closed);
+                let _ = events.clone().try_send(closed);
+                return After::Done;
+            }
+            return After::WebSocket(conn, side);
+        }
+        kind => reply(io, buf, kind, cors, close).await,
+    };
+    match written {
+        Err(_) => After::Done,
+        Ok(()) if close => After::Close,
+        Ok(()) => After::KeepAlive,
+    }
+}
+
+/// Writes an answer's response, or streams it (an event stream), or waits for it (a held
+/// request); `Err`: the connection is done.
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    kind: Answered,
+    cors: Option<&str>,
+    close: bool,
+) -> io::Result<()> {
+    match kind {
+        Answered::Respond(response) => write_response(io, &response, cors, close).await,
+        Answered::EventStream(inbox, notice) => {
+            let streamed = stream_events(io, buf, inbox, cors).await;
+            drop(notice);
+            streamed
+        }
+        Answered::Held(held, mut notice) => {
+            let answered = match held {
+                // The peer going ends it: the notice tells the driver.
+                Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
+                    Either::Left((answer, _)) => answer.ok(),
+                    Either::Right((gone, _)) => return gone,
+                },
+                None => None,
+            };
+            notice.disarm();
+            write_response(io, &held_response(answered), cors, close).await
+        }
+        Answered::WebSocket(..) => Err(io::ErrorKind::Unsupported.into()),
+    }
+}
+
+/// Reads until `buf` starts with a whole request head, within the header timeout: the head
+/// and its length, or `Err` with the refusal to write (none: the peer went, or timed out
+/// before sending anything).
+async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
+    runtime: &R,
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    settings: &Settings,
+) -> Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>> {
+    let started = runtime.now();
+    let mut deadline = None;
+    loop {
+        match http1::parse_request(buf) {
+            Parsed::Complete(head, len) => return Ok(Box::new((head, len))),
+            Parsed::Invalid => return Err(Some((400, "Bad request."))),
+            Parsed::Partial if buf.len() >= MAX_REQUEST_HEAD => {
+                return Err(Some((431, "The request head is too large.")));
+            }
+            Parsed::Partial => {}
+        }
+        let room = MAX_REQUEST_HEAD - buf.len();
+        let started_head = !buf.is_empty();
+        let mut read = read_some(io, buf, room);
+        // The timer only when the head is not all there yet.
+        let read = match (&mut read).now_or_never() {
+            Some(read) => read,
+            None => {
+                let timeout = settings.options.header_read_timeout;
+                let deadline =
+                    deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
+                match select(read, deadline).await {
+                    Either::Left((read, _)) => read,
+                    Either::Right(_) if !started_head => return Err(None),
+                    Either::Right(_) => {
+                        return Err(Some((408, "The request head took too long.")));
+                    }
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads once from `io`, at most `max` bytes, onto the end of `buf`: how many (0: the end).
+fn read_some<'a, S: AsyncRead + Unpin>(
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    max: usize,
+) -> impl std::future::Future<Output = io::Result<usize>> + Unpin + 'a {
+    std::future::poll_fn(move |cx| {
+        with_scratch(|scratch| {
+            let len = scratch.len().min(max);
+            let n = std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut scratch[..len]))?;
+            buf.reserve_exact(n);
+            buf.extend_from_slice(&scratch[..n]);
+            Poll::Ready(Ok(n))
+        })
+    })
+}
+
+/// Reads a body of `length` bytes, or its first `max` (`true`: all of it was read); what
+/// comes after it stays in `buf`.
+async fn read_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    length: u64,
+    max: usize,
+) -> Result<(Bytes, bool), ()> {
+    let want = usize::try_from(length).unwrap_or(usize::MAX).min(max);
+    while buf.len() < want {
+        let needed = want - buf.len();
+        if read_some(io, buf, needed).await.map_err(drop)? == 0 {
+            return Err(());
+        }
+    }
+    let rest = buf.split_off(want);
+    let body = std::mem::replace(buf, rest);
+    Ok((Bytes::from(body), want as u64 == length))
+}
+
+/// Writes a whole response (`cors`: the origin that may read it).
+async fn write_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    response: &HttpResponse,
+    cors: Option<&str>,
+    close: bool,
+) -> io::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    http1::start_response(&mut head, response.status);
+    http1::field(&mut head, "content-type", response.content_type);
+    http1::field(&mut head, "cache-control", "no-cache, no-store");
+    for (name, value) in &response.headers {
+        http1::field(&mut head, name, value);
+    }
+    cors_fields(&mut head, cors);
+    http1::end_head(&mut head, BodyLength::Fixed(response.body.len()), close);
+    write_all(io, &mut [IoSlice::new(&head), IoSlice::new(&response.body)]).await
+}
+
+/// Streams an event stream's messages as chunks, as they come, and its end; `Err` when the
+/// peer went (or sent more than a request head while it was open).
+async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    mut inbox: Inbox,
+    cors: Option<&str>,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256);
+    http1::start_response(&mut out, 200);
+    for (name, value) in EVENT_STREAM_FIELDS {
+        http1::field(&mut out, name, value);
+    }
+    cors_fields(&mut out, cors);
+    http1::end_head(&mut out, BodyLength::Chunked, false);
+    write_all(io, &mut [IoSlice::new(&out)]).await?;
+    loop {
+        let next = std::future::poll_fn(|cx| inbox.poll_next(cx));
+        let first = match select(next, std::pin::pin!(watch(io, buf))).await {
+            Either::Left((command, _)) => command,
+            Either::Right((gone, _)) => return gone,
+        };
+        // Everything queued goes in one write.
+        out.clear();
+        let mut taken = 0;
+        let mut command = first;
+        let ended = loop {
+            match command {
+                Some(Command::Send { data, .. }) => {
+                    taken += data.len();
+                    http1::chunk_header(&mut out, data.len());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                // A close, or the driver let go: the end.
+                Some(Command::Close { reason, .. }) => {
+                    taken += reason.len();
+                    break true;
+                }
+                None => break true,
+            }
+            if out.len() >= BATCH {
+                break false;
+            }
+            match poll_now(|cx| inbox.poll_next(cx)) {
+                Some(next) => command = next,
+                None => break false,
+            }
+        };
+        if ended {
+            out.extend_from_slice(http1::LAST_CHUNK);
+        }
+        write_all(io, &mut [IoSlice::new(&out)]).await?;
+        inbox.taken(taken);
+        if ended {
+            return Ok(());
+        }
+        if out.capacity() > BATCH {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Bytes of an event stream's messages written at once, at most (past it, a message ends the
+/// batch).
+const BATCH: usize = 64 * 1024;
+
+/// Polls once, with a waker that does nothing (the caller polls again with its own before it
+/// waits): `Some` if ready.
+fn poll_now<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match f(cx) {
+            Poll::Ready(t) => Some(t),
+            Poll::Pending => None,
+        })
+    })
+    .now_or_never()
+    .flatten()
+}
+
+/// Reads what the peer sends while a request is held or an event stream is open, keeping it
+/// in `buf` for the next request: ends (`Err`) when the peer goes, or sends more than
+/// [`MAX_EARLY`] bytes.
+async fn watch<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        let room = MAX_EARLY.saturating_sub(buf.len());
+        // One byte past the room tells a peer that sends too much.
+        match read_some(io, buf, room + 1).await? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer closed the connection while its request was held",
+                ))
+            }
+            _ if buf.len() > MAX_EARLY => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the peer sent more than a request head while its request was held",
+                ))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Adds the CORS fields of a response that `origin` may read. SignalR clients send
+/// credentials, so the origin is echoed (never `*`).
+fn cors_fields(out: &mut Vec<u8>, origin: Option<&str>) {
+    if let Some(origin) = origin {
+        http1::field(out, "access-control-allow-origin", origin);
+        http1::field(out, "access-control-allow-credentials", "true");
+    }
+}
+
+/// Writes all of `bufs`.
+async fn write_all<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
