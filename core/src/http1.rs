@@ -48,6 +48,8 @@ pub enum Parsed {
     Complete(RequestHead, usize),
     /// Not HTTP/1.x: answer 400 and close.
     Invalid,
+    /// More header fields than [`MAX_HEADERS`]: answer 431 and close.
+    TooManyFields,
 }
 
 /// Parses the request head at the start of `buf`.
@@ -57,6 +59,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyFields,
         Err(_) => return Parsed::Invalid,
     };
     let (Some(method), Some(target), Some(version)) =
@@ -84,14 +87,23 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut version_13 = false;
     let mut key = None;
     for field in request.headers.iter() {
-        let Ok(value) = std::str::from_utf8(field.value) else {
+        // Text as HTTP has it: visible ASCII, spaces and tabs (as `http`'s `to_str` takes it).
+        let text = field
+            .value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let Some(value) = std::str::from_utf8(field.value).ok().filter(|_| text) else {
             head.unusual = true;
             continue;
         };
         let name = field.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         if is("content-length") {
-            let length = value.trim().parse::<u64>().ok();
+            // Digits only: no sign, as hyper and RFC 9110 have it.
+            let digits = value.trim();
+            let length = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u64>().ok())
+                .flatten();
             if length.is_none() || head.content_length.is_some() {
                 head.unusual = true;
             }
@@ -276,6 +288,9 @@ mod tests {
 
     #[test]
     fn a_partial_head_waits_and_garbage_is_invalid() {
+        let fields = "X: y\r\n".repeat(MAX_HEADERS + 1);
+        let many = format!("GET /client/ HTTP/1.1\r\n{fields}\r\n");
+        assert_eq!(parse_request(many.as_bytes()), Parsed::TooManyFields);
         assert_eq!(
             parse_request(b"GET /client/ HTTP/1.1\r\nHost"),
             Parsed::Partial
@@ -320,12 +335,15 @@ mod tests {
         assert!(!post("Transfer-Encoding: chunked\r\n"));
         assert!(!post("Content-Length: 5\r\nContent-Length: 5\r\n"));
         assert!(!post("Content-Length: -1\r\n"));
+        assert!(!post("Content-Length: +5\r\n"));
+        assert!(!post("Content-Length: \r\n"));
+        assert!(!post("X-Text: caf\u{e9}\r\n"));
         assert!(!post("Expect: 100-continue\r\nContent-Length: 5\r\n"));
         let raw = b"POST /client/ HTTP/1.1\r\nX-Bin: \xff\r\n\r\n";
         match parse_request(raw) {
             Parsed::Complete(head, _) => assert!(!head.lean()),
             Parsed::Invalid => {}
-            Parsed::Partial => panic!("a whole head"),
+            other => panic!("a whole head: {other:?}"),
         }
     }
 

@@ -87,11 +87,14 @@ impl AsyncRead for SmolStream {
         if this.drained {
             // Registers interest (as a read that found nothing would) until data comes. Epoll
             // is re-armed level-triggered, so bytes that came meanwhile wake it at once. The
-            // flag goes first: the poll after a wake reads, since async-io may still report
-            // Pending for an event its reactor delivered in the wait it was in (on another
-            // thread) when the interest was registered.
-            this.drained = false;
+            // flag stays while the answer is Pending: a task polls its socket again without
+            // news (an event stream's watch, each time it wakes for a message to send), and
+            // that poll makes no system call. The cost is on several threads only: async-io
+            // may answer Pending for an event that its reactor delivered in the wait it was
+            // in (on another thread) when the interest was registered, and then the re-armed
+            // interest brings the event again, one wait later.
             ready!(this.io.poll_readable(cx))?;
+            this.drained = false;
         }
         let n = ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         if n > 0 && n < buf.len() {

@@ -725,7 +725,8 @@ async fn raw_exchange<R: Runtime>(runtime: &R, addr: SocketAddr, raw: &[u8]) -> 
 /// A client's transport requests are served on the relay's lean path (no `Date` field), and
 /// the first other request hands the connection to hyper (which adds one) for the rest of its
 /// life: on one kept-alive connection, pipelined requests each get their answer, in order.
-/// A head that is not HTTP gets 400, one too large 431, each closing its connection.
+/// A head that is not HTTP gets 400, one too large or with too many fields 431, each closing
+/// its connection.
 async fn one_connection_carries_lean_and_general_requests<R: Runtime>(
     runtime: R,
     addr: SocketAddr,
@@ -760,6 +761,10 @@ async fn one_connection_carries_lean_and_general_requests<R: Runtime>(
     // Exactly what the relay reads of a head: none is left unread to reset the connection.
     huge.resize(40 * 1024, b'a');
     let answer = raw_exchange(rt, addr, &huge).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let fields = "X-Many: 1\r\n".repeat(101);
+    let many = format!("GET /client/ HTTP/1.1\r\n{fields}\r\n");
+    let answer = raw_exchange(rt, addr, many.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
 }
 on_both_runtimes!(one_connection_carries_lean_and_general_requests);

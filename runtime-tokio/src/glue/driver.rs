@@ -1415,9 +1415,11 @@ impl Answer {
         Self { kind, cors, close }
     }
 
+    /// 503, and the connection closed: what is left of the request (a body not read) must not
+    /// be taken for the next one.
     fn shutting_down(cors: Option<String>) -> Self {
         let response = HttpResponse::text(503, "The relay is shutting down.");
-        Self::new(Answered::Respond(response), cors, false)
+        Self::new(Answered::Respond(response), cors, true)
     }
 }
 

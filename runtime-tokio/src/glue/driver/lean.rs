@@ -15,6 +15,7 @@
 //! connection too), a body the body timeout; a held request and an event stream watch the
 //! socket for the peer's end, and keep at most [`MAX_EARLY`] bytes that it sends meanwhile.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -216,6 +217,9 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
         match http1::parse_request(buf) {
             Parsed::Complete(head, len) => return Ok(Box::new((head, len))),
             Parsed::Invalid => return Err(Some((400, "Bad request."))),
+            Parsed::TooManyFields => {
+                return Err(Some((431, "The request has too many header fields.")));
+            }
             Parsed::Partial if buf.len() >= MAX_REQUEST_HEAD => {
                 return Err(Some((431, "The request head is too large.")));
             }
@@ -223,22 +227,20 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
         }
         let room = MAX_REQUEST_HEAD - buf.len();
         let started_head = !buf.is_empty();
+        let timeout = settings.options.header_read_timeout;
+        // One poll for both, with the task's own waker (a socket polled again without news
+        // may cost a system call), and the timer made only when the head is not all there.
         let mut read = read_some(io, buf, room);
-        // The timer only when the head is not all there yet.
-        let read = match (&mut read).now_or_never() {
-            Some(read) => read,
-            None => {
-                let timeout = settings.options.header_read_timeout;
-                let deadline =
-                    deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
-                match select(read, deadline).await {
-                    Either::Left((read, _)) => read,
-                    Either::Right(_) if !started_head => return Err(None),
-                    Either::Right(_) => {
-                        return Err(Some((408, "The request head took too long.")));
-                    }
-                }
+        let read = std::future::poll_fn(|cx| {
+            if let Poll::Ready(read) = Pin::new(&mut read).poll(cx) {
+                return Poll::Ready(Some(read));
             }
+            let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
+            deadline.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        let Some(read) = read else {
+            return Err(started_head.then_some((408, "The request head took too long.")));
         };
         match read {
             Ok(0) | Err(_) => return Err(None),
@@ -257,7 +259,6 @@ fn read_some<'a, S: AsyncRead + Unpin>(
         with_scratch(|scratch| {
             let len = scratch.len().min(max);
             let n = std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut scratch[..len]))?;
-            buf.reserve_exact(n);
             buf.extend_from_slice(&scratch[..n]);
             Poll::Ready(Ok(n))
         })
@@ -299,7 +300,12 @@ async fn write_response<S: AsyncWrite + Unpin>(
         http1::field(&mut head, name, value);
     }
     cors_fields(&mut head, cors);
-    http1::end_head(&mut head, BodyLength::Fixed(response.body.len()), close);
+    // No length on a 204, which has no body (RFC 9110 §8.6).
+    let length = match response.status {
+        204 => BodyLength::None,
+        _ => BodyLength::Fixed(response.body.len()),
+    };
+    http1::end_head(&mut head, length, close);
     write_all(io, &mut [IoSlice::new(&head), IoSlice::new(&response.body)]).await
 }
 
@@ -331,6 +337,8 @@ async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
         let mut command = first;
         let ended = loop {
             match command {
+                // An empty chunk would end the body: an empty message has nothing to send.
+                Some(Command::Send { data, .. }) if data.is_empty() => {}
                 Some(Command::Send { data, .. }) => {
                     taken += data.len();
                     http1::chunk_header(&mut out, data.len());
@@ -355,8 +363,10 @@ async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
         if ended {
             out.extend_from_slice(http1::LAST_CHUNK);
         }
-        write_all(io, &mut [IoSlice::new(&out)]).await?;
+        // Counted as taken once handed to the socket, as hyper counted a body's frames: a
+        // large batch is not a stalled peer while it is being written.
         inbox.taken(taken);
+        write_all(io, &mut [IoSlice::new(&out)]).await?;
         if ended {
             return Ok(());
         }
