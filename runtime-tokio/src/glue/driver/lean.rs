@@ -61,6 +61,7 @@ where
             Ok(head) => head,
             Err(None) => return None,
             Err(Some((status, text))) => {
+                tracing::debug!(status, "HTTP request refused: {text}");
                 let refusal = HttpResponse::text(status, text);
                 let _ = Box::pin(write_response(&mut io, &refusal, None, true)).await;
                 return None;
@@ -154,7 +155,8 @@ where
             http1::field(&mut head, "sec-websocket-accept", &accept);
             cors_fields(&mut head, cors);
             http1::end_head(&mut head, BodyLength::None, false);
-            if write_all(io, &mut [IoSlice::new(&head)]).await.is_err() {
+            if let Err(e) = write_all(io, &mut [IoSlice::new(&head)]).await {
+                tracing::debug!("WebSocket upgrade failed: {e}");
                 let closed = DriverInput::Incoming(conn, 0, super::Incoming::Closed);
                 let _ = events.clone().try_send(closed);
                 return After::Done;
@@ -164,7 +166,10 @@ where
         kind => reply(io, buf, kind, cors, close).await,
     };
     match written {
-        Err(_) => After::Done,
+        Err(e) => {
+            tracing::debug!("HTTP connection ended: {e}");
+            After::Done
+        }
         Ok(()) if close => After::Close,
         Ok(()) => After::KeepAlive,
     }
@@ -243,7 +248,11 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
             return Err(started_head.then_some((408, "The request head took too long.")));
         };
         match read {
-            Ok(0) | Err(_) => return Err(None),
+            Ok(0) => return Err(None),
+            Err(e) => {
+                tracing::debug!("HTTP connection ended: {e}");
+                return Err(None);
+            }
             Ok(_) => {}
         }
     }
