@@ -1418,8 +1418,7 @@ impl Answer {
     /// 503, and the connection closed: what is left of the request (a body not read) must not
     /// be taken for the next one.
     fn shutting_down(cors: Option<String>) -> Self {
-        let response = HttpResponse::text(503, "The relay is shutting down.");
-        Self::new(Answered::Respond(response), cors, true)
+        Self::new(Answered::Respond(held_response(None)), cors, true)
     }
 }
 

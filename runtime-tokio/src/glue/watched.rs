@@ -49,28 +49,32 @@ impl<S> WatchedIo<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> WatchedIo<S> {
-    /// Reads what the peer sent while a request is held, until there is no more (`Pending`,
-    /// woken when there is): `Ready(Err)` once it is gone, or sent too much.
-    fn watch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut scratch = [0u8; WATCH_READ];
-        loop {
-            let n = ready!(Pin::new(&mut self.io).poll_read(cx, &mut scratch))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the peer closed the connection while its request was held",
-                )));
-            }
-            if self.early.len() + n > MAX_EARLY {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the peer sent more than a request head while its request was held",
-                )));
-            }
-            self.early.reserve_exact(n);
-            self.early.extend_from_slice(&scratch[..n]);
+/// Reads what the peer sent while a request is held (or an event stream is open) onto the end
+/// of `early`, until there is no more (`Pending`, woken when there is): `Ready(Err)` once the
+/// peer is gone, or has sent more than [`MAX_EARLY`] bytes in all. Hyper's connections watch
+/// with it on each flush, and the lean path while it waits.
+pub(crate) fn poll_watch<S: AsyncRead + Unpin>(
+    io: &mut S,
+    early: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let mut scratch = [0u8; WATCH_READ];
+    loop {
+        let n = ready!(Pin::new(&mut *io).poll_read(cx, &mut scratch))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer closed the connection while its request was held",
+            )));
         }
+        if early.len() + n > MAX_EARLY {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer sent more than a request head while its request was held",
+            )));
+        }
+        early.reserve_exact(n);
+        early.extend_from_slice(&scratch[..n]);
     }
 }
 
@@ -125,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for WatchedIo<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.signal.watched() {
-            if let Poll::Ready(Err(e)) = this.watch(cx) {
+            if let Poll::Ready(Err(e)) = poll_watch(&mut this.io, &mut this.early, cx) {
                 return Poll::Ready(Err(e));
             }
         }

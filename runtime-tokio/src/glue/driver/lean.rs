@@ -35,7 +35,7 @@ use super::{
     Settings, Side, EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
 use crate::glue::queue::Inbox;
-use crate::glue::watched::MAX_EARLY;
+use crate::glue::watched::poll_watch;
 use crate::glue::ws::with_scratch;
 use crate::glue::Runtime;
 
@@ -146,7 +146,51 @@ where
     .await;
     let close = answer.close || asked_to_close;
     let cors = answer.cors.as_deref();
-    let written = match answer.kind {
+    match reply(io, buf, answer.kind, cors, close, events).await {
+        Ok(Some((conn, side))) => After::WebSocket(conn, side),
+        Ok(None) if close => After::Close,
+        Ok(None) => After::KeepAlive,
+        Err(e) => {
+            tracing::debug!("HTTP connection ended: {e}");
+            After::Done
+        }
+    }
+}
+
+/// Writes an answer's response, or streams it (an event stream), or waits for it (a held
+/// request), or switches to a WebSocket (`Some`: its `101` is written); `Err`: the connection
+/// is done (a WebSocket's handle told so).
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    kind: Answered,
+    cors: Option<&str>,
+    close: bool,
+    events: &mpsc::Sender<DriverInput>,
+) -> io::Result<Option<(ConnHandle, Side)>> {
+    match kind {
+        Answered::Respond(response) => write_response(io, &response, cors, close)
+            .await
+            .map(|()| None),
+        Answered::EventStream(inbox, notice) => {
+            let streamed = stream_events(io, buf, inbox, cors).await;
+            drop(notice);
+            streamed.map(|()| None)
+        }
+        Answered::Held(held, mut notice) => {
+            let answered = match held {
+                // The peer going ends it: the notice tells the driver.
+                Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
+                    Either::Left((answer, _)) => answer.ok(),
+                    Either::Right((gone, _)) => return gone.map(|()| None),
+                },
+                None => None,
+            };
+            notice.disarm();
+            write_response(io, &held_response(answered), cors, close)
+                .await
+                .map(|()| None)
+        }
         Answered::WebSocket(conn, accept, side) => {
             let mut head = Vec::with_capacity(256);
             http1::start_response(&mut head, 101);
@@ -156,54 +200,13 @@ where
             cors_fields(&mut head, cors);
             http1::end_head(&mut head, BodyLength::None, false);
             if let Err(e) = write_all(io, &mut [IoSlice::new(&head)]).await {
-                tracing::debug!("WebSocket upgrade failed: {e}");
+                // Never attached: the handle hears that it is gone.
                 let closed = DriverInput::Incoming(conn, 0, super::Incoming::Closed);
                 let _ = events.clone().try_send(closed);
-                return After::Done;
+                return Err(e);
             }
-            return After::WebSocket(conn, side);
+            Ok(Some((conn, side)))
         }
-        kind => reply(io, buf, kind, cors, close).await,
-    };
-    match written {
-        Err(e) => {
-            tracing::debug!("HTTP connection ended: {e}");
-            After::Done
-        }
-        Ok(()) if close => After::Close,
-        Ok(()) => After::KeepAlive,
-    }
-}
-
-/// Writes an answer's response, or streams it (an event stream), or waits for it (a held
-/// request); `Err`: the connection is done.
-async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut S,
-    buf: &mut Vec<u8>,
-    kind: Answered,
-    cors: Option<&str>,
-    close: bool,
-) -> io::Result<()> {
-    match kind {
-        Answered::Respond(response) => write_response(io, &response, cors, close).await,
-        Answered::EventStream(inbox, notice) => {
-            let streamed = stream_events(io, buf, inbox, cors).await;
-            drop(notice);
-            streamed
-        }
-        Answered::Held(held, mut notice) => {
-            let answered = match held {
-                // The peer going ends it: the notice tells the driver.
-                Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
-                    Either::Left((answer, _)) => answer.ok(),
-                    Either::Right((gone, _)) => return gone,
-                },
-                None => None,
-            };
-            notice.disarm();
-            write_response(io, &held_response(answered), cors, close).await
-        }
-        Answered::WebSocket(..) => Err(io::ErrorKind::Unsupported.into()),
     }
 }
 
@@ -404,27 +407,9 @@ fn poll_now<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Option<T> {
 
 /// Reads what the peer sends while a request is held or an event stream is open, keeping it
 /// in `buf` for the next request: ends (`Err`) when the peer goes, or sends more than
-/// [`MAX_EARLY`] bytes.
+/// [`MAX_EARLY`](crate::glue::watched::MAX_EARLY) bytes.
 async fn watch<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
-    loop {
-        let room = MAX_EARLY.saturating_sub(buf.len());
-        // One byte past the room tells a peer that sends too much.
-        match read_some(io, buf, room + 1).await? {
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the peer closed the connection while its request was held",
-                ))
-            }
-            _ if buf.len() > MAX_EARLY => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the peer sent more than a request head while its request was held",
-                ))
-            }
-            _ => {}
-        }
-    }
+    std::future::poll_fn(|cx| poll_watch(io, buf, cx)).await
 }
 
 /// Adds the CORS fields of a response that `origin` may read. SignalR clients send
