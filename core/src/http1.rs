@@ -54,8 +54,15 @@ pub enum Parsed {
 
 /// Parses the request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut fields);
+    // Clients send a dozen fields: a small table first, the whole one only if it was short.
+    match parse_with(buf, &mut [httparse::EMPTY_HEADER; 32]) {
+        Parsed::TooManyFields => parse_with(buf, &mut [httparse::EMPTY_HEADER; MAX_HEADERS]),
+        parsed => parsed,
+    }
+}
+
+fn parse_with<'b>(buf: &'b [u8], fields: &mut [httparse::Header<'b>]) -> Parsed {
+    let mut request = httparse::Request::new(fields);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
@@ -186,7 +193,7 @@ pub enum BodyLength {
 pub fn start_response(out: &mut Vec<u8>, status: u16) {
     let status = status.clamp(100, 999);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    put_number(out, status.into(), 10);
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -211,7 +218,7 @@ pub fn end_head(out: &mut Vec<u8>, length: BodyLength, close: bool) {
     match length {
         BodyLength::Fixed(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            put_number(out, n, 10);
             out.extend_from_slice(b"\r\n");
         }
         BodyLength::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -226,7 +233,25 @@ pub fn end_head(out: &mut Vec<u8>, length: BodyLength, close: bool) {
 /// The line that starts a chunk of `len` bytes (`len` in hex, CRLF); the chunk ends with
 /// CRLF, and a chunk of 0 ends the body.
 pub fn chunk_header(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    put_number(out, len, 16);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in base `radix` (10, or 16 in lower case), with no allocation: these are on
+/// the path of every response and every event-stream message.
+fn put_number(out: &mut Vec<u8>, mut n: usize, radix: usize) {
+    // Enough for the 20 decimal digits of `u64::MAX`.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n % radix];
+        n /= radix;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The last chunk, which ends a chunked body (no trailers).
@@ -291,6 +316,12 @@ mod tests {
         let fields = "X: y\r\n".repeat(MAX_HEADERS + 1);
         let many = format!("GET /client/ HTTP/1.1\r\n{fields}\r\n");
         assert_eq!(parse_request(many.as_bytes()), Parsed::TooManyFields);
+        // More than the first, small table holds, and no more than the limit: all read.
+        for n in [33, MAX_HEADERS] {
+            let fields = "X: y\r\n".repeat(n);
+            let head = complete(&format!("GET /client/ HTTP/1.1\r\n{fields}\r\n")).0;
+            assert_eq!(head.headers.len(), n);
+        }
         assert_eq!(
             parse_request(b"GET /client/ HTTP/1.1\r\nHost"),
             Parsed::Partial
@@ -391,5 +422,19 @@ mod tests {
             out,
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n12c\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 65_535, 1 << 40, usize::MAX] {
+            let (mut decimal, mut hex) = (Vec::new(), Vec::new());
+            put_number(&mut decimal, n, 10);
+            put_number(&mut hex, n, 16);
+            assert_eq!(decimal, n.to_string().into_bytes());
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+        }
+        let mut out = Vec::new();
+        start_response(&mut out, 404);
+        assert!(out.starts_with(b"HTTP/1.1 404 "));
     }
 }

@@ -159,3 +159,54 @@ fn hub_values(query: &str) -> impl Iterator<Item = String> + '_ {
 fn trim_slashes(path: &str) -> &str {
     path.trim_end_matches('/')
 }
+
+/// An audience's path and hubs, parsed once: what a verifier that checks one token many times
+/// compares, without parsing its URL again. It names an endpoint exactly as
+/// [`Audience::matches`] would have an audience built from the same URL's scheme and host
+/// match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AudienceParts {
+    /// The path, trailing `/` trimmed.
+    path: String,
+    /// Every `hub` value, percent-decoded and lowercased.
+    hubs: Vec<String>,
+}
+
+impl AudienceParts {
+    /// The parts of an `aud` value; `None` if it is not an HTTP(S) URL (it names nothing).
+    pub(crate) fn parse(aud: &str) -> Option<Self> {
+        let url = HttpUrl::parse(aud).ok()?;
+        Some(Self {
+            path: trim_slashes(url.path()).to_owned(),
+            hubs: hub_values(url.query().unwrap_or_default())
+                .map(|hub| hub.to_lowercase())
+                .collect(),
+        })
+    }
+
+    /// Whether this audience names `path` (trailing `/` ignored) and, if given, `hub`: then
+    /// it has at least one hub and each equals `hub`, case-insensitively.
+    pub(crate) fn names(&self, path: &str, hub: Option<&str>) -> bool {
+        if self.path != trim_slashes(path) {
+            return false;
+        }
+        let Some(hub) = hub else {
+            return true;
+        };
+        if self.hubs.is_empty() {
+            return false;
+        }
+        if hub.is_ascii() {
+            // Each of `hubs` is lowercase already: no allocation for the usual hub name.
+            return self.hubs.iter().all(|h| h.eq_ignore_ascii_case(hub));
+        }
+        // As `Audience::new` and `hub_matches` lowercase the expected hub: twice.
+        let expected = hub.to_lowercase().to_lowercase();
+        self.hubs.iter().all(|h| *h == expected)
+    }
+
+    /// The path, trailing `/` trimmed.
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+}

@@ -46,6 +46,7 @@ mod url;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use audience::AudienceParts;
 pub use audience::{Audience, AudienceCheck};
 pub use claims::{claim_names, Claims};
 pub use connection_string::{ConnectionString, ConnectionStringError};

@@ -931,3 +931,56 @@ fn fuzz_jwt_handles_edge_inputs() {
         fuzz_jwt(&input);
     }
 }
+
+/// A remembered token's audiences are parsed once ([`AudienceParts`]); they must name exactly
+/// the endpoints that [`Audience::matches`] accepts, as the relay checked them before.
+#[test]
+fn audience_parts_name_what_an_audience_matches() {
+    let auds = [
+        "http://localhost/client/?hub=chat",
+        "https://Relay.Example:8443/client?hub=Chat",
+        "http://localhost/client//?hub=chat&hub=CHAT",
+        "http://localhost/client/?hub=chat&hub=other",
+        "http://localhost/client/?HUB=ch%61t",
+        "http://localhost/client/",
+        "http://localhost/Client/?hub=chat",
+        "http://localhost/aspnetclient?hub=%C3%84rger",
+        "http://localhost/aspnetclient",
+        "http://localhost/server/?hub=chat#frag",
+        "http://localhost?hub=chat",
+        "ftp://localhost/client/?hub=chat",
+        "not a url",
+        "",
+    ];
+    let paths = [
+        "/client/",
+        "/client",
+        "/aspnetclient",
+        "/server/",
+        "/api/status",
+        "/",
+    ];
+    let hubs = [
+        None,
+        Some("chat"),
+        Some("CHAT"),
+        Some("other"),
+        Some("ärger"),
+        Some(""),
+    ];
+    let mut named = 0;
+    for aud in auds {
+        let parts = AudienceParts::parse(aud);
+        for path in paths {
+            for hub in hubs {
+                let expected = Audience::parse(aud)
+                    .is_ok_and(|a| Audience::new(a.scheme(), a.host(), path, hub).matches(aud));
+                let got = parts.as_ref().is_some_and(|p| p.names(path, hub));
+                assert_eq!(got, expected, "{aud:?} for {path} {hub:?}");
+                named += usize::from(got);
+            }
+        }
+    }
+    // Not vacuous: many pairs are named, and many are not.
+    assert!(named > 20, "{named}");
+}

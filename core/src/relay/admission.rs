@@ -7,7 +7,46 @@ use std::time::Instant;
 use super::config::RelayConfig;
 use super::http::HttpRequest;
 use super::reason::Rejection;
-use crate::auth::{self, Audience, Claims, Validation};
+use crate::auth::{self, AudienceParts, Claims, Validation};
+
+/// A bearer token whose signature an access key made: its claims, its audiences parsed once,
+/// and the digest of its text (what a connection is bound to). Shared, not copied, by every
+/// request that bears the same token.
+#[derive(Debug)]
+pub(crate) struct SignedToken {
+    claims: Claims,
+    audiences: Vec<AudienceParts>,
+    digest: [u8; 32],
+}
+
+impl SignedToken {
+    fn new(claims: Claims, digest: [u8; 32]) -> Self {
+        let audiences = claims
+            .aud
+            .iter()
+            .filter_map(|aud| AudienceParts::parse(aud))
+            .collect();
+        Self {
+            claims,
+            audiences,
+            digest,
+        }
+    }
+
+    /// The SHA-256 of the token's text: what a connection is bound to, so that only the
+    /// token it was opened with can use it (a connection id is no secret, nor is a user id).
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
+impl std::ops::Deref for SignedToken {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
 
 /// Checks tokens. It knows when "now" is on the wall clock: the adapter gave both clocks at
 /// one moment, so that token expiry needs no clock of its own.
@@ -69,21 +108,15 @@ impl Admission {
         req: &HttpRequest,
         path: &'static str,
         hub: Option<&str>,
-    ) -> Result<Claims, Rejection> {
-        let claims = self.signed_claims(config, now, req)?;
-        let audience_ok = claims.aud.iter().any(|aud| {
-            Audience::parse(aud).is_ok_and(|a| {
-                let expected = Audience::new(a.scheme(), a.host(), path, hub);
-                expected.matches(aud)
-            })
-        });
-        if !audience_ok {
+    ) -> Result<Arc<SignedToken>, Rejection> {
+        let signed = self.signed_claims(config, now, req)?;
+        if !signed.audiences.iter().any(|aud| aud.names(path, hub)) {
             return Err(Rejection::WrongAudience {
                 path,
                 hub: hub.map(str::to_owned),
             });
         }
-        Ok(claims)
+        Ok(signed)
     }
 }
 
@@ -96,43 +129,44 @@ impl Admission {
         now: Instant,
         req: &HttpRequest,
         path: &'static str,
-    ) -> Result<(String, Claims), Rejection> {
+    ) -> Result<(String, Arc<SignedToken>), Rejection> {
         let hub = hub_param(req)?;
         let claims = self.verify(config, now, req, path, Some(&hub))?;
         Ok((hub, claims))
     }
 
-    /// The claims of a request's bearer token, signed with an access key and in date.
+    /// A request's bearer token, signed with an access key and in date.
     fn signed_claims(
         &self,
         config: &RelayConfig,
         now: Instant,
         req: &HttpRequest,
-    ) -> Result<Claims, Rejection> {
+    ) -> Result<Arc<SignedToken>, Rejection> {
         let token = req.bearer_token().ok_or(Rejection::NoToken)?;
         let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
         let now = self.unix_now(now);
         let bad = |e: auth::JwtError| Rejection::BadToken(e.to_string());
         // Verified by the gate, before the body was read: its times are checked again.
-        if let Some(verified) = req.verified.as_ref().filter(|v| v.token == token) {
-            validation.validate(&verified.claims, now).map_err(bad)?;
-            return Ok(verified.claims.clone());
+        if let Some(verified) = req.verified.as_ref().filter(|v| *v.token == *token) {
+            validation.validate(&verified.signed, now).map_err(bad)?;
+            return Ok(Arc::clone(&verified.signed));
         }
         let digest = digest(&token);
-        if let Some(claims) = self.cache().get(&digest) {
-            validation.validate(&claims, now).map_err(bad)?;
-            return Ok(claims);
+        if let Some(signed) = self.cache().get(&digest) {
+            validation.validate(&signed, now).map_err(bad)?;
+            return Ok(signed);
         }
         let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
         let claims = auth::verify(&token, &keys, now, &validation).map_err(bad)?;
+        let signed = Arc::new(SignedToken::new(claims, digest));
         // Only tokens that come back: a WebSocket client's comes twice (its negotiate, its
         // upgrade) and never again, and remembered, it would cost each idle client a third of
         // its memory. A long-polling or event-stream client's comes with every send or poll.
         let once = req.websocket || req.path.trim_end_matches('/').ends_with("/negotiate");
         if !once {
-            self.cache().insert(digest, token.len(), &claims);
+            self.cache().insert(digest, token.len(), &signed);
         }
-        Ok(claims)
+        Ok(signed)
     }
 
     /// Verifies a REST API request's bearer token: its audience must be the request's URL,
@@ -143,23 +177,20 @@ impl Admission {
         config: &RelayConfig,
         now: Instant,
         req: &HttpRequest,
-    ) -> Result<Claims, Rejection> {
-        let claims = self.signed_claims(config, now, req)?;
+    ) -> Result<Arc<SignedToken>, Rejection> {
+        let signed = self.signed_claims(config, now, req)?;
         let wanted = req.path.trim_end_matches('/');
-        let audience_ok = claims.aud.iter().any(|aud| {
-            auth::HttpUrl::parse(aud).is_ok_and(|url| {
-                url.path()
-                    .trim_end_matches('/')
-                    .eq_ignore_ascii_case(wanted)
-            })
-        });
-        if !audience_ok {
+        if !signed
+            .audiences
+            .iter()
+            .any(|aud| aud.path().eq_ignore_ascii_case(wanted))
+        {
             return Err(Rejection::WrongAudience {
                 path: "this REST API URL",
                 hub: None,
             });
         }
-        Ok(claims)
+        Ok(signed)
     }
 }
 
@@ -176,11 +207,11 @@ impl Admission {
 /// moves to the newer.
 #[derive(Debug, Default)]
 struct Verified {
-    /// Each token's claims, and its length.
-    newer: BTreeMap<[u8; 32], (Claims, usize)>,
+    /// Each token, and its length.
+    newer: BTreeMap<[u8; 32], (Arc<SignedToken>, usize)>,
     /// The length of the newer generation's tokens, summed.
     newer_bytes: usize,
-    older: BTreeMap<[u8; 32], (Claims, usize)>,
+    older: BTreeMap<[u8; 32], (Arc<SignedToken>, usize)>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -199,16 +230,16 @@ const VERIFIED_BYTES: usize = 1024 * 1024;
 const VERIFIED_MAX_TOKEN: usize = 4096;
 
 impl Verified {
-    fn get(&mut self, digest: &[u8; 32]) -> Option<Claims> {
-        if let Some((claims, _)) = self.newer.get(digest) {
-            return Some(claims.clone());
+    fn get(&mut self, digest: &[u8; 32]) -> Option<Arc<SignedToken>> {
+        if let Some((signed, _)) = self.newer.get(digest) {
+            return Some(Arc::clone(signed));
         }
-        let (claims, len) = self.older.remove(digest)?;
-        self.insert(*digest, len, &claims);
-        Some(claims)
+        let (signed, len) = self.older.remove(digest)?;
+        self.insert(*digest, len, &signed);
+        Some(signed)
     }
 
-    fn insert(&mut self, digest: [u8; 32], len: usize, claims: &Claims) {
+    fn insert(&mut self, digest: [u8; 32], len: usize, signed: &Arc<SignedToken>) {
         if len > VERIFIED_MAX_TOKEN {
             return;
         }
@@ -217,7 +248,7 @@ impl Verified {
             self.newer_bytes = 0;
         }
         self.newer_bytes += len;
-        self.newer.insert(digest, (claims.clone(), len));
+        self.newer.insert(digest, (Arc::clone(signed), len));
     }
 }
 
@@ -228,8 +259,8 @@ pub(crate) const MAX_HUB_NAME: usize = 257;
 pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
     let hub = req
         .query_param("hub")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+        .map(|hub| hub.to_ascii_lowercase())
+        .unwrap_or_default();
     if hub.is_empty() || hub.len() > MAX_HUB_NAME {
         return Err(Rejection::HubRequired);
     }

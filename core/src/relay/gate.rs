@@ -97,9 +97,10 @@ impl RequestGate {
             ),
             _ => return Ok((0, None)),
         };
-        let verified = req
-            .bearer_token()
-            .map(|token| VerifiedToken { token, claims });
+        let verified = req.bearer_token().map(|token| VerifiedToken {
+            token: token.into_owned(),
+            signed: claims,
+        });
         Ok((limit, verified))
     }
 }

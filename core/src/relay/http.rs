@@ -1,5 +1,7 @@
 //! The HTTP side of the relay's API: the requests it reads and the responses it gives.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use super::ConnHandle;
@@ -35,7 +37,7 @@ pub struct HttpRequest {
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
     pub(super) token: String,
-    pub(super) claims: crate::auth::Claims,
+    pub(super) signed: std::sync::Arc<super::admission::SignedToken>,
 }
 
 impl HttpRequest {
@@ -46,31 +48,25 @@ impl HttpRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    pub(super) fn query_param(&self, name: &str) -> Option<String> {
+    /// The first query parameter `name` (case-insensitively), percent-decoded: borrowed
+    /// from the query unless decoding changed it.
+    pub(super) fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         form_urlencoded::parse(self.query.as_bytes())
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| v)
     }
 
     /// The bearer token, from `Authorization` or the `access_token` query parameter.
-    pub(super) fn bearer_token(&self) -> Option<String> {
+    pub(super) fn bearer_token(&self) -> Option<Cow<'_, str>> {
         if let Some(value) = self.header("authorization") {
             let mut parts = value.splitn(2, ' ');
             if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
                 if scheme.eq_ignore_ascii_case("bearer") {
-                    return Some(token.trim().to_owned());
+                    return Some(Cow::Borrowed(token.trim()));
                 }
             }
         }
         self.query_param("access_token")
-    }
-
-    /// A digest of the bearer token: what a connection is bound to, so that only the token
-    /// it negotiated with can use it (a connection id is no secret, nor is a user id).
-    pub(super) fn bearer_fingerprint(&self) -> Option<[u8; 32]> {
-        use sha2::Digest;
-        self.bearer_token()
-            .map(|token| sha2::Sha256::digest(token.as_bytes()).into())
     }
 }
 

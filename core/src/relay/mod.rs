@@ -165,7 +165,7 @@ pub use self::rest::MAX_BODY as REST_BODY_LIMIT;
 pub use self::stats::{CloseCounts, RelayStats, Traffic};
 pub use self::upstream::{signature_valid, UpstreamFailure, UpstreamRequest, UpstreamSettings};
 
-use self::admission::{hub_param, Admission};
+use self::admission::{hub_param, Admission, SignedToken};
 use self::client::{
     classic_negotiate_hub, classic_negotiated, classic_no_app_server, classic_unknown_token,
     parse_classic, Client, Clients, Dialect, Input, Next, Prepared, Request, CLASSIC_BASE,
@@ -204,7 +204,6 @@ use self::timers::{TimerKind, TimerQueue};
 use crate::aspnetcore::negotiate::{
     AvailableTransport, ConnectionInfo, NegotiateQuery, NegotiateResponse, TransportKind,
 };
-use crate::auth::Claims;
 use crate::service::{self, ServiceMessage, ServiceProtocolError};
 
 /// A WebSocket (or event stream) the relay knows, client or server. Handles are never
@@ -557,7 +556,7 @@ impl Relay {
         let (hub, claims) = self
             .admission
             .verify_for_hub(&self.config, now, req, "/client/")?;
-        self.may_open(req)?;
+        self.may_open(&claims)?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
             Err(e) => return Ok(self.negotiate_error(req, "bad_request", e.to_string())),
@@ -628,11 +627,11 @@ impl Relay {
 
     /// Whether a new connection may be made with this request: its access token bears fewer
     /// than the cap, and the relay holds fewer clients than its cap.
-    fn may_open(&self, req: &HttpRequest) -> Result<(), Rejection> {
+    fn may_open(&self, token: &SignedToken) -> Result<(), Rejection> {
         if self.clients.map.len() >= self.config.max_clients {
             return Err(Rejection::TooManyConnections);
         }
-        if self.clients.bearing(req.bearer_fingerprint()) >= self.config.max_connections_per_token {
+        if self.clients.bearing(Some(token.digest())) >= self.config.max_connections_per_token {
             return Err(Rejection::TooManyForToken);
         }
         Ok(())
@@ -644,7 +643,7 @@ impl Relay {
         now: Instant,
         hub: HubId,
         ids: (String, String),
-        claims: &Claims,
+        claims: &SignedToken,
         req: &HttpRequest,
         dialect: Dialect,
     ) -> Client {
@@ -652,7 +651,7 @@ impl Relay {
         self.directory.add_client(hub, conn, &ids.0);
         let user = claims.user_id().map(str::to_owned);
         let mut client = Client::new(now, conn, hub, ids, user, Intro::new(claims, req), dialect);
-        client.bearer = req.bearer_fingerprint();
+        client.bearer = Some(claims.digest());
         client.policy = Policy::from_claims(claims);
         let mut timers = self.timers.of(conn, &mut client.timers, now);
         timers.set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
@@ -679,6 +678,7 @@ impl Relay {
             req,
             hub: self.directory.find(&hub),
             user: claims.user_id(),
+            bearer: claims.digest(),
         };
         if let Some(id) = req.query_param("id") {
             let conn = self
@@ -690,7 +690,7 @@ impl Relay {
                 .ok_or(Rejection::UnknownConnection);
         }
         // skipNegotiation: the connection is created at upgrade time.
-        self.may_open(req)?;
+        self.may_open(&claims)?;
         if Policy::from_claims(&claims).is_some_and(|p| !p.allows(TransportKind::WebSockets)) {
             return Err(Rejection::TransportNotAllowed(TransportKind::WebSockets));
         }
@@ -735,6 +735,7 @@ impl Relay {
             req,
             hub: self.directory.find(&hub),
             user: claims.user_id(),
+            bearer: claims.digest(),
         };
         self.client_input(now, conn, Input::Http(request))
             .ok_or(Rejection::UnknownConnection)
@@ -803,13 +804,13 @@ impl Relay {
                 // alone.
                 return respond(r);
             }
-            if let Err(r) = self.may_open(req) {
+            if let Err(r) = self.may_open(&claims) {
                 return respond(r);
             }
             let Some(hub_id) = self.servers.available_hub(&self.directory, &hub) else {
                 return RequestOutcome::Respond(classic_no_app_server(&hub));
             };
-            let ids = self.ids.next_classic(req.bearer_fingerprint());
+            let ids = self.ids.next_classic(Some(claims.digest()));
             let dialect = Client::classic(hub_name, now);
             let client = self.new_client(now, hub_id, ids, &claims, req, dialect);
             let (token, id) = (client.token.to_string(), client.connection_id.to_string());
@@ -820,7 +821,8 @@ impl Relay {
         // A token the relay did not issue is refused (400), one issued to another bearer is
         // forbidden (403); a genuine one whose connection is gone gets the classic answer.
         let ids = &self.ids;
-        let unknown = |ids: &IdGenerator| match ids.check_classic(token, req.bearer_fingerprint()) {
+        let bearer = Some(claims.digest());
+        let unknown = |ids: &IdGenerator| match ids.check_classic(token, bearer) {
             TokenCheck::Forged => respond(Rejection::UnknownConnectionToken),
             TokenCheck::AnotherBearer => respond(Rejection::UserChanged),
             TokenCheck::Genuine => classic_unknown_token(kind, req.websocket),
@@ -832,6 +834,7 @@ impl Relay {
             req,
             hub: None,
             user: claims.user_id(),
+            bearer: claims.digest(),
         };
         let input = Input::Classic {
             kind,

@@ -170,7 +170,7 @@ impl Event {
         super::truncate(&mut reason, 256);
         let mut at = req.path.clone();
         super::truncate(&mut at, 128);
-        let mut hub = req.query_param("hub");
+        let mut hub = req.query_param("hub").map(std::borrow::Cow::into_owned);
         if let Some(h) = &mut hub {
             super::truncate(h, 128);
         }

@@ -267,6 +267,8 @@ pub(crate) struct Request<'a> {
     pub(crate) hub: Option<HubId>,
     /// The token's user.
     pub(crate) user: Option<&'a str>,
+    /// The digest of the request's bearer token, verified.
+    pub(crate) bearer: [u8; 32],
 }
 
 /// One input for a client.
@@ -466,7 +468,7 @@ impl Client {
                 Handled::refuse(Rejection::UnknownConnection)
             }
             (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
-                let owner = r.user == user_id.as_deref() && r.req.bearer_fingerprint() == *bearer;
+                let owner = r.user == user_id.as_deref() && Some(r.bearer) == *bearer;
                 match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
                     Ok(Upgrade::Resumed) => {
                         Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
@@ -479,7 +481,7 @@ impl Client {
                 }
             }
             (Input::Http(r), Dialect::AspNetCore(a)) => {
-                if r.user != user_id.as_deref() || r.req.bearer_fingerprint() != *bearer {
+                if r.user != user_id.as_deref() || Some(r.bearer) != *bearer {
                     return Handled::refuse(Rejection::NotOwner);
                 }
                 if r.req.method == "POST" {
@@ -513,8 +515,7 @@ impl Client {
                 },
                 Dialect::Classic(c),
             ) => {
-                if request.user != user_id.as_deref() || request.req.bearer_fingerprint() != *bearer
-                {
+                if request.user != user_id.as_deref() || Some(request.bearer) != *bearer {
                     return Handled::refuse(Rejection::UserChanged);
                 }
                 if kind == RequestKind::Send {
