@@ -12,6 +12,13 @@ use crate::auth::{self, AudienceParts, Claims, Validation};
 /// A bearer token whose signature an access key made: its claims, its audiences parsed once,
 /// and the digest of its text (what a connection is bound to). Shared, not copied, by every
 /// request that bears the same token.
+///
+/// A token that opens a connection (a negotiate, a WebSocket upgrade) has all its claims: the
+/// connection's policy and what the app server is told come from them. A token that comes
+/// back with each request of a connection (a long poll, an event stream, a send, a REST call)
+/// is remembered, for many requests, and keeps only what those read: its times, its
+/// audiences and its user id. Kept whole, its claims were most of what an idle long-polling
+/// client cost.
 #[derive(Debug)]
 pub(crate) struct SignedToken {
     claims: Claims,
@@ -31,6 +38,18 @@ impl SignedToken {
             audiences,
             digest,
         }
+    }
+
+    /// What a connection's own requests read of the token: its times, its audiences and its
+    /// user id (as the name identifier: [`Claims::user_id`] finds it there).
+    fn for_requests(self) -> Self {
+        let claims = Claims {
+            exp: self.claims.exp,
+            nbf: self.claims.nbf,
+            nameid: self.claims.user_id().map(str::to_owned),
+            ..Claims::default()
+        };
+        Self { claims, ..self }
     }
 
     /// The SHA-256 of the token's text: what a connection is bound to, so that only the
@@ -151,21 +170,28 @@ impl Admission {
             validation.validate(&verified.signed, now).map_err(bad)?;
             return Ok(Arc::clone(&verified.signed));
         }
+        // A token that opens a connection is decoded whole, each time: a WebSocket client's
+        // comes twice (its negotiate, its upgrade) and never again, and remembered, it would
+        // cost each idle client a third of its memory. A long-polling or event-stream
+        // client's comes with every send or poll: it is remembered, as much as those read.
+        let opens = req.websocket || req.path.trim_end_matches('/').ends_with("/negotiate");
         let digest = digest(&token);
-        if let Some(signed) = self.cache().get(&digest) {
-            validation.validate(&signed, now).map_err(bad)?;
-            return Ok(signed);
+        if !opens {
+            if let Some(signed) = self.cache().get(&digest) {
+                validation.validate(&signed, now).map_err(bad)?;
+                return Ok(signed);
+            }
         }
         let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
         let claims = auth::verify(&token, &keys, now, &validation).map_err(bad)?;
-        let signed = Arc::new(SignedToken::new(claims, digest));
-        // Only tokens that come back: a WebSocket client's comes twice (its negotiate, its
-        // upgrade) and never again, and remembered, it would cost each idle client a third of
-        // its memory. A long-polling or event-stream client's comes with every send or poll.
-        let once = req.websocket || req.path.trim_end_matches('/').ends_with("/negotiate");
-        if !once {
-            self.cache().insert(digest, token.len(), &signed);
+        let signed = SignedToken::new(claims, digest);
+        if opens {
+            return Ok(Arc::new(signed));
         }
+        // The same token for every request of a connection, remembered or not: what a
+        // request reads does not depend on what came before it.
+        let signed = Arc::new(signed.for_requests());
+        self.cache().insert(digest, token.len(), &signed);
         Ok(signed)
     }
 
@@ -329,6 +355,51 @@ mod tests {
             assert!(verify(t0, &req, "chat").is_ok());
             assert!(!admission.cache().newer.contains_key(&digest(&once)));
         }
+    }
+
+    #[test]
+    fn a_token_that_comes_back_keeps_what_its_requests_read_and_one_that_opens_is_whole() {
+        let (admission, config, t0) = setup();
+        let mut claims = Claims::issued_at(T0, 60);
+        claims.aud.push("http://localhost/client/?hub=chat".into());
+        claims
+            .extra
+            .insert(auth::claim_names::USER_ID.into(), "alice".into());
+        claims.extra.insert("asrs.s.aut".into(), "Bearer".into());
+        claims
+            .extra
+            .insert("custom".into(), "for the app server".into());
+        let bearer = auth::sign(&claims, KEY.as_bytes(), auth::Algorithm::Hs256);
+        let verify = |req: &HttpRequest| {
+            admission
+                .verify(&config, t0, req, "/client/", Some("chat"))
+                .unwrap()
+        };
+        // A send, first and then again (remembered): the same, slim token.
+        for _ in 0..2 {
+            let signed = verify(&send(&bearer));
+            assert_eq!(signed.user_id(), Some("alice"));
+            assert_eq!((signed.exp, signed.nbf), (claims.exp, claims.nbf));
+            assert!(signed.extra.is_empty() && signed.aud.is_empty());
+            assert_eq!(signed.digest(), digest(&bearer));
+        }
+        assert!(admission.cache().newer.contains_key(&digest(&bearer)));
+        // A negotiate with the very token, remembered: every claim.
+        let negotiate = request(
+            "POST",
+            "/client/negotiate",
+            "hub=chat",
+            Some(&bearer),
+            false,
+        );
+        let whole = verify(&negotiate);
+        assert_eq!(**whole, claims);
+        // Its times still count for a remembered one.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(matches!(
+            admission.verify(&config, later, &send(&bearer), "/client/", Some("chat")),
+            Err(Rejection::BadToken(_))
+        ));
     }
 
     #[test]
