@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, UPGRADE};
@@ -358,15 +359,15 @@ async fn accept_on<R: Runtime, L: Listener>(
     port: Port,
 ) {
     accept_loop(&runtime, listener, count, |stream, peer, admitted| {
-        runtime.spawn(serve_connection(
-            runtime.clone(),
+        spawn_connection(
+            &runtime,
             stream,
             peer,
             events.clone(),
             settings.clone(),
             admitted,
             port,
-        ));
+        );
     })
     .await;
 }
@@ -1164,8 +1165,10 @@ fn log_event(event: &Event) {
     }
 }
 
-async fn serve_connection<R: Runtime, S>(
-    runtime: R,
+/// Serves one accepted connection, as `port`: a TLS one in a box of its own (its session is
+/// large, and a plain connection should not carry room for it), a plain one as it is.
+fn spawn_connection<R: Runtime, S>(
+    runtime: &R,
     stream: S,
     peer: SocketAddr,
     events: mpsc::Sender<DriverInput>,
@@ -1177,77 +1180,110 @@ async fn serve_connection<R: Runtime, S>(
 {
     match settings.options.tls.clone() {
         Some(tls_config) if port == Port::Public => {
-            // The handshake has the time a request's headers have.
-            let deadline =
-                runtime.sleep_until(runtime.now() + settings.options.header_read_timeout);
-            // Boxed, as is what follows: every connection's task is as large as its largest
-            // state, and a TLS session is large; a plain connection should not pay for it.
-            let handshake = Box::pin(tls::accept(&tls_config, stream));
-            let failed = match select(handshake, deadline).await {
-                Either::Left((Accepted::Tls(session), _)) => {
-                    Box::pin(serve_http(
-                        runtime,
-                        *session,
-                        peer,
-                        events,
-                        settings.clone(),
-                        port,
-                    ))
-                    .await;
-                    None
-                }
-                Either::Left((Accepted::Plain, _)) => Some("plain_http"),
-                Either::Left((Accepted::Failed(e), _)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    Some("handshake_failed")
-                }
-                Either::Right(((), _)) => Some("handshake_timeout"),
-            };
-            if let Some(cause) = failed {
-                settings.gate_refusals.count(("tls", cause));
-            }
+            let tls = serve_tls(runtime.clone(), tls_config, stream, peer, events, settings);
+            runtime.spawn(Box::pin(tls).map(move |()| drop(admitted)));
         }
-        _ => serve_http(runtime, stream, peer, events, settings, port).await,
+        _ => runtime.spawn(
+            serve_http(runtime.clone(), stream, peer, events, settings, port)
+                .map(move |()| drop(admitted)),
+        ),
     }
-    drop(admitted);
+}
+
+/// A TLS handshake, within the time a request's headers have, then HTTP on the session.
+async fn serve_tls<R: Runtime, S>(
+    runtime: R,
+    tls_config: ServerTls,
+    stream: S,
+    peer: SocketAddr,
+    events: mpsc::Sender<DriverInput>,
+    settings: Arc<Settings>,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = runtime.sleep_until(runtime.now() + settings.options.header_read_timeout);
+    let handshake = Box::pin(tls::accept(&tls_config, stream));
+    let failed = match select(handshake, deadline).await {
+        Either::Left((Accepted::Tls(session), _)) => {
+            let http = serve_http(
+                runtime,
+                *session,
+                peer,
+                events,
+                settings.clone(),
+                Port::Public,
+            );
+            Box::pin(http).await;
+            None
+        }
+        Either::Left((Accepted::Plain, _)) => Some("plain_http"),
+        Either::Left((Accepted::Failed(e), _)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            Some("handshake_failed")
+        }
+        Either::Right(((), _)) => Some("handshake_timeout"),
+    };
+    if let Some(cause) = failed {
+        settings.gate_refusals.count(("tls", cause));
+    }
 }
 
 /// Serves HTTP/1.1 (and its upgrades) on one connection, plain or TLS. Clients' transport
 /// requests are served on the lean path ([`lean`]); from the first request that it leaves to
 /// a general server on, hyper serves the connection.
-async fn serve_http<R: Runtime, S>(
+///
+/// Not an `async fn`: that would keep each argument twice in its state (as it came, and
+/// moved into the body), and an idle kept-alive connection's task is this state. The block
+/// uses what it captured in place.
+#[allow(clippy::manual_async_fn)]
+fn serve_http<R: Runtime, S>(
     runtime: R,
-    stream: S,
+    mut stream: S,
     peer: SocketAddr,
     events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     port: Port,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Dropping the connection is how a stalled event stream is closed for real.
-    let abort = Arc::new(AbortSignal::default());
-    let (stream, early) = match port {
-        Port::Public => {
-            let lean = std::pin::pin!(lean::serve(
-                &runtime, stream, peer, &events, &settings, &abort
-            ));
-            match abort.guard(lean).await {
-                Some(Some(handed_over)) => handed_over,
-                Some(None) => return,
+    async move {
+        // Dropping the connection is how a stalled event stream is closed for real.
+        let abort = Arc::new(AbortSignal::default());
+        let mut early = Vec::new();
+        if port == Port::Public {
+            let ended = {
+                let lean = lean::serve(
+                    &runtime,
+                    &mut stream,
+                    &mut early,
+                    peer,
+                    &events,
+                    &settings,
+                    &abort,
+                );
+                abort.guard(std::pin::pin!(lean)).await
+            };
+            match ended {
+                Some(lean::Ended::Hyper) => {}
+                Some(lean::Ended::Done) => return,
+                Some(lean::Ended::WebSocket(conn, side)) => {
+                    let websocket = run_websocket(&runtime, stream, &early, conn, events, side);
+                    Box::pin(websocket).await;
+                    return;
+                }
                 None => {
                     tracing::debug!("HTTP connection dropped: its event stream stalled");
                     return;
                 }
             }
         }
-        Port::Operator => (stream, Vec::new()),
-    };
-    // Boxed: a connection the lean path serves does not carry room for hyper's state.
-    Box::pin(serve_hyper(
-        runtime, stream, early, peer, events, settings, port, abort,
-    ))
-    .await;
+        // Boxed: a connection the lean path serves does not carry room for hyper's state.
+        Box::pin(serve_hyper(
+            runtime, stream, early, peer, events, settings, port, abort,
+        ))
+        .await;
+    }
 }
 
 /// Serves the rest of a connection with hyper (`early`: bytes already read from `stream`).

@@ -83,14 +83,16 @@ impl AbortSignal {
     /// Runs `future` until it completes (`Some`) or the signal fires (`None`; the caller then
     /// drops `future`). Pinned by the caller: a future taken by value would be held twice in
     /// this one's state, as the argument and as the pinned local.
-    pub(crate) async fn guard<F: Future>(&self, mut future: Pin<&mut F>) -> Option<F::Output> {
-        std::future::poll_fn(|cx| {
+    pub(crate) fn guard<'a, F: Future>(
+        &'a self,
+        mut future: Pin<&'a mut F>,
+    ) -> impl Future<Output = Option<F::Output>> + 'a {
+        std::future::poll_fn(move |cx| {
             if self.poll_aborted(cx).is_ready() {
                 return Poll::Ready(None);
             }
             future.as_mut().poll(cx).map(Some)
         })
-        .await
     }
 }
 

@@ -31,64 +31,72 @@ use signalr_relay_core::http1::{self, BodyLength, Parsed, RequestHead};
 use signalr_relay_core::relay::HttpResponse;
 
 use super::{
-    answer, held_response, run_websocket, AbortSignal, Answered, Command, ConnHandle, DriverInput,
-    Settings, Side, EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
+    answer, held_response, AbortSignal, Answered, Command, ConnHandle, DriverInput, Settings, Side,
+    EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
 use crate::glue::queue::Inbox;
 use crate::glue::watched::poll_watch;
 use crate::glue::ws::with_scratch;
 use crate::glue::Runtime;
 
-/// Serves `io`'s requests while the lean path takes them. `None`: the connection is done;
-/// otherwise the stream and what was read from it, for hyper.
-pub(super) async fn serve<R: Runtime, S>(
-    runtime: &R,
-    mut io: S,
+/// How the lean path left a connection.
+pub(super) enum Ended {
+    /// It is done (closed, or the peer went).
+    Done,
+    /// At a request it does not take: hyper serves the rest, with what was read so far.
+    Hyper,
+    /// Switched to a WebSocket (the `101` is written), with what was read past its head.
+    WebSocket(ConnHandle, Side),
+}
+
+/// Serves `io`'s requests while the lean path takes them; what was read and not yet used
+/// stays in `buf`.
+///
+/// Not an `async fn`, which would keep each argument twice in its state: an idle kept-alive
+/// connection's task is this state (the wait for a head), and a held request's is little
+/// more (each exchange is boxed).
+#[allow(clippy::manual_async_fn)] // An `async fn` would hold its arguments twice.
+pub(super) fn serve<'a, R: Runtime, S>(
+    runtime: &'a R,
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
     peer: SocketAddr,
-    events: &mpsc::Sender<DriverInput>,
-    settings: &Arc<Settings>,
-    abort: &Arc<AbortSignal>,
-) -> Option<(S, Vec<u8>)>
+    events: &'a mpsc::Sender<DriverInput>,
+    settings: &'a Arc<Settings>,
+    abort: &'a Arc<AbortSignal>,
+) -> impl Future<Output = Ended> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Read, and not yet used: at most a request head, or what a body still needs.
-    let mut buf = Vec::new();
-    loop {
-        // An idle connection's task holds only this wait, and each exchange's state is boxed:
-        // the task stays as small as the wait.
-        let head = match read_head(runtime, &mut io, &mut buf, settings).await {
-            Ok(head) => head,
-            Err(None) => return None,
-            Err(Some((status, text))) => {
-                tracing::debug!(status, "HTTP request refused: {text}");
-                let refusal = HttpResponse::text(status, text);
-                let _ = Box::pin(write_response(&mut io, &refusal, None, true)).await;
-                return None;
+    async move {
+        loop {
+            let head = match read_head(runtime, io, buf, settings).await {
+                Ok(head) => head,
+                Err(None) => return Ended::Done,
+                Err(Some((status, text))) => {
+                    tracing::debug!(status, "HTTP request refused: {text}");
+                    let refusal = HttpResponse::text(status, text);
+                    let _ = Box::pin(write_response(io, &refusal, None, true)).await;
+                    return Ended::Done;
+                }
+            };
+            if !head.0.lean() {
+                return Ended::Hyper;
             }
-        };
-        if !head.0.lean() {
-            return Some((io, buf));
-        }
-        let exchange = exchange(
-            runtime, &mut io, &mut buf, head, peer, events, settings, abort,
-        );
-        match Box::pin(exchange).await {
-            After::KeepAlive => {}
-            After::Close => {
-                let _ = io.close().await;
-                return None;
+            let exchange = exchange(runtime, io, buf, head, peer, events, settings, abort);
+            match Box::pin(exchange).await {
+                After::KeepAlive => {}
+                After::Close => {
+                    let _ = io.close().await;
+                    return Ended::Done;
+                }
+                After::Done => return Ended::Done,
+                After::WebSocket(conn, side) => return Ended::WebSocket(conn, side),
             }
-            After::Done => return None,
-            After::WebSocket(conn, side) => {
-                let websocket = run_websocket(runtime, io, &buf, conn, events.clone(), side);
-                Box::pin(websocket).await;
-                return None;
+            if buf.is_empty() {
+                // Idle: let the memory go.
+                *buf = Vec::new();
             }
-        }
-        if buf.is_empty() {
-            // Idle: let the memory go.
-            buf = Vec::new();
         }
     }
 }
@@ -105,79 +113,91 @@ enum After {
     WebSocket(ConnHandle, Side),
 }
 
-/// One request and its response, from its parsed head on.
-#[allow(clippy::too_many_arguments)]
-async fn exchange<R: Runtime, S>(
-    runtime: &R,
-    io: &mut S,
-    buf: &mut Vec<u8>,
+/// One request and its response, from its parsed head on. Not an `async fn` (see `serve`):
+/// a held request's exchange lasts.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn exchange<'a, R: Runtime, S>(
+    runtime: &'a R,
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
     head: Box<(RequestHead, usize)>,
     peer: SocketAddr,
-    events: &mpsc::Sender<DriverInput>,
-    settings: &Settings,
-    abort: &Arc<AbortSignal>,
-) -> After
+    events: &'a mpsc::Sender<DriverInput>,
+    settings: &'a Settings,
+    abort: &'a Arc<AbortSignal>,
+) -> impl Future<Output = After> + Send + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (head, len) = *head;
-    buf.drain(..len);
-    if buf.is_empty() {
-        // What comes next (a body, or a held request's wait) needs none of it.
-        *buf = Vec::new();
-    }
-    let asked_to_close = head.close;
-    let length = head.content_length.unwrap_or(0);
-    let request = head.into_request(Some(peer.ip()));
-    let from = (&mut *io, &mut *buf);
-    let body = move |limit: usize| {
-        let (io, buf) = from;
-        read_body(io, buf, length, limit)
-    };
-    let answer = Box::pin(answer(
-        runtime,
-        request,
-        length > 0,
-        body,
-        events.clone(),
-        settings,
-        abort,
-    ))
-    .await;
-    let close = answer.close || asked_to_close;
-    let cors = answer.cors.as_deref();
-    match reply(io, buf, answer.kind, cors, close, events).await {
-        Ok(Some((conn, side))) => After::WebSocket(conn, side),
-        Ok(None) if close => After::Close,
-        Ok(None) => After::KeepAlive,
-        Err(e) => {
-            tracing::debug!("HTTP connection ended: {e}");
-            After::Done
+    async move {
+        let (head, len) = *head;
+        buf.drain(..len);
+        if buf.is_empty() {
+            // What comes next (a body, or a held request's wait) needs none of it.
+            *buf = Vec::new();
+        }
+        let asked_to_close = head.close;
+        let length = head.content_length.unwrap_or(0);
+        let request = head.into_request(Some(peer.ip()));
+        let from = (&mut *io, &mut *buf);
+        let body = move |limit: usize| {
+            let (io, buf) = from;
+            read_body(io, buf, length, limit)
+        };
+        let answer = Box::pin(answer(
+            runtime,
+            request,
+            length > 0,
+            body,
+            events.clone(),
+            settings,
+            abort,
+        ))
+        .await;
+        let close = answer.close || asked_to_close;
+        let cors = answer.cors.as_deref();
+        match reply(io, buf, answer.kind, cors, close, events).await {
+            Ok(Some((conn, side))) => After::WebSocket(conn, side),
+            Ok(None) if close => After::Close,
+            Ok(None) => After::KeepAlive,
+            Err(e) => {
+                tracing::debug!("HTTP connection ended: {e}");
+                After::Done
+            }
         }
     }
 }
 
+/// What an answer's reply comes to: `Some` when the connection switched to a WebSocket (its
+/// `101` is written); `Err` when it is done.
+type Replied = io::Result<Option<(ConnHandle, Side)>>;
+
 /// Writes an answer's response, or streams it (an event stream), or waits for it (a held
 /// request), or switches to a WebSocket (`Some`: its `101` is written); `Err`: the connection
 /// is done (a WebSocket's handle told so).
-async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut S,
-    buf: &mut Vec<u8>,
+///
+/// Each kind in a box of its own: a held request or an event stream is held for long, and
+/// its state should be only as large as its own kind's, not the largest kind's.
+fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
     kind: Answered,
-    cors: Option<&str>,
+    cors: Option<&'a str>,
     close: bool,
-    events: &mpsc::Sender<DriverInput>,
-) -> io::Result<Option<(ConnHandle, Side)>> {
+    events: &'a mpsc::Sender<DriverInput>,
+) -> Pin<Box<dyn Future<Output = Replied> + Send + 'a>> {
     match kind {
-        Answered::Respond(response) => write_response(io, &response, cors, close)
-            .await
-            .map(|()| None),
-        Answered::EventStream(inbox, notice) => {
+        Answered::Respond(response) => Box::pin(async move {
+            write_response(io, &response, cors, close)
+                .await
+                .map(|()| None)
+        }),
+        Answered::EventStream(inbox, notice) => Box::pin(async move {
             let streamed = stream_events(io, buf, inbox, cors).await;
             drop(notice);
             streamed.map(|()| None)
-        }
-        Answered::Held(held, mut notice) => {
+        }),
+        Answered::Held(held, mut notice) => Box::pin(async move {
             let answered = match held {
                 // The peer going ends it: the notice tells the driver.
                 Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
@@ -187,11 +207,12 @@ async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
                 None => None,
             };
             notice.disarm();
-            write_response(io, &held_response(answered), cors, close)
+            // Boxed: the wait above does not carry room for the write.
+            Box::pin(write_response(io, &held_response(answered), cors, close))
                 .await
                 .map(|()| None)
-        }
-        Answered::WebSocket(conn, accept, side) => {
+        }),
+        Answered::WebSocket(conn, accept, side) => Box::pin(async move {
             let mut head = Vec::with_capacity(256);
             http1::start_response(&mut head, 101);
             http1::field(&mut head, "connection", "upgrade");
@@ -206,59 +227,65 @@ async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(e);
             }
             Ok(Some((conn, side)))
-        }
+        }),
     }
 }
+
+/// A request head and its length, or the refusal to write (none: the peer went).
+type HeadRead = Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>>;
 
 /// Reads until `buf` starts with a whole request head, within the header timeout: the head
 /// and its length, or `Err` with the refusal to write (none: the peer went, or timed out
 /// before sending anything).
-async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
-    runtime: &R,
-    io: &mut S,
-    buf: &mut Vec<u8>,
-    settings: &Settings,
-) -> Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>> {
+///
+/// One poll function, whose state is a few words: an idle connection waits here. The socket
+/// and the timer are polled with the task's own waker (a socket polled again without news
+/// may cost a system call), and the timer is made only when the head is not all there.
+fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
+    runtime: &'a R,
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    settings: &'a Settings,
+) -> impl Future<Output = HeadRead> + 'a {
     let started = runtime.now();
     let mut deadline = None;
-    loop {
-        match http1::parse_request(buf) {
-            Parsed::Complete(head, len) => return Ok(Box::new((head, len))),
-            Parsed::Invalid => return Err(Some((400, "Bad request."))),
-            Parsed::TooManyFields => {
-                return Err(Some((431, "The request has too many header fields.")));
+    // The length of `buf` when it was last parsed: not parsed again until more came.
+    let mut parsed = None;
+    std::future::poll_fn(move |cx| loop {
+        if parsed != Some(buf.len()) {
+            parsed = Some(buf.len());
+            match http1::parse_request(buf) {
+                Parsed::Complete(head, len) => return Poll::Ready(Ok(Box::new((head, len)))),
+                Parsed::Invalid => return Poll::Ready(Err(Some((400, "Bad request.")))),
+                Parsed::TooManyFields => {
+                    let text = "The request has too many header fields.";
+                    return Poll::Ready(Err(Some((431, text))));
+                }
+                Parsed::Partial if buf.len() >= MAX_REQUEST_HEAD => {
+                    return Poll::Ready(Err(Some((431, "The request head is too large."))));
+                }
+                Parsed::Partial => {}
             }
-            Parsed::Partial if buf.len() >= MAX_REQUEST_HEAD => {
-                return Err(Some((431, "The request head is too large.")));
-            }
-            Parsed::Partial => {}
         }
         let room = MAX_REQUEST_HEAD - buf.len();
-        let started_head = !buf.is_empty();
-        let timeout = settings.options.header_read_timeout;
-        // One poll for both, with the task's own waker (a socket polled again without news
-        // may cost a system call), and the timer made only when the head is not all there.
-        let mut read = read_some(io, buf, room);
-        let read = std::future::poll_fn(|cx| {
-            if let Poll::Ready(read) = Pin::new(&mut read).poll(cx) {
-                return Poll::Ready(Some(read));
-            }
-            let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
-            deadline.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        let Some(read) = read else {
-            return Err(started_head.then_some((408, "The request head took too long.")));
-        };
-        match read {
-            Ok(0) => return Err(None),
-            Err(e) => {
+        match poll_read_some(io, buf, room, cx) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(None)),
+            Poll::Ready(Err(e)) => {
                 tracing::debug!("HTTP connection ended: {e}");
-                return Err(None);
+                return Poll::Ready(Err(None));
             }
-            Ok(_) => {}
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Pending => {}
         }
-    }
+        let timeout = settings.options.header_read_timeout;
+        let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
+        return match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(
+                (!buf.is_empty()).then_some((408, "The request head took too long."))
+            )),
+            Poll::Pending => Poll::Pending,
+        };
+    })
 }
 
 /// Reads once from `io`, at most `max` bytes, onto the end of `buf`: how many (0: the end).
@@ -267,13 +294,21 @@ fn read_some<'a, S: AsyncRead + Unpin>(
     buf: &'a mut Vec<u8>,
     max: usize,
 ) -> impl std::future::Future<Output = io::Result<usize>> + Unpin + 'a {
-    std::future::poll_fn(move |cx| {
-        with_scratch(|scratch| {
-            let len = scratch.len().min(max);
-            let n = std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut scratch[..len]))?;
-            buf.extend_from_slice(&scratch[..n]);
-            Poll::Ready(Ok(n))
-        })
+    std::future::poll_fn(move |cx| poll_read_some(io, buf, max, cx))
+}
+
+/// Polls a read of at most `max` bytes from `io` onto the end of `buf`.
+fn poll_read_some<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    with_scratch(|scratch| {
+        let len = scratch.len().min(max);
+        let n = std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut scratch[..len]))?;
+        buf.extend_from_slice(&scratch[..n]);
+        Poll::Ready(Ok(n))
     })
 }
 
