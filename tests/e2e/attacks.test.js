@@ -126,6 +126,53 @@ for (const capped of [true, false]) {
   });
 }
 
+test('open WebSockets hold their place under the connection cap: past it new sockets are refused, and a closed one frees its place', { timeout: 60000 }, async () => {
+  // A WebSocket's socket leaves the task that accepted it for a pump of its own. It must
+  // still count until it closes, or WebSockets alone could take every descriptor the cap
+  // keeps for the relay.
+  const cap = 40;
+  const stack = await Stack.start({ relayArgs: ['--max-connections', String(cap)], connectionsPerHub: 1 });
+  const clients = [];
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    let refused = 0;
+    for (let i = 0; i < cap + 10 && refused === 0; i++) {
+      try {
+        clients.push(await openedClient(stack));
+      } catch {
+        refused += 1;
+      }
+    }
+    assert.ok(refused > 0, `${clients.length} WebSockets opened under a cap of ${cap}`);
+    assert.ok(clients.length < cap, `${clients.length} WebSockets opened under a cap of ${cap}`);
+    assert.match(stack.relay.output(), /connection cap is reached/);
+    for (const c of clients) assert.equal(c.ws.readyState, WebSocket.OPEN, 'the admitted ones are untouched');
+    // Five close: their places come back, and new clients get them.
+    for (const c of clients.splice(0, 5)) {
+      c.ws.close();
+      await c.closed;
+    }
+    for (let i = 0; i < 5; i++) {
+      let fresh;
+      for (let attempt = 0; !fresh; attempt++) {
+        try {
+          fresh = await openedClient(stack);
+        } catch (e) {
+          if (attempt > 50) throw e;
+          await sleep(100);
+        }
+      }
+      clients.push(fresh);
+    }
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    for (const c of clients) c.ws.terminate();
+    await stack.stop();
+  }
+});
+
 test('descriptor exhaustion of the sample app\'s negotiate listener: it lives, and negotiates again', { timeout: 120000 }, async () => {
   const stack = await Stack.start({ appNofile: 500, connectionsPerHub: 1 });
   try {

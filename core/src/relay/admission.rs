@@ -13,17 +13,20 @@ use crate::auth::{self, AudienceParts, Claims, Validation};
 /// and the digest of its text (what a connection is bound to). Shared, not copied, by every
 /// request that bears the same token.
 ///
-/// A token that opens a connection (a negotiate, a WebSocket upgrade) has all its claims: the
-/// connection's policy and what the app server is told come from them. A token that comes
-/// back with each request of a connection (a long poll, an event stream, a send, a REST call)
-/// is remembered, for many requests, and keeps only what those read: its times, its
-/// audiences and its user id. Kept whole, its claims were most of what an idle long-polling
-/// client cost.
+/// A token verified for a request that opens a connection ([`Admission::verify_opening`]: a
+/// negotiate, an upgrade, an app server's connection) has all its claims: the connection's
+/// policy and what the app server is told come from them. One verified for a request of a
+/// connection that is open ([`Admission::verify`]: a long poll, an event stream, a send, a
+/// REST call) is remembered, for many requests, and keeps only what those read: its times,
+/// its audiences and its user id. Kept whole, its claims were most of what an idle
+/// long-polling client cost.
 #[derive(Debug)]
 pub(crate) struct SignedToken {
     claims: Claims,
     audiences: Vec<AudienceParts>,
     digest: [u8; 32],
+    /// Whether `claims` are all the token's.
+    whole: bool,
 }
 
 impl SignedToken {
@@ -37,6 +40,7 @@ impl SignedToken {
             claims,
             audiences,
             digest,
+            whole: true,
         }
     }
 
@@ -49,7 +53,17 @@ impl SignedToken {
             nameid: self.claims.user_id().map(str::to_owned),
             ..Claims::default()
         };
-        Self { claims, ..self }
+        Self {
+            claims,
+            whole: false,
+            ..self
+        }
+    }
+
+    /// Whether the claims are all the token's (verified for a request that opens a
+    /// connection), not only what a connection's own requests read.
+    pub(crate) fn is_whole(&self) -> bool {
+        self.whole
     }
 
     /// The SHA-256 of the token's text: what a connection is bound to, so that only the
@@ -117,9 +131,11 @@ impl Admission {
             .unwrap_or(now + std::time::Duration::from_secs(365 * 24 * 3600))
     }
 
-    /// Verifies a request's bearer token for `path` (`/client/`, `/server/`, the classic
-    /// endpoint) of `hub`. The audience must name this path and hub; its host and port are
-    /// not compared, since the relay may be reached under several names.
+    /// Verifies the bearer token of a request of a connection that is open (a long poll, an
+    /// event stream, a send) for `path` (`/client/`, the classic endpoint) of `hub`: only its
+    /// times, audiences and user id are kept (see [`SignedToken`]). The audience must name
+    /// this path and hub; its host and port are not compared, since the relay may be reached
+    /// under several names.
     pub(crate) fn verify(
         &self,
         config: &RelayConfig,
@@ -128,7 +144,31 @@ impl Admission {
         path: &'static str,
         hub: Option<&str>,
     ) -> Result<Arc<SignedToken>, Rejection> {
-        let signed = self.signed_claims(config, now, req)?;
+        self.verify_as(config, now, req, (path, hub), false)
+    }
+
+    /// [`verify`](Self::verify), for a request that opens a connection: the token with all
+    /// its claims, decoded for this request.
+    pub(crate) fn verify_opening(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+        path: &'static str,
+        hub: Option<&str>,
+    ) -> Result<Arc<SignedToken>, Rejection> {
+        self.verify_as(config, now, req, (path, hub), true)
+    }
+
+    fn verify_as(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        req: &HttpRequest,
+        (path, hub): (&'static str, Option<&str>),
+        whole: bool,
+    ) -> Result<Arc<SignedToken>, Rejection> {
+        let signed = self.signed_claims(config, now, req, whole)?;
         if !signed.audiences.iter().any(|aud| aud.names(path, hub)) {
             return Err(Rejection::WrongAudience {
                 path,
@@ -140,9 +180,9 @@ impl Admission {
 }
 
 impl Admission {
-    /// The request's hub (the `hub` query parameter, in lower case), and its bearer token
-    /// verified for `path` of that hub.
-    pub(crate) fn verify_for_hub(
+    /// The hub of a request that opens a connection (the `hub` query parameter, in lower
+    /// case), and its bearer token verified for `path` of that hub, with all its claims.
+    pub(crate) fn verify_opening_for_hub(
         &self,
         config: &RelayConfig,
         now: Instant,
@@ -150,33 +190,37 @@ impl Admission {
         path: &'static str,
     ) -> Result<(String, Arc<SignedToken>), Rejection> {
         let hub = hub_param(req)?;
-        let claims = self.verify(config, now, req, path, Some(&hub))?;
+        let claims = self.verify_opening(config, now, req, path, Some(&hub))?;
         Ok((hub, claims))
     }
 
-    /// A request's bearer token, signed with an access key and in date.
+    /// A request's bearer token, signed with an access key and in date: `whole`, with all
+    /// its claims (see [`SignedToken`]).
     fn signed_claims(
         &self,
         config: &RelayConfig,
         now: Instant,
         req: &HttpRequest,
+        whole: bool,
     ) -> Result<Arc<SignedToken>, Rejection> {
         let token = req.bearer_token().ok_or(Rejection::NoToken)?;
         let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
         let now = self.unix_now(now);
         let bad = |e: auth::JwtError| Rejection::BadToken(e.to_string());
-        // Verified by the gate, before the body was read: its times are checked again.
-        if let Some(verified) = req.verified.as_ref().filter(|v| *v.token == *token) {
-            validation.validate(&verified.signed, now).map_err(bad)?;
-            return Ok(Arc::clone(&verified.signed));
+        // Verified by the gate, before the body was read: its times are checked again. What
+        // the gate kept of it must be what is asked for: all its claims, or only some.
+        let verified = req.verified.as_ref();
+        if let Some(v) = verified.filter(|v| v.signed.whole == whole && *v.token == *token) {
+            validation.validate(&v.signed, now).map_err(bad)?;
+            return Ok(Arc::clone(&v.signed));
         }
-        // A token that opens a connection is decoded whole, each time: a WebSocket client's
-        // comes twice (its negotiate, its upgrade) and never again, and remembered, it would
-        // cost each idle client a third of its memory. A long-polling or event-stream
-        // client's comes with every send or poll: it is remembered, as much as those read.
-        let opens = req.websocket || req.path.trim_end_matches('/').ends_with("/negotiate");
+        // A token that opens a connection is decoded whole, each time, and not remembered. A
+        // long-polling or event-stream client's comes with every send or poll: it is
+        // remembered, as much as those read. A classic WebSocket's comes once: remembered, it
+        // would cost each idle client a part of its memory for nothing.
+        let remember = !whole && !req.websocket;
         let digest = digest(&token);
-        if !opens {
+        if remember {
             if let Some(signed) = self.cache().get(&digest) {
                 validation.validate(&signed, now).map_err(bad)?;
                 return Ok(signed);
@@ -185,13 +229,15 @@ impl Admission {
         let keys: Vec<&[u8]> = config.access_keys.iter().map(|k| k.as_bytes()).collect();
         let claims = auth::verify(&token, &keys, now, &validation).map_err(bad)?;
         let signed = SignedToken::new(claims, digest);
-        if opens {
+        if whole {
             return Ok(Arc::new(signed));
         }
-        // The same token for every request of a connection, remembered or not: what a
-        // request reads does not depend on what came before it.
+        // The same for every request of a connection, remembered or not: what a request reads
+        // does not depend on what came before it.
         let signed = Arc::new(signed.for_requests());
-        self.cache().insert(digest, token.len(), &signed);
+        if remember {
+            self.cache().insert(digest, token.len(), &signed);
+        }
         Ok(signed)
     }
 
@@ -204,7 +250,7 @@ impl Admission {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<Arc<SignedToken>, Rejection> {
-        let signed = self.signed_claims(config, now, req)?;
+        let signed = self.signed_claims(config, now, req, false)?;
         let wanted = req.path.trim_end_matches('/');
         if !signed
             .audiences
@@ -248,8 +294,8 @@ fn digest(token: &str) -> [u8; 32] {
 /// Tokens in a generation of [`Verified`], at most.
 const VERIFIED_TOKENS: usize = 4096;
 
-/// Bytes of token text in a generation of [`Verified`], at most (a token's claims, decoded
-/// from it, take about as much).
+/// Bytes of token text in a generation of [`Verified`], at most (what is kept of a token,
+/// its times, audiences and user id, takes less).
 const VERIFIED_BYTES: usize = 1024 * 1024;
 
 /// Longer tokens are verified each time, not kept.
@@ -345,14 +391,21 @@ mod tests {
         // The gate's clone shares what the relay's verified.
         let clone = admission.clone();
         assert!(clone.cache().newer.contains_key(&digest(&good)));
-        // A token seen at a negotiate or a WebSocket upgrade is not seen again: not kept.
-        for (method, path, websocket) in [
-            ("POST", "/client/negotiate", false),
-            ("GET", "/client/", true),
+        // A token seen when a connection opens (a negotiate), or on a WebSocket (a classic
+        // one's connect), is not seen again: not kept.
+        for (method, path, websocket, opening) in [
+            ("POST", "/client/negotiate", false, true),
+            ("GET", "/client/", true, true),
+            ("GET", "/aspnetclient/connect", true, false),
         ] {
             let once = token("/client/", "chat", Some(path), 60, KEY);
             let req = request(method, path, "hub=chat&id=abc", Some(&once), websocket);
-            assert!(verify(t0, &req, "chat").is_ok());
+            let verified = if opening {
+                admission.verify_opening(&config, t0, &req, "/client/", Some("chat"))
+            } else {
+                verify(t0, &req, "chat")
+            };
+            assert!(verified.is_ok());
             assert!(!admission.cache().newer.contains_key(&digest(&once)));
         }
     }
@@ -384,16 +437,25 @@ mod tests {
             assert_eq!(signed.digest(), digest(&bearer));
         }
         assert!(admission.cache().newer.contains_key(&digest(&bearer)));
-        // A negotiate with the very token, remembered: every claim.
-        let negotiate = request(
-            "POST",
-            "/client/negotiate",
-            "hub=chat",
-            Some(&bearer),
-            false,
-        );
-        let whole = verify(&negotiate);
-        assert_eq!(**whole, claims);
+        // A request that opens a connection with the very token, remembered: every claim,
+        // whatever its path (the classic endpoints take a negotiate's in any case), and
+        // whatever the gate kept of it.
+        for path in ["/client/negotiate", "/aspnetclient/NEGOTIATE", "/client/"] {
+            let mut req = request("POST", path, "hub=chat", Some(&bearer), false);
+            let opening = |req: &HttpRequest| {
+                admission
+                    .verify_opening(&config, t0, req, "/client/", Some("chat"))
+                    .unwrap()
+            };
+            let whole = opening(&req);
+            assert!(whole.is_whole());
+            assert_eq!(**whole, claims, "{path}");
+            req.verified = Some(crate::relay::VerifiedToken {
+                token: bearer.clone(),
+                signed: verify(&req),
+            });
+            assert_eq!(**opening(&req), claims, "{path}, slim from the gate");
+        }
         // Its times still count for a remembered one.
         let later = t0 + Duration::from_secs(3600);
         assert!(matches!(
@@ -406,13 +468,19 @@ mod tests {
     fn the_remembered_tokens_are_bounded() {
         let (admission, config, t0) = setup();
         let keep = token("/client/", "chat", Some("keep"), 60, KEY);
-        assert!(admission.signed_claims(&config, t0, &send(&keep)).is_ok());
+        assert!(admission
+            .signed_claims(&config, t0, &send(&keep), false)
+            .is_ok());
         for i in 0..3 * VERIFIED_TOKENS {
             let t = token("/client/", "chat", Some(&format!("user-{i}")), 60, KEY);
-            assert!(admission.signed_claims(&config, t0, &send(&t)).is_ok());
+            assert!(admission
+                .signed_claims(&config, t0, &send(&t), false)
+                .is_ok());
             if i % 1000 == 0 {
                 // A token in use now and then is still remembered at the end.
-                assert!(admission.signed_claims(&config, t0, &send(&keep)).is_ok());
+                assert!(admission
+                    .signed_claims(&config, t0, &send(&keep), false)
+                    .is_ok());
             }
         }
         let cache = admission.cache();
@@ -428,7 +496,9 @@ mod tests {
             .insert("pad".into(), "x".repeat(VERIFIED_MAX_TOKEN).into());
         let long = auth::sign(&long, KEY.as_bytes(), auth::Algorithm::Hs256);
         drop(cache);
-        assert!(admission.signed_claims(&config, t0, &send(&long)).is_ok());
+        assert!(admission
+            .signed_claims(&config, t0, &send(&long), false)
+            .is_ok());
         let cache = admission.cache();
         assert!(
             !cache.newer.contains_key(&digest(&long)) && !cache.older.contains_key(&digest(&long))

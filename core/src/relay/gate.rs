@@ -78,14 +78,23 @@ impl RequestGate {
         }
         let config = &self.config;
         let path = req.path.trim_end_matches('/');
-        let verify_client = || {
-            let hub = hub_param(req)?;
-            self.admission
-                .verify(config, now, req, "/client/", Some(&hub))
-        };
         let (limit, claims) = match path {
-            "/client/negotiate" => (NEGOTIATE_BODY_LIMIT, verify_client()?),
-            "/client" => (config.max_client_payload(), verify_client()?),
+            // A negotiate opens a connection: its token with all its claims.
+            "/client/negotiate" => (
+                NEGOTIATE_BODY_LIMIT,
+                self.admission.verify_opening(
+                    config,
+                    now,
+                    req,
+                    "/client/",
+                    Some(&hub_param(req)?),
+                )?,
+            ),
+            "/client" => (
+                config.max_client_payload(),
+                self.admission
+                    .verify(config, now, req, "/client/", Some(&hub_param(req)?))?,
+            ),
             p if p == CLASSIC_BASE || p.starts_with("/aspnetclient/") => (
                 classic_body_limit(config),
                 self.admission

@@ -378,10 +378,14 @@ impl Relay {
             self.refused_by_gate(req, &Rejection::QueryTooLong);
             return RequestOutcome::Respond(Rejection::QueryTooLong.into());
         }
-        let refused_while_draining = matches!(
-            path,
-            "/client/negotiate" | "/server" | "/aspnetserver" | "/aspnetclient/negotiate"
-        );
+        // The classic endpoints read a request's kind from its last segment in any case.
+        let classic_negotiate = classic
+            && matches!(
+                crate::classic::RequestKind::from_path(path),
+                Ok(crate::classic::RequestKind::Negotiate)
+            );
+        let refused_while_draining =
+            classic_negotiate || matches!(path, "/client/negotiate" | "/server" | "/aspnetserver");
         let outcome = match (req.method.as_str(), path) {
             (_, "/health") => Ok(RequestOutcome::Respond(HttpResponse::text(200, "ok"))),
             (_, "/ready") if self.draining => Err(Rejection::Draining),
@@ -539,9 +543,9 @@ impl Relay {
         req: &HttpRequest,
     ) -> Result<RequestOutcome, Rejection> {
         if self.cluster.is_some() && self.config.service_mode == ServiceMode::Default {
-            let (hub, _) = self
-                .admission
-                .verify_for_hub(&self.config, now, req, "/client/")?;
+            let (hub, _) =
+                self.admission
+                    .verify_opening_for_hub(&self.config, now, req, "/client/")?;
             if self.servers.available_hub(&self.directory, &hub).is_none() {
                 if let Some(waiting) = self.park_negotiate(now, req, &hub) {
                     return Ok(waiting);
@@ -553,9 +557,9 @@ impl Relay {
 
     /// `POST /client/negotiate`: a new ASP.NET Core connection, waiting for its transport.
     fn negotiate(&mut self, now: Instant, req: &HttpRequest) -> Result<HttpResponse, Rejection> {
-        let (hub, claims) = self
-            .admission
-            .verify_for_hub(&self.config, now, req, "/client/")?;
+        let (hub, claims) =
+            self.admission
+                .verify_opening_for_hub(&self.config, now, req, "/client/")?;
         self.may_open(&claims)?;
         let query = match NegotiateQuery::parse(&req.query) {
             Ok(query) => query,
@@ -647,6 +651,10 @@ impl Relay {
         req: &HttpRequest,
         dialect: Dialect,
     ) -> Client {
+        debug_assert!(
+            claims.is_whole(),
+            "a connection is opened with all its claims"
+        );
         let conn = self.handles.next();
         self.directory.add_client(hub, conn, &ids.0);
         let user = claims.user_id().map(str::to_owned);
@@ -671,9 +679,9 @@ impl Relay {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<RequestOutcome, Rejection> {
-        let (hub, claims) = self
-            .admission
-            .verify_for_hub(&self.config, now, req, "/client/")?;
+        let (hub, claims) =
+            self.admission
+                .verify_opening_for_hub(&self.config, now, req, "/client/")?;
         let request = Request {
             req,
             hub: self.directory.find(&hub),
@@ -752,7 +760,7 @@ impl Relay {
         let path = if aspnet { "/aspnetserver/" } else { "/server/" };
         let (hub, claims) = self
             .admission
-            .verify_for_hub(&self.config, now, req, path)?;
+            .verify_opening_for_hub(&self.config, now, req, path)?;
         let aspnet = aspnet.then(|| AspNetRole::of(&hub));
         let server_id = req
             .header("x-asrs-server-id")
@@ -775,14 +783,20 @@ impl Relay {
             Ok(parsed) => parsed,
             Err(outcome) => return outcome,
         };
-        let claims = match self
-            .admission
-            .verify(&self.config, now, req, CLASSIC_BASE, None)
-        {
+        // A negotiate opens a connection: its token with all its claims.
+        let negotiate = kind == crate::classic::RequestKind::Negotiate;
+        let verified = if negotiate {
+            self.admission
+                .verify_opening(&self.config, now, req, CLASSIC_BASE, None)
+        } else {
+            self.admission
+                .verify(&self.config, now, req, CLASSIC_BASE, None)
+        };
+        let claims = match verified {
             Ok(claims) => claims,
             Err(r) => return respond(r),
         };
-        if kind == crate::classic::RequestKind::Negotiate {
+        if negotiate {
             let (hub_name, mut hub) = match classic_negotiate_hub(&params) {
                 Ok(hub) => hub,
                 Err(r) => return respond(r),
@@ -798,7 +812,7 @@ impl Relay {
                 hub = format!("{}_{}", app.to_lowercase(), hub_name.to_lowercase());
             } else if let Err(r) =
                 self.admission
-                    .verify(&self.config, now, req, CLASSIC_BASE, Some(&hub))
+                    .verify_opening(&self.config, now, req, CLASSIC_BASE, Some(&hub))
             {
                 // Otherwise the token must name this hub: the app authorized the client for it
                 // alone.

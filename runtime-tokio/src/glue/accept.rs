@@ -13,8 +13,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::glue::{Listener, Runtime};
@@ -55,6 +57,68 @@ impl ConnectionCount {
 /// One admitted connection: counted until dropped.
 #[derive(Debug)]
 pub struct Admitted(Arc<ConnectionCount>);
+
+/// An admitted connection's stream, with its place under the cap: the place is given back
+/// when the stream is dropped, wherever it went. A WebSocket's socket goes on to a pump of its
+/// own after the task that accepted it ends, and still counts.
+#[derive(Debug)]
+pub(crate) struct Counted<S> {
+    io: S,
+    _admitted: Admitted,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(io: S, admitted: Admitted) -> Self {
+        Self {
+            io,
+            _admitted: admitted,
+        }
+    }
+}
+
+impl<S: futures_io::AsyncRead + Unpin> futures_io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl<S: futures_io::AsyncWrite + Unpin> futures_io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_close(cx)
+    }
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {

@@ -14,7 +14,7 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, UPGRADE};
@@ -24,7 +24,7 @@ use signalr_relay_core::relay::{
     RequestGate, RequestId, RequestOutcome,
 };
 
-use crate::glue::accept::{accept_loop, Admitted, ConnectionCount, RateLimited};
+use crate::glue::accept::{accept_loop, ConnectionCount, Counted, RateLimited};
 use crate::glue::http::{
     allow_origin, bad_upgrade, empty, preflight, respond, text, to_core_request, Body,
 };
@@ -359,13 +359,14 @@ async fn accept_on<R: Runtime, L: Listener>(
     port: Port,
 ) {
     accept_loop(&runtime, listener, count, |stream, peer, admitted| {
+        // The place under the cap goes with the socket, for as long as it is open.
+        let stream = Counted::new(stream, admitted);
         spawn_connection(
             &runtime,
             stream,
             peer,
             events.clone(),
             settings.clone(),
-            admitted,
             port,
         );
     })
@@ -1173,7 +1174,6 @@ fn spawn_connection<R: Runtime, S>(
     peer: SocketAddr,
     events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
-    admitted: Admitted,
     port: Port,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
@@ -1181,12 +1181,16 @@ fn spawn_connection<R: Runtime, S>(
     match settings.options.tls.clone() {
         Some(tls_config) if port == Port::Public => {
             let tls = serve_tls(runtime.clone(), tls_config, stream, peer, events, settings);
-            runtime.spawn(Box::pin(tls).map(move |()| drop(admitted)));
+            runtime.spawn(Box::pin(tls));
         }
-        _ => runtime.spawn(
-            serve_http(runtime.clone(), stream, peer, events, settings, port)
-                .map(move |()| drop(admitted)),
-        ),
+        _ => runtime.spawn(serve_http(
+            runtime.clone(),
+            stream,
+            peer,
+            events,
+            settings,
+            port,
+        )),
     }
 }
 

@@ -644,5 +644,10 @@ fn a_relay_shutting_down_tells_everyone_to_reconnect_and_takes_no_one_new() {
     assert_eq!(respond(sim.handle(&ready)).status, 503);
     assert_eq!(sim.negotiate("chat", None).unwrap_err().status, 503);
     assert!(sim.try_accept_server("chat", "app-2").is_none());
+    // A classic negotiate neither, its kind in any case (the classic endpoints read it so).
+    for kind in ["negotiate", "NEGOTIATE", "Negotiate"] {
+        let negotiate = classic(kind, "", None, "", false);
+        assert_eq!(respond(sim.handle(&negotiate)).status, 503, "{kind}");
+    }
     sim.relay_mut().0.shut_down(now);
 }
