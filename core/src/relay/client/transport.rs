@@ -51,13 +51,16 @@ impl LongPoll {
     }
 
     fn take_all(&mut self) -> Bytes {
-        self.queued = 0;
-        match self.queue.len() {
+        let queued = std::mem::take(&mut self.queued);
+        // The queue's room goes with what it held: a client that waits for its next message
+        // holds none.
+        let queue = std::mem::take(&mut self.queue);
+        match queue.len() {
             0 => Bytes::new(),
-            1 => self.queue.pop_front().unwrap_or_default(),
+            1 => queue.into_iter().next().unwrap_or_default(),
             _ => {
-                let mut out = BytesMut::new();
-                for chunk in self.queue.drain(..) {
+                let mut out = BytesMut::with_capacity(queued);
+                for chunk in queue {
                     out.extend_from_slice(&chunk);
                 }
                 out.freeze()
