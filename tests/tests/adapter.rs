@@ -40,9 +40,14 @@ fn config() -> RelayConfig {
 }
 
 fn token(path: &str, user: Option<&str>) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // One moment for every token of the run: a connection is bound to the very token it
+    // negotiated with, and two calls a second apart would sign two different ones.
+    static NOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let now = *NOW.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
     let mut claims = Claims::issued_at(now, 3600);
     claims.aud.push(format!("http://127.0.0.1{path}?hub=chat"));
     claims.nameid = user.map(str::to_owned);

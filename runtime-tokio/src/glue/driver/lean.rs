@@ -83,8 +83,20 @@ where
             if !head.0.lean() {
                 return Ended::Hyper;
             }
+            // The request's answer, then its reply, each in a box of its own: a held request
+            // or an event stream holds only its reply's state, not the answer's.
             let exchange = exchange(runtime, io, buf, head, peer, events, settings, abort);
-            match Box::pin(exchange).await {
+            let (replying, close) = Box::pin(exchange).await;
+            let after = match replying.await {
+                Ok(Some((conn, side))) => After::WebSocket(conn, side),
+                Ok(None) if close => After::Close,
+                Ok(None) => After::KeepAlive,
+                Err(e) => {
+                    tracing::debug!("HTTP connection ended: {e}");
+                    After::Done
+                }
+            };
+            match after {
                 After::KeepAlive => {}
                 After::Close => {
                     let _ = io.close().await;
@@ -113,8 +125,8 @@ enum After {
     WebSocket(ConnHandle, Side),
 }
 
-/// One request and its response, from its parsed head on. Not an `async fn` (see `serve`):
-/// a held request's exchange lasts.
+/// One request, from its parsed head to its answer: the reply to await, and whether the
+/// connection closes after it. Not an `async fn` (see `serve`).
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 fn exchange<'a, R: Runtime, S>(
     runtime: &'a R,
@@ -125,7 +137,7 @@ fn exchange<'a, R: Runtime, S>(
     events: &'a mpsc::Sender<DriverInput>,
     settings: &'a Settings,
     abort: &'a Arc<AbortSignal>,
-) -> impl Future<Output = After> + Send + 'a
+) -> impl Future<Output = (Replying<'a>, bool)> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -155,22 +167,19 @@ where
         ))
         .await;
         let close = answer.close || asked_to_close;
-        let cors = answer.cors.as_deref();
-        match reply(io, buf, answer.kind, cors, close, events).await {
-            Ok(Some((conn, side))) => After::WebSocket(conn, side),
-            Ok(None) if close => After::Close,
-            Ok(None) => After::KeepAlive,
-            Err(e) => {
-                tracing::debug!("HTTP connection ended: {e}");
-                After::Done
-            }
-        }
+        (
+            reply(io, buf, answer.kind, answer.cors, close, events),
+            close,
+        )
     }
 }
 
 /// What an answer's reply comes to: `Some` when the connection switched to a WebSocket (its
 /// `101` is written); `Err` when it is done.
 type Replied = io::Result<Option<(ConnHandle, Side)>>;
+
+/// A reply under way.
+type Replying<'a> = Pin<Box<dyn Future<Output = Replied> + Send + 'a>>;
 
 /// Writes an answer's response, or streams it (an event stream), or waits for it (a held
 /// request), or switches to a WebSocket (`Some`: its `101` is written); `Err`: the connection
@@ -182,18 +191,18 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
     io: &'a mut S,
     buf: &'a mut Vec<u8>,
     kind: Answered,
-    cors: Option<&'a str>,
+    cors: Option<String>,
     close: bool,
     events: &'a mpsc::Sender<DriverInput>,
-) -> Pin<Box<dyn Future<Output = Replied> + Send + 'a>> {
+) -> Replying<'a> {
     match kind {
         Answered::Respond(response) => Box::pin(async move {
-            write_response(io, &response, cors, close)
+            write_response(io, &response, cors.as_deref(), close)
                 .await
                 .map(|()| None)
         }),
         Answered::EventStream(inbox, notice) => Box::pin(async move {
-            let streamed = stream_events(io, buf, inbox, cors).await;
+            let streamed = stream_events(io, buf, inbox, cors.as_deref()).await;
             drop(notice);
             streamed.map(|()| None)
         }),
@@ -208,7 +217,8 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
             };
             notice.disarm();
             // Boxed: the wait above does not carry room for the write.
-            Box::pin(write_response(io, &held_response(answered), cors, close))
+            let response = held_response(answered);
+            Box::pin(write_response(io, &response, cors.as_deref(), close))
                 .await
                 .map(|()| None)
         }),
@@ -218,7 +228,7 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
             http1::field(&mut head, "connection", "upgrade");
             http1::field(&mut head, "upgrade", "websocket");
             http1::field(&mut head, "sec-websocket-accept", &accept);
-            cors_fields(&mut head, cors);
+            cors_fields(&mut head, cors.as_deref());
             http1::end_head(&mut head, BodyLength::None, false);
             if let Err(e) = write_all(io, &mut [IoSlice::new(&head)]).await {
                 // Never attached: the handle hears that it is gone.
