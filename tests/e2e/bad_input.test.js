@@ -44,10 +44,13 @@ test('a hub with no app server gets a clear error at once', async () => {
 });
 
 async function openClientSocket(hub = 'chat') {
-  const r = await stack.relayNegotiate(hub, stack.clientToken(hub));
+  // One token for both requests: a connection belongs to the token it negotiated with, and
+  // two signed a second apart differ.
+  const token = stack.clientToken(hub);
+  const r = await stack.relayNegotiate(hub, token);
   const { connectionToken } = await r.json();
   const ws = new WebSocket(`ws://${stack.relayAddr}/client/?hub=${hub}&id=${connectionToken}`, {
-    headers: { Authorization: `Bearer ${stack.clientToken(hub)}` },
+    headers: { Authorization: `Bearer ${token}` },
   });
   const messages = [];
   ws.on('message', (d) => messages.push(d.toString()));
