@@ -60,6 +60,22 @@ impl SignedToken {
         }
     }
 
+    /// Whether one of the token's audiences names `path` of `hub` (see
+    /// [`Admission::verify`]); the refusal if none does.
+    pub(crate) fn check_audience(
+        &self,
+        path: &'static str,
+        hub: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if self.audiences.iter().any(|aud| aud.names(path, hub)) {
+            return Ok(());
+        }
+        Err(Rejection::WrongAudience {
+            path,
+            hub: hub.map(str::to_owned),
+        })
+    }
+
     /// Whether the claims are all the token's (verified for a request that opens a
     /// connection), not only what a connection's own requests read.
     pub(crate) fn is_whole(&self) -> bool {
@@ -168,13 +184,8 @@ impl Admission {
         (path, hub): (&'static str, Option<&str>),
         whole: bool,
     ) -> Result<Arc<SignedToken>, Rejection> {
-        let signed = self.signed_claims(config, now, req, whole)?;
-        if !signed.audiences.iter().any(|aud| aud.names(path, hub)) {
-            return Err(Rejection::WrongAudience {
-                path,
-                hub: hub.map(str::to_owned),
-            });
-        }
+        let signed = self.signed_token(config, now, req, whole)?;
+        signed.check_audience(path, hub)?;
         Ok(signed)
     }
 }
@@ -196,7 +207,7 @@ impl Admission {
 
     /// A request's bearer token, signed with an access key and in date: `whole`, with all
     /// its claims (see [`SignedToken`]).
-    fn signed_claims(
+    fn signed_token(
         &self,
         config: &RelayConfig,
         now: Instant,
@@ -250,7 +261,7 @@ impl Admission {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<Arc<SignedToken>, Rejection> {
-        let signed = self.signed_claims(config, now, req, false)?;
+        let signed = self.signed_token(config, now, req, false)?;
         let wanted = req.path.trim_end_matches('/');
         if !signed
             .audiences
@@ -469,17 +480,17 @@ mod tests {
         let (admission, config, t0) = setup();
         let keep = token("/client/", "chat", Some("keep"), 60, KEY);
         assert!(admission
-            .signed_claims(&config, t0, &send(&keep), false)
+            .signed_token(&config, t0, &send(&keep), false)
             .is_ok());
         for i in 0..3 * VERIFIED_TOKENS {
             let t = token("/client/", "chat", Some(&format!("user-{i}")), 60, KEY);
             assert!(admission
-                .signed_claims(&config, t0, &send(&t), false)
+                .signed_token(&config, t0, &send(&t), false)
                 .is_ok());
             if i % 1000 == 0 {
                 // A token in use now and then is still remembered at the end.
                 assert!(admission
-                    .signed_claims(&config, t0, &send(&keep), false)
+                    .signed_token(&config, t0, &send(&keep), false)
                     .is_ok());
             }
         }
@@ -497,7 +508,7 @@ mod tests {
         let long = auth::sign(&long, KEY.as_bytes(), auth::Algorithm::Hs256);
         drop(cache);
         assert!(admission
-            .signed_claims(&config, t0, &send(&long), false)
+            .signed_token(&config, t0, &send(&long), false)
             .is_ok());
         let cache = admission.cache();
         assert!(

@@ -810,12 +810,9 @@ impl Relay {
                 // above. The hub is the application's, as the SDK's connections name it
                 // (ServiceEndpointProvider.cs: `<app>_<hub>`, lower case).
                 hub = format!("{}_{}", app.to_lowercase(), hub_name.to_lowercase());
-            } else if let Err(r) =
-                self.admission
-                    .verify_opening(&self.config, now, req, CLASSIC_BASE, Some(&hub))
-            {
-                // Otherwise the token must name this hub: the app authorized the client for it
-                // alone.
+            } else if let Err(r) = claims.check_audience(CLASSIC_BASE, Some(&hub)) {
+                // Otherwise the token (verified above) must name this hub: the app authorized
+                // the client for it alone.
                 return respond(r);
             }
             if let Err(r) = self.may_open(&claims) {

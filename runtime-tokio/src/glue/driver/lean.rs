@@ -87,23 +87,17 @@ where
             // or an event stream holds only its reply's state, not the answer's.
             let exchange = exchange(runtime, io, buf, head, peer, events, settings, abort);
             let (replying, close) = Box::pin(exchange).await;
-            let after = match replying.await {
-                Ok(Some((conn, side))) => After::WebSocket(conn, side),
-                Ok(None) if close => After::Close,
-                Ok(None) => After::KeepAlive,
-                Err(e) => {
-                    tracing::debug!("HTTP connection ended: {e}");
-                    After::Done
-                }
-            };
-            match after {
-                After::KeepAlive => {}
-                After::Close => {
+            match replying.await {
+                Ok(Some((conn, side))) => return Ended::WebSocket(conn, side),
+                Ok(None) if close => {
                     let _ = io.close().await;
                     return Ended::Done;
                 }
-                After::Done => return Ended::Done,
-                After::WebSocket(conn, side) => return Ended::WebSocket(conn, side),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("HTTP connection ended: {e}");
+                    return Ended::Done;
+                }
             }
             if buf.is_empty() {
                 // Idle: let the memory go.
@@ -111,18 +105,6 @@ where
             }
         }
     }
-}
-
-/// What follows an exchange on its connection.
-enum After {
-    /// The next request.
-    KeepAlive,
-    /// Closing it.
-    Close,
-    /// Nothing: it is gone.
-    Done,
-    /// The WebSocket it was switched to (the `101` is written).
-    WebSocket(ConnHandle, Side),
 }
 
 /// One request, from its parsed head to its answer: the reply to await, and whether the
