@@ -164,12 +164,15 @@ fn trim_slashes(path: &str) -> &str {
 /// compares, without parsing its URL again. It names an endpoint exactly as
 /// [`Audience::matches`] would have an audience built from the same URL's scheme and host
 /// match it.
+///
+/// Kept as long as its token is remembered (a long-polling client's, for its life): exact
+/// boxes, without spare capacity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AudienceParts {
     /// The path, trailing `/` trimmed.
-    path: String,
+    path: Box<str>,
     /// Every `hub` value, percent-decoded and lowercased.
-    hubs: Vec<String>,
+    hubs: Box<[Box<str>]>,
 }
 
 impl AudienceParts {
@@ -177,9 +180,9 @@ impl AudienceParts {
     pub(crate) fn parse(aud: &str) -> Option<Self> {
         let url = HttpUrl::parse(aud).ok()?;
         Some(Self {
-            path: trim_slashes(url.path()).to_owned(),
+            path: trim_slashes(url.path()).into(),
             hubs: hub_values(url.query().unwrap_or_default())
-                .map(|hub| hub.to_lowercase())
+                .map(|hub| hub.to_lowercase().into_boxed_str())
                 .collect(),
         })
     }
@@ -187,7 +190,7 @@ impl AudienceParts {
     /// Whether this audience names `path` (trailing `/` ignored) and, if given, `hub`: then
     /// it has at least one hub and each equals `hub`, case-insensitively.
     pub(crate) fn names(&self, path: &str, hub: Option<&str>) -> bool {
-        if self.path != trim_slashes(path) {
+        if *self.path != *trim_slashes(path) {
             return false;
         }
         let Some(hub) = hub else {
@@ -202,7 +205,7 @@ impl AudienceParts {
         }
         // As `Audience::new` and `hub_matches` lowercase the expected hub: twice.
         let expected = hub.to_lowercase().to_lowercase();
-        self.hubs.iter().all(|h| *h == expected)
+        self.hubs.iter().all(|h| **h == *expected)
     }
 
     /// The path, trailing `/` trimmed.

@@ -149,24 +149,35 @@ impl Validation {
     /// expired once `now >= exp + leeway`), `nbf` (not valid while `now + leeway < nbf`), then
     /// the audience. `iat` is not checked.
     pub fn validate(&self, claims: &Claims, now_unix_secs: u64) -> Result<(), JwtError> {
-        match claims.exp {
-            None if self.require_exp => return Err(JwtError::MissingExpiry),
-            Some(exp) if now_unix_secs >= exp.saturating_add(self.leeway_secs) => {
-                return Err(JwtError::Expired)
-            }
-            _ => {}
-        }
-        if let Some(nbf) = claims.nbf {
-            if now_unix_secs.saturating_add(self.leeway_secs) < nbf {
-                return Err(JwtError::NotYetValid);
-            }
-        }
+        self.check_times(claims.exp, claims.nbf, now_unix_secs)?;
         if let Some(check) = &self.audience {
             if claims.aud.is_empty() {
                 return Err(JwtError::MissingAudience);
             }
             if !claims.aud.iter().any(|aud| check.matches(aud)) {
                 return Err(JwtError::WrongAudience);
+            }
+        }
+        Ok(())
+    }
+
+    /// The time checks of [`validate`](Self::validate) alone, of a token's `exp` and `nbf`.
+    pub fn check_times(
+        &self,
+        exp: Option<u64>,
+        nbf: Option<u64>,
+        now_unix_secs: u64,
+    ) -> Result<(), JwtError> {
+        match exp {
+            None if self.require_exp => return Err(JwtError::MissingExpiry),
+            Some(exp) if now_unix_secs >= exp.saturating_add(self.leeway_secs) => {
+                return Err(JwtError::Expired)
+            }
+            _ => {}
+        }
+        if let Some(nbf) = nbf {
+            if now_unix_secs.saturating_add(self.leeway_secs) < nbf {
+                return Err(JwtError::NotYetValid);
             }
         }
         Ok(())

@@ -22,11 +22,16 @@ use crate::auth::{self, AudienceParts, Claims, Validation};
 /// long-polling client cost.
 #[derive(Debug)]
 pub(crate) struct SignedToken {
-    claims: Claims,
-    audiences: Vec<AudienceParts>,
+    /// All the token's claims; none when only what a connection's requests read is kept.
+    /// Boxed: a remembered token does without them.
+    whole: Option<Box<Claims>>,
+    /// Its times (`exp`, `nbf`), checked at each use.
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    /// Its user id.
+    user: Option<Box<str>>,
+    audiences: Box<[AudienceParts]>,
     digest: [u8; 32],
-    /// Whether `claims` are all the token's.
-    whole: bool,
 }
 
 impl SignedToken {
@@ -37,27 +42,47 @@ impl SignedToken {
             .filter_map(|aud| AudienceParts::parse(aud))
             .collect();
         Self {
-            claims,
+            exp: claims.exp,
+            nbf: claims.nbf,
+            user: claims.user_id().map(Box::from),
+            whole: Some(Box::new(claims)),
             audiences,
             digest,
-            whole: true,
         }
     }
 
     /// What a connection's own requests read of the token: its times, its audiences and its
-    /// user id (as the name identifier: [`Claims::user_id`] finds it there).
+    /// user id.
     fn for_requests(self) -> Self {
-        let claims = Claims {
-            exp: self.claims.exp,
-            nbf: self.claims.nbf,
-            nameid: self.claims.user_id().map(str::to_owned),
-            ..Claims::default()
-        };
         Self {
-            claims,
-            whole: false,
+            whole: None,
             ..self
         }
+    }
+
+    /// All the token's claims. Read only of a token verified to open a connection, which
+    /// keeps them (see [`SignedToken`]); one kept for a connection's requests has none here.
+    pub(crate) fn claims(&self) -> &Claims {
+        static NONE: std::sync::OnceLock<Claims> = std::sync::OnceLock::new();
+        debug_assert!(
+            self.whole.is_some(),
+            "only a token that opens has its claims"
+        );
+        self.whole
+            .as_deref()
+            .unwrap_or_else(|| NONE.get_or_init(Claims::default))
+    }
+
+    /// Whether the token is in date at `now` (Unix seconds).
+    fn check_times(&self, validation: &Validation, now: u64) -> Result<(), Rejection> {
+        validation
+            .check_times(self.exp, self.nbf, now)
+            .map_err(|e| Rejection::BadToken(e.to_string()))
+    }
+
+    /// The user id the token names ([`Claims::user_id`]).
+    pub(crate) fn user_id(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// Whether one of the token's audiences names `path` of `hub` (see
@@ -79,21 +104,13 @@ impl SignedToken {
     /// Whether the claims are all the token's (verified for a request that opens a
     /// connection), not only what a connection's own requests read.
     pub(crate) fn is_whole(&self) -> bool {
-        self.whole
+        self.whole.is_some()
     }
 
     /// The SHA-256 of the token's text: what a connection is bound to, so that only the
     /// token it was opened with can use it (a connection id is no secret, nor is a user id).
     pub(crate) fn digest(&self) -> [u8; 32] {
         self.digest
-    }
-}
-
-impl std::ops::Deref for SignedToken {
-    type Target = Claims;
-
-    fn deref(&self) -> &Claims {
-        &self.claims
     }
 }
 
@@ -221,8 +238,8 @@ impl Admission {
         // Verified by the gate, before the body was read: its times are checked again. What
         // the gate kept of it must be what is asked for: all its claims, or only some.
         let verified = req.verified.as_ref();
-        if let Some(v) = verified.filter(|v| v.signed.whole == whole && *v.token == *token) {
-            validation.validate(&v.signed, now).map_err(bad)?;
+        if let Some(v) = verified.filter(|v| v.signed.is_whole() == whole && *v.token == *token) {
+            v.signed.check_times(&validation, now)?;
             return Ok(Arc::clone(&v.signed));
         }
         // A token that opens a connection is decoded whole, each time, and not remembered. A
@@ -233,7 +250,7 @@ impl Admission {
         let digest = digest(&token);
         if remember {
             if let Some(signed) = self.cache().get(&digest) {
-                validation.validate(&signed, now).map_err(bad)?;
+                signed.check_times(&validation, now)?;
                 return Ok(signed);
             }
         }
@@ -421,6 +438,14 @@ mod tests {
         }
     }
 
+    /// A remembered token lives as long as its long-polling or event-stream client: its
+    /// claims boxed (and absent), its times, user id, audiences and digest inline.
+    #[test]
+    fn a_remembered_token_is_small() {
+        assert!(std::mem::size_of::<SignedToken>() <= 104);
+        assert!(std::mem::size_of::<AudienceParts>() <= 32);
+    }
+
     #[test]
     fn a_token_that_comes_back_keeps_what_its_requests_read_and_one_that_opens_is_whole() {
         let (admission, config, t0) = setup();
@@ -444,7 +469,7 @@ mod tests {
             let signed = verify(&send(&bearer));
             assert_eq!(signed.user_id(), Some("alice"));
             assert_eq!((signed.exp, signed.nbf), (claims.exp, claims.nbf));
-            assert!(signed.extra.is_empty() && signed.aud.is_empty());
+            assert!(!signed.is_whole());
             assert_eq!(signed.digest(), digest(&bearer));
         }
         assert!(admission.cache().newer.contains_key(&digest(&bearer)));
@@ -460,12 +485,16 @@ mod tests {
             };
             let whole = opening(&req);
             assert!(whole.is_whole());
-            assert_eq!(**whole, claims, "{path}");
+            assert_eq!(*whole.claims(), claims, "{path}");
             req.verified = Some(crate::relay::VerifiedToken {
                 token: bearer.clone(),
                 signed: verify(&req),
             });
-            assert_eq!(**opening(&req), claims, "{path}, slim from the gate");
+            assert_eq!(
+                *opening(&req).claims(),
+                claims,
+                "{path}, slim from the gate"
+            );
         }
         // Its times still count for a remembered one.
         let later = t0 + Duration::from_secs(3600);

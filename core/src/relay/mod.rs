@@ -569,7 +569,7 @@ impl Relay {
             let error = texts::no_app_server_yet(&hub);
             return Ok(self.negotiate_error(req, "no_app_server", error));
         };
-        let policy = Policy::from_claims(&claims);
+        let policy = Policy::from_claims(claims.claims());
         let policy = policy.as_deref().unwrap_or(&Policy::NONE);
         if let Some(sticky) = policy.sticky.as_ref().filter(|s| s.required) {
             if self
@@ -658,9 +658,17 @@ impl Relay {
         let conn = self.handles.next();
         self.directory.add_client(hub, conn, &ids.0);
         let user = claims.user_id().map(str::to_owned);
-        let mut client = Client::new(now, conn, hub, ids, user, Intro::new(claims, req), dialect);
+        let mut client = Client::new(
+            now,
+            conn,
+            hub,
+            ids,
+            user,
+            Intro::new(claims.claims(), req),
+            dialect,
+        );
         client.bearer = Some(claims.digest());
-        client.policy = Policy::from_claims(claims);
+        client.policy = Policy::from_claims(claims.claims());
         let mut timers = self.timers.of(conn, &mut client.timers, now);
         timers.set(TimerKind::Negotiate, now + self.config.negotiate_timeout);
         if let Some(expires) = client.policy.as_ref().and_then(|p| p.auth_expires) {
@@ -699,7 +707,9 @@ impl Relay {
         }
         // skipNegotiation: the connection is created at upgrade time.
         self.may_open(&claims)?;
-        if Policy::from_claims(&claims).is_some_and(|p| !p.allows(TransportKind::WebSockets)) {
+        if Policy::from_claims(claims.claims())
+            .is_some_and(|p| !p.allows(TransportKind::WebSockets))
+        {
             return Err(Rejection::TransportNotAllowed(TransportKind::WebSockets));
         }
         let hub_id = self
@@ -765,7 +775,7 @@ impl Relay {
         let server_id = req
             .header("x-asrs-server-id")
             .map(str::to_owned)
-            .or_else(|| claims.nameid.clone())
+            .or_else(|| claims.claims().nameid.clone())
             .unwrap_or_else(|| "anonymous-server".to_owned());
         let conn = self.handles.next();
         let hub = self.directory.intern(&hub);
@@ -802,6 +812,7 @@ impl Relay {
                 Err(r) => return respond(r),
             };
             let app = claims
+                .claims()
                 .get_str(crate::auth::claim_names::APP_NAME)
                 .filter(|a| !a.is_empty());
             if let Some(app) = app {

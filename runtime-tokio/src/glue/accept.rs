@@ -43,7 +43,7 @@ impl ConnectionCount {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

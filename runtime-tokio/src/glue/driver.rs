@@ -169,7 +169,11 @@ impl GateRefusals {
 
 /// What the HTTP side hears back about a request: the outcome, and for a held request the
 /// channel its response will come on.
-type Reply = (RequestOutcome, Option<oneshot::Receiver<HttpResponse>>);
+type Reply = (RequestOutcome, Option<oneshot::Receiver<HeldAnswer>>);
+
+/// A held request's answer. Boxed: the channel it comes on is made for each held request and
+/// lives as long as the request, which may be held for long (a long poll).
+type HeldAnswer = Box<HttpResponse>;
 
 /// Which attachment of a connection an event is about: a stateful reconnect attaches a new
 /// socket to the same handle, and the old socket's late events must not touch it. `0` is
@@ -440,7 +444,7 @@ struct Driver<R> {
     /// Output for those, held until they attach (bounded like a queue).
     early: BTreeMap<ConnHandle, (usize, Vec<Command>)>,
     /// Held requests (long polls).
-    held: BTreeMap<RequestId, oneshot::Sender<HttpResponse>>,
+    held: BTreeMap<RequestId, oneshot::Sender<HeldAnswer>>,
     /// Clients left unread until the server connection they fed drains, by that connection.
     paused: BTreeMap<ConnHandle, Vec<ConnHandle>>,
     /// The connection whose input is being handled: the source of what is queued now.
@@ -985,7 +989,7 @@ impl<R: Runtime> Driver<R> {
                     Output::Close { conn, code, reason } => (conn, Command::Close { code, reason }),
                     Output::Respond { request, response } => {
                         if let Some(tx) = self.held.remove(&request) {
-                            let _ = tx.send(response);
+                            let _ = tx.send(Box::new(response));
                         }
                         continue;
                     }
@@ -1242,7 +1246,7 @@ async fn serve_tls<R: Runtime, S>(
 #[allow(clippy::manual_async_fn)]
 fn serve_http<R: Runtime, S>(
     runtime: R,
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
@@ -1251,28 +1255,37 @@ fn serve_http<R: Runtime, S>(
 where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut conn = lean::Conn {
+        runtime,
+        io: stream,
+        buf: Vec::new(),
+        peer,
+        events,
+        settings,
+    };
+    // Dropping the connection is how a stalled event stream is closed for real.
+    let abort = Arc::new(AbortSignal::default());
     async move {
-        // Dropping the connection is how a stalled event stream is closed for real.
-        let abort = Arc::new(AbortSignal::default());
-        let mut early = Vec::new();
         if port == Port::Public {
             let ended = {
-                let lean = lean::serve(
-                    &runtime,
-                    &mut stream,
-                    &mut early,
-                    peer,
-                    &events,
-                    &settings,
-                    &abort,
-                );
+                let lean = lean::serve(&mut conn, &abort);
                 abort.guard(std::pin::pin!(lean)).await
             };
             match ended {
                 Some(lean::Ended::Hyper) => {}
                 Some(lean::Ended::Done) => return,
-                Some(lean::Ended::WebSocket(conn, side)) => {
-                    let websocket = run_websocket(&runtime, stream, &early, conn, events, side);
+                Some(lean::Ended::Close) => {
+                    let _ = futures_util::AsyncWriteExt::close(&mut conn.io).await;
+                    return;
+                }
+                Some(lean::Ended::Refuse(status, text)) => {
+                    Box::pin(lean::refuse(&mut conn.io, status, text)).await;
+                    return;
+                }
+                Some(lean::Ended::WebSocket(handle, side)) => {
+                    let (io, events) = (conn.io, conn.events);
+                    let websocket =
+                        run_websocket(&conn.runtime, io, &conn.buf, handle, events, side);
                     Box::pin(websocket).await;
                     return;
                 }
@@ -1283,10 +1296,16 @@ where
             }
         }
         // Boxed: a connection the lean path serves does not carry room for hyper's state.
-        Box::pin(serve_hyper(
-            runtime, stream, early, peer, events, settings, port, abort,
-        ))
-        .await;
+        let lean::Conn {
+            runtime,
+            io,
+            buf,
+            peer,
+            events,
+            settings,
+        } = conn;
+        let hyper = serve_hyper(runtime, io, buf, peer, events, settings, port, abort);
+        Box::pin(hyper).await;
     }
 }
 
@@ -1351,23 +1370,40 @@ const MAX_REQUEST_HEAD: usize = 40 * 1024;
 
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.
+///
+/// Held as long as the request or the stream, so it keeps only what the event is made of.
 struct DropNotice {
-    event: Option<DriverInput>,
+    gone: Gone,
     events: mpsc::Sender<DriverInput>,
+}
+
+/// What a [`DropNotice`] tells.
+enum Gone {
+    /// An event stream's connection, of its generation, ended.
+    Stream(ConnHandle, Generation),
+    /// A held request was dropped.
+    Held(RequestId),
+    /// Nothing (disarmed).
+    Told,
 }
 
 impl DropNotice {
     /// The relay ended it: nothing to tell.
     fn disarm(&mut self) {
-        self.event = None;
+        self.gone = Gone::Told;
     }
 }
 
 impl Drop for DropNotice {
     fn drop(&mut self) {
-        if let Some(event) = self.event.take() {
-            let _ = self.events.try_send(event);
-        }
+        let event = match std::mem::replace(&mut self.gone, Gone::Told) {
+            Gone::Stream(conn, generation) => {
+                DriverInput::Incoming(conn, generation, Incoming::Closed)
+            }
+            Gone::Held(request) => DriverInput::Aborted(request),
+            Gone::Told => return,
+        };
+        let _ = self.events.try_send(event);
     }
 }
 
@@ -1447,7 +1483,7 @@ enum Answered {
     /// A `200` event stream, whose body is what comes on the queue.
     EventStream(queue::Inbox, DropNotice),
     /// A held request, answered on the channel (none: when the relay shuts down).
-    Held(Option<oneshot::Receiver<HttpResponse>>, DropNotice),
+    Held(Option<oneshot::Receiver<HeldAnswer>>, DropNotice),
 }
 
 impl Answer {
@@ -1614,14 +1650,14 @@ where
                 .send(DriverInput::Attach(conn, generation, outbox))
                 .await;
             let notice = DropNotice {
-                event: Some(DriverInput::Incoming(conn, generation, Incoming::Closed)),
+                gone: Gone::Stream(conn, generation),
                 events,
             };
             Answered::EventStream(inbox, notice)
         }
         RequestOutcome::Pending(request) => {
             let notice = DropNotice {
-                event: Some(DriverInput::Aborted(request)),
+                gone: Gone::Held(request),
                 events,
             };
             Answered::Held(held, notice)
@@ -1714,7 +1750,7 @@ where
             let answer = match held {
                 Some(rx) => {
                     let _watch = Watch::start(&abort);
-                    rx.await.ok()
+                    rx.await.ok().map(|answer| *answer)
                 }
                 None => None,
             };
@@ -1806,4 +1842,37 @@ async fn run_websocket<R: Runtime, S>(
         events,
         move |incoming| DriverInput::Incoming(conn, generation, incoming),
     ));
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use super::*;
+    use crate::glue::accept::ConnectionCount;
+    use crate::{TokioRuntime, TokioStream};
+
+    /// Every HTTP connection is a task whose state is `serve_http`'s future: an idle
+    /// kept-alive one, one holding a long poll or an event stream, and a WebSocket (its pump
+    /// is boxed). tokio adds 104 bytes around it and rounds the task up to 128: at 280 bytes or
+    /// less it takes 384 bytes, at 281 it would take 512, on every connection.
+    #[tokio::test]
+    async fn a_connection_task_fits_in_384_bytes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap();
+        let socket = tokio::net::TcpStream::connect(peer).await.unwrap();
+        let admitted = ConnectionCount::new(1).admit().unwrap();
+        let stream = Counted::new(TokioStream(socket), admitted);
+        let relay = Relay::new(RelayConfig::default(), Instant::now(), 0, [7; 32]);
+        let settings = Arc::new(Settings {
+            client_frame: 1024,
+            server_frame: 1024,
+            gate: relay.gate(),
+            gate_refusals: Arc::default(),
+            metrics_elsewhere: false,
+            options: ServeOptions::default(),
+        });
+        let (events, _driver) = mpsc::channel(1);
+        let task = serve_http(TokioRuntime, stream, peer, events, settings, Port::Public);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 280, "a connection's future is {size} bytes");
+    }
 }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::future::{select, Either};
-use futures_util::{AsyncWriteExt, FutureExt};
+use futures_util::FutureExt;
 use signalr_relay_core::http1::{self, BodyLength, Parsed, RequestHead};
 use signalr_relay_core::relay::HttpResponse;
 
@@ -43,26 +43,38 @@ use crate::glue::Runtime;
 pub(super) enum Ended {
     /// It is done (closed, or the peer went).
     Done,
+    /// It is done, once closed.
+    Close,
+    /// It is done, once refused with this status and text (a request head that is not one).
+    Refuse(u16, &'static str),
     /// At a request it does not take: hyper serves the rest, with what was read so far.
     Hyper,
     /// Switched to a WebSocket (the `101` is written), with what was read past its head.
     WebSocket(ConnHandle, Side),
 }
 
-/// Serves `io`'s requests while the lean path takes them; what was read and not yet used
-/// stays in `buf`.
+/// A connection, as its requests need it. In one place, so that the futures that serve it
+/// (an idle connection's task is one, waiting for a head) hold one reference to it, not one
+/// to each part.
+pub(super) struct Conn<R, S> {
+    pub(super) runtime: R,
+    pub(super) io: S,
+    /// Read and not yet used.
+    pub(super) buf: Vec<u8>,
+    pub(super) peer: SocketAddr,
+    pub(super) events: mpsc::Sender<DriverInput>,
+    pub(super) settings: Arc<Settings>,
+}
+
+/// Serves `conn`'s requests while the lean path takes them; what was read and not yet used
+/// stays in its `buf`.
 ///
 /// Not an `async fn`, which would keep each argument twice in its state: an idle kept-alive
 /// connection's task is this state (the wait for a head), and a held request's is little
 /// more (each exchange is boxed).
 #[allow(clippy::manual_async_fn)] // An `async fn` would hold its arguments twice.
 pub(super) fn serve<'a, R: Runtime, S>(
-    runtime: &'a R,
-    io: &'a mut S,
-    buf: &'a mut Vec<u8>,
-    peer: SocketAddr,
-    events: &'a mpsc::Sender<DriverInput>,
-    settings: &'a Arc<Settings>,
+    conn: &'a mut Conn<R, S>,
     abort: &'a Arc<AbortSignal>,
 ) -> impl Future<Output = Ended> + Send + 'a
 where
@@ -70,38 +82,31 @@ where
 {
     async move {
         loop {
-            let head = match read_head(runtime, io, buf, settings).await {
+            // What ends the connection is done by the caller, once this state is gone: an
+            // idle connection's state (this wait) has no room for it.
+            let head = match read_head(conn).await {
                 Ok(head) => head,
                 Err(None) => return Ended::Done,
-                Err(Some((status, text))) => {
-                    tracing::debug!(status, "HTTP request refused: {text}");
-                    let refusal = HttpResponse::text(status, text);
-                    let _ = Box::pin(write_response(io, &refusal, None, true)).await;
-                    return Ended::Done;
-                }
+                Err(Some((status, text))) => return Ended::Refuse(status, text),
             };
             if !head.0.lean() {
                 return Ended::Hyper;
             }
             // The request's answer, then its reply, each in a box of its own: a held request
             // or an event stream holds only its reply's state, not the answer's.
-            let exchange = exchange(runtime, io, buf, head, peer, events, settings, abort);
-            let (replying, close) = Box::pin(exchange).await;
+            let (replying, close) = Box::pin(exchange(conn, head, abort)).await;
             match replying.await {
                 Ok(Some((conn, side))) => return Ended::WebSocket(conn, side),
-                Ok(None) if close => {
-                    let _ = io.close().await;
-                    return Ended::Done;
-                }
+                Ok(None) if close => return Ended::Close,
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!("HTTP connection ended: {e}");
                     return Ended::Done;
                 }
             }
-            if buf.is_empty() {
+            if conn.buf.is_empty() {
                 // Idle: let the memory go.
-                *buf = Vec::new();
+                conn.buf = Vec::new();
             }
         }
     }
@@ -109,21 +114,24 @@ where
 
 /// One request, from its parsed head to its answer: the reply to await, and whether the
 /// connection closes after it. Not an `async fn` (see `serve`).
-#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn)]
 fn exchange<'a, R: Runtime, S>(
-    runtime: &'a R,
-    io: &'a mut S,
-    buf: &'a mut Vec<u8>,
+    conn: &'a mut Conn<R, S>,
     head: Box<(RequestHead, usize)>,
-    peer: SocketAddr,
-    events: &'a mpsc::Sender<DriverInput>,
-    settings: &'a Settings,
     abort: &'a Arc<AbortSignal>,
 ) -> impl Future<Output = (Replying<'a>, bool)> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async move {
+        let Conn {
+            runtime,
+            io,
+            buf,
+            peer,
+            events,
+            settings,
+        } = conn;
         let (head, len) = *head;
         buf.drain(..len);
         if buf.is_empty() {
@@ -192,7 +200,7 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
             let answered = match held {
                 // The peer going ends it: the notice tells the driver.
                 Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
-                    Either::Left((answer, _)) => answer.ok(),
+                    Either::Left((answer, _)) => answer.ok().map(|answer| *answer),
                     Either::Right((gone, _)) => return gone.map(|()| None),
                 },
                 None => None,
@@ -226,6 +234,13 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// A request head and its length, or the refusal to write (none: the peer went).
 type HeadRead = Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>>;
 
+/// Writes a refusal, and closes.
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: u16, text: &str) {
+    tracing::debug!(status, "HTTP request refused: {text}");
+    let refusal = HttpResponse::text(status, text);
+    let _ = write_response(io, &refusal, None, true).await;
+}
+
 /// Reads until `buf` starts with a whole request head, within the header timeout: the head
 /// and its length, or `Err` with the refusal to write (none: the peer went, or timed out
 /// before sending anything).
@@ -234,18 +249,21 @@ type HeadRead = Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>>;
 /// and the timer are polled with the task's own waker (a socket polled again without news
 /// may cost a system call), and the timer is made only when the head is not all there.
 fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
-    runtime: &'a R,
-    io: &'a mut S,
-    buf: &'a mut Vec<u8>,
-    settings: &'a Settings,
+    conn: &'a mut Conn<R, S>,
 ) -> impl Future<Output = HeadRead> + 'a {
-    let started = runtime.now();
     let mut deadline = None;
     // The length of `buf` when it was last parsed: not parsed again until more came.
-    let mut parsed = None;
+    let mut parsed = usize::MAX;
     std::future::poll_fn(move |cx| loop {
-        if parsed != Some(buf.len()) {
-            parsed = Some(buf.len());
+        let Conn {
+            runtime,
+            io,
+            buf,
+            settings,
+            ..
+        } = &mut *conn;
+        if parsed != buf.len() {
+            parsed = buf.len();
             match http1::parse_request(buf) {
                 Parsed::Complete(head, len) => return Poll::Ready(Ok(Box::new((head, len)))),
                 Parsed::Invalid => return Poll::Ready(Err(Some((400, "Bad request.")))),
@@ -269,8 +287,10 @@ fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
             Poll::Ready(Ok(_)) => continue,
             Poll::Pending => {}
         }
+        // The first poll is where the wait starts: it reads until the socket has nothing
+        // more, so it always ends here (or with the head).
         let timeout = settings.options.header_read_timeout;
-        let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(started + timeout));
+        let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
         return match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(
                 (!buf.is_empty()).then_some((408, "The request head took too long."))
