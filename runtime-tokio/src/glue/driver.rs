@@ -1296,33 +1296,23 @@ where
             }
         }
         // Boxed: a connection the lean path serves does not carry room for hyper's state.
-        let lean::Conn {
-            runtime,
-            io,
-            buf,
-            peer,
-            events,
-            settings,
-        } = conn;
-        let hyper = serve_hyper(runtime, io, buf, peer, events, settings, port, abort);
-        Box::pin(hyper).await;
+        Box::pin(serve_hyper(conn, port, abort)).await;
     }
 }
 
-/// Serves the rest of a connection with hyper (`early`: bytes already read from `stream`).
-#[allow(clippy::too_many_arguments)]
-async fn serve_hyper<R: Runtime, S>(
-    runtime: R,
-    stream: S,
-    early: Vec<u8>,
-    peer: SocketAddr,
-    events: mpsc::Sender<DriverInput>,
-    settings: Arc<Settings>,
-    port: Port,
-    abort: Arc<AbortSignal>,
-) where
+/// Serves the rest of a connection with hyper (its `buf`: bytes already read from it).
+async fn serve_hyper<R: Runtime, S>(conn: lean::Conn<R, S>, port: Port, abort: Arc<AbortSignal>)
+where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
+    let lean::Conn {
+        runtime,
+        io: stream,
+        buf: early,
+        peer,
+        events,
+        settings,
+    } = conn;
     let timer = runtime.hyper_timer();
     let header_read_timeout = settings.options.header_read_timeout;
     let service = {
