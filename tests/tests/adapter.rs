@@ -60,6 +60,15 @@ where
     F: FnOnce(TokioRuntime, SocketAddr) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_tokio_with(config, ServeOptions::default(), scenario);
+}
+
+/// [`on_tokio`], served with `options`.
+fn on_tokio_with<F, Fut>(config: RelayConfig, options: ServeOptions, scenario: F)
+where
+    F: FnOnce(TokioRuntime, SocketAddr) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +78,7 @@ where
             .await
             .expect("bound");
         let addr = listener.local_addr().expect("an address");
-        tokio::spawn(serve_forever(TokioRuntime, listener, config));
+        tokio::spawn(serve_with(TokioRuntime, listener, config, options));
         scenario(TokioRuntime, addr).await;
     });
 }
@@ -80,18 +89,36 @@ where
     F: FnOnce(SmolRuntime, SocketAddr) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    on_smol_with(config, ServeOptions::default(), scenario);
+}
+
+/// [`on_smol`], served with `options`.
+fn on_smol_with<F, Fut>(config: RelayConfig, options: ServeOptions, scenario: F)
+where
+    F: FnOnce(SmolRuntime, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     signalr_relay_smol::block_on(async move {
         let listener = SmolListener::bind("127.0.0.1:0".parse().expect("an address"))
             .await
             .expect("bound");
         let addr = listener.local_addr().expect("an address");
-        SmolRuntime.spawn(serve_forever(SmolRuntime, listener, config));
+        SmolRuntime.spawn(serve_with(SmolRuntime, listener, config, options));
         scenario(SmolRuntime, addr).await;
     });
 }
 
 async fn serve_forever<R: Runtime, L: Listener>(runtime: R, listener: L, config: RelayConfig) {
     signalr_relay_tokio::serve(runtime, listener, config, ServeOptions::default()).await;
+}
+
+async fn serve_with<R: Runtime, L: Listener>(
+    runtime: R,
+    listener: L,
+    config: RelayConfig,
+    options: ServeOptions,
+) {
+    signalr_relay_tokio::serve(runtime, listener, config, options).await;
 }
 
 /// One scenario, as one test per runtime.
@@ -675,6 +702,113 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_are_not<R: Runtime
     );
 }
 on_both_runtimes!(a_client_that_stops_reading_is_closed_and_the_others_are_not);
+
+/// A long poll whose answer its client never reads: 12 MiB, more than the sockets between
+/// them hold (a send buffer of 4 MiB at most, and a receive window that does not grow while
+/// nothing is read). The relay drops the connection once its socket has taken nothing for
+/// the write timeout (a second here), rather than hold it and the answer for as long as the
+/// peer likes; another client notices nothing.
+async fn a_long_poll_never_read_is_dropped_at_the_write_timeout<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+    let rt = &runtime;
+    let bearer = token("/client/", None);
+    let mut server = AppServer::connect(rt, addr).await;
+    let (mut bystander, bystander_id) = connected_client(rt, addr, &mut server, &bearer).await;
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let first = get(&path, &bearer)
+        .body(Full::default())
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, first).await).await.0, 200);
+    let send = post(&path, &bearer)
+        .body(Full::new(Bytes::from_static(HANDSHAKE)))
+        .expect("a request");
+    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
+    let stalled_id = server.opened(rt).await;
+    // The poll, on a socket that reads nothing yet; then its answer, one message.
+    let mut stalled = rt.connect(addr).await.expect("connected");
+    let poll =
+        format!("GET {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {bearer}\r\n\r\n");
+    stalled.write_all(poll.as_bytes()).await.expect("sent");
+    let message = format!(
+        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(12 * 1024 * 1024)
+    );
+    server
+        .send(&ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: stalled_id,
+            payload: Bytes::from(message),
+            ext: service::Ext::default(),
+        }))
+        .await;
+    // Three write timeouts pass with nothing read; then what did arrive is read, to its end.
+    rt.sleep_until(rt.now() + Duration::from_secs(3)).await;
+    let mut received = Vec::new();
+    within(
+        rt,
+        "the stalled connection's end",
+        stalled.read_to_end(&mut received),
+    )
+    .await
+    .expect("read");
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a length")
+        .trim()
+        .parse()
+        .expect("a number");
+    let body = received.len() - head_end;
+    assert!(
+        body < length,
+        "the whole answer ({body} of {length} bytes) reached a peer that read nothing for 3 s"
+    );
+    // The other client noticed nothing.
+    server.data(&bystander_id, b"{\"type\":6}\x1e").await;
+    assert_eq!(next_text(rt, &mut bystander).await, "{\"type\":6}\x1e");
+}
+
+/// One long poll may answer 12 MiB; a second is the write timeout.
+fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
+    let mut config = config();
+    config.max_server_message_size = 16 * 1024 * 1024;
+    config.max_long_poll_buffer = 16 * 1024 * 1024;
+    let mut options = ServeOptions::default();
+    options.write_timeout = Duration::from_secs(1);
+    (config, options)
+}
+
+mod a_long_poll_never_read_is_dropped_at_the_write_timeout {
+    #[test]
+    fn tokio() {
+        let (config, options) = super::large_polls_and_a_short_write_timeout();
+        super::on_tokio_with(
+            config,
+            options,
+            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        let (config, options) = super::large_polls_and_a_short_write_timeout();
+        super::on_smol_with(
+            config,
+            options,
+            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
+        );
+    }
+}
 
 async fn plain_requests_are_answered<R: Runtime>(runtime: R, addr: SocketAddr) {
     let rt = &runtime;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod lean;
 
-use super::watched::{Watch, WatchedIo};
+use super::watched::{Stall, Watch, WatchedIo};
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::{Bytes, BytesMut};
 use futures_channel::{mpsc, oneshot};
@@ -1275,11 +1275,13 @@ where
                 Some(lean::Ended::Hyper) => {}
                 Some(lean::Ended::Done) => return,
                 Some(lean::Ended::Close) => {
-                    let _ = futures_util::AsyncWriteExt::close(&mut conn.io).await;
+                    let limit = lean::WriteLimit::of(&conn.runtime, &conn.settings);
+                    Box::pin(lean::close(&mut conn.io, limit)).await;
                     return;
                 }
                 Some(lean::Ended::Refuse(status, text)) => {
-                    Box::pin(lean::refuse(&mut conn.io, status, text)).await;
+                    let limit = lean::WriteLimit::of(&conn.runtime, &conn.settings);
+                    Box::pin(lean::refuse(&mut conn.io, status, text, limit)).await;
                     return;
                 }
                 Some(lean::Ended::WebSocket(handle, side)) => {
@@ -1315,6 +1317,7 @@ where
     } = conn;
     let timer = runtime.hyper_timer();
     let header_read_timeout = settings.options.header_read_timeout;
+    let stall = Stall::new(runtime.clone(), settings.options.write_timeout);
     let service = {
         let abort = abort.clone();
         // Boxed: hyper keeps a place for the service's future as long as the connection
@@ -1345,7 +1348,10 @@ where
         .writev(true)
         .half_close(true);
     let connection = builder
-        .serve_connection(WatchedIo::with_early(stream, abort.clone(), early), service)
+        .serve_connection(
+            WatchedIo::with_early(stream, abort.clone(), early, stall),
+            service,
+        )
         .with_upgrades();
     match abort.guard(std::pin::pin!(connection)).await {
         Some(Err(e)) => tracing::debug!("HTTP connection ended: {e}"),
@@ -1782,7 +1788,7 @@ async fn upgrade<R: Runtime, S>(
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<WatchedIo<S>>()) else {
+    let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<WatchedIo<S, R>>()) else {
         tracing::debug!("WebSocket upgrade failed");
         let _ = events
             .send(DriverInput::Incoming(conn, 0, Incoming::Closed))

@@ -11,6 +11,9 @@
 //! - bytes the peer sent early (a pipelined request, which real clients do not send behind a
 //!   held one) are kept, in order, for hyper's next reads; past [`MAX_EARLY`] the peer is
 //!   sending what no request head needs, and that fails the flush too.
+//!
+//! Its writes have the write timeout ([`Stall`]): a response the peer never reads fails once
+//! the socket has taken nothing for that long, and hyper closes the connection.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -21,6 +24,55 @@ use futures_io::{AsyncRead, AsyncWrite};
 use hyper::rt::ReadBufCursor;
 
 use super::queue::AbortSignal;
+use super::{BoxFuture, Runtime};
+
+/// A write's patience: a socket that takes nothing for the write timeout
+/// ([`ServeOptions::write_timeout`](super::ServeOptions)) fails the write, so that a peer
+/// that never reads a response does not hold its connection, and the response, for as long
+/// as it likes. A slow peer is not cut: each time the socket takes something, the wait starts
+/// again. The timer is made only when a write is pending.
+pub(crate) struct Stall<R> {
+    runtime: R,
+    timeout: std::time::Duration,
+    timer: Option<BoxFuture<()>>,
+}
+
+// The runtime is a handle, never pinned through a stall.
+impl<R> Unpin for Stall<R> {}
+
+impl<R: Runtime> Stall<R> {
+    pub(crate) fn new(runtime: R, timeout: std::time::Duration) -> Self {
+        Self {
+            runtime,
+            timeout,
+            timer: None,
+        }
+    }
+
+    /// `polled` (a write's, a flush's or a close's), or a timeout error once the socket has
+    /// been pending for the whole timeout.
+    pub(crate) fn check<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let (runtime, timeout) = (&self.runtime, self.timeout);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took nothing for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// Bytes kept for hyper at most, read behind a held request.
 pub(crate) const MAX_EARLY: usize = 8 * 1024;
@@ -29,17 +81,28 @@ pub(crate) const MAX_EARLY: usize = 8 * 1024;
 const WATCH_READ: usize = 256;
 
 /// A futures-io stream for hyper (see the module).
-pub(crate) struct WatchedIo<S> {
+pub(crate) struct WatchedIo<S, R> {
     io: S,
     signal: Arc<AbortSignal>,
     /// Read while watching, not yet taken by hyper.
     early: Vec<u8>,
+    stall: Stall<R>,
 }
 
-impl<S> WatchedIo<S> {
+impl<S, R> WatchedIo<S, R> {
     /// `early`: bytes already read from `io`, which hyper reads first.
-    pub(crate) fn with_early(io: S, signal: Arc<AbortSignal>, early: Vec<u8>) -> Self {
-        Self { io, signal, early }
+    pub(crate) fn with_early(
+        io: S,
+        signal: Arc<AbortSignal>,
+        early: Vec<u8>,
+        stall: Stall<R>,
+    ) -> Self {
+        Self {
+            io,
+            signal,
+            early,
+            stall,
+        }
     }
 
     /// The stream, and what was read from it that hyper has not taken (it comes after all that
@@ -78,7 +141,7 @@ pub(crate) fn poll_watch<S: AsyncRead + Unpin>(
     }
 }
 
-impl<S: AsyncRead + Unpin> hyper::rt::Read for WatchedIo<S> {
+impl<S: AsyncRead + Unpin, R> hyper::rt::Read for WatchedIo<S, R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -105,13 +168,15 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for WatchedIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for WatchedIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin, R: Runtime> hyper::rt::Write for WatchedIo<S, R> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.stall.check(written, cx)
     }
 
     fn poll_write_vectored(
@@ -119,7 +184,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.stall.check(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -133,11 +200,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for WatchedIo<S> {
                 return Poll::Ready(Err(e));
             }
         }
-        Pin::new(&mut this.io).poll_flush(cx)
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        this.stall.check(flushed, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_close(cx)
+        let this = self.get_mut();
+        let closed = Pin::new(&mut this.io).poll_close(cx);
+        this.stall.check(closed, cx)
     }
 }
 

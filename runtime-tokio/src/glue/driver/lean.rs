@@ -35,7 +35,7 @@ use super::{
     EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
 use crate::glue::queue::Inbox;
-use crate::glue::watched::poll_watch;
+use crate::glue::watched::{poll_watch, Stall};
 use crate::glue::ws::with_scratch;
 use crate::glue::Runtime;
 
@@ -132,6 +132,7 @@ where
             events,
             settings,
         } = conn;
+        let limit = WriteLimit::of(runtime, settings);
         let (head, len) = *head;
         buf.drain(..len);
         if buf.is_empty() {
@@ -158,7 +159,7 @@ where
         .await;
         let close = answer.close || asked_to_close;
         (
-            reply(io, buf, answer.kind, answer.cors, close, events),
+            reply(io, buf, answer.kind, answer.cors, close, events, limit),
             close,
         )
     }
@@ -177,22 +178,23 @@ type Replying<'a> = Pin<Box<dyn Future<Output = Replied> + Send + 'a>>;
 ///
 /// Each kind in a box of its own: a held request or an event stream is held for long, and
 /// its state should be only as large as its own kind's, not the largest kind's.
-fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
+fn reply<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin + Send>(
     io: &'a mut S,
     buf: &'a mut Vec<u8>,
     kind: Answered,
     cors: Option<String>,
     close: bool,
     events: &'a mpsc::Sender<DriverInput>,
+    limit: WriteLimit<'a, R>,
 ) -> Replying<'a> {
     match kind {
         Answered::Respond(response) => Box::pin(async move {
-            write_response(io, &response, cors.as_deref(), close)
+            write_response(io, &response, cors.as_deref(), close, limit)
                 .await
                 .map(|()| None)
         }),
         Answered::EventStream(inbox, notice) => Box::pin(async move {
-            let streamed = stream_events(io, buf, inbox, cors.as_deref()).await;
+            let streamed = stream_events(io, buf, inbox, cors.as_deref(), limit).await;
             drop(notice);
             streamed.map(|()| None)
         }),
@@ -208,7 +210,7 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
             notice.disarm();
             // Boxed: the wait above does not carry room for the write.
             let response = held_response(answered);
-            Box::pin(write_response(io, &response, cors.as_deref(), close))
+            Box::pin(write_response(io, &response, cors.as_deref(), close, limit))
                 .await
                 .map(|()| None)
         }),
@@ -220,7 +222,7 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
             http1::field(&mut head, "sec-websocket-accept", &accept);
             cors_fields(&mut head, cors.as_deref());
             http1::end_head(&mut head, BodyLength::None, false);
-            if let Err(e) = write_all(io, &mut [IoSlice::new(&head)]).await {
+            if let Err(e) = write_all(io, &mut [IoSlice::new(&head)], limit).await {
                 // Never attached: the handle hears that it is gone.
                 let closed = DriverInput::Incoming(conn, 0, super::Incoming::Closed);
                 let _ = events.clone().try_send(closed);
@@ -234,11 +236,49 @@ fn reply<'a, S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// A request head and its length, or the refusal to write (none: the peer went).
 type HeadRead = Result<Box<(RequestHead, usize)>, Option<(u16, &'static str)>>;
 
-/// Writes a refusal, and closes.
-pub(super) async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: u16, text: &str) {
+/// Writes a refusal, which closes the connection.
+pub(super) async fn refuse<R: Runtime, S: AsyncWrite + Unpin>(
+    io: &mut S,
+    status: u16,
+    text: &str,
+    limit: WriteLimit<'_, R>,
+) {
     tracing::debug!(status, "HTTP request refused: {text}");
     let refusal = HttpResponse::text(status, text);
-    let _ = write_response(io, &refusal, None, true).await;
+    let _ = write_response(io, &refusal, None, true, limit).await;
+}
+
+/// Closes a connection once what was written has gone (a TLS one sends its close first).
+pub(super) async fn close<R: Runtime, S: AsyncWrite + Unpin>(io: &mut S, limit: WriteLimit<'_, R>) {
+    let mut stall = limit.stall();
+    let _ = std::future::poll_fn(|cx| stall.check(Pin::new(&mut *io).poll_close(cx), cx)).await;
+}
+
+/// The write timeout of a connection's writes (see [`Stall`]).
+pub(super) struct WriteLimit<'a, R> {
+    runtime: &'a R,
+    timeout: std::time::Duration,
+}
+
+impl<R> Clone for WriteLimit<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for WriteLimit<'_, R> {}
+
+impl<'a, R: Runtime> WriteLimit<'a, R> {
+    pub(super) fn of(runtime: &'a R, settings: &Settings) -> Self {
+        Self {
+            runtime,
+            timeout: settings.options.write_timeout,
+        }
+    }
+
+    fn stall(&self) -> Stall<R> {
+        Stall::new(self.runtime.clone(), self.timeout)
+    }
 }
 
 /// Reads until `buf` starts with a whole request head, within the header timeout: the head
@@ -345,11 +385,12 @@ async fn read_body<S: AsyncRead + Unpin>(
 }
 
 /// Writes a whole response (`cors`: the origin that may read it).
-async fn write_response<S: AsyncWrite + Unpin>(
+async fn write_response<R: Runtime, S: AsyncWrite + Unpin>(
     io: &mut S,
     response: &HttpResponse,
     cors: Option<&str>,
     close: bool,
+    limit: WriteLimit<'_, R>,
 ) -> io::Result<()> {
     let mut head = Vec::with_capacity(256);
     http1::start_response(&mut head, response.status);
@@ -365,16 +406,18 @@ async fn write_response<S: AsyncWrite + Unpin>(
         _ => BodyLength::Fixed(response.body.len()),
     };
     http1::end_head(&mut head, length, close);
-    write_all(io, &mut [IoSlice::new(&head), IoSlice::new(&response.body)]).await
+    let mut parts = [IoSlice::new(&head), IoSlice::new(&response.body)];
+    write_all(io, &mut parts, limit).await
 }
 
 /// Streams an event stream's messages as chunks, as they come, and its end; `Err` when the
 /// peer went (or sent more than a request head while it was open).
-async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
+async fn stream_events<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
     mut inbox: Inbox,
     cors: Option<&str>,
+    limit: WriteLimit<'_, R>,
 ) -> io::Result<()> {
     let mut out = Vec::with_capacity(256);
     http1::start_response(&mut out, 200);
@@ -383,7 +426,7 @@ async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
     }
     cors_fields(&mut out, cors);
     http1::end_head(&mut out, BodyLength::Chunked, false);
-    write_all(io, &mut [IoSlice::new(&out)]).await?;
+    write_all(io, &mut [IoSlice::new(&out)], limit).await?;
     loop {
         let next = std::future::poll_fn(|cx| inbox.poll_next(cx));
         let first = match select(next, std::pin::pin!(watch(io, buf))).await {
@@ -425,7 +468,7 @@ async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
         // Counted as taken once handed to the socket, as hyper counted a body's frames: a
         // large batch is not a stalled peer while it is being written.
         inbox.taken(taken);
-        write_all(io, &mut [IoSlice::new(&out)]).await?;
+        write_all(io, &mut [IoSlice::new(&out)], limit).await?;
         if ended {
             return Ok(());
         }
@@ -468,14 +511,19 @@ fn cors_fields(out: &mut Vec<u8>, origin: Option<&str>) {
     }
 }
 
-/// Writes all of `bufs`.
-async fn write_all<S: AsyncWrite + Unpin>(
+/// Writes all of `bufs`, within the write limit for each write.
+async fn write_all<R: Runtime, S: AsyncWrite + Unpin>(
     io: &mut S,
     mut bufs: &mut [IoSlice<'_>],
+    limit: WriteLimit<'_, R>,
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
+    let mut stall = limit.stall();
     while !bufs.is_empty() {
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+        let n = std::future::poll_fn(|cx| {
+            stall.check(Pin::new(&mut *io).poll_write_vectored(cx, bufs), cx)
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
