@@ -260,6 +260,7 @@ mod tests {
             assert_eq!(got, [7u8; 100]);
         });
     }
+
     /// Megabytes read to the end on the crate's executor, with its threads as the relay runs
     /// them. Before the poll after a wake read, a read here waited 30 s and more for a
     /// readiness async-io had already delivered, in about one round of three.

@@ -389,6 +389,33 @@ async fn connected_client<R: Runtime>(
     (client, connection_id)
 }
 
+/// Sends the JSON handshake on an HTTP transport's `path` (a send, answered 200).
+async fn send_handshake<R: Runtime>(runtime: &R, addr: SocketAddr, path: &str, bearer: &str) {
+    let send = post(path, bearer)
+        .body(Full::new(Bytes::from_static(HANDSHAKE)))
+        .expect("a request");
+    assert_eq!(body_text(http(runtime, addr, send).await).await.0, 200);
+}
+
+/// A long-polling client of `bearer`: negotiated, its first poll answered at once and empty,
+/// its handshake sent and the client opened to `server`. Its path and its connection id.
+async fn long_polling_client<R: Runtime>(
+    runtime: &R,
+    addr: SocketAddr,
+    server: &mut AppServer<R>,
+    bearer: &str,
+) -> (String, String) {
+    let id = negotiate(runtime, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let first = get(&path, bearer).body(Full::default()).expect("a request");
+    assert_eq!(
+        body_text(http(runtime, addr, first).await).await,
+        (200, String::new())
+    );
+    send_handshake(runtime, addr, &path, bearer).await;
+    (path, server.opened(runtime).await)
+}
+
 // ------------------------------------------------------------------------------ scenarios
 
 async fn websocket_messages_flow_both_ways<R: Runtime>(runtime: R, addr: SocketAddr) {
@@ -604,31 +631,18 @@ async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
         String::from_utf8_lossy(&frame.into_data().expect("data")).into_owned()
     };
     assert_eq!(next_chunk().await, ":\r\n");
-    let send = post(&path, &bearer)
-        .body(Full::new(Bytes::from_static(HANDSHAKE)))
-        .expect("a request");
-    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
+    send_handshake(rt, addr, &path, &bearer).await;
     let connection_id = server.opened(rt).await;
     server.data(&connection_id, b"{}\x1e").await;
     assert_eq!(next_chunk().await, "data: {}\x1e\r\n\r\n");
 
     // Long polling: the first poll returns at once, the next is held until there is data.
-    let id = negotiate(rt, addr).await;
-    let path = format!("/client/?hub=chat&id={id}");
+    let (path, connection_id) = long_polling_client(rt, addr, &mut server, &bearer).await;
     let poll = || {
         get(&path, &bearer)
             .body(Full::default())
             .expect("a request")
     };
-    assert_eq!(
-        body_text(http(rt, addr, poll()).await).await,
-        (200, String::new())
-    );
-    let send = post(&path, &bearer)
-        .body(Full::new(Bytes::from_static(HANDSHAKE)))
-        .expect("a request");
-    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
-    let connection_id = server.opened(rt).await;
     let held = http(rt, addr, poll());
     let answer = async {
         server.data(&connection_id, b"{}\x1e").await;
@@ -717,17 +731,7 @@ async fn a_long_poll_never_read_is_dropped_at_the_write_timeout<R: Runtime>(
     let bearer = token("/client/", None);
     let mut server = AppServer::connect(rt, addr).await;
     let (mut bystander, bystander_id) = connected_client(rt, addr, &mut server, &bearer).await;
-    let id = negotiate(rt, addr).await;
-    let path = format!("/client/?hub=chat&id={id}");
-    let first = get(&path, &bearer)
-        .body(Full::default())
-        .expect("a request");
-    assert_eq!(body_text(http(rt, addr, first).await).await.0, 200);
-    let send = post(&path, &bearer)
-        .body(Full::new(Bytes::from_static(HANDSHAKE)))
-        .expect("a request");
-    assert_eq!(body_text(http(rt, addr, send).await).await.0, 200);
-    let stalled_id = server.opened(rt).await;
+    let (path, stalled_id) = long_polling_client(rt, addr, &mut server, &bearer).await;
     // The poll, on a socket that reads nothing yet; then its answer, one message.
     let mut stalled = rt.connect(addr).await.expect("connected");
     let poll =
