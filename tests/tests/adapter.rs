@@ -782,6 +782,99 @@ async fn a_long_poll_never_read_is_dropped_at_the_write_timeout<R: Runtime>(
     assert_eq!(next_text(rt, &mut bystander).await, "{\"type\":6}\x1e");
 }
 
+/// An event stream whose client stops reading: once more waits for it than its queue holds,
+/// the relay drops its socket at once. The write timeout is ten minutes here, so only that
+/// abort can end the connection within the test's patience. Another client notices nothing.
+async fn an_event_stream_that_stops_reading_is_dropped_at_once<R: Runtime>(
+    runtime: R,
+    addr: SocketAddr,
+) {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+    let rt = &runtime;
+    let bearer = token("/client/", None);
+    let mut server = AppServer::connect(rt, addr).await;
+    let (mut bystander, bystander_id) = connected_client(rt, addr, &mut server, &bearer).await;
+    let id = negotiate(rt, addr).await;
+    let path = format!("/client/?hub=chat&id={id}");
+    let mut stalled = rt.connect(addr).await.expect("connected");
+    let open = format!(
+        "GET {path} HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {bearer}\r\n\r\n"
+    );
+    stalled.write_all(open.as_bytes()).await.expect("sent");
+    send_handshake(rt, addr, &path, &bearer).await;
+    let stalled_id = server.opened(rt).await;
+    // Up to 64 MiB, 8 KiB at a time, until the relay tells the app server the client is gone.
+    let chunk = Bytes::from(format!(
+        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(8 * 1024)
+    ));
+    let is_gone = |msg: &ServiceMessage| matches!(msg, ServiceMessage::CloseConnection(c) if c.connection_id == stalled_id);
+    let mut closed = false;
+    for _ in 0..8 * 1024 {
+        server
+            .send(&ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: stalled_id.clone(),
+                payload: chunk.clone(),
+                ext: service::Ext::default(),
+            }))
+            .await;
+        if server.try_next().is_some_and(|msg| is_gone(&msg)) {
+            closed = true;
+            break;
+        }
+    }
+    while !closed {
+        closed = is_gone(&server.next(rt).await);
+    }
+    // The socket was dropped: what the kernel held is read, then its end.
+    let mut received = Vec::new();
+    within(
+        rt,
+        "the stalled stream's end",
+        stalled.read_to_end(&mut received),
+    )
+    .await
+    .expect("read");
+    let head = String::from_utf8_lossy(&received[..received.len().min(256)]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        !received.ends_with(b"0\r\n\r\n"),
+        "the stream was ended as if by the relay's close, not dropped"
+    );
+    server.data(&bystander_id, b"{\"type\":6}\x1e").await;
+    assert_eq!(next_text(rt, &mut bystander).await, "{\"type\":6}\x1e");
+}
+
+/// Writes never time out within a test.
+fn a_long_write_timeout() -> (RelayConfig, ServeOptions) {
+    let mut options = ServeOptions::default();
+    options.write_timeout = Duration::from_secs(600);
+    (config(), options)
+}
+
+mod an_event_stream_that_stops_reading_is_dropped_at_once {
+    #[test]
+    fn tokio() {
+        let (config, options) = super::a_long_write_timeout();
+        super::on_tokio_with(
+            config,
+            options,
+            super::an_event_stream_that_stops_reading_is_dropped_at_once,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        let (config, options) = super::a_long_write_timeout();
+        super::on_smol_with(
+            config,
+            options,
+            super::an_event_stream_that_stops_reading_is_dropped_at_once,
+        );
+    }
+}
+
 /// One long poll may answer 12 MiB; a second is the write timeout.
 fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
     let mut config = config();

@@ -108,6 +108,10 @@ struct Settings {
     server_frame: usize,
     /// Whether `/metrics` is served on the operator listener only.
     metrics_elsewhere: bool,
+    /// The driver's inputs. A connection clones it for each request (a clone has a slot of
+    /// its own in the channel, and an allocation), not for its life: an idle connection
+    /// holds none.
+    events: mpsc::Sender<DriverInput>,
 }
 
 /// Which listener a connection came in on.
@@ -270,6 +274,7 @@ where
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let relay = Relay::new(config, runtime.now(), unix, seed());
+    let (events, queue) = mpsc::channel(4096);
     let settings = Arc::new(Settings {
         client_frame: relay.config().max_client_payload(),
         // Up to four times the limit is read and skipped by the relay, which tells the app
@@ -279,12 +284,12 @@ where
         gate_refusals: Arc::default(),
         metrics_elsewhere: operator.is_some(),
         options,
+        events: events.clone(),
     });
     if let Some(tls) = &settings.options.tls {
         tls.watch(&runtime);
     }
 
-    let (events, queue) = mpsc::channel(4096);
     let (drained, done) = oneshot::channel();
     let listen = listener.local_addr().ok();
     let backplane = match (&settings.options.redis, relay.config().cluster.is_some()) {
@@ -333,12 +338,11 @@ where
             runtime.clone(),
             operator,
             count.clone(),
-            events.clone(),
             settings.clone(),
             Port::Operator,
         ));
     }
-    let accepting = accept_on(runtime, listener, count, events, settings, Port::Public);
+    let accepting = accept_on(runtime, listener, count, settings, Port::Public);
     // Accepting goes on while draining: late requests hear that the relay is going.
     let drained = matches!(
         select(Box::pin(accepting), done).await,
@@ -358,21 +362,13 @@ async fn accept_on<R: Runtime, L: Listener>(
     runtime: R,
     listener: L,
     count: Arc<ConnectionCount>,
-    events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     port: Port,
 ) {
     accept_loop(&runtime, listener, count, |stream, peer, admitted| {
         // The place under the cap goes with the socket, for as long as it is open.
         let stream = Counted::new(stream, admitted);
-        spawn_connection(
-            &runtime,
-            stream,
-            peer,
-            events.clone(),
-            settings.clone(),
-            port,
-        );
+        spawn_connection(&runtime, stream, peer, settings.clone(), port);
     })
     .await;
 }
@@ -1176,7 +1172,6 @@ fn spawn_connection<R: Runtime, S>(
     runtime: &R,
     stream: S,
     peer: SocketAddr,
-    events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     port: Port,
 ) where
@@ -1184,17 +1179,10 @@ fn spawn_connection<R: Runtime, S>(
 {
     match settings.options.tls.clone() {
         Some(tls_config) if port == Port::Public => {
-            let tls = serve_tls(runtime.clone(), tls_config, stream, peer, events, settings);
+            let tls = serve_tls(runtime.clone(), tls_config, stream, peer, settings);
             runtime.spawn(Box::pin(tls));
         }
-        _ => runtime.spawn(serve_http(
-            runtime.clone(),
-            stream,
-            peer,
-            events,
-            settings,
-            port,
-        )),
+        _ => runtime.spawn(serve_http(runtime.clone(), stream, peer, settings, port)),
     }
 }
 
@@ -1204,7 +1192,6 @@ async fn serve_tls<R: Runtime, S>(
     tls_config: ServerTls,
     stream: S,
     peer: SocketAddr,
-    events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
@@ -1213,14 +1200,7 @@ async fn serve_tls<R: Runtime, S>(
     let handshake = Box::pin(tls::accept(&tls_config, stream));
     let failed = match select(handshake, deadline).await {
         Either::Left((Accepted::Tls(session), _)) => {
-            let http = serve_http(
-                runtime,
-                *session,
-                peer,
-                events,
-                settings.clone(),
-                Port::Public,
-            );
+            let http = serve_http(runtime, *session, peer, settings.clone(), Port::Public);
             Box::pin(http).await;
             None
         }
@@ -1248,7 +1228,6 @@ fn serve_http<R: Runtime, S>(
     runtime: R,
     stream: S,
     peer: SocketAddr,
-    events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     port: Port,
 ) -> impl Future<Output = ()> + Send
@@ -1260,50 +1239,39 @@ where
         io: stream,
         buf: Vec::new(),
         peer,
-        events,
         settings,
     };
-    // Dropping the connection is how a stalled event stream is closed for real.
-    let abort = Arc::new(AbortSignal::default());
     async move {
         if port == Port::Public {
-            let ended = {
-                let lean = lean::serve(&mut conn, &abort);
-                abort.guard(std::pin::pin!(lean)).await
-            };
-            match ended {
-                Some(lean::Ended::Hyper) => {}
-                Some(lean::Ended::Done) => return,
-                Some(lean::Ended::Close) => {
+            match lean::serve(&mut conn).await {
+                lean::Ended::Hyper => {}
+                lean::Ended::Done => return,
+                lean::Ended::Close => {
                     let limit = lean::WriteLimit::of(&conn.runtime, &conn.settings);
                     Box::pin(lean::close(&mut conn.io, limit)).await;
                     return;
                 }
-                Some(lean::Ended::Refuse(status, text)) => {
+                lean::Ended::Refuse(status, text) => {
                     let limit = lean::WriteLimit::of(&conn.runtime, &conn.settings);
                     Box::pin(lean::refuse(&mut conn.io, status, text, limit)).await;
                     return;
                 }
-                Some(lean::Ended::WebSocket(handle, side)) => {
-                    let (io, events) = (conn.io, conn.events);
+                lean::Ended::WebSocket(handle, side) => {
+                    let (io, events) = (conn.io, conn.settings.events.clone());
                     let websocket =
                         run_websocket(&conn.runtime, io, &conn.buf, handle, events, side);
                     Box::pin(websocket).await;
                     return;
                 }
-                None => {
-                    tracing::debug!("HTTP connection dropped: its event stream stalled");
-                    return;
-                }
             }
         }
         // Boxed: a connection the lean path serves does not carry room for hyper's state.
-        Box::pin(serve_hyper(conn, port, abort)).await;
+        Box::pin(serve_hyper(conn, port)).await;
     }
 }
 
 /// Serves the rest of a connection with hyper (its `buf`: bytes already read from it).
-async fn serve_hyper<R: Runtime, S>(conn: lean::Conn<R, S>, port: Port, abort: Arc<AbortSignal>)
+async fn serve_hyper<R: Runtime, S>(conn: lean::Conn<R, S>, port: Port)
 where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -1312,9 +1280,11 @@ where
         io: stream,
         buf: early,
         peer,
-        events,
         settings,
     } = conn;
+    // Dropping the connection is how a stalled event stream is closed for real; the signal
+    // also tells the stream when one of its requests is held (see `watched`).
+    let abort = Arc::new(AbortSignal::default());
     let timer = runtime.hyper_timer();
     let header_read_timeout = settings.options.header_read_timeout;
     let stall = Stall::new(runtime.clone(), settings.options.write_timeout);
@@ -1328,7 +1298,6 @@ where
                 runtime.clone(),
                 req,
                 peer,
-                events.clone(),
                 settings.clone(),
                 abort.clone(),
                 port,
@@ -1510,7 +1479,7 @@ async fn answer<R, B, F>(
     body: B,
     mut events: mpsc::Sender<DriverInput>,
     settings: &Settings,
-    abort: &Arc<AbortSignal>,
+    abort: Option<&Arc<AbortSignal>>,
 ) -> Answer
 where
     R: Runtime,
@@ -1636,12 +1605,8 @@ where
         }
         RequestOutcome::EventStream(conn) => {
             let generation = next_generation();
-            let (outbox, inbox) = queue::channel(
-                options.client_send_queue,
-                usize::MAX,
-                false,
-                Some(abort.clone()),
-            );
+            let (outbox, inbox) =
+                queue::channel(options.client_send_queue, usize::MAX, false, abort.cloned());
             let _ = events
                 .send(DriverInput::Attach(conn, generation, outbox))
                 .await;
@@ -1678,7 +1643,6 @@ async fn handle<R: Runtime, S>(
     runtime: R,
     mut req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    events: mpsc::Sender<DriverInput>,
     settings: Arc<Settings>,
     abort: Arc<AbortSignal>,
     port: Port,
@@ -1702,9 +1666,9 @@ where
         request,
         has_body,
         body,
-        events.clone(),
+        settings.events.clone(),
         &settings,
-        &abort,
+        Some(&abort),
     )
     .await;
     let mut response = match answer.kind {
@@ -1712,7 +1676,8 @@ where
         Answered::WebSocket(conn, accept, side) => {
             let (Ok(accept), Some(on_upgrade)) = (HeaderValue::from_str(&accept), on_upgrade)
             else {
-                let _ = events
+                let _ = settings
+                    .events
                     .clone()
                     .send(DriverInput::Incoming(conn, 0, Incoming::Closed))
                     .await;
@@ -1722,7 +1687,7 @@ where
                 runtime.clone(),
                 on_upgrade,
                 conn,
-                events,
+                settings.events.clone(),
                 side,
             ));
             let mut response = Response::new(empty());
@@ -1865,9 +1830,9 @@ mod tests {
             gate_refusals: Arc::default(),
             metrics_elsewhere: false,
             options: ServeOptions::default(),
+            events: mpsc::channel(1).0,
         });
-        let (events, _driver) = mpsc::channel(1);
-        let task = serve_http(TokioRuntime, stream, peer, events, settings, Port::Public);
+        let task = serve_http(TokioRuntime, stream, peer, settings, Port::Public);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 280, "a connection's future is {size} bytes");
     }

@@ -126,6 +126,17 @@ impl std::ops::Deref for Abort {
     }
 }
 
+/// A queue's abort signal, held apart from its [`Inbox`].
+pub(crate) struct QueueAbort(Arc<Shared>);
+
+impl std::ops::Deref for QueueAbort {
+    type Target = AbortSignal;
+
+    fn deref(&self) -> &AbortSignal {
+        &self.0.abort
+    }
+}
+
 /// Everything both ends share: one allocation per peer.
 #[derive(Debug)]
 struct Shared {
@@ -302,6 +313,11 @@ impl Inbox {
     #[cfg(test)]
     pub(crate) fn try_next(&mut self) -> Option<Command> {
         self.shared.lock().waiting.pop_front()
+    }
+
+    /// The queue's abort signal, for the writer to run under (see [`AbortSignal::guard`]).
+    pub(crate) fn abort_signal(&self) -> QueueAbort {
+        QueueAbort(self.shared.clone())
     }
 
     /// A waker for the socket's readiness: it marks the socket ready (see

@@ -31,7 +31,7 @@ use signalr_relay_core::http1::{self, BodyLength, Parsed, RequestHead};
 use signalr_relay_core::relay::HttpResponse;
 
 use super::{
-    answer, held_response, AbortSignal, Answered, Command, ConnHandle, DriverInput, Settings, Side,
+    answer, held_response, Answered, Command, ConnHandle, DriverInput, Settings, Side,
     EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
 use crate::glue::queue::Inbox;
@@ -62,7 +62,6 @@ pub(super) struct Conn<R, S> {
     /// Read and not yet used.
     pub(super) buf: Vec<u8>,
     pub(super) peer: SocketAddr,
-    pub(super) events: mpsc::Sender<DriverInput>,
     pub(super) settings: Arc<Settings>,
 }
 
@@ -75,7 +74,6 @@ pub(super) struct Conn<R, S> {
 #[allow(clippy::manual_async_fn)] // An `async fn` would hold its arguments twice.
 pub(super) fn serve<'a, R: Runtime, S>(
     conn: &'a mut Conn<R, S>,
-    abort: &'a Arc<AbortSignal>,
 ) -> impl Future<Output = Ended> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -94,7 +92,7 @@ where
             }
             // The request's answer, then its reply, each in a box of its own: a held request
             // or an event stream holds only its reply's state, not the answer's.
-            let (replying, close) = Box::pin(exchange(conn, head, abort)).await;
+            let (replying, close) = Box::pin(exchange(conn, head)).await;
             match replying.await {
                 Ok(Some((conn, side))) => return Ended::WebSocket(conn, side),
                 Ok(None) if close => return Ended::Close,
@@ -118,7 +116,6 @@ where
 fn exchange<'a, R: Runtime, S>(
     conn: &'a mut Conn<R, S>,
     head: Box<(RequestHead, usize)>,
-    abort: &'a Arc<AbortSignal>,
 ) -> impl Future<Output = (Replying<'a>, bool)> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -129,7 +126,6 @@ where
             io,
             buf,
             peer,
-            events,
             settings,
         } = conn;
         let limit = WriteLimit::of(runtime, settings);
@@ -152,14 +148,23 @@ where
             request,
             length > 0,
             body,
-            events.clone(),
+            settings.events.clone(),
             settings,
-            abort,
+            // An event stream's queue has its own abort signal (see `reply`).
+            None,
         ))
         .await;
         let close = answer.close || asked_to_close;
         (
-            reply(io, buf, answer.kind, answer.cors, close, events, limit),
+            reply(
+                io,
+                buf,
+                answer.kind,
+                answer.cors,
+                close,
+                &settings.events,
+                limit,
+            ),
             close,
         )
     }
@@ -194,7 +199,15 @@ fn reply<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin + Send>(
                 .map(|()| None)
         }),
         Answered::EventStream(inbox, notice) => Box::pin(async move {
-            let streamed = stream_events(io, buf, inbox, cors.as_deref(), limit).await;
+            // The driver aborts a stream whose peer takes too little: it then ends at once,
+            // whatever it was waiting for, and the connection is dropped.
+            let abort = inbox.abort_signal();
+            let stream = std::pin::pin!(stream_events(io, buf, inbox, cors.as_deref(), limit));
+            let streamed = abort.guard(stream).await.unwrap_or_else(|| {
+                Err(io::Error::other(
+                    "its event stream stalled, and was dropped",
+                ))
+            });
             drop(notice);
             streamed.map(|()| None)
         }),
