@@ -2,7 +2,7 @@
 //! converted to the core's [`HttpRequest`], and CORS for browser clients.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +29,9 @@ pub(crate) fn empty() -> Body {
 }
 
 /// The parts of a hyper request the core reads, and the address of the socket's peer.
-pub(crate) fn to_core_request<B>(req: &Request<B>, peer: SocketAddr) -> HttpRequest {
+pub(crate) fn to_core_request<B>(req: &Request<B>, peer: IpAddr) -> HttpRequest {
     HttpRequest {
-        peer: Some(peer.ip()),
+        peer: Some(peer),
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or_default().to_owned(),
@@ -184,7 +184,7 @@ where
                         allow_origin(origin.as_ref(), &mut response);
                         return Ok::<_, Infallible>(response);
                     }
-                    let mut request = to_core_request(&req, peer);
+                    let mut request = to_core_request(&req, peer.ip());
                     let deadline = runtime.sleep_until(runtime.now() + Duration::from_secs(15));
                     let read = Box::pin(read_body(req.into_body(), MAX_HANDLER_BODY));
                     let mut response = match futures_util::future::select(read, deadline).await {

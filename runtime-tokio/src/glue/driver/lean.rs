@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -61,7 +61,13 @@ pub(super) struct Conn<R, S> {
     pub(super) io: S,
     /// Read and not yet used.
     pub(super) buf: Vec<u8>,
-    pub(super) peer: SocketAddr,
+    /// The peer's address: its port is never read, and an idle connection's task is smaller
+    /// without it.
+    pub(super) peer: IpAddr,
+    /// The length of `buf` when a head was last looked for in it: not parsed again until more
+    /// came. Kept here, in the room the other fields leave, rather than in the head's wait,
+    /// whose state is most of an idle connection's task (see `a_connection_task_fits_in_256_bytes`).
+    pub(super) parsed: u32,
     pub(super) settings: Arc<Settings>,
 }
 
@@ -127,6 +133,7 @@ where
             buf,
             peer,
             settings,
+            ..
         } = conn;
         let limit = WriteLimit::of(runtime, settings);
         let (head, len) = *head;
@@ -137,7 +144,7 @@ where
         }
         let asked_to_close = head.close;
         let length = head.content_length.unwrap_or(0);
-        let request = head.into_request(Some(peer.ip()));
+        let request = head.into_request(Some(*peer));
         let from = (&mut *io, &mut *buf);
         let body = move |limit: usize| {
             let (io, buf) = from;
@@ -305,18 +312,20 @@ fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
     conn: &'a mut Conn<R, S>,
 ) -> impl Future<Output = HeadRead> + 'a {
     let mut deadline = None;
-    // The length of `buf` when it was last parsed: not parsed again until more came.
-    let mut parsed = usize::MAX;
+    conn.parsed = u32::MAX;
     std::future::poll_fn(move |cx| loop {
         let Conn {
             runtime,
             io,
             buf,
             settings,
+            parsed,
             ..
         } = &mut *conn;
-        if parsed != buf.len() {
-            parsed = buf.len();
+        // At most MAX_REQUEST_HEAD bytes are read onto a head.
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX - 1);
+        if *parsed != len {
+            *parsed = len;
             match http1::parse_request(buf) {
                 Parsed::Complete(head, len) => return Poll::Ready(Ok(Box::new((head, len)))),
                 Parsed::Invalid => return Poll::Ready(Err(Some((400, "Bad request.")))),
