@@ -441,6 +441,64 @@ test('slow readers: a WebSocket client that never reads is closed for real', { t
   }
 });
 
+test('slow readers: a classic long poll whose answer is never read is dropped at the write timeout', { timeout: 120000 }, async () => {
+  // Classic requests are served by the relay's general HTTP path (hyper), whose writes are
+  // bounded in time like the lean path's: a socket that takes nothing for --write-timeout is
+  // dropped, with the answer it held. 12.5 MB is more than the sockets between them hold.
+  const stack = await Stack.start({ relayArgs: ['--write-timeout', '1', '--max-long-poll-buffer', String(16 * MB)] });
+  try {
+    const bystander = await stack.connect('chat');
+    const loop = bystanderLoop(bystander);
+    const token = stack.classicClientToken({ nameid: 'alice' });
+    const base = `http://${stack.relayAddr}/aspnetclient`;
+    const headers = { Authorization: `Bearer ${token}` };
+    const chat = encodeURIComponent(JSON.stringify([{ name: 'chat' }]));
+    const n = await (await fetch(`${base}/negotiate?clientProtocol=2.1&hub=chat&connectionData=${chat}`, { headers })).json();
+    const q = `transport=longPolling&clientProtocol=2.1&hub=chat&connectionData=${chat}&connectionToken=${encodeURIComponent(n.ConnectionToken)}`;
+    const init = await (await fetch(`${base}/connect?${q}`, { method: 'POST', headers })).json();
+    assert.equal((await (await fetch(`${base}/start?${q}`, { headers })).json()).Response, 'started');
+    // 500 messages of 25 KB wait for the client's next poll.
+    const form = { ...headers, 'Content-Type': 'application/x-www-form-urlencoded; charset=UTF-8' };
+    const chunk = 'z'.repeat(25 * 1024);
+    for (let i = 0; i < 500; i++) {
+      const data = JSON.stringify({ H: 'chat', M: 'EchoToCaller', A: [chunk], I: i });
+      const r = await fetch(`${base}/send?${q}`, { method: 'POST', headers: form, body: new URLSearchParams({ data }).toString() });
+      assert.equal(r.status, 200);
+      await r.arrayBuffer();
+    }
+    // The poll, on a socket that reads nothing for three write timeouts; then what did come
+    // is read, to the connection's end.
+    const [host, port] = stack.relayAddr.split(':');
+    const socket = net.connect(Number(port), host);
+    socket.on('error', () => {});
+    await new Promise((resolve) => socket.on('connect', resolve));
+    socket.pause();
+    const chunks = [];
+    socket.on('data', (d) => chunks.push(d));
+    const ended = new Promise((resolve) => socket.on('close', resolve));
+    const body = `messageId=${encodeURIComponent(init.C)}`;
+    socket.write(`POST /aspnetclient/poll?${q} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n` +
+      `Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    await sleep(3000);
+    socket.resume();
+    await ended;
+    const received = Buffer.concat(chunks);
+    const headEnd = received.indexOf('\r\n\r\n');
+    assert.ok(headEnd > 0, `no response head in ${received.length} bytes`);
+    const head = received.subarray(0, headEnd).toString().toLowerCase();
+    assert.match(head, /^http\/1\.1 200/);
+    const length = Number(/content-length: *(\d+)/.exec(head)[1]);
+    const got = received.length - headEnd - 4;
+    console.log(`# a classic poll of ${length} bytes never read for 3 s: ${got} bytes reached it before the relay dropped it`);
+    assert.ok(length > 12 * MB, `the answer was ${length} bytes`);
+    assert.ok(got < length, `the whole answer (${got} of ${length} bytes) reached a peer that read nothing for 3 s`);
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
 test('a ping flood from clients that never read: one pong waits for each, memory stays bounded', { timeout: 60000 }, async () => {
   const stack = await Stack.start();
   try {
