@@ -657,6 +657,33 @@ async fn event_streams_and_long_polls_carry_what_the_relay_says<R: Runtime>(
 }
 on_both_runtimes!(event_streams_and_long_polls_carry_what_the_relay_says);
 
+/// Sends the client `connection_id` messages of 8 KiB from `server`, up to 64 MiB (more than
+/// a socket and a client's queue hold), until the relay tells the app server it is gone.
+async fn flood_until_closed<R: Runtime>(
+    runtime: &R,
+    server: &mut AppServer<R>,
+    connection_id: &str,
+) {
+    let chunk = Bytes::from(format!(
+        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
+        "x".repeat(8 * 1024)
+    ));
+    let is_gone = |msg: &ServiceMessage| matches!(msg, ServiceMessage::CloseConnection(c) if c.connection_id == connection_id);
+    for _ in 0..8 * 1024 {
+        server
+            .send(&ServiceMessage::ConnectionData(service::ConnectionData {
+                connection_id: connection_id.to_owned(),
+                payload: chunk.clone(),
+                ext: service::Ext::default(),
+            }))
+            .await;
+        if server.try_next().is_some_and(|msg| is_gone(&msg)) {
+            return;
+        }
+    }
+    while !is_gone(&server.next(runtime).await) {}
+}
+
 async fn a_client_that_stops_reading_is_closed_and_the_others_are_not<R: Runtime>(
     runtime: R,
     addr: SocketAddr,
@@ -679,30 +706,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_are_not<R: Runtime
     let (_stalled, stalled_id) = connect(&mut server).await;
     let (mut bystander, bystander_id) = connect(&mut server).await;
     assert_eq!(next_text(rt, &mut bystander).await, "{}\x1e");
-    // Up to 64 MiB for a client that reads nothing: more than its socket and its queue hold.
-    let chunk = format!(
-        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
-        "x".repeat(8 * 1024)
-    );
-    let chunk = Bytes::from(chunk);
-    let is_gone = |msg: &ServiceMessage| matches!(msg, ServiceMessage::CloseConnection(c) if c.connection_id == stalled_id);
-    let mut closed = false;
-    for _ in 0..8 * 1024 {
-        server
-            .send(&ServiceMessage::ConnectionData(service::ConnectionData {
-                connection_id: stalled_id.clone(),
-                payload: chunk.clone(),
-                ext: service::Ext::default(),
-            }))
-            .await;
-        if server.try_next().is_some_and(|msg| is_gone(&msg)) {
-            closed = true;
-            break;
-        }
-    }
-    while !closed {
-        closed = is_gone(&server.next(rt).await);
-    }
+    flood_until_closed(rt, &mut server, &stalled_id).await;
     // The other client noticed nothing.
     server
         .data(
@@ -804,29 +808,7 @@ async fn an_event_stream_that_stops_reading_is_dropped_at_once<R: Runtime>(
     stalled.write_all(open.as_bytes()).await.expect("sent");
     send_handshake(rt, addr, &path, &bearer).await;
     let stalled_id = server.opened(rt).await;
-    // Up to 64 MiB, 8 KiB at a time, until the relay tells the app server the client is gone.
-    let chunk = Bytes::from(format!(
-        "{{\"type\":1,\"target\":\"m\",\"arguments\":[\"{}\"]}}\x1e",
-        "x".repeat(8 * 1024)
-    ));
-    let is_gone = |msg: &ServiceMessage| matches!(msg, ServiceMessage::CloseConnection(c) if c.connection_id == stalled_id);
-    let mut closed = false;
-    for _ in 0..8 * 1024 {
-        server
-            .send(&ServiceMessage::ConnectionData(service::ConnectionData {
-                connection_id: stalled_id.clone(),
-                payload: chunk.clone(),
-                ext: service::Ext::default(),
-            }))
-            .await;
-        if server.try_next().is_some_and(|msg| is_gone(&msg)) {
-            closed = true;
-            break;
-        }
-    }
-    while !closed {
-        closed = is_gone(&server.next(rt).await);
-    }
+    flood_until_closed(rt, &mut server, &stalled_id).await;
     // The socket was dropped: what the kernel held is read, then its end.
     let mut received = Vec::new();
     within(

@@ -107,8 +107,8 @@ struct Commands {
     writer_gone: bool,
 }
 
-/// A queue's abort signal: its own (a WebSocket's), or one shared with the task serving the
-/// peer's HTTP connection.
+/// A queue's abort signal: its own (a WebSocket's, and an event stream's on the lean path,
+/// whose writer runs under it), or one shared with hyper's connection serving the stream.
 #[derive(Debug)]
 enum Abort {
     Own(AbortSignal),
