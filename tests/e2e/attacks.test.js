@@ -444,8 +444,9 @@ test('slow readers: a WebSocket client that never reads is closed for real', { t
 test('slow readers: a classic long poll whose answer is never read is dropped at the write timeout', { timeout: 120000 }, async () => {
   // Classic requests are served by the relay's general HTTP path (hyper), whose writes are
   // bounded in time like the lean path's: a socket that takes nothing for --write-timeout is
-  // dropped, with the answer it held. 12.5 MB is more than the sockets between them hold.
-  const stack = await Stack.start({ relayArgs: ['--write-timeout', '1', '--max-long-poll-buffer', String(16 * MB)] });
+  // dropped, with the answer it held. About 24 MB is more than the sockets between them hold
+  // (a receive window of 6 MB and a send buffer of 4 MB at most, by Linux's defaults).
+  const stack = await Stack.start({ relayArgs: ['--write-timeout', '1', '--max-long-poll-buffer', String(32 * MB)] });
   try {
     const bystander = await stack.connect('chat');
     const loop = bystanderLoop(bystander);
@@ -457,10 +458,11 @@ test('slow readers: a classic long poll whose answer is never read is dropped at
     const q = `transport=longPolling&clientProtocol=2.1&hub=chat&connectionData=${chat}&connectionToken=${encodeURIComponent(n.ConnectionToken)}`;
     const init = await (await fetch(`${base}/connect?${q}`, { method: 'POST', headers })).json();
     assert.equal((await (await fetch(`${base}/start?${q}`, { headers })).json()).Response, 'started');
-    // 500 messages of 25 KB wait for the client's next poll.
+    // 800 messages of 30 KB wait for the client's next poll (each send's result comes after
+    // its message to the caller, on the same server connection).
     const form = { ...headers, 'Content-Type': 'application/x-www-form-urlencoded; charset=UTF-8' };
-    const chunk = 'z'.repeat(25 * 1024);
-    for (let i = 0; i < 500; i++) {
+    const chunk = 'z'.repeat(30 * 1024);
+    for (let i = 0; i < 800; i++) {
       const data = JSON.stringify({ H: 'chat', M: 'EchoToCaller', A: [chunk], I: i });
       const r = await fetch(`${base}/send?${q}`, { method: 'POST', headers: form, body: new URLSearchParams({ data }).toString() });
       assert.equal(r.status, 200);
@@ -490,7 +492,7 @@ test('slow readers: a classic long poll whose answer is never read is dropped at
     const length = Number(/content-length: *(\d+)/.exec(head)[1]);
     const got = received.length - headEnd - 4;
     console.log(`# a classic poll of ${length} bytes never read for 3 s: ${got} bytes reached it before the relay dropped it`);
-    assert.ok(length > 12 * MB, `the answer was ${length} bytes`);
+    assert.ok(length > 16 * MB, `the answer was ${length} bytes`);
     assert.ok(got < length, `the whole answer (${got} of ${length} bytes) reached a peer that read nothing for 3 s`);
     await loop.stop();
     await bystander.stop();

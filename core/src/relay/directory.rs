@@ -5,6 +5,7 @@
 //! connection's groups are always in its own hub.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ConnHandle;
@@ -107,8 +108,8 @@ pub(crate) struct Directory {
     max_group_name: usize,
     hubs: Vec<Hub>,
     by_name: BTreeMap<String, HubId>,
-    /// Every client connection, by its connection id.
-    by_connection_id: BTreeMap<String, (ConnHandle, HubId)>,
+    /// Every client connection, by its connection id (the client's own, shared).
+    by_connection_id: BTreeMap<Arc<str>, (ConnHandle, HubId)>,
     /// The groups of each client in at least one.
     groups_of: BTreeMap<ConnHandle, BTreeSet<String>>,
 }
@@ -207,14 +208,14 @@ impl Directory {
         self.hub(hub).servers.iter().copied()
     }
 
-    pub(crate) fn add_client(&mut self, hub: HubId, conn: ConnHandle, connection_id: &str) {
+    pub(crate) fn add_client(&mut self, hub: HubId, conn: ConnHandle, connection_id: &Arc<str>) {
         let clients = &mut self.hub_mut(hub).clients;
         clients.insert(conn);
         if clients.len() == 1 {
             self.touch(|| Scope::Hub(hub));
         }
         self.by_connection_id
-            .insert(connection_id.to_owned(), (conn, hub));
+            .insert(Arc::clone(connection_id), (conn, hub));
     }
 
     /// Forgets a client: its hub, its connection id, its groups and its user.
@@ -517,7 +518,7 @@ mod tests {
         let hub = d.intern("chat");
         assert_eq!(d.intern("chat"), hub);
         let c = ConnHandle(7);
-        d.add_client(hub, c, "id-7");
+        d.add_client(hub, c, &"id-7".into());
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         d.attach_user(now, hub, c, "ann");
@@ -547,7 +548,7 @@ mod tests {
         let now = Instant::now();
         let conns = [ConnHandle(3), ConnHandle(1), ConnHandle(2)];
         for (i, &c) in conns.iter().enumerate() {
-            d.add_client(hub, c, &format!("id-{i}"));
+            d.add_client(hub, c, &format!("id-{i}").into());
             d.attach_user(now, hub, c, "ann");
             d.attach_user(now, hub, c, "ann");
             assert!(d.join_by_id(&format!("id-{i}"), "g"));

@@ -656,7 +656,6 @@ impl Relay {
             "a connection is opened with all its claims"
         );
         let conn = self.handles.next();
-        self.directory.add_client(hub, conn, &ids.0);
         let user = claims.user_id().map(str::to_owned);
         let mut client = Client::new(
             now,
@@ -667,6 +666,7 @@ impl Relay {
             Intro::new(claims.claims(), req),
             dialect,
         );
+        self.directory.add_client(hub, conn, &client.connection_id);
         client.bearer = Some(claims.digest());
         client.policy = Policy::from_claims(claims.claims());
         let mut timers = self.timers.of(conn, &mut client.timers, now);

@@ -47,7 +47,7 @@ impl Command {
 #[derive(Debug, Default)]
 pub(crate) struct AbortSignal {
     aborted: AtomicBool,
-    /// An HTTP connection's: set while one of its requests is held, so that its stream
+    /// A connection hyper serves: set while one of its requests is held, so that its stream
     /// watches for the peer's end ([`super::watched`]).
     watched: AtomicBool,
     waker: AtomicWaker,

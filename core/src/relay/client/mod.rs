@@ -14,6 +14,7 @@ mod transport;
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -50,7 +51,8 @@ pub(crate) struct Clients {
     /// Boxed: the map's nodes hold a pointer per client, not a client (whose size would be
     /// paid for each of a node's empty slots too).
     pub(crate) map: BTreeMap<ConnHandle, Box<Client>>,
-    by_token: BTreeMap<Box<str>, ConnHandle>,
+    /// Keyed by the client's own token, shared with it.
+    by_token: BTreeMap<Arc<str>, ConnHandle>,
     /// Connections per access token (digested), negotiated or connected.
     per_bearer: BTreeMap<[u8; 32], usize>,
     /// Closed long-polling connections, for their last poll.
@@ -299,9 +301,10 @@ pub(crate) enum Input<'a> {
 pub(crate) struct Client {
     pub(crate) conn: ConnHandle,
     pub(crate) hub: HubId,
-    /// Boxed strings (no spare capacity, a word less each): a client keeps them for its life.
-    pub(crate) connection_id: Box<str>,
-    pub(crate) token: Box<str>,
+    /// Exact, shared strings: the directory's map by connection id, and the map by token,
+    /// hold the same allocations as their keys.
+    pub(crate) connection_id: Arc<str>,
+    pub(crate) token: Arc<str>,
     pub(crate) user_id: Option<Box<str>>,
     /// The token it negotiated with (digested): every later request must bear the same.
     pub(crate) bearer: Option<[u8; 32]>,
