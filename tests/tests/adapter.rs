@@ -136,22 +136,6 @@ macro_rules! on_both_runtimes {
             }
         }
     };
-    // With the relay's configuration and serve options from `$setup()`.
-    ($scenario:ident, $setup:ident) => {
-        mod $scenario {
-            #[test]
-            fn tokio() {
-                let (config, options) = super::$setup();
-                super::on_tokio_with(config, options, super::$scenario);
-            }
-
-            #[test]
-            fn smol() {
-                let (config, options) = super::$setup();
-                super::on_smol_with(config, options, super::$scenario);
-            }
-        }
-    };
 }
 
 /// Fails the test if `step` takes longer than [`PATIENCE`].
@@ -861,10 +845,27 @@ fn a_long_write_timeout() -> (RelayConfig, ServeOptions) {
     (config(), options)
 }
 
-on_both_runtimes!(
-    an_event_stream_that_stops_reading_is_dropped_at_once,
-    a_long_write_timeout
-);
+mod an_event_stream_that_stops_reading_is_dropped_at_once {
+    #[test]
+    fn tokio() {
+        let (config, options) = super::a_long_write_timeout();
+        super::on_tokio_with(
+            config,
+            options,
+            super::an_event_stream_that_stops_reading_is_dropped_at_once,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        let (config, options) = super::a_long_write_timeout();
+        super::on_smol_with(
+            config,
+            options,
+            super::an_event_stream_that_stops_reading_is_dropped_at_once,
+        );
+    }
+}
 
 /// One long poll may answer 12 MiB; a second is the write timeout.
 fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
@@ -876,10 +877,27 @@ fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
     (config, options)
 }
 
-on_both_runtimes!(
-    a_long_poll_never_read_is_dropped_at_the_write_timeout,
-    large_polls_and_a_short_write_timeout
-);
+mod a_long_poll_never_read_is_dropped_at_the_write_timeout {
+    #[test]
+    fn tokio() {
+        let (config, options) = super::large_polls_and_a_short_write_timeout();
+        super::on_tokio_with(
+            config,
+            options,
+            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
+        );
+    }
+
+    #[test]
+    fn smol() {
+        let (config, options) = super::large_polls_and_a_short_write_timeout();
+        super::on_smol_with(
+            config,
+            options,
+            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
+        );
+    }
+}
 
 async fn plain_requests_are_answered<R: Runtime>(runtime: R, addr: SocketAddr) {
     let rt = &runtime;

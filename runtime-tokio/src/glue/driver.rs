@@ -1473,11 +1473,13 @@ fn held_response(answer: Option<HttpResponse>) -> HttpResponse {
 /// Answers a request from its head and, as far as its endpoint needs one, its body (`body`
 /// reads at most the bytes it is given, within the body timeout; `has_body`: whether there is
 /// one to read). The request is authenticated on its head before any of its body is read.
+#[allow(clippy::too_many_arguments)]
 async fn answer<R, B, F>(
     runtime: &R,
     mut request: HttpRequest,
     has_body: bool,
     body: B,
+    mut events: mpsc::Sender<DriverInput>,
     settings: &Settings,
     abort: Option<&Arc<AbortSignal>>,
 ) -> Answer
@@ -1564,9 +1566,6 @@ where
             }
         }
     };
-    // A clone of the driver's sender for this request: its drop notice keeps it, and a clone
-    // has its own slot in the channel.
-    let mut events = settings.events.clone();
     let (reply, outcome) = oneshot::channel();
     if events
         .send(DriverInput::Request(Box::new(request), reply))
@@ -1664,7 +1663,16 @@ where
     let on_upgrade = request.websocket.then(|| hyper::upgrade::on(&mut req));
     let has_body = req.method() == Method::POST;
     let body = |limit| read_body(req.into_body(), limit);
-    let answer = answer(&runtime, request, has_body, body, &settings, Some(&abort)).await;
+    let answer = answer(
+        &runtime,
+        request,
+        has_body,
+        body,
+        settings.events.clone(),
+        &settings,
+        Some(&abort),
+    )
+    .await;
     let mut response = match answer.kind {
         Answered::Respond(r) => respond(r),
         Answered::WebSocket(conn, accept, side) => {

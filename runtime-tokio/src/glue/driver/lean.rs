@@ -155,6 +155,7 @@ where
             request,
             length > 0,
             body,
+            settings.events.clone(),
             settings,
             // An event stream's queue has its own abort signal (see `reply`).
             None,
