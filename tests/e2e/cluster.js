@@ -43,7 +43,9 @@ async function startRedis() {
 
 /// A relay node on the backplane at `redisUrl`.
 async function startNode(id, redisUrl, key, extra = []) {
-  const p = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', key, '--log', 'warn',
+  // Refusals and server connections are logged (at info), not each client: a failing test
+  // can show what the nodes did (`logTail`).
+  const p = startProcess(`signalr-relay${SUFFIX}`, ['--listen', '127.0.0.1:0', '--access-key', key, '--log', 'info,signalr_relay::clients=warn',
     '--redis', redisUrl, '--node-id', id, ...extra]);
   p.id = id;
   p.addr = await p.ready;
@@ -96,4 +98,19 @@ async function serves(addr, hub, key) {
   return r.status === 200 && !(await r.json()).error;
 }
 
-module.exports = { startRedis, startNode, startClusterNginx, metrics, eventually, serves };
+/// The last lines each node logged, for a failure's message.
+function logTail(nodes, lines = 40) {
+  return nodes.map((n) => `--- ${n.id} (${n.addr}):\n${n.output().trimEnd().split('\n').slice(-lines).join('\n')}`).join('\n');
+}
+
+/// Runs `body`; if it throws, the error's message ends with the nodes' last log lines.
+async function withLogs(nodes, body) {
+  try {
+    return await body();
+  } catch (e) {
+    e.message = `${e.message}\n${logTail(nodes)}`;
+    throw e;
+  }
+}
+
+module.exports = { startRedis, startNode, startClusterNginx, metrics, eventually, serves, withLogs };

@@ -10,7 +10,7 @@ const WebSocket = require('ws');
 const { encode } = require('@msgpack/msgpack');
 const { frame, frames } = require('./service_wire');
 const { SUFFIX, CLASSIC_FILES, Browser, startProcess, startClient, jwt, next, collect, sleep, signalR } = require('./harness');
-const { startRedis, startNode, startClusterNginx, metrics, eventually, serves } = require('./cluster');
+const { startRedis, startNode, startClusterNginx, metrics, eventually, serves, withLogs } = require('./cluster');
 const { broadcastAcrossLoss } = require('./relays');
 
 const key = crypto.randomBytes(16).toString('hex');
@@ -201,24 +201,27 @@ test('an app server that speaks the SDK\'s wire follows a target ping through ng
   const seen = { pings: [], opened: [], sockets: [] };
   const first = rawServer('raw', null, seen);
   seen.sockets.push(first);
+  // A failure shows the nodes' log: this test failed once in CI, and did not again alone.
   try {
-    // Its one connection lands on one node; the other two ask for theirs, and each ping's
-    // new connection reaches the node it names.
-    await eventually(async () => (await Promise.all(nodes.map((n) => serves(n.addr, 'raw', key)))).every(Boolean), 'every node serves raw', 20000);
-    const targets = [...new Set(seen.pings)].sort();
-    assert.ok(targets.length >= 2, `pings: ${seen.pings}`);
-    for (const t of targets) assert.ok(byId(t), t);
-    // A client at each node is opened on a connection whose target is that node (or on the
-    // first connection, on the node it landed on).
-    const token = (hub) => jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, exp: Math.floor(Date.now() / 1000) + 600 }, key);
-    for (const n of nodes) {
-      const c = await startClient(`http://${n.addr}/client/?hub=raw`, { transport: signalR.HttpTransportType.WebSockets, accessTokenFactory: () => token('raw') });
-      await eventually(() => seen.opened.some((o) => o.connectionId === c.connectionId), `${c.connectionId} opened`);
-      const o = seen.opened.find((x) => x.connectionId === c.connectionId);
-      assert.equal(nodeOf(c), n.id);
-      if (o.target) assert.equal(o.target, n.id);
-      await c.stop();
-    }
+    await withLogs(nodes, async () => {
+      // Its one connection lands on one node; the other two ask for theirs, and each ping's
+      // new connection reaches the node it names.
+      await eventually(async () => (await Promise.all(nodes.map((n) => serves(n.addr, 'raw', key)))).every(Boolean), 'every node serves raw', 20000);
+      const targets = [...new Set(seen.pings)].sort();
+      assert.ok(targets.length >= 2, `pings: ${seen.pings}`);
+      for (const t of targets) assert.ok(byId(t), t);
+      // A client at each node is opened on a connection whose target is that node (or on the
+      // first connection, on the node it landed on).
+      const token = (hub) => jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, exp: Math.floor(Date.now() / 1000) + 600 }, key);
+      for (const n of nodes) {
+        const c = await startClient(`http://${n.addr}/client/?hub=raw`, { transport: signalR.HttpTransportType.WebSockets, accessTokenFactory: () => token('raw') });
+        await eventually(() => seen.opened.some((o) => o.connectionId === c.connectionId), `${c.connectionId} opened`);
+        const o = seen.opened.find((x) => x.connectionId === c.connectionId);
+        assert.equal(nodeOf(c), n.id);
+        if (o.target) assert.equal(o.target, n.id);
+        await c.stop();
+      }
+    });
   } finally {
     for (const s of seen.sockets) s.terminate();
   }
