@@ -112,6 +112,23 @@ impl SignedToken {
     pub(crate) fn digest(&self) -> [u8; 32] {
         self.digest
     }
+
+    /// Its times, for checking again later without the rest.
+    pub(crate) fn times(&self) -> TokenTimes {
+        TokenTimes {
+            exp: self.exp,
+            nbf: self.nbf,
+        }
+    }
+}
+
+/// A verified token's times (`exp`, `nbf`, Unix seconds): a negotiated connection keeps them
+/// until its transport comes, so that an upgrade bearing the very same token is checked for
+/// them alone ([`Admission::check_again`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenTimes {
+    exp: Option<u64>,
+    nbf: Option<u64>,
 }
 
 /// Checks tokens. It knows when "now" is on the wall clock: the adapter gave both clocks at
@@ -191,6 +208,21 @@ impl Admission {
         hub: Option<&str>,
     ) -> Result<Arc<SignedToken>, Rejection> {
         self.verify_as(config, now, req, (path, hub), true)
+    }
+
+    /// For a request bearing the very token (the same text, by its digest) that was verified
+    /// whole earlier, its signature and audience with it: whether it is still in date at
+    /// `now`.
+    pub(crate) fn check_again(
+        &self,
+        config: &RelayConfig,
+        now: Instant,
+        times: TokenTimes,
+    ) -> Result<(), Rejection> {
+        Validation::new()
+            .with_leeway_secs(config.token_leeway.as_secs())
+            .check_times(times.exp, times.nbf, self.unix_now(now))
+            .map_err(|e| Rejection::BadToken(e.to_string()))
     }
 
     fn verify_as(
@@ -312,6 +344,11 @@ struct Verified {
     /// The length of the newer generation's tokens, summed.
     newer_bytes: usize,
     older: BTreeMap<[u8; 32], (Arc<SignedToken>, usize)>,
+}
+
+/// The digest a connection is bound to ([`SignedToken::digest`]) of a request's bearer token.
+pub(crate) fn bearer_digest(req: &HttpRequest) -> Option<[u8; 32]> {
+    req.bearer_token().map(|token| digest(&token))
 }
 
 fn digest(token: &str) -> [u8; 32] {

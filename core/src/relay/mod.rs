@@ -607,7 +607,7 @@ impl Relay {
         } else {
             connection_id.clone()
         };
-        let dialect = Client::aspnetcore(stateful);
+        let dialect = Client::aspnetcore(stateful, Some(claims.times()));
         let client = self.new_client(now, hub_id, (connection_id, token), &claims, req, dialect);
         self.clients.insert(client);
         Ok(HttpResponse::json(
@@ -687,6 +687,12 @@ impl Relay {
         now: Instant,
         req: &HttpRequest,
     ) -> Result<RequestOutcome, Rejection> {
+        if let Some(upgraded) = req
+            .query_param("id")
+            .and_then(|id| self.upgrade_negotiated(now, req, &id))
+        {
+            return upgraded;
+        }
         let (hub, claims) =
             self.admission
                 .verify_opening_for_hub(&self.config, now, req, "/client/")?;
@@ -716,7 +722,14 @@ impl Relay {
             .hub_for_clients(now, &hub)
             .ok_or(Rejection::NoAppServer { hub })?;
         let ids = self.ids.next_pair();
-        let mut client = self.new_client(now, hub_id, ids, &claims, req, Client::aspnetcore(false));
+        let mut client = self.new_client(
+            now,
+            hub_id,
+            ids,
+            &claims,
+            req,
+            Client::aspnetcore(false, None),
+        );
         let input = Input::Upgrade(Request {
             hub: Some(hub_id),
             ..request
@@ -725,6 +738,36 @@ impl Relay {
         debug_assert!(matches!(handled.next, Next::Stay));
         self.clients.insert(client);
         handled.outcome.ok_or(Rejection::UnknownConnection)
+    }
+
+    /// The WebSocket of a negotiated connection that bears the very token it negotiated with
+    /// (the same text, by its digest), whose signature and audience were verified then: only
+    /// its times are checked again, and it is not decoded a second time. `None` for any other
+    /// (another token, none, or a connection not waiting for its transport): the whole check
+    /// decides, as for a new token.
+    fn upgrade_negotiated(
+        &mut self,
+        now: Instant,
+        req: &HttpRequest,
+        id: &str,
+    ) -> Option<Result<RequestOutcome, Rejection>> {
+        let conn = self.clients.by_token(id)?;
+        let client = self.clients.map.get(&conn)?;
+        let times = client.negotiated_with()?;
+        let bearer = self::admission::bearer_digest(req).filter(|d| client.bearer == Some(*d))?;
+        let hub = hub_param(req).ok()?;
+        let user = client.user_id.clone();
+        if let Err(expired) = self.admission.check_again(&self.config, now, times) {
+            return Some(Err(expired));
+        }
+        let request = Request {
+            req,
+            hub: self.directory.find(&hub),
+            user: user.as_deref(),
+            bearer,
+        };
+        let outcome = self.client_input(now, conn, Input::Upgrade(request));
+        Some(outcome.ok_or(Rejection::UnknownConnection))
     }
 
     /// `GET`, `POST` and `DELETE` on `/client/`: Server-Sent Events, long polls, sends.

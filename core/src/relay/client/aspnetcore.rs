@@ -16,6 +16,7 @@ use crate::aspnetcore::handshake::{
 use crate::aspnetcore::negotiate::TransportKind;
 use crate::aspnetcore::{Close, FrameDecoder, HubMessage, HubProtocol, TransferFormat};
 use crate::framing::{write_binary_frame, TextFrameDecoder, RECORD_SEPARATOR};
+use crate::relay::admission::TokenTimes;
 use crate::relay::http::{HttpRequest, HttpResponse, RequestOutcome};
 use crate::relay::output::Upstream;
 use crate::relay::reason::{Ending, Rejection, CLIENT_CLOSE_CODE, REPLACED};
@@ -34,8 +35,10 @@ pub(crate) struct AspNetCore {
 
 #[derive(Debug)]
 enum Phase {
-    /// Negotiated; waiting for the transport.
-    Negotiated,
+    /// Negotiated; waiting for the transport. With the times of the token it negotiated with:
+    /// an upgrade bearing that very token needs only them checked (see
+    /// [`AspNetCore::negotiated_with`]).
+    Negotiated(Option<TokenTimes>),
     /// Transport attached; waiting for the handshake (until the `Handshake` timer).
     Handshake(TextFrameDecoder),
     /// Mapped to a server connection; hub messages are reassembled into whole frames.
@@ -68,10 +71,18 @@ impl AspNetCore {
         polls + self.stateful.as_ref().map_or(0, |s| s.buffered())
     }
 
-    pub(crate) fn new(stateful_allowed: bool) -> Self {
+    /// While it waits for its transport: the times of the token it negotiated with.
+    pub(crate) fn negotiated_with(&self) -> Option<TokenTimes> {
+        match self.phase {
+            Phase::Negotiated(times) => times,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn new(stateful_allowed: bool, negotiated_with: Option<TokenTimes>) -> Self {
         Self {
             transport: Transport::None,
-            phase: Phase::Negotiated,
+            phase: Phase::Negotiated(negotiated_with),
             stateful_allowed,
             stateful: None,
         }
@@ -113,7 +124,7 @@ impl AspNetCore {
         connection_id: &str,
     ) -> Result<Next, Ending> {
         match (&mut self.phase, link) {
-            (Phase::Negotiated, _) => Ok(Next::Stay),
+            (Phase::Negotiated(_), _) => Ok(Next::Stay),
             (Phase::Handshake(decoder), _) => {
                 decoder.push(data);
                 match decoder.next_frame() {

@@ -30,6 +30,7 @@ pub(crate) use self::transport::Tombstones;
 use self::aspnetcore::{AspNetCore, HttpStep, Upgrade};
 use self::classic::{Attach, Classic};
 use self::transport::{poll_response, Transport, SSE_PREAMBLE};
+use super::admission::TokenTimes;
 use super::config::RelayConfig;
 use super::directory::HubId;
 use super::forwarded::{self, Intro};
@@ -362,8 +363,22 @@ impl Client {
     }
 
     /// The ASP.NET Core dialect, before its transport.
-    pub(crate) fn aspnetcore(stateful_allowed: bool) -> Dialect {
-        Dialect::AspNetCore(AspNetCore::new(stateful_allowed))
+    /// The ASP.NET Core dialect (`negotiated_with`: the times of the token it negotiated
+    /// with, when it did).
+    pub(crate) fn aspnetcore(
+        stateful_allowed: bool,
+        negotiated_with: Option<TokenTimes>,
+    ) -> Dialect {
+        Dialect::AspNetCore(AspNetCore::new(stateful_allowed, negotiated_with))
+    }
+
+    /// While an ASP.NET Core client waits for its transport: the times of the token it
+    /// negotiated with.
+    pub(crate) fn negotiated_with(&self) -> Option<TokenTimes> {
+        match &self.dialect {
+            Dialect::AspNetCore(a) => a.negotiated_with(),
+            Dialect::Classic(_) => None,
+        }
     }
 
     /// The classic dialect, with the hub as the client names it.

@@ -189,6 +189,61 @@ fn a_connection_answers_only_the_access_token_it_negotiated_with() {
     assert_eq!(respond(sim.handle(&on("GET", &mine, false))).status, 200);
 }
 
+/// An upgrade bearing the very token its connection negotiated with is not decoded again,
+/// but it is checked for its times again: one that expired since the negotiate is refused as
+/// an expired token is (401), and the connection stays, for its own token's transport.
+#[test]
+fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
+    // No timeout the test crosses but the token's own (20 s, without leeway).
+    let config = RelayConfig {
+        negotiate_timeout: Duration::from_secs(3600),
+        token_leeway: Duration::ZERO,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::with_config(epoch(), config);
+    sim.connect_server("chat", "app");
+    let negotiate = |sim: &mut Sim, bearer: &str| {
+        let req = request(
+            "POST",
+            "/client/negotiate",
+            "hub=chat&negotiateVersion=1",
+            Some(bearer),
+            false,
+        );
+        let body = respond(sim.handle(&req)).body;
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["connectionToken"].as_str().unwrap().to_owned()
+    };
+    let upgrade = |id: &str, bearer: &str| {
+        request(
+            "GET",
+            "/client/",
+            &format!("hub=chat&id={id}"),
+            Some(bearer),
+            true,
+        )
+    };
+    let short = token("/client/", "chat", Some("u1"), 20, KEY);
+    let early = negotiate(&mut sim, &short);
+    assert!(matches!(
+        sim.handle(&upgrade(&early, &short)),
+        RequestOutcome::AcceptWebSocket(_)
+    ));
+    sim.advance(Duration::from_secs(10));
+    let late = negotiate(&mut sim, &short);
+    sim.advance(Duration::from_secs(15));
+    let refused = respond(sim.handle(&upgrade(&late, &short)));
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("expired"),
+        "{refused:?}"
+    );
+    // Another token of the same user is not the negotiated one: 403, as before.
+    let other = token("/client/", "chat", Some("u1"), 3600, KEY);
+    let taken = respond(sim.handle(&upgrade(&late, &other)));
+    assert_eq!(taken.status, 403, "{taken:?}");
+}
+
 /// What pending negotiates keep is bounded: the query by length, the connections by token
 /// and in total.
 #[test]
