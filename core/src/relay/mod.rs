@@ -755,14 +755,18 @@ impl Relay {
         let client = self.clients.map.get(&conn)?;
         let times = client.negotiated_with()?;
         let bearer = self::admission::bearer_digest(req).filter(|d| client.bearer == Some(*d))?;
-        let hub = hub_param(req).ok()?;
+        // Its own hub (which the token's audience named); another gets the whole check.
+        let hub = hub_param(req)
+            .ok()
+            .and_then(|hub| self.directory.find(&hub))
+            .filter(|&hub| hub == client.hub)?;
         let user = client.user_id.clone();
         if let Err(expired) = self.admission.check_again(&self.config, now, times) {
             return Some(Err(expired));
         }
         let request = Request {
             req,
-            hub: self.directory.find(&hub),
+            hub: Some(hub),
             user: user.as_deref(),
             bearer,
         };

@@ -202,6 +202,7 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
     };
     let mut sim = Sim::with_config(epoch(), config);
     sim.connect_server("chat", "app");
+    sim.connect_server("other", "app");
     let negotiate = |sim: &mut Sim, bearer: &str| {
         let req = request(
             "POST",
@@ -231,6 +232,16 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
     ));
     sim.advance(Duration::from_secs(10));
     let late = negotiate(&mut sim, &short);
+    // On another hub's endpoint the very token gets the whole check: its audience is chat's.
+    let elsewhere = request(
+        "GET",
+        "/client/",
+        &format!("hub=other&id={late}"),
+        Some(&short),
+        true,
+    );
+    let wrong = respond(sim.handle(&elsewhere));
+    assert_eq!(wrong.status, 401, "{wrong:?}");
     sim.advance(Duration::from_secs(15));
     let refused = respond(sim.handle(&upgrade(&late, &short)));
     assert_eq!(refused.status, 401, "{refused:?}");
