@@ -51,6 +51,18 @@ fn on_connection(method: &str, id: &str, accept: Option<&str>, body: &[u8]) -> H
     connection_request(method, "chat", id, None, accept, body)
 }
 
+/// Negotiates with `bearer`: the relay's answer.
+fn negotiate_with(sim: &mut Sim, bearer: &str) -> NegotiateResponse {
+    let req = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=1",
+        Some(bearer),
+        false,
+    );
+    NegotiateResponse::parse(&respond(sim.handle(&req)).body).expect("a negotiate response")
+}
+
 fn respond(outcome: RequestOutcome) -> HttpResponse {
     match outcome {
         RequestOutcome::Respond(r) => r,

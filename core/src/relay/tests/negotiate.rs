@@ -203,17 +203,9 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
     let mut sim = Sim::with_config(epoch(), config);
     sim.connect_server("chat", "app");
     sim.connect_server("other", "app");
-    let negotiate = |sim: &mut Sim, bearer: &str| {
-        let req = request(
-            "POST",
-            "/client/negotiate",
-            "hub=chat&negotiateVersion=1",
-            Some(bearer),
-            false,
-        );
-        let body = respond(sim.handle(&req)).body;
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        json["connectionToken"].as_str().unwrap().to_owned()
+    let negotiate = |sim: &mut Sim, bearer: &str| match negotiate_with(sim, bearer) {
+        NegotiateResponse::Connection(info) => info.connection_token.unwrap(),
+        other => panic!("{other:?}"),
     };
     let upgrade = |id: &str, bearer: &str| {
         request(

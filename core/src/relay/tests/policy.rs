@@ -17,18 +17,6 @@ fn token_with(extra: &[(&str, &str)]) -> String {
     sign(&claims, KEY.as_bytes(), Algorithm::Hs256)
 }
 
-/// Negotiates with `bearer`: the relay's answer.
-fn negotiate_with(sim: &mut Sim, bearer: &str) -> NegotiateResponse {
-    let req = request(
-        "POST",
-        "/client/negotiate",
-        "hub=chat&negotiateVersion=1",
-        Some(bearer),
-        false,
-    );
-    NegotiateResponse::parse(&respond(sim.handle(&req)).body).expect("a negotiate response")
-}
-
 /// Negotiates, opens a WebSocket and sends a JSON handshake with `bearer`.
 fn connect_with(sim: &mut Sim, bearer: &str) -> ConnHandle {
     let NegotiateResponse::Connection(info) = negotiate_with(sim, bearer) else {
