@@ -189,12 +189,14 @@ fn a_connection_answers_only_the_access_token_it_negotiated_with() {
     assert_eq!(respond(sim.handle(&on("GET", &mine, false))).status, 200);
 }
 
-/// An upgrade bearing the very token its connection negotiated with is not decoded again,
-/// but it is checked for its times again: one that expired since the negotiate is refused as
-/// an expired token is (401), and the connection stays, for its own token's transport.
+/// An upgrade bearing the very token its connection negotiated with is not decoded again
+/// (the shortcut answers it), but it is checked for its times again: one that expired since
+/// the negotiate is refused as an expired token is (401). Any other token takes the whole
+/// check: a forged one gets 401, another good one 403.
 #[test]
 fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
-    // No timeout the test crosses but the token's own (20 s, without leeway).
+    // No timeout the test depends on but the token's own (20 s, without leeway); the first
+    // client's handshake timer fires on the way, and ends only that client.
     let config = RelayConfig {
         negotiate_timeout: Duration::from_secs(3600),
         token_leeway: Duration::ZERO,
@@ -218,10 +220,13 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
     };
     let short = token("/client/", "chat", Some("u1"), 20, KEY);
     let early = negotiate(&mut sim, &short);
-    assert!(matches!(
-        sim.handle(&upgrade(&early, &short)),
-        RequestOutcome::AcceptWebSocket(_)
-    ));
+    // The shortcut itself takes it, not the whole check.
+    let (relay, now) = sim.relay_mut();
+    let taken = relay.upgrade_negotiated(now, &upgrade(&early, &short), &early);
+    assert!(
+        matches!(taken, Some(Ok(RequestOutcome::AcceptWebSocket(_)))),
+        "{taken:?}"
+    );
     sim.advance(Duration::from_secs(10));
     let late = negotiate(&mut sim, &short);
     // On another hub's endpoint the very token gets the whole check: its audience is chat's.
@@ -234,6 +239,19 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
     );
     let wrong = respond(sim.handle(&elsewhere));
     assert_eq!(wrong.status, 401, "{wrong:?}");
+    // A forged token (the negotiated one with its signature changed), still in date, is not
+    // the negotiated one: the whole check refuses it, 401 (the shortcut would have let the
+    // relay answer 403, its owner's check).
+    let (head, signature) = short.rsplit_once('.').unwrap();
+    let mut forged_signature = signature.as_bytes().to_vec();
+    forged_signature[10] = if forged_signature[10] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let forged = format!("{head}.{}", String::from_utf8(forged_signature).unwrap());
+    let forged_refused = respond(sim.handle(&upgrade(&late, &forged)));
+    assert_eq!(forged_refused.status, 401, "{forged_refused:?}");
     sim.advance(Duration::from_secs(15));
     let refused = respond(sim.handle(&upgrade(&late, &short)));
     assert_eq!(refused.status, 401, "{refused:?}");
@@ -241,10 +259,15 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
         String::from_utf8_lossy(&refused.body).contains("expired"),
         "{refused:?}"
     );
-    // Another token of the same user is not the negotiated one: 403, as before.
+    // Another good token of the same user is not the negotiated one either: the shortcut
+    // leaves it, and the whole check answers 403, as before.
     let other = token("/client/", "chat", Some("u1"), 3600, KEY);
-    let taken = respond(sim.handle(&upgrade(&late, &other)));
-    assert_eq!(taken.status, 403, "{taken:?}");
+    let (relay, now) = sim.relay_mut();
+    assert!(relay
+        .upgrade_negotiated(now, &upgrade(&late, &other), &late)
+        .is_none());
+    let not_owner = respond(sim.handle(&upgrade(&late, &other)));
+    assert_eq!(not_owner.status, 403, "{not_owner:?}");
 }
 
 /// What pending negotiates keep is bounded: the query by length, the connections by token
