@@ -25,9 +25,8 @@ pub(crate) struct SignedToken {
     /// All the token's claims; none when only what a connection's requests read is kept.
     /// Boxed: a remembered token does without them.
     whole: Option<Box<Claims>>,
-    /// Its times (`exp`, `nbf`), checked at each use.
-    exp: Option<u64>,
-    nbf: Option<u64>,
+    /// Its times, checked at each use.
+    times: TokenTimes,
     /// Its user id.
     user: Option<Box<str>>,
     audiences: Box<[AudienceParts]>,
@@ -42,8 +41,10 @@ impl SignedToken {
             .filter_map(|aud| AudienceParts::parse(aud))
             .collect();
         Self {
-            exp: claims.exp,
-            nbf: claims.nbf,
+            times: TokenTimes {
+                exp: claims.exp,
+                nbf: claims.nbf,
+            },
             user: claims.user_id().map(Box::from),
             whole: Some(Box::new(claims)),
             audiences,
@@ -75,9 +76,7 @@ impl SignedToken {
 
     /// Whether the token is in date at `now` (Unix seconds).
     fn check_times(&self, validation: &Validation, now: u64) -> Result<(), Rejection> {
-        validation
-            .check_times(self.exp, self.nbf, now)
-            .map_err(|e| Rejection::BadToken(e.to_string()))
+        self.times.check(validation, now)
     }
 
     /// The user id the token names ([`Claims::user_id`]).
@@ -115,10 +114,7 @@ impl SignedToken {
 
     /// Its times, for checking again later without the rest.
     pub(crate) fn times(&self) -> TokenTimes {
-        TokenTimes {
-            exp: self.exp,
-            nbf: self.nbf,
-        }
+        self.times
     }
 }
 
@@ -129,6 +125,20 @@ impl SignedToken {
 pub(crate) struct TokenTimes {
     exp: Option<u64>,
     nbf: Option<u64>,
+}
+
+impl TokenTimes {
+    /// Whether they hold at `now` (Unix seconds).
+    fn check(self, validation: &Validation, now: u64) -> Result<(), Rejection> {
+        validation
+            .check_times(self.exp, self.nbf, now)
+            .map_err(|e| Rejection::BadToken(e.to_string()))
+    }
+}
+
+/// How tokens' times are checked: with the configured leeway.
+fn validation(config: &RelayConfig) -> Validation {
+    Validation::new().with_leeway_secs(config.token_leeway.as_secs())
 }
 
 /// Checks tokens. It knows when "now" is on the wall clock: the adapter gave both clocks at
@@ -219,10 +229,7 @@ impl Admission {
         now: Instant,
         times: TokenTimes,
     ) -> Result<(), Rejection> {
-        Validation::new()
-            .with_leeway_secs(config.token_leeway.as_secs())
-            .check_times(times.exp, times.nbf, self.unix_now(now))
-            .map_err(|e| Rejection::BadToken(e.to_string()))
+        times.check(&validation(config), self.unix_now(now))
     }
 
     fn verify_as(
@@ -264,7 +271,7 @@ impl Admission {
         whole: bool,
     ) -> Result<Arc<SignedToken>, Rejection> {
         let token = req.bearer_token().ok_or(Rejection::NoToken)?;
-        let validation = Validation::new().with_leeway_secs(config.token_leeway.as_secs());
+        let validation = validation(config);
         let now = self.unix_now(now);
         let bad = |e: auth::JwtError| Rejection::BadToken(e.to_string());
         // Verified by the gate, before the body was read: its times are checked again. What
@@ -505,7 +512,10 @@ mod tests {
         for _ in 0..2 {
             let signed = verify(&send(&bearer));
             assert_eq!(signed.user_id(), Some("alice"));
-            assert_eq!((signed.exp, signed.nbf), (claims.exp, claims.nbf));
+            assert_eq!(
+                (signed.times.exp, signed.times.nbf),
+                (claims.exp, claims.nbf)
+            );
             assert!(!signed.is_whole());
             assert_eq!(signed.digest(), digest(&bearer));
         }

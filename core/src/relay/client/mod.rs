@@ -362,9 +362,8 @@ impl Client {
         }
     }
 
-    /// The ASP.NET Core dialect, before its transport.
-    /// The ASP.NET Core dialect (`negotiated_with`: the times of the token it negotiated
-    /// with, when it did).
+    /// The ASP.NET Core dialect, before its transport (`negotiated_with`: the times of the
+    /// token it negotiated with, when it did).
     pub(crate) fn aspnetcore(
         stateful_allowed: bool,
         negotiated_with: Option<TokenTimes>,
@@ -978,9 +977,10 @@ fn introduction(open: service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(INTRODUCTION_CAPACITY);
     let message = service::ServiceMessage::OpenConnection(open);
     let _ = message.write(&mut data);
-    if let (service::ServiceMessage::OpenConnection(open), false) = (&message, handshake.is_empty())
-    {
-        let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
+    if let service::ServiceMessage::OpenConnection(open) = &message {
+        if !handshake.is_empty() {
+            let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
+        }
     }
     data
 }
