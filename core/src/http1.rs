@@ -95,10 +95,9 @@ fn parse_with<'b>(buf: &'b [u8], fields: &mut [httparse::Header<'b>]) -> Parsed 
     let mut key = None;
     for field in request.headers.iter() {
         // Text as HTTP has it: visible ASCII, spaces and tabs (as `http`'s `to_str` takes it).
-        let text = field
-            .value
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        // httparse has refused every other control byte already, so what is left to refuse
+        // is bytes above ASCII.
+        let text = field.value.is_ascii();
         let Some(value) = std::str::from_utf8(field.value).ok().filter(|_| text) else {
             head.unusual = true;
             continue;
@@ -332,6 +331,28 @@ mod tests {
             parse_request(b"GET /client/ HTTP/2.0\r\n\r\n"),
             Parsed::Invalid
         );
+        // A field's value: control bytes (but tab) are garbage, bytes above ASCII are the
+        // general server's to judge, and tabs and spaces are text.
+        let with_value = |value: &[u8]| {
+            let mut raw = b"GET /client/ HTTP/1.1\r\nX: a".to_vec();
+            raw.extend_from_slice(value);
+            raw.extend_from_slice(b"\r\n\r\n");
+            parse_request(&raw)
+        };
+        for control in [0x00, 0x01, 0x1f, 0x7f] {
+            assert_eq!(with_value(&[control]), Parsed::Invalid, "{control:#x}");
+        }
+        for high in [0x80, 0xc3, 0xff] {
+            let Parsed::Complete(head, _) = with_value(&[high, b'z']) else {
+                panic!("{high:#x}");
+            };
+            assert!(!head.lean() && head.headers.is_empty(), "{high:#x}");
+        }
+        let Parsed::Complete(head, _) = with_value(b"\t b ~") else {
+            panic!();
+        };
+        assert!(head.lean());
+        assert_eq!(head.headers, [("X".into(), "a\t b ~".into())]);
     }
 
     #[test]

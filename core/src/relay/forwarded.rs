@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use super::config::RelayConfig;
-use super::http::HttpRequest;
+use super::http::{pair_named, HttpRequest};
 use crate::aspnetcore::negotiate::TransportKind;
 use crate::auth::Claims;
 
@@ -162,14 +162,7 @@ pub fn strip_query_params(query: &str, names: &[&str]) -> String {
         .trim_start_matches('?')
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            let name = form_urlencoded::parse(name.as_bytes())
-                .next()
-                .map(|(k, _)| k)
-                .unwrap_or_default();
-            !names.iter().any(|n| name.eq_ignore_ascii_case(n))
-        })
+        .filter(|pair| !names.iter().any(|name| pair_named(pair, name)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -428,6 +421,8 @@ mod tests {
             "?hub=chat&a=b%20c&id=1&x=%2B"
         );
         assert_eq!(query("Access_Token=x&&a"), "?a");
+        // Names are compared decoded.
+        assert_eq!(query("access%5Ftoken=x&access+token=y"), "?access+token=y");
     }
 
     #[test]

@@ -51,9 +51,12 @@ impl HttpRequest {
     /// The first query parameter `name` (case-insensitively), percent-decoded: borrowed
     /// from the query unless decoding changed it.
     pub(super) fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Only the matching pair's value is decoded: the others may be a bearer token of a
+        // kilobyte, and a connect asks for several parameters.
+        let pair = self.query.split('&').find(|pair| pair_named(pair, name))?;
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .map(|(_, value)| value)
     }
 
     /// The bearer token, from `Authorization` or the `access_token` query parameter.
@@ -67,6 +70,19 @@ impl HttpRequest {
             }
         }
         self.query_param("access_token")
+    }
+}
+
+/// Whether `pair`, one undecoded `name=value` of a query, is named `name`: compared decoded
+/// and in any case. Only the name is decoded, and only if it has something to decode.
+pub(crate) fn pair_named(pair: &str, name: &str) -> bool {
+    let raw = pair.split_once('=').map_or(pair, |(raw, _)| raw);
+    if raw.contains(['%', '+']) {
+        form_urlencoded::parse(raw.as_bytes())
+            .next()
+            .is_some_and(|(decoded, _)| decoded.eq_ignore_ascii_case(name))
+    } else {
+        raw.eq_ignore_ascii_case(name)
     }
 }
 
@@ -125,4 +141,34 @@ pub enum RequestOutcome {
     /// Hold the request: its response comes later as an [`Output::Respond`](super::Output::Respond). If the client
     /// aborts it first, report [`Relay::handle_request_aborted`](super::Relay::handle_request_aborted).
     Pending(RequestId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_query(query: &str) -> HttpRequest {
+        HttpRequest {
+            query: query.into(),
+            ..HttpRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_query_parameter_is_found_by_its_decoded_name_and_decoded() {
+        let req = with_query("&&id=a%2Bb&%68UB=Chat+Room&access_token=x.y==&hub=second&flag");
+        assert_eq!(req.query_param("id").as_deref(), Some("a+b"));
+        // Names compare decoded and in any case; the first match wins; `+` is a space.
+        assert_eq!(req.query_param("hub").as_deref(), Some("Chat Room"));
+        // A value keeps its own `=`.
+        assert_eq!(req.query_param("access_token").as_deref(), Some("x.y=="));
+        assert_eq!(req.query_param("flag").as_deref(), Some(""));
+        assert_eq!(req.query_param("missing"), None);
+        assert_eq!(req.query_param("i"), None);
+        // Undecodable bytes are replaced, as `form_urlencoded` has it.
+        assert_eq!(
+            with_query("a=%FF").query_param("a").as_deref(),
+            Some("\u{FFFD}")
+        );
+    }
 }
