@@ -3,12 +3,6 @@
 use signalr_relay_smol::cli::{bound, init_logging, print_status_token, relay_args, run_relay};
 use signalr_relay_smol::{SmolListener, SmolRuntime};
 
-/// mimalloc, not the C library's allocator: a connect costs a fifth fewer instructions, and an
-/// idle client less memory (README, Performance).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = relay_args();
     init_logging(&args.logging);
