@@ -158,13 +158,17 @@ pub(crate) fn query(query: &str) -> String {
 /// `query` (without `?`) without the parameters named in `names` (compared decoded and in
 /// any case); every other parameter keeps its own encoding and order.
 pub fn strip_query_params(query: &str, names: &[&str]) -> String {
-    query
-        .trim_start_matches('?')
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !names.iter().any(|name| pair_named(pair, name)))
-        .collect::<Vec<_>>()
-        .join("&")
+    let mut kept = String::with_capacity(query.len());
+    let pairs = query.trim_start_matches('?').split('&');
+    for pair in pairs.filter(|pair| !pair.is_empty()) {
+        if !names.iter().any(|name| pair_named(pair, name)) {
+            if !kept.is_empty() {
+                kept.push('&');
+            }
+            kept.push_str(pair);
+        }
+    }
+    kept
 }
 
 /// The client's request headers as the app server sees them: without credentials and
@@ -190,11 +194,16 @@ pub(crate) fn headers(
     ];
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut total = 0;
+    let starts_with = |name: &str, prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
     for (name, value) in &req.headers {
-        let lower = name.to_ascii_lowercase();
-        if DROPPED.contains(&lower.as_str())
-            || lower.starts_with("asrs-")
-            || lower.starts_with("x-asrs-")
+        if DROPPED
+            .iter()
+            .any(|dropped| name.eq_ignore_ascii_case(dropped))
+            || starts_with(name, "asrs-")
+            || starts_with(name, "x-asrs-")
         {
             continue;
         }

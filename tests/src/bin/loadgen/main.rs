@@ -955,6 +955,13 @@ fn print_table(r: &Report) {
             "µs",
         );
         row(
+            &c,
+            "of it in the kernel",
+            rc.server_system_cpu_us_per_connect,
+            fc.server_system_cpu_us_per_connect,
+            "µs",
+        );
+        row(
             "idle",
             "RSS per connection",
             rc.server_rss_per_connection_bytes / 1024.0,

@@ -140,7 +140,13 @@ impl Proc {
 
     /// Its CPU time so far (user + system), in seconds.
     pub(crate) fn cpu_secs(&self) -> f64 {
-        cpu_secs(self.pid())
+        let (user, system) = cpu_split(self.pid());
+        user + system
+    }
+
+    /// Its CPU time so far in the kernel (system), in seconds.
+    pub(crate) fn system_secs(&self) -> f64 {
+        cpu_split(self.pid()).1
     }
 
     /// Its resident set, in bytes.
@@ -192,10 +198,10 @@ pub(crate) fn pin_self(core: usize) {
     }
 }
 
-/// CPU time (user + system) of a process, in seconds.
-pub(crate) fn cpu_secs(pid: u32) -> f64 {
+/// CPU time of a process in user space and in the kernel, in seconds.
+fn cpu_split(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the command name (which may hold spaces): state is the first.
     let fields: Vec<&str> = stat
@@ -208,7 +214,7 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / TICKS_PER_SEC
+    (ticks(11) / TICKS_PER_SEC, ticks(12) / TICKS_PER_SEC)
 }
 
 /// Resident set of a process, in bytes.

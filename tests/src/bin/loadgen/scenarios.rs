@@ -53,6 +53,11 @@ impl Target {
         self.server.cpu_secs() + self.others.iter().map(Proc::cpu_secs).sum::<f64>()
     }
 
+    /// The part of [`Target::cpu_secs`] spent in the kernel.
+    pub(crate) fn system_secs(&self) -> f64 {
+        self.server.system_secs() + self.others.iter().map(Proc::system_secs).sum::<f64>()
+    }
+
     /// A request: for the relay the hub invocation `target(args…)` (awaiting a completion
     /// when it has an `id`), for the floor the text `floor` makes.
     fn request(
@@ -350,6 +355,9 @@ pub(crate) struct ConnectResult {
     pub(crate) idle_server_cpu_percent: f64,
     /// The server's CPU over the storm, per connection opened (µs).
     pub(crate) server_cpu_us_per_connect: f64,
+    /// The part of it spent in the kernel (system time, µs): what the sockets cost, whatever
+    /// the server's own code does.
+    pub(crate) server_system_cpu_us_per_connect: f64,
 }
 
 /// Opens `count` connections (numbered from `first`), `concurrency` at a time, recording each
@@ -418,8 +426,10 @@ pub(crate) async fn connect_storm(
     let rss_before = target.server.rss_bytes();
     let latencies = Latencies::default();
     let storm = Meter::start(target);
+    let system0 = target.system_secs();
     let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
     let (elapsed, storm_cpu) = storm.stop(target, Duration::ZERO);
+    let storm_system = target.system_secs() - system0;
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -468,6 +478,7 @@ pub(crate) async fn connect_storm(
         server_rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / ok,
         idle_server_cpu_percent: idle_cpu,
         server_cpu_us_per_connect: storm_cpu * 1e6 / ok,
+        server_system_cpu_us_per_connect: storm_system * 1e6 / ok,
     };
     (result, held)
 }
