@@ -214,9 +214,9 @@ test('an app server that speaks the SDK\'s wire follows a target ping through ng
       // first connection, on the node it landed on).
       const token = (hub) => jwt({ aud: `http://127.0.0.1/client/?hub=${hub}`, exp: Math.floor(Date.now() / 1000) + 600 }, key);
       for (const n of nodes) {
-        // One token for the negotiate and the upgrade: the relay binds a connection to the token
-        // it negotiated with, and two signed a second apart differ (the cause of this test's
-        // one failure in CI: its upgrade got 403).
+        // One token for the negotiate and the upgrade (until 2026-12-04 the relay took only
+        // the negotiated token, and two signed a second apart differ: this test's one failure
+        // in CI; token_refresh.test.js covers a factory signing a token per call).
         const t = token('raw');
         const c = await startClient(`http://${n.addr}/client/?hub=raw`, { transport: signalR.HttpTransportType.WebSockets, accessTokenFactory: () => t });
         await eventually(() => seen.opened.some((o) => o.connectionId === c.connectionId), `${c.connectionId} opened`);

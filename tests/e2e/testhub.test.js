@@ -216,8 +216,7 @@ describe('the functional-test server endpoints', () => {
     assert.equal((await fetch(`http://${stack.appAddr}/AuthorizedHub/negotiate?user=admin`, { method: 'POST' })).status, 401);
     const classic = await fetch(`http://${stack.appAddr}/signalr/negotiate?connectionData=${encodeURIComponent('[{"name":"authorizedhub"}]')}&user=admin`);
     assert.match((await classic.json()).Error, /not open to classic clients/);
-    // One token for the negotiate and the upgrade (two signed a second apart differ, and the
-    // relay would refuse the upgrade before the hub could close the client).
+    // One token for the negotiate and the upgrade.
     const admin = stack.clientToken('authorizedhub', { nameid: 'admin' });
     const direct = new signalR.HubConnectionBuilder()
       .withUrl(`http://${stack.relayAddr}/client/?hub=authorizedhub`, { accessTokenFactory: () => admin })

@@ -274,6 +274,27 @@ pub(crate) struct Request<'a> {
     pub(crate) bearer: [u8; 32],
 }
 
+impl Request<'_> {
+    /// Whether this request, its token verified for the connection's hub, may act for a
+    /// connection opened by `user` with the token digested as `bearer`. The very same token
+    /// may. Another may when it names the same user, as a client's `accessTokenFactory`
+    /// signing a token per call gives (the official clients call it for the negotiate, the
+    /// transport, and a stateful reconnect; ASP.NET Core goes on even when the user changed):
+    /// a named user's own, or, for an anonymous connection, any anonymous one, if its
+    /// connection token (`secret`) is not public.
+    pub(crate) fn acts_for(
+        &self,
+        user: Option<&str>,
+        bearer: Option<[u8; 32]>,
+        secret: bool,
+    ) -> bool {
+        if self.user != user {
+            return false;
+        }
+        Some(self.bearer) == bearer || user.is_some() || secret
+    }
+}
+
 /// One input for a client.
 #[derive(Debug)]
 pub(crate) enum Input<'a> {
@@ -307,7 +328,9 @@ pub(crate) struct Client {
     pub(crate) connection_id: Arc<str>,
     pub(crate) token: Arc<str>,
     pub(crate) user_id: Option<Box<str>>,
-    /// The token it negotiated with (digested): every later request must bear the same.
+    /// The token it negotiated with (digested): it counts against this token's cap, and a
+    /// later request for the connection must bear it or another of the same user (see
+    /// [`Request::acts_for`]).
     pub(crate) bearer: Option<[u8; 32]>,
     /// What the app server is told once, with OpenConnection.
     intro: Option<Box<Intro>>,
@@ -418,6 +441,7 @@ impl Client {
             conn,
             hub,
             connection_id,
+            token,
             user_id,
             bearer,
             intro,
@@ -429,6 +453,9 @@ impl Client {
             ..
         } = self;
         let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
+        // Its connection token is a secret unless the client negotiated with version 0, where
+        // it is the connection id, which an app server may show to anyone.
+        let secret = **token != **connection_id;
         let up = link.as_ref().map(|l| Upstream {
             server: l.server,
             connection_id,
@@ -485,7 +512,7 @@ impl Client {
                 Handled::refuse(Rejection::UnknownConnection)
             }
             (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
-                let owner = r.user == user_id.as_deref() && Some(r.bearer) == *bearer;
+                let owner = r.acts_for(user_id.as_deref(), *bearer, secret);
                 match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
                     Ok(Upgrade::Resumed) => {
                         Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
@@ -498,7 +525,7 @@ impl Client {
                 }
             }
             (Input::Http(r), Dialect::AspNetCore(a)) => {
-                if r.user != user_id.as_deref() || Some(r.bearer) != *bearer {
+                if !r.acts_for(user_id.as_deref(), *bearer, secret) {
                     return Handled::refuse(Rejection::NotOwner);
                 }
                 if r.req.method == "POST" {

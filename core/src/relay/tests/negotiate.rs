@@ -142,10 +142,10 @@ fn unknown_connection_ids_are_404() {
 }
 
 /// With `negotiateVersion=0` the connection token is the connection id, which is no secret.
-/// The connection answers only the exact access token it negotiated with: another client's
-/// token for the same hub (anonymous too) cannot poll it, send on it or take its WebSocket.
+/// An anonymous connection answers only the exact access token it negotiated with: another
+/// anonymous token for the same hub cannot poll it, send on it or take its WebSocket.
 #[test]
-fn a_connection_answers_only_the_access_token_it_negotiated_with() {
+fn an_anonymous_public_connection_answers_only_the_access_token_it_negotiated_with() {
     let mut sim = sim();
     sim.connect_server("chat", "app");
     let mine = token("/client/", "chat", None, 3600, KEY);
@@ -259,15 +259,116 @@ fn the_negotiated_token_is_checked_for_its_times_again_at_the_upgrade() {
         String::from_utf8_lossy(&refused.body).contains("expired"),
         "{refused:?}"
     );
-    // Another good token of the same user is not the negotiated one either: the shortcut
-    // leaves it, and the whole check answers 403, as before.
+    // Another user's good token gets the whole check, which answers 403; another good token
+    // of the same user is not the negotiated one either: the shortcut leaves it, and the
+    // whole check takes it.
+    let theirs = token("/client/", "chat", Some("u2"), 3600, KEY);
+    let not_owner = respond(sim.handle(&upgrade(&late, &theirs)));
+    assert_eq!(not_owner.status, 403, "{not_owner:?}");
     let other = token("/client/", "chat", Some("u1"), 3600, KEY);
     let (relay, now) = sim.relay_mut();
     assert!(relay
         .upgrade_negotiated(now, &upgrade(&late, &other), &late)
         .is_none());
-    let not_owner = respond(sim.handle(&upgrade(&late, &other)));
-    assert_eq!(not_owner.status, 403, "{not_owner:?}");
+    let taken = sim.handle(&upgrade(&late, &other));
+    assert!(
+        matches!(taken, RequestOutcome::AcceptWebSocket(_)),
+        "{taken:?}"
+    );
+}
+
+/// A client whose `accessTokenFactory` signs a new token per call bears one token at its
+/// negotiate and another at its transport. Another token acts for a connection when it
+/// names the same user; an anonymous connection takes another anonymous token only when its
+/// connection token is a secret (version 1), not when it is the public connection id
+/// (version 0). Another user's token never does.
+#[test]
+fn another_token_acts_for_a_connection_as_the_same_user() {
+    let config = RelayConfig {
+        negotiate_timeout: Duration::from_secs(3600),
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::with_config(epoch(), config);
+    sim.connect_server("chat", "app");
+    // Its token on each call: a new `exp` makes each text differ, as a factory's would.
+    let mut ttl = 3600;
+    let mut mint = |user: Option<&str>| {
+        ttl += 1;
+        token("/client/", "chat", user, ttl, KEY)
+    };
+    let negotiate = |sim: &mut Sim, version: u8, bearer: &str| {
+        let req = request(
+            "POST",
+            "/client/negotiate",
+            &format!("hub=chat&negotiateVersion={version}"),
+            Some(bearer),
+            false,
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&respond(sim.handle(&req)).body).unwrap();
+        let id = json.get("connectionToken").unwrap_or(&json["connectionId"]);
+        id.as_str().unwrap().to_owned()
+    };
+    let on = |id: &str, method: &str, bearer: &str, websocket: bool| {
+        request(
+            method,
+            "/client/",
+            &format!("hub=chat&id={id}"),
+            Some(bearer),
+            websocket,
+        )
+    };
+    // Each case: the negotiate's user, the version, the later requests' user, and whether
+    // they are taken.
+    let cases = [
+        (Some("u1"), 1, Some("u1"), true),
+        (Some("u1"), 0, Some("u1"), true),
+        (None, 1, None, true),
+        (None, 0, None, false),
+        (Some("u1"), 1, Some("u2"), false),
+        (Some("u1"), 1, None, false),
+        (None, 1, Some("u1"), false),
+    ];
+    for (negotiated, version, later, taken) in cases {
+        let case = format!("{negotiated:?} v{version}, then {later:?}");
+        // Long polling: the first poll, a send, and the DELETE that ends it.
+        let own = mint(negotiated);
+        let id = negotiate(&mut sim, version, &own);
+        let poll = respond(sim.handle(&on(&id, "GET", &mint(later), false)));
+        if !taken {
+            assert_eq!(poll.status, 403, "{case}: {poll:?}");
+            // Its very own token still can.
+            let own = respond(sim.handle(&on(&id, "GET", &own, false)));
+            assert_eq!(own.status, 200, "{case}: {own:?}");
+        } else {
+            assert_eq!(poll.status, 200, "{case}: {poll:?}");
+        }
+        let mut send = on(&id, "POST", &mint(later), false);
+        send.body = Bytes::from_static(b"{\"protocol\":\"json\",\"version\":1}\x1e");
+        let sent = respond(sim.handle(&send));
+        assert_eq!(
+            sent.status,
+            if taken { 200 } else { 403 },
+            "{case}: {sent:?}"
+        );
+        let ended = respond(sim.handle(&on(&id, "DELETE", &mint(later), false)));
+        assert_eq!(
+            ended.status,
+            if taken { 202 } else { 403 },
+            "{case}: {ended:?}"
+        );
+        // A WebSocket.
+        let id = negotiate(&mut sim, version, &mint(negotiated));
+        let upgrade = sim.handle(&on(&id, "GET", &mint(later), true));
+        if taken {
+            assert!(
+                matches!(upgrade, RequestOutcome::AcceptWebSocket(_)),
+                "{case}: {upgrade:?}"
+            );
+        } else {
+            assert_eq!(respond(upgrade).status, 403, "{case}");
+        }
+    }
 }
 
 /// What pending negotiates keep is bounded: the query by length, the connections by token
