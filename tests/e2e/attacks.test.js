@@ -243,6 +243,37 @@ test('negotiate version 0: the connection id is public, but only its own token c
   }
 });
 
+test('negotiate version 0: what a closed long-polling connection still owed goes only to its owner', { timeout: 30000 }, async () => {
+  const stack = await Stack.start();
+  try {
+    const bystander = await stack.connect('chat', { transport: 'LongPolling' });
+    const loop = bystanderLoop(bystander);
+    const mine = stack.clientToken('chat', { nameid: 'ana' });
+    const r = await fetch(`http://${stack.relayAddr}/client/negotiate?hub=chat&negotiateVersion=0`, { method: 'POST', headers: { Authorization: `Bearer ${mine}` } });
+    const { connectionId } = await r.json();
+    const url = (hub) => `http://${stack.relayAddr}/client/?hub=${hub}&id=${connectionId}`;
+    const as = (token) => ({ headers: { Authorization: `Bearer ${token}` } });
+    assert.equal((await fetch(url('chat'), as(mine))).status, 200, 'its first poll');
+    // The handshake; the app server's answer waits for a poll that does not come, and the
+    // client ends the connection.
+    const handshake = await fetch(url('chat'), { method: 'POST', body: '{"protocol":"json","version":1}\x1e', ...as(mine) });
+    assert.equal(handshake.status, 200);
+    await sleep(300);
+    assert.equal((await fetch(url('chat'), { method: 'DELETE', ...as(mine) })).status, 202);
+    // Another user, and the same user on another hub, get 403, not what it owed.
+    assert.equal((await fetch(url('chat'), as(stack.clientToken('chat', { nameid: 'eve' })))).status, 403);
+    assert.equal((await fetch(url('testhub'), as(stack.clientToken('testhub', { nameid: 'ana' })))).status, 403);
+    // Its owner gets it, with a token of its own.
+    const last = await fetch(url('chat'), as(stack.clientToken('chat', { nameid: 'ana', jti: 'later' })));
+    assert.equal(last.status, 200);
+    assert.match(await last.text(), /^\{\}\x1e\{"type":1,"target":"welcome"/, 'the handshake\'s answer and the hub\'s welcome');
+    await loop.stop();
+    await bystander.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
 test('request bodies: none is read without a valid token, none past its endpoint\'s need, none forever', { timeout: 60000 }, async () => {
   const stack = await Stack.start({ relayArgs: ['--body-read-timeout', '1'] });
   try {

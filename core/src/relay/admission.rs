@@ -106,8 +106,8 @@ impl SignedToken {
         self.whole.is_some()
     }
 
-    /// The SHA-256 of the token's text: what a connection is bound to, so that only the
-    /// token it was opened with can use it (a connection id is no secret, nor is a user id).
+    /// The SHA-256 of the token's text: what a connection's cap per token counts, and what
+    /// an anonymous connection with a public id is bound to (see `Request::acts_for`).
     pub(crate) fn digest(&self) -> [u8; 32] {
         self.digest
     }

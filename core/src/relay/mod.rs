@@ -787,21 +787,21 @@ impl Relay {
         let claims = self
             .admission
             .verify(&self.config, now, req, "/client/", Some(&hub))?;
-        if req.method == "GET" {
-            if let Some(last) = self.clients.tombstones.poll(now, &id) {
-                return Ok(RequestOutcome::Respond(last));
-            }
-        }
-        let conn = self
-            .clients
-            .by_token(&id)
-            .ok_or(Rejection::UnknownConnection)?;
         let request = Request {
             req,
             hub: self.directory.find(&hub),
             user: claims.user_id(),
             bearer: claims.digest(),
         };
+        if req.method == "GET" {
+            if let Some(last) = self.clients.tombstones.poll(now, &id, &request) {
+                return last.map(RequestOutcome::Respond);
+            }
+        }
+        let conn = self
+            .clients
+            .by_token(&id)
+            .ok_or(Rejection::UnknownConnection)?;
         self.client_input(now, conn, Input::Http(request))
             .ok_or(Rejection::UnknownConnection)
     }

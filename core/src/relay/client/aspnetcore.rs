@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::stateful::{Outgoing, Stateful};
 use super::transport::Transport;
-use super::{Activity, Ctx, Handled, Link, Next, Opening, Then, Tombstones};
+use super::{Activity, Ctx, Handled, Link, Next, Opening, Owner, Then, Tombstones};
 use crate::aspnetcore::handshake::{
     errors as handshake_errors, HandshakeRequest, HandshakeResponse,
 };
@@ -538,7 +538,7 @@ impl AspNetCore {
         cx: &mut Ctx<'_>,
         mut ending: Ending,
         link: Option<&Link>,
-        token: &str,
+        (token, owner): (&str, Owner<'_>),
         tombstones: &mut Tombstones,
     ) -> Ending {
         match link {
@@ -573,7 +573,8 @@ impl AspNetCore {
             }
         }
         let transport = std::mem::replace(&mut self.transport, Transport::None);
-        transport.end(cx, token, ending.close_text().as_deref(), tombstones);
+        let close = ending.close_text();
+        transport.end(cx, (token, owner), close.as_deref(), tombstones);
         ending
     }
 }

@@ -274,24 +274,32 @@ pub(crate) struct Request<'a> {
     pub(crate) bearer: [u8; 32],
 }
 
+/// Who may act for a connection (see [`Request::acts_for`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owner<'a> {
+    pub(crate) hub: HubId,
+    /// The user its token named.
+    pub(crate) user: Option<&'a str>,
+    /// The token it negotiated with, digested.
+    pub(crate) bearer: Option<[u8; 32]>,
+    /// Whether its connection token is a secret: not with `negotiateVersion=0`, where it is
+    /// the connection id, which an app server may show to anyone.
+    pub(crate) secret: bool,
+}
+
 impl Request<'_> {
-    /// Whether this request, its token verified for the connection's hub, may act for a
-    /// connection opened by `user` with the token digested as `bearer`. The very same token
-    /// may. Another may when it names the same user, as a client's `accessTokenFactory`
-    /// signing a token per call gives (the official clients call it for the negotiate, the
-    /// transport, and a stateful reconnect; ASP.NET Core goes on even when the user changed):
-    /// a named user's own, or, for an anonymous connection, any anonymous one, if its
-    /// connection token (`secret`) is not public.
-    pub(crate) fn acts_for(
-        &self,
-        user: Option<&str>,
-        bearer: Option<[u8; 32]>,
-        secret: bool,
-    ) -> bool {
-        if self.user != user {
+    /// Whether this request, its token verified for the hub it names, may act for a
+    /// connection of `owner`'s. It must name the connection's hub. The very token the
+    /// connection negotiated with may. Another may when it names the same user, as a client's
+    /// `accessTokenFactory` signing a token per call gives (the official clients call it for
+    /// the negotiate, the transport, and a stateful reconnect; ASP.NET Core goes on even when
+    /// the user changed): a named user's own, or, for an anonymous connection, any anonymous
+    /// one if its connection token is a secret.
+    pub(crate) fn acts_for(&self, owner: Owner<'_>) -> bool {
+        if self.hub != Some(owner.hub) || self.user != owner.user {
             return false;
         }
-        Some(self.bearer) == bearer || user.is_some() || secret
+        Some(self.bearer) == owner.bearer || owner.user.is_some() || owner.secret
     }
 }
 
@@ -453,9 +461,12 @@ impl Client {
             ..
         } = self;
         let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
-        // Its connection token is a secret unless the client negotiated with version 0, where
-        // it is the connection id, which an app server may show to anyone.
-        let secret = **token != **connection_id;
+        let owner = Owner {
+            hub: *hub,
+            user: user_id.as_deref(),
+            bearer: *bearer,
+            secret: **token != **connection_id,
+        };
         let up = link.as_ref().map(|l| Upstream {
             server: l.server,
             connection_id,
@@ -512,7 +523,7 @@ impl Client {
                 Handled::refuse(Rejection::UnknownConnection)
             }
             (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
-                let owner = r.acts_for(user_id.as_deref(), *bearer, secret);
+                let owner = r.acts_for(owner);
                 match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
                     Ok(Upgrade::Resumed) => {
                         Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
@@ -525,7 +536,7 @@ impl Client {
                 }
             }
             (Input::Http(r), Dialect::AspNetCore(a)) => {
-                if !r.acts_for(user_id.as_deref(), *bearer, secret) {
+                if !r.acts_for(owner) {
                     return Handled::refuse(Rejection::NotOwner);
                 }
                 if r.req.method == "POST" {
@@ -857,7 +868,11 @@ impl Client {
     ) -> Ending {
         let Self {
             conn,
+            hub,
+            connection_id,
             token,
+            user_id,
+            bearer,
             link,
             dialect,
             timers,
@@ -865,8 +880,16 @@ impl Client {
             ..
         } = self;
         let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
+        let owner = Owner {
+            hub: *hub,
+            user: user_id.as_deref(),
+            bearer: *bearer,
+            secret: **token != **connection_id,
+        };
         match dialect {
-            Dialect::AspNetCore(a) => a.end(&mut cx, ending, link.as_ref(), token, tombstones),
+            Dialect::AspNetCore(a) => {
+                a.end(&mut cx, ending, link.as_ref(), (token, owner), tombstones)
+            }
             Dialect::Classic(c) => {
                 c.end(
                     &mut cx,

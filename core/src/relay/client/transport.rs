@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::Ctx;
+use super::{Ctx, Owner, Request};
 use crate::aspnetcore::negotiate::TransportKind;
+use crate::relay::directory::HubId;
 use crate::relay::http::{HttpResponse, RequestId, RequestOutcome};
+use crate::relay::reason::Rejection;
 use crate::relay::reason::{Ending, CLIENT_CLOSE_CODE};
 use crate::relay::timers::TimerKind;
 
@@ -208,7 +210,7 @@ impl Transport {
     pub(crate) fn end(
         self,
         cx: &mut Ctx<'_>,
-        token: &str,
+        (token, owner): (&str, Owner<'_>),
         close: Option<&str>,
         tombstones: &mut Tombstones,
     ) {
@@ -226,9 +228,9 @@ impl Transport {
                     Some(request) => {
                         let response = last.map_or_else(no_content, poll_response);
                         cx.out.respond(request, response);
-                        tombstones.bury(cx.now, ttl, token, None);
+                        tombstones.bury(cx.now, ttl, (token, owner), None);
                     }
-                    None => tombstones.bury(cx.now, ttl, token, last),
+                    None => tombstones.bury(cx.now, ttl, (token, owner), last),
                 }
             }
         }
@@ -254,6 +256,11 @@ struct Tombstone {
     /// Bytes queued before the close (a Close message, typically).
     last: Option<Bytes>,
     expires: Instant,
+    /// Who may poll it: its owner's, as the connection had them.
+    hub: HubId,
+    user: Option<Box<str>>,
+    bearer: Option<[u8; 32]>,
+    secret: bool,
 }
 
 /// How many closed long-polling connections are remembered for their last poll.
@@ -264,7 +271,13 @@ const MAX_TOMBSTONES: usize = 4096;
 pub(crate) struct Tombstones(BTreeMap<String, Tombstone>);
 
 impl Tombstones {
-    fn bury(&mut self, now: Instant, ttl: Duration, token: &str, last: Option<Bytes>) {
+    fn bury(
+        &mut self,
+        now: Instant,
+        ttl: Duration,
+        (token, owner): (&str, Owner<'_>),
+        last: Option<Bytes>,
+    ) {
         if self.0.len() >= MAX_TOMBSTONES {
             self.0.retain(|_, t| t.expires > now);
             if self.0.len() >= MAX_TOMBSTONES {
@@ -279,15 +292,38 @@ impl Tombstones {
             }
         }
         let expires = now + ttl;
-        self.0.insert(token.to_owned(), Tombstone { last, expires });
+        let tomb = Tombstone {
+            last,
+            expires,
+            hub: owner.hub,
+            user: owner.user.map(Box::from),
+            bearer: owner.bearer,
+            secret: owner.secret,
+        };
+        self.0.insert(token.to_owned(), tomb);
     }
 
-    /// The answer to a poll on a closed connection: what it still owed, once, then 204.
-    pub(crate) fn poll(&mut self, now: Instant, token: &str) -> Option<HttpResponse> {
+    /// The answer to a poll on a closed connection: what it still owed, once, then 204; to
+    /// a request its owner could not make, as to one on the open connection, 403.
+    pub(crate) fn poll(
+        &mut self,
+        now: Instant,
+        token: &str,
+        request: &Request<'_>,
+    ) -> Option<Result<HttpResponse, Rejection>> {
         let tomb = self.0.get_mut(token).filter(|t| t.expires > now)?;
-        Some(match tomb.last.take() {
+        let owner = Owner {
+            hub: tomb.hub,
+            user: tomb.user.as_deref(),
+            bearer: tomb.bearer,
+            secret: tomb.secret,
+        };
+        if !request.acts_for(owner) {
+            return Some(Err(Rejection::NotOwner));
+        }
+        Some(Ok(match tomb.last.take() {
             Some(last) => poll_response(last),
             None => no_content(),
-        })
+        }))
     }
 }

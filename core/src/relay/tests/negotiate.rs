@@ -408,3 +408,100 @@ fn negotiates_are_bounded_by_query_length_per_token_and_in_total() {
     sim.advance(RelayConfig::default().negotiate_timeout + Duration::from_secs(1));
     assert_eq!(negotiate(&mut sim, &one, ""), 200);
 }
+
+/// A token of the same user for another hub does not act for a connection: its request names
+/// the other hub, which the connection is not on.
+#[test]
+fn a_token_for_another_hub_does_not_act_for_a_connection() {
+    let mut sim = sim();
+    sim.connect_server("chat", "app");
+    sim.connect_server("other", "app");
+    let NegotiateResponse::Connection(info) =
+        negotiate_with(&mut sim, &token("/client/", "chat", Some("u1"), 3600, KEY))
+    else {
+        panic!("no connection")
+    };
+    let id = info.connection_token.unwrap();
+    let elsewhere = token("/client/", "other", Some("u1"), 3600, KEY);
+    for (method, websocket) in [("GET", false), ("POST", false), ("GET", true)] {
+        let req = request(
+            method,
+            "/client/",
+            &format!("hub=other&id={id}"),
+            Some(&elsewhere),
+            websocket,
+        );
+        let refused = respond(sim.handle(&req));
+        assert_eq!(refused.status, 404, "{method} {websocket}: {refused:?}");
+    }
+    // The connection is still there for its own hub.
+    let own = connection_request("GET", "chat", &id, Some("u1"), None, b"");
+    assert_eq!(respond(sim.handle(&own)).status, 200);
+}
+
+/// A closed long-polling connection keeps what it owed its client's next poll: only a
+/// request that could act for the open connection gets it. With `negotiateVersion=0` the id
+/// is public; another user's token, or the same user's for another hub, gets nothing.
+#[test]
+fn a_closed_long_polling_connection_answers_only_its_owner() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app");
+    sim.connect_server("other", "app");
+    let mine = token("/client/", "chat", Some("u1"), 3600, KEY);
+    let negotiate = request(
+        "POST",
+        "/client/negotiate",
+        "hub=chat&negotiateVersion=0",
+        Some(&mine),
+        false,
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
+    let id = json["connectionId"].as_str().unwrap().to_owned();
+    let on = |hub: &str, bearer: &str, body: &[u8]| {
+        let mut req = request(
+            if body.is_empty() { "GET" } else { "POST" },
+            "/client/",
+            &format!("hub={hub}&id={id}"),
+            Some(bearer),
+            false,
+        );
+        req.body = Bytes::copy_from_slice(body);
+        req
+    };
+    respond(sim.handle(&on("chat", &mine, b"")));
+    respond(sim.handle(&on(
+        "chat",
+        &mine,
+        b"{\"protocol\":\"json\",\"version\":1}\x1e",
+    )));
+    server_sends(
+        &mut sim,
+        server,
+        &id,
+        "{\"type\":1,\"target\":\"secret\",\"arguments\":[]}\x1e",
+    );
+    sim.send_service(
+        server,
+        &ServiceMessage::CloseConnection(service::CloseConnection {
+            connection_id: id.clone(),
+            ..service::CloseConnection::default()
+        }),
+    );
+    assert_eq!(sim.relay().client_count(), 0, "the connection is closed");
+    let theirs = token("/client/", "chat", Some("u2"), 3600, KEY);
+    let stolen = respond(sim.handle(&on("chat", &theirs, b"")));
+    assert_eq!(stolen.status, 403, "{stolen:?}");
+    let elsewhere = token("/client/", "other", Some("u1"), 3600, KEY);
+    let astray = respond(sim.handle(&on("other", &elsewhere, b"")));
+    assert_eq!(astray.status, 403, "{astray:?}");
+    // Its owner, with another token of its own, gets what was left, once.
+    let again = token("/client/", "chat", Some("u1"), 7200, KEY);
+    let last = respond(sim.handle(&on("chat", &again, b"")));
+    assert_eq!(last.status, 200);
+    assert!(
+        String::from_utf8_lossy(&last.body).contains("\"target\":\"secret\""),
+        "{last:?}"
+    );
+    assert_eq!(respond(sim.handle(&on("chat", &again, b""))).status, 204);
+}
