@@ -13,6 +13,110 @@ use crate::relay::HttpRequest;
 /// Most header fields a request head may have (hyper's default, too).
 pub const MAX_HEADERS: usize = 100;
 
+/// Header fields, in order, names as sent: their text in one string, and where each name
+/// and value ends in it. A request's dozen fields are two allocations, not two dozen.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    text: String,
+    /// Per field: where its name ends and where its value ends in `text` (its name starts
+    /// where the field before it ends).
+    ends: Vec<(usize, usize)>,
+}
+
+impl Fields {
+    /// No fields.
+    pub const fn new() -> Self {
+        Self {
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// No fields yet, with room for `fields` of `bytes` in all (names and values).
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Adds a field after the others.
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
+    }
+
+    /// The first field named `name` (in any case): its value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let mut start = 0;
+        for &(name_end, end) in &self.ends {
+            if name_end.saturating_sub(start) == name.len()
+                && self
+                    .text
+                    .get(start..name_end)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            {
+                return self.text.get(name_end..end);
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// Each field's name and value, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, end)| {
+            let field = (
+                self.text.get(start..name_end).unwrap_or_default(),
+                self.text.get(name_end..end).unwrap_or_default(),
+            );
+            start = end;
+            field
+        })
+    }
+
+    /// Keeps only the fields `keep` says to.
+    pub fn retain(&mut self, mut keep: impl FnMut((&str, &str)) -> bool) {
+        let kept: Self = self.iter().filter(|&field| keep(field)).collect();
+        *self = kept;
+    }
+
+    /// How many fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> Extend<(N, V)> for Fields {
+    fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, fields: I) {
+        for (name, value) in fields {
+            self.push(name.as_ref(), value.as_ref());
+        }
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(fields: I) -> Self {
+        let mut all = Self::new();
+        all.extend(fields);
+        all
+    }
+}
+
 /// A request head, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -23,7 +127,7 @@ pub struct RequestHead {
     /// The raw query string, without `?`.
     pub query: String,
     /// The header fields whose values are text; names as sent.
-    pub headers: Vec<(String, String)>,
+    pub headers: Fields,
     /// Whether this is HTTP/1.1 (else 1.0).
     pub http11: bool,
     /// The body's length, from `Content-Length` (none: no body).
@@ -81,7 +185,14 @@ fn parse_with<'b>(buf: &'b [u8], fields: &mut [httparse::Header<'b>]) -> Parsed 
         method: method.to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
-        headers: Vec::with_capacity(request.headers.len()),
+        headers: Fields::with_capacity(
+            request.headers.len(),
+            request
+                .headers
+                .iter()
+                .map(|f| f.name.len() + f.value.len())
+                .sum(),
+        ),
         http11: version == 1,
         content_length: None,
         close: version == 0,
@@ -136,7 +247,7 @@ fn parse_with<'b>(buf: &'b [u8], fields: &mut [httparse::Header<'b>]) -> Parsed 
         } else if is("sec-websocket-key") {
             key = Some(value.trim().to_owned());
         }
-        head.headers.push((name.to_owned(), value.to_owned()));
+        head.headers.push(name, value);
     }
     if upgrade || connection_upgrade {
         let websocket = upgrade_websocket && connection_upgrade && version_13 && head.http11;
@@ -292,6 +403,35 @@ mod tests {
     }
 
     #[test]
+    fn fields_keep_each_name_and_value_in_order() {
+        let mut fields = Fields::new();
+        assert!(fields.is_empty() && fields.get("a").is_none());
+        fields.push("Host", "x");
+        fields.push("", "");
+        fields.push("X-Empty", "");
+        fields.push("host", "second");
+        let all: Vec<_> = fields.iter().collect();
+        assert_eq!(
+            all,
+            [("Host", "x"), ("", ""), ("X-Empty", ""), ("host", "second")]
+        );
+        assert_eq!((fields.len(), fields.iter().len()), (4, 4));
+        // The first of a name, in any case.
+        assert_eq!(fields.get("HOST"), Some("x"));
+        assert_eq!(fields.get("x-empty"), Some(""));
+        assert_eq!(format!("{fields:?}"), format!("{all:?}"));
+        let again: Fields = all.iter().copied().collect();
+        assert_eq!(again, fields);
+        fields.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
+        assert_eq!(
+            fields.iter().collect::<Vec<_>>(),
+            [("", ""), ("X-Empty", "")]
+        );
+        fields.extend([("A", "1")]);
+        assert_eq!(fields.get("a"), Some("1"));
+    }
+
+    #[test]
     fn an_event_stream_request_is_lean() {
         let raw = "GET /client/?hub=chat&id=abc HTTP/1.1\r\nHost: x\r\n\
                    Accept: text/event-stream\r\nAuthorization: Bearer t\r\n\r\nNEXT";
@@ -352,7 +492,7 @@ mod tests {
             panic!();
         };
         assert!(head.lean());
-        assert_eq!(head.headers, [("X".into(), "a\t b ~".into())]);
+        assert_eq!(head.headers.iter().collect::<Vec<_>>(), [("X", "a\t b ~")]);
     }
 
     #[test]

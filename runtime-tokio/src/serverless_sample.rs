@@ -72,12 +72,7 @@ impl<R: crate::Runtime> Backend<R> {
     }
 
     async fn upstream(&self, req: &HttpRequest, event: &str) -> HttpResponse {
-        let header = |name: &str| {
-            req.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
+        let header = |name: &str| req.headers.get(name);
         let id = header("x-asrs-connection-id").unwrap_or_default();
         let signed = header("x-asrs-signature")
             .is_some_and(|s| signalr_relay_core::relay::signature_valid(&self.keys, id, s));

@@ -185,7 +185,7 @@ pub fn http1(data: &[u8]) {
         // Every field's name and value, written back into a response head, keeps it one head.
         let mut out = Vec::new();
         start_response(&mut out, 200);
-        for (name, value) in &head.headers {
+        for (name, value) in head.headers.iter() {
             field(&mut out, name, value);
         }
         end_head(&mut out, BodyLength::Fixed(0), false);

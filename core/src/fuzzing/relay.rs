@@ -447,11 +447,15 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
                 _ => Bytes::new(),
             };
             let mut req = connection_request(method, hub, &id, Some("u"), accept, &body);
-            for (name, value) in &mut req.headers {
-                if name.eq_ignore_ascii_case("authorization") {
-                    *value = format!("Bearer {bearer}");
-                }
-            }
+            let authorization = format!("Bearer {bearer}");
+            req.headers = req
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let ours = name.eq_ignore_ascii_case("authorization");
+                    (name, if ours { authorization.as_str() } else { value })
+                })
+                .collect();
             let outcome = sim.handle(&req);
             world.note(outcome);
         }

@@ -1,5 +1,6 @@
 //! Who may in: bearer tokens checked against the access keys, the clock and the endpoint.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -258,7 +259,7 @@ impl Admission {
     ) -> Result<(String, Arc<SignedToken>), Rejection> {
         let hub = hub_param(req)?;
         let claims = self.verify_opening(config, now, req, path, Some(&hub))?;
-        Ok((hub, claims))
+        Ok((hub.into_owned(), claims))
     }
 
     /// A request's bearer token, signed with an access key and in date: `whole`, with all
@@ -400,15 +401,16 @@ impl Verified {
 pub(crate) const MAX_HUB_NAME: usize = 257;
 
 /// The `hub` query parameter, in lower case.
-pub(crate) fn hub_param(req: &HttpRequest) -> Result<String, Rejection> {
-    let hub = req
-        .query_param("hub")
-        .map(|hub| hub.to_ascii_lowercase())
-        .unwrap_or_default();
+pub(crate) fn hub_param(req: &HttpRequest) -> Result<Cow<'_, str>, Rejection> {
+    let hub = req.query_param("hub").unwrap_or_default();
     if hub.is_empty() || hub.len() > MAX_HUB_NAME {
         return Err(Rejection::HubRequired);
     }
-    Ok(hub)
+    Ok(if hub.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(hub.to_ascii_lowercase())
+    } else {
+        hub
+    })
 }
 
 #[cfg(test)]

@@ -198,7 +198,7 @@ pub(crate) fn headers(
         name.get(..prefix.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
     };
-    for (name, value) in &req.headers {
+    for (name, value) in req.headers.iter() {
         if DROPPED
             .iter()
             .any(|dropped| name.eq_ignore_ascii_case(dropped))
@@ -212,8 +212,8 @@ pub(crate) fn headers(
             break;
         }
         match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some((_, values)) => values.push(value.clone()),
-            None => out.push((name.clone(), vec![value.clone()])),
+            Some((_, values)) => values.push(value.to_owned()),
+            None => out.push((name.to_owned(), vec![value.to_owned()])),
         }
     }
     if let Some(address) = client_address(req, &config.trusted_proxies) {

@@ -16,7 +16,7 @@ pub struct HttpRequest {
     /// The raw query string, without `?`.
     pub query: String,
     /// Request headers, names in any case.
-    pub headers: Vec<(String, String)>,
+    pub headers: crate::http1::Fields,
     /// Whether this is a WebSocket upgrade request.
     pub websocket: bool,
     /// The request body (for `POST` sends), already bounded by the adapter.
@@ -42,10 +42,7 @@ pub struct VerifiedToken {
 
 impl HttpRequest {
     pub(super) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// The first query parameter `name` (case-insensitively), percent-decoded: borrowed
@@ -54,6 +51,11 @@ impl HttpRequest {
         // Only the matching pair's value is decoded: the others may be a bearer token of a
         // kilobyte, and a connect asks for several parameters.
         let pair = self.query.split('&').find(|pair| pair_named(pair, name))?;
+        // A value with nothing to decode (most are) is the query's own text.
+        let value = pair.split_once('=').map_or("", |(_, value)| value);
+        if !value.contains(['%', '+']) {
+            return Some(Cow::Borrowed(value));
+        }
         form_urlencoded::parse(pair.as_bytes())
             .next()
             .map(|(_, value)| value)
@@ -162,6 +164,11 @@ mod tests {
         assert_eq!(req.query_param("hub").as_deref(), Some("Chat Room"));
         // A value keeps its own `=`.
         assert_eq!(req.query_param("access_token").as_deref(), Some("x.y=="));
+        // With nothing to decode, the query's own text.
+        assert!(matches!(
+            req.query_param("access_token"),
+            Some(Cow::Borrowed("x.y=="))
+        ));
         assert_eq!(req.query_param("flag").as_deref(), Some(""));
         assert_eq!(req.query_param("missing"), None);
         assert_eq!(req.query_param("i"), None);

@@ -78,9 +78,10 @@ pub fn request(
     bearer: Option<&str>,
     websocket: bool,
 ) -> HttpRequest {
-    let mut headers = vec![("Host".to_owned(), "localhost:8080".to_owned())];
+    let mut headers = crate::http1::Fields::new();
+    headers.push("Host", "localhost:8080");
     if let Some(t) = bearer {
-        headers.push(("Authorization".to_owned(), format!("Bearer {t}")));
+        headers.push("Authorization", &format!("Bearer {t}"));
     }
     HttpRequest {
         method: method.into(),
@@ -128,7 +129,7 @@ pub fn connection_request(
         false,
     );
     if let Some(accept) = accept {
-        req.headers.push(("Accept".into(), accept.into()));
+        req.headers.push("Accept", accept);
     }
     req.body = Bytes::copy_from_slice(body);
     req
@@ -455,8 +456,7 @@ impl Sim {
             Some(&token(path, hub, Some(server_id), 3600, KEY)),
             true,
         );
-        req.headers
-            .push(("X-ASRS-Server-Id".into(), server_id.into()));
+        req.headers.push("X-ASRS-Server-Id", server_id);
         self.accept_server_request(&req)
     }
 

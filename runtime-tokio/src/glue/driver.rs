@@ -1488,17 +1488,10 @@ where
     B: FnOnce(usize) -> F,
     F: std::future::Future<Output = Result<(Bytes, bool), ()>>,
 {
-    let field = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let origin = field("origin");
+    let origin = request.headers.get("origin").map(str::to_owned);
     let accept = request
         .websocket
-        .then(|| field("sec-websocket-key"))
+        .then(|| request.headers.get("sec-websocket-key"))
         .flatten()
         .map(|key| derive_accept_key(key.trim().as_bytes()));
     let server_connection =

@@ -38,11 +38,7 @@ pub(crate) fn to_core_request<B>(req: &Request<B>, peer: IpAddr) -> HttpRequest 
         headers: req
             .headers()
             .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_owned(), v.to_owned()))
-            })
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
             .collect(),
         websocket: is_websocket_upgrade(req),
         body: Bytes::new(),

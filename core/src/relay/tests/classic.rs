@@ -193,17 +193,21 @@ fn classic_bad_input_gets_the_classic_errors() {
     anonymous.headers.retain(|(n, _)| n != "Authorization");
     assert_eq!(status(&mut sim, anonymous), 401);
     let mut core = classic("negotiate", "", None, "", false);
-    core.headers = vec![(
-        "Authorization".into(),
+    core.headers = [(
+        "Authorization",
         format!("Bearer {}", token("/client/", "chat", None, 3600, KEY)),
-    )];
+    )]
+    .into_iter()
+    .collect();
     assert_eq!(status(&mut sim, core), 401);
     // Another user's token cannot use the connection.
     let mut mallory = long_poll("connect", &conn_token, "");
-    mallory.headers = vec![(
-        "Authorization".into(),
+    mallory.headers = [(
+        "Authorization",
         format!("Bearer {}", classic_token("chat", Some("mallory"))),
-    )];
+    )]
+    .into_iter()
+    .collect();
     assert_eq!(status(&mut sim, mallory), 403);
     let lp = |sim: &mut Sim, kind: &str, body: &str| {
         let req = long_poll(kind, &conn_token, body);
@@ -633,16 +637,20 @@ fn classic_tokens_are_bound_to_their_hub() {
     sim.connect_server("testhub", "app");
     let status = |sim: &mut Sim, req: HttpRequest| respond(sim.handle(&req)).status;
     let mut for_chat = classic_request("negotiate", "testhub", "", None, "", false, Some("alice"));
-    for_chat.headers = vec![(
-        "Authorization".into(),
+    for_chat.headers = [(
+        "Authorization",
         format!("Bearer {}", classic_token("chat", Some("alice"))),
-    )];
+    )]
+    .into_iter()
+    .collect();
     assert_eq!(status(&mut sim, for_chat), 401);
     let mut claims = crate::auth::Claims::issued_at(crate::relay::sim::T0, 3600);
     claims.aud.push("http://localhost/aspnetclient".to_owned());
     let unbound = crate::auth::sign(&claims, KEY.as_bytes(), crate::auth::Algorithm::Hs256);
     let mut no_hub = classic("negotiate", "", None, "", false);
-    no_hub.headers = vec![("Authorization".into(), format!("Bearer {unbound}"))];
+    no_hub.headers = [("Authorization", format!("Bearer {unbound}"))]
+        .into_iter()
+        .collect();
     assert_eq!(status(&mut sim, no_hub), 401);
     assert!(sim.classic_negotiate("testhub", Some("alice")).is_ok());
     assert!(sim.classic_negotiate("chat", Some("alice")).is_ok());

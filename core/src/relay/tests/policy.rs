@@ -287,5 +287,5 @@ fn bear(req: &mut HttpRequest, bearer: &str) {
     req.headers
         .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
     req.headers
-        .push(("Authorization".into(), format!("Bearer {bearer}")));
+        .push("Authorization", &format!("Bearer {bearer}"));
 }

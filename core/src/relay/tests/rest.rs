@@ -28,8 +28,7 @@ fn rest_with(
 ) -> HttpRequest {
     let mut req = request(method, path, query, token, false);
     req.body = Bytes::copy_from_slice(body);
-    req.headers
-        .push(("Content-Type".to_owned(), "application/json".to_owned()));
+    req.headers.push("Content-Type", "application/json");
     req
 }
 

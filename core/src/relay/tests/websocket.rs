@@ -294,7 +294,7 @@ fn open_connection_carries_the_query_as_sent_and_the_clients_address() {
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
         if let Some(f) = forwarded {
-            req.headers.push(("X-Forwarded-For".into(), f.into()));
+            req.headers.push("X-Forwarded-For", f);
         }
         let RequestOutcome::AcceptWebSocket(client) = sim.handle(&req) else {
             panic!("refused")

@@ -324,7 +324,7 @@ fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
         } = &mut *conn;
         // At most MAX_REQUEST_HEAD bytes are read onto a head.
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX - 1);
-        if *parsed != len {
+        if *parsed != len && len > 0 {
             *parsed = len;
             match http1::parse_request(buf) {
                 Parsed::Complete(head, len) => return Poll::Ready(Ok(Box::new((head, len)))),
