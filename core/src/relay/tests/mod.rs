@@ -46,6 +46,27 @@ fn json_payloads(text: &str) -> service::Payloads {
     service::Payloads(vec![("json".into(), Bytes::from(format!("{text}\x1e")))])
 }
 
+/// Negotiates for `chat` with `negotiateVersion=version`, bearing `bearer`: the connection's
+/// token (with version 0, its id, and the answer has no token).
+fn negotiate_token(sim: &mut Sim, version: u8, bearer: &str) -> String {
+    let query = format!("hub=chat&negotiateVersion={version}");
+    let req = request("POST", "/client/negotiate", &query, Some(bearer), false);
+    let json: serde_json::Value = serde_json::from_slice(&respond(sim.handle(&req)).body).unwrap();
+    let token = json.get("connectionToken");
+    assert_eq!(token.is_none(), version == 0, "{json}");
+    token
+        .unwrap_or(&json["connectionId"])
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A request on `hub`'s endpoint for the connection whose token is `id`, bearing `bearer`.
+fn bearing(method: &str, hub: &str, id: &str, bearer: &str, websocket: bool) -> HttpRequest {
+    let query = format!("hub={hub}&id={id}");
+    request(method, "/client/", &query, Some(bearer), websocket)
+}
+
 /// An HTTP request on a negotiated connection (`id`), with the client's token.
 fn on_connection(method: &str, id: &str, accept: Option<&str>, body: &[u8]) -> HttpRequest {
     connection_request(method, "chat", id, None, accept, body)

@@ -150,28 +150,10 @@ fn an_anonymous_public_connection_answers_only_the_access_token_it_negotiated_wi
     sim.connect_server("chat", "app");
     let mine = token("/client/", "chat", None, 3600, KEY);
     let theirs = token("/client/", "chat", None, 7200, KEY);
-    let negotiate = request(
-        "POST",
-        "/client/negotiate",
-        "hub=chat&negotiateVersion=0",
-        Some(&mine),
-        false,
-    );
-    let body = respond(sim.handle(&negotiate)).body;
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let id = json["connectionId"].as_str().unwrap().to_owned();
-    assert!(
-        json.get("connectionToken").is_none(),
-        "version 0: the id is the token"
-    );
+    // Version 0: the id is the token.
+    let id = negotiate_token(&mut sim, 0, &mine);
     let on = |method: &str, bearer: &str, websocket: bool| {
-        request(
-            method,
-            "/client/",
-            &format!("hub=chat&id={id}"),
-            Some(bearer),
-            websocket,
-        )
+        bearing(method, "chat", &id, bearer, websocket)
     };
     for (method, websocket) in [
         ("GET", false),
@@ -296,27 +278,8 @@ fn another_token_acts_for_a_connection_as_the_same_user() {
         ttl += 1;
         token("/client/", "chat", user, ttl, KEY)
     };
-    let negotiate = |sim: &mut Sim, version: u8, bearer: &str| {
-        let req = request(
-            "POST",
-            "/client/negotiate",
-            &format!("hub=chat&negotiateVersion={version}"),
-            Some(bearer),
-            false,
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&respond(sim.handle(&req)).body).unwrap();
-        let id = json.get("connectionToken").unwrap_or(&json["connectionId"]);
-        id.as_str().unwrap().to_owned()
-    };
     let on = |id: &str, method: &str, bearer: &str, websocket: bool| {
-        request(
-            method,
-            "/client/",
-            &format!("hub=chat&id={id}"),
-            Some(bearer),
-            websocket,
-        )
+        bearing(method, "chat", id, bearer, websocket)
     };
     // Each case: the negotiate's user, the version, the later requests' user, and whether
     // they are taken.
@@ -333,7 +296,7 @@ fn another_token_acts_for_a_connection_as_the_same_user() {
         let case = format!("{negotiated:?} v{version}, then {later:?}");
         // Long polling: the first poll, a send, and the DELETE that ends it.
         let own = mint(negotiated);
-        let id = negotiate(&mut sim, version, &own);
+        let id = negotiate_token(&mut sim, version, &own);
         let poll = respond(sim.handle(&on(&id, "GET", &mint(later), false)));
         if !taken {
             assert_eq!(poll.status, 403, "{case}: {poll:?}");
@@ -358,7 +321,7 @@ fn another_token_acts_for_a_connection_as_the_same_user() {
             "{case}: {ended:?}"
         );
         // A WebSocket.
-        let id = negotiate(&mut sim, version, &mint(negotiated));
+        let id = negotiate_token(&mut sim, version, &mint(negotiated));
         let upgrade = sim.handle(&on(&id, "GET", &mint(later), true));
         if taken {
             assert!(
@@ -424,13 +387,7 @@ fn a_token_for_another_hub_does_not_act_for_a_connection() {
     let id = info.connection_token.unwrap();
     let elsewhere = token("/client/", "other", Some("u1"), 3600, KEY);
     for (method, websocket) in [("GET", false), ("POST", false), ("GET", true)] {
-        let req = request(
-            method,
-            "/client/",
-            &format!("hub=other&id={id}"),
-            Some(&elsewhere),
-            websocket,
-        );
+        let req = bearing(method, "other", &id, &elsewhere, websocket);
         let refused = respond(sim.handle(&req));
         assert_eq!(refused.status, 404, "{method} {websocket}: {refused:?}");
     }
@@ -448,24 +405,10 @@ fn a_closed_long_polling_connection_answers_only_its_owner() {
     let server = sim.connect_server("chat", "app");
     sim.connect_server("other", "app");
     let mine = token("/client/", "chat", Some("u1"), 3600, KEY);
-    let negotiate = request(
-        "POST",
-        "/client/negotiate",
-        "hub=chat&negotiateVersion=0",
-        Some(&mine),
-        false,
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&respond(sim.handle(&negotiate)).body).unwrap();
-    let id = json["connectionId"].as_str().unwrap().to_owned();
+    let id = negotiate_token(&mut sim, 0, &mine);
     let on = |hub: &str, bearer: &str, body: &[u8]| {
-        let mut req = request(
-            if body.is_empty() { "GET" } else { "POST" },
-            "/client/",
-            &format!("hub={hub}&id={id}"),
-            Some(bearer),
-            false,
-        );
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let mut req = bearing(method, hub, &id, bearer, false);
         req.body = Bytes::copy_from_slice(body);
         req
     };
