@@ -499,16 +499,12 @@ impl Endpoints {
     /// The user of a valid `/generateJwtToken` token in the request (`Authorization: Bearer`,
     /// else `access_token`).
     fn authorized_user(&self, req: &HttpRequest) -> Option<String> {
-        let bearer = req
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .and_then(|(_, v)| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            });
+        let bearer = req.headers.get("authorization").and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
         let token = bearer.or_else(|| {
             form_urlencoded::parse(req.query.as_bytes())
                 .find(|(k, _)| k == "access_token")

@@ -287,6 +287,24 @@ pub(crate) struct Owner<'a> {
     pub(crate) secret: bool,
 }
 
+impl<'a> Owner<'a> {
+    /// A connection's owner, from its parts: its connection token is a secret unless it is
+    /// the connection id.
+    fn of(
+        hub: HubId,
+        user: Option<&'a str>,
+        bearer: Option<[u8; 32]>,
+        (token, connection_id): (&str, &str),
+    ) -> Self {
+        Self {
+            hub,
+            user,
+            bearer,
+            secret: token != connection_id,
+        }
+    }
+}
+
 impl Request<'_> {
     /// Whether this request, its token verified for the hub it names, may act for a
     /// connection of `owner`'s. It must name the connection's hub. The very token the
@@ -461,12 +479,8 @@ impl Client {
             ..
         } = self;
         let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
-        let owner = Owner {
-            hub: *hub,
-            user: user_id.as_deref(),
-            bearer: *bearer,
-            secret: **token != **connection_id,
-        };
+        // Only a request for the connection needs it: not worked out for each message.
+        let owner = || Owner::of(*hub, user_id.as_deref(), *bearer, (token, connection_id));
         let up = link.as_ref().map(|l| Upstream {
             server: l.server,
             connection_id,
@@ -523,7 +537,7 @@ impl Client {
                 Handled::refuse(Rejection::UnknownConnection)
             }
             (Input::Upgrade(r), Dialect::AspNetCore(a)) => {
-                let owner = r.acts_for(owner);
+                let owner = r.acts_for(owner());
                 match a.upgrade(&mut cx, owner, link.as_ref(), activity) {
                     Ok(Upgrade::Resumed) => {
                         Handled::stay(Some(RequestOutcome::AcceptWebSocket(*conn)))
@@ -536,7 +550,7 @@ impl Client {
                 }
             }
             (Input::Http(r), Dialect::AspNetCore(a)) => {
-                if !r.acts_for(owner) {
+                if !r.acts_for(owner()) {
                     return Handled::refuse(Rejection::NotOwner);
                 }
                 if r.req.method == "POST" {
@@ -880,12 +894,7 @@ impl Client {
             ..
         } = self;
         let mut cx = Ctx::new(now, *conn, (timers, policy), config, out, queue);
-        let owner = Owner {
-            hub: *hub,
-            user: user_id.as_deref(),
-            bearer: *bearer,
-            secret: **token != **connection_id,
-        };
+        let owner = Owner::of(*hub, user_id.as_deref(), *bearer, (token, connection_id));
         match dialect {
             Dialect::AspNetCore(a) => {
                 a.end(&mut cx, ending, link.as_ref(), (token, owner), tombstones)
