@@ -11,7 +11,7 @@ use super::reason::Rejection;
 use crate::auth::{self, AudienceParts, Claims, Validation};
 
 /// A bearer token whose signature an access key made: its claims, its audiences parsed once,
-/// and the digest of its text (what a connection is bound to). Shared, not copied, by every
+/// and the digest of its signature (what a connection is bound to; see [`digest`]). Shared, not copied, by every
 /// request that bears the same token.
 ///
 /// A token verified for a request that opens a connection ([`Admission::verify_opening`]: a
@@ -107,7 +107,8 @@ impl SignedToken {
         self.whole.is_some()
     }
 
-    /// The SHA-256 of the token's text: what a connection's cap per token counts, and what
+    /// The SHA-256 of the token's signature ([`digest`]): what a connection's cap per token
+    /// counts, what the remembered tokens are found by, and what
     /// an anonymous connection with a public id is bound to (see `Request::acts_for`).
     pub(crate) fn digest(&self) -> [u8; 32] {
         self.digest
@@ -334,8 +335,8 @@ impl Admission {
     }
 }
 
-/// Tokens whose signature was verified, by the SHA-256 of their exact text (a lookup compares
-/// digests, never a secret signature byte by byte), with their claims.
+/// Tokens whose signature was verified, by the SHA-256 of that signature ([`digest`]: a
+/// lookup compares digests, never a secret signature byte by byte), with their claims.
 ///
 /// A long-polling or event-stream client sends (and polls) with the same token each time:
 /// checking the signature and decoding the claims was a sixth of an event-stream echo's cost.
@@ -359,9 +360,21 @@ pub(crate) fn bearer_digest(req: &HttpRequest) -> Option<[u8; 32]> {
     req.bearer_token().map(|token| digest(&token))
 }
 
+/// The SHA-256 of a token's signature, its text from the last `.` on (all of it, for a text
+/// with none, which can name no signed token): what names a token, here and wherever a
+/// connection is bound to one.
+///
+/// The signature alone is enough. It is an access key's HMAC of all the rest, so two tokens
+/// that verify with the same signature are the same token, and whatever is looked up by it
+/// (what was verified of the token, a connection's user) was read from the token that did
+/// verify, never from the request's other segments. To bear a token's signature is to hold
+/// the token: its other segments are not secret. Hashing the signature alone is one block of
+/// SHA-256 (two for HS512) where the whole token, claims and all, is five to ten, and every
+/// request of a long-polling or event-stream client hashes its token once.
 fn digest(token: &str) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
+    let signature = token.rfind('.').map_or(token, |dot| &token[dot..]);
+    sha2::Sha256::digest(signature.as_bytes()).into()
 }
 
 /// Tokens in a generation of [`Verified`], at most.
@@ -482,6 +495,39 @@ mod tests {
             assert!(verified.is_ok());
             assert!(!admission.cache().newer.contains_key(&digest(&once)));
         }
+    }
+
+    #[test]
+    fn a_token_is_named_by_its_signature_and_read_only_from_the_token_that_verified() {
+        let (admission, config, t0) = setup();
+        let signed_for = |user: &str| {
+            let mut claims = Claims::issued_at(T0, 60);
+            claims.aud.push("http://localhost/client/?hub=chat".into());
+            claims
+                .extra
+                .insert(auth::claim_names::USER_ID.into(), user.into());
+            auth::sign(&claims, KEY.as_bytes(), auth::Algorithm::Hs256)
+        };
+        let (alice, mallory) = (signed_for("alice"), signed_for("mallory"));
+        // Mallory's claims under Alice's signature: no key signed them.
+        let (alice_signed, signature) = alice.rsplit_once('.').unwrap();
+        let (mallory_signed, _) = mallory.rsplit_once('.').unwrap();
+        let spliced = format!("{mallory_signed}.{signature}");
+        assert_ne!(alice_signed, mallory_signed);
+        assert_eq!(digest(&spliced), digest(&alice));
+        assert_ne!(digest(&mallory), digest(&alice));
+        let verify =
+            |bearer: &str| admission.verify(&config, t0, &send(bearer), "/client/", Some("chat"));
+        // Not remembered yet: checked whole, and refused.
+        assert!(matches!(verify(&spliced), Err(Rejection::BadToken(_))));
+        // Remembered: the signature finds Alice's token, with what was read from it. To bear
+        // her signature is to hold her token; the spliced claims are never read.
+        assert_eq!(verify(&alice).unwrap().user_id(), Some("alice"));
+        assert_eq!(verify(&spliced).unwrap().user_id(), Some("alice"));
+        assert_eq!(verify(&mallory).unwrap().user_id(), Some("mallory"));
+        // A text without a `.` is named by all of it: the signature alone is not the token.
+        assert_ne!(digest(signature), digest(&alice));
+        assert!(matches!(verify(signature), Err(Rejection::BadToken(_))));
     }
 
     /// A remembered token lives as long as its long-polling or event-stream client: its

@@ -50,10 +50,15 @@ impl HttpRequest {
     pub(super) fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         // Only the matching pair's value is decoded: the others may be a bearer token of a
         // kilobyte, and a connect asks for several parameters.
-        let pair = self.query.split('&').find(|pair| pair_named(pair, name))?;
+        // A pair's name is read byte by byte, once: a request asks for several parameters,
+        // and most queries are a few short pairs, where searching each for `=` and then for
+        // `%` or `+` cost more than the reading.
+        let (pair, value) = self
+            .query
+            .split('&')
+            .find_map(|pair| raw_value_named(pair, name).map(|value| (pair, value)))?;
         // A value with nothing to decode (most are) is the query's own text.
-        let value = pair.split_once('=').map_or("", |(_, value)| value);
-        if !value.contains(['%', '+']) {
+        if !value.bytes().any(|b| b == b'%' || b == b'+') {
             return Some(Cow::Borrowed(value));
         }
         form_urlencoded::parse(pair.as_bytes())
@@ -78,14 +83,34 @@ impl HttpRequest {
 /// Whether `pair`, one undecoded `name=value` of a query, is named `name`: compared decoded
 /// and in any case. Only the name is decoded, and only if it has something to decode.
 pub(crate) fn pair_named(pair: &str, name: &str) -> bool {
-    let raw = pair.split_once('=').map_or(pair, |(raw, _)| raw);
-    if raw.contains(['%', '+']) {
+    raw_value_named(pair, name).is_some()
+}
+
+/// The undecoded value of `pair` (empty without `=`), if it is named `name` (see
+/// [`pair_named`]).
+fn raw_value_named<'a>(pair: &'a str, name: &str) -> Option<&'a str> {
+    // One pass over the name, up to its `=`: whether it holds anything to decode.
+    let mut end = pair.len();
+    let mut encoded = false;
+    for (i, b) in pair.bytes().enumerate() {
+        match b {
+            b'=' => {
+                end = i;
+                break;
+            }
+            b'%' | b'+' => encoded = true,
+            _ => {}
+        }
+    }
+    let (raw, value) = pair.split_at(end);
+    let named = if encoded {
         form_urlencoded::parse(raw.as_bytes())
             .next()
             .is_some_and(|(decoded, _)| decoded.eq_ignore_ascii_case(name))
     } else {
         raw.eq_ignore_ascii_case(name)
-    }
+    };
+    named.then(|| value.get(1..).unwrap_or_default())
 }
 
 /// An HTTP response for the adapter to write.

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod lean;
@@ -1386,23 +1387,23 @@ impl hyper::body::Body for EventStreamBody {
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         let Some((inbox, ..)) = this.0.as_mut() else {
-            return std::task::Poll::Ready(None);
+            return Poll::Ready(None);
         };
         let next = std::task::ready!(inbox.poll_next(cx));
         if let Some(command) = next {
             let size = command.size();
             if let Command::Send { data, .. } = command {
                 inbox.taken(size);
-                return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
         }
         // A close, or the driver let go: the end, which the driver hears now (the notice
         // goes), not when hyper lets go of the body.
         this.0 = None;
-        std::task::Poll::Ready(None)
+        Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1535,21 +1536,31 @@ where
         }
         Ok(0) => has_body,
         Ok(limit) => {
-            let deadline = runtime.sleep_until(runtime.now() + settings.options.body_read_timeout);
             let read = body(limit.saturating_add(1));
             futures_util::pin_mut!(read);
-            let refusal = match select(read, deadline).await {
-                Either::Left((Ok((body, complete)), _)) => {
+            // The timer is made only if the body is not all there (a client's send most often
+            // is, with its head): a timer is an allocation and a registration with the
+            // runtime's timers.
+            let timeout = settings.options.body_read_timeout;
+            let mut deadline = None;
+            let read = std::future::poll_fn(|cx| {
+                if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Some(read));
+                }
+                let deadline =
+                    deadline.get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
+                deadline.as_mut().poll(cx).map(|()| None)
+            });
+            let refusal = match read.await {
+                Some(Ok((body, complete))) => {
                     request.body = body;
                     Ok(!complete)
                 }
-                Either::Left((Err(()), _)) => Err(HttpResponse::text(
+                Some(Err(())) => Err(HttpResponse::text(
                     400,
                     "The request body could not be read.",
                 )),
-                Either::Right(((), _)) => {
-                    Err(HttpResponse::text(408, "The request body took too long."))
-                }
+                None => Err(HttpResponse::text(408, "The request body took too long.")),
             };
             match refusal {
                 Ok(left) => left,
