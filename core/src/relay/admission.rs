@@ -222,7 +222,7 @@ impl Admission {
         self.verify_as(config, now, req, (path, hub), true)
     }
 
-    /// For a request bearing the very token (the same text, by its digest) that was verified
+    /// For a request bearing the very token (the same signature, by its digest) that was verified
     /// whole earlier, its signature and audience with it: whether it is still in date at
     /// `now`.
     pub(crate) fn check_again(
@@ -289,7 +289,9 @@ impl Admission {
         // would cost each idle client a part of its memory for nothing.
         let remember = !whole && !req.websocket;
         let digest = digest(&token);
-        if remember {
+        // A token too long to verify is not looked up either: found by its signature, its
+        // other segments would otherwise escape the bound on a token's length.
+        if remember && token.len() <= validation.max_token_len {
             if let Some(signed) = self.cache().get(&digest) {
                 signed.check_times(&validation, now)?;
                 return Ok(signed);
@@ -355,9 +357,11 @@ struct Verified {
     older: BTreeMap<[u8; 32], (Arc<SignedToken>, usize)>,
 }
 
-/// The digest a connection is bound to ([`SignedToken::digest`]) of a request's bearer token.
+/// The digest a connection is bound to ([`SignedToken::digest`]) of a request's bearer token;
+/// none for a token too long to verify (see [`Admission::signed_token`]).
 pub(crate) fn bearer_digest(req: &HttpRequest) -> Option<[u8; 32]> {
-    req.bearer_token().map(|token| digest(&token))
+    let token = req.bearer_token()?;
+    (token.len() <= auth::DEFAULT_MAX_TOKEN_LEN).then(|| digest(&token))
 }
 
 /// The SHA-256 of a token's signature, its text from the last `.` on (all of it, for a text
@@ -525,6 +529,10 @@ mod tests {
         assert_eq!(verify(&alice).unwrap().user_id(), Some("alice"));
         assert_eq!(verify(&spliced).unwrap().user_id(), Some("alice"));
         assert_eq!(verify(&mallory).unwrap().user_id(), Some("mallory"));
+        // Longer than a token may be, it is not looked up, and refused as before.
+        let long = format!("{}.{signature}", "a".repeat(auth::DEFAULT_MAX_TOKEN_LEN));
+        assert_eq!(digest(&long), digest(&alice));
+        assert!(matches!(verify(&long), Err(Rejection::BadToken(_))));
         // A text without a `.` is named by all of it: the signature alone is not the token.
         assert_ne!(digest(signature), digest(&alice));
         assert!(matches!(verify(signature), Err(Rejection::BadToken(_))));

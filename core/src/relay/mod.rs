@@ -741,7 +741,7 @@ impl Relay {
     }
 
     /// The WebSocket of a negotiated connection that bears the very token it negotiated with
-    /// (the same text, by its digest), whose signature and audience were verified then: only
+    /// (the same signature, by its digest), whose signature and audience were verified then: only
     /// its times are checked again, and it is not decoded a second time. `None` for any other
     /// (another token, none, or a connection not waiting for its transport): the whole check
     /// decides, as for a new token.
