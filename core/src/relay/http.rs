@@ -203,4 +203,64 @@ mod tests {
             Some("\u{FFFD}")
         );
     }
+
+    /// Every query of up to five symbols from an alphabet of what matters (`&`, `=`, `%`,
+    /// `+`, a hex digit, letters in both cases, a character of two bytes), asked for names
+    /// plain and not: the byte-by-byte reading finds what splitting and searching each pair
+    /// found (the implementation before 2026-12-04, kept here as the reference).
+    #[test]
+    fn a_query_is_read_as_splitting_it_did() {
+        fn reference<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+            let named = |pair: &str| {
+                let raw = pair.split_once('=').map_or(pair, |(raw, _)| raw);
+                if raw.contains(['%', '+']) {
+                    form_urlencoded::parse(raw.as_bytes())
+                        .next()
+                        .is_some_and(|(decoded, _)| decoded.eq_ignore_ascii_case(name))
+                } else {
+                    raw.eq_ignore_ascii_case(name)
+                }
+            };
+            let pair = query.split('&').find(|pair| named(pair))?;
+            let value = pair.split_once('=').map_or("", |(_, value)| value);
+            if !value.contains(['%', '+']) {
+                return Some(Cow::Borrowed(value));
+            }
+            form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map(|(_, value)| value)
+        }
+        const SYMBOLS: [&str; 9] = ["a", "A", "=", "&", "%", "4", "1", "+", "é"];
+        const NAMES: [&str; 7] = ["a", "A", "aa", "", "a a", "é", "a+"];
+        let mut queries = vec![String::new()];
+        let mut from = 0;
+        for _ in 0..5 {
+            let longest = queries.len();
+            for i in from..longest {
+                for symbol in SYMBOLS {
+                    let longer = format!("{}{symbol}", queries[i]);
+                    queries.push(longer);
+                }
+            }
+            from = longest;
+        }
+        assert_eq!(queries.len(), (0..=5).map(|n| 9usize.pow(n)).sum::<usize>());
+        let mut found = 0;
+        for query in &queries {
+            let req = with_query(query);
+            for name in NAMES {
+                let expected = reference(query, name);
+                assert_eq!(req.query_param(name), expected, "{name:?} in {query:?}");
+                found += usize::from(expected.is_some());
+                let plain = query.split('&').any(|pair| pair_named(pair, name));
+                assert_eq!(plain, expected.is_some(), "{name:?} in {query:?}");
+            }
+        }
+        // Both outcomes are common: the alphabet is not one that never matches.
+        let asked = queries.len() * NAMES.len();
+        assert!(
+            found > asked / 20 && found < asked / 2,
+            "{found} of {asked}"
+        );
+    }
 }
