@@ -358,10 +358,10 @@ struct Verified {
 }
 
 /// The digest a connection is bound to ([`SignedToken::digest`]) of a request's bearer token;
-/// none for a token too long to verify (see [`Admission::signed_token`]).
-pub(crate) fn bearer_digest(req: &HttpRequest) -> Option<[u8; 32]> {
+/// none for a token longer than `config` lets verify (see [`Admission::signed_token`]).
+pub(crate) fn bearer_digest(config: &RelayConfig, req: &HttpRequest) -> Option<[u8; 32]> {
     let token = req.bearer_token()?;
-    (token.len() <= auth::DEFAULT_MAX_TOKEN_LEN).then(|| digest(&token))
+    (token.len() <= validation(config).max_token_len).then(|| digest(&token))
 }
 
 /// The SHA-256 of a token's signature, its text from the last `.` on (all of it, for a text
@@ -504,14 +504,7 @@ mod tests {
     #[test]
     fn a_token_is_named_by_its_signature_and_read_only_from_the_token_that_verified() {
         let (admission, config, t0) = setup();
-        let signed_for = |user: &str| {
-            let mut claims = Claims::issued_at(T0, 60);
-            claims.aud.push("http://localhost/client/?hub=chat".into());
-            claims
-                .extra
-                .insert(auth::claim_names::USER_ID.into(), user.into());
-            auth::sign(&claims, KEY.as_bytes(), auth::Algorithm::Hs256)
-        };
+        let signed_for = |user| token("/client/", "chat", Some(user), 60, KEY);
         let (alice, mallory) = (signed_for("alice"), signed_for("mallory"));
         // Mallory's claims under Alice's signature: no key signed them.
         let (alice_signed, signature) = alice.rsplit_once('.').unwrap();

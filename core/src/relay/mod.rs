@@ -754,7 +754,8 @@ impl Relay {
         let conn = self.clients.by_token(id)?;
         let client = self.clients.map.get(&conn)?;
         let times = client.negotiated_with()?;
-        let bearer = self::admission::bearer_digest(req).filter(|d| client.bearer == Some(*d))?;
+        let bearer = self::admission::bearer_digest(&self.config, req)
+            .filter(|d| client.bearer == Some(*d))?;
         // Its own hub (which the token's audience named); another gets the whole check.
         let hub = hub_param(req)
             .ok()
