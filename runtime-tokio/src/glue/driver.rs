@@ -32,7 +32,7 @@ use crate::glue::http::{
 use crate::glue::queue::{self, AbortSignal, Command, Outbox, Refused};
 use crate::glue::tls::{self, Accepted, ServerTls};
 use crate::glue::ws::{self, Incoming};
-use crate::glue::{Listener, Runtime};
+use crate::glue::{poll_timer, Listener, Runtime};
 
 /// How the relay is served, beyond the core's [`RelayConfig`]: the limits that are about
 /// sockets rather than the protocol.
@@ -1547,9 +1547,7 @@ where
                 if let Poll::Ready(read) = read.as_mut().poll(cx) {
                     return Poll::Ready(Some(read));
                 }
-                let deadline =
-                    deadline.get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
-                deadline.as_mut().poll(cx).map(|()| None)
+                poll_timer(runtime, &mut deadline, timeout, cx).map(|()| None)
             });
             let refusal = match read.await {
                 Some(Ok((body, complete))) => {

@@ -51,6 +51,22 @@ pub use self::http::serve_http;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Polls the timer of a wait that may last `timeout`: `timer` is made at the wait's first
+/// pending poll, so a wait that ends before it was ever pending (a body that came with its
+/// head, a write the socket took at once) makes none; a timer is an allocation and a
+/// registration with the runtime's timers. Set `timer` to `None` to start the wait again.
+pub(crate) fn poll_timer<R: Runtime>(
+    runtime: &R,
+    timer: &mut Option<BoxFuture<()>>,
+    timeout: std::time::Duration,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    timer
+        .get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout))
+        .as_mut()
+        .poll(cx)
+}
+
 /// What the glue asks of an async runtime: spawning, the time, sleeping, connecting.
 pub trait Runtime: Clone + Send + Sync + 'static {
     /// The timer hyper uses for its header-read timeout.

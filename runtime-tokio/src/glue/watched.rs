@@ -60,11 +60,7 @@ impl<R: Runtime> Stall<R> {
             self.timer = None;
             return polled;
         }
-        let (runtime, timeout) = (&self.runtime, self.timeout);
-        let timer = self
-            .timer
-            .get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
-        match timer.as_mut().poll(cx) {
+        match super::poll_timer(&self.runtime, &mut self.timer, self.timeout, cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer took nothing for the write timeout",

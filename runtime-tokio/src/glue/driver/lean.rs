@@ -34,6 +34,7 @@ use super::{
     answer, held_response, Answered, Command, ConnHandle, DriverInput, Settings, Side,
     EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
+use crate::glue::poll_timer;
 use crate::glue::queue::Inbox;
 use crate::glue::watched::{poll_watch, Stall};
 use crate::glue::ws::with_scratch;
@@ -352,8 +353,7 @@ fn read_head<'a, R: Runtime, S: AsyncRead + Unpin>(
         // The first poll is where the wait starts: it reads until the socket has nothing
         // more, so it always ends here (or with the head).
         let timeout = settings.options.header_read_timeout;
-        let deadline = deadline.get_or_insert_with(|| runtime.sleep_until(runtime.now() + timeout));
-        return match deadline.as_mut().poll(cx) {
+        return match poll_timer(runtime, &mut deadline, timeout, cx) {
             Poll::Ready(()) => Poll::Ready(Err(
                 (!buf.is_empty()).then_some((408, "The request head took too long."))
             )),

@@ -1009,6 +1009,13 @@ fn print_table(r: &Report) {
             b.server_cpu_us_per_echo,
             "µs",
         );
+        row(
+            &s,
+            "of it in the kernel",
+            a.server_system_cpu_us_per_echo,
+            b.server_system_cpu_us_per_echo,
+            "µs",
+        );
         if let (Some(x), Some(y)) = (a.server_syscalls_per_echo, b.server_syscalls_per_echo) {
             row(&s, "system calls per echo", x.0, y.0, "");
             row(&s, "context switches per echo", x.1, y.1, "");

@@ -263,9 +263,11 @@ pub(crate) struct Percentiles {
     pub p999_ms: f64,
 }
 
-/// The server's CPU time and the clock at the start of a measured stretch.
+/// The server's CPU time, its part in the kernel, and the clock at the start of a measured
+/// stretch.
 pub(crate) struct Meter {
     cpu0: f64,
+    system0: f64,
     start: Instant,
 }
 
@@ -273,8 +275,14 @@ impl Meter {
     pub(crate) fn start(target: &Target) -> Self {
         Self {
             cpu0: target.cpu_secs(),
+            system0: target.system_secs(),
             start: Instant::now(),
         }
+    }
+
+    /// The server's CPU seconds in the kernel since the start.
+    pub(crate) fn system(&self, target: &Target) -> f64 {
+        target.system_secs() - self.system0
     }
 
     /// Seconds since the start, less the `idle_tail` that ended the stretch, and the server's
@@ -426,10 +434,9 @@ pub(crate) async fn connect_storm(
     let rss_before = target.server.rss_bytes();
     let latencies = Latencies::default();
     let storm = Meter::start(target);
-    let system0 = target.system_secs();
     let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
     let (elapsed, storm_cpu) = storm.stop(target, Duration::ZERO);
-    let storm_system = target.system_secs() - system0;
+    let storm_system = storm.system(target);
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -492,6 +499,9 @@ pub(crate) struct EchoResult {
     pub(crate) echoes_per_sec: f64,
     pub(crate) latency: Percentiles,
     pub(crate) server_cpu_us_per_echo: f64,
+    /// The part of it spent in the kernel (system time, µs): the sockets' share, which the
+    /// server's own code does not spend.
+    pub(crate) server_system_cpu_us_per_echo: f64,
     /// The server's system calls and context switches per echo (`--syscalls`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_syscalls_per_echo: Option<(f64, f64)>,
@@ -510,6 +520,7 @@ impl EchoResult {
         syscalls: SyscallCount,
     ) -> Self {
         let (secs, cpu) = meter.stop(target, Duration::ZERO);
+        let system = meter.system(target);
         let per = |n: u64| n as f64 / echoes.max(1) as f64;
         let syscalls = syscalls
             .stop()
@@ -521,6 +532,7 @@ impl EchoResult {
             echoes_per_sec: echoes as f64 / secs,
             latency: latencies.percentiles(),
             server_cpu_us_per_echo: cpu * 1e6 / echoes.max(1) as f64,
+            server_system_cpu_us_per_echo: system * 1e6 / echoes.max(1) as f64,
             server_syscalls_per_echo: syscalls,
         }
     }
