@@ -140,13 +140,13 @@ impl Proc {
 
     /// Its CPU time so far (user + system), in seconds.
     pub(crate) fn cpu_secs(&self) -> f64 {
-        let (user, system) = cpu_split(self.pid());
+        let (user, system) = self.cpu_split();
         user + system
     }
 
-    /// Its CPU time so far in the kernel (system), in seconds.
-    pub(crate) fn system_secs(&self) -> f64 {
-        cpu_split(self.pid()).1
+    /// Its CPU time so far in user space and in the kernel (system), in seconds.
+    pub(crate) fn cpu_split(&self) -> (f64, f64) {
+        cpu_split(self.pid())
     }
 
     /// Its resident set, in bytes.

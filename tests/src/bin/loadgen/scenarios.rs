@@ -48,14 +48,15 @@ impl Target {
         self.app.is_some()
     }
 
-    /// CPU seconds of the server and the processes that count with it.
-    pub(crate) fn cpu_secs(&self) -> f64 {
-        self.server.cpu_secs() + self.others.iter().map(Proc::cpu_secs).sum::<f64>()
-    }
-
-    /// The part of [`Target::cpu_secs`] spent in the kernel.
-    pub(crate) fn system_secs(&self) -> f64 {
-        self.server.system_secs() + self.others.iter().map(Proc::system_secs).sum::<f64>()
+    /// CPU seconds of the server and the processes that count with it, and the part of
+    /// them spent in the kernel: one reading of each process.
+    pub(crate) fn cpu_and_system_secs(&self) -> (f64, f64) {
+        std::iter::once(&self.server)
+            .chain(&self.others)
+            .map(Proc::cpu_split)
+            .fold((0.0, 0.0), |(cpu, system), (u, s)| {
+                (cpu + u + s, system + s)
+            })
     }
 
     /// A request: for the relay the hub invocation `target(args…)` (awaiting a completion
@@ -273,23 +274,26 @@ pub(crate) struct Meter {
 
 impl Meter {
     pub(crate) fn start(target: &Target) -> Self {
+        let (cpu0, system0) = target.cpu_and_system_secs();
         Self {
-            cpu0: target.cpu_secs(),
-            system0: target.system_secs(),
+            cpu0,
+            system0,
             start: Instant::now(),
         }
-    }
-
-    /// The server's CPU seconds in the kernel since the start.
-    pub(crate) fn system(&self, target: &Target) -> f64 {
-        target.system_secs() - self.system0
     }
 
     /// Seconds since the start, less the `idle_tail` that ended the stretch, and the server's
     /// CPU seconds since the start.
     pub(crate) fn stop(&self, target: &Target, idle_tail: Duration) -> (f64, f64) {
+        let (secs, cpu, _) = self.stop_split(target, idle_tail);
+        (secs, cpu)
+    }
+
+    /// [`Meter::stop`], and the part of the CPU seconds spent in the kernel.
+    pub(crate) fn stop_split(&self, target: &Target, idle_tail: Duration) -> (f64, f64, f64) {
         let secs = (self.start.elapsed() - idle_tail.min(self.start.elapsed())).as_secs_f64();
-        (secs.max(0.001), target.cpu_secs() - self.cpu0)
+        let (cpu, system) = target.cpu_and_system_secs();
+        (secs.max(0.001), cpu - self.cpu0, system - self.system0)
     }
 }
 
@@ -435,8 +439,7 @@ pub(crate) async fn connect_storm(
     let latencies = Latencies::default();
     let storm = Meter::start(target);
     let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
-    let (elapsed, storm_cpu) = storm.stop(target, Duration::ZERO);
-    let storm_system = storm.system(target);
+    let (elapsed, storm_cpu, storm_system) = storm.stop_split(target, Duration::ZERO);
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -519,8 +522,7 @@ impl EchoResult {
         (echoes, latencies): (u64, &Latencies),
         syscalls: SyscallCount,
     ) -> Self {
-        let (secs, cpu) = meter.stop(target, Duration::ZERO);
-        let system = meter.system(target);
+        let (secs, cpu, system) = meter.stop_split(target, Duration::ZERO);
         let per = |n: u64| n as f64 / echoes.max(1) as f64;
         let syscalls = syscalls
             .stop()
