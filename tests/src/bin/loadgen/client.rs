@@ -441,15 +441,19 @@ pub(crate) async fn connect_relay_http(
     }
 }
 
-/// A client of the floor's HTTP echo, as connection `id`.
+/// A client of the floor's HTTP echo, as connection `id`: named apart from every client
+/// opened before it, since the floor keeps a queue for each name it has seen (and a poll
+/// for a name it knows waits for a message, where a new client's first returns at once).
 pub(crate) async fn connect_floor_http(
     floor_http: &str,
     id: usize,
     transport: HttpTransport,
 ) -> Result<HttpConn> {
+    static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let serial = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (path, id) = match transport {
-        HttpTransport::ServerSentEvents => ("sse", format!("sse-{id}")),
-        HttpTransport::LongPolling => ("poll", format!("lp-{id}")),
+        HttpTransport::ServerSentEvents => ("sse", format!("sse-{id}-{serial}")),
+        HttpTransport::LongPolling => ("poll", format!("lp-{id}-{serial}")),
     };
     let path = format!("/{path}?id={id}");
     HttpConn::open(

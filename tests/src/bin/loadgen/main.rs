@@ -35,7 +35,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::client::HttpTransport;
+use crate::client::{HttpTransport, Ws};
 use crate::procs::Proc;
 use crate::scenarios::{
     BroadcastResult, ConnectResult, EchoResult, HttpEchoResult, SlowConsumerResult, StepResult,
@@ -195,6 +195,13 @@ struct RunArgs {
     /// call, so its CPU figures are best taken without.
     #[arg(long)]
     syscalls: bool,
+    /// Measure the echo scenarios this many times, the relay and the floor in turn: both
+    /// are up at once, and each echo runs on one right after the other, the first of the
+    /// pair alternating by round. Each round's ratio then compares figures taken seconds
+    /// apart, not minutes, and the table ends with the median of the rounds. Only for
+    /// `--only echo`, `http-echo` or both.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// The scenarios `--only` picks from.
@@ -249,6 +256,9 @@ struct Side {
 struct Report {
     date: String,
     runtime: String,
+    /// How many times each echo scenario ran on each side, in turn (`--rounds`): the echo
+    /// results come round after round.
+    rounds: u32,
     relay: Side,
     floor: Side,
     /// The relay on TLS (connect storm and echoes only).
@@ -344,7 +354,17 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     procs::pin_self(1);
     let dir = bin_dir(args.bin_dir.as_ref())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let limit = args.seconds * 20 + 600;
+    let limit = args.seconds * 20 * u64::from(args.rounds) + 600;
+    if args.rounds > 1 {
+        let echoes_only = !args.only.is_empty()
+            && args
+                .only
+                .iter()
+                .all(|s| matches!(s, Scenario::Echo | Scenario::HttpEcho));
+        if !echoes_only {
+            return Err("--rounds is for the echo scenarios: add --only echo,http-echo".into());
+        }
+    }
 
     eprintln!("floor…");
     let server = Proc::start(
@@ -364,12 +384,20 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         http,
         others: Vec::new(),
     };
-    let floor_side = run_side(&floor, &args).await;
-    drop(floor);
-
-    eprintln!("relay ({})…", args.runtime);
-    let mut relay = start_relay(&dir, &args.runtime, limit, None).await?;
-    let relay_side = run_side(&relay, &args).await;
+    let (floor_side, mut relay, relay_side) = if args.rounds > 1 {
+        eprintln!("relay ({})…", args.runtime);
+        let relay = start_relay(&dir, &args.runtime, limit, None).await?;
+        let [floor_side, relay_side] = run_rounds([&floor, &relay], &args).await;
+        drop(floor);
+        (floor_side, relay, relay_side)
+    } else {
+        let floor_side = run_side(&floor, &args).await;
+        drop(floor);
+        eprintln!("relay ({})…", args.runtime);
+        let relay = start_relay(&dir, &args.runtime, limit, None).await?;
+        let relay_side = run_side(&relay, &args).await;
+        (floor_side, relay, relay_side)
+    };
     let stalled = relay.server.output().matches("stopped reading").count();
     if stalled > 0 {
         eprintln!("the relay closed {stalled} connection(s) whose peer stopped reading");
@@ -426,6 +454,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     let report = Report {
         date: today(),
         runtime: args.runtime.clone(),
+        rounds: args.rounds,
         relay: relay_side,
         floor: floor_side,
         relay_tls,
@@ -706,29 +735,9 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     let (connect, mut conns) =
         scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
     side.connect = Some(connect);
-    if wanted(Scenario::Echo) {
+    for echo in echoes(args) {
         scenarios::keep_alive(target, &mut conns).await;
-        for (n, in_flight) in [(1, 1), (100, 1), (100, 8)] {
-            let n = n.min(conns.len());
-            eprintln!(
-                "  {}: echo, {n} connections × {in_flight} in flight",
-                target.name
-            );
-            side.echo
-                .push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
-        }
-    }
-    if wanted(Scenario::HttpEcho) {
-        scenarios::keep_alive(target, &mut conns).await;
-        for &transport in &args.http_transports {
-            let n = args.http_clients;
-            eprintln!(
-                "  {}: echo over {transport:?}, {n} connections",
-                target.name
-            );
-            side.http_echo
-                .push(scenarios::http_echo(target, transport, n, 64, secs).await);
-        }
+        run_echo(target, &mut conns, echo, &mut side, args).await;
     }
     let rate = args.broadcast_rate;
     if wanted(Scenario::Broadcast) {
@@ -807,6 +816,87 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
             Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await);
     }
     side
+}
+
+/// One echo scenario: WebSocket echoes on this many connections with this many in flight
+/// each, or echoes over an HTTP transport.
+#[derive(Clone, Copy)]
+enum Echo {
+    WebSocket(usize, usize),
+    Http(HttpTransport),
+}
+
+/// The echo scenarios that `args` asks for, in the order they run.
+fn echoes(args: &RunArgs) -> Vec<Echo> {
+    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let mut echoes = Vec::new();
+    if wanted(Scenario::Echo) {
+        echoes.extend([(1, 1), (100, 1), (100, 8)].map(|(n, f)| Echo::WebSocket(n, f)));
+    }
+    if wanted(Scenario::HttpEcho) {
+        echoes.extend(args.http_transports.iter().map(|&t| Echo::Http(t)));
+    }
+    echoes
+}
+
+/// Runs `echo` against `target` (on the first of `conns` for a WebSocket echo), and adds its
+/// result to `side`.
+async fn run_echo(target: &Target, conns: &mut [Ws], echo: Echo, side: &mut Side, args: &RunArgs) {
+    let secs = Duration::from_secs(args.seconds);
+    match echo {
+        Echo::WebSocket(n, in_flight) => {
+            let n = n.min(conns.len());
+            eprintln!(
+                "  {}: echo, {n} connections × {in_flight} in flight",
+                target.name
+            );
+            side.echo
+                .push(scenarios::echo(target, &mut conns[..n], in_flight, 64, secs).await);
+        }
+        Echo::Http(transport) => {
+            let n = args.http_clients;
+            eprintln!(
+                "  {}: echo over {transport:?}, {n} connections",
+                target.name
+            );
+            side.http_echo
+                .push(scenarios::http_echo(target, transport, n, 64, secs).await);
+        }
+    }
+}
+
+/// `--rounds`: the connect storm on each of `targets` (the floor and the relay, both up),
+/// then each echo scenario on one and right after on the other, round after round, the
+/// first of each pair alternating by round. Their sides, in the order of `targets`.
+async fn run_rounds(targets: [&Target; 2], args: &RunArgs) -> [Side; 2] {
+    let secs = Duration::from_secs(args.seconds);
+    let mut sides = [Side::default(), Side::default()];
+    let mut conns = [Vec::new(), Vec::new()];
+    for ((target, side), conns) in targets.iter().zip(&mut sides).zip(&mut conns) {
+        eprintln!(
+            "  {}: connect storm and idle, {} connections",
+            target.name, args.clients
+        );
+        let (connect, opened) =
+            scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
+        side.connect = Some(connect);
+        *conns = opened;
+    }
+    for round in 0..args.rounds {
+        eprintln!("  round {} of {}", round + 1, args.rounds);
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for echo in echoes(args) {
+            for i in order {
+                // Both sides' connections, each time: the one not measured waits a whole
+                // scenario, and the relay closes a client it hears nothing from for 30 s.
+                for (target, conns) in targets.iter().zip(&mut conns) {
+                    scenarios::keep_alive(target, conns).await;
+                }
+                run_echo(targets[i], &mut conns[i], echo, &mut sides[i], args).await;
+            }
+        }
+    }
+    sides
 }
 
 /// The cluster scenario: the connect storm through nginx, the broadcast (with each node's
@@ -917,6 +1007,85 @@ fn ratio(relay: f64, floor: f64) -> String {
     }
 }
 
+/// Each echo's relay and floor results, named (`round k:` first, with rounds).
+fn echo_pairs(r: &Report) -> Vec<(String, &EchoResult, &EchoResult)> {
+    let rounds = r.rounds.max(1) as usize;
+    let named = |i: usize, per_round: usize, name: String| match rounds {
+        1 => name,
+        _ => format!("round {}: {name}", i / per_round.max(1) + 1),
+    };
+    let ws = r.relay.echo.len() / rounds;
+    let http = r.relay.http_echo.len() / rounds;
+    let ws = r
+        .relay
+        .echo
+        .iter()
+        .zip(&r.floor.echo)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let name = format!("echo {}×{}", a.connections, a.in_flight);
+            (named(i, ws, name), a, b)
+        });
+    let http = r
+        .relay
+        .http_echo
+        .iter()
+        .zip(&r.floor.http_echo)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let name = format!("{:?} echo {}×1", a.transport, a.echo.connections);
+            (named(i, http, name), &a.echo, &b.echo)
+        });
+    ws.chain(http).collect()
+}
+
+/// With rounds: per echo scenario, the median over the rounds of the relay's and the floor's
+/// CPU per echo, and of their ratio, with the ratio's range.
+fn print_medians(r: &Report, echoes: &[(String, &EchoResult, &EchoResult)]) {
+    let mut scenarios: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for (name, a, b) in echoes {
+        let name = name.split_once(": ").map_or(name.as_str(), |(_, n)| n);
+        let cpu = (a.server_cpu_us_per_echo, b.server_cpu_us_per_echo);
+        match scenarios.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, runs)) => runs.push(cpu),
+            None => scenarios.push((name, vec![cpu])),
+        }
+    }
+    println!(
+        "\nCPU per echo, the median of {} rounds (relay/floor: the median of the rounds' ratios, and their range)",
+        r.rounds
+    );
+    println!("| scenario | relay | floor | relay/floor | range |");
+    println!("|---|---|---|---|---|");
+    for (name, runs) in scenarios {
+        let relay = median(runs.iter().map(|r| r.0));
+        let floor = median(runs.iter().map(|r| r.1));
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.1 > 0.0)
+            .map(|r| r.0 / r.1)
+            .collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        println!(
+            "| {name} | {relay:.1} µs | {floor:.1} µs | {:.2}× | {low:.2}–{high:.2}× |",
+            median(ratios.iter().copied())
+        );
+    }
+}
+
+/// The median of `values` (the mean of the middle two of an even count; 0 if none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn print_table(r: &Report) {
     println!(
         "\nSignalR Relay ({}) against the floor, {}",
@@ -976,23 +1145,17 @@ fn print_table(r: &Report) {
             "%",
         );
     }
-    let echoes = r
+    let echoes = echo_pairs(r);
+    // With rounds, an HTTP transport's idle memory is the first round's: the later ones
+    // reuse what it freed.
+    let first_round = r.relay.http_echo.len() / r.rounds.max(1) as usize;
+    for (a, b) in r
         .relay
-        .echo
+        .http_echo
         .iter()
-        .zip(&r.floor.echo)
-        .map(|(a, b)| (format!("echo {}×{}", a.connections, a.in_flight), a, b))
-        .chain(
-            r.relay
-                .http_echo
-                .iter()
-                .zip(&r.floor.http_echo)
-                .map(|(a, b)| {
-                    let s = format!("{:?} echo {}×1", a.transport, a.echo.connections);
-                    (s, &a.echo, &b.echo)
-                }),
-        );
-    for (a, b) in r.relay.http_echo.iter().zip(&r.floor.http_echo) {
+        .zip(&r.floor.http_echo)
+        .take(first_round)
+    {
         row(
             &format!("{:?} idle", a.transport),
             "RSS per connection",
@@ -1001,29 +1164,33 @@ fn print_table(r: &Report) {
             "KiB",
         );
     }
-    for (s, a, b) in echoes {
+    for (s, a, b) in &echoes {
+        let (s, a, b) = (s.as_str(), *a, *b);
         row(
-            &s,
+            s,
             "CPU per echo",
             a.server_cpu_us_per_echo,
             b.server_cpu_us_per_echo,
             "µs",
         );
         row(
-            &s,
+            s,
             "of it in the kernel",
             a.server_system_cpu_us_per_echo,
             b.server_system_cpu_us_per_echo,
             "µs",
         );
         if let (Some(x), Some(y)) = (a.server_syscalls_per_echo, b.server_syscalls_per_echo) {
-            row(&s, "system calls per echo", x.0, y.0, "");
-            row(&s, "context switches per echo", x.1, y.1, "");
+            row(s, "system calls per echo", x.0, y.0, "");
+            row(s, "context switches per echo", x.1, y.1, "");
         }
-        row(&s, "echoes/s", a.echoes_per_sec, b.echoes_per_sec, "");
-        row(&s, "p50", a.latency.p50_ms, b.latency.p50_ms, "ms");
-        row(&s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
-        row(&s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
+        row(s, "echoes/s", a.echoes_per_sec, b.echoes_per_sec, "");
+        row(s, "p50", a.latency.p50_ms, b.latency.p50_ms, "ms");
+        row(s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
+        row(s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
+    }
+    if r.rounds > 1 {
+        print_medians(r, &echoes);
     }
     let named = |name: &str, x: &Option<BroadcastResult>, y: &Option<BroadcastResult>| {
         x.clone()
@@ -1282,5 +1449,18 @@ fn print_tls_table(tls: &Side, plain: &Side) {
             "µs",
         );
         row(&s, "p99", t.latency.p99_ms, p.latency.p99_ms, "ms");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median([1.5].into_iter()), 1.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
     }
 }
