@@ -455,7 +455,7 @@ impl AppConnection {
                                     self.write_client(
                                         now,
                                         connection_id,
-                                        Bytes::from_static(HandshakeResponse::SUCCESS_FRAME),
+                                        HandshakeResponse::SUCCESS_FRAME,
                                     );
                                 }
                                 self.events.push_back(AppEvent::ClientConnected(info));
@@ -474,7 +474,7 @@ impl AppConnection {
                 if let Some(error) = refused {
                     let mut frame = Vec::new();
                     HandshakeResponse::error(error.clone()).write(&mut frame);
-                    self.write_client(now, connection_id, Bytes::from(frame));
+                    self.write_client(now, connection_id, &frame);
                     self.clients.remove(connection_id);
                     self.abort_client(now, connection_id, &error);
                     return;
@@ -541,17 +541,17 @@ impl AppConnection {
         if !self.clients.contains_key(connection_id) {
             return false;
         }
-        self.write_client(now, connection_id, frame);
+        self.write_client(now, connection_id, &frame);
         true
     }
 
-    fn write_client(&mut self, now: Instant, connection_id: &str, payload: Bytes) {
-        let msg = ServiceMessage::ConnectionData(service::ConnectionData {
-            connection_id: connection_id.to_owned(),
-            payload,
-            ext: service::Ext::default(),
-        });
-        self.send(now, &msg);
+    /// Sends `payload` to a client: a ConnectionData message, written in one allocation.
+    fn write_client(&mut self, now: Instant, connection_id: &str, payload: &[u8]) {
+        let mut out = Vec::new();
+        if service::write_connection_data(connection_id, payload, &mut out).is_ok() {
+            self.transmits.push_back(Bytes::from(out));
+            self.last_sent = now;
+        }
     }
 
     fn abort_client(&mut self, now: Instant, connection_id: &str, error: &str) {
@@ -578,11 +578,12 @@ impl AppConnection {
                 _ => return false,
             },
         };
-        let mut frame = Vec::new();
+        // Room for a typical message: grown from nothing, it would be copied several times.
+        let mut frame = Vec::with_capacity(256);
         if protocol.write_message(message, &mut frame).is_err() {
             return false;
         }
-        self.write_client(now, connection_id, Bytes::from(frame));
+        self.write_client(now, connection_id, &frame);
         true
     }
 

@@ -153,6 +153,8 @@ async fn session<R: Runtime>(
     let mut ready = false;
     // Messages read in a row (each time the socket had one ready).
     let mut streak = 0usize;
+    // The timer for the connection's timeouts, and the deadline it was made for.
+    let mut timer: Option<(Instant, crate::glue::BoxFuture<()>)> = None;
     let result = loop {
         while let Some(bytes) = conn.poll_transmit() {
             if sink.feed(Message::Binary(bytes)).await.is_err() {
@@ -231,7 +233,13 @@ async fn session<R: Runtime>(
         let deadline = conn
             .poll_timeout()
             .unwrap_or_else(|| runtime.now() + Duration::from_secs(60));
-        let sleep = runtime.sleep_until(deadline);
+        // Each message read or sent moves the deadline later. A timer made for an earlier one
+        // is kept, rather than one made per message: waking before the deadline costs one
+        // look at the timers that finds nothing due.
+        if timer.as_ref().is_some_and(|(at, _)| *at > deadline) {
+            timer = None;
+        }
+        let (_, sleep) = timer.get_or_insert_with(|| (deadline, runtime.sleep_until(deadline)));
         let next = select(incoming.next(), select(commands.next(), sleep)).await;
         let now = runtime.now();
         if matches!(next, Either::Left(_)) {
@@ -239,6 +247,8 @@ async fn session<R: Runtime>(
         } else {
             streak = 0;
         }
+        // Whether a command from the hub's tasks was applied.
+        let mut answered = false;
         match next {
             Either::Left((Some(Ok(Message::Binary(data))), _)) => conn.handle_data(now, &data),
             Either::Left((Some(Ok(Message::Text(text))), _)) => {
@@ -248,11 +258,20 @@ async fn session<R: Runtime>(
             Either::Left((Some(Err(_)) | None, _)) => conn.handle_closed(),
             Either::Right((Either::Left((Some(command), _)), _)) => {
                 apply(&mut conn, now, command, &mut acks);
-                // Apply whatever else is queued before writing.
-                apply_queued(&mut conn, now, &mut commands, &mut acks);
+                answered = true;
             }
             Either::Right((Either::Left((None, _)), _)) => {}
-            Either::Right((Either::Right(((), _)), _)) => conn.handle_timeout(now),
+            Either::Right((Either::Right(((), _)), _)) => {
+                timer = None;
+                conn.handle_timeout(now);
+            }
+        }
+        if answered {
+            // The first answer woke this task. The hub's other tasks that are ready to run
+            // (the invocations read with it) give theirs in their turns: let them have those
+            // turns, then write every answer queued at once, not one write each.
+            crate::glue::yield_now().await;
+            apply_queued(&mut conn, runtime.now(), &mut commands, &mut acks);
         }
     };
     commands.close();

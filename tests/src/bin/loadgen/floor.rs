@@ -54,33 +54,32 @@ pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> 
     }
 }
 
-async fn websocket(stream: tokio::net::TcpStream, id: u64, peers: Peers, groups: Groups) {
+/// A client's WebSocket, accepted: what it reads, the queue of what to write to it, and the
+/// task that writes what is queued (see [`write_queued`]).
+pub(crate) type Accepted = (
+    async_tungstenite::WebSocketReceiver<tokio_util::compat::Compat<tokio::net::TcpStream>>,
+    Peer,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Accepts a client's WebSocket on `stream` and starts its writer.
+pub(crate) async fn accept(stream: tokio::net::TcpStream) -> Option<Accepted> {
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let Ok(ws) = async_tungstenite::accept_async_with_config(stream.compat(), Some(config)).await
-    else {
+    let ws = async_tungstenite::accept_async_with_config(stream.compat(), Some(config))
+        .await
+        .ok()?;
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
+    Some((stream, tx, tokio::spawn(write_queued(sink, rx))))
+}
+
+async fn websocket(stream: tokio::net::TcpStream, id: u64, peers: Peers, groups: Groups) {
+    let Some((mut stream, tx, writer)) = accept(stream).await else {
         return;
     };
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     if let Ok(mut p) = peers.lock() {
         p.insert(id, tx.clone());
     }
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let mut batch = vec![m];
-            while let Ok(m) = rx.try_recv() {
-                batch.push(m);
-            }
-            for m in batch {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
     while let Some(Ok(message)) = stream.next().await {
         let Message::Text(text) = message else {
             continue;
@@ -138,6 +137,27 @@ async fn websocket(stream: tokio::net::TcpStream, id: u64, peers: Peers, groups:
         }
     }
     writer.abort();
+}
+
+/// Writes what is queued for a connection as it comes: everything queued, then one flush.
+pub(crate) async fn write_queued<S>(mut sink: S, mut rx: mpsc::UnboundedReceiver<Message>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(m) = rx.recv().await {
+        let mut batch = vec![m];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        for m in batch {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// An HTTP client's queue: what was posted for it, until its stream or poll takes it.

@@ -24,6 +24,7 @@ mod chart;
 mod client;
 mod cluster;
 mod floor;
+mod hop;
 mod procs;
 mod scenarios;
 mod soak;
@@ -53,6 +54,27 @@ struct Args {
 enum Cmd {
     /// Serve the floor (started by `run`).
     Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long, default_value_t = 3600)]
+        exit_after: u64,
+    },
+    /// Serve the two-hop floor (started by `run --two-hop`): WebSocket echoes sent through
+    /// `--upstream` and back.
+    TwoHop {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The upstream (`two-hop-upstream`) to send each message through.
+        #[arg(long)]
+        upstream: String,
+        /// Connections to the upstream, over which the clients are spread.
+        #[arg(long, default_value_t = 5)]
+        connections: usize,
+        #[arg(long, default_value_t = 3600)]
+        exit_after: u64,
+    },
+    /// Serve the two-hop floor's upstream: sends back what each connection sends it.
+    TwoHopUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
         #[arg(long, default_value_t = 3600)]
@@ -202,6 +224,12 @@ struct RunArgs {
     /// `--only echo`, `http-echo` or both.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// With `--rounds`: the WebSocket echoes also run against a third server in turn, the
+    /// two-hop floor (`loadgen two-hop`): each message sent through an upstream process and
+    /// back over five multiplexed connections, as the relay does through its app server, but
+    /// with nothing else. Its CPU is the least two hops cost.
+    #[arg(long)]
+    two_hop: bool,
 }
 
 /// The scenarios `--only` picks from.
@@ -261,6 +289,9 @@ struct Report {
     rounds: u32,
     relay: Side,
     floor: Side,
+    /// The two-hop floor (`--two-hop`: the connect storm and WebSocket echoes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    two_hop: Option<Side>,
     /// The relay on TLS (connect storm and echoes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     relay_tls: Option<Side>,
@@ -296,6 +327,17 @@ fn main() -> std::process::ExitCode {
     let result = match args.command {
         Cmd::Floor { listen, exit_after } => runtime
             .block_on(floor::serve(&listen, exit_after))
+            .map_err(|e| e.to_string()),
+        Cmd::TwoHop {
+            listen,
+            upstream,
+            connections,
+            exit_after,
+        } => runtime
+            .block_on(hop::serve(&listen, &upstream, connections, exit_after))
+            .map_err(|e| e.to_string()),
+        Cmd::TwoHopUpstream { listen, exit_after } => runtime
+            .block_on(hop::serve_upstream(&listen, exit_after))
             .map_err(|e| e.to_string()),
         Cmd::Run(run) => runtime.block_on(run_all(run)),
         Cmd::Soak(args) => runtime.block_on(run_soak(args)),
@@ -355,6 +397,9 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     let dir = bin_dir(args.bin_dir.as_ref())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let limit = args.seconds * 20 * u64::from(args.rounds) + 600;
+    if args.two_hop && args.rounds < 2 {
+        return Err("--two-hop runs with --rounds (2 or more)".into());
+    }
     if args.rounds > 1 {
         let echoes_only = !args.only.is_empty()
             && args
@@ -384,10 +429,21 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         http,
         others: Vec::new(),
     };
+    let mut two_hop_side = None;
     let (floor_side, mut relay, relay_side) = if args.rounds > 1 {
         eprintln!("relay ({})…", args.runtime);
         let relay = start_relay(&dir, &args.runtime, limit, None).await?;
-        let [floor_side, relay_side] = run_rounds([&floor, &relay], &args).await;
+        let (floor_side, relay_side) = if args.two_hop {
+            eprintln!("two-hop floor…");
+            let (hop, _upstream) = start_two_hop(&exe, limit)?;
+            let [floor_side, relay_side, hop_side] =
+                run_rounds([&floor, &relay, &hop], &args).await;
+            two_hop_side = Some(hop_side);
+            (floor_side, relay_side)
+        } else {
+            let [floor_side, relay_side] = run_rounds([&floor, &relay], &args).await;
+            (floor_side, relay_side)
+        };
         drop(floor);
         (floor_side, relay, relay_side)
     } else {
@@ -457,6 +513,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         rounds: args.rounds,
         relay: relay_side,
         floor: floor_side,
+        two_hop: two_hop_side,
         relay_tls,
         cluster,
     };
@@ -865,13 +922,14 @@ async fn run_echo(target: &Target, conns: &mut [Ws], echo: Echo, side: &mut Side
     }
 }
 
-/// `--rounds`: the connect storm on each of `targets` (the floor and the relay, both up),
-/// then each echo scenario on one and right after on the other, round after round, the
-/// first of each pair alternating by round. Their sides, in the order of `targets`.
-async fn run_rounds(targets: [&Target; 2], args: &RunArgs) -> [Side; 2] {
+/// `--rounds`: the connect storm on each of `targets` (the floor, the relay and perhaps the
+/// two-hop floor, all up), then each echo scenario on each in turn, round after round, the
+/// first of each turn moving by one each round. Their sides, in the order of `targets`. A
+/// target with no HTTP echo (the two-hop floor) runs only the WebSocket echoes.
+async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [Side; N] {
     let secs = Duration::from_secs(args.seconds);
-    let mut sides = [Side::default(), Side::default()];
-    let mut conns = [Vec::new(), Vec::new()];
+    let mut sides = std::array::from_fn(|_| Side::default());
+    let mut conns: [Vec<Ws>; N] = std::array::from_fn(|_| Vec::new());
     for ((target, side), conns) in targets.iter().zip(&mut sides).zip(&mut conns) {
         eprintln!(
             "  {}: connect storm and idle, {} connections",
@@ -884,9 +942,12 @@ async fn run_rounds(targets: [&Target; 2], args: &RunArgs) -> [Side; 2] {
     }
     for round in 0..args.rounds {
         eprintln!("  round {} of {}", round + 1, args.rounds);
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = (0..N).map(|i| (i + round as usize) % N);
         for echo in echoes(args) {
-            for i in order {
+            for i in order.clone() {
+                if matches!(echo, Echo::Http(_)) && !targets[i].serves_http() {
+                    continue;
+                }
                 // Both sides' connections, each time: the one not measured waits a whole
                 // scenario, and the relay closes a client it hears nothing from for 30 s.
                 for (target, conns) in targets.iter().zip(&mut conns) {
@@ -897,6 +958,40 @@ async fn run_rounds(targets: [&Target; 2], args: &RunArgs) -> [Side; 2] {
         }
     }
     sides
+}
+
+/// Starts the two-hop floor's upstream (on core 1, as the relay's app server) and the
+/// two-hop floor (on core 0): the floor as a target, and the upstream to hold while it runs.
+fn start_two_hop(exe: &std::path::Path, limit: u64) -> Result<(Target, Proc), String> {
+    let limit = limit.to_string();
+    let upstream = Proc::start(
+        exe,
+        &[
+            "two-hop-upstream".into(),
+            "--exit-after".into(),
+            limit.clone(),
+        ],
+        Some(1),
+    )?;
+    let server = Proc::start(
+        exe,
+        &[
+            "two-hop".into(),
+            "--upstream".into(),
+            upstream.addr.clone(),
+            "--exit-after".into(),
+            limit,
+        ],
+        Some(0),
+    )?;
+    let target = Target {
+        name: "two-hop floor",
+        server,
+        app: None,
+        http: None,
+        others: Vec::new(),
+    };
+    Ok((target, upstream))
 }
 
 /// The cluster scenario: the connect storm through nginx, the broadcast (with each node's
@@ -1040,37 +1135,74 @@ fn echo_pairs(r: &Report) -> Vec<(String, &EchoResult, &EchoResult)> {
 }
 
 /// With rounds: per echo scenario, the median over the rounds of the relay's and the floor's
-/// CPU per echo, and of their ratio, with the ratio's range.
-fn print_medians(r: &Report, echoes: &[(String, &EchoResult, &EchoResult)]) {
-    let mut scenarios: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
-    for (name, a, b) in echoes {
-        let name = name.split_once(": ").map_or(name.as_str(), |(_, n)| n);
-        let cpu = (a.server_cpu_us_per_echo, b.server_cpu_us_per_echo);
-        match scenarios.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, runs)) => runs.push(cpu),
-            None => scenarios.push((name, vec![cpu])),
+/// CPU per echo, and of their ratio, with the ratio's range; and the same against the two-hop
+/// floor, where it ran.
+fn print_medians(r: &Report) {
+    // Per round: the scenario, and the relay's, the floor's and the two-hop floor's CPU.
+    let mut runs: Vec<(String, f64, f64, Option<f64>)> = Vec::new();
+    for (i, (a, b)) in r.relay.echo.iter().zip(&r.floor.echo).enumerate() {
+        let hop = r.two_hop.as_ref().and_then(|h| h.echo.get(i));
+        runs.push((
+            format!("echo {}×{}", a.connections, a.in_flight),
+            a.server_cpu_us_per_echo,
+            b.server_cpu_us_per_echo,
+            hop.map(|h| h.server_cpu_us_per_echo),
+        ));
+    }
+    for (a, b) in r.relay.http_echo.iter().zip(&r.floor.http_echo) {
+        runs.push((
+            format!("{:?} echo {}×1", a.transport, a.echo.connections),
+            a.echo.server_cpu_us_per_echo,
+            b.echo.server_cpu_us_per_echo,
+            None,
+        ));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (name, ..) in &runs {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
         }
     }
     println!(
-        "\nCPU per echo, the median of {} rounds (relay/floor: the median of the rounds' ratios, and their range)",
+        "\nCPU per echo, the median of {} rounds; relay/floor: the median of the rounds' ratios, and their range",
         r.rounds
     );
-    println!("| scenario | relay | floor | relay/floor | range |");
-    println!("|---|---|---|---|---|");
-    for (name, runs) in scenarios {
-        let relay = median(runs.iter().map(|r| r.0));
-        let floor = median(runs.iter().map(|r| r.1));
-        let ratios: Vec<f64> = runs
+    println!("| scenario | relay | floor | relay/floor | range | two-hop floor | relay/two-hop | range |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // The median and range of the ratios of the rounds where both figures are known.
+    let ratios = |pairs: Vec<(f64, f64)>| {
+        let ratios: Vec<f64> = pairs
             .iter()
-            .filter(|r| r.1 > 0.0)
-            .map(|r| r.0 / r.1)
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(n, d)| n / d)
             .collect();
+        if ratios.is_empty() {
+            return ("–".to_owned(), "–".to_owned());
+        }
         let (low, high) = ratios
             .iter()
             .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        (
+            format!("{:.2}×", median(ratios.iter().copied())),
+            format!("{low:.2}–{high:.2}×"),
+        )
+    };
+    for name in names {
+        let rounds: Vec<_> = runs.iter().filter(|(n, ..)| n == name).collect();
+        let relay = median(rounds.iter().map(|r| r.1));
+        let floor = median(rounds.iter().map(|r| r.2));
+        let (ratio, range) = ratios(rounds.iter().map(|r| (r.1, r.2)).collect());
+        let hops: Vec<(f64, f64)> = rounds
+            .iter()
+            .filter_map(|r| r.3.map(|hop| (r.1, hop)))
+            .collect();
+        let hop = match hops.is_empty() {
+            true => "–".to_owned(),
+            false => format!("{:.1} µs", median(hops.iter().map(|h| h.1))),
+        };
+        let (hop_ratio, hop_range) = ratios(hops);
         println!(
-            "| {name} | {relay:.1} µs | {floor:.1} µs | {:.2}× | {low:.2}–{high:.2}× |",
-            median(ratios.iter().copied())
+            "| {name} | {relay:.1} µs | {floor:.1} µs | {ratio} | {range} | {hop} | {hop_ratio} | {hop_range} |"
         );
     }
 }
@@ -1190,7 +1322,7 @@ fn print_table(r: &Report) {
         row(s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
     }
     if r.rounds > 1 {
-        print_medians(r, &echoes);
+        print_medians(r);
     }
     let named = |name: &str, x: &Option<BroadcastResult>, y: &Option<BroadcastResult>| {
         x.clone()

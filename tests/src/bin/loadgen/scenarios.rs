@@ -44,6 +44,11 @@ impl Target {
         }
     }
 
+    /// Whether it serves the HTTP echoes (the two-hop floor does not).
+    pub(crate) fn serves_http(&self) -> bool {
+        self.app.is_some() || self.http.is_some()
+    }
+
     pub(crate) fn is_relay(&self) -> bool {
         self.app.is_some()
     }
