@@ -221,7 +221,7 @@ struct RunArgs {
     /// are up at once, and each echo runs on one right after the other, the first of the
     /// pair alternating by round. Each round's ratio then compares figures taken seconds
     /// apart, not minutes, and the table ends with the median of the rounds. Only for
-    /// `--only echo`, `http-echo` or both.
+    /// `--only echo`, `http-echo` or both, and `--seconds` of 20 at most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// With `--rounds`: the WebSocket echoes also run against a third server in turn, the
@@ -396,7 +396,9 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     procs::pin_self(1);
     let dir = bin_dir(args.bin_dir.as_ref())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let limit = args.seconds * 20 * u64::from(args.rounds) + 600;
+    // The servers' lives: every scenario at the most, or with rounds, each round's echo runs
+    // on each of three servers (each run its seconds and a few more to connect and settle).
+    let limit = (args.seconds * 20).max((args.seconds + 5) * 15 * 3) * u64::from(args.rounds) + 600;
     if args.two_hop && args.rounds < 2 {
         return Err("--two-hop runs with --rounds (2 or more)".into());
     }
@@ -408,6 +410,13 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
                 .all(|s| matches!(s, Scenario::Echo | Scenario::HttpEcho));
         if !echoes_only {
             return Err("--rounds is for the echo scenarios: add --only echo,http-echo".into());
+        }
+        // The servers not being measured hear nothing from their clients during a run, and
+        // the relay closes a client it hears nothing from for 30 s.
+        if args.seconds > MAX_ROUND_SECONDS {
+            return Err(format!(
+                "--rounds runs each echo for at most {MAX_ROUND_SECONDS} s (--seconds)"
+            ));
         }
     }
 
@@ -874,6 +883,10 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     }
     side
 }
+
+/// The longest echo run with `--rounds`: with the time to open an HTTP echo's clients, under
+/// the 30 s after which the relay closes a silent client of another server's turn.
+const MAX_ROUND_SECONDS: u64 = 20;
 
 /// One echo scenario: WebSocket echoes on this many connections with this many in flight
 /// each, or echoes over an HTTP transport.
