@@ -38,10 +38,7 @@ pub(crate) async fn serve(listen: &str, exit_after: u64) -> std::io::Result<()> 
     // The HTTP port first: whoever starts the floor reads it before the line it waits for.
     println!("floor http on {}", http.local_addr()?);
     println!("floor listening on http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(exit_after)).await;
-        std::process::exit(0);
-    });
+    exit_after_secs(exit_after);
     tokio::spawn(serve_http(http));
     let peers: Peers = Arc::default();
     let groups: Groups = Arc::default();
@@ -137,6 +134,14 @@ async fn websocket(stream: tokio::net::TcpStream, id: u64, peers: Peers, groups:
         }
     }
     writer.abort();
+}
+
+/// Exits the process after `seconds`.
+pub(crate) fn exit_after_secs(seconds: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        std::process::exit(0);
+    });
 }
 
 /// Writes what is queued for a connection as it comes: everything queued, then one flush.

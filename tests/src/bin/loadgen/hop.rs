@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -25,14 +24,6 @@ type Peers = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>>;
 /// little-endian `u32`.
 const HEADER: usize = 8;
 
-/// Exits the process after `seconds`.
-fn exit_after(seconds: u64) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        std::process::exit(0);
-    });
-}
-
 /// The upstream: sends back whatever each connection sends it, as it comes.
 pub(crate) async fn serve_upstream(listen: &str, exit: u64) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
@@ -40,7 +31,7 @@ pub(crate) async fn serve_upstream(listen: &str, exit: u64) -> std::io::Result<(
         "two-hop upstream listening on http://{}",
         listener.local_addr()?
     );
-    exit_after(exit);
+    crate::floor::exit_after_secs(exit);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -74,7 +65,7 @@ pub(crate) async fn serve(
         "two-hop floor listening on http://{}",
         listener.local_addr()?
     );
-    exit_after(exit);
+    crate::floor::exit_after_secs(exit);
     let mut next = 0u32;
     loop {
         let (stream, _) = listener.accept().await?;

@@ -790,17 +790,24 @@ async fn run_tls_side(target: &Target, args: &RunArgs) -> Side {
     side
 }
 
-async fn run_side(target: &Target, args: &RunArgs) -> Side {
-    let secs = Duration::from_secs(args.seconds);
-    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
-    let mut side = Side::default();
+/// The connect storm against `target`, its result in `side`: the connections it opened.
+async fn connect_storm(target: &Target, side: &mut Side, args: &RunArgs) -> Vec<Ws> {
     eprintln!(
         "  {}: connect storm and idle, {} connections",
         target.name, args.clients
     );
-    let (connect, mut conns) =
+    let secs = Duration::from_secs(args.seconds);
+    let (connect, conns) =
         scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
     side.connect = Some(connect);
+    conns
+}
+
+async fn run_side(target: &Target, args: &RunArgs) -> Side {
+    let secs = Duration::from_secs(args.seconds);
+    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let mut side = Side::default();
+    let mut conns = connect_storm(target, &mut side, args).await;
     for echo in echoes(args) {
         scenarios::keep_alive(target, &mut conns).await;
         run_echo(target, &mut conns, echo, &mut side, args).await;
@@ -940,18 +947,10 @@ async fn run_echo(target: &Target, conns: &mut [Ws], echo: Echo, side: &mut Side
 /// first of each turn moving by one each round. Their sides, in the order of `targets`. A
 /// target with no HTTP echo (the two-hop floor) runs only the WebSocket echoes.
 async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [Side; N] {
-    let secs = Duration::from_secs(args.seconds);
     let mut sides = std::array::from_fn(|_| Side::default());
     let mut conns: [Vec<Ws>; N] = std::array::from_fn(|_| Vec::new());
     for ((target, side), conns) in targets.iter().zip(&mut sides).zip(&mut conns) {
-        eprintln!(
-            "  {}: connect storm and idle, {} connections",
-            target.name, args.clients
-        );
-        let (connect, opened) =
-            scenarios::connect_storm(target, args.clients, args.concurrency, secs).await;
-        side.connect = Some(connect);
-        *conns = opened;
+        *conns = connect_storm(target, side, args).await;
     }
     for round in 0..args.rounds {
         eprintln!("  round {} of {}", round + 1, args.rounds);
@@ -961,7 +960,7 @@ async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [S
                 if matches!(echo, Echo::Http(_)) && !targets[i].serves_http() {
                     continue;
                 }
-                // Both sides' connections, each time: the one not measured waits a whole
+                // Every server's connections, each time: those not measured wait a whole
                 // scenario, and the relay closes a client it hears nothing from for 30 s.
                 for (target, conns) in targets.iter().zip(&mut conns) {
                     scenarios::keep_alive(target, conns).await;
@@ -1115,24 +1114,37 @@ fn ratio(relay: f64, floor: f64) -> String {
     }
 }
 
-/// Each echo's relay and floor results, named (`round k:` first, with rounds).
-fn echo_pairs(r: &Report) -> Vec<(String, &EchoResult, &EchoResult)> {
+/// One echo scenario's results in one round: the relay's, the floor's and, where it ran, the
+/// two-hop floor's.
+struct EchoPair<'a> {
+    /// The round (from 0), and the scenario's name.
+    round: usize,
+    name: String,
+    relay: &'a EchoResult,
+    floor: &'a EchoResult,
+    two_hop: Option<&'a EchoResult>,
+}
+
+/// Every echo's results, round after round: WebSocket echoes first, then HTTP echoes.
+fn echo_pairs(r: &Report) -> Vec<EchoPair<'_>> {
     let rounds = r.rounds.max(1) as usize;
-    let named = |i: usize, per_round: usize, name: String| match rounds {
-        1 => name,
-        _ => format!("round {}: {name}", i / per_round.max(1) + 1),
-    };
-    let ws = r.relay.echo.len() / rounds;
-    let http = r.relay.http_echo.len() / rounds;
+    let per_round = |len: usize| (len / rounds).max(1);
+    let (ws, http) = (
+        per_round(r.relay.echo.len()),
+        per_round(r.relay.http_echo.len()),
+    );
     let ws = r
         .relay
         .echo
         .iter()
         .zip(&r.floor.echo)
         .enumerate()
-        .map(|(i, (a, b))| {
-            let name = format!("echo {}×{}", a.connections, a.in_flight);
-            (named(i, ws, name), a, b)
+        .map(|(i, (a, b))| EchoPair {
+            round: i / ws,
+            name: format!("echo {}×{}", a.connections, a.in_flight),
+            relay: a,
+            floor: b,
+            two_hop: r.two_hop.as_ref().and_then(|h| h.echo.get(i)),
         });
     let http = r
         .relay
@@ -1140,9 +1152,12 @@ fn echo_pairs(r: &Report) -> Vec<(String, &EchoResult, &EchoResult)> {
         .iter()
         .zip(&r.floor.http_echo)
         .enumerate()
-        .map(|(i, (a, b))| {
-            let name = format!("{:?} echo {}×1", a.transport, a.echo.connections);
-            (named(i, http, name), &a.echo, &b.echo)
+        .map(|(i, (a, b))| EchoPair {
+            round: i / http,
+            name: format!("{:?} echo {}×1", a.transport, a.echo.connections),
+            relay: &a.echo,
+            floor: &b.echo,
+            two_hop: None,
         });
     ws.chain(http).collect()
 }
@@ -1150,30 +1165,11 @@ fn echo_pairs(r: &Report) -> Vec<(String, &EchoResult, &EchoResult)> {
 /// With rounds: per echo scenario, the median over the rounds of the relay's and the floor's
 /// CPU per echo, and of their ratio, with the ratio's range; and the same against the two-hop
 /// floor, where it ran.
-fn print_medians(r: &Report) {
-    // Per round: the scenario, and the relay's, the floor's and the two-hop floor's CPU.
-    let mut runs: Vec<(String, f64, f64, Option<f64>)> = Vec::new();
-    for (i, (a, b)) in r.relay.echo.iter().zip(&r.floor.echo).enumerate() {
-        let hop = r.two_hop.as_ref().and_then(|h| h.echo.get(i));
-        runs.push((
-            format!("echo {}×{}", a.connections, a.in_flight),
-            a.server_cpu_us_per_echo,
-            b.server_cpu_us_per_echo,
-            hop.map(|h| h.server_cpu_us_per_echo),
-        ));
-    }
-    for (a, b) in r.relay.http_echo.iter().zip(&r.floor.http_echo) {
-        runs.push((
-            format!("{:?} echo {}×1", a.transport, a.echo.connections),
-            a.echo.server_cpu_us_per_echo,
-            b.echo.server_cpu_us_per_echo,
-            None,
-        ));
-    }
+fn print_medians(r: &Report, echoes: &[EchoPair<'_>]) {
     let mut names: Vec<&str> = Vec::new();
-    for (name, ..) in &runs {
-        if !names.contains(&name.as_str()) {
-            names.push(name);
+    for pair in echoes {
+        if !names.contains(&pair.name.as_str()) {
+            names.push(&pair.name);
         }
     }
     println!(
@@ -1201,13 +1197,19 @@ fn print_medians(r: &Report) {
         )
     };
     for name in names {
-        let rounds: Vec<_> = runs.iter().filter(|(n, ..)| n == name).collect();
-        let relay = median(rounds.iter().map(|r| r.1));
-        let floor = median(rounds.iter().map(|r| r.2));
-        let (ratio, range) = ratios(rounds.iter().map(|r| (r.1, r.2)).collect());
+        let cpu = |e: &EchoResult| e.server_cpu_us_per_echo;
+        let rounds: Vec<_> = echoes.iter().filter(|p| p.name == name).collect();
+        let relay = median(rounds.iter().map(|p| cpu(p.relay)));
+        let floor = median(rounds.iter().map(|p| cpu(p.floor)));
+        let (ratio, range) = ratios(
+            rounds
+                .iter()
+                .map(|p| (cpu(p.relay), cpu(p.floor)))
+                .collect(),
+        );
         let hops: Vec<(f64, f64)> = rounds
             .iter()
-            .filter_map(|r| r.3.map(|hop| (r.1, hop)))
+            .filter_map(|p| p.two_hop.map(|hop| (cpu(p.relay), cpu(hop))))
             .collect();
         let hop = match hops.is_empty() {
             true => "–".to_owned(),
@@ -1309,8 +1311,12 @@ fn print_table(r: &Report) {
             "KiB",
         );
     }
-    for (s, a, b) in &echoes {
-        let (s, a, b) = (s.as_str(), *a, *b);
+    for pair in &echoes {
+        let s = match r.rounds {
+            0 | 1 => pair.name.clone(),
+            _ => format!("round {}: {}", pair.round + 1, pair.name),
+        };
+        let (s, a, b) = (s.as_str(), pair.relay, pair.floor);
         row(
             s,
             "CPU per echo",
@@ -1335,7 +1341,7 @@ fn print_table(r: &Report) {
         row(s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
     }
     if r.rounds > 1 {
-        print_medians(r);
+        print_medians(r, &echoes);
     }
     let named = |name: &str, x: &Option<BroadcastResult>, y: &Option<BroadcastResult>| {
         x.clone()
