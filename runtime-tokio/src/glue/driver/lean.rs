@@ -145,7 +145,7 @@ where
         }
         let asked_to_close = head.close;
         let length = head.content_length.unwrap_or(0);
-        let request = head.into_request(Some(*peer));
+        let request = Box::new(head.into_request(Some(*peer)));
         let from = (&mut *io, &mut *buf);
         let body = move |limit: usize| {
             let (io, buf) = from;
@@ -388,7 +388,7 @@ fn poll_read_some<S: AsyncRead + Unpin>(
 
 /// Reads a body of `length` bytes, or its first `max` (`true`: all of it was read); what
 /// comes after it stays in `buf`.
-async fn read_body<S: AsyncRead + Unpin>(
+pub(super) async fn read_body<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
     length: u64,
