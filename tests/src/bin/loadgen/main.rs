@@ -217,11 +217,12 @@ struct RunArgs {
     /// call, so its CPU figures are best taken without.
     #[arg(long)]
     syscalls: bool,
-    /// Measure the echo scenarios this many times, the relay and the floor in turn: both
-    /// are up at once, and each echo runs on one right after the other, the first of the
-    /// pair alternating by round. Each round's ratio then compares figures taken seconds
-    /// apart, not minutes, and the table ends with the median of the rounds. Only for
-    /// `--only echo`, `http-echo` or both, and `--seconds` of 20 at most.
+    /// Measure the echo scenarios and the broadcast this many times, the relay and the floor
+    /// in turn: both are up at once, and each scenario runs on one right after the other,
+    /// the first of the pair alternating by round. Each round's ratio then compares figures
+    /// taken seconds apart, not minutes, and the table ends with the median of the rounds.
+    /// Only for `--only` with `echo`, `http-echo` and `broadcast`, and `--seconds` of 20 at
+    /// most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// With `--rounds`: the WebSocket echoes also run against a third server in turn, the
@@ -269,6 +270,9 @@ struct Side {
     echo: Vec<EchoResult>,
     http_echo: Vec<HttpEchoResult>,
     broadcast: Option<BroadcastResult>,
+    /// With `--rounds`: the broadcast of each round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    broadcasts: Vec<BroadcastResult>,
     groups: Vec<BroadcastResult>,
     churn: Option<BroadcastResult>,
     send_to_connection: Option<BroadcastResult>,
@@ -284,8 +288,8 @@ struct Side {
 struct Report {
     date: String,
     runtime: String,
-    /// How many times each echo scenario ran on each side, in turn (`--rounds`): the echo
-    /// results come round after round.
+    /// How many times each echo scenario and the broadcast ran on each side, in turn
+    /// (`--rounds`): their results come round after round.
     rounds: u32,
     relay: Side,
     floor: Side,
@@ -403,13 +407,16 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         return Err("--two-hop runs with --rounds (2 or more)".into());
     }
     if args.rounds > 1 {
-        let echoes_only = !args.only.is_empty()
+        let paired_only = !args.only.is_empty()
             && args
                 .only
                 .iter()
-                .all(|s| matches!(s, Scenario::Echo | Scenario::HttpEcho));
-        if !echoes_only {
-            return Err("--rounds is for the echo scenarios: add --only echo,http-echo".into());
+                .all(|s| matches!(s, Scenario::Echo | Scenario::HttpEcho | Scenario::Broadcast));
+        if !paired_only {
+            return Err(
+                "--rounds is for the echoes and the broadcast: add --only echo,http-echo,broadcast"
+                    .into(),
+            );
         }
         // The servers not being measured hear nothing from their clients during a run, and
         // the relay closes a client it hears nothing from for 30 s.
@@ -891,8 +898,8 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     side
 }
 
-/// The longest echo run with `--rounds`: with the time to open an HTTP echo's clients, under
-/// the 30 s after which the relay closes a silent client of another server's turn.
+/// The longest run with `--rounds`: with the time to open an HTTP echo's clients, under the
+/// 30 s after which the relay closes a silent client of another server's turn.
 const MAX_ROUND_SECONDS: u64 = 20;
 
 /// One echo scenario: WebSocket echoes on this many connections with this many in flight
@@ -942,10 +949,25 @@ async fn run_echo(target: &Target, conns: &mut [Ws], echo: Echo, side: &mut Side
     }
 }
 
+/// What `--rounds` runs on each server in turn: an echo scenario, or the broadcast.
+#[derive(Clone, Copy)]
+enum Turn {
+    Echo(Echo),
+    Broadcast,
+}
+
+/// The turns of a round that `args` asks for, in the order they run: the echoes, then the
+/// broadcast.
+fn turns(args: &RunArgs) -> Vec<Turn> {
+    let broadcast = args.only.contains(&Scenario::Broadcast);
+    let echoes = echoes(args).into_iter().map(Turn::Echo);
+    echoes.chain(broadcast.then_some(Turn::Broadcast)).collect()
+}
+
 /// `--rounds`: the connect storm on each of `targets` (the floor, the relay and perhaps the
-/// two-hop floor, all up), then each echo scenario on each in turn, round after round, the
-/// first of each turn moving by one each round. Their sides, in the order of `targets`. A
-/// target with no HTTP echo (the two-hop floor) runs only the WebSocket echoes.
+/// two-hop floor, all up), then each echo scenario and the broadcast on each in turn, round
+/// after round, the first of each turn moving by one each round. Their sides, in the order of
+/// `targets`. The two-hop floor runs only the WebSocket echoes.
 async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [Side; N] {
     let mut sides = std::array::from_fn(|_| Side::default());
     let mut conns: [Vec<Ws>; N] = std::array::from_fn(|_| Vec::new());
@@ -955,9 +977,9 @@ async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [S
     for round in 0..args.rounds {
         eprintln!("  round {} of {}", round + 1, args.rounds);
         let order = (0..N).map(|i| (i + round as usize) % N);
-        for echo in echoes(args) {
+        for turn in turns(args) {
             for i in order.clone() {
-                if matches!(echo, Echo::Http(_)) && !targets[i].serves_http() {
+                if !matches!(turn, Turn::Echo(Echo::WebSocket(..))) && targets[i].echoes_only() {
                     continue;
                 }
                 // Every server's connections, each time: those not measured wait a whole
@@ -965,7 +987,17 @@ async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [S
                 for (target, conns) in targets.iter().zip(&mut conns) {
                     scenarios::keep_alive(target, conns).await;
                 }
-                run_echo(targets[i], &mut conns[i], echo, &mut sides[i], args).await;
+                let (target, conns, side) = (targets[i], &mut conns[i], &mut sides[i]);
+                match turn {
+                    Turn::Echo(echo) => run_echo(target, conns, echo, side, args).await,
+                    Turn::Broadcast => {
+                        eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
+                        let rate = args.broadcast_rate;
+                        let secs = Duration::from_secs(args.seconds);
+                        let result = scenarios::broadcast(target, conns, rate, 2048, secs).await;
+                        side.broadcasts.push(result);
+                    }
+                }
             }
         }
     }
@@ -1162,18 +1194,50 @@ fn echo_pairs(r: &Report) -> Vec<EchoPair<'_>> {
     ws.chain(http).collect()
 }
 
-/// With rounds: per echo scenario, the median over the rounds of the relay's and the floor's
-/// CPU per echo, and of their ratio, with the ratio's range; and the same against the two-hop
-/// floor, where it ran.
-fn print_medians(r: &Report, echoes: &[EchoPair<'_>]) {
+/// One scenario's CPU in one round, per echo or per delivery: the relay's, the floor's and,
+/// where it ran, the two-hop floor's.
+struct RoundCpu {
+    name: String,
+    relay: f64,
+    floor: f64,
+    two_hop: Option<f64>,
+}
+
+/// Every round's CPU figures: each echo's, then the broadcast's.
+fn round_cpu(r: &Report, echoes: &[EchoPair<'_>]) -> Vec<RoundCpu> {
+    let cpu = |e: &EchoResult| e.server_cpu_us_per_echo;
+    let echoes = echoes.iter().map(|p| RoundCpu {
+        name: p.name.clone(),
+        relay: cpu(p.relay),
+        floor: cpu(p.floor),
+        two_hop: p.two_hop.map(cpu),
+    });
+    let broadcasts = r
+        .relay
+        .broadcasts
+        .iter()
+        .zip(&r.floor.broadcasts)
+        .map(|(a, b)| RoundCpu {
+            name: format!("broadcast ({} receivers) × 2 KB, per delivery", a.receivers),
+            relay: a.server_cpu_us_per_delivery,
+            floor: b.server_cpu_us_per_delivery,
+            two_hop: None,
+        });
+    echoes.chain(broadcasts).collect()
+}
+
+/// With rounds: per scenario, the median over the rounds of the relay's and the floor's CPU
+/// per echo (per delivery for the broadcast), and of their ratio, with the ratio's range; and
+/// the same against the two-hop floor, where it ran.
+fn print_medians(r: &Report, rounds: &[RoundCpu]) {
     let mut names: Vec<&str> = Vec::new();
-    for pair in echoes {
-        if !names.contains(&pair.name.as_str()) {
-            names.push(&pair.name);
+    for round in rounds {
+        if !names.contains(&round.name.as_str()) {
+            names.push(&round.name);
         }
     }
     println!(
-        "\nCPU per echo, the median of {} rounds; relay/floor: the median of the rounds' ratios, and their range",
+        "\nCPU per echo or delivery, the median of {} rounds; relay/floor: the median of the rounds' ratios, and their range",
         r.rounds
     );
     println!("| scenario | relay | floor | relay/floor | range | two-hop floor | relay/two-hop | range |");
@@ -1197,19 +1261,13 @@ fn print_medians(r: &Report, echoes: &[EchoPair<'_>]) {
         )
     };
     for name in names {
-        let cpu = |e: &EchoResult| e.server_cpu_us_per_echo;
-        let rounds: Vec<_> = echoes.iter().filter(|p| p.name == name).collect();
-        let relay = median(rounds.iter().map(|p| cpu(p.relay)));
-        let floor = median(rounds.iter().map(|p| cpu(p.floor)));
-        let (ratio, range) = ratios(
-            rounds
-                .iter()
-                .map(|p| (cpu(p.relay), cpu(p.floor)))
-                .collect(),
-        );
-        let hops: Vec<(f64, f64)> = rounds
+        let same: Vec<&RoundCpu> = rounds.iter().filter(|c| c.name == name).collect();
+        let relay = median(same.iter().map(|c| c.relay));
+        let floor = median(same.iter().map(|c| c.floor));
+        let (ratio, range) = ratios(same.iter().map(|c| (c.relay, c.floor)).collect());
+        let hops: Vec<(f64, f64)> = same
             .iter()
-            .filter_map(|p| p.two_hop.map(|hop| (cpu(p.relay), cpu(hop))))
+            .filter_map(|c| c.two_hop.map(|hop| (c.relay, hop)))
             .collect();
         let hop = match hops.is_empty() {
             true => "–".to_owned(),
@@ -1340,16 +1398,21 @@ fn print_table(r: &Report) {
         row(s, "p99", a.latency.p99_ms, b.latency.p99_ms, "ms");
         row(s, "p99.9", a.latency.p999_ms, b.latency.p999_ms, "ms");
     }
-    if r.rounds > 1 {
-        print_medians(r, &echoes);
-    }
     let named = |name: &str, x: &Option<BroadcastResult>, y: &Option<BroadcastResult>| {
         x.clone()
             .zip(y.clone())
             .map(|(a, b)| (name.to_owned(), a, b))
     };
+    let rounds = r
+        .relay
+        .broadcasts
+        .iter()
+        .zip(&r.floor.broadcasts)
+        .enumerate()
+        .map(|(i, (a, b))| (format!("round {}: broadcast", i + 1), a.clone(), b.clone()));
     let fan_out = named("broadcast", &r.relay.broadcast, &r.floor.broadcast)
         .into_iter()
+        .chain(rounds)
         .chain(
             r.relay
                 .groups
@@ -1445,6 +1508,9 @@ fn print_table(r: &Report) {
             "| step test | verdict (p99 < 1 s, < 1% failed) | {} | {} | |",
             a.verdict_connections, b.verdict_connections
         );
+    }
+    if r.rounds > 1 {
+        print_medians(r, &round_cpu(r, &echoes));
     }
     if let Some(tls) = &r.relay_tls {
         print_tls_table(tls, &r.relay);

@@ -44,9 +44,9 @@ impl Target {
         }
     }
 
-    /// Whether it serves the HTTP echoes (the two-hop floor does not).
-    pub(crate) fn serves_http(&self) -> bool {
-        self.app.is_some() || self.http.is_some()
+    /// Whether it serves only the WebSocket echoes (the two-hop floor).
+    pub(crate) fn echoes_only(&self) -> bool {
+        self.app.is_none() && self.http.is_none()
     }
 
     pub(crate) fn is_relay(&self) -> bool {
