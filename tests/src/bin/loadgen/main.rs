@@ -400,8 +400,9 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
     procs::pin_self(1);
     let dir = bin_dir(args.bin_dir.as_ref())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // The servers' lives: every scenario at the most, or with rounds, each round's echo runs
-    // on each of three servers (each run its seconds and a few more to connect and settle).
+    // The servers' lives: every scenario at the most, or with rounds, each round's runs (its
+    // echoes and the broadcast) on each of three servers, each its seconds and a few more to
+    // connect and settle.
     let limit = (args.seconds * 20).max((args.seconds + 5) * 15 * 3) * u64::from(args.rounds) + 600;
     if args.two_hop && args.rounds < 2 {
         return Err("--two-hop runs with --rounds (2 or more)".into());
@@ -422,7 +423,7 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         // the relay closes a client it hears nothing from for 30 s.
         if args.seconds > MAX_ROUND_SECONDS {
             return Err(format!(
-                "--rounds runs each echo for at most {MAX_ROUND_SECONDS} s (--seconds)"
+                "--rounds runs each scenario for at most {MAX_ROUND_SECONDS} s (--seconds)"
             ));
         }
     }
