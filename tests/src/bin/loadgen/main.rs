@@ -823,8 +823,7 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
     let rate = args.broadcast_rate;
     if wanted(Scenario::Broadcast) {
         scenarios::keep_alive(target, &mut conns).await;
-        eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
-        side.broadcast = Some(scenarios::broadcast(target, &mut conns, rate, 2048, secs).await);
+        side.broadcast = Some(run_broadcast(target, &mut conns, args).await);
     }
     // Group sends: small groups of 10, and big groups of a tenth of the connections, each
     // group's sender at `rate` a second.
@@ -897,6 +896,13 @@ async fn run_side(target: &Target, args: &RunArgs) -> Side {
             Some(scenarios::step_test(target, &args.steps, args.concurrency, 2048, hold).await);
     }
     side
+}
+
+/// The broadcast scenario: 2 KB to every one of `conns`, `--broadcast-rate` a second.
+async fn run_broadcast(target: &Target, conns: &mut [Ws], args: &RunArgs) -> BroadcastResult {
+    eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
+    let secs = Duration::from_secs(args.seconds);
+    scenarios::broadcast(target, conns, args.broadcast_rate, 2048, secs).await
 }
 
 /// The longest run with `--rounds`: with the time to open an HTTP echo's clients, under the
@@ -991,13 +997,9 @@ async fn run_rounds<const N: usize>(targets: [&Target; N], args: &RunArgs) -> [S
                 let (target, conns, side) = (targets[i], &mut conns[i], &mut sides[i]);
                 match turn {
                     Turn::Echo(echo) => run_echo(target, conns, echo, side, args).await,
-                    Turn::Broadcast => {
-                        eprintln!("  {}: broadcast to {}, 2 KB", target.name, conns.len());
-                        let rate = args.broadcast_rate;
-                        let secs = Duration::from_secs(args.seconds);
-                        let result = scenarios::broadcast(target, conns, rate, 2048, secs).await;
-                        side.broadcasts.push(result);
-                    }
+                    Turn::Broadcast => side
+                        .broadcasts
+                        .push(run_broadcast(target, conns, args).await),
                 }
             }
         }
