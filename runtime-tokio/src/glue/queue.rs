@@ -96,15 +96,50 @@ impl AbortSignal {
     }
 }
 
-/// The commands themselves, and whether either end let go.
+/// Commands in order. One is held in place: a connection mostly has one message or none
+/// waiting (a broadcast queues one for each of a thousand receivers before any of them runs),
+/// and a queue of its own would be allocated and freed for each.
+#[derive(Debug, Default)]
+enum Waiting {
+    /// Nothing, and no allocation.
+    #[default]
+    Empty,
+    One(Command),
+    /// Two or more; back to `Empty`, and the memory freed, once the writer took them.
+    Many(VecDeque<Command>),
+}
+
+impl Waiting {
+    fn push_back(&mut self, command: Command) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(command),
+            Self::One(first) => Self::Many(VecDeque::from([first, command])),
+            Self::Many(mut many) => {
+                many.push_back(command);
+                Self::Many(many)
+            }
+        };
+    }
+
+    fn pop_front(&mut self) -> Option<Command> {
+        match std::mem::take(self) {
+            Self::Empty => None,
+            Self::One(command) => Some(command),
+            Self::Many(mut many) => {
+                let first = many.pop_front();
+                if !many.is_empty() {
+                    *self = Self::Many(many);
+                }
+                first
+            }
+        }
+    }
+}
+
+/// The commands themselves.
 #[derive(Debug, Default)]
 struct Commands {
-    /// Empty, with no allocation, once the writer took everything.
-    waiting: VecDeque<Command>,
-    /// The driver let go of the queue: the writer ends once it took what waits.
-    driver_gone: bool,
-    /// The writer ended: pushes fail.
-    writer_gone: bool,
+    waiting: Waiting,
 }
 
 /// A queue's abort signal: its own (a WebSocket's, and an event stream's on the lean path,
@@ -141,6 +176,12 @@ impl std::ops::Deref for QueueAbort {
 #[derive(Debug)]
 struct Shared {
     commands: Mutex<Commands>,
+    /// The driver let go of the queue: the writer ends once it took what waits. Set and read
+    /// under the commands' lock; beside them, not with them, where they would make every
+    /// queue's allocation 16 bytes larger.
+    driver_gone: AtomicBool,
+    /// The writer ended: pushes fail. Set and read under the commands' lock.
+    writer_gone: AtomicBool,
     /// The writer, waiting for a command.
     writer: AtomicWaker,
     /// The socket's own readiness: set by [`Inbox::socket_waker`] when it fires.
@@ -198,6 +239,8 @@ pub(crate) fn channel(
 ) -> (Outbox, Inbox) {
     let shared = Arc::new(Shared {
         commands: Mutex::default(),
+        driver_gone: AtomicBool::new(false),
+        writer_gone: AtomicBool::new(false),
         writer: AtomicWaker::new(),
         socket_ready: AtomicBool::new(false),
         socket_task: AtomicWaker::new(),
@@ -233,7 +276,7 @@ impl Outbox {
         }
         {
             let mut commands = self.shared.lock();
-            if commands.writer_gone {
+            if self.shared.writer_gone.load(Ordering::Relaxed) {
                 return Err(Refused::Gone);
             }
             self.shared.queued.fetch_add(size, Ordering::AcqRel);
@@ -297,16 +340,32 @@ impl Inbox {
     fn take(&self) -> Option<Poll<Option<Command>>> {
         let mut commands = self.shared.lock();
         match commands.waiting.pop_front() {
-            Some(command) => {
-                if commands.waiting.is_empty() {
-                    // Idle again: let the memory go.
-                    commands.waiting = VecDeque::new();
-                }
-                Some(Poll::Ready(Some(command)))
-            }
-            None if commands.driver_gone => Some(Poll::Ready(None)),
+            Some(command) => Some(Poll::Ready(Some(command))),
+            None if self.shared.driver_gone.load(Ordering::Relaxed) => Some(Poll::Ready(None)),
             None => None,
         }
+    }
+
+    /// Hands `take` every command queued, in order, until it breaks (the rest stay queued),
+    /// and registers `cx` to be woken when more come: all under one lock, where taking them
+    /// one by one would lock once per command and twice more to find the queue empty.
+    /// Returns whether the driver let go of this queue and `take` has had everything.
+    /// `take` runs under the queue's lock: it must not push to this queue.
+    pub(crate) fn drain(
+        &self,
+        cx: &mut Context<'_>,
+        mut take: impl FnMut(Command) -> std::ops::ControlFlow<()>,
+    ) -> bool {
+        let mut commands = self.shared.lock();
+        // Registered before the queue is emptied, under the lock that every push takes: a
+        // push after this lock is released wakes `cx`.
+        self.shared.writer.register(cx.waker());
+        while let Some(command) = commands.waiting.pop_front() {
+            if take(command).is_break() {
+                return false;
+            }
+        }
+        self.shared.driver_gone.load(Ordering::Relaxed)
     }
 
     /// The next command, if one is queued.
@@ -385,7 +444,10 @@ impl Wake for Shared {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        self.shared.lock().driver_gone = true;
+        {
+            let _commands = self.shared.lock();
+            self.shared.driver_gone.store(true, Ordering::Relaxed);
+        }
         self.shared.writer.wake();
     }
 }
@@ -394,7 +456,7 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         let dropped = {
             let mut commands = self.shared.lock();
-            commands.writer_gone = true;
+            self.shared.writer_gone.store(true, Ordering::Relaxed);
             std::mem::take(&mut commands.waiting)
         };
         drop(dropped);
@@ -423,6 +485,28 @@ mod tests {
         inbox.taken(first.size());
         assert_eq!((out.queued(), out.written()), (40, 60));
         out.push(send(60)).expect("room again");
+    }
+
+    #[test]
+    fn commands_leave_in_the_order_they_came() {
+        let (out, mut inbox) = channel(1000, usize::MAX, false, None);
+        let mut next = 0;
+        let mut taken = Vec::new();
+        // Alone, then a pair, then one more after one of the pair left, then a run.
+        for (push, take) in [(1, 1), (2, 1), (1, 2), (5, 5)] {
+            for _ in 0..push {
+                next += 1;
+                out.push(send(next)).expect("fits");
+            }
+            for _ in 0..take {
+                let command = inbox.try_next().expect("queued");
+                inbox.taken(command.size());
+                taken.push(command.size());
+            }
+        }
+        assert_eq!(taken, (1..=next).collect::<Vec<_>>());
+        assert!(inbox.try_next().is_none());
+        assert!(matches!(inbox.shared.lock().waiting, Waiting::Empty));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - **writes** take everything queued, and write it with vectored writes of each frame's
 //!   header and payload as they are (no copy, no write buffer), then flush once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
@@ -61,6 +61,78 @@ pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
 
 /// Frames written per vectored write (two slices each).
 const FRAMES_PER_WRITE: usize = 64;
+
+/// A write of this many frames or fewer makes room for their slices alone, not for
+/// [`FRAMES_PER_WRITE`] frames' (2 KB of slices, cleared for each write).
+const FEW_FRAMES: usize = 2;
+
+/// Writes the first frames of `out` (`N / 2` at most, a header and a payload each) with one
+/// vectored write.
+fn write_frames<const N: usize, S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &VecDeque<Frame>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let mut used = 0;
+    for frame in out.iter().take(N / 2) {
+        let header = &frame.header[usize::from(frame.header_sent)..usize::from(frame.header_len)];
+        for part in [header, &frame.payload[..]] {
+            if !part.is_empty() {
+                slices[used] = IoSlice::new(part);
+                used += 1;
+            }
+        }
+    }
+    Pin::new(io).poll_write_vectored(cx, &slices[..used])
+}
+
+thread_local! {
+    /// An empty queue of frames with room, lent to the connection this thread is writing:
+    /// an idle connection holds no queue, and one that writes what it took at once gives it
+    /// back, so that a message does not allocate and free a queue of its own.
+    static SPARE_OUT: Cell<VecDeque<Frame>> = const { Cell::new(VecDeque::new()) };
+
+    /// The last text message this thread found to be UTF-8. A broadcast's one message goes
+    /// out on each receiver's connection, and is checked once per thread, not once per
+    /// receiver. The message is held, not only its address: while held, its bytes cannot
+    /// change, nor be freed and reused for another message at the same address.
+    static CHECKED_TEXT: RefCell<Bytes> = const { RefCell::new(Bytes::new()) };
+}
+
+/// Below this, a text message is checked each time: cheaper than remembering it.
+const REMEMBERED_TEXT: usize = 256;
+
+/// Whether `text` is UTF-8, as a peer requires of a text frame (RFC 6455 §8.1).
+fn is_utf8(text: &Bytes) -> bool {
+    if text.len() < REMEMBERED_TEXT {
+        return std::str::from_utf8(text).is_ok();
+    }
+    CHECKED_TEXT.with(|checked| {
+        let mut checked = checked.borrow_mut();
+        if checked.as_ptr() == text.as_ptr() && checked.len() == text.len() {
+            return true;
+        }
+        let utf8 = std::str::from_utf8(text).is_ok();
+        if utf8 {
+            *checked = text.clone();
+        }
+        utf8
+    })
+}
+
+/// An empty queue to take frames into: the thread's spare, if it has one.
+fn lend_out() -> VecDeque<Frame> {
+    SPARE_OUT.with(Cell::take)
+}
+
+/// Gives back an empty queue (no larger than one write's frames, so that a burst's room is
+/// not kept).
+fn give_back_out(out: VecDeque<Frame>) {
+    if out.is_empty() && out.capacity() <= FRAMES_PER_WRITE {
+        SPARE_OUT.with(|spare| spare.set(out));
+    }
+}
 
 /// One frame on its way out: the header, and the payload as it was queued.
 struct Frame {
@@ -176,61 +248,63 @@ where
 {
     /// Takes what is queued, as frames, and the pong owed.
     fn take_queued(&mut self, cx: &mut Context<'_>) {
+        if self.out.capacity() == 0 {
+            self.out = lend_out();
+        }
         if !self.pong_queued {
             if let Some(payload) = self.ping.take() {
                 self.out.push_back(Frame::new(Opcode::Pong, *payload));
                 self.pong_queued = true;
             }
         }
-        while self.ending == Ending::No {
-            match self.inbox.poll_next(cx) {
-                Poll::Ready(Some(command)) => {
-                    let size = command.size();
-                    match command {
-                        Command::Send { data, binary } => {
-                            // Text must be UTF-8 to the peer, whatever the app server wrote.
-                            if binary {
-                                self.out
-                                    .push_back(Frame::new(Opcode::Binary, data).queued(size));
-                            } else if std::str::from_utf8(&data).is_ok() {
-                                self.out
-                                    .push_back(Frame::new(Opcode::Text, data).queued(size));
-                            } else if self.inbox.taken(size) {
-                                self.report_drained = true;
-                            }
-                        }
-                        Command::Close { code, reason } => {
-                            self.out.push_back(Frame::close(code, &reason).queued(size));
-                            self.ending = Ending::AfterWrites;
-                        }
+        if self.ending != Ending::No {
+            return;
+        }
+        let Self {
+            inbox,
+            out,
+            ending,
+            report_drained,
+            ..
+        } = self;
+        let driver_gone = inbox.drain(cx, |command| {
+            let size = command.size();
+            match command {
+                Command::Send { data, binary } => {
+                    // Text must be UTF-8 to the peer, whatever the app server wrote.
+                    if binary {
+                        out.push_back(Frame::new(Opcode::Binary, data).queued(size));
+                    } else if is_utf8(&data) {
+                        out.push_back(Frame::new(Opcode::Text, data).queued(size));
+                    } else if inbox.taken(size) {
+                        *report_drained = true;
                     }
+                    ControlFlow::Continue(())
                 }
-                Poll::Ready(None) => {
-                    // The driver let go of this connection.
-                    self.out.push_back(Frame::new(Opcode::Close, Bytes::new()));
-                    self.ending = Ending::AfterWrites;
+                Command::Close { code, reason } => {
+                    out.push_back(Frame::close(code, &reason).queued(size));
+                    *ending = Ending::AfterWrites;
+                    ControlFlow::Break(())
                 }
-                Poll::Pending => break,
             }
+        });
+        if driver_gone {
+            // The driver let go of this connection.
+            out.push_back(Frame::new(Opcode::Close, Bytes::new()));
+            *ending = Ending::AfterWrites;
         }
     }
 
     /// Writes what it can of `out`. `Err` when the socket failed.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<(), ()> {
         while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
-            let mut used = 0;
-            for frame in self.out.iter().take(FRAMES_PER_WRITE) {
-                let header =
-                    &frame.header[usize::from(frame.header_sent)..usize::from(frame.header_len)];
-                for part in [header, &frame.payload[..]] {
-                    if !part.is_empty() {
-                        slices[used] = IoSlice::new(part);
-                        used += 1;
-                    }
-                }
-            }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
+            // Most writes are of a frame or two.
+            let wrote = if self.out.len() <= FEW_FRAMES {
+                write_frames::<{ 2 * FEW_FRAMES }, _>(&mut self.io, &self.out, cx)
+            } else {
+                write_frames::<{ 2 * FRAMES_PER_WRITE }, _>(&mut self.io, &self.out, cx)
+            };
+            match wrote {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
                 Poll::Ready(Ok(mut n)) => {
                     self.unflushed = true;
@@ -254,8 +328,8 @@ where
                 Poll::Pending => return Ok(()),
             }
         }
-        // Written: let the memory go.
-        self.out = VecDeque::new();
+        // Written: the queue goes back to the thread, and this connection holds none.
+        give_back_out(std::mem::take(&mut self.out));
         if self.unflushed {
             match Pin::new(&mut self.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -494,4 +568,109 @@ where
         pump.decoded(early);
     }
     pump
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use super::*;
+    use crate::glue::queue;
+    use crate::TokioStream;
+    use futures_util::AsyncReadExt;
+
+    fn text(bytes: &[u8]) -> Command {
+        Command::Send {
+            data: Bytes::copy_from_slice(bytes),
+            binary: false,
+        }
+    }
+
+    /// Text frames a server wrote (unmasked, each in one frame), up to its close frame.
+    async fn texts_until_close(peer: &mut TokioStream) -> Vec<Vec<u8>> {
+        let mut wire = Vec::new();
+        peer.read_to_end(&mut wire).await.expect("read");
+        let mut texts = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let opcode = wire[at] & 0x0f;
+            let (len, header) = match wire[at + 1] & 0x7f {
+                126 => (
+                    usize::from(u16::from_be_bytes([wire[at + 2], wire[at + 3]])),
+                    4,
+                ),
+                small => (usize::from(small), 2),
+            };
+            let payload = wire[at + header..at + header + len].to_vec();
+            at += header + len;
+            match opcode {
+                0x1 => texts.push(payload),
+                0x8 => break,
+                other => panic!("opcode {other}"),
+            }
+        }
+        texts
+    }
+
+    /// A text frame's payload must be UTF-8 (the peer fails the connection otherwise), so
+    /// text that is not is left out. A long one found to be UTF-8 is remembered by its
+    /// address, so that a broadcast is checked once: the same message again is not checked,
+    /// and another message of the same length at another address is.
+    #[tokio::test]
+    async fn text_that_is_not_utf8_is_left_out_and_a_remembered_one_is_its_own() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TokioStream(
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap(),
+        );
+        let (socket, _) = listener.accept().await.unwrap();
+        let (outbox, inbox) = queue::channel(1 << 20, usize::MAX, false, None);
+        let (incoming, _keep) = mpsc::channel::<Incoming>(8);
+
+        let long = Bytes::from(vec![b'a'; 300]);
+        let mut broken = vec![b'a'; 300];
+        broken[150] = 0xff;
+        let mut short_broken = b"short".to_vec();
+        short_broken[2] = 0xc3;
+        for command in [
+            Command::Send {
+                data: long.clone(),
+                binary: false,
+            },
+            // The same message, as a broadcast hands each receiver its own reference.
+            Command::Send {
+                data: long.clone(),
+                binary: false,
+            },
+            text(&broken),
+            text(&short_broken),
+            text("héllo".as_bytes()),
+            text(&long),
+            Command::Close {
+                code: 1000,
+                reason: String::new(),
+            },
+        ] {
+            outbox.push(command).expect("fits");
+        }
+        tokio::spawn(pump(
+            TokioStream(socket),
+            &[],
+            1024,
+            inbox,
+            incoming,
+            |incoming| incoming,
+        ));
+        let texts = texts_until_close(&mut peer).await;
+        let expected: Vec<Vec<u8>> = vec![
+            long.to_vec(),
+            long.to_vec(),
+            "héllo".as_bytes().to_vec(),
+            long.to_vec(),
+        ];
+        assert_eq!(texts, expected);
+        // Remembered by address: text at another address, the same length, is checked.
+        assert!(is_utf8(&long));
+        assert!(!is_utf8(&Bytes::from(broken)));
+        assert!(is_utf8(&long), "still remembered, and still right");
+    }
 }

@@ -1444,6 +1444,13 @@ fn print_table(r: &Report) {
         );
         row(
             &s,
+            "of it in the kernel",
+            a.server_system_cpu_us_per_delivery,
+            b.server_system_cpu_us_per_delivery,
+            "µs",
+        );
+        row(
+            &s,
             "deliveries/s",
             a.deliveries_per_sec,
             b.deliveries_per_sec,

@@ -341,7 +341,7 @@ impl Tally {
         rate: u32,
         payload: usize,
     ) -> BroadcastResult {
-        let (secs, cpu) = meter.stop(target, QUIET);
+        let (secs, cpu, system) = meter.stop_split(target, QUIET);
         let deliveries = self.delivered.load(Ordering::Relaxed);
         BroadcastResult {
             group_size,
@@ -355,6 +355,7 @@ impl Tally {
                 / secs,
             latency: self.latencies.percentiles(),
             server_cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+            server_system_cpu_us_per_delivery: system * 1e6 / deliveries.max(1) as f64,
             samples: self.latencies.samples(),
         }
     }
@@ -619,6 +620,8 @@ pub(crate) struct BroadcastResult {
     pub(crate) membership_changes_per_sec: f64,
     pub(crate) latency: Percentiles,
     pub(crate) server_cpu_us_per_delivery: f64,
+    /// Of it, the part spent in the kernel.
+    pub(crate) server_system_cpu_us_per_delivery: f64,
     /// Every latency, in µs (to pool rounds).
     #[serde(skip)]
     pub(crate) samples: Vec<u64>,
@@ -631,12 +634,14 @@ impl BroadcastResult {
         let all = Latencies::default();
         let mut deliveries = 0;
         let mut cpu_us = 0.0;
+        let mut system_us = 0.0;
         for r in rounds {
             for &sample in &r.samples {
                 all.record(sample);
             }
             deliveries += r.deliveries;
             cpu_us += r.server_cpu_us_per_delivery * r.deliveries as f64;
+            system_us += r.server_system_cpu_us_per_delivery * r.deliveries as f64;
         }
         let n = rounds.len() as f64;
         Some(Self {
@@ -646,6 +651,7 @@ impl BroadcastResult {
             membership_changes_per_sec: 0.0,
             latency: all.percentiles(),
             server_cpu_us_per_delivery: cpu_us / deliveries.max(1) as f64,
+            server_system_cpu_us_per_delivery: system_us / deliveries.max(1) as f64,
             samples: all.samples(),
             ..first.clone()
         })
