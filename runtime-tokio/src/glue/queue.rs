@@ -100,13 +100,21 @@ impl AbortSignal {
 /// waiting (a broadcast queues one for each of a thousand receivers before any of them runs),
 /// and a queue of its own would be allocated and freed for each.
 #[derive(Debug, Default)]
-enum Waiting {
+pub(crate) enum Waiting {
     /// Nothing, and no allocation.
     #[default]
     Empty,
     One(Command),
     /// Two or more; back to `Empty`, and the memory freed, once the writer took them.
     Many(VecDeque<Command>),
+}
+
+impl Iterator for Waiting {
+    type Item = Command;
+
+    fn next(&mut self) -> Option<Command> {
+        self.pop_front()
+    }
 }
 
 impl Waiting {
@@ -134,12 +142,6 @@ impl Waiting {
             }
         }
     }
-}
-
-/// The commands themselves.
-#[derive(Debug, Default)]
-struct Commands {
-    waiting: Waiting,
 }
 
 /// A queue's abort signal: its own (a WebSocket's, and an event stream's on the lean path,
@@ -175,7 +177,7 @@ impl std::ops::Deref for QueueAbort {
 /// Everything both ends share: one allocation per peer.
 #[derive(Debug)]
 struct Shared {
-    commands: Mutex<Commands>,
+    commands: Mutex<Waiting>,
     /// The driver let go of the queue: the writer ends once it took what waits. Set and read
     /// under the commands' lock; beside them, not with them, where they would make every
     /// queue's allocation 16 bytes larger.
@@ -280,7 +282,7 @@ impl Outbox {
                 return Err(Refused::Gone);
             }
             self.shared.queued.fetch_add(size, Ordering::AcqRel);
-            commands.waiting.push_back(command);
+            commands.push_back(command);
         }
         self.shared.writer.wake();
         Ok(())
@@ -339,39 +341,30 @@ impl Inbox {
 
     fn take(&self) -> Option<Poll<Option<Command>>> {
         let mut commands = self.shared.lock();
-        match commands.waiting.pop_front() {
+        match commands.pop_front() {
             Some(command) => Some(Poll::Ready(Some(command))),
             None if self.shared.driver_gone.load(Ordering::Relaxed) => Some(Poll::Ready(None)),
             None => None,
         }
     }
 
-    /// Hands `take` every command queued, in order, until it breaks (the rest stay queued),
-    /// and registers `cx` to be woken when more come: all under one lock, where taking them
-    /// one by one would lock once per command and twice more to find the queue empty.
-    /// Returns whether the driver let go of this queue and `take` has had everything.
-    /// `take` runs under the queue's lock: it must not push to this queue.
-    pub(crate) fn drain(
-        &self,
-        cx: &mut Context<'_>,
-        mut take: impl FnMut(Command) -> std::ops::ControlFlow<()>,
-    ) -> bool {
+    /// Takes every command queued, in order, and registers `cx` to be woken when more come:
+    /// all under one lock, where taking them one by one would lock once per command and twice
+    /// more to find the queue empty. Also returns whether the driver had let go of this queue
+    /// (then nothing more will come).
+    pub(crate) fn take_all(&self, cx: &mut Context<'_>) -> (Waiting, bool) {
         let mut commands = self.shared.lock();
-        // Registered before the queue is emptied, under the lock that every push takes: a
-        // push after this lock is released wakes `cx`.
+        // Registered under the lock that every push takes: a push after this lock is released
+        // wakes `cx`.
         self.shared.writer.register(cx.waker());
-        while let Some(command) = commands.waiting.pop_front() {
-            if take(command).is_break() {
-                return false;
-            }
-        }
-        self.shared.driver_gone.load(Ordering::Relaxed)
+        let taken = std::mem::take(&mut *commands);
+        (taken, self.shared.driver_gone.load(Ordering::Relaxed))
     }
 
     /// The next command, if one is queued.
     #[cfg(test)]
     pub(crate) fn try_next(&mut self) -> Option<Command> {
-        self.shared.lock().waiting.pop_front()
+        self.shared.lock().pop_front()
     }
 
     /// The queue's abort signal, for the writer to run under (see [`AbortSignal::guard`]).
@@ -425,7 +418,7 @@ impl Inbox {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Commands> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // Nothing panics while holding it; were it poisoned, the queue is still consistent.
         self.commands.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -457,7 +450,7 @@ impl Drop for Inbox {
         let dropped = {
             let mut commands = self.shared.lock();
             self.shared.writer_gone.store(true, Ordering::Relaxed);
-            std::mem::take(&mut commands.waiting)
+            std::mem::take(&mut *commands)
         };
         drop(dropped);
     }
@@ -506,7 +499,53 @@ mod tests {
         }
         assert_eq!(taken, (1..=next).collect::<Vec<_>>());
         assert!(inbox.try_next().is_none());
-        assert!(matches!(inbox.shared.lock().waiting, Waiting::Empty));
+        assert!(matches!(*inbox.shared.lock(), Waiting::Empty));
+    }
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn take_all_takes_everything_in_order_and_a_later_push_wakes_the_writer() {
+        let (out, inbox) = channel(1000, usize::MAX, false, None);
+        for n in 1..=3 {
+            out.push(send(n)).expect("fits");
+        }
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let (taken, driver_gone) = inbox.take_all(&mut Context::from_waker(&waker));
+        assert_eq!(taken.map(|c| c.size()).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(!driver_gone);
+        assert!(!flag.0.load(Ordering::Acquire));
+        out.push(send(4)).expect("fits");
+        assert!(flag.0.load(Ordering::Acquire), "the push woke the writer");
+    }
+
+    #[test]
+    fn take_all_tells_the_driver_gone_with_what_it_left() {
+        let (out, inbox) = channel(1000, usize::MAX, false, None);
+        out.push(send(1)).expect("fits");
+        out.push(send(2)).expect("fits");
+        drop(out);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (taken, driver_gone) = inbox.take_all(&mut cx);
+        assert_eq!((taken.count(), driver_gone), (2, true));
+        let (taken, driver_gone) = inbox.take_all(&mut cx);
+        assert_eq!((taken.count(), driver_gone), (0, true));
+    }
+
+    /// Every WebSocket and event stream has one: holding a command in place did not make it
+    /// larger (its flags sit beside the lock, not in the lock's record).
+    #[test]
+    fn a_queue_record_is_184_bytes() {
+        let size = std::mem::size_of::<Shared>();
+        assert!(size <= 184, "a queue's shared record is {size} bytes");
     }
 
     #[test]

@@ -165,6 +165,11 @@ impl Frame {
         self
     }
 
+    /// A close frame without a code.
+    fn empty_close() -> Self {
+        Self::new(Opcode::Close, Bytes::new())
+    }
+
     fn close(code: u16, reason: &str) -> Self {
         Self::new(
             Opcode::Close,
@@ -260,38 +265,36 @@ where
         if self.ending != Ending::No {
             return;
         }
-        let Self {
-            inbox,
-            out,
-            ending,
-            report_drained,
-            ..
-        } = self;
-        let driver_gone = inbox.drain(cx, |command| {
+        // Taken under the queue's lock, and turned into frames after it is released.
+        let (taken, driver_gone) = self.inbox.take_all(cx);
+        for command in taken {
             let size = command.size();
             match command {
                 Command::Send { data, binary } => {
                     // Text must be UTF-8 to the peer, whatever the app server wrote.
                     if binary {
-                        out.push_back(Frame::new(Opcode::Binary, data).queued(size));
+                        self.out
+                            .push_back(Frame::new(Opcode::Binary, data).queued(size));
                     } else if is_utf8(&data) {
-                        out.push_back(Frame::new(Opcode::Text, data).queued(size));
-                    } else if inbox.taken(size) {
-                        *report_drained = true;
+                        self.out
+                            .push_back(Frame::new(Opcode::Text, data).queued(size));
+                    } else if self.inbox.taken(size) {
+                        self.report_drained = true;
                     }
-                    ControlFlow::Continue(())
                 }
                 Command::Close { code, reason } => {
-                    out.push_back(Frame::close(code, &reason).queued(size));
-                    *ending = Ending::AfterWrites;
-                    ControlFlow::Break(())
+                    self.out.push_back(Frame::close(code, &reason).queued(size));
+                    // Nothing after it is written: the driver let go of this connection
+                    // when it queued the close.
+                    self.ending = Ending::AfterWrites;
+                    break;
                 }
             }
-        });
-        if driver_gone {
+        }
+        if driver_gone && self.ending == Ending::No {
             // The driver let go of this connection.
-            out.push_back(Frame::new(Opcode::Close, Bytes::new()));
-            *ending = Ending::AfterWrites;
+            self.out.push_back(Frame::empty_close());
+            self.ending = Ending::AfterWrites;
         }
     }
 
@@ -428,10 +431,7 @@ where
                 Received::Ping(payload) => *ping = Some(Box::new(payload)),
                 Received::Close(code) => {
                     // Its code echoed, or none if it gave none.
-                    out.push_back(code.map_or_else(
-                        || Frame::new(Opcode::Close, Bytes::new()),
-                        |c| Frame::close(c, ""),
-                    ));
+                    out.push_back(code.map_or_else(Frame::empty_close, |c| Frame::close(c, "")));
                     *ending = Ending::AfterWrites;
                 }
             }
@@ -577,9 +577,9 @@ mod tests {
     use crate::TokioStream;
     use futures_util::AsyncReadExt;
 
-    fn text(bytes: &[u8]) -> Command {
+    fn text(data: Bytes) -> Command {
         Command::Send {
-            data: Bytes::copy_from_slice(bytes),
+            data,
             binary: false,
         }
     }
@@ -629,22 +629,26 @@ mod tests {
         let long = Bytes::from(vec![b'a'; 300]);
         let mut broken = vec![b'a'; 300];
         broken[150] = 0xff;
+        let broken = Bytes::from(broken);
         let mut short_broken = b"short".to_vec();
         short_broken[2] = 0xc3;
+        // Two bytes a letter: a prefix of odd length ends inside one.
+        let accented = Bytes::from("é".repeat(200));
         for command in [
-            Command::Send {
-                data: long.clone(),
-                binary: false,
-            },
+            text(long.clone()),
             // The same message, as a broadcast hands each receiver its own reference.
-            Command::Send {
-                data: long.clone(),
-                binary: false,
-            },
-            text(&broken),
-            text(&short_broken),
-            text("héllo".as_bytes()),
-            text(&long),
+            text(long.clone()),
+            // Not UTF-8, at another address, the same length: checked, and left out.
+            text(broken.clone()),
+            // The same again: a failure is not remembered as a success.
+            text(broken.clone()),
+            text(Bytes::from(short_broken)),
+            text(Bytes::from("héllo")),
+            // A copy of the first, at another address.
+            text(Bytes::copy_from_slice(&long)),
+            text(accented.clone()),
+            // The remembered message's address, a shorter length: checked, and left out.
+            text(accented.slice(..301)),
             Command::Close {
                 code: 1000,
                 reason: String::new(),
@@ -666,11 +670,14 @@ mod tests {
             long.to_vec(),
             "héllo".as_bytes().to_vec(),
             long.to_vec(),
+            accented.to_vec(),
         ];
         assert_eq!(texts, expected);
+        // What was left out counts as taken, as what was written does.
+        assert_eq!(outbox.queued(), 0);
         // Remembered by address: text at another address, the same length, is checked.
         assert!(is_utf8(&long));
-        assert!(!is_utf8(&Bytes::from(broken)));
+        assert!(!is_utf8(&broken));
         assert!(is_utf8(&long), "still remembered, and still right");
     }
 }
