@@ -502,6 +502,7 @@ mod tests {
         assert!(matches!(*inbox.shared.lock(), Waiting::Empty));
     }
 
+    /// A waker that records that it was woken.
     struct Flag(AtomicBool);
 
     impl Wake for Flag {
@@ -588,12 +589,6 @@ mod tests {
 
     #[test]
     fn a_push_wakes_the_writer() {
-        struct Flag(AtomicBool);
-        impl Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Ordering::Release);
-            }
-        }
         let (out, mut inbox) = channel(100, usize::MAX, false, None);
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = std::task::Waker::from(flag.clone());
