@@ -14,6 +14,7 @@
 //! | `client` | outgoing: name lookups off the runtime's threads, HTTP requests (the SDK's REST calls, the relay's upstream requests) |
 //! | `queue` | one peer's outgoing queue, bounded in bytes, with abort, progress and pause signals |
 //! | `ws` | one WebSocket pumped: a reader into a channel, a batching writer from its queue |
+//! | `gather` | a write of small parts copied into one buffer and sent with one plain write |
 //!
 //! An adapter says only how its runtime spawns, sleeps, tells the time, connects and accepts.
 
@@ -21,6 +22,7 @@ pub mod accept;
 pub mod backplane;
 pub(crate) mod client;
 pub(crate) mod driver;
+pub(crate) mod gather;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod queue;

@@ -181,7 +181,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, R: Runtime> hyper::rt::Write for Watched
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        // hyper hands a response's head and body apart; small ones go in one plain write.
+        let written = super::gather::poll_write_parts(&mut this.io, bufs, cx);
         this.stall.check(written, cx)
     }
 

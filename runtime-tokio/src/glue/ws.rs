@@ -5,8 +5,10 @@
 //! no buffer:
 //! - **reads** go into a scratch buffer shared by the connections of a thread; only an
 //!   unfinished frame is copied into the connection's decoder, and released once complete;
-//! - **writes** take everything queued, and write it with vectored writes of each frame's
-//!   header and payload as they are (no copy, no write buffer), then flush once.
+//! - **writes** take everything queued and write it in one write, then flush once: frames
+//!   small together are copied into the thread's buffer and sent with a plain write, larger
+//!   ones go as they are with a vectored write of each frame's header and payload (no
+//!   write buffer of the connection's own either way).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -67,7 +69,7 @@ const FRAMES_PER_WRITE: usize = 64;
 const FEW_FRAMES: usize = 2;
 
 /// Writes the first frames of `out` (`N / 2` at most, a header and a payload each) with one
-/// vectored write.
+/// write: copied together if they are small, vectored if not ([`super::gather`]).
 fn write_frames<const N: usize, S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &VecDeque<Frame>,
@@ -84,7 +86,7 @@ fn write_frames<const N: usize, S: AsyncWrite + Unpin>(
             }
         }
     }
-    Pin::new(io).poll_write_vectored(cx, &slices[..used])
+    super::gather::poll_write_parts(io, &slices[..used], cx)
 }
 
 thread_local! {

@@ -34,6 +34,7 @@ use super::{
     answer, held_response, Answered, Command, ConnHandle, DriverInput, Settings, Side,
     EVENT_STREAM_FIELDS, MAX_REQUEST_HEAD,
 };
+use crate::glue::gather;
 use crate::glue::poll_timer;
 use crate::glue::queue::Inbox;
 use crate::glue::watched::{poll_watch, Stall};
@@ -543,7 +544,7 @@ async fn write_all<R: Runtime, S: AsyncWrite + Unpin>(
     let mut stall = limit.stall();
     while !bufs.is_empty() {
         let n = std::future::poll_fn(|cx| {
-            stall.check(Pin::new(&mut *io).poll_write_vectored(cx, bufs), cx)
+            stall.check(gather::poll_write_parts(&mut *io, bufs, cx), cx)
         })
         .await?;
         if n == 0 {
