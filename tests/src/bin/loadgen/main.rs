@@ -428,6 +428,13 @@ async fn run_all(mut args: RunArgs) -> Result<(), String> {
         }
     }
 
+    let waiting = procs::time_wait_sockets();
+    if waiting > 10_000 {
+        eprintln!(
+            "warning: {waiting} sockets in TIME_WAIT (a run's connections, for a minute after \
+             it): connects run slower among them; wait for them to clear"
+        );
+    }
     eprintln!("floor…");
     let server = Proc::start(
         &exe,

@@ -229,6 +229,19 @@ pub(crate) fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Sockets in `TIME_WAIT` on IPv4 (`/proc/net/tcp`, state `06`). A storm of connections
+/// leaves tens of thousands of them for a minute, and a storm started among them runs at a
+/// fraction of its rate while `connect` looks for free ports.
+pub(crate) fn time_wait_sockets() -> usize {
+    std::fs::read_to_string("/proc/net/tcp").map_or(0, |table| {
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| line.split_whitespace().nth(3) == Some("06"))
+            .count()
+    })
+}
+
 /// Whether the run counts system calls (`--syscalls`): `perf stat` on the server for each
 /// echo stretch. Off by default, since counting costs the server a little per call.
 pub(crate) static COUNT_SYSCALLS: std::sync::atomic::AtomicBool =
