@@ -15,7 +15,7 @@
 //! | [`classic`] | classic ASP.NET SignalR 2.x: negotiate, query parameters, the persistent-response envelope, hub messages |
 //! | [`auth`] | connection strings and HS256/HS512 JWTs |
 //! | [`framing`] | incremental, bounded frame decoders shared by the binary protocols |
-//! | [`websocket`] | RFC 6455 framing on the server's side: a decoder that holds no buffer between frames, and frame headers for vectored writes |
+//! | [`websocket`] | RFC 6455 framing on the server's side: a decoder that holds no buffer between frames, and frame headers written beside their payloads |
 //!
 //! # State machines
 //!

@@ -4,8 +4,9 @@
 //! The runtime reads into a scratch buffer it shares between connections and hands the bytes
 //! to [`Decoder::decode`]; only an unfinished frame is copied into the connection's own
 //! buffer, which is released once the frame completes. An idle connection holds nothing.
-//! Writing needs no buffer either: a frame is its [`header`] and the payload as it is, written
-//! together with a vectored write.
+//! Writing needs no buffer of the connection's either: a frame is its [`header`] and the
+//! payload as it is, written together (the runtime gathers small frames into one buffer of
+//! its thread's, and writes large ones with a vectored write).
 //!
 //! ```
 //! use signalr_relay_core::websocket::{header, Decoder, Opcode, Received};

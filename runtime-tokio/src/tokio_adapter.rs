@@ -74,7 +74,8 @@ impl Listener for TokioListener {
 }
 
 /// A tokio TCP stream as `futures-io` sees one, with vectored writes (`writev`: a WebSocket's
-/// queued frames in one system call).
+/// queued frames in one system call, past what [`glue::gather`](crate::glue) copies into one
+/// `send`). A vectored write of one part (rustls writes its records so) is a plain `send`.
 #[derive(Debug)]
 pub struct TokioStream(pub tokio::net::TcpStream);
 
@@ -107,7 +108,10 @@ impl futures_io::AsyncWrite for TokioStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        match bufs {
+            [one] => Pin::new(&mut self.0).poll_write(cx, one),
+            _ => Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1309,8 +1309,9 @@ where
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Vectored writes (every stream here has them): a response's body chunks (an event
-    // stream's messages) are written as they are, not copied into a write buffer that then
-    // stays as large as the largest for the connection's life.
+    // stream's messages) are not copied into a write buffer of the connection's that then
+    // stays as large as the largest for the connection's life; small ones together are
+    // gathered into the thread's buffer for one `send` (`WatchedIo`).
     // `half_close`: hyper does not read a connection mid-message (to see it end, into a read
     // buffer it allocates for each held request); the stream watches instead.
     builder

@@ -136,6 +136,86 @@ mod tests {
     }
 
     #[test]
+    fn parts_of_exactly_the_limit_are_gathered_and_one_byte_more_are_not() {
+        let header = [0x82u8, 0x7e, 0x1f, 0xfc];
+        let fits = vec![b'z'; GATHERED - header.len()];
+        let io = write_all(usize::MAX, &[&header, &fits]);
+        assert_eq!((io.plain, io.vectored), (1, 0));
+        assert_eq!(io.taken, [&header[..], &fits].concat());
+
+        let over = vec![b'z'; GATHERED - header.len() + 1];
+        let io = write_all(usize::MAX, &[&header, &over]);
+        assert_eq!((io.plain, io.vectored), (0, 1));
+        assert_eq!(io.taken, [&header[..], &over].concat());
+    }
+
+    #[test]
+    fn a_short_vectored_write_leaves_the_rest_in_order_and_gathers_it_once_small() {
+        let parts: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 3000]).collect();
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        // 18,000 bytes, 5,000 a write: vectored while more than the limit is left, then
+        // gathered.
+        let io = write_all(5000, &parts);
+        assert_eq!(io.taken, parts.concat());
+        assert_eq!((io.vectored, io.plain), (2, 2));
+    }
+
+    #[test]
+    fn nothing_to_write_writes_nothing() {
+        let mut io = Recorder {
+            room: usize::MAX,
+            taken: Vec::new(),
+            plain: 0,
+            vectored: 0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for parts in [&[][..], &[IoSlice::new(&[]), IoSlice::new(&[])][..]] {
+            let written = poll_write_parts(&mut io, parts, &mut cx);
+            assert!(matches!(written, Poll::Ready(Ok(0))));
+        }
+        assert!(io.taken.is_empty());
+    }
+
+    /// A socket whose plain write writes two parts through [`poll_write_parts`] to another,
+    /// while the thread's buffer is still lent to the outer write.
+    struct Nested(Recorder);
+
+    impl AsyncWrite for Nested {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let (first, rest) = buf.split_at(1);
+            poll_write_parts(&mut self.0, &[IoSlice::new(first), IoSlice::new(rest)], cx)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_write_under_a_gathered_one_goes_as_it_is() {
+        let mut io = Nested(Recorder {
+            room: usize::MAX,
+            taken: Vec::new(),
+            plain: 0,
+            vectored: 0,
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let parts = [IoSlice::new(b"ab"), IoSlice::new(b"cdef")];
+        let written = poll_write_parts(&mut io, &parts, &mut cx);
+        assert!(matches!(written, Poll::Ready(Ok(6))));
+        assert_eq!(io.0.taken, b"abcdef");
+        assert_eq!((io.0.plain, io.0.vectored), (0, 1));
+    }
+
+    #[test]
     fn a_short_write_of_gathered_parts_leaves_the_rest_in_order() {
         let parts: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();

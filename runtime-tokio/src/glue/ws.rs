@@ -61,7 +61,7 @@ pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     SCRATCH_BUFFER.with(|scratch| f(&mut scratch.borrow_mut()))
 }
 
-/// Frames written per vectored write (two slices each).
+/// Frames written per write (two parts each: gathered into one buffer, or vectored).
 const FRAMES_PER_WRITE: usize = 64;
 
 /// A write of this many frames or fewer makes room for their slices alone, not for
