@@ -121,11 +121,7 @@ impl AsyncWrite for SmolStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // One part (rustls writes its records so) costs the kernel less as a plain `send`.
-        match bufs {
-            [one] => Pin::new(&mut self.get_mut().io).poll_write(cx, one),
-            _ => Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -74,8 +74,7 @@ impl Listener for TokioListener {
 }
 
 /// A tokio TCP stream as `futures-io` sees one, with vectored writes (`writev`: a WebSocket's
-/// queued frames in one system call, past what [`glue::gather`](crate::glue) copies into one
-/// `send`). A vectored write of one part (rustls writes its records so) is a plain `send`.
+/// queued frames in one system call, past what the glue gathers into one `send`).
 #[derive(Debug)]
 pub struct TokioStream(pub tokio::net::TcpStream);
 
@@ -108,10 +107,7 @@ impl futures_io::AsyncWrite for TokioStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match bufs {
-            [one] => Pin::new(&mut self.0).poll_write(cx, one),
-            _ => Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -60,6 +60,17 @@ mod tests {
         vectored: usize,
     }
 
+    impl Recorder {
+        fn new(room: usize) -> Self {
+            Self {
+                room,
+                taken: Vec::new(),
+                plain: 0,
+                vectored: 0,
+            }
+        }
+    }
+
     impl AsyncWrite for Recorder {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -99,12 +110,7 @@ mod tests {
     /// Writes all of `parts` through [`poll_write_parts`], advancing past what each write
     /// took as the relay's writers do; returns the recorder.
     fn write_all(room: usize, parts: &[&[u8]]) -> Recorder {
-        let mut io = Recorder {
-            room,
-            taken: Vec::new(),
-            plain: 0,
-            vectored: 0,
-        };
+        let mut io = Recorder::new(room);
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
         let mut slices = &mut slices[..];
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -162,12 +168,7 @@ mod tests {
 
     #[test]
     fn nothing_to_write_writes_nothing() {
-        let mut io = Recorder {
-            room: usize::MAX,
-            taken: Vec::new(),
-            plain: 0,
-            vectored: 0,
-        };
+        let mut io = Recorder::new(usize::MAX);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for parts in [&[][..], &[IoSlice::new(&[]), IoSlice::new(&[])][..]] {
             let written = poll_write_parts(&mut io, parts, &mut cx);
@@ -201,12 +202,7 @@ mod tests {
 
     #[test]
     fn a_write_under_a_gathered_one_goes_as_it_is() {
-        let mut io = Nested(Recorder {
-            room: usize::MAX,
-            taken: Vec::new(),
-            plain: 0,
-            vectored: 0,
-        });
+        let mut io = Nested(Recorder::new(usize::MAX));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let parts = [IoSlice::new(b"ab"), IoSlice::new(b"cdef")];
         let written = poll_write_parts(&mut io, &parts, &mut cx);
