@@ -22,16 +22,23 @@ pub use signalr_relay_tokio::{
     BoxFuture, Listener, Runtime, ServeOptions,
 };
 
+mod timers;
+
 /// The executor every task runs on: [`block_on`] runs it on the calling thread (and on one
 /// more thread per extra core), so that a relay on one core wakes no other thread.
 static EXECUTOR: smol::Executor<'static> = smol::Executor::new();
+
+/// The glue's sleeps, on one async-io timer.
+static TIMERS: timers::Timers = timers::Timers::new(|timers| {
+    EXECUTOR.spawn(timers.drive()).detach();
+});
 
 /// Runs the glue on this crate's executor (see [`block_on`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolRuntime;
 
 impl Runtime for SmolRuntime {
-    type Timer = smol_hyper::rt::SmolTimer;
+    type Timer = HyperTimer;
 
     fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
         EXECUTOR.spawn(future).detach();
@@ -41,14 +48,13 @@ impl Runtime for SmolRuntime {
         Instant::now()
     }
 
+    /// On one async-io timer for every sleep (see [`timers`]).
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {
-        Box::pin(async move {
-            async_io::Timer::at(deadline).await;
-        })
+        Box::pin(TIMERS.sleep_until(deadline))
     }
 
     fn hyper_timer(&self) -> Self::Timer {
-        smol_hyper::rt::SmolTimer::new()
+        HyperTimer
     }
 
     type Stream = SmolStream;
@@ -57,6 +63,21 @@ impl Runtime for SmolRuntime {
         let stream = Async::<TcpStream>::connect(addr).await?;
         stream.get_ref().set_nodelay(true)?;
         Ok(SmolStream::new(stream))
+    }
+}
+
+/// hyper's sleeps (a kept-alive connection's wait for its next request head), on the same
+/// timer as the glue's.
+#[derive(Debug, Clone, Copy)]
+pub struct HyperTimer;
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(TIMERS.sleep_until(deadline))
     }
 }
 

@@ -997,6 +997,90 @@ async fn one_connection_carries_lean_and_general_requests<R: Runtime>(
 }
 on_both_runtimes!(one_connection_carries_lean_and_general_requests);
 
+/// Reads one response (its head and its `Content-Length` body) from `conn`.
+async fn read_response<S: futures_util::AsyncRead + Unpin>(conn: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = futures_util::AsyncReadExt::read(conn, &mut chunk)
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before a whole response: {text}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A request head has the header-read timeout (a second here) to come whole, on the lean path
+/// and on hyper's, and so has a kept-alive connection's next head: an idle connection is
+/// closed without an answer, a head cut short gets 408, and a connection that went to hyper
+/// and then fell idle is closed too. Each wait has a deadline of its own: a connection that
+/// sends a request every 300 ms for two seconds is served throughout. (On smol, the glue's
+/// waits and hyper's share one timer: see `signalr_relay_smol`'s `timers`.)
+async fn heads_have_the_header_read_timeout<R: Runtime>(runtime: R, addr: SocketAddr) {
+    let rt = &runtime;
+    let bearer = token("/client/", None);
+    let lean = format!(
+        "GET /client/?hub=chat&id=nobody HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {bearer}\r\n\r\n"
+    );
+    let mut busy = rt.connect(addr).await.expect("connected");
+    let idle = raw_exchange(rt, addr, b"");
+    let cut_short = raw_exchange(rt, addr, b"GET /client/?hub=chat HTTP/1.1\r\nHost: 1");
+    let hyper_idle = raw_exchange(rt, addr, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let served = async {
+        for _ in 0..7 {
+            futures_util::AsyncWriteExt::write_all(&mut busy, lean.as_bytes())
+                .await
+                .expect("written");
+            let answer = within(rt, "an answer", read_response(&mut busy)).await;
+            assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+            rt.sleep_until(rt.now() + Duration::from_millis(300)).await;
+        }
+    };
+    let (idle, cut_short, hyper_idle, ()) =
+        futures_util::join!(idle, cut_short, hyper_idle, served);
+    assert_eq!(idle, "", "an idle connection is closed without an answer");
+    assert!(cut_short.starts_with("HTTP/1.1 408 "), "{cut_short}");
+    assert!(hyper_idle.starts_with("HTTP/1.1 200 "), "{hyper_idle}");
+    assert_eq!(hyper_idle.matches("HTTP/1.1 ").count(), 1, "{hyper_idle}");
+}
+
+/// The header-read timeout is a second.
+fn a_short_header_read_timeout() -> (RelayConfig, ServeOptions) {
+    let mut options = ServeOptions::default();
+    options.header_read_timeout = Duration::from_secs(1);
+    (config(), options)
+}
+
+mod heads_have_the_header_read_timeout {
+    #[test]
+    fn tokio() {
+        let (config, options) = super::a_short_header_read_timeout();
+        super::on_tokio_with(config, options, super::heads_have_the_header_read_timeout);
+    }
+
+    #[test]
+    fn smol() {
+        let (config, options) = super::a_short_header_read_timeout();
+        super::on_smol_with(config, options, super::heads_have_the_header_read_timeout);
+    }
+}
+
 /// The glue reads the time from its runtime. On tokio's paused clock, a relay whose handshake
 /// timeout is an hour closes a client that never sends its handshake, and an app server that
 /// never says hello, at once: an hour of the relay's time passes in no time (the app server
