@@ -121,6 +121,25 @@ async fn serve_with<R: Runtime, L: Listener>(
     signalr_relay_tokio::serve(runtime, listener, config, options).await;
 }
 
+/// One scenario, as one test per runtime, served with the config and options `$setup` makes.
+macro_rules! on_both_runtimes_with {
+    ($scenario:ident, $setup:ident) => {
+        mod $scenario {
+            #[test]
+            fn tokio() {
+                let (config, options) = super::$setup();
+                super::on_tokio_with(config, options, super::$scenario);
+            }
+
+            #[test]
+            fn smol() {
+                let (config, options) = super::$setup();
+                super::on_smol_with(config, options, super::$scenario);
+            }
+        }
+    };
+}
+
 /// One scenario, as one test per runtime.
 macro_rules! on_both_runtimes {
     ($scenario:ident) => {
@@ -845,27 +864,10 @@ fn a_long_write_timeout() -> (RelayConfig, ServeOptions) {
     (config(), options)
 }
 
-mod an_event_stream_that_stops_reading_is_dropped_at_once {
-    #[test]
-    fn tokio() {
-        let (config, options) = super::a_long_write_timeout();
-        super::on_tokio_with(
-            config,
-            options,
-            super::an_event_stream_that_stops_reading_is_dropped_at_once,
-        );
-    }
-
-    #[test]
-    fn smol() {
-        let (config, options) = super::a_long_write_timeout();
-        super::on_smol_with(
-            config,
-            options,
-            super::an_event_stream_that_stops_reading_is_dropped_at_once,
-        );
-    }
-}
+on_both_runtimes_with!(
+    an_event_stream_that_stops_reading_is_dropped_at_once,
+    a_long_write_timeout
+);
 
 /// One long poll may answer 12 MiB; a second is the write timeout.
 fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
@@ -877,27 +879,10 @@ fn large_polls_and_a_short_write_timeout() -> (RelayConfig, ServeOptions) {
     (config, options)
 }
 
-mod a_long_poll_never_read_is_dropped_at_the_write_timeout {
-    #[test]
-    fn tokio() {
-        let (config, options) = super::large_polls_and_a_short_write_timeout();
-        super::on_tokio_with(
-            config,
-            options,
-            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
-        );
-    }
-
-    #[test]
-    fn smol() {
-        let (config, options) = super::large_polls_and_a_short_write_timeout();
-        super::on_smol_with(
-            config,
-            options,
-            super::a_long_poll_never_read_is_dropped_at_the_write_timeout,
-        );
-    }
-}
+on_both_runtimes_with!(
+    a_long_poll_never_read_is_dropped_at_the_write_timeout,
+    large_polls_and_a_short_write_timeout
+);
 
 async fn plain_requests_are_answered<R: Runtime>(runtime: R, addr: SocketAddr) {
     let rt = &runtime;
@@ -1067,19 +1052,10 @@ fn a_short_header_read_timeout() -> (RelayConfig, ServeOptions) {
     (config(), options)
 }
 
-mod heads_have_the_header_read_timeout {
-    #[test]
-    fn tokio() {
-        let (config, options) = super::a_short_header_read_timeout();
-        super::on_tokio_with(config, options, super::heads_have_the_header_read_timeout);
-    }
-
-    #[test]
-    fn smol() {
-        let (config, options) = super::a_short_header_read_timeout();
-        super::on_smol_with(config, options, super::heads_have_the_header_read_timeout);
-    }
-}
+on_both_runtimes_with!(
+    heads_have_the_header_read_timeout,
+    a_short_header_read_timeout
+);
 
 /// The glue reads the time from its runtime. On tokio's paused clock, a relay whose handshake
 /// timeout is an hour closes a client that never sends its handshake, and an app server that
