@@ -33,7 +33,8 @@ static TIMERS: timers::Timers = timers::Timers::new(|timers| {
     EXECUTOR.spawn(timers.drive()).detach();
 });
 
-/// Runs the glue on this crate's executor (see [`block_on`]).
+/// Runs the glue on this crate's executor (see [`block_on`]). Its tasks, and its sleeps, need
+/// that executor running: a sleep is woken by a task of its own there.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolRuntime;
 
@@ -48,7 +49,7 @@ impl Runtime for SmolRuntime {
         Instant::now()
     }
 
-    /// On one async-io timer for every sleep (see [`timers`]).
+    /// On one async-io timer for every sleep (see the `timers` module).
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {
         Box::pin(TIMERS.sleep_until(deadline))
     }
@@ -73,7 +74,10 @@ pub struct HyperTimer;
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        // A duration past what an `Instant` holds is a sleep that does not end in practice.
+        let now = Instant::now();
+        let far = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+        self.sleep_until(now.checked_add(duration).unwrap_or(now + far))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

@@ -1,11 +1,12 @@
 //! The glue's sleeps, on one async-io timer.
 //!
-//! async-io wakes its reactor for every timer it is given: a write to its eventfd, and a turn
-//! of the reactor to read it. The glue makes a timer for every wait that may last, such as a
-//! kept-alive connection's wait for its next request head, so a long-polling client cost the
-//! relay two of those writes per message it sent. Here a sleep is an entry in one ordered
-//! table, and one task keeps a single async-io timer set for the earliest entry. A sleep that
-//! is due later than that timer, as a new request's is, costs the reactor nothing.
+//! async-io wakes its reactor for each timer it is given, so that the reactor sees the new
+//! timer: a write to its eventfd (at most one per turn of the reactor), and a turn to read it.
+//! The glue makes a timer for every wait that may last, such as a kept-alive connection's wait
+//! for its next request head: a long-polling client made two per message it sent. Here a
+//! sleep is an entry in one ordered table, and one task keeps a single async-io timer set for
+//! the earliest entry. A sleep due later than that timer, as a new request's is, costs the
+//! reactor nothing.
 //!
 //! The timer is moved only to an earlier time. When its entry goes first (a request came in
 //! time), it stays where it is, fires early, finds nothing due, and is set for the entry that
@@ -27,14 +28,14 @@ pub(crate) struct Timers {
 }
 
 struct State {
-    /// Every sleep that is waiting, by deadline (and an id, for sleeps due at once).
+    /// Every sleep that is waiting, by deadline (and an id, since sleeps may share one).
     waiting: BTreeMap<(Instant, u64), Waker>,
     next_id: u64,
     /// When the async-io timer is set for, if it is.
     armed: Option<Instant>,
     /// The task that keeps the timer: woken to set it earlier.
     driver: Option<Waker>,
-    /// How many times the async-io timer was set.
+    /// How many times the async-io timer was set (for the tests).
     arms: u64,
 }
 
@@ -67,12 +68,14 @@ impl Timers {
     }
 
     /// Wakes every sleep that is due, and keeps the async-io timer set for the earliest of
-    /// the rest. Runs for ever.
+    /// the rest. Runs for ever. Wakers are woken and dropped, and the timer set, with the
+    /// table unlocked.
     pub(crate) fn drive(&'static self) -> impl Future<Output = ()> + Send + 'static {
         let mut timer = async_io::Timer::never();
         std::future::poll_fn(move |cx| loop {
             let mut due = Vec::new();
-            let armed = {
+            let mut old_driver = None;
+            let (armed, set) = {
                 let mut state = self.lock();
                 let now = Instant::now();
                 while let Some(entry) = state.waiting.first_entry() {
@@ -81,11 +84,12 @@ impl Timers {
                     }
                     due.push(entry.remove());
                 }
+                let mut set = None;
                 if let Some(&(next, _)) = state.waiting.first_key_value().map(|(k, _)| k) {
                     if state.armed.is_none_or(|armed| next < armed) {
                         state.armed = Some(next);
                         state.arms += 1;
-                        timer.set_at(next);
+                        set = Some(next);
                     }
                 }
                 if !state
@@ -93,10 +97,16 @@ impl Timers {
                     .as_ref()
                     .is_some_and(|w| w.will_wake(cx.waker()))
                 {
-                    state.driver = Some(cx.waker().clone());
+                    old_driver = state.driver.replace(cx.waker().clone());
                 }
-                state.armed
+                (state.armed, set)
             };
+            drop(old_driver);
+            if let Some(at) = set {
+                // A sleep made meanwhile for earlier than `at` saw it armed, and woke this
+                // task: it is polled again, and sets the timer earlier.
+                timer.set_at(at);
+            }
             for waker in due {
                 waker.wake();
             }
@@ -137,13 +147,18 @@ impl Future for Sleep {
         }
         let timers = this.timers;
         let mut state = timers.lock();
-        if let Some(waker) = this
-            .id
-            .and_then(|id| state.waiting.get_mut(&(this.deadline, id)))
-        {
-            if !waker.will_wake(cx.waker()) {
-                waker.clone_from(cx.waker());
+        if let Some(id) = this.id {
+            let Some(waker) = state.waiting.get_mut(&(this.deadline, id)) else {
+                // Only the task that keeps the timer takes an entry out, once it is due.
+                this.id = None;
+                return Poll::Ready(());
+            };
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
             }
+            let old = std::mem::replace(waker, cx.waker().clone());
+            drop(state);
+            drop(old);
             return Poll::Pending;
         }
         let id = state.next_id;
@@ -167,7 +182,9 @@ impl Sleep {
     /// Takes its entry out of the table, if it has one there.
     fn forget(&mut self) {
         if let Some(id) = self.id.take() {
-            self.timers.lock().waiting.remove(&(self.deadline, id));
+            // Dropped once the table is unlocked.
+            let waker = self.timers.lock().waiting.remove(&(self.deadline, id));
+            drop(waker);
         }
     }
 }
@@ -190,20 +207,38 @@ mod tests {
 
     use super::*;
 
-    /// A table of its own, driven by the test itself.
+    /// A table of its own.
     fn table() -> &'static Timers {
         Box::leak(Box::new(Timers::new(|_| {})))
     }
 
-    /// Runs `test` with `timers` driven beside it; fails instead of hanging.
+    /// Runs `test` with `timers` driven on a thread of its own, so that the test's task is
+    /// woken by the table alone; fails instead of hanging, on a timer outside the table.
     fn run(timers: &'static Timers, test: impl Future<Output = ()>) {
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let driver = std::thread::spawn(move || {
+            smol::block_on(smol::future::or(timers.drive(), async {
+                let _ = stopped.recv().await;
+            }));
+        });
         smol::block_on(async {
             let hang = async {
                 async_io::Timer::after(Duration::from_secs(30)).await;
                 panic!("a sleep was never woken");
             };
-            smol::future::or(test, smol::future::or(timers.drive(), hang)).await;
+            // The guard first: once it fires, a sleep past its deadline must not end the test
+            // by its own clock before the guard is heard.
+            smol::future::or(hang, test).await;
         });
+        drop(stop);
+        driver.join().expect("the driver's thread");
+    }
+
+    /// Waits until `timers` counts `counts` (entries waiting, times the timer was set).
+    async fn settled(timers: &Timers, counts: (usize, u64)) {
+        while timers.counts() != counts {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
     }
 
     #[test]
@@ -212,7 +247,7 @@ mod tests {
         run(timers, async {
             let start = Instant::now();
             let ended = Arc::new(Mutex::new(Vec::new()));
-            let sleeps = [80u64, 20, 50, 20].map(|ms| {
+            let sleeps = [900u64, 20, 400, 20].map(|ms| {
                 let ended = ended.clone();
                 let deadline = start + Duration::from_millis(ms);
                 timers.sleep_until(deadline).map(move |()| {
@@ -221,7 +256,7 @@ mod tests {
                 })
             });
             futures_util::future::join_all(sleeps).await;
-            assert_eq!(*ended.lock().unwrap(), [20, 20, 50, 80]);
+            assert_eq!(*ended.lock().unwrap(), [20, 20, 400, 900]);
             assert_eq!(timers.counts().0, 0, "an ended sleep left its entry");
         });
     }
@@ -234,14 +269,13 @@ mod tests {
             let late = timers.sleep_until(Instant::now() + Duration::from_secs(60));
             let mut late = std::pin::pin!(late);
             assert!(futures_util::poll!(late.as_mut()).is_pending());
-            // The driver sets the timer for the late sleep first.
-            smol::future::yield_now().await;
+            settled(timers, (1, 1)).await;
             timers
-                .sleep_until(Instant::now() + Duration::from_millis(30))
+                .sleep_until(Instant::now() + Duration::from_millis(300))
                 .await;
             assert!(futures_util::poll!(late.as_mut()).is_pending());
-            // Set for the late sleep, then moved to the short one.
-            assert_eq!(timers.counts(), (1, 2));
+            // Set for the late sleep, moved to the short one, and set for the late one again.
+            settled(timers, (1, 3)).await;
         });
     }
 
@@ -253,13 +287,14 @@ mod tests {
             let mut sleeps: Vec<_> = (0..1000)
                 .map(|i| Box::pin(timers.sleep_until(start + Duration::from_millis(i))))
                 .collect();
-            for sleep in &mut sleeps {
+            assert!(futures_util::poll!(sleeps[0].as_mut()).is_pending());
+            settled(timers, (1, 1)).await;
+            for sleep in &mut sleeps[1..] {
                 assert!(futures_util::poll!(sleep.as_mut()).is_pending());
-                smol::future::yield_now().await;
             }
+            async_io::Timer::after(Duration::from_millis(50)).await;
             assert_eq!(timers.counts(), (1000, 1), "set once, for the first");
             drop(sleeps);
-            smol::future::yield_now().await;
             assert_eq!(timers.counts(), (0, 1), "dropped sleeps leave no entry");
         });
     }
@@ -268,14 +303,14 @@ mod tests {
     fn a_timer_left_early_by_a_dropped_sleep_still_serves_the_next() {
         let timers = table();
         run(timers, async {
-            let first = timers.sleep_until(Instant::now() + Duration::from_millis(20));
+            let first = timers.sleep_until(Instant::now() + Duration::from_millis(300));
             let mut first = Box::pin(first);
             assert!(futures_util::poll!(first.as_mut()).is_pending());
-            smol::future::yield_now().await;
+            settled(timers, (1, 1)).await;
             drop(first);
             // The timer fires for the dropped sleep, finds nothing due, and is set again.
             timers
-                .sleep_until(Instant::now() + Duration::from_millis(60))
+                .sleep_until(Instant::now() + Duration::from_secs(1))
                 .await;
             assert_eq!(timers.counts(), (0, 2));
         });
@@ -285,16 +320,16 @@ mod tests {
     fn a_sleep_polled_by_another_task_wakes_that_task() {
         let timers = table();
         run(timers, async {
-            let sleep = timers.sleep_until(Instant::now() + Duration::from_millis(30));
+            let sleep = timers.sleep_until(Instant::now() + Duration::from_millis(300));
             let mut sleep = Box::pin(sleep);
-            // First polled with a waker that is then dropped unheard.
+            // First polled with a waker of another task's, which the entry then lets go.
             let heard = Arc::new(AtomicUsize::new(0));
             let waker = counting_waker(heard.clone());
             assert!(sleep
                 .as_mut()
                 .poll(&mut Context::from_waker(&waker))
                 .is_pending());
-            // Then awaited by this task, which must be woken.
+            // Then awaited by this task, which must be woken, and the other not.
             sleep.await;
             assert_eq!(heard.load(Ordering::SeqCst), 0, "the old waker was woken");
         });

@@ -29,6 +29,11 @@ use smol_hyper::rt::FuturesIo;
 
 const KEY: &str = "adapter-test-key";
 
+/// How long a scenario on smol may take in all before the test fails, on a timer of
+/// async-io's own: the scenarios' steps are guarded by the runtime's timers, and a fault in
+/// smol's timer table would leave those guards asleep too.
+const WATCHDOG: Duration = Duration::from_secs(180);
+
 /// How long any one step may take before the test fails (a guard against hangs, not a
 /// measurement).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -104,7 +109,17 @@ where
             .expect("bound");
         let addr = listener.local_addr().expect("an address");
         SmolRuntime.spawn(serve_with(SmolRuntime, listener, config, options));
-        scenario(SmolRuntime, addr).await;
+        // Outside the runtime's own timers, which the scenario's guards use.
+        let watchdog = async {
+            async_io::Timer::after(WATCHDOG).await;
+            panic!("the scenario did not end in {WATCHDOG:?}");
+        };
+        // The watchdog first: once it fires, it is heard.
+        futures_util::future::select(
+            std::pin::pin!(watchdog),
+            std::pin::pin!(scenario(SmolRuntime, addr)),
+        )
+        .await;
     });
 }
 
@@ -1023,10 +1038,13 @@ async fn heads_have_the_header_read_timeout<R: Runtime>(runtime: R, addr: Socket
         "GET /client/?hub=chat&id=nobody HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Authorization: Bearer {bearer}\r\n\r\n"
     );
+    let started = rt.now();
     let mut busy = rt.connect(addr).await.expect("connected");
-    let idle = raw_exchange(rt, addr, b"");
-    let cut_short = raw_exchange(rt, addr, b"GET /client/?hub=chat HTTP/1.1\r\nHost: 1");
-    let hyper_idle = raw_exchange(rt, addr, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    // Each with the time it was closed at.
+    let closed = |raw: &'static [u8]| async move { (raw_exchange(rt, addr, raw).await, rt.now()) };
+    let idle = closed(b"");
+    let cut_short = closed(b"GET /client/?hub=chat HTTP/1.1\r\nHost: 1");
+    let hyper_idle = closed(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     let served = async {
         for _ in 0..7 {
             futures_util::AsyncWriteExt::write_all(&mut busy, lean.as_bytes())
@@ -1039,6 +1057,20 @@ async fn heads_have_the_header_read_timeout<R: Runtime>(runtime: R, addr: Socket
     };
     let (idle, cut_short, hyper_idle, ()) =
         futures_util::join!(idle, cut_short, hyper_idle, served);
+    for (answer, at) in [&idle, &cut_short, &hyper_idle] {
+        // Not sooner than the timeout, and not at the default one (15 s): a bound on which
+        // timeout was used, not on speed.
+        let after = at.duration_since(started);
+        assert!(
+            after >= Duration::from_secs(1),
+            "closed after {after:?}: {answer}"
+        );
+        assert!(
+            after < Duration::from_secs(15),
+            "closed after {after:?}: {answer}"
+        );
+    }
+    let (idle, cut_short, hyper_idle) = (idle.0, cut_short.0, hyper_idle.0);
     assert_eq!(idle, "", "an idle connection is closed without an answer");
     assert!(cut_short.starts_with("HTTP/1.1 408 "), "{cut_short}");
     assert!(hyper_idle.starts_with("HTTP/1.1 200 "), "{hyper_idle}");

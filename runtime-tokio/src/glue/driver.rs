@@ -571,8 +571,7 @@ async fn drive<R: Runtime>(
             None => deadline,
         };
         // One timer, kept while the deadline holds: made anew for every event, it would cost
-        // an allocation and a registration with the runtime's timers (on smol, a wake-up of
-        // its reactor) for every batch.
+        // an allocation and a registration with the runtime's timers for every batch.
         if timer.as_ref().is_some_and(|(at, _)| *at != deadline) {
             timer = None;
         }
