@@ -796,20 +796,10 @@ async fn a_long_poll_never_read_is_dropped_at_the_write_timeout<R: Runtime>(
     )
     .await
     .expect("read");
-    let head_end = received
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
+    let (head_end, length) = response_head(&received).expect("a response head");
     let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .expect("a length")
-        .trim()
-        .parse()
-        .expect("a number");
+    let length = length.expect("a length");
     let body = received.len() - head_end;
     assert!(
         body < length,
@@ -997,30 +987,36 @@ async fn one_connection_carries_lean_and_general_requests<R: Runtime>(
 }
 on_both_runtimes!(one_connection_carries_lean_and_general_requests);
 
+/// Where a response's head ends in `bytes` (past its blank line), and its `Content-Length`
+/// (none: no such field, or not a number); none while the head is not all there.
+fn response_head(bytes: &[u8]) -> Option<(usize, Option<usize>)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse().ok());
+    Some((end, length))
+}
+
 /// Reads one response (its head and its `Content-Length` body) from `conn`.
 async fn read_response<S: futures_util::AsyncRead + Unpin>(conn: &mut S) -> String {
     let mut got = Vec::new();
     let mut chunk = [0; 1024];
     loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_owned)
-                })
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                return text;
+        if let Some((end, length)) = response_head(&got) {
+            if got.len() >= end + length.unwrap_or(0) {
+                return String::from_utf8_lossy(&got).into_owned();
             }
         }
         let n = futures_util::AsyncReadExt::read(conn, &mut chunk)
             .await
             .expect("read");
-        assert!(n > 0, "closed before a whole response: {text}");
+        assert!(
+            n > 0,
+            "closed before a whole response: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&chunk[..n]);
     }
 }
