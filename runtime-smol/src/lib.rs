@@ -13,6 +13,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use async_io::Async;
+use signalr_relay_tokio::glue::accept::{tcp_listener, DEFAULT_BACKLOG};
 use smol::io::{AsyncRead, AsyncWrite};
 
 #[doc(hidden)]
@@ -164,12 +165,22 @@ impl AsyncWrite for SmolStream {
 pub struct SmolListener(pub Async<TcpListener>);
 
 impl SmolListener {
-    /// Binds `addr`.
+    /// Binds `addr`, with a backlog of [`DEFAULT_BACKLOG`] connections.
     ///
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Ok(Self(Async::<TcpListener>::bind(addr)?))
+        Self::bind_with_backlog(addr, DEFAULT_BACKLOG).await
+    }
+
+    /// Binds `addr`, with room for `backlog` connections not yet accepted (see
+    /// [`tcp_listener`]).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    #[allow(clippy::unused_async)] // Async as `bind` always was.
+    pub async fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> io::Result<Self> {
+        Ok(Self(Async::new(tcp_listener(addr, backlog)?)?))
     }
 }
 
@@ -222,6 +233,21 @@ mod tests {
     async fn later(bytes: &[u8], client: &mut SmolStream) {
         async_io::Timer::after(Duration::from_millis(20)).await;
         client.write_all(bytes).await.unwrap();
+    }
+
+    /// The relay's listener queues a storm's connections past the standard library's 128
+    /// (see `tcp_listener`): 300 connects to it complete while it accepts none.
+    #[test]
+    fn the_listener_queues_past_128_connections() {
+        let listener = smol::block_on(SmolListener::bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = (0..300)
+            // A guard against a hang: a dropped handshake is retried a second later.
+            .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(30)))
+            .collect::<io::Result<Vec<_>>>()
+            .expect("every connect queued");
+        assert_eq!(held.len(), 300);
+        drop(listener);
     }
 
     #[test]

@@ -31,6 +31,18 @@ pub struct RelayArgs {
     #[arg(help_heading = "Listen and auth", long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
 
+    /// Connections the kernel holds for the relay until it accepts them (the listen backlog;
+    /// Linux caps it at `net.core.somaxconn`). Clients that connect at once past it have their
+    /// handshakes dropped, and try again a second later.
+    #[arg(
+        help_heading = "Listen and auth",
+        long,
+        env = "SIGNALR_RELAY_LISTEN_BACKLOG",
+        default_value_t = crate::glue::accept::DEFAULT_BACKLOG,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub listen_backlog: u32,
+
     /// Access key that signs app-server and client tokens. Repeat it to accept several
     /// (key rotation). Without one, the relay runs in dev mode with a generated key.
     #[arg(
@@ -1077,6 +1089,13 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
 mod tests {
     use super::*;
 
+    /// The relay's settings from these flags.
+    fn args(extra: &[&str]) -> Result<RelayArgs, String> {
+        let mut argv: Vec<std::ffi::OsString> = vec!["signalr-relay".into()];
+        argv.extend(extra.iter().map(Into::into));
+        relay_args_from(argv)
+    }
+
     #[test]
     fn listen_addresses_take_a_port_alone_or_a_host_name() {
         assert_eq!(
@@ -1094,6 +1113,23 @@ mod tests {
     }
 
     #[test]
+    fn the_listen_backlog_is_4096_unless_set() {
+        assert_eq!(args(&[]).expect("valid").listen_backlog, 4096);
+        let set = args(&["--listen-backlog", "65535"]).expect("valid");
+        assert_eq!(set.listen_backlog, 65535);
+        // Refused by the parser (`relay_args_from` would exit on them, as the binary does).
+        use clap::CommandFactory;
+        for bad in ["0", "-1", "many"] {
+            let parsed = RelayArgs::command().try_get_matches_from([
+                "signalr-relay",
+                "--listen-backlog",
+                bad,
+            ]);
+            assert!(parsed.is_err(), "{bad} was taken");
+        }
+    }
+
+    #[test]
     fn sizes_and_durations_take_units() {
         assert_eq!(byte_size("32768"), Ok(32768));
         assert_eq!(byte_size("32KiB"), Ok(32768));
@@ -1108,11 +1144,6 @@ mod tests {
 
     #[test]
     fn cluster_flags_make_a_node_and_hide_the_redis_password() {
-        let args = |extra: &[&str]| {
-            let mut argv: Vec<std::ffi::OsString> = vec!["signalr-relay".into()];
-            argv.extend(extra.iter().map(Into::into));
-            relay_args_from(argv)
-        };
         let a = args(&[
             "--redis",
             "redis://:s3cret@10.0.0.9:6379",

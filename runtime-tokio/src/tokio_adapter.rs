@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 
+use crate::glue::accept::{tcp_listener, DEFAULT_BACKLOG};
 use crate::glue::{BoxFuture, Listener, Runtime};
 
 /// Runs the glue on the current tokio runtime.
@@ -49,12 +50,23 @@ impl Runtime for TokioRuntime {
 pub struct TokioListener(pub tokio::net::TcpListener);
 
 impl TokioListener {
-    /// Binds `addr`.
+    /// Binds `addr`, with a backlog of [`DEFAULT_BACKLOG`] connections.
     ///
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Ok(Self(tokio::net::TcpListener::bind(addr).await?))
+        Self::bind_with_backlog(addr, DEFAULT_BACKLOG).await
+    }
+
+    /// Binds `addr`, with room for `backlog` connections not yet accepted (see
+    /// [`tcp_listener`]).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    #[allow(clippy::unused_async)] // Async as `bind` always was: binding needs the runtime.
+    pub async fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> io::Result<Self> {
+        let listener = tcp_listener(addr, backlog)?;
+        Ok(Self(tokio::net::TcpListener::from_std(listener)?))
     }
 }
 
@@ -116,5 +128,32 @@ impl futures_io::AsyncWrite for TokioStream {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The relay's listener queues a storm's connections past the standard library's 128
+    /// (see `tcp_listener`): 300 connects to it complete while it accepts none.
+    #[tokio::test]
+    async fn the_listener_queues_past_128_connections() {
+        let listener = TokioListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = std::thread::spawn(move || {
+            (0..300)
+                // A guard against a hang: a dropped handshake is retried a second later.
+                .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(30)))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        let held = connects.join().unwrap().expect("every connect queued");
+        assert_eq!(held.len(), 300);
+        drop(listener);
     }
 }

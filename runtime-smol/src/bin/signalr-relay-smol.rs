@@ -11,7 +11,7 @@ fn main() {
     }
     signalr_relay_smol::block_on(async move {
         let listener = bound(
-            SmolListener::bind(args.listen).await,
+            SmolListener::bind_with_backlog(args.listen, args.listen_backlog).await,
             args.listen,
             "--listen",
         );

@@ -11,7 +11,7 @@ async fn main() {
         std::process::exit(print_status_token(&args));
     }
     let listener = bound(
-        TokioListener::bind(args.listen).await,
+        TokioListener::bind_with_backlog(args.listen, args.listen_backlog).await,
         args.listen,
         "--listen",
     );

@@ -10,6 +10,9 @@
 //! Past the connection cap, a new socket is closed as soon as it is accepted, before any byte of
 //! it is read: it costs a descriptor for an instant, and the connections already admitted are
 //! untouched.
+//!
+//! The listening sockets come from [`tcp_listener`], with a backlog of [`DEFAULT_BACKLOG`]
+//! connections (`--listen-backlog`), not the standard library's 128.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +23,35 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::glue::{Listener, Runtime};
+
+/// How many connections the kernel holds for the accept loop by default: the listen backlog.
+/// Linux caps it at `net.core.somaxconn` (4096 since Linux 5.4).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with room for `backlog` connections not yet accepted,
+/// non-blocking, for an adapter to take.
+///
+/// The standard library's `TcpListener::bind`, which tokio's and async-io's call, asks for a
+/// backlog of 128. When a storm of clients connects at once (every client of a restarted relay
+/// reconnecting), the kernel drops the handshakes past it, and each of those clients tries again
+/// a second later, then three seconds later: with 1,000 connecting at once, the slowest waited
+/// over a second (README, Performance). A larger backlog keeps them queued instead; a queued
+/// connection costs the kernel a socket until it is accepted, and nothing before it is.
+///
+/// # Errors
+/// When the socket cannot be made, bound or put to listen.
+pub fn tcp_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As the standard library does on Unix: a restarted relay binds again at once, while its
+    // predecessor's connections wait out TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
 
 /// How many connections are open, against a cap. Shared by the accept loop and every
 /// [`Admitted`] guard.
@@ -262,5 +294,46 @@ pub async fn accept_loop<R, L, F>(
                 pause = (pause * 2).min(LONGEST_PAUSE);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Connections past the standard library's backlog of 128 wait in the queue for the
+    /// accept loop: 300 connects to a listener that accepts none complete. With a backlog of
+    /// 128 the kernel drops the handshakes past 129, and those connects time out.
+    #[test]
+    fn a_listener_queues_its_backlog() {
+        let listener = tcp_listener("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = (0..300)
+            // A guard against a hang, not a measure of speed: a queued connect completes at
+            // once, a dropped one is retried by the kernel a second later, then three.
+            .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(30)))
+            .collect::<io::Result<Vec<_>>>()
+            .expect("every connect queued");
+        assert_eq!(held.len(), 300);
+    }
+
+    #[test]
+    fn a_listener_binds_again_while_the_last_ones_connections_wait() {
+        // A connection closed by the listener's side waits out TIME_WAIT on its port; a new
+        // listener binds the port anyway, as the standard library's would.
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener = tcp_listener(addr, 16).unwrap();
+        let bound = listener.local_addr().unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let client = TcpStream::connect(bound).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        drop(server_side);
+        drop(client);
+        drop(listener);
+        let again = tcp_listener(bound, 16).unwrap();
+        assert_eq!(again.local_addr().unwrap(), bound);
     }
 }

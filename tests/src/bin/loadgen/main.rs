@@ -1331,6 +1331,10 @@ fn print_table(r: &Report) {
             "ms",
         );
         row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
+        println!(
+            "| {c} | handshakes dropped, a listen queue full | {} | {} | – |",
+            rc.listen_overflows, fc.listen_overflows
+        );
         row(
             &c,
             "CPU per connect",
@@ -1377,6 +1381,10 @@ fn print_table(r: &Report) {
             a.server_rss_per_connection_bytes / 1024.0,
             b.server_rss_per_connection_bytes / 1024.0,
             "KiB",
+        );
+        println!(
+            "| {:?} opened at once | handshakes dropped, a listen queue full | {} | {} | – |",
+            a.transport, a.listen_overflows, b.listen_overflows
         );
     }
     for pair in &echoes {

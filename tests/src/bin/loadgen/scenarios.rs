@@ -376,6 +376,9 @@ pub(crate) struct ConnectResult {
     /// The part of it spent in the kernel (system time, µs): what the sockets cost, whatever
     /// the server's own code does.
     pub(crate) server_system_cpu_us_per_connect: f64,
+    /// Handshakes the kernel dropped over the storm, a listener's queue being full (the
+    /// machine's count: see `procs::listen_overflows`).
+    pub(crate) listen_overflows: u64,
 }
 
 /// Opens `count` connections (numbered from `first`), `concurrency` at a time, recording each
@@ -443,9 +446,11 @@ pub(crate) async fn connect_storm(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = target.server.rss_bytes();
     let latencies = Latencies::default();
+    let overflows = crate::procs::listen_overflows();
     let storm = Meter::start(target);
     let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
     let (elapsed, storm_cpu, storm_system) = storm.stop_split(target, Duration::ZERO);
+    let overflows = crate::procs::listen_overflows().saturating_sub(overflows);
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -495,6 +500,7 @@ pub(crate) async fn connect_storm(
         idle_server_cpu_percent: idle_cpu,
         server_cpu_us_per_connect: storm_cpu * 1e6 / ok,
         server_system_cpu_us_per_connect: storm_system * 1e6 / ok,
+        listen_overflows: overflows,
     };
     (result, held)
 }
@@ -913,6 +919,9 @@ pub(crate) async fn send_to_connection(
 pub(crate) struct HttpEchoResult {
     pub(crate) transport: HttpTransport,
     pub(crate) failed_connections: usize,
+    /// Handshakes the kernel dropped while the connections opened, all at once (see
+    /// `ConnectResult::listen_overflows`).
+    pub(crate) listen_overflows: u64,
     /// Server RSS per connection held, before the echoes.
     pub(crate) server_rss_per_connection_bytes: f64,
     #[serde(flatten)]
@@ -927,8 +936,10 @@ pub(crate) async fn http_echo(
     duration: Duration,
 ) -> HttpEchoResult {
     let rss_before = target.server.rss_bytes();
+    let overflows = crate::procs::listen_overflows();
     let opened = (0..n).map(|i| target.connect_http(i, transport));
     let opened = futures_util::future::join_all(opened).await;
+    let overflows = crate::procs::listen_overflows().saturating_sub(overflows);
     // Held (an event stream open, or a poll waiting), before any traffic.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_per_connection =
@@ -982,6 +993,7 @@ pub(crate) async fn http_echo(
     HttpEchoResult {
         transport,
         failed_connections: failed,
+        listen_overflows: overflows,
         server_rss_per_connection_bytes: rss_per_connection,
         echo,
     }
