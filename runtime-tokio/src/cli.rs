@@ -31,9 +31,9 @@ pub struct RelayArgs {
     #[arg(help_heading = "Listen and auth", long, env = "SIGNALR_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
 
-    /// Connections the kernel holds for the relay until it accepts them (the listen backlog;
-    /// Linux caps it at `net.core.somaxconn`). Clients that connect at once past it have their
-    /// handshakes dropped, and try again a second later.
+    /// Connections the kernel holds for the relay until it accepts them: the listen backlog
+    /// of `--listen` (Linux caps it at `net.core.somaxconn`). Clients that connect at once past
+    /// it have their handshakes dropped, and try again a second later.
     #[arg(
         help_heading = "Listen and auth",
         long,

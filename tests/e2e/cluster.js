@@ -57,13 +57,13 @@ async function startNode(id, redisUrl, key, extra = []) {
 /// shows. Listens on 127.0.0.2.
 function startClusterNginx(nodes) {
   const shipped = fs.readFileSync(path.resolve(__dirname, '../../deploy/nginx/signalr-relay.conf'), 'utf8');
-  if (!/^\s*listen 80;$/m.test(shipped)) throw new Error('deploy/nginx/signalr-relay.conf: no `listen 80;` to move');
+  if (!/^\s*listen 80 backlog=4096;$/m.test(shipped)) throw new Error('deploy/nginx/signalr-relay.conf: no `listen 80 backlog=4096;` to move');
   const upstreams = [
     `upstream relay_any {\n${nodes.map((n) => `    server ${n.addr} max_fails=1 fail_timeout=5s;`).join('\n')}\n}`,
     ...nodes.map((n) => `upstream relay_node_${n.id} { server ${n.addr}; }`),
   ];
   return runNginx((dir, port) => {
-    fs.writeFileSync(path.join(dir, 'signalr-relay.conf'), shipped.replace(/^(\s*)listen 80;$/m, `$1listen 127.0.0.2:${port};`));
+    fs.writeFileSync(path.join(dir, 'signalr-relay.conf'), shipped.replace(/^(\s*)listen 80 backlog=4096;$/m, `$1listen 127.0.0.2:${port} backlog=4096;`));
     fs.writeFileSync(path.join(dir, 'nodes.conf'), `${upstreams.join('\n')}\n`);
     return `  include ${dir}/nodes.conf;\n  include ${dir}/signalr-relay.conf;`;
   }, { workerConnections: 4096 });

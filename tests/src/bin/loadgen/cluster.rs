@@ -108,12 +108,15 @@ pub(crate) async fn start(
     let lb_port = free_port("127.0.0.1")?;
     // Each worker its own listening socket (the kernel spreads connections over them).
     let listen = format!("listen 127.0.0.1:{lb_port} backlog=4096 reuseport;");
-    if !shipped.contains("listen 80;") {
-        return Err("deploy/nginx/signalr-relay.conf: no `listen 80;` to move".into());
+    let shipped_listen = "listen 80 backlog=4096;";
+    if !shipped.contains(shipped_listen) {
+        return Err(format!(
+            "deploy/nginx/signalr-relay.conf: no `{shipped_listen}` to move"
+        ));
     }
     std::fs::write(
         dir.join("signalr-relay.conf"),
-        shipped.replace("listen 80;", &listen),
+        shipped.replace(shipped_listen, &listen),
     )
     .map_err(|e| e.to_string())?;
     let mut upstreams = String::from("upstream relay_any {\n");

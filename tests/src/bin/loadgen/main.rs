@@ -1308,6 +1308,8 @@ fn print_table(r: &Report) {
     );
     println!("| scenario | measure | relay | floor | relay/floor |");
     println!("|---|---|---|---|---|");
+    // A count that may be unknown (`–`).
+    let count = |n: Option<u64>| n.map_or_else(|| "–".to_owned(), |n| n.to_string());
     let row = |s: &str, m: &str, a: f64, b: f64, unit: &str| {
         println!(
             "| {s} | {m} | {a:.1} {unit} | {b:.1} {unit} | {} |",
@@ -1332,8 +1334,9 @@ fn print_table(r: &Report) {
         );
         row(&c, "failed", rc.failed_percent, fc.failed_percent, "%");
         println!(
-            "| {c} | handshakes dropped, a listen queue full | {} | {} | – |",
-            rc.listen_overflows, fc.listen_overflows
+            "| {c} | handshakes dropped (listen queue full) | {} | {} | – |",
+            count(rc.listen_overflows),
+            count(fc.listen_overflows)
         );
         row(
             &c,
@@ -1383,8 +1386,10 @@ fn print_table(r: &Report) {
             "KiB",
         );
         println!(
-            "| {:?} opened at once | handshakes dropped, a listen queue full | {} | {} | – |",
-            a.transport, a.listen_overflows, b.listen_overflows
+            "| {:?} opened at once | handshakes dropped (listen queue full) | {} | {} | – |",
+            a.transport,
+            count(a.listen_overflows),
+            count(b.listen_overflows)
         );
     }
     for pair in &echoes {

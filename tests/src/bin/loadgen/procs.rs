@@ -217,28 +217,36 @@ fn cpu_split(pid: u32) -> (f64, f64) {
     (ticks(11) / TICKS_PER_SEC, ticks(12) / TICKS_PER_SEC)
 }
 
-/// Connections the machine's kernel dropped so far because a listener's queue of connections
-/// not yet accepted was full (`TcpExt: ListenOverflows` in `/proc/net/netstat`; 0 where it
-/// cannot be read). The count is the machine's, not one listener's: read around a phase where
-/// one server (and its app server) takes the connections, its growth is theirs. A dropped
-/// handshake is retried by the client a second later.
-pub(crate) fn listen_overflows() -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/net/netstat") else {
-        return 0;
-    };
+/// Handshakes the kernel dropped so far because a listener's queue of connections not yet
+/// accepted was full (`TcpExt: ListenOverflows` in `/proc/net/netstat`; `None` where it cannot
+/// be read). The count is the network namespace's, not one listener's: read around a phase
+/// where one server (and its app server) takes the connections, its growth is theirs. A
+/// dropped handshake is retried by the client a second later.
+pub(crate) fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
     let mut lines = text.lines();
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        if !names.starts_with("TcpExt:") {
-            continue;
+        if names.starts_with("TcpExt:") {
+            return names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == "ListenOverflows")
+                .and_then(|(_, value)| value.parse().ok());
         }
-        return names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(name, _)| *name == "ListenOverflows")
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
     }
-    0
+    None
+}
+
+/// How much [`listen_overflows`] grew over `phase`.
+pub(crate) async fn listen_overflows_over<T>(
+    phase: impl std::future::Future<Output = T>,
+) -> (T, Option<u64>) {
+    let before = listen_overflows();
+    let out = phase.await;
+    let grew = listen_overflows()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before));
+    (out, grew)
 }
 
 /// Resident set of a process, in bytes.

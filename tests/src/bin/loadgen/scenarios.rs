@@ -378,7 +378,7 @@ pub(crate) struct ConnectResult {
     pub(crate) server_system_cpu_us_per_connect: f64,
     /// Handshakes the kernel dropped over the storm, a listener's queue being full (the
     /// machine's count: see `procs::listen_overflows`).
-    pub(crate) listen_overflows: u64,
+    pub(crate) listen_overflows: Option<u64>,
 }
 
 /// Opens `count` connections (numbered from `first`), `concurrency` at a time, recording each
@@ -446,11 +446,10 @@ pub(crate) async fn connect_storm(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = target.server.rss_bytes();
     let latencies = Latencies::default();
-    let overflows = crate::procs::listen_overflows();
     let storm = Meter::start(target);
-    let (mut opened, failed) = open_many(target, 0, n, concurrency, &latencies).await;
+    let opening = open_many(target, 0, n, concurrency, &latencies);
+    let ((mut opened, failed), overflows) = crate::procs::listen_overflows_over(opening).await;
     let (elapsed, storm_cpu, storm_system) = storm.stop_split(target, Duration::ZERO);
-    let overflows = crate::procs::listen_overflows().saturating_sub(overflows);
     // Idle: hold them, reading whatever comes (keep-alives), and measure.
     let reading = Arc::new(AtomicBool::new(true));
     let readers: Vec<_> = opened
@@ -921,7 +920,7 @@ pub(crate) struct HttpEchoResult {
     pub(crate) failed_connections: usize,
     /// Handshakes the kernel dropped while the connections opened, all at once (see
     /// `ConnectResult::listen_overflows`).
-    pub(crate) listen_overflows: u64,
+    pub(crate) listen_overflows: Option<u64>,
     /// Server RSS per connection held, before the echoes.
     pub(crate) server_rss_per_connection_bytes: f64,
     #[serde(flatten)]
@@ -936,10 +935,9 @@ pub(crate) async fn http_echo(
     duration: Duration,
 ) -> HttpEchoResult {
     let rss_before = target.server.rss_bytes();
-    let overflows = crate::procs::listen_overflows();
     let opened = (0..n).map(|i| target.connect_http(i, transport));
-    let opened = futures_util::future::join_all(opened).await;
-    let overflows = crate::procs::listen_overflows().saturating_sub(overflows);
+    let opening = futures_util::future::join_all(opened);
+    let (opened, overflows) = crate::procs::listen_overflows_over(opening).await;
     // Held (an event stream open, or a poll waiting), before any traffic.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_per_connection =
