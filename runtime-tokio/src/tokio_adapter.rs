@@ -130,33 +130,3 @@ impl futures_io::AsyncWrite for TokioStream {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    use super::*;
-
-    /// The relay's listener queues a storm's connections past the standard library's 128
-    /// (see `tcp_listener`): 300 connects to it complete while it accepts none.
-    #[tokio::test]
-    async fn the_listener_queues_past_128_connections() {
-        let listener = TokioListener::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Fewer where the kernel caps backlogs lower (it queues one more than its cap).
-        let n =
-            crate::glue::accept::kernel_backlog_cap().map_or(300, |cap| 300.min(cap as usize + 1));
-        let connects = std::thread::spawn(move || {
-            (0..n)
-                // A guard against a hang: a dropped handshake is retried a second later.
-                .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(30)))
-                .collect::<io::Result<Vec<_>>>()
-        });
-        let held = connects.join().unwrap().expect("every connect queued");
-        assert_eq!(held.len(), n);
-        drop(listener);
-    }
-}

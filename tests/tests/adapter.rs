@@ -1467,3 +1467,40 @@ mod a_management_connection_drives_serverless_clients {
         );
     }
 }
+
+/// Connects to `addr`, whose listener accepts none, past the standard library's backlog of
+/// 128: 300 times, or one more than the kernel's cap on backlogs where that is lower (it
+/// queues one more than its cap). Each connect must complete; with a backlog of 128, those
+/// past 129 are not answered and fail at the guard.
+fn connect_past_128(addr: SocketAddr) {
+    let n = signalr_relay_tokio::glue::accept::kernel_backlog_cap()
+        .map_or(300, |cap| 300.min(cap as usize + 1));
+    let held = (0..n)
+        // A guard against a hang, not a measure of speed: a dropped handshake is retried a
+        // second later.
+        .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .expect("every connect queued");
+    assert_eq!(held.len(), n);
+}
+
+/// Each runtime's listener, as the relay and the sample app bind it, queues a storm's
+/// connections past the standard library's 128 (see `glue::accept::tcp_listener`).
+#[test]
+fn each_runtimes_listener_queues_past_128_connections() {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let listener = tokio
+        .block_on(TokioListener::bind(
+            "127.0.0.1:0".parse().expect("an address"),
+        ))
+        .expect("bound");
+    connect_past_128(listener.local_addr().expect("an address"));
+    let listener = async_io::block_on(SmolListener::bind(
+        "127.0.0.1:0".parse().expect("an address"),
+    ))
+    .expect("bound");
+    connect_past_128(listener.local_addr().expect("an address"));
+}

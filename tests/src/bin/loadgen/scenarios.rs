@@ -377,7 +377,7 @@ pub(crate) struct ConnectResult {
     /// the server's own code does.
     pub(crate) server_system_cpu_us_per_connect: f64,
     /// Handshakes the kernel dropped over the storm, a listener's queue being full (the
-    /// machine's count: see `procs::listen_overflows`).
+    /// network namespace's count: see `procs::listen_overflows`).
     pub(crate) listen_overflows: Option<u64>,
 }
 
