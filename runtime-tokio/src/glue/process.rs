@@ -1,5 +1,6 @@
-//! What the process costs, for `/metrics`: CPU time, resident memory and open descriptors,
-//! read from `/proc` where there is one (Linux); elsewhere only the uptime is known.
+//! What the process costs, for `/metrics`: CPU time (the process's CPU-time clock), and
+//! resident memory and open descriptors read from `/proc`, on Linux; elsewhere only the
+//! uptime is known.
 
 use std::time::Duration;
 
@@ -10,9 +11,7 @@ pub(crate) fn read(uptime: Duration) -> ProcessStats {
     let mut stats = ProcessStats::new(uptime.as_secs_f64());
     #[cfg(target_os = "linux")]
     {
-        if let Some(cpu) = cpu_seconds() {
-            stats = stats.with_cpu_seconds(cpu);
-        }
+        stats = stats.with_cpu_seconds(cpu_seconds());
         if let Some(rss) = resident_bytes() {
             stats = stats.with_resident_bytes(rss);
         }
@@ -23,18 +22,13 @@ pub(crate) fn read(uptime: Duration) -> ProcessStats {
     stats
 }
 
-/// `utime + stime` of `/proc/self/stat`, in seconds.
+/// The CPU time of all the process's threads, living and ended, in seconds: the
+/// process's CPU-time clock, kept in nanoseconds. (`/proc/self/stat`'s `utime + stime`
+/// count whole clock ticks, 10 ms each, so a relay that has done little reads 0.)
 #[cfg(target_os = "linux")]
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let ticks = rustix::param::clock_ticks_per_second();
-    Some((utime + stime) as f64 / ticks as f64)
+fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// The second field of `/proc/self/statm` (resident pages), in bytes.
@@ -51,8 +45,23 @@ mod tests {
     fn this_process_has_cpu_memory_and_descriptors() {
         let stats = super::read(std::time::Duration::from_secs(3));
         assert_eq!(stats.uptime_seconds, 3.0);
-        assert!(stats.cpu_seconds.is_some_and(|c| c >= 0.0));
+        let cpu = stats.cpu_seconds.expect("the CPU time");
+        assert!(cpu > 0.0, "a running process has used some CPU: {cpu}");
         assert!(stats.resident_bytes.is_some_and(|r| r > 1024 * 1024));
         assert!(stats.open_fds.is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn the_cpu_time_moves_in_steps_finer_than_a_clock_tick() {
+        // `/proc`'s CPU times move in clock ticks (10 ms): the smallest step seen here would
+        // be a whole tick. The process's CPU-time clock moves in nanoseconds.
+        let start = super::cpu_seconds();
+        let step = loop {
+            let now = super::cpu_seconds();
+            if now > start {
+                break now - start;
+            }
+        };
+        assert!(step < 0.001, "the CPU time moved by {step} s");
     }
 }
