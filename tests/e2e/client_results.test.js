@@ -44,9 +44,12 @@ test('a client that never answers times out', async () => {
 test('a client that disconnects while asked: the asker gets a disconnect error', async () => {
   const asker = await stack.connect('chat');
   const asked = await stack.connect('chat', { msgpack: true });
-  asked.on('GetAnswer', () => new Promise(() => {}));
+  let askedNow;
+  const wasAsked = new Promise((r) => { askedNow = r; });
+  asked.on('GetAnswer', () => { askedNow(); return new Promise(() => {}); });
   const pending = asker.invoke('AskClient', asked.connectionId, 'q');
-  await new Promise((r) => setTimeout(r, 200));
+  // Gone while the question is with it, not before it came.
+  await wasAsked;
   await asked.stop();
   await assert.rejects(pending, /disconnected/);
   // And a client on another connection answers for another.

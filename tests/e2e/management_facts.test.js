@@ -353,13 +353,23 @@ function connect(url, accessToken, { msgpack = false } = {}) {
 
 /// RunTestCore: a client per token (JSON and MessagePack in turn), `core` run, then each
 /// client's count of METHOD(MESSAGE) checked, and that none was closed meanwhile.
-async function runTestCore(ctx, tokens, core, expected) {
+///
+/// The facts wait a fixed time before counting; here a marker sent to all by `via` (the
+/// context `core` sent on, unless it disposed it) marks the end instead. The relay delivers a
+/// connection's messages to each client in order, so when every client has the marker, every
+/// message of `core` that reached a client, a duplicate or a stray one included, is counted:
+/// a loaded machine cannot make the count early.
+async function runTestCore(ctx, tokens, core, expected, via = ctx) {
   const clients = await Promise.all(tokens.map((t, i) => connect(ctx.clientEndpoint(), t, { msgpack: i % 2 === 1 })));
   try {
     const counts = clients.map(() => 0);
     clients.forEach((c, i) => c.on(METHOD, (m) => { if (m === MESSAGE) counts[i] += 1; }));
     await core(clients);
-    await settle();
+    const marker = crypto.randomUUID();
+    const marked = clients.map(() => false);
+    clients.forEach((c, i) => c.on('Marker', (m) => { if (m === marker) marked[i] = true; }));
+    await via.sendAll('Marker', [marker]);
+    await until(() => marked.every(Boolean), `every client has the marker: ${marked}`);
     assert.deepEqual(counts, expected);
     assert.deepEqual(clients.map((c) => c.state), clients.map(() => signalR.HubConnectionState.Connected));
   } finally {
@@ -655,7 +665,7 @@ test('ServiceHubContextE2EFacts.ServiceHubContextIndependencyTest: two contexts 
       await first.dispose();
       await settle();
       await second.sendAll(METHOD, [MESSAGE]);
-    }, [2, 2]);
+    }, [2, 2], second);
   } finally {
     await first.dispose();
     await second.dispose();
