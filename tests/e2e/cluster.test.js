@@ -123,7 +123,16 @@ test('clients on different nodes hear each other: groups, users and broadcasts, 
   assert.deepEqual(await own, ['everyone', 'only the first']);
   await sleep(300);
   assert.deepEqual(late, []);
+  await joinsWaitedForRedis();
 });
+
+/// Every join so far was answered once Redis had confirmed its channel's subscription (none
+/// answered because the confirmation did not come in time).
+async function joinsWaitedForRedis() {
+  for (const n of nodes) {
+    assert.equal((await metrics(n.addr)).signalr_relay_backplane_joins_unconfirmed_total, 0, n.id);
+  }
+}
 
 test('the REST API at any node reaches clients on every node, and answers for connections held elsewhere', async () => {
   const cs = await spread('rest', { transport: 'ServerSentEvents', msgpack: false });
@@ -157,6 +166,7 @@ test('the REST API at any node reaches clients on every node, and answers for co
   const vip = [cs[1], later].map((c) => next(c, 'vip'));
   assert.equal((await rest(nodes[2].addr, 'POST', '/api/v1/hubs/chat/groups/vip', { target: 'vip', arguments: ['in'] })).status, 202);
   for (const g of vip) assert.deepEqual(await g, ['in']);
+  await joinsWaitedForRedis();
 });
 
 test('a client result crosses nodes: the invocation goes to the client\'s node, its answer comes back', async () => {

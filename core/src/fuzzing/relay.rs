@@ -264,8 +264,8 @@ pub fn relay_ops(data: &[u8]) {
     if clustered {
         assert_eq!(
             relay.cluster_pending(),
-            (0, 0, 0),
-            "asks, parked, remote calls"
+            (0, 0, 0, 0),
+            "asks, parked, remote calls, answers held for subscriptions"
         );
         let status = relay.backplane_status().expect("a node");
         assert_eq!(
@@ -512,17 +512,28 @@ fn step(sim: &mut Sim, world: &mut World, script: &mut Script<'_>) {
 }
 
 /// Feeds the node's own publishes on the control channel back to it (its heartbeats, as the
-/// engine echoes them), when `echo`; forgets the rest of what it asked of the backplane.
+/// engine echoes them), and confirms its subscriptions, when `echo`; forgets the rest of what
+/// it asked of the backplane (unconfirmed, its held answers wait for their timeout).
 fn echo_own(sim: &mut Sim, echo: bool) {
     let asked = std::mem::take(&mut sim.backplane);
+    let mut subscribed = 0;
     for o in asked {
-        if let crate::relay::Output::Publish { channel, data } = o {
-            if echo && channel.ends_with(":control") {
+        match o {
+            crate::relay::Output::Publish { channel, data }
+                if echo && channel.ends_with(":control") =>
+            {
                 let (relay, now) = sim.relay_mut();
                 relay.handle_backplane(now, &channel, &data);
                 sim.drain();
             }
+            crate::relay::Output::Subscribe { .. } => subscribed += 1,
+            _ => {}
         }
+    }
+    if echo && subscribed > 0 {
+        let (relay, now) = sim.relay_mut();
+        relay.handle_backplane_subscribed(now, subscribed);
+        sim.drain();
     }
 }
 

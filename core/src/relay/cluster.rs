@@ -85,6 +85,30 @@ struct Ask {
     deadline: Instant,
 }
 
+/// An answer to a join, held until the subscriptions asked before it are in place: a send
+/// from another node after the answer then reaches the new member, as after
+/// `AddToGroupAsync` on ASP.NET Core's Redis backplane.
+#[derive(Debug)]
+struct HeldAnswer {
+    /// Answered once this many subscriptions are confirmed.
+    after: u64,
+    /// Answered at the latest then, half the answer timeout after the join (the engine may
+    /// be stuck; the node that asked for the join waits the whole answer timeout).
+    deadline: Instant,
+    to: HeldFor,
+}
+
+#[derive(Debug)]
+enum HeldFor {
+    /// This node's app server or REST caller, and what was found.
+    Waiter(Waiter, bool),
+    /// Another node's question.
+    Node { node: String, ask: u64, found: bool },
+}
+
+/// Most answers held for subscriptions: past it, joins are answered at once.
+const MAX_HELD: usize = 10_000;
+
 /// A client result asked of a client on another node.
 #[derive(Debug)]
 struct RemoteCall {
@@ -123,6 +147,9 @@ pub struct BackplaneStats {
     pub undecodable: u64,
     /// Questions to other nodes answered "no" because no answer came in time.
     pub unanswered: u64,
+    /// Joins answered before their channel's subscription was confirmed: the engine did not
+    /// confirm it within the answer timeout.
+    pub joins_unconfirmed: u64,
     /// Times the subscription was found dead (own heartbeats no longer heard).
     pub stale: u64,
     /// Heartbeats with this node's id from another process: two nodes share an id, which
@@ -162,6 +189,12 @@ pub(crate) struct Cluster {
     peers: BTreeMap<String, Peer>,
     peer_of: BTreeMap<ConnHandle, String>,
     subscribed: BTreeSet<String>,
+    /// Subscriptions asked of the engine since it connected, and how many of them it has
+    /// confirmed (it carries them out in order, and says when each is in place).
+    subscribes_asked: u64,
+    subscribes_confirmed: u64,
+    /// Answers to joins, held until the subscriptions asked before them are in place.
+    held: VecDeque<HeldAnswer>,
     asks: BTreeMap<u64, Ask>,
     next_ask: u64,
     /// Client results asked by this node's app servers of clients elsewhere, by invocation
@@ -186,6 +219,9 @@ impl Cluster {
             peers: BTreeMap::new(),
             peer_of: BTreeMap::new(),
             subscribed: BTreeSet::new(),
+            subscribes_asked: 0,
+            subscribes_confirmed: 0,
+            held: VecDeque::new(),
             asks: BTreeMap::new(),
             // Question ids differ from one start of the node to the next, so that a late
             // answer to the previous process's question is not taken for one of this one's.
@@ -228,8 +264,14 @@ impl Cluster {
 
     fn subscribe(&mut self, channel: String) {
         if self.subscribed.insert(channel.clone()) && self.connected {
+            self.subscribes_asked += 1;
             self.out.push_back(Output::Subscribe { channel });
         }
+    }
+
+    /// Some subscription asked of the engine is not yet in place.
+    fn subscribing(&self) -> bool {
+        self.connected && self.subscribes_confirmed < self.subscribes_asked
     }
 
     fn unsubscribe(&mut self, channel: &str) {
@@ -264,6 +306,10 @@ impl Cluster {
         }
         if let Some(p) = self.parked.front() {
             next = next.min(p.deadline);
+        }
+        // Held in order, with one timeout for all.
+        if let Some(h) = self.held.front() {
+            next = next.min(h.deadline);
         }
         next
     }
@@ -310,8 +356,12 @@ impl Relay {
         let mut channels: Vec<String> = c.subscribed.iter().cloned().collect();
         channels.push(c.config.control_channel());
         channels.push(c.config.node_channel(&c.config.node_id));
+        // A new connection: what the last one confirmed counts no more.
+        c.subscribes_asked = 0;
+        c.subscribes_confirmed = 0;
         for channel in channels {
             c.subscribed.insert(channel.clone());
+            c.subscribes_asked += 1;
             c.out.push_back(Output::Subscribe { channel });
         }
         c.next_beat = now;
@@ -325,7 +375,98 @@ impl Relay {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.connected = false;
         }
+        // Nothing crosses while down: holding answers for it would only delay them.
+        self.release_held(now, true);
         self.settle(now);
+    }
+
+    /// The engine has put in place the next `count` of the subscriptions asked of it
+    /// ([`Output::Subscribe`]), in the order asked. Answers to joins held for them go out.
+    pub fn handle_backplane_subscribed(&mut self, now: Instant, count: usize) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.subscribes_confirmed = c
+            .subscribes_confirmed
+            .saturating_add(count as u64)
+            .min(c.subscribes_asked);
+        self.release_held(now, false);
+        self.settle(now);
+    }
+
+    /// Answers `waiter` (`found`) for a join this node carried out: once the subscriptions
+    /// asked so far are in place, so that the group's (or user's) next message from any node
+    /// reaches the new member. At once when none is outstanding.
+    fn answer_joined(
+        &mut self,
+        now: Instant,
+        waiter: Option<Waiter>,
+        found: bool,
+    ) -> (Ran, Option<Waiter>) {
+        self.sync_subscriptions();
+        let Some(waiter) = waiter else {
+            return (Ran::Done(Some(found)), None);
+        };
+        if !self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.subscribing() && c.held.len() < MAX_HELD)
+        {
+            return (Ran::Done(Some(found)), Some(waiter));
+        }
+        let (waiter, request) = match waiter {
+            Waiter::Rest {
+                request: None,
+                found: yes,
+                missing,
+            } => {
+                let request = self.out.hold(super::NO_CONN);
+                let waiter = Waiter::Rest {
+                    request: Some(request),
+                    found: yes,
+                    missing,
+                };
+                (waiter, Some(request))
+            }
+            w => (w, None),
+        };
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.held.push_back(HeldAnswer {
+                after: c.subscribes_asked,
+                deadline: now + c.config.answer_timeout / 2,
+                to: HeldFor::Waiter(waiter, found),
+            });
+        }
+        (Ran::Asked(request), None)
+    }
+
+    /// Gives the held answers whose subscriptions are in place, or whose time is up (`all`:
+    /// every one).
+    fn release_held(&mut self, now: Instant, all: bool) {
+        loop {
+            let Some(c) = self.cluster.as_deref_mut() else {
+                return;
+            };
+            let Some(front) = c.held.front() else {
+                return;
+            };
+            let confirmed = front.after <= c.subscribes_confirmed;
+            if !(all || confirmed || front.deadline <= now) {
+                return;
+            }
+            if !all && !confirmed {
+                c.stats.joins_unconfirmed += 1;
+            }
+            let Some(held) = c.held.pop_front() else {
+                return;
+            };
+            match held.to {
+                HeldFor::Waiter(waiter, found) => self.tell(waiter, found),
+                HeldFor::Node { node, ask, found } => {
+                    c.send_to(&node, &Body::Answer { ask, found });
+                }
+            }
+        }
     }
 
     /// A message arrived on a backplane channel. The message says what it is for; the
@@ -370,9 +511,14 @@ impl Relay {
     /// What the node awaits: questions asked of other nodes, negotiates waiting for a server
     /// connection, client results asked elsewhere (for the fuzzer's end-of-run check).
     #[cfg(any(test, feature = "__fuzz"))]
-    pub(crate) fn cluster_pending(&self) -> (usize, usize, usize) {
-        self.cluster.as_deref().map_or((0, 0, 0), |c| {
-            (c.asks.len(), c.parked.len(), c.remote_calls.len())
+    pub(crate) fn cluster_pending(&self) -> (usize, usize, usize, usize) {
+        self.cluster.as_deref().map_or((0, 0, 0, 0), |c| {
+            (
+                c.asks.len(),
+                c.parked.len(),
+                c.remote_calls.len(),
+                c.held.len(),
+            )
         })
     }
 
@@ -398,6 +544,7 @@ impl Relay {
         for ask in late {
             self.answer(ask, None);
         }
+        self.release_held(now, false);
         self.unpark(now, None);
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
@@ -697,6 +844,9 @@ impl Relay {
             }
             HubCommand::Join { connection, .. } | HubCommand::Leave { connection, .. } => {
                 let Some(node) = node_of(connection).filter(|n| !c.is_me(n)) else {
+                    if ok && matches!(command, HubCommand::Join { .. }) {
+                        return self.answer_joined(now, waiter, ok);
+                    }
                     return (Ran::Done(Some(ok)), waiter);
                 };
                 if !c.alive(node) {
@@ -712,6 +862,9 @@ impl Relay {
             HubCommand::UserJoin { .. } | HubCommand::UserLeave { .. } => {
                 let channel = c.config.control_channel();
                 c.publish(channel, &body(owned(), None));
+                if matches!(command, HubCommand::UserJoin { .. }) {
+                    return self.answer_joined(now, waiter, ok);
+                }
                 (Ran::Done(Some(ok)), waiter)
             }
             HubCommand::Exists(e) => {
@@ -876,11 +1029,28 @@ impl Relay {
                 .and_then(|h| self.carry_out(now, h, None, command))
                 .unwrap_or(false),
         };
-        // Subscriptions first: a member this made hears the group's next message, which the
-        // asker may send as soon as it has the answer.
+        // Subscriptions first, and the answer once they are in place: a member this made
+        // hears the group's next message, which the asker may send as soon as it has the
+        // answer.
         self.sync_subscriptions();
+        let joined = matches!(
+            command,
+            HubCommand::Join { .. } | HubCommand::UserJoin { .. }
+        );
         if let (Some(ask), Some(c)) = (ask, self.cluster.as_deref_mut()) {
-            c.send_to(from, &Body::Answer { ask, found });
+            if joined && c.subscribing() && c.held.len() < MAX_HELD {
+                c.held.push_back(HeldAnswer {
+                    after: c.subscribes_asked,
+                    deadline: now + c.config.answer_timeout / 2,
+                    to: HeldFor::Node {
+                        node: from.to_owned(),
+                        ask,
+                        found,
+                    },
+                });
+            } else {
+                c.send_to(from, &Body::Answer { ask, found });
+            }
         }
     }
 

@@ -330,6 +330,12 @@ pub fn render_prometheus(
             b.stats.unanswered,
         );
         x.single(
+            "backplane_joins_unconfirmed_total",
+            "counter",
+            "Joins answered before the backplane confirmed the group's (or user's) channel: it did not within the answer timeout.",
+            b.stats.joins_unconfirmed,
+        );
+        x.single(
             "backplane_node_id_conflicts_total",
             "counter",
             "Heartbeats with this node's id from another process: two nodes share an id (fix their --node-id).",

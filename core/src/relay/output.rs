@@ -59,8 +59,11 @@ pub enum Output {
         data: Bytes,
     },
     /// Subscribe to a backplane channel, and report what arrives on it with
-    /// [`Relay::handle_backplane`](super::Relay::handle_backplane). After a reconnect, the
-    /// relay asks again for every channel it needs.
+    /// [`Relay::handle_backplane`](super::Relay::handle_backplane). Carry these out in the
+    /// order asked, and report each once the pub/sub service has confirmed it, with
+    /// [`Relay::handle_backplane_subscribed`](super::Relay::handle_backplane_subscribed): the
+    /// relay holds its answers to joins until then. After a reconnect, the relay asks again
+    /// for every channel it needs.
     Subscribe {
         /// The channel.
         channel: String,

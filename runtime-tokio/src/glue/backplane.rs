@@ -60,7 +60,8 @@ pub trait EngineWriter: Send + 'static {
             Ok(())
         }
     }
-    /// Subscribes to `channels`.
+    /// Subscribes to `channels`: done once the service has confirmed every one, so that a
+    /// message published from then on reaches this connection.
     fn subscribe(&mut self, channels: &[String])
         -> impl Future<Output = Result<(), String>> + Send;
     /// Unsubscribes from `channels`.
@@ -200,6 +201,9 @@ pub(crate) enum Request {
 pub(crate) enum Report {
     Up,
     Down,
+    /// This many of the subscriptions asked are in place (the service confirmed them), in
+    /// the order asked.
+    Subscribed(usize),
     Message(String, Bytes),
 }
 
@@ -404,7 +408,17 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
                         Request::Subscribe(c) => Ok(c),
                         other => Err(other),
                     });
-                    with_timeout(&runtime, writer.subscribe(&channels)).await
+                    let done = with_timeout(&runtime, writer.subscribe(&channels)).await;
+                    // The relay answers joins once their channels are in place.
+                    if matches!(done, Some(Ok(())))
+                        && reports
+                            .send(Report::Subscribed(channels.len()).into())
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    done
                 }
                 Request::Unsubscribe(channel) => {
                     let channels = same_kind(channel, &mut requests, &mut next, |r| match r {

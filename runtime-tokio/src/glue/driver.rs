@@ -858,6 +858,9 @@ impl<R: Runtime> Driver<R> {
             DriverInput::Backplane(report) => match report {
                 super::backplane::Report::Up => self.relay.handle_backplane_up(now),
                 super::backplane::Report::Down => self.relay.handle_backplane_down(now),
+                super::backplane::Report::Subscribed(count) => {
+                    self.relay.handle_backplane_subscribed(now, count);
+                }
                 super::backplane::Report::Message(channel, data) => {
                     self.relay.handle_backplane(now, &channel, &data);
                 }

@@ -22,6 +22,10 @@ struct Net {
     resets: Vec<usize>,
     /// Every message published: by which node, on which channel.
     published: Vec<(usize, String, Bytes)>,
+    /// While set, a node's subscriptions wait in `unconfirmed` (not yet in place) until
+    /// [`Net::confirm`]; otherwise the engine puts them in place and confirms them at once.
+    slow_subscribes: bool,
+    unconfirmed: Vec<Vec<String>>,
 }
 
 fn node_config(id: &str) -> RelayConfig {
@@ -46,6 +50,8 @@ impl Net {
             delivered: BTreeMap::new(),
             resets: vec![0; n],
             published: Vec::new(),
+            slow_subscribes: false,
+            unconfirmed: vec![Vec::new(); n],
         };
         for i in 0..n {
             net.up(i);
@@ -57,6 +63,7 @@ impl Net {
     fn up(&mut self, i: usize) {
         self.connected[i] = true;
         self.subs[i].clear();
+        self.unconfirmed[i].clear();
         let (relay, now) = self.nodes[i].relay_mut();
         relay.handle_backplane_up(now);
         self.nodes[i].drain();
@@ -66,6 +73,7 @@ impl Net {
     fn down(&mut self, i: usize) {
         self.connected[i] = false;
         self.subs[i].clear();
+        self.unconfirmed[i].clear();
         let (relay, now) = self.nodes[i].relay_mut();
         relay.handle_backplane_down(now);
         self.nodes[i].drain();
@@ -82,7 +90,14 @@ impl Net {
                     moved = true;
                     match o {
                         Output::Subscribe { channel } if self.connected[i] => {
-                            self.subs[i].insert(channel);
+                            if self.slow_subscribes {
+                                self.unconfirmed[i].push(channel);
+                            } else {
+                                self.subs[i].insert(channel);
+                                let (relay, now) = self.nodes[i].relay_mut();
+                                relay.handle_backplane_subscribed(now, 1);
+                                self.nodes[i].drain();
+                            }
                         }
                         Output::Unsubscribe { channel } => {
                             self.subs[i].remove(&channel);
@@ -114,6 +129,17 @@ impl Net {
                 return;
             }
         }
+    }
+
+    /// Node `i`'s engine puts in place the subscriptions waiting, and confirms them.
+    fn confirm(&mut self, i: usize) {
+        let waiting = std::mem::take(&mut self.unconfirmed[i]);
+        let count = waiting.len();
+        self.subs[i].extend(waiting);
+        let (relay, now) = self.nodes[i].relay_mut();
+        relay.handle_backplane_subscribed(now, count);
+        self.nodes[i].drain();
+        self.pump();
     }
 
     /// Lets time pass on every node, in steps of 100 ms.
@@ -558,6 +584,7 @@ fn a_node_that_restarts_under_its_id_owes_nothing_and_a_shared_id_is_counted() {
     t.net.subs.push(BTreeSet::new());
     t.net.connected.push(false);
     t.net.resets.push(0);
+    t.net.unconfirmed.push(Vec::new());
     t.net.up(3);
     t.net.advance(Duration::from_secs(2));
     for i in [2, 3] {
@@ -652,4 +679,154 @@ fn a_node_without_an_app_server_asks_for_one_and_a_negotiate_waits_for_it() {
         net.nodes[1].handle(&other),
         RequestOutcome::Respond(_)
     ));
+}
+
+/// A group send from n1, which holds no member.
+fn group_send(target: &str) -> ServiceMessage {
+    ServiceMessage::GroupBroadcastData(service::GroupBroadcastData {
+        group: "fresh".into(),
+        excluded_connection_ids: Vec::new(),
+        excluded_user_ids: Vec::new(),
+        caller_user_id: None,
+        payloads: invocation(target),
+        ext: service::Ext::default(),
+    })
+}
+
+fn join(connection_id: &str, ack_id: i32) -> ServiceMessage {
+    join_group(connection_id, "fresh", ack_id)
+}
+
+fn join_group(connection_id: &str, group: &str, ack_id: i32) -> ServiceMessage {
+    ServiceMessage::JoinGroupWithAck(service::GroupMembershipWithAck {
+        connection_id: connection_id.to_owned(),
+        group: Some(group.into()),
+        ack_id,
+        ext: service::Ext::default(),
+    })
+}
+
+#[test]
+fn a_join_is_acknowledged_once_the_groups_channel_is_in_place() {
+    let mut t = three();
+    let (s0, s1) = (t.servers[0], t.servers[1]);
+    let ann = t.clients[0].1.clone();
+    t.net.slow_subscribes = true;
+
+    // n0's app server adds ann (on n0) to a group n0 has no member of: n0 asks for the
+    // group's channel, and the join waits for it.
+    t.net.send(0, s0, &join(&ann, 1));
+    assert!(t.net.unconfirmed[0]
+        .iter()
+        .any(|c| c.ends_with(":g:chat:fresh")));
+    assert_eq!(
+        t.net.acks(0, s0),
+        vec![],
+        "acknowledged before the channel is in place"
+    );
+    // Meanwhile a send from n1 is lost, as Redis loses it: nobody told the app server
+    // that ann is in the group yet.
+    t.net.send(1, s1, &group_send("early"));
+    assert_eq!(t.who_got("early"), Vec::<usize>::new());
+
+    t.net.confirm(0);
+    assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
+    t.net.send(1, s1, &group_send("after-ack"));
+    assert_eq!(t.who_got("after-ack"), vec![0]);
+
+    // A join to a group already subscribed here is acknowledged at once.
+    let ann2 = t.clients[2].1.clone();
+    t.net.send(2, t.servers[2], &join(&ann2, 2));
+    assert_eq!(t.net.acks(2, t.servers[2]), vec![], "n2 subscribes first");
+    t.net.confirm(2);
+    assert_eq!(
+        t.net.acks(2, t.servers[2]),
+        vec![(2, service::AckStatus::Ok)]
+    );
+    t.net.send(0, s0, &join(&ann, 3));
+    assert_eq!(t.net.acks(0, s0).last(), Some(&(3, service::AckStatus::Ok)));
+}
+
+#[test]
+fn a_join_asked_of_another_node_is_answered_once_its_channel_is_in_place() {
+    let mut t = three();
+    let (s0, s1) = (t.servers[0], t.servers[1]);
+    let bob = t.clients[1].1.clone();
+    t.net.slow_subscribes = true;
+
+    // n0's app server adds bob (on n1): n1 joins him, and answers once subscribed.
+    t.net.send(0, s0, &join(&bob, 1));
+    assert!(t.net.unconfirmed[1]
+        .iter()
+        .any(|c| c.ends_with(":g:chat:fresh")));
+    assert_eq!(t.net.acks(0, s0), vec![]);
+    t.net.confirm(1);
+    assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
+    t.net.send(0, s0, &group_send("after-ack"));
+    assert_eq!(t.who_got("after-ack"), vec![1]);
+
+    // Never confirmed: n1 answers before n0 stops waiting, so the join (made) is "found".
+    t.net
+        .send(1, s1, &join_group(&t.clients[0].1, "unconfirmed", 2));
+    t.net.advance(Duration::from_secs(4));
+    assert_eq!(t.net.acks(1, s1), vec![(2, service::AckStatus::Ok)]);
+}
+
+#[test]
+fn a_rest_join_is_answered_once_the_groups_channel_is_in_place() {
+    let mut t = three();
+    let ann = t.clients[0].1.clone();
+    t.net.slow_subscribes = true;
+    let req = super::rest::rest(
+        "PUT",
+        &format!("/api/hubs/chat/groups/fresh/connections/{ann}"),
+        "api-version=2022-06-01",
+        b"",
+    );
+    let RequestOutcome::Pending(waiting) = t.net.nodes[0].handle(&req) else {
+        panic!("the join should wait for its channel")
+    };
+    t.net.nodes[0].drain();
+    t.net.pump();
+    assert!(!t.net.nodes[0].responses.contains_key(&waiting));
+    t.net.confirm(0);
+    assert_eq!(t.net.nodes[0].responses[&waiting].status, 200);
+    t.net.send(1, t.servers[1], &group_send("after-rest"));
+    assert_eq!(t.who_got("after-rest"), vec![0]);
+}
+
+#[test]
+fn a_held_join_is_answered_anyway_when_the_engine_never_confirms_or_goes_down() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let ann = t.clients[0].1.clone();
+    t.net.slow_subscribes = true;
+
+    // Never confirmed: answered after half the answer timeout (1.5 s), as the join was made
+    // (a node that asked for it waits the whole timeout).
+    t.net.send(0, s0, &join(&ann, 1));
+    t.net.advance(Duration::from_secs(1));
+    assert_eq!(t.net.acks(0, s0), vec![]);
+    t.net.advance(Duration::from_secs(1));
+    assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
+    assert_eq!(t.net.nodes[0].relay().cluster_pending().3, 0);
+    let stats = |t: &Three, i: usize| {
+        t.net.nodes[i]
+            .relay()
+            .backplane_status()
+            .expect("a node")
+            .stats
+    };
+    assert_eq!(stats(&t, 0).joins_unconfirmed, 1);
+
+    // The engine goes down: nothing crosses, and the answer goes at once.
+    let bob = t.clients[1].1.clone();
+    t.net.send(1, t.servers[1], &join_group(&bob, "other", 7));
+    assert_eq!(t.net.acks(1, t.servers[1]), vec![]);
+    t.net.down(1);
+    assert_eq!(
+        t.net.acks(1, t.servers[1]),
+        vec![(7, service::AckStatus::Ok)]
+    );
+    assert_eq!(stats(&t, 1).joins_unconfirmed, 0, "the engine went down");
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// A REST request signed for its own URL, as the Management SDK signs it (the audience has
 /// the `api-version`; `excluded` and `reason` come after signing).
-fn rest(method: &str, path: &str, query: &str, body: &[u8]) -> HttpRequest {
+pub(super) fn rest(method: &str, path: &str, query: &str, body: &[u8]) -> HttpRequest {
     let signed_query = query
         .split('&')
         .filter(|p| p.starts_with("api-version="))
