@@ -2,7 +2,7 @@
 'use strict';
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { Stack, collect, sleep, SAMPLE_HUBS } = require('./harness');
+const { Stack, collect, sleep, until, SAMPLE_HUBS } = require('./harness');
 
 const stacks = [];
 after(async () => { for (const s of stacks) await s.stop(); });
@@ -47,7 +47,8 @@ test('a killed server connection closes only its clients, with a reason; the SDK
   const victim = stack.proxy.connections().reduce((a, b) => (traffic_of(b) > traffic_of(a) ? b : a));
   victim.client.destroy();
   victim.upstream.destroy();
-  await sleep(500);
+  // Until its clients hear (on a loaded machine it may take more than a moment).
+  await until(() => clients.some((c) => c.state === 'Disconnected'), 'no client of the cut connection was closed', 10000);
   stop = true;
   await traffic;
 
