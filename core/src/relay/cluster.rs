@@ -148,7 +148,7 @@ pub struct BackplaneStats {
     /// Questions to other nodes answered "no" because no answer came in time.
     pub unanswered: u64,
     /// Joins answered before their channel's subscription was confirmed: the engine did not
-    /// confirm it within the answer timeout.
+    /// confirm it within half the answer timeout, or too many answers were waiting already.
     pub joins_unconfirmed: u64,
     /// Times the subscription was found dead (own heartbeats no longer heard).
     pub stale: u64,
@@ -364,6 +364,10 @@ impl Relay {
             c.subscribes_asked += 1;
             c.out.push_back(Output::Subscribe { channel });
         }
+        // Answers still held (to other nodes, kept while down) wait for this connection's.
+        for held in &mut c.held {
+            held.after = c.subscribes_asked;
+        }
         c.next_beat = now;
         self.cluster_tick(now);
         self.settle(now);
@@ -375,8 +379,9 @@ impl Relay {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.connected = false;
         }
-        // Nothing crosses while down: holding answers for it would only delay them.
-        self.release_held(now, true);
+        // Nothing crosses while down: this node's callers are answered now. Answers to
+        // other nodes cannot go until it is up again, and wait for it (or their time).
+        self.release_held_for_callers();
         self.settle(now);
     }
 
@@ -407,11 +412,11 @@ impl Relay {
         let Some(waiter) = waiter else {
             return (Ran::Done(Some(found)), None);
         };
-        if !self
-            .cluster
-            .as_deref()
-            .is_some_and(|c| c.subscribing() && c.held.len() < MAX_HELD)
-        {
+        let Some(c) = self.cluster.as_deref_mut().filter(|c| c.subscribing()) else {
+            return (Ran::Done(Some(found)), Some(waiter));
+        };
+        if c.held.len() >= MAX_HELD {
+            c.stats.joins_unconfirmed += 1;
             return (Ran::Done(Some(found)), Some(waiter));
         }
         let (waiter, request) = match waiter {
@@ -440,9 +445,27 @@ impl Relay {
         (Ran::Asked(request), None)
     }
 
+    /// Answers this node's own callers at once (the backplane is down), keeping the answers
+    /// to other nodes.
+    fn release_held_for_callers(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let (mine, others): (VecDeque<HeldAnswer>, VecDeque<HeldAnswer>) =
+            std::mem::take(&mut c.held)
+                .into_iter()
+                .partition(|h| matches!(h.to, HeldFor::Waiter(..)));
+        c.held = others;
+        for held in mine {
+            if let HeldFor::Waiter(waiter, found) = held.to {
+                self.tell(waiter, found);
+            }
+        }
+    }
+
     /// Gives the held answers whose subscriptions are in place, or whose time is up (`all`:
     /// every one).
-    fn release_held(&mut self, now: Instant, all: bool) {
+    pub(crate) fn release_held(&mut self, now: Instant, all: bool) {
         loop {
             let Some(c) = self.cluster.as_deref_mut() else {
                 return;
@@ -1033,11 +1056,12 @@ impl Relay {
         // hears the group's next message, which the asker may send as soon as it has the
         // answer.
         self.sync_subscriptions();
-        let joined = matches!(
-            command,
-            HubCommand::Join { .. } | HubCommand::UserJoin { .. }
-        );
+        // (A user's membership is told to every node, and not asked.)
+        let joined = found && matches!(command, HubCommand::Join { .. });
         if let (Some(ask), Some(c)) = (ask, self.cluster.as_deref_mut()) {
+            if joined && c.subscribing() && c.held.len() >= MAX_HELD {
+                c.stats.joins_unconfirmed += 1;
+            }
             if joined && c.subscribing() && c.held.len() < MAX_HELD {
                 c.held.push_back(HeldAnswer {
                     after: c.subscribes_asked,

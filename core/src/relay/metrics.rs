@@ -332,7 +332,7 @@ pub fn render_prometheus(
         x.single(
             "backplane_joins_unconfirmed_total",
             "counter",
-            "Joins answered before the backplane confirmed the group's (or user's) channel: it did not within the answer timeout.",
+            "Joins answered before the backplane confirmed the group's channel: not within half the answer timeout, or too many were waiting.",
             b.stats.joins_unconfirmed,
         );
         x.single(

@@ -283,6 +283,8 @@ impl Relay {
             return;
         }
         self.draining = true;
+        // What waits for a subscription is answered now: the node is going.
+        self.release_held(now, true);
         self.cluster_bye();
         let conns: Vec<ConnHandle> = self.clients.map.keys().copied().collect();
         for conn in conns {

@@ -190,8 +190,11 @@ impl EngineReader for RedisReader {
 #[derive(Debug)]
 pub(crate) enum Request {
     Publish(String, Bytes),
-    Subscribe(String),
-    Unsubscribe(String),
+    /// A channel, asked for the engine's connection the relay last heard of (the count of
+    /// [`Report::Up`]s it had handled): one asked for an earlier connection is dropped, as
+    /// the relay asks again for every channel it needs when it hears of a new one.
+    Subscribe(String, u64),
+    Unsubscribe(String, u64),
     /// Drop the connection and connect again (the subscription looks dead).
     Reset,
 }
@@ -211,6 +214,8 @@ pub(crate) enum Report {
 #[derive(Clone)]
 pub(crate) struct Link {
     requests: mpsc::UnboundedSender<Request>,
+    /// The engine's connections the relay has heard of ([`Link::up`]).
+    connection: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     limit: usize,
     /// Publishes dropped because the queue was full.
@@ -240,6 +245,23 @@ impl Link {
             self.queued.fetch_add(size, Ordering::Relaxed);
         }
         let _ = self.requests.unbounded_send(request);
+    }
+
+    /// The relay heard [`Report::Up`]: what it asks from now on is for the new connection.
+    pub(crate) fn up(&self) {
+        self.connection.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks for `channel`, on the engine's connection the relay last heard of.
+    pub(crate) fn subscribe(&self, channel: String) {
+        let connection = self.connection.load(Ordering::Relaxed);
+        self.send(Request::Subscribe(channel, connection));
+    }
+
+    /// Leaves `channel`, on the engine's connection the relay last heard of.
+    pub(crate) fn unsubscribe(&self, channel: String) {
+        let connection = self.connection.load(Ordering::Relaxed);
+        self.send(Request::Unsubscribe(channel, connection));
     }
 }
 
@@ -283,6 +305,7 @@ pub(crate) fn start<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
     let (tx, rx) = mpsc::unbounded();
     let link = Link {
         requests: tx,
+        connection: Arc::default(),
         queued: Arc::default(),
         limit,
         dropped: Arc::default(),
@@ -307,6 +330,8 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
 ) {
     let mut backoff = BACKOFF.0;
     let mut lost_after: Option<Duration> = None;
+    // Connections made, as the relay counts the Ups it hears.
+    let mut connection = 0u64;
     loop {
         // After a lost connection, a wait before the next (none after a healthy one's loss,
         // the full backoff after one that failed at once: a Redis that refuses what the node
@@ -344,6 +369,7 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
         };
         let since = runtime.now();
         tracing::info!("backplane: connected");
+        connection += 1;
         if reports.send(Report::Up.into()).await.is_err() {
             return;
         }
@@ -380,6 +406,14 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
                     Either::Right(_) => break "the subscription ended".to_owned(),
                 },
             };
+            // Asked for an earlier connection, before the relay heard of this one: it asks
+            // again, for this one, for every channel it needs (and a confirmation here would
+            // be counted against what it asks for this one).
+            if let Request::Subscribe(_, of) | Request::Unsubscribe(_, of) = &request {
+                if *of != connection {
+                    continue;
+                }
+            }
             let done = match request {
                 Request::Publish(channel, data) => {
                     // Everything queued behind it that is a publish goes in the same batch
@@ -403,11 +437,12 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
                     link.queued.fetch_sub(size, Ordering::Relaxed);
                     with_timeout(&runtime, writer.publish_all(batch)).await
                 }
-                Request::Subscribe(channel) => {
-                    let channels = same_kind(channel, &mut requests, &mut next, |r| match r {
-                        Request::Subscribe(c) => Ok(c),
-                        other => Err(other),
-                    });
+                Request::Subscribe(channel, _) => {
+                    let channels =
+                        same_kind(channel, connection, &mut requests, &mut next, |r| match r {
+                            Request::Subscribe(c, of) => Ok((c, of)),
+                            other => Err(other),
+                        });
                     let done = with_timeout(&runtime, writer.subscribe(&channels)).await;
                     // The relay answers joins once their channels are in place.
                     if matches!(done, Some(Ok(())))
@@ -420,11 +455,12 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
                     }
                     done
                 }
-                Request::Unsubscribe(channel) => {
-                    let channels = same_kind(channel, &mut requests, &mut next, |r| match r {
-                        Request::Unsubscribe(c) => Ok(c),
-                        other => Err(other),
-                    });
+                Request::Unsubscribe(channel, _) => {
+                    let channels =
+                        same_kind(channel, connection, &mut requests, &mut next, |r| match r {
+                            Request::Unsubscribe(c, of) => Ok((c, of)),
+                            other => Err(other),
+                        });
                     with_timeout(&runtime, writer.unsubscribe(&channels)).await
                 }
                 Request::Reset => break "the relay no longer hears its own heartbeats".to_owned(),
@@ -450,17 +486,20 @@ async fn run<R: Runtime, E: Engine, T: From<Report> + Send + 'static>(
 }
 
 /// `first`, and the channels of the requests of the same kind queued right behind it (up to
-/// [`MAX_BATCH`]); a request of another kind is left in `next`.
+/// [`MAX_BATCH`]), but those asked for an earlier connection than `connection` (dropped); a
+/// request of another kind is left in `next`.
 fn same_kind(
     first: String,
+    connection: u64,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     next: &mut Option<Request>,
-    channel_of: fn(Request) -> Result<String, Request>,
+    channel_of: fn(Request) -> Result<(String, u64), Request>,
 ) -> Vec<String> {
     let mut channels = vec![first];
     while channels.len() < MAX_BATCH {
         match requests.try_recv().map(channel_of) {
-            Ok(Ok(c)) => channels.push(c),
+            Ok(Ok((c, of))) if of == connection => channels.push(c),
+            Ok(Ok(_)) => {}
             Ok(Err(other)) => {
                 *next = Some(other);
                 break;
@@ -496,5 +535,101 @@ async fn with_timeout<R: Runtime, T>(runtime: &R, f: impl Future<Output = T>) ->
     match select(std::pin::pin!(f), deadline).await {
         Either::Left((t, _)) => Some(t),
         Either::Right(_) => None,
+    }
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An engine in memory: each connection's subscriptions are logged with its number, and
+    /// the test ends the newest connection at will.
+    #[derive(Clone, Default)]
+    struct Fake {
+        connections: Arc<Mutex<u64>>,
+        subscribed: Arc<Mutex<Vec<(u64, String)>>>,
+        end: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+    }
+
+    struct FakeWriter {
+        connection: u64,
+        subscribed: Arc<Mutex<Vec<(u64, String)>>>,
+    }
+
+    struct FakeReader(oneshot::Receiver<()>);
+
+    impl Engine for Fake {
+        type Writer = FakeWriter;
+        type Reader = FakeReader;
+
+        async fn connect(&self) -> Result<(FakeWriter, FakeReader), String> {
+            let mut n = self.connections.lock().expect("the lock");
+            *n += 1;
+            let (end, ended) = oneshot::channel();
+            *self.end.lock().expect("the lock") = Some(end);
+            let writer = FakeWriter {
+                connection: *n,
+                subscribed: self.subscribed.clone(),
+            };
+            Ok((writer, FakeReader(ended)))
+        }
+    }
+
+    impl EngineWriter for FakeWriter {
+        async fn publish(&mut self, _: &str, _: Bytes) -> Result<(), String> {
+            Ok(())
+        }
+
+        async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
+            let mut log = self.subscribed.lock().expect("the lock");
+            log.extend(channels.iter().map(|c| (self.connection, c.clone())));
+            Ok(())
+        }
+
+        async fn unsubscribe(&mut self, _: &[String]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    impl EngineReader for FakeReader {
+        async fn next(&mut self) -> Option<(String, Bytes)> {
+            let _ = (&mut self.0).await;
+            None
+        }
+    }
+
+    async fn report(reports: &mut mpsc::Receiver<Report>) -> Report {
+        let wait = tokio::time::timeout(Duration::from_secs(10), reports.next());
+        wait.await
+            .expect("a report in time")
+            .expect("the engine runs")
+    }
+
+    #[tokio::test]
+    async fn a_subscription_asked_for_a_lost_connection_is_not_made_or_confirmed_on_the_next() {
+        let engine = Fake::default();
+        let (tx, mut reports) = mpsc::channel::<Report>(16);
+        let link = start(&crate::TokioRuntime, engine.clone(), 1 << 20, tx);
+        assert!(matches!(report(&mut reports).await, Report::Up));
+        link.up();
+        link.subscribe("a".into());
+        assert!(matches!(report(&mut reports).await, Report::Subscribed(1)));
+
+        // The connection is lost; the engine connects again and says so.
+        drop(engine.end.lock().expect("the lock").take());
+        assert!(matches!(report(&mut reports).await, Report::Down));
+        assert!(matches!(report(&mut reports).await, Report::Up));
+        // The relay asks for a channel before it has heard of the new connection (its Up
+        // is still queued), then, having heard, for what it needs on the new one.
+        link.subscribe("stale".into());
+        link.up();
+        link.subscribe("b".into());
+        assert!(matches!(report(&mut reports).await, Report::Subscribed(1)));
+        assert_eq!(
+            *engine.subscribed.lock().expect("the lock"),
+            vec![(1, "a".to_owned()), (2, "b".to_owned())]
+        );
     }
 }

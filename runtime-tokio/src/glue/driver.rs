@@ -856,7 +856,12 @@ impl<R: Runtime> Driver<R> {
             }
             DriverInput::UpstreamSettings(settings) => self.relay.set_upstream(settings),
             DriverInput::Backplane(report) => match report {
-                super::backplane::Report::Up => self.relay.handle_backplane_up(now),
+                super::backplane::Report::Up => {
+                    if let Some(link) = &self.backplane {
+                        link.up();
+                    }
+                    self.relay.handle_backplane_up(now);
+                }
                 super::backplane::Report::Down => self.relay.handle_backplane_down(now),
                 super::backplane::Report::Subscribed(count) => {
                     self.relay.handle_backplane_subscribed(now, count);
@@ -1016,11 +1021,15 @@ impl<R: Runtime> Driver<R> {
                         continue;
                     }
                     Output::Subscribe { channel } => {
-                        self.to_backplane(super::backplane::Request::Subscribe(channel));
+                        if let Some(link) = &self.backplane {
+                            link.subscribe(channel);
+                        }
                         continue;
                     }
                     Output::Unsubscribe { channel } => {
-                        self.to_backplane(super::backplane::Request::Unsubscribe(channel));
+                        if let Some(link) = &self.backplane {
+                            link.unsubscribe(channel);
+                        }
                         continue;
                     }
                     Output::ResetBackplane => {

@@ -25,7 +25,8 @@ struct Net {
     /// While set, a node's subscriptions wait in `unconfirmed` (not yet in place) until
     /// [`Net::confirm`]; otherwise the engine puts them in place and confirms them at once.
     slow_subscribes: bool,
-    unconfirmed: Vec<Vec<String>>,
+    /// Each with whether an unsubscribe came behind it (in place, then gone, once confirmed).
+    unconfirmed: Vec<Vec<(String, bool)>>,
 }
 
 fn node_config(id: &str) -> RelayConfig {
@@ -91,7 +92,7 @@ impl Net {
                     match o {
                         Output::Subscribe { channel } if self.connected[i] => {
                             if self.slow_subscribes {
-                                self.unconfirmed[i].push(channel);
+                                self.unconfirmed[i].push((channel, false));
                             } else {
                                 self.subs[i].insert(channel);
                                 let (relay, now) = self.nodes[i].relay_mut();
@@ -101,6 +102,10 @@ impl Net {
                         }
                         Output::Unsubscribe { channel } => {
                             self.subs[i].remove(&channel);
+                            let mut waiting = self.unconfirmed[i].iter_mut().rev();
+                            if let Some(w) = waiting.find(|w| w.0 == channel) {
+                                w.1 = true;
+                            }
                         }
                         Output::ResetBackplane => self.resets[i] += 1,
                         Output::Publish { channel, data } if self.connected[i] => {
@@ -133,9 +138,14 @@ impl Net {
 
     /// Node `i`'s engine puts in place the subscriptions waiting, and confirms them.
     fn confirm(&mut self, i: usize) {
-        let waiting = std::mem::take(&mut self.unconfirmed[i]);
-        let count = waiting.len();
-        self.subs[i].extend(waiting);
+        self.confirm_first(i, self.unconfirmed[i].len());
+    }
+
+    /// Node `i`'s engine puts in place the first `count` subscriptions waiting, and confirms
+    /// them.
+    fn confirm_first(&mut self, i: usize, count: usize) {
+        let waiting: Vec<(String, bool)> = self.unconfirmed[i].drain(..count).collect();
+        self.subs[i].extend(waiting.into_iter().filter(|w| !w.1).map(|w| w.0));
         let (relay, now) = self.nodes[i].relay_mut();
         relay.handle_backplane_subscribed(now, count);
         self.nodes[i].drain();
@@ -718,7 +728,7 @@ fn a_join_is_acknowledged_once_the_groups_channel_is_in_place() {
     t.net.send(0, s0, &join(&ann, 1));
     assert!(t.net.unconfirmed[0]
         .iter()
-        .any(|c| c.ends_with(":g:chat:fresh")));
+        .any(|c| c.0.ends_with(":g:chat:fresh")));
     assert_eq!(
         t.net.acks(0, s0),
         vec![],
@@ -758,7 +768,7 @@ fn a_join_asked_of_another_node_is_answered_once_its_channel_is_in_place() {
     t.net.send(0, s0, &join(&bob, 1));
     assert!(t.net.unconfirmed[1]
         .iter()
-        .any(|c| c.ends_with(":g:chat:fresh")));
+        .any(|c| c.0.ends_with(":g:chat:fresh")));
     assert_eq!(t.net.acks(0, s0), vec![]);
     t.net.confirm(1);
     assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
@@ -829,4 +839,42 @@ fn a_held_join_is_answered_anyway_when_the_engine_never_confirms_or_goes_down() 
         vec![(7, service::AckStatus::Ok)]
     );
     assert_eq!(stats(&t, 1).joins_unconfirmed, 0, "the engine went down");
+}
+
+#[test]
+fn held_joins_are_answered_in_the_order_their_subscriptions_are_confirmed() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let ann = t.clients[0].1.clone();
+    t.net.slow_subscribes = true;
+    t.net.send(0, s0, &join_group(&ann, "first", 1));
+    t.net.send(0, s0, &join_group(&ann, "second", 2));
+    assert_eq!(t.net.unconfirmed[0].len(), 2);
+    t.net.confirm_first(0, 1);
+    assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
+    t.net.confirm(0);
+    assert_eq!(
+        t.net.acks(0, s0),
+        vec![(1, service::AckStatus::Ok), (2, service::AckStatus::Ok)]
+    );
+}
+
+#[test]
+fn an_answer_to_another_node_held_while_the_engine_reconnects_goes_once_it_is_back() {
+    let mut t = three();
+    let s0 = t.servers[0];
+    let bob = t.clients[1].1.clone();
+    t.net.slow_subscribes = true;
+    // n0 asks n1 to add bob; n1 holds its answer for the group's channel, and its engine
+    // drops. The answer cannot cross while down: it waits, rather than being lost.
+    t.net.send(0, s0, &join(&bob, 1));
+    t.net.down(1);
+    assert_eq!(t.net.acks(0, s0), vec![]);
+    // Back: n1 asks again for every channel, and answers once they are in place.
+    t.net.up(1);
+    assert_eq!(t.net.acks(0, s0), vec![]);
+    t.net.confirm(1);
+    assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
+    t.net.send(0, s0, &group_send("after-ack"));
+    assert_eq!(t.who_got("after-ack"), vec![1]);
 }
