@@ -6,7 +6,7 @@
 const { test, before, after, describe } = require('node:test');
 const assert = require('node:assert/strict');
 const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
-const { Stack, next, collect, sleep, signalR } = require('./harness');
+const { Stack, next, collect, sleep, until, signalR } = require('./harness');
 
 /// The MessagePack protocol under Blazor's name, as Blazor's own script builds it.
 function blazorpack() {
@@ -229,10 +229,18 @@ describe('the token policy (asrs.s.*) an app server writes', () => {
   });
 
   test('a sticky-Required client whose app server has gone gets a clear error, and never another server', async () => {
+    // The app servers of testhub the relay holds, as its metrics say.
+    const appServers = async () => {
+      const text = await (await fetch(`http://${stack.relayAddr}/metrics`)).text();
+      return Number((text.match(/^signalr_relay_app_servers\{hub="testhub"\} (\d+)$/m) || [])[1] ?? 0);
+    };
+    const before = await appServers();
     const other = await stack.startApp(['--server-id', 'app-c', '--server-sticky', 'required']);
+    await until(async () => (await appServers()) > before, 'app-c never attached');
     const { url, accessToken } = await redirect(other.addr, 'testhub');
     other.app.child.kill('SIGKILL');
-    await sleep(300);
+    // Until the relay has seen it go (at once, on a machine that is not loaded).
+    await until(async () => (await appServers()) === before, 'the relay never saw app-c go');
     const c = new signalR.HubConnectionBuilder()
       .withUrl(url, { accessTokenFactory: () => accessToken })
       .configureLogging(signalR.LogLevel.None)
