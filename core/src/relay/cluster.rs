@@ -274,6 +274,29 @@ impl Cluster {
         self.connected && self.subscribes_confirmed < self.subscribes_asked
     }
 
+    /// Whether an answer to a join is to wait for the subscriptions asked so far: some is not
+    /// yet in place, and there is room (past it, the answer goes at once, and is counted).
+    fn may_hold(&mut self) -> bool {
+        if !self.subscribing() {
+            return false;
+        }
+        if self.held.len() >= MAX_HELD {
+            self.stats.joins_unconfirmed += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Holds `to` until the subscriptions asked so far are in place, or half the answer
+    /// timeout has passed.
+    fn hold(&mut self, now: Instant, to: HeldFor) {
+        self.held.push_back(HeldAnswer {
+            after: self.subscribes_asked,
+            deadline: now + self.config.answer_timeout / 2,
+            to,
+        });
+    }
+
     fn unsubscribe(&mut self, channel: &str) {
         if self.subscribed.remove(channel) && self.connected {
             self.out.push_back(Output::Unsubscribe {
@@ -412,37 +435,35 @@ impl Relay {
         let Some(waiter) = waiter else {
             return (Ran::Done(Some(found)), None);
         };
-        let Some(c) = self.cluster.as_deref_mut().filter(|c| c.subscribing()) else {
-            return (Ran::Done(Some(found)), Some(waiter));
-        };
-        if c.held.len() >= MAX_HELD {
-            c.stats.joins_unconfirmed += 1;
+        if !self.cluster.as_deref_mut().is_some_and(Cluster::may_hold) {
             return (Ran::Done(Some(found)), Some(waiter));
         }
-        let (waiter, request) = match waiter {
+        let (waiter, request) = self.hold_request(waiter);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.hold(now, HeldFor::Waiter(waiter, found));
+        }
+        (Ran::Asked(request), None)
+    }
+
+    /// `waiter`, with its REST request (if it is one) held for a later response, and that
+    /// request.
+    fn hold_request(&mut self, waiter: Waiter) -> (Waiter, Option<RequestId>) {
+        match waiter {
             Waiter::Rest {
                 request: None,
-                found: yes,
+                found,
                 missing,
             } => {
                 let request = self.out.hold(super::NO_CONN);
                 let waiter = Waiter::Rest {
                     request: Some(request),
-                    found: yes,
+                    found,
                     missing,
                 };
                 (waiter, Some(request))
             }
             w => (w, None),
-        };
-        if let Some(c) = self.cluster.as_deref_mut() {
-            c.held.push_back(HeldAnswer {
-                after: c.subscribes_asked,
-                deadline: now + c.config.answer_timeout / 2,
-                to: HeldFor::Waiter(waiter, found),
-            });
         }
-        (Ran::Asked(request), None)
     }
 
     /// Answers this node's own callers at once (the backplane is down), keeping the answers
@@ -935,22 +956,7 @@ impl Relay {
         {
             return (Ran::Done(Some(false)), Some(waiter));
         }
-        let (waiter, held) = match waiter {
-            Waiter::Rest {
-                request: None,
-                found,
-                missing,
-            } => {
-                let request = self.out.hold(super::NO_CONN);
-                let waiter = Waiter::Rest {
-                    request: Some(request),
-                    found,
-                    missing,
-                };
-                (waiter, Some(request))
-            }
-            w => (w, None),
-        };
+        let (waiter, held) = self.hold_request(waiter);
         let Some(c) = self.cluster.as_deref_mut() else {
             return (Ran::Done(Some(false)), None);
         };
@@ -1059,19 +1065,9 @@ impl Relay {
         // (A user's membership is told to every node, and not asked.)
         let joined = found && matches!(command, HubCommand::Join { .. });
         if let (Some(ask), Some(c)) = (ask, self.cluster.as_deref_mut()) {
-            if joined && c.subscribing() && c.held.len() >= MAX_HELD {
-                c.stats.joins_unconfirmed += 1;
-            }
-            if joined && c.subscribing() && c.held.len() < MAX_HELD {
-                c.held.push_back(HeldAnswer {
-                    after: c.subscribes_asked,
-                    deadline: now + c.config.answer_timeout / 2,
-                    to: HeldFor::Node {
-                        node: from.to_owned(),
-                        ask,
-                        found,
-                    },
-                });
+            if joined && c.may_hold() {
+                let node = from.to_owned();
+                c.hold(now, HeldFor::Node { node, ask, found });
             } else {
                 c.send_to(from, &Body::Answer { ask, found });
             }
