@@ -126,13 +126,52 @@ test('clients on different nodes hear each other: groups, users and broadcasts, 
   await joinsWaitedForRedis();
 });
 
-/// Every join so far was answered once Redis had confirmed its channel's subscription (none
-/// answered because the confirmation did not come in time).
+/// Every join so far was answered, and every client opened, once Redis had confirmed the
+/// subscriptions asked before (none went because the confirmation did not come in time).
 async function joinsWaitedForRedis() {
   for (const n of nodes) {
-    assert.equal((await metrics(n.addr)).signalr_relay_backplane_joins_unconfirmed_total, 0, n.id);
+    const m = await metrics(n.addr);
+    assert.equal(m.signalr_relay_backplane_joins_unconfirmed_total, 0, n.id);
+    assert.equal(m.signalr_relay_backplane_opens_unconfirmed_total, 0, n.id);
   }
 }
+
+test('a new user\'s client hears a send to its user from another node as soon as it has connected', async () => {
+  const cs = await spread('opening');
+  for (let i = 0; i < 6; i += 1) {
+    // A user no node has seen: its node asks Redis for the user's channel, and the app server
+    // hears of the client (and its start() completes) once Redis has it.
+    const user = `opening-new-${i}-${crypto.randomBytes(4).toString('hex')}`;
+    const c = await connect(user);
+    const from = cs.find((s) => nodeOf(s) !== nodeOf(c));
+    const got = next(c, 'userMessage');
+    await from.invoke('SendToUser', user, `to ${user}`);
+    assert.deepEqual(await got, [`to ${user}`]);
+  }
+  await joinsWaitedForRedis();
+});
+
+test('while Redis holds every command, a new user\'s client is not opened: its start completes after Redis resumes', async () => {
+  const { execFile, execFileSync } = require('node:child_process');
+  const cli = (...args) => [process.env.REDIS_CLI || '/usr/bin/redis-cli', ['-p', new URL(redis.url).port, ...args]];
+  const cs = await spread('paused');
+  // Redis takes no command from its clients for a second (well under the 1.5 s a client is
+  // held at most): the node cannot subscribe to the new user's channel until then. A PING
+  // sent now is answered when Redis resumes.
+  assert.equal(execFileSync(...cli('CLIENT', 'PAUSE', '1000', 'ALL')).toString().trim(), 'OK');
+  const resumed = new Promise((resolve, reject) => {
+    execFile(...cli('PING'), (err, out) => (err ? reject(err) : resolve(`redis ${out.trim()}`)));
+  });
+  const user = `paused-new-${crypto.randomBytes(4).toString('hex')}`;
+  const started = connect(user);
+  assert.equal(await Promise.race([resumed, started.then(() => 'client started')]), 'redis PONG');
+  const c = await started;
+  const from = cs.find((s) => nodeOf(s) !== nodeOf(c));
+  const got = next(c, 'userMessage');
+  await from.invoke('SendToUser', user, 'after the pause');
+  assert.deepEqual(await got, ['after the pause']);
+  await joinsWaitedForRedis();
+});
 
 test('the REST API at any node reaches clients on every node, and answers for connections held elsewhere', async () => {
   const cs = await spread('rest', { transport: 'ServerSentEvents', msgpack: false });

@@ -85,9 +85,10 @@ struct Ask {
     deadline: Instant,
 }
 
-/// An answer to a join, held until the subscriptions asked before it are in place: a send
-/// from another node after the answer then reaches the new member, as after
-/// `AddToGroupAsync` on ASP.NET Core's Redis backplane.
+/// An answer to a join, or a client's opening, held until the subscriptions asked before it
+/// are in place: a send from another node after the answer (or from the app server once it
+/// hears of the client) then reaches the new member, as after `AddToGroupAsync` (and before
+/// `OnConnectedAsync`) on ASP.NET Core's Redis backplane.
 #[derive(Debug)]
 struct HeldAnswer {
     /// Answered once this many subscriptions are confirmed.
@@ -99,11 +100,13 @@ struct HeldAnswer {
 }
 
 #[derive(Debug)]
-enum HeldFor {
+pub(crate) enum HeldFor {
     /// This node's app server or REST caller, and what was found.
     Waiter(Waiter, bool),
     /// Another node's question.
     Node { node: String, ask: u64, found: bool },
+    /// A client of this node, opened once its user's (and hub's) channels are in place.
+    Open(ConnHandle),
 }
 
 /// Most answers held for subscriptions: past it, joins are answered at once.
@@ -150,6 +153,9 @@ pub struct BackplaneStats {
     /// Joins answered before their channel's subscription was confirmed: the engine did not
     /// confirm it within half the answer timeout, or too many answers were waiting already.
     pub joins_unconfirmed: u64,
+    /// Clients opened before their user's (or hub's) channel was confirmed, for the same
+    /// reasons.
+    pub opens_unconfirmed: u64,
     /// Times the subscription was found dead (own heartbeats no longer heard).
     pub stale: u64,
     /// Heartbeats with this node's id from another process: two nodes share an id, which
@@ -274,22 +280,57 @@ impl Cluster {
         self.connected && self.subscribes_confirmed < self.subscribes_asked
     }
 
-    /// Whether an answer to a join is to wait for the subscriptions asked so far: some is not
-    /// yet in place, and there is room (past it, the answer goes at once, and is counted).
-    fn may_hold(&mut self) -> bool {
+    /// Whether an answer to a join (or a client's opening: `open`) is to wait for the
+    /// subscriptions asked so far: some is not yet in place, and there is room (past it, it
+    /// goes at once, and is counted).
+    pub(crate) fn may_hold(&mut self, open: bool) -> bool {
         if !self.subscribing() {
             return false;
         }
         if self.held.len() >= MAX_HELD {
-            self.stats.joins_unconfirmed += 1;
+            self.count_unconfirmed(open);
             return false;
         }
         true
     }
 
+    /// Subscribes to the channels of the sets `directory` has touched that have a member
+    /// here, and unsubscribes from those that have none.
+    pub(crate) fn sync(&mut self, directory: &mut super::directory::Directory) {
+        for scope in directory.take_touched() {
+            let (channel, wanted) = match &scope {
+                Scope::Hub(h) => (
+                    self.config.hub_channel(directory.name(*h)),
+                    directory.has_clients(*h),
+                ),
+                Scope::Group(h, g) => (
+                    self.config.group_channel(directory.name(*h), g),
+                    directory.group_exists(*h, g),
+                ),
+                Scope::User(h, u) => (
+                    self.config.user_channel(directory.name(*h), u),
+                    directory.user(*h, u).next().is_some(),
+                ),
+            };
+            if wanted {
+                self.subscribe(channel);
+            } else {
+                self.unsubscribe(&channel);
+            }
+        }
+    }
+
+    fn count_unconfirmed(&mut self, open: bool) {
+        if open {
+            self.stats.opens_unconfirmed += 1;
+        } else {
+            self.stats.joins_unconfirmed += 1;
+        }
+    }
+
     /// Holds `to` until the subscriptions asked so far are in place, or half the answer
     /// timeout has passed.
-    fn hold(&mut self, now: Instant, to: HeldFor) {
+    pub(crate) fn hold(&mut self, now: Instant, to: HeldFor) {
         self.held.push_back(HeldAnswer {
             after: self.subscribes_asked,
             deadline: now + self.config.answer_timeout / 2,
@@ -402,9 +443,10 @@ impl Relay {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.connected = false;
         }
-        // Nothing crosses while down: this node's callers are answered now. Answers to
-        // other nodes cannot go until it is up again, and wait for it (or their time).
-        self.release_held_for_callers();
+        // Nothing crosses while down: this node's callers are answered (and its clients
+        // opened) now. Answers to other nodes cannot go until it is up again, and wait for it
+        // (or their time).
+        self.release_held_for_callers(now);
         self.settle(now);
     }
 
@@ -435,7 +477,11 @@ impl Relay {
         let Some(waiter) = waiter else {
             return (Ran::Done(Some(found)), None);
         };
-        if !self.cluster.as_deref_mut().is_some_and(Cluster::may_hold) {
+        if !self
+            .cluster
+            .as_deref_mut()
+            .is_some_and(|c| c.may_hold(false))
+        {
             return (Ran::Done(Some(found)), Some(waiter));
         }
         let (waiter, request) = self.hold_request(waiter);
@@ -466,21 +512,32 @@ impl Relay {
         }
     }
 
-    /// Answers this node's own callers at once (the backplane is down), keeping the answers
-    /// to other nodes.
-    fn release_held_for_callers(&mut self) {
+    /// Answers this node's own callers, and opens its clients, at once (the backplane is
+    /// down), keeping the answers to other nodes.
+    fn release_held_for_callers(&mut self, now: Instant) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
         let (mine, others): (VecDeque<HeldAnswer>, VecDeque<HeldAnswer>) =
             std::mem::take(&mut c.held)
                 .into_iter()
-                .partition(|h| matches!(h.to, HeldFor::Waiter(..)));
+                .partition(|h| !matches!(h.to, HeldFor::Node { .. }));
         c.held = others;
         for held in mine {
-            if let HeldFor::Waiter(waiter, found) = held.to {
-                self.tell(waiter, found);
+            self.give_held(now, held.to);
+        }
+    }
+
+    /// What was held goes: an answer, or a client's opening.
+    fn give_held(&mut self, now: Instant, to: HeldFor) {
+        match to {
+            HeldFor::Waiter(waiter, found) => self.tell(waiter, found),
+            HeldFor::Node { node, ask, found } => {
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.send_to(&node, &Body::Answer { ask, found });
+                }
             }
+            HeldFor::Open(conn) => self.open_held(now, conn),
         }
     }
 
@@ -499,17 +556,13 @@ impl Relay {
                 return;
             }
             if !all && !confirmed {
-                c.stats.joins_unconfirmed += 1;
+                let open = matches!(front.to, HeldFor::Open(_));
+                c.count_unconfirmed(open);
             }
             let Some(held) = c.held.pop_front() else {
                 return;
             };
-            match held.to {
-                HeldFor::Waiter(waiter, found) => self.tell(waiter, found),
-                HeldFor::Node { node, ask, found } => {
-                    c.send_to(&node, &Body::Answer { ask, found });
-                }
-            }
+            self.give_held(now, held.to);
         }
     }
 
@@ -1065,7 +1118,7 @@ impl Relay {
         // (A user's membership is told to every node, and not asked.)
         let joined = found && matches!(command, HubCommand::Join { .. });
         if let (Some(ask), Some(c)) = (ask, self.cluster.as_deref_mut()) {
-            if joined && c.may_hold() {
+            if joined && c.may_hold(false) {
                 let node = from.to_owned();
                 c.hold(now, HeldFor::Node { node, ask, found });
             } else {
@@ -1285,29 +1338,8 @@ impl Relay {
     /// Subscriptions follow the directory: a channel is subscribed while its set has a
     /// member here.
     fn sync_subscriptions(&mut self) {
-        let Some(c) = self.cluster.as_deref_mut() else {
-            return;
-        };
-        for scope in self.directory.take_touched() {
-            let (channel, wanted) = match &scope {
-                Scope::Hub(h) => (
-                    c.config.hub_channel(self.directory.name(*h)),
-                    self.directory.has_clients(*h),
-                ),
-                Scope::Group(h, g) => (
-                    c.config.group_channel(self.directory.name(*h), g),
-                    self.directory.group_exists(*h, g),
-                ),
-                Scope::User(h, u) => (
-                    c.config.user_channel(self.directory.name(*h), u),
-                    self.directory.user(*h, u).next().is_some(),
-                ),
-            };
-            if wanted {
-                c.subscribe(channel);
-            } else {
-                c.unsubscribe(&channel);
-            }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.sync(&mut self.directory);
         }
     }
 

@@ -336,6 +336,12 @@ pub fn render_prometheus(
             b.stats.joins_unconfirmed,
         );
         x.single(
+            "backplane_opens_unconfirmed_total",
+            "counter",
+            "Clients opened before the backplane confirmed their user's or hub's channel: not within half the answer timeout, or too many were waiting.",
+            b.stats.opens_unconfirmed,
+        );
+        x.single(
             "backplane_node_id_conflicts_total",
             "counter",
             "Heartbeats with this node's id from another process: two nodes share an id (fix their --node-id).",

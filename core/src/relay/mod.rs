@@ -168,8 +168,9 @@ pub use self::upstream::{signature_valid, UpstreamFailure, UpstreamRequest, Upst
 use self::admission::{hub_param, Admission, SignedToken};
 use self::client::{
     classic_negotiate_hub, classic_negotiated, classic_no_app_server, classic_unknown_token,
-    parse_classic, Client, Clients, Dialect, Input, Next, Prepared, Request, CLASSIC_BASE,
+    parse_classic, Client, Clients, Dialect, Handled, Input, Next, Prepared, Request, CLASSIC_BASE,
 };
+use self::cluster::HeldFor;
 use self::command::{Audience, Existence, HubCommand, Origin, Target};
 use self::directory::{Directory, HubId};
 use self::forwarded::Intro;
@@ -931,7 +932,43 @@ impl Relay {
             return None;
         };
         let client = entry.get_mut();
-        let mut handled = client.handle(now, input, &self.config, &mut self.out, &mut self.timers);
+        let handled = client.handle(now, input, &self.config, &mut self.out, &mut self.timers);
+        match handled.next {
+            Next::Stay => handled.outcome,
+            Next::End(ending) => {
+                let client = entry.remove();
+                self.end_client(now, client, ending);
+                handled.outcome
+            }
+            Next::Open(_) => self.follow(now, conn, handled, true),
+        }
+    }
+
+    /// A client held for the backplane's subscriptions is mapped now (see
+    /// [`Cluster::may_hold`]), unless it went meanwhile.
+    pub(crate) fn open_held(&mut self, now: Instant, conn: ConnHandle) {
+        let Some(opening) = self.clients.map.get_mut(&conn).and_then(|c| c.take_held()) else {
+            return;
+        };
+        let handled = Handled {
+            outcome: None,
+            next: Next::Open(opening),
+        };
+        let _ = self.follow(now, conn, handled, false);
+    }
+
+    /// Does what a client's answer asks until it stays: map it (or, when `may_hold`, hold it
+    /// until the backplane has its channels), or end it.
+    fn follow(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        mut handled: Handled,
+        may_hold: bool,
+    ) -> Option<RequestOutcome> {
+        let Entry::Occupied(mut entry) = self.clients.map.entry(conn) else {
+            return handled.outcome;
+        };
         loop {
             match handled.next {
                 Next::Stay => return handled.outcome,
@@ -942,6 +979,26 @@ impl Relay {
                 }
                 Next::Open(mut opening) => {
                     let client = entry.get_mut();
+                    // On a cluster, the user's channel is asked for now, and the app server
+                    // hears of the client once it (and every channel asked before) is in
+                    // place: a send to the user from any node then reaches it, as the hub's
+                    // OnConnectedAsync runs after the subscriptions on ASP.NET Core's Redis
+                    // backplane.
+                    if let Some(user) = &client.user_id {
+                        self.directory.attach_user(now, client.hub, conn, user);
+                    }
+                    if let Some(c) = self.cluster.as_deref_mut().filter(|_| may_hold) {
+                        c.sync(&mut self.directory);
+                        if c.may_hold(true) {
+                            match client.hold(opening) {
+                                Ok(()) => {
+                                    c.hold(now, HeldFor::Open(conn));
+                                    return handled.outcome;
+                                }
+                                Err(back) => opening = back,
+                            }
+                        }
+                    }
                     let sticky = client.policy.as_ref().and_then(|p| p.sticky.as_ref());
                     let picked = self.servers.pick_for(&self.directory, client.hub, sticky);
                     // The classic SDK's connections take classic clients only.
@@ -971,9 +1028,6 @@ impl Relay {
                     let link = (server, migrates, classic_sdk);
                     client.open(now, link, &mut opening, config, out, timers);
                     self.servers.attach(server, conn, config, out);
-                    if let Some(user) = &client.user_id {
-                        self.directory.attach_user(now, client.hub, conn, user);
-                    }
                     out.stats.clients_opened += 1;
                     out.event(Event::ClientOpened {
                         conn,

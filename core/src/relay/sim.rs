@@ -527,6 +527,18 @@ impl Sim {
         user: Option<&str>,
         protocol: &str,
     ) -> (ConnHandle, String) {
+        let h = self.start_client(hub, user, protocol);
+        let connection_id = self.connection_id(h).to_owned();
+        (h, connection_id)
+    }
+
+    /// Negotiates, opens the WebSocket and sends the handshake, as
+    /// [`connect_client`](Self::connect_client), without waiting to see the client open (on a
+    /// cluster, it is opened once the backplane has its channels).
+    ///
+    /// # Panics
+    /// When the relay refuses any step.
+    pub fn start_client(&mut self, hub: &str, user: Option<&str>, protocol: &str) -> ConnHandle {
         let id = self.negotiate(hub, user).expect("negotiated");
         let req = websocket_request(hub, Some(&id), user);
         let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
@@ -537,8 +549,7 @@ impl Sim {
             h,
             format!("{{\"protocol\":\"{protocol}\",\"version\":1}}\x1e").as_bytes(),
         );
-        let connection_id = self.connection_id(h).to_owned();
-        (h, connection_id)
+        h
     }
 
     /// Negotiates a classic connection for `hub`: its connection token and connection id, or

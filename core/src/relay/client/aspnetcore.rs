@@ -41,6 +41,9 @@ enum Phase {
     Negotiated(Option<TokenTimes>),
     /// Transport attached; waiting for the handshake (until the `Handshake` timer).
     Handshake(TextFrameDecoder),
+    /// Its handshake was read; it waits for the backplane to have its user's channel before
+    /// it is mapped (on a cluster). What it sends meanwhile follows the handshake.
+    Held(Box<Opening>),
     /// Mapped to a server connection; hub messages are reassembled into whole frames.
     Open(FrameDecoder),
 }
@@ -68,7 +71,31 @@ impl AspNetCore {
             Transport::LongPolling(lp) => lp.buffered(),
             _ => 0,
         };
-        polls + self.stateful.as_ref().map_or(0, |s| s.buffered())
+        let held = match &self.phase {
+            Phase::Held(opening) => match &opening.then {
+                Then::Frames { rest, .. } => rest.len(),
+                Then::Classic(_) => 0,
+            },
+            _ => 0,
+        };
+        polls + held + self.stateful.as_ref().map_or(0, |s| s.buffered())
+    }
+
+    /// Keeps `opening` until [`take_held`](Self::take_held): the client is mapped later.
+    pub(crate) fn hold(&mut self, opening: Opening) {
+        self.phase = Phase::Held(Box::new(opening));
+    }
+
+    /// The opening kept by [`hold`](Self::hold), with what the client sent since, to map it
+    /// now.
+    pub(crate) fn take_held(&mut self) -> Option<Opening> {
+        if !matches!(self.phase, Phase::Held(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.phase, Phase::Negotiated(None)) {
+            Phase::Held(opening) => Some(*opening),
+            _ => None,
+        }
     }
 
     /// While it waits for its transport: the times of the token it negotiated with.
@@ -135,6 +162,19 @@ impl AspNetCore {
                     Ok(None) => Ok(Next::Stay),
                     Err(_) => Err(Ending::HandshakeRefused(handshake_errors::CANCELED.into())),
                 }
+            }
+            (Phase::Held(opening), _) => {
+                let Then::Frames { rest, .. } = &mut opening.then else {
+                    return Ok(Next::Stay);
+                };
+                // A client waits for its handshake's answer before it sends: this is bounded
+                // by one message.
+                let max = cx.config.max_client_message_size;
+                if rest.len().saturating_add(data.len()) > max {
+                    return Err(Ending::BadMessage { max });
+                }
+                rest.extend_from_slice(data);
+                Ok(Next::Stay)
             }
             (Phase::Open(_), Some(link)) => {
                 self.frames(cx, data, link, connection_id)?;

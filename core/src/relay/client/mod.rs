@@ -595,6 +595,27 @@ impl Client {
         }
     }
 
+    /// Keeps an ASP.NET Core client's `opening` until [`take_held`](Self::take_held): it is
+    /// mapped once the backplane has its channels. Given back for a classic client, whose
+    /// `/connect` waits for its mapping.
+    pub(crate) fn hold(&mut self, opening: Opening) -> Result<(), Opening> {
+        match (&mut self.dialect, &opening.then) {
+            (Dialect::AspNetCore(a), Then::Frames { .. }) if self.link.is_none() => {
+                a.hold(opening);
+                Ok(())
+            }
+            _ => Err(opening),
+        }
+    }
+
+    /// The opening kept by [`hold`](Self::hold), to map the client now.
+    pub(crate) fn take_held(&mut self) -> Option<Opening> {
+        match &mut self.dialect {
+            Dialect::AspNetCore(a) => a.take_held(),
+            Dialect::Classic(_) => None,
+        }
+    }
+
     /// Maps the client to `server`: OpenConnection with what the app server is told once,
     /// then the handshake as the client's first data, in one message.
     ///

@@ -172,6 +172,13 @@ impl Net {
         self.pump();
     }
 
+    /// A client of `user` connects to node `i` (its handshake sent), and what follows.
+    fn start(&mut self, i: usize, user: &str) -> ConnHandle {
+        let c = self.nodes[i].start_client("chat", Some(user), "json");
+        self.pump();
+        c
+    }
+
     fn acks(&self, i: usize, server: ConnHandle) -> Vec<(i32, service::AckStatus)> {
         self.nodes[i].to_server[&server]
             .iter()
@@ -205,7 +212,10 @@ fn three() -> Three {
     let users = ["ann", "bob", "ann"];
     let clients: Vec<(ConnHandle, String)> = (0..3)
         .map(|i| {
-            let (c, id) = net.nodes[i].connect_client("chat", Some(users[i]), "json");
+            // Opened once the node has the user's channel.
+            let c = net.nodes[i].start_client("chat", Some(users[i]), "json");
+            net.pump();
+            let id = net.nodes[i].connection_id(c).to_owned();
             net.nodes[i].accept_handshake(c, &id);
             (c, id)
         })
@@ -877,4 +887,191 @@ fn an_answer_to_another_node_held_while_the_engine_reconnects_goes_once_it_is_ba
     assert_eq!(t.net.acks(0, s0), vec![(1, service::AckStatus::Ok)]);
     t.net.send(0, s0, &group_send("after-ack"));
     assert_eq!(t.who_got("after-ack"), vec![1]);
+}
+
+fn user_send(user: &str, target: &str) -> ServiceMessage {
+    ServiceMessage::UserData(service::UserData {
+        user_id: user.into(),
+        payloads: invocation(target),
+        ext: service::Ext::default(),
+    })
+}
+
+/// What an app server was told about the connection `id`, in order: `open`, then each
+/// ConnectionData's payload as text.
+fn told_about(t: &Three, i: usize, id: &str) -> Vec<String> {
+    t.net.nodes[i].to_server[&t.servers[i]]
+        .iter()
+        .filter_map(|m| match m {
+            ServiceMessage::OpenConnection(o) if o.connection_id == id => Some("open".to_owned()),
+            ServiceMessage::ConnectionData(d) if d.connection_id == id => {
+                Some(String::from_utf8_lossy(&d.payload).into_owned())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn backplane_stats(t: &Three, i: usize) -> crate::relay::BackplaneStats {
+    t.net.nodes[i]
+        .relay()
+        .backplane_status()
+        .expect("a node")
+        .stats
+}
+
+#[test]
+fn a_client_is_opened_once_its_users_channel_is_in_place() {
+    let mut t = three();
+    let s1 = t.servers[1];
+    t.net.slow_subscribes = true;
+
+    // cat is new on n0: n0 asks for the user's channel, and its app server hears of the
+    // client only once the channel is in place. What the client sends meanwhile follows.
+    let cat = t.net.start(0, "cat");
+    assert!(t.net.unconfirmed[0]
+        .iter()
+        .any(|c| c.0.ends_with(":u:chat:cat")));
+    assert!(!t.net.nodes[0].is_open(cat), "opened before its channel");
+    t.net.nodes[0].data(cat, b"{\"type\":6}\x1e");
+    t.net.pump();
+    // A send to cat from n1 now is lost, as Redis loses it: no app server knows of cat yet.
+    t.net.send(1, s1, &user_send("cat", "early"));
+
+    t.net.confirm(0);
+    assert!(t.net.nodes[0].is_open(cat));
+    let id = t.net.nodes[0].connection_id(cat).to_owned();
+    assert_eq!(
+        told_about(&t, 0, &id),
+        vec![
+            "open".to_owned(),
+            "{\"protocol\":\"json\",\"version\":1}\u{1e}".to_owned(),
+            "{\"type\":6}\u{1e}".to_owned(),
+        ]
+    );
+    t.net.nodes[0].accept_handshake(cat, &id);
+    // The app server's first send to the user, from any node, reaches the client.
+    t.net.send(1, s1, &user_send("cat", "welcome"));
+    let text = t.net.nodes[0].client_text(cat);
+    assert!(text.contains("\"target\":\"welcome\""), "{text}");
+    assert!(!text.contains("\"target\":\"early\""), "{text}");
+
+    // Another client of a user n0 already has a channel for is opened at once.
+    let cat2 = t.net.start(0, "cat");
+    assert!(t.net.unconfirmed[0].is_empty());
+    assert!(t.net.nodes[0].is_open(cat2));
+    assert_eq!(backplane_stats(&t, 0).opens_unconfirmed, 0);
+}
+
+#[test]
+fn a_held_client_is_opened_anyway_when_the_engine_never_confirms_or_goes_down() {
+    let mut t = three();
+    t.net.slow_subscribes = true;
+
+    // Never confirmed: opened after half the answer timeout (1.5 s), and counted.
+    let dan = t.net.start(0, "dan");
+    t.net.advance(Duration::from_secs(1));
+    assert!(!t.net.nodes[0].is_open(dan));
+    t.net.advance(Duration::from_secs(1));
+    assert!(t.net.nodes[0].is_open(dan));
+    assert_eq!(backplane_stats(&t, 0).opens_unconfirmed, 1);
+
+    // The engine goes down: nothing crosses, so nothing is waited for.
+    let eve = t.net.start(1, "eve");
+    assert!(!t.net.nodes[1].is_open(eve));
+    t.net.down(1);
+    assert!(t.net.nodes[1].is_open(eve));
+    assert_eq!(
+        backplane_stats(&t, 1).opens_unconfirmed,
+        0,
+        "the engine went down"
+    );
+}
+
+#[test]
+fn a_held_client_that_leaves_or_floods_is_never_opened() {
+    let mut t = three();
+    t.net.slow_subscribes = true;
+
+    // Gone before its channel is in place: its app server never hears of it.
+    let fay = t.net.start(0, "fay");
+    t.net.nodes[0].closed_by_peer(fay);
+    t.net.confirm(0);
+    assert!(!t.net.nodes[0].is_open(fay));
+    let opens = |t: &Three| {
+        t.net.nodes[0].to_server[&t.servers[0]]
+            .iter()
+            .filter(|m| matches!(m, ServiceMessage::OpenConnection(_)))
+            .count()
+    };
+    assert_eq!(opens(&t), 1, "only ann's");
+
+    // What a held client sends before its handshake is answered is bounded by one message.
+    let gus = t.net.start(0, "gus");
+    let max = RelayConfig::default().max_client_message_size;
+    t.net.nodes[0].data(gus, &vec![b' '; max / 2]);
+    assert!(!t.net.nodes[0].is_done(gus));
+    t.net.nodes[0].data(gus, &vec![b' '; max / 2 + 1]);
+    assert!(
+        t.net.nodes[0].is_done(gus),
+        "a flood while held closes the client"
+    );
+    t.net.confirm(0);
+    assert_eq!(opens(&t), 1);
+    assert_eq!(t.net.nodes[0].relay().cluster_pending().3, 0);
+    // A bystander on n0 still gets what it is sent.
+    t.net.send(1, t.servers[1], &user_send("ann", "still-here"));
+    assert_eq!(t.who_got("still-here"), vec![0, 2]);
+}
+
+#[test]
+fn a_long_polling_client_is_held_the_same_way() {
+    let mut t = three();
+    t.net.slow_subscribes = true;
+    let node = &mut t.net.nodes[0];
+    let id = node.negotiate("chat", Some("hal")).expect("negotiated");
+    let on = |method: &str, body: &[u8]| {
+        connection_request(method, "chat", &id, Some("hal"), None, body)
+    };
+    // The first poll starts the transport; the handshake's POST is taken; the next poll
+    // waits, and the app server has not heard of the client.
+    assert_eq!(respond(node.handle(&on("GET", b""))).status, 200);
+    let handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+    assert_eq!(respond(node.handle(&on("POST", handshake))).status, 200);
+    let RequestOutcome::Pending(poll) = node.handle(&on("GET", b"")) else {
+        panic!("the poll should wait")
+    };
+    node.drain();
+    t.net.pump();
+    let opened = |t: &Three| {
+        t.net.nodes[0].to_server[&t.servers[0]]
+            .iter()
+            .filter_map(|m| match m {
+                ServiceMessage::OpenConnection(o) => Some(o.connection_id.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(opened(&t).len(), 1, "only ann's");
+
+    t.net.confirm(0);
+    let hal = opened(&t).last().cloned().expect("hal's");
+    assert_eq!(
+        told_about(&t, 0, &hal),
+        vec![
+            "open".to_owned(),
+            String::from_utf8_lossy(handshake).into_owned()
+        ]
+    );
+    // The app server answers the handshake: the waiting poll gets it.
+    t.net.send(
+        0,
+        t.servers[0],
+        &ServiceMessage::ConnectionData(service::ConnectionData {
+            connection_id: hal,
+            payload: Bytes::from_static(b"{}\x1e"),
+            ext: service::Ext::default(),
+        }),
+    );
+    assert_eq!(&t.net.nodes[0].responses[&poll].body[..], b"{}\x1e");
 }
