@@ -175,6 +175,8 @@ pub struct BackplaneStatus {
     pub nodes: Vec<(String, Option<String>)>,
     /// Channels subscribed.
     pub channels: usize,
+    /// Answers to joins, and clients' openings, waiting for subscriptions to be confirmed.
+    pub waiting: usize,
     /// The counters.
     pub stats: BackplaneStats,
 }
@@ -357,6 +359,7 @@ impl Cluster {
                 .map(|(n, p)| (n.clone(), p.url.clone()))
                 .collect(),
             channels: self.subscribed.len(),
+            waiting: self.held.len(),
             stats: self.stats,
         }
     }

@@ -314,6 +314,12 @@ pub fn render_prometheus(
             "Backplane channels subscribed.",
             b.channels,
         );
+        x.single(
+            "backplane_waiting",
+            "gauge",
+            "Answers to joins, and clients' openings, waiting for the backplane to confirm the subscriptions asked before them.",
+            b.waiting,
+        );
         x.family(
             "backplane_messages_total",
             "counter",

@@ -168,7 +168,8 @@ pub use self::upstream::{signature_valid, UpstreamFailure, UpstreamRequest, Upst
 use self::admission::{hub_param, Admission, SignedToken};
 use self::client::{
     classic_negotiate_hub, classic_negotiated, classic_no_app_server, classic_unknown_token,
-    parse_classic, Client, Clients, Dialect, Handled, Input, Next, Prepared, Request, CLASSIC_BASE,
+    parse_classic, Client, Clients, Dialect, Handled, Input, Next, Prepared, Request, Then,
+    CLASSIC_BASE,
 };
 use self::cluster::HeldFor;
 use self::command::{Audience, Existence, HubCommand, Origin, Target};
@@ -945,8 +946,12 @@ impl Relay {
     }
 
     /// A client held for the backplane's subscriptions is mapped now (see
-    /// [`Cluster::may_hold`]), unless it went meanwhile.
+    /// [`Cluster::may_hold`]), unless it went meanwhile or the relay is shutting down.
     pub(crate) fn open_held(&mut self, now: Instant, conn: ConnHandle) {
+        // A relay shutting down ends every client next: one still held is not opened first.
+        if self.draining {
+            return;
+        }
         let Some(opening) = self.clients.map.get_mut(&conn).and_then(|c| c.take_held()) else {
             return;
         };
@@ -979,26 +984,6 @@ impl Relay {
                 }
                 Next::Open(mut opening) => {
                     let client = entry.get_mut();
-                    // On a cluster, the user's channel is asked for now, and the app server
-                    // hears of the client once it (and every channel asked before) is in
-                    // place: a send to the user from any node then reaches it, as the hub's
-                    // OnConnectedAsync runs after the subscriptions on ASP.NET Core's Redis
-                    // backplane.
-                    if let Some(user) = &client.user_id {
-                        self.directory.attach_user(now, client.hub, conn, user);
-                    }
-                    if let Some(c) = self.cluster.as_deref_mut().filter(|_| may_hold) {
-                        c.sync(&mut self.directory);
-                        if c.may_hold(true) {
-                            match client.hold(opening) {
-                                Ok(()) => {
-                                    c.hold(now, HeldFor::Open(conn));
-                                    return handled.outcome;
-                                }
-                                Err(back) => opening = back,
-                            }
-                        }
-                    }
                     let sticky = client.policy.as_ref().and_then(|p| p.sticky.as_ref());
                     let picked = self.servers.pick_for(&self.directory, client.hub, sticky);
                     // The classic SDK's connections take classic clients only.
@@ -1020,6 +1005,34 @@ impl Relay {
                         handled.outcome = handled.outcome.or(refused.outcome);
                         continue;
                     };
+                    // Held clients were listed under their user on their first pass.
+                    if may_hold {
+                        if let Some(user) = &client.user_id {
+                            self.directory.attach_user(now, client.hub, conn, user);
+                        }
+                        // On a cluster, the user's channel is asked for now, and an ASP.NET
+                        // Core client's app server hears of it once that channel (and every
+                        // one asked before) is in place: a send to the user from any node
+                        // then reaches it, as the hub's OnConnectedAsync runs after the
+                        // subscriptions on ASP.NET Core's Redis backplane. (A classic
+                        // client's `/connect` waits for its answer: it is opened at once.)
+                        let holdable = matches!(
+                            (&client.dialect, &opening.then),
+                            (Dialect::AspNetCore(_), Then::Frames { .. })
+                        );
+                        if let Some(c) = self.cluster.as_deref_mut().filter(|_| holdable) {
+                            c.sync(&mut self.directory);
+                            if c.may_hold(true) {
+                                match client.hold(opening) {
+                                    Ok(()) => {
+                                        c.hold(now, HeldFor::Open(conn));
+                                        return handled.outcome;
+                                    }
+                                    Err(back) => opening = back,
+                                }
+                            }
+                        }
+                    }
                     let (config, out, timers) = (&self.config, &mut self.out, &mut self.timers);
                     let (migrates, classic_sdk) = self
                         .servers

@@ -706,3 +706,22 @@ fn classic_hub_errors_are_hub_exceptions_with_their_data() {
         serde_json::from_str(last_payload_to(&sim, server).trim_end_matches('\x1e')).unwrap();
     assert_eq!(invocation["headers"][STATE_HEADER], "{}");
 }
+
+/// A `/connect` refused for want of an app server leaves the client negotiated, not listed
+/// under its user: the user does not exist for the REST API, and is in none of its groups.
+#[test]
+fn a_classic_connect_refused_for_want_of_an_app_server_lists_no_user() {
+    let mut sim = sim();
+    let server = sim.connect_server("chat", "app-1");
+    let (token, _id) = classic_negotiated(&mut sim);
+    sim.closed_by_peer(server);
+    let refused = respond(sim.handle(&long_poll("connect", &token, "")));
+    assert_ne!(refused.status, 200, "{refused:?}");
+    let head = super::rest::rest(
+        "HEAD",
+        "/api/hubs/chat/users/alice",
+        "api-version=2022-06-01",
+        b"",
+    );
+    assert_eq!(respond(sim.handle(&head)).status, 404);
+}

@@ -1075,3 +1075,22 @@ fn a_long_polling_client_is_held_the_same_way() {
     );
     assert_eq!(&t.net.nodes[0].responses[&poll].body[..], b"{}\x1e");
 }
+
+#[test]
+fn a_node_shutting_down_does_not_open_its_held_clients() {
+    let mut t = three();
+    t.net.slow_subscribes = true;
+    let ivy = t.net.start(0, "ivy");
+    assert!(!t.net.nodes[0].is_open(ivy));
+    let (relay, now) = t.net.nodes[0].relay_mut();
+    relay.shut_down(now);
+    t.net.nodes[0].drain();
+    t.net.pump();
+    let opens = t.net.nodes[0].to_server[&t.servers[0]]
+        .iter()
+        .filter(|m| matches!(m, ServiceMessage::OpenConnection(_)))
+        .count();
+    assert_eq!(opens, 1, "only ann's: ivy is ended, not opened first");
+    assert!(t.net.nodes[0].is_done(ivy));
+    assert_eq!(t.net.nodes[0].relay().cluster_pending().3, 0);
+}
