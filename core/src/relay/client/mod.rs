@@ -659,15 +659,20 @@ impl Client {
                 ..service::Ext::default()
             },
         };
-        let data = introduction(open, &opening.handshake);
+        let (data, open_len) = introduction(open, &opening.handshake);
         // Only ASP.NET Core clients move: a classic client's app server keeps hub state the
         // next one would not have. What is kept to tell the next app server is bounded; a
         // client with a larger introduction stays where it is.
         let keep =
             migrates && matches!(self.dialect, Dialect::AspNetCore(_)) && data.len() <= MAX_REPLAY;
         // Kept for the connection's life as a copy of its own, of exactly its length: sharing
-        // the buffer sent would cost a `Bytes` and its shared header besides.
-        let migration = keep.then(|| Box::from(data.as_slice()));
+        // the buffer sent would cost a `Bytes` and its shared header besides. A handshake as
+        // the relay writes it for its protocol (nearly every client's) is written again when
+        // it is told, not kept.
+        let migration = keep.then(|| {
+            let canonical = opening.handshake == canonical_handshake(opening.protocol);
+            Box::from(&data[..if canonical { open_len } else { data.len() }])
+        });
         out.stats.to_server.add(opening.handshake.len());
         out.transmit(server, Bytes::from(data), true);
         let outbound = if passthrough {
@@ -725,6 +730,11 @@ impl Client {
             return None;
         }
         let (mut open, handshake) = replayed(link.migration.as_ref()?)?;
+        let handshake = if handshake.is_empty() {
+            canonical_handshake(link.protocol)
+        } else {
+            handshake.to_vec()
+        };
         let close = service::ServiceMessage::CloseConnection(service::CloseConnection {
             connection_id: self.connection_id.to_string(),
             headers: vec![("Asrs-Migrate-To".to_owned(), vec![to_id.to_owned()])],
@@ -734,7 +744,7 @@ impl Client {
         let _ = close.write(&mut farewell);
         open.headers
             .push(("Asrs-Migrate-From".to_owned(), vec![from_id.to_owned()]));
-        let welcome = introduction(open, &handshake);
+        let (welcome, _) = introduction(open, &handshake);
         let from = std::mem::replace(&mut link.server, to);
         link.previous = Some(Box::new((from, link.outbound.after_handshake())));
         Some((farewell.into(), welcome.into()))
@@ -1052,25 +1062,126 @@ fn replayed(intro: &[u8]) -> Option<(service::OpenConnection, Bytes)> {
 }
 
 /// OpenConnection, then the handshake as the client's first data, in one message (the
-/// OpenConnection is written as it is, not copied first).
-fn introduction(open: service::OpenConnection, handshake: &[u8]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(INTRODUCTION_CAPACITY);
+/// OpenConnection is written as it is, not copied first), and where the OpenConnection ends.
+fn introduction(open: service::OpenConnection, handshake: &[u8]) -> (Vec<u8>, usize) {
+    let mut data = Vec::with_capacity(introduction_size(&open, handshake));
     let message = service::ServiceMessage::OpenConnection(open);
     let _ = message.write(&mut data);
+    let open_len = data.len();
     if let service::ServiceMessage::OpenConnection(open) = &message {
         if !handshake.is_empty() {
             let _ = service::write_connection_data(&open.connection_id, handshake, &mut data);
         }
     }
-    data
+    (data, open_len)
 }
 
-/// What an introduction's buffer starts with, rather than growing it from nothing a few bytes
-/// at a time (the load generator's take about 400 bytes; it is sent, and freed, at once).
-const INTRODUCTION_CAPACITY: usize = 1024;
+/// At least what [`introduction`] writes: each string with its MessagePack header, each
+/// container's header at its largest, and the frames' own. Sized so, its buffer is written
+/// without growing, and holds little it does not use while it waits for its server
+/// connection's writer (a storm of connects holds thousands).
+fn introduction_size(open: &service::OpenConnection, handshake: &[u8]) -> usize {
+    fn string(len: usize) -> usize {
+        len + match len {
+            0..=31 => 1,
+            32..=255 => 2,
+            256..=65_535 => 3,
+            _ => 5,
+        }
+    }
+    const CONTAINER: usize = 5;
+    let claims: usize = open
+        .claims
+        .iter()
+        .map(|(k, v)| string(k.len()) + string(v.len()))
+        .sum();
+    let headers: usize = open
+        .headers
+        .iter()
+        .map(|(k, values)| {
+            string(k.len()) + CONTAINER + values.iter().map(|v| string(v.len())).sum::<usize>()
+        })
+        .sum();
+    let ext = [&open.ext.protocol, &open.ext.filter]
+        .iter()
+        .map(|v| v.as_ref().map_or(0, |v| string(v.len()) + 1))
+        .sum::<usize>()
+        + 32;
+    // The OpenConnection's id, and the handshake's ConnectionData with its own.
+    let ids = 2 * string(open.connection_id.len());
+    let rest = string(open.query_string.len()) + handshake.len() + CONTAINER;
+    claims + headers + ext + ids + rest + 8 * CONTAINER + 2 * CONTAINER
+}
+
+/// The handshake the relay tells an app server for a client of `protocol` (see
+/// `AspNetCore::handshake`), as nearly every client asks it.
+fn canonical_handshake(protocol: HubProtocol) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40);
+    crate::aspnetcore::handshake::HandshakeRequest {
+        protocol: protocol.name().to_owned(),
+        version: 1,
+    }
+    .write(&mut out);
+    out
+}
 
 /// Every connected client holds one `Client` for its life: what it costs each idle client is
 /// budgeted (#19), so that a field added inline is a choice, not an accident.
+#[cfg(test)]
+mod introductions {
+    use super::*;
+
+    fn handshake_bytes(protocol: HubProtocol) -> Bytes {
+        Bytes::from(canonical_handshake(protocol))
+    }
+
+    /// The buffer is sized before it is written: never grown, and not much larger.
+    #[test]
+    fn an_introductions_size_is_known_before_it_is_written() {
+        let long = "x".repeat(70_000);
+        for n in [0, 1, 3, 40] {
+            for value in ["", "v", "some value", long.as_str()] {
+                let open = service::OpenConnection {
+                    connection_id: "a1b2c3d4e5f6a7b8c9d0e1".to_owned(),
+                    claims: (0..n)
+                        .map(|i| (format!("claim{i}"), value.to_owned()))
+                        .collect(),
+                    headers: (0..n)
+                        .map(|i| (format!("Header-{i}"), vec![value.to_owned(); i % 3]))
+                        .collect(),
+                    query_string: format!("?hub=chat&id={value}"),
+                    ext: service::Ext {
+                        protocol: Some("messagepack".to_owned()),
+                        ..service::Ext::default()
+                    },
+                };
+                let handshake = canonical_handshake(HubProtocol::MessagePack);
+                let size = introduction_size(&open, &handshake);
+                let (data, open_len) = introduction(open, &handshake);
+                assert!(size >= data.len(), "{size} < {}", data.len());
+                assert!(
+                    size <= data.len() + 128 + 4 * n,
+                    "{size} for {}",
+                    data.len()
+                );
+                // The OpenConnection alone reads back, and writes again, as it was.
+                if data.len() <= MAX_REPLAY {
+                    let Some((open, handshake)) = replayed(&data) else {
+                        panic!("an introduction reads back")
+                    };
+                    assert_eq!(handshake, handshake_bytes(HubProtocol::MessagePack));
+                    let Some((alone, none)) = replayed(&data[..open_len]) else {
+                        panic!("an OpenConnection reads back")
+                    };
+                    assert!(none.is_empty());
+                    assert_eq!(open, alone);
+                    assert_eq!(introduction(alone, &[]).0, &data[..open_len]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(all(test, target_pointer_width = "64"))]
 mod size {
     #[test]

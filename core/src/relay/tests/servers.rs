@@ -651,3 +651,30 @@ fn a_relay_shutting_down_tells_everyone_to_reconnect_and_takes_no_one_new() {
     }
     sim.relay_mut().0.shut_down(now);
 }
+
+/// A migrated client's next app server is told the handshake its first one was: as the
+/// relay writes it for its protocol (written again, not kept), or as the client spelled its
+/// protocol (kept).
+#[test]
+fn a_migrated_client_is_introduced_with_the_handshake_it_came_with() {
+    for (asked, told) in [
+        ("messagepack", "messagepack"),
+        ("MessagePack", "MessagePack"),
+    ] {
+        let mut sim = sim();
+        let old = connect_migrating_server(&mut sim, "app-1");
+        let (c, id) = sim.connect_client("chat", Some("u"), asked);
+        sim.accept_handshake(c, &id);
+        let new = connect_migrating_server(&mut sim, "app-2");
+        shutdown(&mut sim, old, "fin:1");
+        let handshake = sim.to_server[&new].iter().find_map(|m| match m {
+            ServiceMessage::ConnectionData(d) if d.connection_id == id => Some(d.payload.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            handshake.as_deref(),
+            Some(format!("{{\"protocol\":\"{told}\",\"version\":1}}\x1e").as_bytes()),
+            "{asked}"
+        );
+    }
+}
