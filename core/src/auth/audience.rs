@@ -165,51 +165,76 @@ fn trim_slashes(path: &str) -> &str {
 /// [`Audience::matches`] would have an audience built from the same URL's scheme and host
 /// match it.
 ///
-/// Kept as long as its token is remembered (a long-polling client's, for its life): exact
-/// boxes, without spare capacity.
+/// Kept as long as its token is remembered (a long-polling client's, for its life): in one
+/// exact box for the usual audience (a path and one hub), where a box for each part cost an
+/// idle long-polling client three allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AudienceParts {
-    /// The path, trailing `/` trimmed.
-    path: Box<str>,
-    /// Every `hub` value, percent-decoded and lowercased.
-    hubs: Box<[Box<str>]>,
+    /// The path (trailing `/` trimmed), then every `hub` value (percent-decoded and
+    /// lowercased), end to end.
+    text: Box<str>,
+    /// Where the path ends in `text`.
+    path_end: u32,
+    /// How many hubs follow it. One runs to the end of `text`.
+    hubs: u32,
+    /// With more than one: where each ends.
+    ends: Option<Box<[u32]>>,
 }
 
 impl AudienceParts {
     /// The parts of an `aud` value; `None` if it is not an HTTP(S) URL (it names nothing).
     pub(crate) fn parse(aud: &str) -> Option<Self> {
         let url = HttpUrl::parse(aud).ok()?;
+        let path = trim_slashes(url.path());
+        let mut text = String::from(path);
+        let mut ends = Vec::new();
+        for hub in hub_values(url.query().unwrap_or_default()) {
+            text.push_str(&hub.to_lowercase());
+            ends.push(u32::try_from(text.len()).ok()?);
+        }
         Some(Self {
-            path: trim_slashes(url.path()).into(),
-            hubs: hub_values(url.query().unwrap_or_default())
-                .map(|hub| hub.to_lowercase().into_boxed_str())
-                .collect(),
+            path_end: u32::try_from(path.len()).ok()?,
+            hubs: u32::try_from(ends.len()).ok()?,
+            ends: (ends.len() > 1).then(|| ends.into_boxed_slice()),
+            text: text.into_boxed_str(),
         })
+    }
+
+    /// Every hub, in order.
+    fn hub_names(&self) -> impl Iterator<Item = &str> + '_ {
+        let one = (self.hubs == 1).then(|| &self.text[self.path_end as usize..]);
+        let many = self.ends.iter().flat_map(move |ends| {
+            let starts = std::iter::once(self.path_end).chain(ends.iter().copied());
+            starts
+                .zip(ends.iter().copied())
+                .map(move |(start, end)| &self.text[start as usize..end as usize])
+        });
+        one.into_iter().chain(many)
     }
 
     /// Whether this audience names `path` (trailing `/` ignored) and, if given, `hub`: then
     /// it has at least one hub and each equals `hub`, case-insensitively.
     pub(crate) fn names(&self, path: &str, hub: Option<&str>) -> bool {
-        if *self.path != *trim_slashes(path) {
+        if *self.path() != *trim_slashes(path) {
             return false;
         }
         let Some(hub) = hub else {
             return true;
         };
-        if self.hubs.is_empty() {
+        if self.hubs == 0 {
             return false;
         }
         if hub.is_ascii() {
-            // Each of `hubs` is lowercase already: no allocation for the usual hub name.
-            return self.hubs.iter().all(|h| h.eq_ignore_ascii_case(hub));
+            // Each hub is lowercase already: no allocation for the usual hub name.
+            return self.hub_names().all(|h| h.eq_ignore_ascii_case(hub));
         }
         // As `Audience::new` and `hub_matches` lowercase the expected hub: twice.
         let expected = hub.to_lowercase().to_lowercase();
-        self.hubs.iter().all(|h| **h == *expected)
+        self.hub_names().all(|h| *h == *expected)
     }
 
     /// The path, trailing `/` trimmed.
     pub(crate) fn path(&self) -> &str {
-        &self.path
+        &self.text[..self.path_end as usize]
     }
 }

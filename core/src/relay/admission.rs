@@ -536,7 +536,9 @@ mod tests {
     #[test]
     fn a_remembered_token_is_small() {
         assert!(std::mem::size_of::<SignedToken>() <= 104);
-        assert!(std::mem::size_of::<AudienceParts>() <= 32);
+        // One in a box of its own, with its token's other audiences: 40 bytes take the
+        // allocator's 48-byte chunk, as 32 did.
+        assert!(std::mem::size_of::<AudienceParts>() <= 40);
     }
 
     #[test]

@@ -539,6 +539,20 @@ impl Sim {
     /// # Panics
     /// When the relay refuses any step.
     pub fn start_client(&mut self, hub: &str, user: Option<&str>, protocol: &str) -> ConnHandle {
+        self.start_client_with_version(hub, user, protocol, 1)
+    }
+
+    /// [`start_client`](Self::start_client), with the handshake asking for `version`.
+    ///
+    /// # Panics
+    /// When the relay refuses any step.
+    pub fn start_client_with_version(
+        &mut self,
+        hub: &str,
+        user: Option<&str>,
+        protocol: &str,
+        version: u32,
+    ) -> ConnHandle {
         let id = self.negotiate(hub, user).expect("negotiated");
         let req = websocket_request(hub, Some(&id), user);
         let RequestOutcome::AcceptWebSocket(h) = self.handle(&req) else {
@@ -547,7 +561,7 @@ impl Sim {
         self.clients.entry(h).or_default().token = Some(id);
         self.data(
             h,
-            format!("{{\"protocol\":\"{protocol}\",\"version\":1}}\x1e").as_bytes(),
+            format!("{{\"protocol\":\"{protocol}\",\"version\":{version}}}\x1e").as_bytes(),
         );
         h
     }

@@ -158,9 +158,10 @@ pub(crate) struct Link {
     /// Messages from multicast paths held until the handshake response has gone out, or
     /// while a partial frame is being reassembled.
     pending: VecDeque<Bytes>,
-    /// What the app server was told at the opening (OpenConnection and the handshake, as
-    /// sent: one buffer, shared with the message that carried it), kept when its app server
-    /// may ask for its clients to be migrated: it is told again to the next one.
+    /// What the app server was told at the opening, kept when its app server may ask for its
+    /// clients to be migrated: it is told again to the next one. A copy of its own: the
+    /// OpenConnection as sent, and the handshake only when it is not the one the relay writes
+    /// for the client's protocol (`canonical_handshake`), which is written again.
     migration: Option<Box<[u8]>>,
     /// The server connection the client was migrated from, with its output reassembled
     /// apart: the answers it still owes the client (invocations under way when the client
@@ -1125,8 +1126,6 @@ fn canonical_handshake(protocol: HubProtocol) -> Vec<u8> {
     out
 }
 
-/// Every connected client holds one `Client` for its life: what it costs each idle client is
-/// budgeted (#19), so that a field added inline is a choice, not an accident.
 #[cfg(test)]
 mod introductions {
     use super::*;
@@ -1182,6 +1181,8 @@ mod introductions {
     }
 }
 
+/// Every connected client holds one `Client` for its life: what it costs each idle client is
+/// budgeted (#19), so that a field added inline is a choice, not an accident.
 #[cfg(all(test, target_pointer_width = "64"))]
 mod size {
     #[test]
