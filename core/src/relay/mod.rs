@@ -168,8 +168,7 @@ pub use self::upstream::{signature_valid, UpstreamFailure, UpstreamRequest, Upst
 use self::admission::{hub_param, Admission, SignedToken};
 use self::client::{
     classic_negotiate_hub, classic_negotiated, classic_no_app_server, classic_unknown_token,
-    parse_classic, Client, Clients, Dialect, Handled, Input, Next, Prepared, Request, Then,
-    CLASSIC_BASE,
+    parse_classic, Client, Clients, Dialect, Handled, Input, Next, Prepared, Request, CLASSIC_BASE,
 };
 use self::cluster::HeldFor;
 use self::command::{Audience, Existence, HubCommand, Origin, Target};
@@ -1016,10 +1015,7 @@ impl Relay {
                         // then reaches it, as the hub's OnConnectedAsync runs after the
                         // subscriptions on ASP.NET Core's Redis backplane. (A classic
                         // client's `/connect` waits for its answer: it is opened at once.)
-                        let holdable = matches!(
-                            (&client.dialect, &opening.then),
-                            (Dialect::AspNetCore(_), Then::Frames { .. })
-                        );
+                        let holdable = client.can_hold(&opening);
                         if let Some(c) = self.cluster.as_deref_mut().filter(|_| holdable) {
                             c.sync(&mut self.directory);
                             if c.may_hold(true) {

@@ -600,13 +600,24 @@ impl Client {
     /// mapped once the backplane has its channels. Given back for a classic client, whose
     /// `/connect` waits for its mapping.
     pub(crate) fn hold(&mut self, opening: Opening) -> Result<(), Opening> {
-        match (&mut self.dialect, &opening.then) {
-            (Dialect::AspNetCore(a), Then::Frames { .. }) if self.link.is_none() => {
+        if !self.can_hold(&opening) {
+            return Err(opening);
+        }
+        match &mut self.dialect {
+            Dialect::AspNetCore(a) => {
                 a.hold(opening);
                 Ok(())
             }
-            _ => Err(opening),
+            Dialect::Classic(_) => Err(opening),
         }
+    }
+
+    /// Whether [`hold`](Self::hold) takes `opening`: an ASP.NET Core client's, not yet mapped.
+    pub(crate) fn can_hold(&self, opening: &Opening) -> bool {
+        matches!(
+            (&self.dialect, &opening.then),
+            (Dialect::AspNetCore(_), Then::Frames { .. })
+        ) && self.link.is_none()
     }
 
     /// The opening kept by [`hold`](Self::hold), to map the client now.
