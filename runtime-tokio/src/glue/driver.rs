@@ -1,5 +1,6 @@
 //! The relay, served: HTTP/WebSocket plumbing around [`signalr_relay_core::relay::Relay`].
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -1351,10 +1352,16 @@ const MAX_REQUEST_HEAD: usize = 40 * 1024;
 /// Tells the driver when a held request's handler, or an event stream's body, goes away
 /// before the relay ended it.
 ///
-/// Held as long as the request or the stream, so it keeps only what the event is made of.
-struct DropNotice {
+/// Held as long as the request or the stream, so it keeps only what the event is made of, and
+/// the driver's sender (`E`): its own, or one it borrows ([`DropNotice::lend`]) where
+/// whatever holds it also holds the relay's, so that a held long poll or an event stream
+/// does not keep a sender of its own (each clone of a sender allocates 48 bytes). It tells
+/// through a clone made then, which is never parked: whatever the sender it came with did
+/// before, the notice is not refused for a full channel. (Each sender it comes with today
+/// last sent with `send().await`, which returns only once that sender is unparked.)
+struct DropNotice<E: Borrow<mpsc::Sender<DriverInput>> = mpsc::Sender<DriverInput>> {
     gone: Gone,
-    events: mpsc::Sender<DriverInput>,
+    events: E,
 }
 
 /// What a [`DropNotice`] tells.
@@ -1367,14 +1374,26 @@ enum Gone {
     Told,
 }
 
-impl DropNotice {
+impl<E: Borrow<mpsc::Sender<DriverInput>>> DropNotice<E> {
     /// The relay ended it: nothing to tell.
     fn disarm(&mut self) {
         self.gone = Gone::Told;
     }
 }
 
-impl Drop for DropNotice {
+impl DropNotice {
+    /// The same notice, telling through `events` (a sender of the same driver), and its own
+    /// sender let go.
+    fn lend(
+        mut self,
+        events: &mpsc::Sender<DriverInput>,
+    ) -> DropNotice<&mpsc::Sender<DriverInput>> {
+        let gone = std::mem::replace(&mut self.gone, Gone::Told);
+        DropNotice { gone, events }
+    }
+}
+
+impl<E: Borrow<mpsc::Sender<DriverInput>>> Drop for DropNotice<E> {
     fn drop(&mut self) {
         let event = match std::mem::replace(&mut self.gone, Gone::Told) {
             Gone::Stream(conn, generation) => {
@@ -1383,7 +1402,7 @@ impl Drop for DropNotice {
             Gone::Held(request) => DriverInput::Aborted(request),
             Gone::Told => return,
         };
-        let _ = self.events.try_send(event);
+        let _ = self.events.borrow().clone().try_send(event);
     }
 }
 
@@ -1768,7 +1787,8 @@ where
             }
             response
         }
-        Answered::Held(held, mut notice) => {
+        Answered::Held(held, notice) => {
+            let mut notice = notice.lend(&settings.events);
             let answer = match held {
                 Some(rx) => {
                     let _watch = Watch::start(&abort);
@@ -1929,5 +1949,119 @@ mod tests {
         let answer = answer(&TokioRuntime, request, true, body, events, &settings, None);
         let size = std::mem::size_of_val(&answer);
         assert!(size <= 232, "an answer's future is {size} bytes");
+    }
+
+    /// A held long poll's reply, and an event stream's, is held as long as its client waits
+    /// or listens: a thousand idle clients hold a thousand. Each is boxed on its own and holds
+    /// only what its kind needs (see `lean::reply`); a notice lent before the box is made
+    /// adds no sender to it.
+    #[tokio::test]
+    async fn held_replies_are_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let admitted = ConnectionCount::new(1).admit().unwrap();
+        let mut io = Counted::new(TokioStream(socket), admitted);
+        let mut buf = Vec::new();
+        let settings = settings();
+        let limit = lean::WriteLimit::of(&TokioRuntime, &settings);
+
+        let (_answer, held) = oneshot::channel();
+        let notice = DropNotice {
+            gone: Gone::Held(RequestId(1)),
+            events: settings.events.clone(),
+        };
+        let kind = Answered::Held(Some(held), notice);
+        let replying = lean::reply(
+            &mut io,
+            &mut buf,
+            kind,
+            None,
+            false,
+            &settings.events,
+            limit,
+        );
+        let size = std::mem::size_of_val(&*replying);
+        assert!(size <= HELD_REPLY, "a held request's reply is {size} bytes");
+        drop(replying);
+
+        let (_outbox, inbox) = queue::channel(16, usize::MAX, false, None);
+        let notice = DropNotice {
+            gone: Gone::Stream(ConnHandle(1), 1),
+            events: settings.events.clone(),
+        };
+        let kind = Answered::EventStream(inbox, notice);
+        let replying = lean::reply(
+            &mut io,
+            &mut buf,
+            kind,
+            None,
+            false,
+            &settings.events,
+            limit,
+        );
+        let size = std::mem::size_of_val(&*replying);
+        assert!(
+            size <= STREAM_REPLY,
+            "an event stream's reply is {size} bytes"
+        );
+    }
+
+    /// What a held request's reply may take: 216 bytes with a sender of its own, 256 with a
+    /// notice lent inside its box (which then held both).
+    const HELD_REPLY: usize = 200;
+    /// What an event stream's reply may take: 552 bytes with a sender of its own, 592 lent
+    /// inside its box.
+    const STREAM_REPLY: usize = 536;
+
+    /// A sender whose send took the channel past its buffer is parked, and refuses what it is
+    /// given next until the driver has read (with a buffer of 0, its first send does). A notice
+    /// tells through a sender made when it goes, so it is heard whatever the sender it came
+    /// with, or the one it borrows, did before; once, and a disarmed one not at all.
+    #[test]
+    fn a_notice_is_heard_whatever_its_sender_did() {
+        let (events, mut queue) = mpsc::channel(0);
+        let mut parked = events.clone();
+        parked.try_send(DriverInput::ShutDown).unwrap();
+        let refused = parked.try_send(DriverInput::ShutDown).unwrap_err();
+        assert!(refused.is_full(), "parked");
+        let mut lender = events.clone();
+        lender.try_send(DriverInput::ShutDown).unwrap();
+        let refused = lender.try_send(DriverInput::ShutDown).unwrap_err();
+        assert!(refused.is_full(), "parked");
+
+        drop(DropNotice {
+            gone: Gone::Held(RequestId(7)),
+            events: parked,
+        });
+        let owned = DropNotice {
+            gone: Gone::Stream(ConnHandle(9), 2),
+            events: events.clone(),
+        };
+        drop(owned.lend(&lender));
+        let mut disarmed = DropNotice {
+            gone: Gone::Held(RequestId(8)),
+            events: events.clone(),
+        };
+        disarmed.disarm();
+        drop(disarmed);
+
+        let mut heard = Vec::new();
+        while let Ok(input) = queue.try_recv() {
+            heard.push(match input {
+                DriverInput::ShutDown => "shut down".to_owned(),
+                DriverInput::Aborted(RequestId(id)) => format!("aborted {id}"),
+                DriverInput::Incoming(ConnHandle(conn), generation, Incoming::Closed) => {
+                    format!("closed {conn} {generation}")
+                }
+                _ => "something else".to_owned(),
+            });
+        }
+        assert_eq!(
+            heard,
+            ["shut down", "shut down", "aborted 7", "closed 9 2"],
+            "each notice told once, the disarmed one not at all"
+        );
     }
 }

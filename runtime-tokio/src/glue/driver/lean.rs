@@ -192,7 +192,7 @@ type Replying<'a> = Pin<Box<dyn Future<Output = Replied> + Send + 'a>>;
 ///
 /// Each kind in a box of its own: a held request or an event stream is held for long, and
 /// its state should be only as large as its own kind's, not the largest kind's.
-fn reply<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin + Send>(
+pub(super) fn reply<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin + Send>(
     io: &'a mut S,
     buf: &'a mut Vec<u8>,
     kind: Answered,
@@ -207,35 +207,42 @@ fn reply<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin + Send>(
                 .await
                 .map(|()| None)
         }),
-        Answered::EventStream(inbox, notice) => Box::pin(async move {
-            // The driver aborts a stream whose peer takes too little: it then ends at once,
-            // whatever it was waiting for, and the connection is dropped.
-            let abort = inbox.abort_signal();
-            let stream = std::pin::pin!(stream_events(io, buf, inbox, cors.as_deref(), limit));
-            let streamed = abort.guard(stream).await.unwrap_or_else(|| {
-                Err(io::Error::other(
-                    "its event stream stalled, and was dropped",
-                ))
-            });
-            drop(notice);
-            streamed.map(|()| None)
-        }),
-        Answered::Held(held, mut notice) => Box::pin(async move {
-            let answered = match held {
-                // The peer going ends it: the notice tells the driver.
-                Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
-                    Either::Left((answer, _)) => answer.ok().map(|answer| *answer),
-                    Either::Right((gone, _)) => return gone.map(|()| None),
-                },
-                None => None,
-            };
-            notice.disarm();
-            // Boxed: the wait above does not carry room for the write.
-            let response = held_response(answered);
-            Box::pin(write_response(io, &response, cors.as_deref(), close, limit))
-                .await
-                .map(|()| None)
-        }),
+        Answered::EventStream(inbox, notice) => {
+            // Lent here, not in the box: what the box captures it holds for the stream's life.
+            let notice = notice.lend(events);
+            Box::pin(async move {
+                // The driver aborts a stream whose peer takes too little: it then ends at once,
+                // whatever it was waiting for, and the connection is dropped.
+                let abort = inbox.abort_signal();
+                let stream = std::pin::pin!(stream_events(io, buf, inbox, cors.as_deref(), limit));
+                let streamed = abort.guard(stream).await.unwrap_or_else(|| {
+                    Err(io::Error::other(
+                        "its event stream stalled, and was dropped",
+                    ))
+                });
+                drop(notice);
+                streamed.map(|()| None)
+            })
+        }
+        Answered::Held(held, notice) => {
+            let mut notice = notice.lend(events);
+            Box::pin(async move {
+                let answered = match held {
+                    // The peer going ends it: the notice tells the driver.
+                    Some(rx) => match select(rx, std::pin::pin!(watch(io, buf))).await {
+                        Either::Left((answer, _)) => answer.ok().map(|answer| *answer),
+                        Either::Right((gone, _)) => return gone.map(|()| None),
+                    },
+                    None => None,
+                };
+                notice.disarm();
+                // Boxed: the wait above does not carry room for the write.
+                let response = held_response(answered);
+                Box::pin(write_response(io, &response, cors.as_deref(), close, limit))
+                    .await
+                    .map(|()| None)
+            })
+        }
         Answered::WebSocket(conn, accept, side) => Box::pin(async move {
             let mut head = Vec::with_capacity(256);
             http1::start_response(&mut head, 101);
