@@ -1908,6 +1908,17 @@ mod tests {
         assert!(size <= 152, "a connection's future is {size} bytes");
     }
 
+    /// A connection as the lean path serves it, and the listener it came to (kept while it is).
+    async fn connection() -> (tokio::net::TcpListener, Counted<TokioStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let listener = listener.expect("a listener on loopback");
+        let addr = listener.local_addr().expect("its address");
+        let socket = tokio::net::TcpStream::connect(addr).await;
+        let socket = socket.expect("a connection to it");
+        let admitted = ConnectionCount::new(1).admit().expect("room for one");
+        (listener, Counted::new(TokioStream(socket), admitted))
+    }
+
     fn settings() -> Arc<Settings> {
         let relay = Relay::new(RelayConfig::default(), Instant::now(), 0, [7; 32]);
         Arc::new(Settings {
@@ -1928,12 +1939,7 @@ mod tests {
     /// or an event stream; each of those is boxed on its own now, and only when needed.
     #[tokio::test]
     async fn an_answer_under_way_is_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let admitted = ConnectionCount::new(1).admit().unwrap();
-        let mut io = Counted::new(TokioStream(socket), admitted);
+        let (_listener, mut io) = connection().await;
         let mut buf = Vec::new();
         let settings = settings();
         // As the lean path reads a body: the closure holds the connection's parts and the
@@ -1957,12 +1963,7 @@ mod tests {
     /// adds no sender to it.
     #[tokio::test]
     async fn held_replies_are_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let admitted = ConnectionCount::new(1).admit().unwrap();
-        let mut io = Counted::new(TokioStream(socket), admitted);
+        let (_listener, mut io) = connection().await;
         let mut buf = Vec::new();
         let settings = settings();
         let limit = lean::WriteLimit::of(&TokioRuntime, &settings);
