@@ -1967,42 +1967,31 @@ mod tests {
         let mut buf = Vec::new();
         let settings = settings();
         let limit = lean::WriteLimit::of(&TokioRuntime, &settings);
+        let notice = |gone| DropNotice {
+            gone,
+            events: settings.events.clone(),
+        };
+        // The size of a reply's box, dropped at once.
+        let mut size_of = |kind| {
+            let replying = lean::reply(
+                &mut io,
+                &mut buf,
+                kind,
+                None,
+                false,
+                &settings.events,
+                limit,
+            );
+            std::mem::size_of_val(&*replying)
+        };
 
         let (_answer, held) = oneshot::channel();
-        let notice = DropNotice {
-            gone: Gone::Held(RequestId(1)),
-            events: settings.events.clone(),
-        };
-        let kind = Answered::Held(Some(held), notice);
-        let replying = lean::reply(
-            &mut io,
-            &mut buf,
-            kind,
-            None,
-            false,
-            &settings.events,
-            limit,
-        );
-        let size = std::mem::size_of_val(&*replying);
+        let size = size_of(Answered::Held(Some(held), notice(Gone::Held(RequestId(1)))));
         assert!(size <= HELD_REPLY, "a held request's reply is {size} bytes");
-        drop(replying);
 
         let (_outbox, inbox) = queue::channel(16, usize::MAX, false, None);
-        let notice = DropNotice {
-            gone: Gone::Stream(ConnHandle(1), 1),
-            events: settings.events.clone(),
-        };
-        let kind = Answered::EventStream(inbox, notice);
-        let replying = lean::reply(
-            &mut io,
-            &mut buf,
-            kind,
-            None,
-            false,
-            &settings.events,
-            limit,
-        );
-        let size = std::mem::size_of_val(&*replying);
+        let gone = Gone::Stream(ConnHandle(1), 1);
+        let size = size_of(Answered::EventStream(inbox, notice(gone)));
         assert!(
             size <= STREAM_REPLY,
             "an event stream's reply is {size} bytes"
